@@ -1,0 +1,40 @@
+# Everything installs into .venv from pyproject.toml; nothing needs to be installed by hand.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+export DAGSTER_HOME := $(CURDIR)
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install run test dev bench-lake clean-lake
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required, found " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+
+$(INSTALLED): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip check
+	@touch $(INSTALLED)
+
+install: $(INSTALLED)
+
+## run: install, then materialize raw -> bronze -> silver on the packaged sample and print a summary
+run: install
+	$(BIN)/itff run
+
+## test: install, then run the suite
+test: install
+	$(BIN)/pytest
+
+## dev: the Dagster UI (webserver + daemon) on http://127.0.0.1:3001
+dev: install
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $${DAGSTER_PORT:-3001}
+
+## bench-lake: bronze -> silver on 10M synthetic 1-minute rows, and a one-day incremental update
+bench-lake: install
+	$(BIN)/python benchmarks/bench_lake.py
+
+clean-lake:
+	rm -rf data_lake/raw data_lake/bronze data_lake/silver data_lake/bench

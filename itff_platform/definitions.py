@@ -1,0 +1,19 @@
+"""The one Definitions object: `dagster dev -w workspace.yaml` loads it."""
+
+import warnings
+
+from dagster import Definitions, define_asset_job
+
+# Single-run backfills and the neighbour-month partition mapping are marked beta; we rely on both knowingly.
+warnings.filterwarnings("ignore", message=".*is currently in beta.*")
+
+from itff_platform.defs.lake_assets import lake_assets
+from itff_platform.defs.resources import ItffSettingsResource
+from itff_platform.settings import get_settings
+
+settings = get_settings()
+lake = lake_assets(settings)
+
+lake_job = define_asset_job("lake_job", selection=["raw_candles", "bronze_candles", "silver_features"])
+
+defs = Definitions(assets=lake, jobs=[lake_job], resources={"itff": ItffSettingsResource()})

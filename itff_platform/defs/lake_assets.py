@@ -1,0 +1,158 @@
+"""raw_candles -> bronze_candles -> silver_features. Thin: each asset calls lake.layers and reports."""
+
+import polars as pl
+from dagster import (
+    AssetCheckResult,
+    AssetDep,
+    AssetExecutionContext,
+    BackfillPolicy,
+    DimensionPartitionMapping,
+    IdentityPartitionMapping,
+    MaterializeResult,
+    MetadataValue,
+    MultiPartitionMapping,
+    TimeWindowPartitionMapping,
+    asset,
+)
+
+from itff_platform.defs.checks import (
+    BRONZE_BLOCKING,
+    BRONZE_CHECK_OF,
+    check_specs,
+    gap_check_result,
+    markdown_table,
+    schema_check_results,
+)
+from itff_platform.defs.partitions import lake_partitions, months_by_symbol
+from itff_platform.defs.resources import ItffSettingsResource
+from itff_platform.settings import Settings
+
+
+def lake_assets(settings: Settings) -> list:
+    partitions = lake_partitions(settings)
+    single_run = BackfillPolicy.single_run()
+
+    @asset(
+        partitions_def=partitions,
+        backfill_policy=single_run,
+        group_name="lake",
+        kinds={"delta", "polars"},
+        check_specs=check_specs("raw_candles", ["raw_schema"]),
+        description="Candles as received from the configured source, with source, ingested_at and batch_id.",
+    )
+    def raw_candles(context: AssetExecutionContext, itff: ItffSettingsResource) -> MaterializeResult:
+        from itff_platform.lake.layers import ingest_raw
+        from itff_platform.lake.schemas import RawCandles, schema_failures
+
+        cfg, source = itff.settings(), itff.candle_source()
+        frames = []
+        for symbol, months in months_by_symbol(context.partition_keys).items():
+            context.log.info(f"fetching {symbol} {cfg.interval} for {len(months)} month(s) from {source.name}")
+            frames.append(ingest_raw(source, cfg, symbol, months))
+        raw = pl.concat(frames)
+        failures = schema_failures(RawCandles, raw)
+        return MaterializeResult(
+            metadata={"rows": raw.height, "source": source.name, "rows_by_symbol": _rows_by_symbol(raw)},
+            check_results=schema_check_results(failures, ["raw_schema"], "raw_schema", {}),
+        )
+
+    @asset(
+        partitions_def=partitions,
+        backfill_policy=single_run,
+        deps=["raw_candles"],
+        group_name="lake",
+        kinds={"delta", "pandera"},
+        check_specs=check_specs("bronze_candles", BRONZE_BLOCKING, ["no_unexpected_gaps"]),
+        description="Typed, deduplicated, sorted, validated candles. Rejected rows go to bronze/quarantine with their rule.",
+    )
+    def bronze_candles(context: AssetExecutionContext, itff: ItffSettingsResource) -> MaterializeResult:
+        from itff_platform.lake.layers import build_bronze
+        from itff_platform.lake.schemas import BronzeCandles, schema_failures
+
+        cfg = itff.settings()
+        reports = {symbol: build_bronze(cfg, symbol, months) for symbol, months in months_by_symbol(context.partition_keys).items()}
+        bronze = pl.concat([r.result.bronze for r in reports.values()])
+        quarantine = pl.concat([r.result.quarantine for r in reports.values()])
+        gaps = pl.concat([r.gaps for r in reports.values()])
+        raw_rows = sum(r.result.raw_rows for r in reports.values())
+        collapsed = sum(r.result.collapsed_duplicates for r in reports.values())
+        reconciles = raw_rows == bronze.height + quarantine.height + collapsed
+        rules = quarantine.group_by("rule").len().sort("rule")
+        for symbol, report in reports.items():
+            context.log.info(
+                f"{symbol}: raw {report.result.raw_rows} = bronze {report.result.bronze.height} + quarantined "
+                f"{report.result.quarantine.height} + collapsed duplicates {report.result.collapsed_duplicates}"
+            )
+        checks = schema_check_results(schema_failures(BronzeCandles, bronze), BRONZE_BLOCKING[:-1], "bronze_schema", BRONZE_CHECK_OF)
+        checks.append(
+            AssetCheckResult(
+                check_name="counts_reconcile",
+                passed=reconciles,
+                metadata={"raw": raw_rows, "bronze": bronze.height, "quarantined": quarantine.height, "collapsed_duplicates": collapsed},
+            )
+        )
+        checks.append(gap_check_result(gaps, cfg.gap_tolerance_bars))
+        return MaterializeResult(
+            metadata={
+                "raw_rows": raw_rows,
+                "bronze_rows": bronze.height,
+                "quarantined_rows": quarantine.height,
+                "collapsed_exact_duplicates": collapsed,
+                "quarantine_rules": markdown_table(rules),
+                "rows_by_symbol": _rows_by_symbol(bronze),
+                "gap_count": gaps.height,
+            },
+            check_results=checks,
+        )
+
+    # Silver for month M reads the warm-up from M-1 and the label horizon from M+1.
+    neighbours = MultiPartitionMapping(
+        {
+            "symbol": DimensionPartitionMapping("symbol", IdentityPartitionMapping()),
+            "month": DimensionPartitionMapping(
+                "month", TimeWindowPartitionMapping(start_offset=-1, end_offset=1, allow_nonexistent_upstream_partitions=True)
+            ),
+        }
+    )
+
+    @asset(
+        partitions_def=partitions,
+        backfill_policy=single_run,
+        deps=[AssetDep("bronze_candles", partition_mapping=neighbours)],
+        group_name="lake",
+        kinds={"delta", "polars"},
+        check_specs=check_specs("silver_features", ["silver_schema"]),
+        description="Features, market regime and labels per bar, computed from an anchored window of bronze.",
+    )
+    def silver_features(context: AssetExecutionContext, itff: ItffSettingsResource) -> MaterializeResult:
+        from itff_platform.features.silver import feature_columns
+        from itff_platform.lake.layers import build_silver
+        from itff_platform.lake.schemas import SilverFeatures, schema_failures
+
+        cfg = itff.settings()
+        frames = []
+        for symbol, months in months_by_symbol(context.partition_keys).items():
+            frames.append(build_silver(cfg, symbol, months))
+            context.log.info(f"{symbol}: {frames[-1].height} silver rows for {len(months)} month(s)")
+        silver = pl.concat(frames)
+        regimes = silver.group_by("regime").len().sort("regime")
+        labelled = silver.filter(pl.col("direction").is_not_null())
+        return MaterializeResult(
+            metadata={
+                "rows": silver.height,
+                "rows_by_symbol": _rows_by_symbol(silver),
+                "features": MetadataValue.json(feature_columns(cfg)),
+                "regimes": markdown_table(regimes),
+                "label_horizon_bars": cfg.label_horizon,
+                "direction_up_share": float(labelled["direction"].mean()) if labelled.height else 0.0,
+                "level_up_share": float(silver["level_up"].drop_nulls().mean() or 0.0),
+            },
+            check_results=schema_check_results(schema_failures(SilverFeatures, silver), ["silver_schema"], "silver_schema", {}),
+        )
+
+    return [raw_candles, bronze_candles, silver_features]
+
+
+def _rows_by_symbol(frame: pl.DataFrame) -> MetadataValue:
+    counts = frame.group_by("symbol").len().sort("symbol")
+    return MetadataValue.json(dict(zip(counts["symbol"], counts["len"])))

@@ -1,0 +1,34 @@
+"""symbol x month partitions, shared by every lake asset."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime, timezone
+
+from dagster import MonthlyPartitionsDefinition, MultiPartitionKey, MultiPartitionsDefinition, StaticPartitionsDefinition
+
+from itff_platform.settings import Settings
+
+
+def lake_partitions(settings: Settings) -> MultiPartitionsDefinition:
+    return MultiPartitionsDefinition(
+        {
+            "symbol": StaticPartitionsDefinition(settings.symbols),
+            "month": MonthlyPartitionsDefinition(
+                start_date=settings.start_date.strftime("%Y-%m-01"),
+                end_date=settings.effective_end_date().strftime("%Y-%m-%d"),
+            ),
+        }
+    )
+
+
+def months_by_symbol(partition_keys: list[str]) -> dict[str, list[datetime]]:
+    """Group a run's partition keys (one, or all of a single-run backfill) by symbol."""
+    grouped: dict[str, list[datetime]] = defaultdict(list)
+    for key in partition_keys:
+        dims = key.keys_by_dimension if isinstance(key, MultiPartitionKey) else dict(
+            zip(("month", "symbol"), str(key).split("|"))
+        )
+        month = datetime.strptime(dims["month"], "%Y-%m-%d").replace(tzinfo=timezone.utc)
+        grouped[dims["symbol"]].append(month)
+    return {symbol: sorted(months) for symbol, months in sorted(grouped.items())}

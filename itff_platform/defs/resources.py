@@ -1,0 +1,24 @@
+"""Dagster resources: where the lake lives and where candles come from, built from the one Settings."""
+
+from __future__ import annotations
+
+from dagster import ConfigurableResource
+
+from itff_platform.settings import Settings
+
+
+class ItffSettingsResource(ConfigurableResource):
+    """Overrides on top of the environment's Settings (ITFF_*); tests point the lake at a temp dir here."""
+
+    lake_dir: str | None = None
+    source: str | None = None
+    drop_dir: str | None = None
+
+    def settings(self) -> Settings:
+        overrides = {k: v for k, v in {"lake_dir": self.lake_dir, "source": self.source, "drop_dir": self.drop_dir}.items() if v}
+        return Settings(**overrides) if overrides else Settings()
+
+    def candle_source(self):
+        from itff_platform.market import candle_source
+
+        return candle_source(self.settings())

@@ -1,0 +1,149 @@
+"""Technical indicators as polars expressions over one symbol's candles, sorted by time.
+
+Definitions follow the originals: Wilder's RSI/ATR/ADX (smoothing seeded with the mean of the first n
+values), Lambert's CCI (mean absolute deviation), LazyBear's WaveTrend, Appel's MACD, Bollinger's %B
+(population std). EMAs are seeded with the first value, as TradingView's ta.ema does.
+
+Functions that need an intermediate series take its column name: the silver builder materializes
+intermediates in stages, because a nested expression tree is re-evaluated at every use (ADX nested
+three deep took 40 s on 10M rows; staged it takes well under one).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from functools import reduce
+
+import polars as pl
+
+close, high, low, volume = pl.col("close"), pl.col("high"), pl.col("low"), pl.col("volume")
+
+
+def rolling_after_warmup(values: pl.Expr, window: int, rolling: str, **kwargs: object) -> pl.Expr:
+    """A rolling op over a series whose only nulls are leading ones, null until a full window exists.
+
+    Polars takes a slow path for rolling windows over nulls (rolling_quantile: 4.6 s instead of 0.6 s
+    on 10M rows), so the nulls are filled for the computation and the warm-up is masked afterwards."""
+    computed = getattr(values.fill_null(0.0), rolling)(window_size=window, **kwargs)
+    return pl.when(values.shift(window - 1).is_null()).then(None).otherwise(computed)
+
+
+def wilder(column: str, period: int) -> pl.Expr:
+    """Wilder's smoothing: the mean of the first `period` values, then y = y_prev + (x - y_prev) / period.
+
+    The column may start with nulls (a diff, a shift); the seed lands on its period-th non-null value."""
+    values = pl.col(column)
+    seen = values.is_not_null().cum_sum()
+    seed = rolling_after_warmup(values, period, "rolling_mean")
+    seeded = pl.when(seen < period).then(None).when(seen == period).then(seed).otherwise(values)
+    return seeded.ewm_mean(alpha=1.0 / period, adjust=False)
+
+
+def ema(column: str, span: int) -> pl.Expr:
+    return pl.col(column).ewm_mean(span=span, adjust=False)
+
+
+def log_return(lag: int) -> pl.Expr:
+    return (close / close.shift(lag)).log()
+
+
+def realized_volatility(log_return_column: str, window: int) -> pl.Expr:
+    """sqrt of the sum of squared 1-bar log returns over the window (not annualised)."""
+    return rolling_after_warmup(pl.col(log_return_column).pow(2), window, "rolling_sum").sqrt()
+
+
+# --- stage 1: per-bar inputs of the smoothed indicators
+def true_range() -> pl.Expr:
+    previous = close.shift(1)
+    # max_horizontal skips nulls; the first bar has no previous close, so its true range is undefined.
+    return pl.when(previous.is_null()).then(None).otherwise(
+        pl.max_horizontal(high - low, (high - previous).abs(), (low - previous).abs())
+    )
+
+
+def gains_and_losses() -> tuple[pl.Expr, pl.Expr]:
+    change = close.diff()
+    return change.clip(lower_bound=0), (-change).clip(lower_bound=0)
+
+
+def directional_movement() -> tuple[pl.Expr, pl.Expr]:
+    up = high - high.shift(1)
+    down = low.shift(1) - low
+    # The first bar stays null so these seed on the same bars as the true range.
+    plus_dm = pl.when(up.is_null()).then(None).when((up > down) & (up > 0)).then(up).otherwise(0.0)
+    minus_dm = pl.when(up.is_null()).then(None).when((down > up) & (down > 0)).then(down).otherwise(0.0)
+    return plus_dm, minus_dm
+
+
+def typical_price() -> pl.Expr:
+    return (high + low + close) / 3
+
+
+# --- stage 2 and later: from materialized columns
+def rsi(avg_gain: str, avg_loss: str) -> pl.Expr:
+    gain, loss = pl.col(avg_gain), pl.col(avg_loss)
+    return pl.when(loss == 0).then(pl.when(gain == 0).then(50.0).otherwise(100.0)).otherwise(100 - 100 / (1 + gain / loss))
+
+
+def directional_index(smoothed_dm: str, smoothed_tr: str) -> pl.Expr:
+    return 100 * pl.col(smoothed_dm) / pl.col(smoothed_tr)
+
+
+def dx(plus_di: str, minus_di: str) -> pl.Expr:
+    plus, minus = pl.col(plus_di), pl.col(minus_di)
+    total = plus + minus
+    return pl.when(total == 0).then(0.0).otherwise(100 * (plus - minus).abs() / total)
+
+
+def cci(tp: str, tp_mean: str, period: int) -> pl.Expr:
+    """Mean absolute deviation from the *current* window's mean: `period` shifted terms, no row loop."""
+    typical, mean = pl.col(tp), pl.col(tp_mean)
+    # A chain of additions runs about twice as fast as sum_horizontal over the same terms.
+    mean_deviation = reduce(operator.add, [(typical.shift(lag) - mean).abs() for lag in range(period)]) / period
+    return pl.when(mean.is_null() | (mean_deviation == 0)).then(None).otherwise((typical - mean) / (0.015 * mean_deviation))
+
+
+def wavetrend_ci(tp: str, esa: str, deviation: str) -> pl.Expr:
+    """The channel index; undefined (null, not NaN) while the deviation is zero, so the EMA after it never sees NaN."""
+    dev = pl.col(deviation)
+    return pl.when(dev == 0).then(None).otherwise((pl.col(tp) - pl.col(esa)) / (0.015 * dev))
+
+
+def bollinger_percent_b(period: int, width: float) -> pl.Expr:
+    mean = close.rolling_mean(period)
+    std = close.rolling_std(period, ddof=0)
+    return pl.when(std == 0).then(None).otherwise((close - (mean - width * std)) / (2 * width * std))
+
+
+def volume_zscore(window: int) -> pl.Expr:
+    std = volume.rolling_std(window, ddof=1)
+    return pl.when(std == 0).then(None).otherwise((volume - volume.rolling_mean(window)) / std)
+
+
+def trailing_day_range(bars_per_day: int) -> pl.Expr:
+    return high.rolling_max(bars_per_day) - low.rolling_min(bars_per_day)
+
+
+def average_daily_range(day_range: str, days: int, bars_per_day: int) -> pl.Expr:
+    """Mean of the last `days` trailing-24h ranges (max high - min low), as a fraction of close.
+
+    Trailing windows rather than calendar days, so the value at t never waits for the day to end."""
+    ranges = pl.col(day_range)
+    total = pl.sum_horizontal([ranges.shift(d * bars_per_day) for d in range(days)])
+    # sum_horizontal skips nulls; until the oldest day exists the average is undefined.
+    oldest_missing = ranges.shift((days - 1) * bars_per_day).is_null()
+    return pl.when(oldest_missing).then(None).otherwise(total / days / close)
+
+
+def calendar_encodings() -> list[pl.Expr]:
+    # Epoch arithmetic instead of dt.hour()/dt.weekday(): same values in UTC, ten times faster.
+    seconds = pl.col("timestamp").dt.epoch("s")
+    day_fraction = (seconds % 86400) / 86400
+    week_fraction = ((seconds // 86400 + 3) % 7) / 7  # 1970-01-01 was a Thursday; Monday = 0
+    return [
+        (2 * math.pi * day_fraction).sin().alias("hour_sin"),
+        (2 * math.pi * day_fraction).cos().alias("hour_cos"),
+        (2 * math.pi * week_fraction).sin().alias("weekday_sin"),
+        (2 * math.pi * week_fraction).cos().alias("weekday_cos"),
+    ]

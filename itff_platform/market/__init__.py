@@ -1,0 +1,28 @@
+"""Where candles come from. `candle_source(settings)` picks the configured one."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from itff_platform.market.candles import CandleSource
+    from itff_platform.settings import Settings
+
+
+def candle_source(settings: "Settings") -> "CandleSource":
+    if settings.source == "sample":
+        from itff_platform.market.sample import SampleCandleSource
+
+        return SampleCandleSource()
+    if settings.source == "files":
+        from itff_platform.market.files import FilesCandleSource
+
+        return FilesCandleSource(settings.drop_dir)
+    from itff_platform.market.binance import BinanceCandleSource
+
+    return BinanceCandleSource(
+        settings.binance_base_url,
+        settings.binance_archive_url,
+        settings.binance_max_retries,
+        settings.http_timeout_s,
+    )

@@ -1,0 +1,52 @@
+"""Console summaries of what a run left in the lake."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from itff_platform.lake.delta import read_rows
+from itff_platform.lake.layers import LakeTables
+from itff_platform.settings import Settings
+
+
+def layer_counts(settings: Settings) -> pl.DataFrame:
+    """Rows per symbol in each layer, read back from the Delta tables themselves."""
+    tables = LakeTables.under(settings)
+    counts = []
+    for layer, path in vars(tables).items():
+        try:
+            frame = read_rows(path, settings.interval)
+        except FileNotFoundError:
+            continue
+        counts.append(frame.group_by("symbol").len().with_columns(pl.lit(layer).alias("layer")))
+    if not counts:
+        return pl.DataFrame(schema={"symbol": pl.String})
+    return (
+        pl.concat(counts)
+        .pivot(on="layer", index="symbol", values="len")
+        .fill_null(0)
+        .sort("symbol")
+    )
+
+
+def print_lake_summary(settings: Settings, result) -> None:
+    print("\nRows per layer and symbol (read back from Delta):")
+    with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_formatting="ASCII_MARKDOWN"):
+        print(layer_counts(settings))
+    tables = LakeTables.under(settings)
+    try:
+        quarantine = read_rows(tables.quarantine, settings.interval)
+    except FileNotFoundError:
+        quarantine = pl.DataFrame(schema={"symbol": pl.String, "timestamp": pl.Datetime, "rule": pl.String})
+    print(f"\nQuarantined rows: {quarantine.height}")
+    for row in quarantine.select("symbol", "timestamp", "rule").iter_rows():
+        print(f"  {row[0]} {row[1]:%Y-%m-%d %H:%M}  {row[2]}")
+    print("\nChecks:")
+    for evaluation in result.get_asset_check_evaluations():
+        status = "PASS" if evaluation.passed else ("WARN" if evaluation.severity.value == "WARN" else "FAIL")
+        detail = ""
+        if evaluation.check_name == "no_unexpected_gaps":
+            meta = evaluation.metadata
+            detail = f"  ({meta['gap_count'].value} gaps, {meta['missing_bars'].value} missing bars: real exchange outages)"
+        print(f"  {status:4s} {evaluation.asset_key.to_user_string()}.{evaluation.check_name}{detail}")
+    print(f"\nRun {'succeeded' if result.success else 'FAILED'}: {result.run_id}")

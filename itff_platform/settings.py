@@ -1,0 +1,131 @@
+"""The one settings class. Every field has a working default; override with ITFF_<FIELD>.
+
+Lists take JSON in the environment, e.g. ITFF_SYMBOLS='["BTCUSDT","SOLUSDT"]'.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Durations the platform understands, in seconds. Binance's interval names.
+INTERVAL_SECONDS = {
+    "1m": 60,
+    "3m": 180,
+    "5m": 300,
+    "15m": 900,
+    "30m": 1800,
+    "1h": 3600,
+    "2h": 7200,
+    "4h": 14400,
+    "6h": 21600,
+    "8h": 28800,
+    "12h": 43200,
+    "1d": 86400,
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ITFF_", extra="ignore")
+
+    # --- where things live
+    home: Path = Field(default_factory=Path.cwd, description="Project root; relative paths hang off it.")
+    lake_dir: Path = Path("data_lake")
+    mlflow_dir: Path = Path("mlflow")
+    drop_dir: Path = Path("data_lake/drop")
+
+    # --- what to ingest
+    source: Literal["sample", "files", "binance"] = "sample"
+    symbols: list[str] = ["BTCUSDT", "ETHUSDT"]
+    interval: str = "1h"
+    start_date: date = date(2021, 4, 1)
+    # None means "through the current month"; the packaged sample stops at 2024-09.
+    end_date: date | None = None
+    binance_base_url: str = "https://api.binance.com"
+    binance_archive_url: str = "https://data.binance.vision"
+    binance_max_retries: int = 6
+    http_timeout_s: float = 30.0
+
+    # --- data quality
+    gap_tolerance_bars: int = Field(1, ge=0, description="Missing bars tolerated before a gap is reported.")
+
+    # --- features
+    return_lags: list[int] = [1, 3, 6, 12, 24]
+    volatility_window: int = 24
+    rsi_period: int = 14
+    atr_period: int = 14
+    adx_period: int = 14
+    cci_period: int = 20
+    wavetrend_channel: int = 10
+    wavetrend_average: int = 21
+    macd_fast: int = 12
+    macd_slow: int = 26
+    macd_signal: int = 9
+    bollinger_period: int = 20
+    bollinger_width: float = 2.0
+    volume_zscore_window: int = 20
+    daily_range_days: int = 14
+    # Bars of history read before a window so recursive indicators (Wilder, EMA) have converged
+    # to float precision: (1 - 1/14) ** 600 < 1e-19.
+    warmup_bars: int = 600
+
+    # --- regime rules
+    regime_adx_trend: float = 25.0
+    regime_adx_range: float = 20.0
+    regime_slope_period: int = 50
+    regime_volatility_quantile: float = 0.9
+    regime_volatility_lookback: int = 720
+
+    # --- labels
+    label_horizon: int = Field(4, ge=1, description="Bars ahead for direction, forward return and barrier.")
+    label_neutral_zone: float = Field(0.001, ge=0, description="|forward log return| below this is flagged neutral.")
+    label_barrier_atr: float = Field(1.0, gt=0, description="k in the +/- k*ATR triple barrier.")
+
+    @field_validator("symbols")
+    @classmethod
+    def _symbols_upper(cls, symbols: list[str]) -> list[str]:
+        if not symbols:
+            raise ValueError("symbols: at least one symbol is required")
+        return [s.strip().upper() for s in symbols]
+
+    @field_validator("interval")
+    @classmethod
+    def _known_interval(cls, interval: str) -> str:
+        if interval not in INTERVAL_SECONDS:
+            raise ValueError(f"interval: {interval!r} is not one of {sorted(INTERVAL_SECONDS)}")
+        return interval
+
+    @model_validator(mode="after")
+    def _anchor_paths(self) -> "Settings":
+        for name in ("lake_dir", "mlflow_dir", "drop_dir"):
+            path = getattr(self, name)
+            if not path.is_absolute():
+                setattr(self, name, self.home / path)
+        return self
+
+    @property
+    def interval_seconds(self) -> int:
+        return INTERVAL_SECONDS[self.interval]
+
+    @property
+    def bars_per_day(self) -> int:
+        return max(1, 86400 // self.interval_seconds)
+
+    def effective_end_date(self) -> date:
+        """First day of the month after the last partition."""
+        if self.end_date is not None:
+            return self.end_date
+        if self.source == "sample":
+            return date(2024, 10, 1)
+        today = date.today()
+        return date(today.year + today.month // 12, today.month % 12 + 1, 1)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
