@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     http_timeout_s: float = 30.0
 
     # --- data quality
-    gap_tolerance_bars: int = Field(1, ge=0, description="Missing bars tolerated before a gap is reported.")
+    gap_tolerance_bars: int = Field(0, ge=0, description="Missing bars in a row tolerated before a gap is reported.")
 
     # --- features
     return_lags: list[int] = [1, 3, 6, 12, 24]

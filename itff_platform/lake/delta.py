@@ -65,7 +65,7 @@ def read_rows(
         scan = scan.filter(pl.col("month") >= start.replace(day=1).date(), pl.col("timestamp") >= start)
     if end is not None:
         scan = scan.filter(pl.col("month") <= end.date(), pl.col("timestamp") < end)
-    return scan.sort("timestamp").collect()
+    return scan.sort("symbol", "timestamp").collect()
 
 
 def table_version(path: str | Path) -> int | None:

@@ -1,0 +1,42 @@
+import subprocess
+import sys
+from pathlib import Path
+
+from dagster import AssetKey, BackfillPolicy, Definitions
+
+from itff_platform.definitions import defs
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_definitions_load_and_validate():
+    Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} >= {"raw_candles", "bronze_candles", "silver_features"}
+
+
+def test_lake_assets_are_symbol_by_month_with_single_run_backfills():
+    graph = defs.resolve_asset_graph()
+    for name in ("raw_candles", "bronze_candles", "silver_features"):
+        node = graph.get(AssetKey(name))
+        keys = node.partitions_def.get_partition_keys()
+        assert len(keys) == 2 * 42  # BTCUSDT, ETHUSDT x 2021-04 .. 2024-09
+        assert node.backfill_policy == BackfillPolicy.single_run()
+
+
+def test_bad_data_checks_block_downstream_and_gaps_only_warn():
+    from itff_platform.definitions import lake
+
+    specs = {(s.asset_key.to_user_string(), s.name): s for asset in lake for s in asset.check_specs}
+    for name in ("no_duplicate_timestamps", "ohlc_consistent", "positive_prices_and_volumes", "counts_reconcile", "bronze_schema"):
+        assert specs[("bronze_candles", name)].blocking, name
+    assert not specs[("bronze_candles", "no_unexpected_gaps")].blocking
+    assert specs[("silver_features", "silver_schema")].blocking
+
+
+def test_dagster_cli_loads_the_workspace():
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

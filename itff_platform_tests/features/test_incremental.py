@@ -1,0 +1,42 @@
+from datetime import timedelta
+
+import polars as pl
+
+from itff_platform.features.silver import history_bars_needed, read_span, silver_months
+from itff_platform.settings import Settings
+from itff_platform_tests.conftest import random_walk_candles, utc
+
+
+def test_one_month_alone_is_bit_identical_to_a_full_rebuild(btc_hourly):
+    settings = Settings()
+    candles = btc_hourly.filter(pl.col("volume") > 0)
+    months = [utc(2022, m, 1) for m in range(1, 13)]
+    rebuild = silver_months(candles, settings, months)
+
+    march = utc(2022, 3, 1)
+    read_from, read_to = read_span(settings, march, utc(2022, 4, 1))
+    just_the_window = candles.filter(pl.col("timestamp").is_between(read_from, read_to, closed="left"))
+    alone = silver_months(just_the_window, settings, [march])
+    assert alone.height == 31 * 24
+    assert alone.equals(rebuild.filter(pl.col("timestamp").dt.month() == 3))
+
+
+def test_one_new_day_on_one_minute_bars_is_bit_identical_to_a_full_rebuild():
+    settings = Settings(interval="1m")
+    candles = random_walk_candles(60 * 24 * 50, step_s=60, start=utc(2024, 1, 1))  # to 2024-02-19
+    rebuild = silver_months(candles, settings, [utc(2024, 1, 1), utc(2024, 2, 1)])
+    day = utc(2024, 2, 18)
+    update = silver_months(candles, settings, [utc(2024, 2, 1)], since=day)
+    assert update["timestamp"].min() == day and update.height == 2 * 60 * 24
+    assert update.equals(rebuild.filter(pl.col("timestamp") >= day))
+
+
+def test_the_warm_up_covers_every_rolling_window():
+    settings = Settings()
+    needed = history_bars_needed(settings)
+    assert needed > settings.regime_volatility_lookback + settings.volatility_window
+    assert needed > settings.daily_range_days * settings.bars_per_day
+    start, end = utc(2024, 3, 1), utc(2024, 4, 1)
+    read_from, read_to = read_span(settings, start, end)
+    assert start - read_from == needed * timedelta(hours=1)
+    assert read_to - end == settings.label_horizon * timedelta(hours=1)

@@ -1,0 +1,85 @@
+import hashlib
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+import pytest
+from deltalake import DeltaTable
+
+from itff_platform.lake.delta import partition_predicate, read_rows, replace_partitions, with_month
+from itff_platform_tests.conftest import random_walk_candles, utc
+
+
+def lake_frame(symbol: str, n: int = 24 * 90, seed: int = 0) -> pl.DataFrame:
+    candles = random_walk_candles(n, seed=seed, start=utc(2024, 1, 1))
+    return with_month(candles).with_columns(pl.lit("1h").alias("interval"), pl.lit(symbol).alias("symbol"))
+
+
+def partition_files(path: Path) -> dict[str, str]:
+    """Every data file under the table, with a hash of its bytes."""
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in path.rglob("*.parquet")}
+
+
+def write_all(path: Path, frame: pl.DataFrame) -> None:
+    for symbol in frame["symbol"].unique():
+        mine = frame.filter(pl.col("symbol") == symbol)
+        replace_partitions(path, mine, "1h", symbol, mine["month"].unique().to_list())
+
+
+def test_rewriting_one_partition_leaves_every_other_partition_byte_identical(tmp_path):
+    path = tmp_path / "table"
+    frame = pl.concat([lake_frame("BTCUSDT"), lake_frame("ETHUSDT", seed=1)])
+    write_all(path, frame)
+    before = partition_files(path)
+    assert len(before) == 6  # 2 symbols x 3 months
+
+    february = frame.filter((pl.col("symbol") == "BTCUSDT") & (pl.col("month") == date(2024, 2, 1)))
+    replace_partitions(path, february.with_columns(pl.col("close") * 2), "1h", "BTCUSDT", [date(2024, 2, 1)])
+    after = partition_files(path)
+
+    untouched = {k: v for k, v in before.items() if "symbol=BTCUSDT/month=2024-02-01" not in k}
+    assert {k: after[k] for k in untouched} == untouched
+    back = read_rows(path, "1h")
+    assert back.height == frame.height
+    doubled = back.filter((pl.col("symbol") == "BTCUSDT") & (pl.col("month") == date(2024, 2, 1)))
+    assert doubled["close"].to_list() == (february["close"] * 2).to_list()
+
+
+def test_rerunning_the_same_write_is_idempotent(tmp_path):
+    path = tmp_path / "table"
+    frame = lake_frame("BTCUSDT")
+    write_all(path, frame)
+    write_all(path, frame)
+    assert read_rows(path, "1h").height == frame.height
+
+
+def test_rows_outside_the_partition_are_refused_not_written(tmp_path):
+    """The predicate guards the write: rows for another month cannot slip in and widen the overwrite."""
+    path = tmp_path / "table"
+    frame = lake_frame("BTCUSDT")
+    write_all(path, frame)
+    with pytest.raises(Exception, match="rows failed validation check"):
+        replace_partitions(path, frame, "1h", "BTCUSDT", [date(2024, 1, 1)])
+    assert read_rows(path, "1h").height == frame.height
+
+
+def test_month_is_a_date_partition_and_the_predicate_uses_date_literals(tmp_path):
+    path = tmp_path / "table"
+    write_all(path, lake_frame("BTCUSDT"))
+    schema = DeltaTable(str(path)).schema()
+    assert {f.name: str(f.type) for f in schema.fields}["month"].lower().find("date") >= 0
+    assert "DATE '2024-02-01'" in partition_predicate("1h", "BTCUSDT", [date(2024, 2, 1)])
+
+
+def test_an_empty_frame_empties_just_that_partition(tmp_path):
+    path = tmp_path / "table"
+    frame = lake_frame("BTCUSDT")
+    write_all(path, frame)
+    replace_partitions(path, frame.head(0), "1h", "BTCUSDT", [date(2024, 3, 1)])
+    months = read_rows(path, "1h")["month"].unique().sort().to_list()
+    assert months == [date(2024, 1, 1), date(2024, 2, 1)]
+
+
+def test_reading_a_missing_table_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="materialize the upstream asset first"):
+        read_rows(tmp_path / "nothing", "1h")
