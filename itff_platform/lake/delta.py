@@ -10,10 +10,25 @@ from collections.abc import Iterable
 from datetime import date, datetime
 from pathlib import Path
 
+import json
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
 import polars as pl
-from deltalake import DeltaTable, write_deltalake
+from deltalake import ColumnProperties, DeltaTable, WriterProperties, write_deltalake
+from deltalake.transaction import AddAction
 
 PARTITION_COLUMNS = ["interval", "symbol", "month"]
+
+# Dictionary-encoding float columns made delta-rs writes 4x slower (2.2 s vs 0.55 s for 1M silver rows)
+# for no gain: prices and features are nearly all distinct. Strings with few values keep it. LZ4 was
+# the fastest codec measured (0.73 s vs 0.83 s snappy, 1.2 s zstd-1) at about the same size.
+WRITER_PROPERTIES = WriterProperties(
+    compression="LZ4_RAW",
+    default_column_properties=ColumnProperties(dictionary_enabled=False),
+    column_properties={name: ColumnProperties(dictionary_enabled=True) for name in ("regime", "rule", "source", "batch_id")},
+)
 
 
 def with_month(frame: pl.DataFrame) -> pl.DataFrame:
@@ -27,7 +42,10 @@ def partition_predicate(interval: str, symbol: str, months: Iterable[date], sinc
     predicate = f"\"interval\" = '{interval}' AND \"symbol\" = '{symbol}' AND \"month\" IN ({month_list})"
     if since is not None:
         # Rows from `since` on, within those months: a daily update rewrites one day, not the month.
-        predicate += f" AND \"timestamp\" >= TIMESTAMP '{since:%Y-%m-%dT%H:%M:%S}Z'"
+        # The literal must match the column's exact Arrow type (us, UTC); a plain TIMESTAMP is ns, naive.
+        predicate += (
+            f" AND \"timestamp\" >= arrow_cast('{since:%Y-%m-%dT%H:%M:%S}Z', 'Timestamp(Microsecond, Some(\"UTC\"))')"
+        )
     return predicate
 
 
@@ -44,12 +62,69 @@ def replace_partitions(
     if not DeltaTable.is_deltatable(str(path)):
         if frame.is_empty():
             return
-        write_deltalake(str(path), frame.to_arrow(), mode="append", partition_by=PARTITION_COLUMNS)
+        write_deltalake(str(path), frame.to_arrow(), mode="append", partition_by=PARTITION_COLUMNS, writer_properties=WRITER_PROPERTIES)
         return
     if frame.is_empty():
         DeltaTable(str(path)).delete(predicate)
         return
-    write_deltalake(str(path), frame.to_arrow(), mode="overwrite", predicate=predicate, partition_by=PARTITION_COLUMNS)
+    write_deltalake(
+        str(path), frame.to_arrow(), mode="overwrite", predicate=predicate, partition_by=PARTITION_COLUMNS,
+        writer_properties=WRITER_PROPERTIES,
+    )
+
+
+def write_partition_file(path: str | Path, frame: pl.DataFrame, interval: str, symbol: str, month: date) -> AddAction:
+    """Write one partition's rows as a Parquet file inside the table folder; not visible until committed.
+
+    Polars writes Parquet 3-4x faster than delta-rs for wide float frames, and can run while the next
+    partition is computed. Stats carry the timestamp range, so timestamp predicates can skip files."""
+    partition_values = {"interval": interval, "symbol": symbol, "month": f"{month:%Y-%m-%d}"}
+    relative = "/".join(f"{k}={v}" for k, v in partition_values.items()) + f"/part-{uuid.uuid4()}.lz4.parquet"
+    target = Path(path) / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    frame.drop(PARTITION_COLUMNS).write_parquet(target, compression="lz4", statistics=False)
+    stamps = frame["timestamp"]
+    stats = {
+        "numRecords": frame.height,
+        "minValues": {"timestamp": f"{stamps.min():%Y-%m-%dT%H:%M:%S.%fZ}"},
+        "maxValues": {"timestamp": f"{stamps.max():%Y-%m-%dT%H:%M:%S.%fZ}"},
+        "nullCount": {"timestamp": stamps.null_count()},
+    }
+    return AddAction(relative, target.stat().st_size, partition_values, int(time.time() * 1000), True, json.dumps(stats))
+
+
+def replace_partitions_by_files(
+    path: str | Path, parts: Iterable[tuple[date, "pl.LazyFrame"]], interval: str, symbol: str, schema: pl.Schema
+) -> list[pl.DataFrame]:
+    """Collect each (month, lazy rows), write it as its own file (two at a time), then replace exactly those
+    months in one Delta commit. Returns the frames written. For big rebuilds; small writes use replace_partitions."""
+    parts = list(parts)
+    if not parts:
+        return []
+    if not DeltaTable.is_deltatable(str(path)):
+        write_deltalake(str(path), pl.DataFrame(schema=schema).to_arrow(), mode="append", partition_by=PARTITION_COLUMNS)
+
+    def write(part: tuple[date, pl.LazyFrame]) -> tuple[pl.DataFrame, AddAction | None]:
+        month, rows = part
+        frame = rows.collect(engine="in-memory")
+        return frame, (write_partition_file(path, frame, interval, symbol, month) if frame.height else None)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        written = list(pool.map(write, parts))
+    months = sorted({m for m, _ in parts})
+    table = DeltaTable(str(path))
+    table.create_write_transaction(
+        [action for _, action in written if action is not None],
+        mode="overwrite",
+        schema=pl.DataFrame(schema=schema).to_arrow().schema,
+        partition_by=PARTITION_COLUMNS,
+        partition_filters=[
+            ("interval", "=", interval),
+            ("symbol", "=", symbol),
+            ("month", "in", [f"{m:%Y-%m-%d}" for m in months]),
+        ],
+    )
+    return [frame for frame, _ in written]
 
 
 def read_rows(
@@ -65,7 +140,8 @@ def read_rows(
         scan = scan.filter(pl.col("month") >= start.replace(day=1).date(), pl.col("timestamp") >= start)
     if end is not None:
         scan = scan.filter(pl.col("month") <= end.date(), pl.col("timestamp") < end)
-    return scan.sort("symbol", "timestamp").collect()
+    # Sorting on the string key costs 6x more than on timestamp alone; skip it when one symbol is read.
+    return scan.sort("timestamp" if symbol is not None else ["symbol", "timestamp"]).collect()
 
 
 def table_version(path: str | Path) -> int | None:

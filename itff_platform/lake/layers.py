@@ -12,9 +12,9 @@ from datetime import date, datetime, timezone
 
 import polars as pl
 
-from itff_platform.features.silver import month_windows, silver_months
+from itff_platform.features.silver import build_features, month_windows, window_frames
 from itff_platform.lake.cleaning import BronzeResult, clean_raw, find_gaps
-from itff_platform.lake.delta import read_rows, replace_partitions, table_version, with_month
+from itff_platform.lake.delta import read_rows, replace_partitions, replace_partitions_by_files, table_version, with_month
 from itff_platform.market.candles import CandleSource
 from itff_platform.settings import Settings
 
@@ -89,8 +89,15 @@ def build_bronze(settings: Settings, symbol: str, months: list[datetime]) -> Bro
 def build_silver(settings: Settings, symbol: str, months: list[datetime], since: datetime | None = None) -> pl.DataFrame:
     """Features, regime and labels for the months (from `since` on, for a daily update); returns the rows written."""
     tables = LakeTables.under(settings)
-    windows = month_windows(sorted(months), settings)
-    bronze = read_rows(tables.bronze, settings.interval, symbol, windows[0][0], windows[-1][3])
-    silver = silver_months(bronze, settings, sorted(months), since=since)
-    replace_partitions(tables.silver, silver, settings.interval, symbol, [m.date() for m in months], since=since)
-    return silver
+    months = sorted(months)
+    windows = month_windows(months, settings)
+    bronze = read_rows(tables.bronze, settings.interval, symbol, windows[0][0], windows[-1][3]).rechunk()
+    parts = [(month.date(), rows) for month, rows in window_frames(bronze, settings, months, since)]
+    if since is not None:
+        # A daily update rewrites the rows from `since` on, inside one month: a predicate write.
+        silver = pl.concat(pl.collect_all([rows for _, rows in parts], engine="in-memory"))
+        replace_partitions(tables.silver, silver, settings.interval, symbol, [m.date() for m in months], since=since)
+        return silver
+    schema = build_features(bronze.head(0), settings).collect_schema()
+    frames = replace_partitions_by_files(tables.silver, parts, settings.interval, symbol, schema)
+    return pl.concat(frames) if frames else pl.DataFrame(schema=schema)

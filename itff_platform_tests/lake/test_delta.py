@@ -83,3 +83,26 @@ def test_an_empty_frame_empties_just_that_partition(tmp_path):
 def test_reading_a_missing_table_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="materialize the upstream asset first"):
         read_rows(tmp_path / "nothing", "1h")
+
+
+def test_file_writes_replace_their_months_in_one_commit_and_touch_nothing_else(tmp_path):
+    from itff_platform.lake.delta import replace_partitions_by_files
+
+    path = tmp_path / "table"
+    btc, eth = lake_frame("BTCUSDT"), lake_frame("ETHUSDT", seed=1)
+    write_all(path, pl.concat([btc, eth]))
+    before, version = partition_files(path), DeltaTable(str(path)).version()
+    months = [date(2024, 1, 1), date(2024, 2, 1)]
+    parts = [(m, btc.filter(pl.col("month") == m).with_columns(pl.col("volume") + 1).lazy()) for m in months]
+    replace_partitions_by_files(path, parts, "1h", "BTCUSDT", btc.schema)
+
+    assert DeltaTable(str(path)).version() == version + 1
+    after = partition_files(path)
+    kept = {k: v for k, v in before.items() if not ("BTCUSDT/month=2024-01" in k or "BTCUSDT/month=2024-02" in k)}
+    assert {k: after[k] for k in kept} == kept
+    back = read_rows(path, "1h")
+    assert back.height == btc.height + eth.height
+    replaced = back.filter((pl.col("symbol") == "BTCUSDT") & pl.col("month").is_in(months))
+    assert replaced["volume"].to_list() == (btc.filter(pl.col("month").is_in(months))["volume"] + 1).to_list()
+    # The stats written with each file let a timestamp predicate skip files.
+    assert read_rows(path, "1h", "BTCUSDT", utc(2024, 2, 10), utc(2024, 2, 11)).height == 24

@@ -1,0 +1,154 @@
+"""bronze -> silver at scale: 10M synthetic 1-minute candles, Delta read and write included.
+
+    make bench-lake                     # 10M rows
+    ITFF_BENCH_ROWS=1000000 make bench-lake
+
+Reports the full rebuild (read bronze, compute features/regime/labels, write silver), rows/s, peak RSS,
+and a one-day incremental update on top of the full history. Results go to benchmarks/results/lake.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from itff_platform.features.silver import month_windows, silver_months
+from itff_platform.lake.delta import read_rows, replace_partitions, with_month
+from itff_platform.lake.layers import LakeTables, build_silver
+from itff_platform.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SYMBOL = "BENCHUSDT"
+
+
+class PeakRss:
+    """Samples this process's resident memory every 10 ms; polars allocates outside Python's tracers."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def current() -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self) -> "PeakRss":
+        self.peak = self.current()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, self.current())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def synthetic_minutes(n: int, start: datetime, seed: int = 0) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    close = 30_000 * np.exp(np.cumsum(rng.normal(0, 0.0008, n)))
+    open_ = np.r_[close[0], close[:-1]]
+    high = np.maximum(open_, close) * (1 + np.abs(rng.normal(0, 0.0003, n)))
+    low = np.minimum(open_, close) * (1 - np.abs(rng.normal(0, 0.0003, n)))
+    start_us = int(start.timestamp() * 1_000_000)
+    frame = pl.DataFrame(
+        {
+            "timestamp": pl.Series(np.arange(n, dtype=np.int64) * 60_000_000 + start_us).cast(pl.Datetime("us", "UTC")),
+            "open": open_, "high": high, "low": low, "close": close, "volume": rng.gamma(2.0, 5.0, n),
+        }
+    )
+    return with_month(frame).with_columns(pl.lit("1m").alias("interval"), pl.lit(SYMBOL).alias("symbol"))
+
+
+def timed(fn):
+    started = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - started
+
+
+def main() -> None:
+    rows = int(os.environ.get("ITFF_BENCH_ROWS", 10_000_000))
+    lake_dir = ROOT / "data_lake" / "bench"
+    shutil.rmtree(lake_dir, ignore_errors=True)
+    settings = Settings(lake_dir=lake_dir, interval="1m", symbols=[SYMBOL])
+    tables = LakeTables.under(settings)
+
+    # Setup (not timed): full history in bronze, less the last day, which arrives later as the update.
+    start = datetime(2006, 1, 1, tzinfo=timezone.utc)
+    history = synthetic_minutes(rows + 1440, start)
+    last_day = history.tail(1440)
+    bronze = history.head(rows)
+    months = [datetime(m.year, m.month, 1, tzinfo=timezone.utc) for m in bronze["month"].unique().sort()]
+    replace_partitions(tables.bronze, bronze, "1m", SYMBOL, [m.date() for m in months])
+    print(f"bronze: {rows:,} rows of 1-minute candles in {len(months)} monthly partitions", flush=True)
+
+    # Full rebuild: exactly what the silver_features asset runs for a single-run backfill.
+    del history, bronze
+    with PeakRss() as memory:
+        baseline = memory.peak
+        silver, rebuild_s = timed(lambda: build_silver(settings, SYMBOL, months))
+    silver_columns = silver.width
+    # The same phases apart, to show where the time goes (compute and write overlap inside build_silver).
+    del silver
+    windows = month_windows(months, settings)
+    read, t_read = timed(lambda: read_rows(tables.bronze, "1m", SYMBOL, windows[0][0], windows[-1][3]))
+    _, t_compute = timed(lambda: silver_months(read, settings, months))
+    print(f"rebuild: {rebuild_s:.2f}s (alone: read {t_read:.2f}s, compute {t_compute:.2f}s)", flush=True)
+
+    # One new day, five times over fresh days: bronze append, then the silver update for that day.
+    updates, appends = [], []
+    day_rows = last_day
+    for _ in range(5):
+        day = day_rows["timestamp"][0]
+        day_month = day.replace(day=1, hour=0, minute=0)
+        _, t_append = timed(lambda: replace_partitions(tables.bronze, day_rows, "1m", SYMBOL, [day_month.date()], since=day))
+        _, t_update = timed(lambda: build_silver(settings, SYMBOL, [day_month], since=day))
+        appends.append(t_append)
+        updates.append(t_update)
+        day_rows = day_rows.with_columns(
+            pl.col("timestamp") + timedelta(days=1)
+        ).pipe(with_month)
+        if day_rows["month"][0] != day_month.date() or day_rows["month"][-1] != day_month.date():
+            break
+    update_s = statistics.median(updates)
+
+    result = {
+        "machine": f"{platform.node()} | {os.cpu_count()} CPUs | {platform.processor() or platform.machine()} | Python {sys.version.split()[0]} | polars {pl.__version__}",
+        "rows": rows,
+        "partitions": len(months),
+        "silver_columns": silver_columns,
+        "rebuild_s": round(rebuild_s, 3),
+        "read_bronze_alone_s": round(t_read, 3),
+        "compute_silver_alone_s": round(t_compute, 3),
+        "rebuild_rows_per_s": round(rows / rebuild_s),
+        "rebuild_peak_rss_gib": round(memory.peak / 2**30, 2),
+        "rebuild_peak_rss_over_baseline_gib": round((memory.peak - baseline) / 2**30, 2),
+        "one_day_silver_update_s_median": round(update_s, 4),
+        "one_day_silver_update_runs": [round(u, 4) for u in updates],
+        "one_day_bronze_append_s_median": round(statistics.median(appends), 4),
+        "one_day_update_share_of_rebuild": round(update_s / rebuild_s, 4),
+    }
+    out = ROOT / "benchmarks" / "results" / "lake.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    shutil.rmtree(lake_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
