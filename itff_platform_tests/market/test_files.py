@@ -67,6 +67,7 @@ def test_gzip_and_parquet_exports_and_only_matching_names(tmp_path):
     assert frame.height == 2
 
 
+@pytest.mark.skipif(not SHARED_1M.is_dir(), reason="the shared Binance exports are not beside this checkout")
 def test_real_one_minute_binance_export_reads_exactly():
     path = SHARED_1M / "BTCUSDT-1m-2024-02-12.csv.gz"
     frame = FilesCandleSource(SHARED_1M).fetch("BTCUSDT", "1m", utc(2024, 1, 1), utc(2025, 1, 1))
