@@ -20,12 +20,12 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from itff_platform.features.silver import month_windows, silver_months
 from itff_platform.lake.delta import read_rows, replace_partitions, with_month
 from itff_platform.lake.layers import LakeTables, build_silver
+from itff_platform.market.synthetic import random_walk_candles
 from itff_platform.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,18 +60,7 @@ class PeakRss:
 
 
 def synthetic_minutes(n: int, start: datetime, seed: int = 0) -> pl.DataFrame:
-    rng = np.random.default_rng(seed)
-    close = 30_000 * np.exp(np.cumsum(rng.normal(0, 0.0008, n)))
-    open_ = np.r_[close[0], close[:-1]]
-    high = np.maximum(open_, close) * (1 + np.abs(rng.normal(0, 0.0003, n)))
-    low = np.minimum(open_, close) * (1 - np.abs(rng.normal(0, 0.0003, n)))
-    start_us = int(start.timestamp() * 1_000_000)
-    frame = pl.DataFrame(
-        {
-            "timestamp": pl.Series(np.arange(n, dtype=np.int64) * 60_000_000 + start_us).cast(pl.Datetime("us", "UTC")),
-            "open": open_, "high": high, "low": low, "close": close, "volume": rng.gamma(2.0, 5.0, n),
-        }
-    )
+    frame = random_walk_candles(n, seed=seed, start=start, step_s=60, start_price=30_000, volatility=0.0008, wick=0.0003)
     return with_month(frame).with_columns(pl.lit("1m").alias("interval"), pl.lit(SYMBOL).alias("symbol"))
 
 
