@@ -50,3 +50,20 @@ def print_lake_summary(settings: Settings, result) -> None:
             detail = f"  ({meta['gap_count'].value} gaps, {meta['missing_bars'].value} missing bars: real exchange outages)"
         print(f"  {status:4s} {evaluation.asset_key.to_user_string()}.{evaluation.check_name}{detail}")
     print(f"\nRun {'succeeded' if result.success else 'FAILED'}: {result.run_id}")
+
+
+def print_training_summary(settings: Settings, rows: list[dict]) -> None:
+    if not rows:
+        print("\nNo studies finished; see the Dagster run log above.")
+        return
+    frame = pl.DataFrame(rows).drop("run_id")
+    with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_formatting="ASCII_MARKDOWN",
+                   tbl_rows=200, tbl_cols=30, tbl_width_chars=250):
+        for task, targets in (("classification", ["direction", "level_up"]), ("regression", ["forward_return"])):
+            part = frame.filter(pl.col("target").is_in(targets))
+            if part.height:
+                print(f"\nOut-of-sample results, {task} (walk-forward, {settings.fees_bps:g} bps per side):")
+                print(part.select([c for c in part.columns if part[c].null_count() < part.height]))
+    names = sorted({f"itff-{r['symbol']}-{r['target']}" for r in rows})
+    print(f"\nRegistered models: {', '.join(names)}")
+    print(f"Compare them in the MLflow UI: make dev, then {settings.mlflow_ui_url}")

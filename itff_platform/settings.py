@@ -86,6 +86,34 @@ class Settings(BaseSettings):
     label_neutral_zone: float = Field(0.001, ge=0, description="|forward log return| below this is flagged neutral.")
     label_barrier_atr: float = Field(1.0, gt=0, description="k in the +/- k*ATR triple barrier.")
 
+    # --- training
+    targets: list[Literal["direction", "level_up", "forward_return"]] = ["direction", "level_up", "forward_return"]
+    families: list[Literal["logistic", "boosting", "lstm", "transformer", "lorentzian"]] = [
+        "logistic", "boosting", "lstm", "transformer", "lorentzian",
+    ]
+    regression_families: list[Literal["boosting_quantile", "linear_quantile"]] = ["boosting_quantile", "linear_quantile"]
+    seed: int = 42
+    trials: int = Field(3, ge=1, description="Optuna trials per study (scikit-learn and k-NN families).")
+    torch_trials: int = Field(2, ge=1, description="Optuna trials per study for the torch families.")
+    study_timeout_s: float = Field(240, gt=0, description="Wall-clock budget per study; trials stop once it is spent.")
+    wf_folds: int = Field(4, ge=2)
+    wf_test_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of the rows in each walk-forward test window.")
+    wf_mode: Literal["expanding", "sliding"] = "expanding"
+    wf_train_bars: int = Field(8760, ge=100, description="Training window length in sliding mode.")
+    wf_embargo_bars: int = Field(24, ge=0, description="Bars after each test window never used for training.")
+    fees_bps: float = Field(10.0, ge=0, description="Cost per side, in basis points, charged by the backtest.")
+    default_threshold: float = Field(0.55, ge=0.5, lt=1, description="Threshold on P(up) before any fold can choose one.")
+    min_trades: int = Field(20, ge=1, description="Trades a threshold must make to be chosen.")
+    torch_max_train_rows: int = Field(6000, ge=500, description="Most recent rows of a training window the torch families fit on.")
+    sequence_length: int = Field(24, ge=2, description="Bars of feature history an LSTM/Transformer sees.")
+    torch_epochs: int = Field(3, ge=1)
+    torch_device: str = Field("auto", description="auto (cuda when present), cpu or cuda.")
+    mc_dropout_samples: int = Field(20, ge=2)
+    progress_bar: bool = Field(False, description="Optuna's progress bar per study (the CLI turns it on).")
+    mlflow_tracking_uri: str | None = None
+    mlflow_ui_url: str = Field("http://127.0.0.1:5000", description="Where `make dev` serves the MLflow UI; used in links.")
+    optuna_storage: str | None = None
+
     @field_validator("symbols")
     @classmethod
     def _symbols_upper(cls, symbols: list[str]) -> list[str]:
@@ -107,6 +135,18 @@ class Settings(BaseSettings):
             if not path.is_absolute():
                 setattr(self, name, self.home / path)
         return self
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def artifact_location(self) -> str:
+        return (self.mlflow_dir / "artifacts").as_uri()
+
+    @property
+    def study_storage(self) -> str:
+        return self.optuna_storage or f"sqlite:///{self.mlflow_dir / 'optuna.db'}"
 
     @property
     def interval_seconds(self) -> int:

@@ -1,0 +1,111 @@
+"""trained_models: one partition per symbol x target; every family's Optuna study, tracked in MLflow."""
+
+import base64
+import json
+
+from dagster import (
+    AssetDep,
+    AssetExecutionContext,
+    BackfillPolicy,
+    DimensionPartitionMapping,
+    IdentityPartitionMapping,
+    MaterializeResult,
+    MetadataValue,
+    MultiPartitionKey,
+    MultiPartitionMapping,
+    MultiPartitionsDefinition,
+    StaticPartitionsDefinition,
+    asset,
+)
+
+from itff_platform.defs.checks import markdown_table
+from itff_platform.defs.resources import ItffSettingsResource
+from itff_platform.settings import Settings
+
+SUMMARY_COLUMNS = {
+    "classification": ["log_loss", "roc_auc", "brier", "ece", "backtest_profit_factor", "backtest_trades", "threshold"],
+    "regression": ["pinball_loss", "mae", "mape", "band_coverage"],
+}
+
+
+def training_partitions(settings: Settings) -> MultiPartitionsDefinition:
+    return MultiPartitionsDefinition(
+        {"symbol": StaticPartitionsDefinition(settings.symbols), "target": StaticPartitionsDefinition(settings.targets)}
+    )
+
+
+def png_markdown(path) -> MetadataValue:
+    encoded = base64.b64encode(path.read_bytes()).decode()
+    return MetadataValue.md(f"![{path.stem}](data:image/png;base64,{encoded})")
+
+
+def training_assets(settings: Settings) -> list:
+    # Every month of the symbol's silver feeds each of its targets.
+    silver_to_training = MultiPartitionMapping(
+        {"symbol": DimensionPartitionMapping("symbol", IdentityPartitionMapping())}
+    )
+
+    @asset(
+        partitions_def=training_partitions(settings),
+        backfill_policy=BackfillPolicy.single_run(),
+        deps=[AssetDep("silver_features", partition_mapping=silver_to_training)],
+        group_name="training",
+        kinds={"mlflow", "optuna", "sklearn", "pytorch"},
+        description="Walk-forward Optuna studies for every model family and the baselines; the best of each "
+        "family is refit and registered as itff-{symbol}-{target}.",
+    )
+    def trained_models(context: AssetExecutionContext, itff: ItffSettingsResource) -> MaterializeResult:
+        import polars as pl
+
+        from itff_platform.training.train import train_symbol_target
+
+        cfg = itff.settings()
+        summaries, figures, links = [], {}, {}
+        for key in context.partition_keys:
+            dims = key.keys_by_dimension if isinstance(key, MultiPartitionKey) else dict(zip(("symbol", "target"), key.split("|")))
+            symbol, target = dims["symbol"], dims["target"]
+            task = "regression" if target == "forward_return" else "classification"
+            for outcome in train_symbol_target(cfg, symbol, target, progress=context.log.info):
+                summaries.append(
+                    {"symbol": symbol, "target": target, "family": outcome.family, "version": outcome.model_version or "-",
+                     **{k: round(outcome.metrics.get(k, float("nan")), 4) for k in SUMMARY_COLUMNS[task]},
+                     "trials_per_min": round(outcome.trials_per_minute, 1), "run_id": outcome.run_id}
+                )
+                links[f"{symbol}/{target}/{outcome.family}"] = outcome.run_id
+                if "reliability" in outcome.figures and not outcome.family.startswith("baseline"):
+                    figures[f"{symbol} {target} {outcome.family}"] = outcome.figures["reliability"]
+                elif "quantile_bands" in outcome.figures:
+                    figures[f"{symbol} {target} {outcome.family}"] = outcome.figures["quantile_bands"]
+        table = pl.DataFrame(summaries)
+        metadata = {
+            "studies": markdown_table(table.drop("run_id")),
+            "summary": MetadataValue.json(summaries),
+            "mlflow_tracking_uri": cfg.tracking_uri,
+            "mlflow_runs": MetadataValue.md(
+                "\n".join(f"- {name}: [{rid}]({cfg.mlflow_ui_url}/#/experiments/runs/{rid})" for name, rid in links.items())
+            ),
+        }
+        classifiers = table.filter(~pl.col("family").str.starts_with("baseline")).filter(pl.col("target") != "forward_return")
+        if classifiers.height and "log_loss" in classifiers.columns:
+            best = classifiers.sort("log_loss").row(0, named=True)
+            metadata.update({"best_family": best["family"], "best_log_loss": best["log_loss"], "best_roc_auc": best["roc_auc"]})
+            best_plot = figures.get(f"{best['symbol']} {best['target']} {best['family']}")
+            if best_plot is not None:
+                metadata["reliability_of_best"] = png_markdown(best_plot)
+        for name, path in list(figures.items())[:12]:
+            metadata[f"plot: {name}"] = MetadataValue.path(str(path))
+        return MaterializeResult(metadata=metadata)
+
+    return [trained_models]
+
+
+def summary_rows(result) -> list[dict]:
+    """The per-family rows a training run reported, for the CLI's table."""
+    rows = []
+    for event in result.get_asset_materialization_events():
+        if event.asset_key.to_user_string() == "trained_models":
+            value = event.materialization.metadata.get("summary")
+            if value is not None:
+                rows.extend(value.value if isinstance(value.value, list) else json.loads(value.value))
+    unique = {(r["symbol"], r["target"], r["family"], r["run_id"]): r for r in rows}
+    return list(unique.values())

@@ -1,0 +1,78 @@
+"""One interface for every model family: fit on a training window (with sample weights), predict, save, load,
+and declare an Optuna search space. Scalers are fitted inside `fit`, on the training rows only."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from sklearn.preprocessing import StandardScaler
+
+
+class Forecaster(ABC):
+    family: ClassVar[str]
+    task: ClassVar[str] = "classification"  # or "regression" (quantile bands)
+    # Rows of history a prediction needs before the row itself (sequence models look back).
+    context_rows: int = 0
+
+    def __init__(self, params: dict[str, Any] | None = None, seed: int = 42) -> None:
+        self.params = dict(params or {})
+        self.seed = seed
+        self.scaler: StandardScaler | None = None
+
+    @classmethod
+    def search_space(cls, trial) -> dict[str, Any]:
+        return {}
+
+    def fit_scaler(self, features: np.ndarray) -> np.ndarray:
+        """Fit the scaler on these (training) rows only, and return them scaled."""
+        self.scaler = StandardScaler().fit(features)
+        return self.scale(features)
+
+    def scale(self, features: np.ndarray) -> np.ndarray:
+        if self.scaler is None:
+            raise RuntimeError(f"{self.family}: predict called before fit")
+        return self.scaler.transform(features).astype(np.float32)
+
+    @abstractmethod
+    def fit(self, features: np.ndarray, labels: np.ndarray, sample_weight: np.ndarray | None = None) -> "Forecaster": ...
+
+    @abstractmethod
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """P(label = 1) per row (classification), or an (n, 3) array of P10/P50/P90 (regression)."""
+
+    def predict_with_uncertainty(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(mean probability, its standard deviation or None when the family has no notion of it)."""
+        return self.predict_proba(features), None
+
+    # --- persistence: params + pickled state; torch families override the state part
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "forecaster.json").write_text(
+            json.dumps({"family": self.family, "params": self.params, "seed": self.seed}, indent=2, default=str)
+        )
+        with open(folder / "state.pkl", "wb") as handle:
+            pickle.dump(self._state(), handle)
+
+    def _state(self) -> dict[str, Any]:
+        return {"scaler": self.scaler, **{k: v for k, v in vars(self).items() if k not in ("params", "seed", "scaler")}}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def clip_probability(p: np.ndarray) -> np.ndarray:
+    return np.clip(p, 1e-6, 1 - 1e-6)
+
+
+def balanced_weights(labels: np.ndarray) -> np.ndarray:
+    """Weights that give each class the same total weight."""
+    labels = labels.astype(int)
+    counts = np.bincount(labels, minlength=2).astype(float)
+    counts[counts == 0] = 1
+    return (len(labels) / (2 * counts))[labels]

@@ -1,0 +1,100 @@
+"""scikit-learn families: logistic regression, gradient-boosted trees, and quantile regressors."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+from sklearn.linear_model import LogisticRegression, Ridge
+
+from itff_platform.models.base import Forecaster, clip_probability
+
+QUANTILES = (0.1, 0.5, 0.9)
+
+
+class LogisticForecaster(Forecaster):
+    family = "logistic"
+
+    @classmethod
+    def search_space(cls, trial) -> dict:
+        return {"C": trial.suggest_float("C", 1e-3, 10.0, log=True)}
+
+    def fit(self, features, labels, sample_weight=None):
+        self.model = LogisticRegression(C=self.params.get("C", 1.0), max_iter=500)
+        self.model.fit(self.fit_scaler(features), labels, sample_weight=sample_weight)
+        return self
+
+    def predict_proba(self, features):
+        return clip_probability(self.model.predict_proba(self.scale(features))[:, 1])
+
+
+class BoostingForecaster(Forecaster):
+    family = "boosting"
+
+    @classmethod
+    def search_space(cls, trial) -> dict:
+        return {
+            "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.2, log=True),
+            "max_leaf_nodes": trial.suggest_int("max_leaf_nodes", 7, 31),
+            "min_samples_leaf": trial.suggest_int("min_samples_leaf", 50, 400, log=True),
+            "l2_regularization": trial.suggest_float("l2_regularization", 1e-3, 10.0, log=True),
+        }
+
+    def fit(self, features, labels, sample_weight=None):
+        # Early stopping on an internal split would sample validation rows at random, i.e. from the future
+        # of other training rows; a fixed iteration count keeps the training window strictly causal.
+        self.model = HistGradientBoostingClassifier(max_iter=150, early_stopping=False, random_state=self.seed, **self.params)
+        self.model.fit(self.fit_scaler(features), labels, sample_weight=sample_weight)
+        return self
+
+    def predict_proba(self, features):
+        return clip_probability(self.model.predict_proba(self.scale(features))[:, 1])
+
+
+class BoostingQuantileForecaster(Forecaster):
+    """P10/P50/P90 of the forward return, one gradient-boosted model per quantile."""
+
+    family = "boosting_quantile"
+    task = "regression"
+
+    @classmethod
+    def search_space(cls, trial) -> dict:
+        return {
+            "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.2, log=True),
+            "max_leaf_nodes": trial.suggest_int("max_leaf_nodes", 7, 31),
+            "min_samples_leaf": trial.suggest_int("min_samples_leaf", 50, 400, log=True),
+        }
+
+    def fit(self, features, labels, sample_weight=None):
+        scaled = self.fit_scaler(features)
+        self.models = [
+            HistGradientBoostingRegressor(loss="quantile", quantile=q, max_iter=100, early_stopping=False, random_state=self.seed, **self.params)
+            .fit(scaled, labels, sample_weight=sample_weight)
+            for q in QUANTILES
+        ]
+        return self
+
+    def predict_proba(self, features):
+        scaled = self.scale(features)
+        return np.sort(np.column_stack([m.predict(scaled) for m in self.models]), axis=1)  # no crossing bands
+
+
+class LinearQuantileForecaster(Forecaster):
+    """Ridge regression for the median; the bands are the training residuals' 10th and 90th percentiles."""
+
+    family = "linear_quantile"
+    task = "regression"
+
+    @classmethod
+    def search_space(cls, trial) -> dict:
+        return {"alpha": trial.suggest_float("alpha", 1e-2, 1e3, log=True)}
+
+    def fit(self, features, labels, sample_weight=None):
+        scaled = self.fit_scaler(features)
+        self.model = Ridge(alpha=self.params.get("alpha", 1.0)).fit(scaled, labels, sample_weight=sample_weight)
+        residuals = labels - self.model.predict(scaled)
+        self.offsets = np.quantile(residuals, QUANTILES)
+        return self
+
+    def predict_proba(self, features):
+        median = self.model.predict(self.scale(features))
+        return median[:, None] + self.offsets[None, :]

@@ -1,0 +1,108 @@
+"""The metric names every family reports, so MLflow shows studies side by side."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+from sklearn.metrics import brier_score_loss, f1_score, log_loss, precision_score, recall_score, roc_auc_score
+
+REGIMES = ["trending_up", "trending_down", "range_bound", "volatile", "neutral", "unknown"]
+
+
+def expected_calibration_error(labels: np.ndarray, prob: np.ndarray, bins: int = 10) -> float:
+    edges = np.minimum((prob * bins).astype(int), bins - 1)
+    error = 0.0
+    for b in range(bins):
+        in_bin = edges == b
+        if in_bin.any():
+            error += in_bin.mean() * abs(prob[in_bin].mean() - labels[in_bin].mean())
+    return float(error)
+
+
+def safe_auc(labels: np.ndarray, prob: np.ndarray) -> float:
+    return float(roc_auc_score(labels, prob)) if len(np.unique(labels)) == 2 else float("nan")
+
+
+def classification_metrics(labels: np.ndarray, prob: np.ndarray, threshold: float | np.ndarray) -> dict[str, float]:
+    """Probability quality, plus precision/recall/F1 of calling 'up' at the threshold (one, or one per row)."""
+    called = (prob >= threshold).astype(int)
+    return {
+        "log_loss": float(log_loss(labels, prob, labels=[0, 1])),
+        "roc_auc": safe_auc(labels, prob),
+        "accuracy": float(((prob >= 0.5).astype(int) == labels).mean()),
+        "brier": float(brier_score_loss(labels, prob)),
+        "ece": expected_calibration_error(labels, prob),
+        "precision": float(precision_score(labels, called, zero_division=0)),
+        "recall": float(recall_score(labels, called, zero_division=0)),
+        "f1": float(f1_score(labels, called, zero_division=0)),
+    }
+
+
+def regime_metrics(labels: np.ndarray, prob: np.ndarray, regimes: np.ndarray) -> dict[str, float]:
+    out = {}
+    for regime in REGIMES:
+        mine = regimes == regime
+        if mine.sum() >= 20:
+            out[f"auc_{regime}"] = safe_auc(labels[mine], prob[mine])
+            out[f"hit_rate_{regime}"] = float(((prob[mine] >= 0.5).astype(int) == labels[mine]).mean())
+    return out
+
+
+def pinball_loss(actual: np.ndarray, bands: np.ndarray, quantiles=(0.1, 0.5, 0.9)) -> float:
+    losses = []
+    for i, q in enumerate(quantiles):
+        diff = actual - bands[:, i]
+        losses.append(np.mean(np.maximum(q * diff, (q - 1) * diff)))
+    return float(np.mean(losses))
+
+
+def regression_metrics(actual: np.ndarray, bands: np.ndarray, close: np.ndarray) -> dict[str, float]:
+    """MAE of the median log return; MAPE of the implied price close*exp(P50) against the realised price
+    (a MAPE of returns themselves explodes near zero); how often the outcome lands inside P10..P90."""
+    realised_price, forecast_price = close * np.exp(actual), close * np.exp(bands[:, 1])
+    return {
+        "mae": float(np.mean(np.abs(actual - bands[:, 1]))),
+        "mape": float(np.mean(np.abs(forecast_price - realised_price) / realised_price)),
+        "band_coverage": float(np.mean((actual >= bands[:, 0]) & (actual <= bands[:, 2]))),
+        "pinball_loss": pinball_loss(actual, bands),
+    }
+
+
+def threshold_sweep(labels: np.ndarray, prob: np.ndarray, forward_return: np.ndarray, horizon: int, fees_bps: float) -> pl.DataFrame:
+    from itff_platform.training.backtest import backtest
+
+    rows = []
+    for threshold in np.round(np.arange(0.50, 0.705, 0.01), 2):
+        m = classification_metrics(labels, prob, threshold)
+        bt = backtest(prob, forward_return, threshold, fees_bps, horizon, periods_per_year=1).metrics
+        rows.append({"threshold": float(threshold), "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
+                     "profit_factor": bt["profit_factor"], "trades": bt["trades"]})
+    return pl.DataFrame(rows)
+
+
+def choose_threshold(labels: np.ndarray, prob: np.ndarray, forward_return: np.ndarray, horizon: int, fees_bps: float,
+                     min_trades: int, default: float) -> float:
+    """The threshold whose trades earned the most after fees on these rows, among those trading at least
+    `min_trades` times; `default` when none does. Ties go to the lower threshold."""
+    sweep = threshold_sweep(labels, prob, forward_return, horizon, fees_bps)
+    from itff_platform.training.backtest import backtest
+
+    best, best_return = default, -np.inf
+    for threshold in sweep.filter(pl.col("trades") >= min_trades)["threshold"]:
+        earned = backtest(prob, forward_return, threshold, fees_bps, horizon, periods_per_year=1).metrics["strategy_return"]
+        if earned > best_return + 1e-12:
+            best, best_return = float(threshold), earned
+    return best
+
+
+def walk_forward_thresholds(labels: np.ndarray, prob: np.ndarray, forward_return: np.ndarray, fold_sizes: list[int],
+                            horizon: int, fees_bps: float, min_trades: int, default: float) -> np.ndarray:
+    """A threshold per out-of-sample row, each chosen only from the folds before its own, so
+    threshold-dependent figures (precision, recall, F1, the backtest) carry no selection bias."""
+    per_row, start = np.empty(len(prob)), 0
+    for size in fold_sizes:
+        past = slice(0, start)
+        per_row[start : start + size] = default if start == 0 else choose_threshold(
+            labels[past], prob[past], forward_return[past], horizon, fees_bps, min_trades, default)
+        start += size
+    return per_row

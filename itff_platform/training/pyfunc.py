@@ -1,0 +1,48 @@
+"""The MLflow pyfunc that carries everything a prediction needs: the feature list and order, the scaler and
+model (inside the saved forecaster), the regime rules, the decision threshold and the label horizon."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+
+class ItffForecastModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        from itff_platform.models import load_forecaster
+
+        folder = Path(context.artifacts["forecaster"])
+        self.meta = json.loads((folder / "meta.json").read_text())
+        self.forecaster = load_forecaster(folder)
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        features = self.meta["features"]
+        missing = [f for f in features if f not in model_input.columns]
+        if missing:
+            raise ValueError(f"features: missing column(s) {missing}; expected, in order: {features}")
+        x = model_input[features].to_numpy(dtype=np.float64)
+        if not np.isfinite(x).all():
+            bad = [f for f in features if not np.isfinite(model_input[f].to_numpy(dtype=np.float64)).all()]
+            raise ValueError(f"features: non-finite value(s) in {bad}")
+        regime = model_input["regime"].astype(str).to_numpy() if "regime" in model_input else np.full(len(x), "unknown")
+        if self.meta["task"] == "regression":
+            bands = self.forecaster.predict_proba(x)
+            return pd.DataFrame({"p10": bands[:, 0], "p50": bands[:, 1], "p90": bands[:, 2], "regime": regime})
+        prob, spread = self.forecaster.predict_with_uncertainty(x) if params and params.get("uncertainty") else (
+            self.forecaster.predict_proba(x), None)
+        threshold = self.meta["threshold"]
+        confidence = np.maximum(prob, 1 - prob)
+        signal = np.where(prob >= threshold, "long", np.where(prob <= 1 - threshold, "short", "flat"))
+        out = pd.DataFrame({"prob_up": prob, "confidence": confidence, "threshold": threshold,
+                            "allow": confidence >= threshold, "signal": signal, "regime": regime})
+        if spread is not None:
+            out["uncertainty"] = spread
+        return out
+
+
+# Models-from-code: MLflow stores this file with the model and runs it on load, instead of unpickling an object.
+mlflow.models.set_model(ItffForecastModel())

@@ -1,0 +1,185 @@
+"""One Optuna study per (symbol, target, family), tracked in MLflow: a parent run for the study, a child run per
+trial, then the best configuration refit on every row and registered as `itff-{symbol}-{target}`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import optuna
+import pandas as pd
+
+from itff_platform.models import forecaster_class, make_forecaster
+from itff_platform.settings import Settings
+from itff_platform.training.dataset import TrainingData
+from itff_platform.training.evaluation import evaluate, out_of_sample, sample_weights
+from itff_platform.training.splits import Fold
+
+log = logging.getLogger(__name__)
+# MLflow prints a progress bar per artifact download and INFO lines per model; a study's own log line is enough.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+logging.getLogger("mlflow").setLevel(logging.WARNING)
+HEADLINE = {"classification": ["log_loss", "roc_auc", "ece", "backtest_profit_factor"], "regression": ["mae", "mape", "band_coverage"]}
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    family: str
+    run_id: str
+    metrics: dict[str, float]
+    params: dict
+    model_version: str | None
+    trials_completed: int
+    trials_pruned: int
+    seconds: float
+    figures: dict[str, Path]
+
+    @property
+    def trials_per_minute(self) -> float:
+        return (self.trials_completed + self.trials_pruned) / max(self.seconds, 1e-9) * 60
+
+
+def registered_name(symbol: str, target: str) -> str:
+    return f"itff-{symbol}-{target}"
+
+
+def experiment_id(settings: Settings, symbol: str, target: str) -> str:
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    name = registered_name(symbol, target)
+    found = mlflow.get_experiment_by_name(name)
+    return found.experiment_id if found else mlflow.create_experiment(name, artifact_location=f"{settings.artifact_location}/{name}")
+
+
+def _clean(metrics: dict[str, float]) -> dict[str, float]:
+    """MLflow refuses NaN/inf in some stores; drop what is undefined rather than log a lie."""
+    return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+
+
+def run_study(
+    data: TrainingData,
+    family: str,
+    folds: list[Fold],
+    settings: Settings,
+    progress: Callable[[str], None] = log.info,
+    n_trials: int | None = None,
+) -> StudyOutcome:
+    cls = forecaster_class(family)
+    is_torch = family in ("lstm", "transformer")
+    is_baseline = family.startswith("baseline_")
+    n_trials = 1 if is_baseline else (n_trials or (settings.torch_trials if is_torch else settings.trials))
+    started = time.perf_counter()
+    extra = {"last_return_column": data.features.index("log_return_1")} if family == "baseline_persistence" else {}
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    predictions: dict[int, tuple[np.ndarray, list[float]]] = {}
+
+    with mlflow.start_run(experiment_id=experiment_id(settings, data.symbol, data.target), run_name=f"{family}-{stamp}") as parent:
+        mlflow.set_tags({"family": family, "symbol": data.symbol, "target": data.target, "task": data.task,
+                         "seed": settings.seed, **{f"delta_version.{k}": v for k, v in data.table_versions.items()}})
+        mlflow.log_params({"folds": len(folds), "wf_mode": settings.wf_mode, "embargo_bars": settings.wf_embargo_bars,
+                           "label_horizon": settings.label_horizon, "fees_bps": settings.fees_bps, "rows": len(data),
+                           "features": len(data.features)})
+
+        def objective(trial: optuna.Trial) -> float:
+            params = {**cls.search_space(trial), **extra}
+            weighting = trial.suggest_categorical("class_weight", ["balanced", "none"]) if data.task == "classification" and not is_baseline else "none"
+            trial_started = time.perf_counter()
+            with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True):
+                mlflow.log_params({**params, "class_weight": weighting})
+
+                def on_fold(number: int, loss: float) -> None:
+                    mlflow.log_metric("fold_loss", loss, step=number)
+                    trial.report(loss, number)
+                    if trial.should_prune():
+                        mlflow.set_tag("state", "pruned")
+                        raise optuna.TrialPruned(f"fold {number} loss {loss:.4f}")
+
+                prediction, losses = out_of_sample(lambda: make_forecaster(family, params, settings), data, folds, weighting, on_fold)
+                mean_loss = float(np.mean(losses))
+                mlflow.log_metric("mean_fold_loss", mean_loss)
+            predictions[trial.number] = (prediction, losses)
+            progress(f"[{data.symbol} {data.target} {family}] trial {trial.number + 1}/{n_trials}: loss {mean_loss:.5f} "
+                     f"in {time.perf_counter() - trial_started:.1f}s {params | {'class_weight': weighting}}")
+            return mean_loss
+
+        study = optuna.create_study(
+            study_name=f"itff-{data.symbol}-{data.target}-{family}-{stamp}",
+            storage=settings.study_storage,
+            direction="minimize",
+            sampler=optuna.samplers.TPESampler(seed=settings.seed),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+        )
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study.optimize(objective, n_trials=n_trials, timeout=settings.study_timeout_s, show_progress_bar=settings.progress_bar)
+        completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+        best = study.best_trial
+        params = {k: v for k, v in best.params.items() if k != "class_weight"} | extra
+        weighting = best.params.get("class_weight", "none")
+        prediction, losses = predictions[best.number]
+
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = Path(scratch)
+            evaluation = evaluate(data, folds, prediction, losses, settings, family, folder / "evaluation")
+            seconds = time.perf_counter() - started
+            metrics = {**evaluation.metrics, "trials_completed": len(completed), "trials_pruned": pruned,
+                       "study_seconds": seconds, "trials_per_minute": (len(completed) + pruned) / seconds * 60}
+            mlflow.log_metrics(_clean(metrics))
+            mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
+            mlflow.log_artifacts(str(folder / "evaluation"), artifact_path="evaluation")
+            version = None if is_baseline else _refit_and_register(data, family, params, weighting, evaluation.threshold, settings, folder, metrics)
+            figures = {}
+            for name, path in evaluation.figures.items():  # kept for Dagster metadata after the scratch folder goes
+                figures[name] = settings.mlflow_dir / "figures" / f"{data.symbol}-{data.target}-{family}-{name}.png"
+                figures[name].parent.mkdir(parents=True, exist_ok=True)
+                figures[name].write_bytes(path.read_bytes())
+    return StudyOutcome(family, parent.info.run_id, metrics, best.params, version, len(completed), pruned,
+                        time.perf_counter() - started, figures)
+
+
+def _refit_and_register(data: TrainingData, family: str, params: dict, weighting: str, threshold: float,
+                        settings: Settings, folder: Path, metrics: dict[str, float]) -> str:
+    from mlflow import MlflowClient
+    from mlflow.models import infer_signature
+
+    from itff_platform.training import pyfunc
+    from itff_platform.training.pyfunc import ItffForecastModel
+
+    every_row = np.arange(len(data))
+    model = make_forecaster(family, params, settings).fit(data.x, data.y, sample_weights(data, every_row, weighting))
+    saved = folder / "forecaster"
+    model.save(saved)
+    meta = {"family": family, "symbol": data.symbol, "target": data.target, "task": data.task, "features": data.features,
+            "threshold": threshold, "label_horizon": settings.label_horizon, "interval": settings.interval,
+            "trained_through": str(data.timestamps[-1]), "table_versions": data.table_versions, "params": params,
+            "class_weight": weighting}
+    (saved / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    example = pd.DataFrame(data.x[-5:], columns=data.features).assign(regime=data.regimes[-5:].astype(str))
+    loaded = ItffForecastModel()
+    loaded.meta, loaded.forecaster = meta, model
+    signature = infer_signature(example, loaded.predict(None, example))
+    name = registered_name(data.symbol, data.target)
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=pyfunc.__file__,
+        artifacts={"forecaster": str(saved)},
+        signature=signature,
+        input_example=example,
+        registered_model_name=name,
+        pip_requirements=["itff-platform"],
+    )
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    tags = {"family": family, "threshold": f"{threshold:.2f}", **{k: f"{metrics[k]:.5f}" for k in HEADLINE[data.task] if k in metrics}}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    return version

@@ -1,0 +1,49 @@
+"""Train every family (and the baselines) for one symbol and target, on the same walk-forward folds."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from itff_platform.models import CLASSIFICATION_BASELINES, REGRESSION_BASELINES
+from itff_platform.settings import Settings
+from itff_platform.training.dataset import TrainingData, training_data
+from itff_platform.training.splits import Fold, walk_forward_splits
+from itff_platform.training.study import StudyOutcome, run_study
+
+log = logging.getLogger(__name__)
+
+
+def folds_for(data: TrainingData, settings: Settings) -> list[Fold]:
+    return walk_forward_splits(
+        n_rows=len(data),
+        n_folds=settings.wf_folds,
+        test_rows=int(len(data) * settings.wf_test_fraction),
+        horizon=settings.label_horizon,
+        embargo=settings.wf_embargo_bars,
+        mode=settings.wf_mode,
+        train_rows=settings.wf_train_bars,
+    )
+
+
+def families_for(target: str, settings: Settings) -> list[str]:
+    if target == "forward_return":
+        return [*REGRESSION_BASELINES, *settings.regression_families]
+    return [*CLASSIFICATION_BASELINES, *settings.families]
+
+
+def train_symbol_target(
+    settings: Settings,
+    symbol: str,
+    target: str,
+    families: list[str] | None = None,
+    progress: Callable[[str], None] = log.info,
+    as_of: datetime | None = None,
+    data: TrainingData | None = None,
+) -> list[StudyOutcome]:
+    data = data or training_data(settings, symbol, target, as_of)
+    folds = folds_for(data, settings)
+    progress(f"[{symbol} {target}] {len(data)} rows, {len(folds)} folds of {len(folds[0].test)} test rows, "
+             f"silver Delta version {data.table_versions.get('silver')}")
+    return [run_study(data, family, folds, settings, progress) for family in (families or families_for(target, settings))]
