@@ -9,10 +9,12 @@ ROOT = Path(__file__).resolve().parents[1]
 ITFF = str(Path(sys.executable).parent / "itff")
 
 
-def test_itff_run_materializes_the_sample_lake_and_prints_a_summary(tmp_path):
-    """The main job end to end, as `make run` runs it: a real Dagster instance, real Delta tables."""
+def test_itff_run_materializes_the_sample_lake_trains_and_prints_summaries(tmp_path):
+    """The main job end to end, as `make run` runs it (real Dagster instance, Delta tables, MLflow store),
+    on a training budget of one family, one target and one trial so the suite stays quick."""
     (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
-    env = {**os.environ, "ITFF_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path)}
+    env = {**os.environ, "ITFF_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path), "ITFF_FAMILIES": '["logistic"]',
+           "ITFF_TARGETS": '["direction"]', "ITFF_TRIALS": "1"}
     result = subprocess.run([ITFF, "run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
@@ -23,7 +25,11 @@ def test_itff_run_materializes_the_sample_lake_and_prints_a_summary(tmp_path):
     assert "WARN bronze_candles.no_unexpected_gaps  (10 gaps, 26 missing bars" in out
     silver = pl.scan_delta(str(tmp_path / "data_lake" / "silver" / "features")).select(pl.len()).collect().item()
     assert silver == 2 * 30_591
-    assert any((tmp_path / ".dagster" / "storage").iterdir())  # the run is in the instance the UI reads
+    assert any((tmp_path / ".dagster" / "storage").iterdir())  # the runs are in the instance the UI reads
+    assert "Out-of-sample results, classification" in out
+    assert "| BTCUSDT | direction | logistic" in out and "| ETHUSDT | direction | baseline_persistence" in out
+    assert "Registered models: itff-BTCUSDT-direction, itff-ETHUSDT-direction" in out
+    assert (tmp_path / "mlflow" / "mlflow.db").exists() and (tmp_path / "mlflow" / "optuna.db").exists()
 
 
 def test_itff_settings_prints_the_effective_configuration(tmp_path):

@@ -82,7 +82,8 @@ def run_study(
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     predictions: dict[int, tuple[np.ndarray, list[float]]] = {}
 
-    with mlflow.start_run(experiment_id=experiment_id(settings, data.symbol, data.target), run_name=f"{family}-{stamp}") as parent:
+    experiment = experiment_id(settings, data.symbol, data.target)
+    with mlflow.start_run(experiment_id=experiment, run_name=f"{family}-{stamp}") as parent:
         mlflow.set_tags({"family": family, "symbol": data.symbol, "target": data.target, "task": data.task,
                          "seed": settings.seed, **{f"delta_version.{k}": v for k, v in data.table_versions.items()}})
         mlflow.log_params({"folds": len(folds), "wf_mode": settings.wf_mode, "embargo_bars": settings.wf_embargo_bars,
@@ -93,7 +94,8 @@ def run_study(
             params = {**cls.search_space(trial), **extra}
             weighting = trial.suggest_categorical("class_weight", ["balanced", "none"]) if data.task == "classification" and not is_baseline else "none"
             trial_started = time.perf_counter()
-            with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True):
+            # A nested run does not inherit its parent's experiment; without it trials land in "Default".
+            with mlflow.start_run(experiment_id=experiment, run_name=f"trial-{trial.number}", nested=True):
                 mlflow.log_params({**params, "class_weight": weighting})
 
                 def on_fold(number: int, loss: float) -> None:
@@ -166,7 +168,8 @@ def _refit_and_register(data: TrainingData, family: str, params: dict, weighting
     example = pd.DataFrame(data.x[-5:], columns=data.features).assign(regime=data.regimes[-5:].astype(str))
     loaded = ItffForecastModel()
     loaded.meta, loaded.forecaster = meta, model
-    signature = infer_signature(example, loaded.predict(None, example))
+    # Declaring the param lets callers ask for MC-dropout uncertainty through the pyfunc.
+    signature = infer_signature(example, loaded.predict(None, example), params={"uncertainty": False})
     name = registered_name(data.symbol, data.target)
     info = mlflow.pyfunc.log_model(
         name="model",

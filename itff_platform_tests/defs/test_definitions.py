@@ -12,7 +12,16 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_definitions_load_and_validate():
     Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
-    assert {k.to_user_string() for k in graph.get_all_asset_keys()} >= {"raw_candles", "bronze_candles", "silver_features"}
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
+        "raw_candles", "bronze_candles", "silver_features", "trained_models"}
+
+
+def test_training_is_partitioned_by_symbol_and_target_and_reads_all_of_silver():
+    graph = defs.resolve_asset_graph()
+    node = graph.get(AssetKey("trained_models"))
+    assert node.partitions_def.get_partition_keys() == [
+        f"{s}|{t}" for s in ("BTCUSDT", "ETHUSDT") for t in ("direction", "level_up", "forward_return")]
+    assert AssetKey("silver_features") in node.parent_keys
 
 
 def test_lake_assets_are_symbol_by_month_with_single_run_backfills():

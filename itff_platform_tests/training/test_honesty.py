@@ -1,0 +1,53 @@
+"""The full pipeline on data with nothing to learn must say so. Leakage or selection bias shows up here."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from itff_platform.features.silver import build_features
+from itff_platform.market.synthetic import random_walk_candles
+from itff_platform.settings import Settings
+from itff_platform.training.dataset import training_data
+from itff_platform.training.train import train_symbol_target
+
+FAMILIES = ["baseline_majority", "logistic", "boosting", "lorentzian", "lstm"]
+
+
+@pytest.fixture(scope="module")
+def random_walk_results(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("honesty")
+    settings = Settings(
+        home=folder, trials=2, torch_trials=1, torch_epochs=1, torch_max_train_rows=2000, sequence_length=8,
+        study_timeout_s=120, wf_folds=4, wf_test_fraction=0.12,
+        # A profit factor from ~200 trades swings by +-0.15 on pure noise; 300+ trades make the check meaningful.
+        min_trades=300,
+    )
+    # 2 % per hourly bar: a 4-bar move (about 4 %) dwarfs the 20 bps round trip, so fees alone keep PF near 1.
+    candles = random_walk_candles(14_000, seed=11, volatility=0.02, wick=0.004)
+    silver = build_features(candles, settings).collect()
+    data = training_data(settings, "RANDOMWALK", "direction", silver=silver)
+    return train_symbol_target(settings, "RANDOMWALK", "direction", families=FAMILIES, data=data), settings, silver
+
+
+def test_random_walk_scores_as_random_out_of_sample(random_walk_results):
+    outcomes, _, _ = random_walk_results
+    for outcome in outcomes:
+        assert abs(outcome.metrics["roc_auc"] - 0.5) <= 0.03, (outcome.family, outcome.metrics["roc_auc"])
+        assert outcome.metrics["log_loss"] >= 0.69, outcome.family  # no better than a coin, give or take noise
+
+
+def test_random_walk_trades_at_a_profit_factor_near_one_after_fees(random_walk_results):
+    outcomes, _, _ = random_walk_results
+    for outcome in outcomes:
+        pf = outcome.metrics["backtest_profit_factor"]
+        assert 0.75 <= pf <= 1.1, (outcome.family, pf)
+        assert outcome.metrics["backtest_trades"] >= 300
+
+
+def test_a_leaking_feature_breaks_the_random_walk_check(random_walk_results):
+    """The check above has teeth: smuggle the label's own future into a feature and it fails loudly."""
+    _, settings, silver = random_walk_results
+    leaking = silver.with_columns((pl.col("forward_return") + np.random.default_rng(0).normal(0, 0.02, silver.height)).alias("log_return_24"))
+    data = training_data(settings, "RANDOMWALK", "direction", silver=leaking)
+    (outcome,) = train_symbol_target(settings, "RANDOMWALK", "direction", families=["logistic"], data=data)
+    assert outcome.metrics["roc_auc"] > 0.6

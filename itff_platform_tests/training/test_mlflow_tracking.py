@@ -1,0 +1,90 @@
+"""A real MLflow SQLite store and registry: run structure, shared metric names, artifacts, pyfunc, tags."""
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from itff_platform.features.silver import build_features
+from itff_platform.market.synthetic import random_walk_candles
+from itff_platform.settings import Settings
+from itff_platform.training.dataset import training_data
+from itff_platform.training.train import train_symbol_target
+
+FAMILIES = ["baseline_majority", "logistic", "lstm"]
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tracked")
+    settings = Settings(home=folder, trials=2, torch_trials=2, torch_epochs=1, torch_max_train_rows=1500,
+                        sequence_length=8, wf_folds=3)
+    silver = build_features(random_walk_candles(6000, seed=2), settings).collect()
+    data = training_data(settings, "TESTUSDT", "direction", silver=silver)
+    outcomes = train_symbol_target(settings, "TESTUSDT", "direction", families=FAMILIES, data=data)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    return settings, outcomes, data
+
+
+def test_a_parent_run_per_study_and_a_child_run_per_trial(tracked):
+    settings, outcomes, _ = tracked
+    client = MlflowClient(settings.tracking_uri)
+    experiment = client.get_experiment_by_name("itff-TESTUSDT-direction")
+    assert experiment is not None and experiment.artifact_location.startswith(settings.artifact_location)
+    for outcome in outcomes:
+        children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{outcome.run_id}'")
+        expected = 1 if outcome.family.startswith("baseline") else 2
+        assert len(children) == expected, outcome.family
+        assert all("mean_fold_loss" in child.data.metrics for child in children)
+        assert all(child.data.params for child in children if not outcome.family.startswith("baseline"))
+
+
+def test_every_family_reports_the_same_metric_names(tracked):
+    settings, outcomes, _ = tracked
+    client = MlflowClient(settings.tracking_uri)
+    names = [set(client.get_run(o.run_id).data.metrics) for o in outcomes]
+    core = {"log_loss", "roc_auc", "accuracy", "brier", "ece", "precision", "recall", "f1", "backtest_profit_factor",
+            "backtest_sharpe", "backtest_max_drawdown", "backtest_trades", "backtest_hit_rate_trades",
+            "backtest_buy_and_hold_return", "threshold", "trials_per_minute"}
+    for family_names in names:
+        assert core <= family_names
+    assert names[0] - {"backtest_profit_factor"} <= names[1] | {"backtest_profit_factor"}
+    assert any(n.startswith("auc_") for n in names[1]) and any(n.startswith("hit_rate_") for n in names[1])
+
+
+def test_artifacts_and_reproducibility_tags(tracked):
+    settings, outcomes, _ = tracked
+    client = MlflowClient(settings.tracking_uri)
+    logistic = next(o for o in outcomes if o.family == "logistic")
+    files = {a.path for a in client.list_artifacts(logistic.run_id, "evaluation")}
+    assert {"evaluation/reliability.png", "evaluation/threshold_sweep.png", "evaluation/equity.png", "evaluation/folds.csv"} <= files
+    tags = client.get_run(logistic.run_id).data.tags
+    assert tags["family"] == "logistic" and tags["seed"] == str(settings.seed)
+
+
+def test_refit_models_are_registered_with_family_and_headline_metrics(tracked):
+    settings, outcomes, _ = tracked
+    client = MlflowClient(settings.tracking_uri)
+    versions = client.search_model_versions("name = 'itff-TESTUSDT-direction'")
+    assert sorted(v.tags["family"] for v in versions) == ["logistic", "lstm"]  # baselines are not registered
+    for version in versions:
+        assert {"log_loss", "roc_auc", "ece", "threshold"} <= set(version.tags)
+
+
+def test_the_registered_pyfunc_predicts_from_feature_rows(tracked):
+    settings, outcomes, data = tracked
+    for outcome in outcomes:
+        if outcome.model_version is None:
+            continue
+        model = mlflow.pyfunc.load_model(f"models:/itff-TESTUSDT-direction/{outcome.model_version}")
+        rows = pd.DataFrame(data.x[-50:], columns=data.features).assign(regime=data.regimes[-50:].astype(str))
+        out = model.predict(rows)
+        assert list(out.columns[:6]) == ["prob_up", "confidence", "threshold", "allow", "signal", "regime"]
+        assert out["prob_up"].between(0, 1).all() and set(out["signal"]) <= {"long", "short", "flat"}
+        assert model.metadata.signature is not None
+        with pytest.raises(mlflow.exceptions.MlflowException, match=r"missing inputs \['rsi'\]"):
+            model.predict(rows.drop(columns="rsi"))  # the signature names the missing feature
+        if outcome.family == "lstm":
+            spread = model.predict(rows, params={"uncertainty": True})["uncertainty"]
+            assert (spread > 0).any()
