@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test dev bench-lake clean-lake
+.PHONY: install run test dev mlflow-ui bench-lake bench-training clean-lake
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required, found " + sys.version.split()[0])'
@@ -20,7 +20,7 @@ $(INSTALLED): pyproject.toml | $(BIN)/python
 
 install: $(INSTALLED)
 
-## run: install, then materialize raw -> bronze -> silver on the packaged sample and print a summary
+## run: install, materialize raw -> bronze -> silver on the packaged sample, train every family, print summaries
 run: install
 	$(BIN)/itff run
 
@@ -28,13 +28,27 @@ run: install
 test: install
 	$(BIN)/pytest
 
-## dev: the Dagster UI (webserver + daemon) on http://127.0.0.1:3001
+## dev: the Dagster UI (webserver + daemon) on http://127.0.0.1:3001 and the MLflow UI on http://127.0.0.1:5000
 dev: install
+	@mkdir -p mlflow/artifacts
+	@echo "Dagster UI: http://127.0.0.1:$${DAGSTER_PORT:-3001}   MLflow UI: http://127.0.0.1:$${MLFLOW_PORT:-5000}"
+	@$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow/mlflow.db --default-artifact-root $(CURDIR)/mlflow/artifacts \
+		--host 127.0.0.1 --port $${MLFLOW_PORT:-5000} > mlflow/ui.log 2>&1 & mlflow_pid=$$!; \
+	trap "kill $$mlflow_pid 2>/dev/null" EXIT INT TERM; \
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $${DAGSTER_PORT:-3001}
+
+## mlflow-ui: only the MLflow UI (compare studies, browse the registry)
+mlflow-ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow/mlflow.db --default-artifact-root $(CURDIR)/mlflow/artifacts \
+		--host 127.0.0.1 --port $${MLFLOW_PORT:-5000}
 
 ## bench-lake: bronze -> silver on 10M synthetic 1-minute rows, and a one-day incremental update
 bench-lake: install
 	$(BIN)/python benchmarks/bench_lake.py
+
+## bench-training: trials per minute for every model family on the packaged sample
+bench-training: install
+	$(BIN)/python benchmarks/bench_training.py
 
 clean-lake:
 	rm -rf data_lake/raw data_lake/bronze data_lake/silver data_lake/bench
