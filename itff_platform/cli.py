@@ -11,10 +11,10 @@ def _materialize(assets_selection: str, quiet: bool):
     """One Dagster run over every partition of the selected assets, in the instance `make dev` shows."""
     from dagster import DagsterInstance, materialize
 
-    from itff_platform.definitions import lake, training
+    from itff_platform.definitions import lake, promotion, training
     from itff_platform.defs.resources import ItffSettingsResource
 
-    assets = lake if assets_selection == "lake" else training
+    assets = {"lake": lake, "training": training, "promotion": promotion}[assets_selection]
     keys = assets[0].partitions_def.get_partition_keys()
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
     return materialize(
@@ -61,13 +61,43 @@ def run_training(quiet: bool = True) -> bool:
     return result.success
 
 
+def run_promotion() -> bool:
+    """Challenger vs champion for every symbol x target; print each decision and its reasons."""
+
+    print("\nPromotion (challenger vs champion on the most recent out-of-sample window):", flush=True)
+    result = _materialize("promotion", quiet=True)
+    for event in result.get_asset_materialization_events():
+        for row in event.materialization.metadata["summary"].value:
+            after = f"champion v{row['champion_after']}" if row["champion_after"] else "no champion"
+            print(f"  {row['model']:30s} {row['decision']:8s} v{row['challenger']} vs {row['compared_with']}: {after}")
+            print(f"      {row['reasons']}")
+    return result.success
+
+
+def rollback(symbol: str, target: str) -> int:
+    from itff_platform.settings import get_settings
+    from itff_platform.training.promotion import rollback_champion
+
+    try:
+        current, previous = rollback_champion(get_settings(), symbol.upper(), target)
+    except LookupError as error:
+        print(f"rollback: {error}", file=sys.stderr)
+        return 1
+    print(f"itff-{symbol.upper()}-{target}: champion alias moved from v{current} back to v{previous}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="itff", description="ITFF Platform: lake, training and serving for market forecasts.")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="the main job: materialize the lake on the configured source, then train")
+    run = commands.add_parser("run", help="the main job: build the lake on the configured source, train, promote champions")
     run.add_argument("--verbose", action="store_true", help="show Dagster's step logs for the lake")
     run.add_argument("--lake-only", action="store_true", help="stop after the lake")
     commands.add_parser("train", help="train every family for every symbol x target on the current lake")
+    commands.add_parser("promote", help="challenger vs champion for every symbol x target")
+    back = commands.add_parser("rollback", help="restore the previous champion of one model")
+    back.add_argument("symbol")
+    back.add_argument("target", choices=["direction", "level_up", "forward_return"])
     commands.add_parser("settings", help="print the effective settings (ITFF_* environment applied)")
     args = parser.parse_args(argv)
 
@@ -76,14 +106,20 @@ def main(argv: list[str] | None = None) -> int:
 
         print(get_settings().model_dump_json(indent=2))
         return 0
+    if args.command == "rollback":
+        return rollback(args.symbol, args.target)
     # A progress bar per Optuna study; set before the settings are first read.
     os.environ.setdefault("ITFF_PROGRESS_BAR", "true" if sys.stderr.isatty() else "false")
     if args.command == "train":
         return 0 if run_training() else 1
+    if args.command == "promote":
+        return 0 if run_promotion() else 1
     if args.command == "run":
         if not run_lake(quiet=not args.verbose):
             return 1
-        return 0 if args.lake_only or run_training() else 1
+        if args.lake_only:
+            return 0
+        return 0 if run_training() and run_promotion() else 1
     return 2
 
 

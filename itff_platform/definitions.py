@@ -8,15 +8,18 @@ from dagster import Definitions, define_asset_job
 warnings.filterwarnings("ignore", message=".*is currently in beta.*")
 
 from itff_platform.defs.lake_assets import lake_assets
-from itff_platform.defs.training_assets import training_assets
+from itff_platform.defs.training_assets import promotion_assets, training_assets
 from itff_platform.defs.resources import ItffSettingsResource
 from itff_platform.settings import get_settings
 
 settings = get_settings()
 lake = lake_assets(settings)
 training = training_assets(settings)
+promotion = promotion_assets(settings)
 
 lake_job = define_asset_job("lake_job", selection=["raw_candles", "bronze_candles", "silver_features"])
-training_job = define_asset_job("training_job", selection=["trained_models"])
+training_job = define_asset_job("training_job", selection=["trained_models", "champion_models"])
 
-defs = Definitions(assets=[*lake, *training], jobs=[lake_job, training_job], resources={"itff": ItffSettingsResource()})
+defs = Definitions(
+    assets=[*lake, *training, *promotion], jobs=[lake_job, training_job], resources={"itff": ItffSettingsResource()}
+)

@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     torch_epochs: int = Field(3, ge=1)
     torch_device: str = Field("auto", description="auto (cuda when present), cpu or cuda.")
     mc_dropout_samples: int = Field(20, ge=2)
+    promotion_margin: float = Field(0.001, ge=0, description="Log loss (or pinball loss) a challenger must beat the champion by.")
+    promotion_calibration_tolerance: float = Field(0.01, ge=0, description="How much worse ECE may be than the champion's.")
+    promotion_min_trades: int = Field(20, ge=0, description="Trades the challenger must make on the recent window.")
     progress_bar: bool = Field(False, description="Optuna's progress bar per study (the CLI turns it on).")
     mlflow_tracking_uri: str | None = None
     mlflow_ui_url: str = Field("http://127.0.0.1:5000", description="Where `make dev` serves the MLflow UI; used in links.")

@@ -109,3 +109,43 @@ def summary_rows(result) -> list[dict]:
                 rows.extend(value.value if isinstance(value.value, list) else json.loads(value.value))
     unique = {(r["symbol"], r["target"], r["family"], r["run_id"]): r for r in rows}
     return list(unique.values())
+
+
+def promotion_assets(settings: Settings) -> list:
+    @asset(
+        partitions_def=training_partitions(settings),
+        backfill_policy=BackfillPolicy.single_run(),
+        deps=["trained_models"],
+        group_name="training",
+        kinds={"mlflow"},
+        description="Challenger vs champion on the most recent out-of-sample window; moves the MLflow alias "
+        "'champion' when the challenger wins, and records the decision and its reasons either way.",
+    )
+    def champion_models(context: AssetExecutionContext, itff: ItffSettingsResource) -> MaterializeResult:
+        from itff_platform.training.promotion import promote_champion
+
+        cfg = itff.settings()
+        decisions = []
+        for key in context.partition_keys:
+            dims = key.keys_by_dimension if isinstance(key, MultiPartitionKey) else dict(zip(("symbol", "target"), key.split("|")))
+            decision = promote_champion(cfg, dims["symbol"], dims["target"])
+            verdict = "PROMOTED" if decision.promoted else "kept"
+            context.log.info(f"{decision.name}: {verdict} v{decision.challenger} vs {decision.compared_with}: {'; '.join(decision.reasons)}")
+            decisions.append(
+                {"model": decision.name, "decision": "promoted" if decision.promoted else "rejected",
+                 "challenger": decision.challenger, "compared_with": decision.compared_with,
+                 "champion_before": decision.champion_before, "champion_after": decision.champion_after,
+                 "reasons": "; ".join(decision.reasons)}
+            )
+        import polars as pl
+
+        return MaterializeResult(
+            metadata={
+                "decisions": markdown_table(pl.DataFrame(decisions).drop("reasons")),
+                "reasons": MetadataValue.md("\n".join(f"- **{d['model']}** ({d['decision']}): {d['reasons']}" for d in decisions)),
+                "summary": MetadataValue.json(decisions),
+                "promoted": sum(d["decision"] == "promoted" for d in decisions),
+            }
+        )
+
+    return [champion_models]

@@ -6,14 +6,13 @@ predicate then compares like with like, and a rewrite of one month can never wid
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import date, datetime
-from pathlib import Path
-
 import json
 import time
 import uuid
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import date, datetime, timezone
+from pathlib import Path
 
 import polars as pl
 from deltalake import ColumnProperties, DeltaTable, WriterProperties, write_deltalake
@@ -44,7 +43,8 @@ def partition_predicate(interval: str, symbol: str, months: Iterable[date], sinc
         # Rows from `since` on, within those months: a daily update rewrites one day, not the month.
         # The literal must match the column's exact Arrow type (us, UTC); a plain TIMESTAMP is ns, naive.
         predicate += (
-            f" AND \"timestamp\" >= arrow_cast('{since:%Y-%m-%dT%H:%M:%S}Z', 'Timestamp(Microsecond, Some(\"UTC\"))')"
+            f" AND \"timestamp\" >= arrow_cast('{since.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%S.%f}Z', "
+            "'Timestamp(Microsecond, Some(\"UTC\"))')"
         )
     return predicate
 

@@ -78,9 +78,10 @@ def build_bronze(settings: Settings, symbol: str, months: list[datetime]) -> Bro
     """Clean the months' raw rows into bronze; rejected rows go to quarantine with the rule they broke."""
     tables = LakeTables.under(settings)
     months = sorted(months)
-    raw = read_rows(tables.raw, settings.interval, symbol, months[0], next_month(months[-1]))
-    result = clean_raw(raw, settings.interval_seconds)
     wanted = [m.date() for m in months]
+    # The read spans first..last month; a backfill of non-adjacent months must not touch the ones between.
+    raw = read_rows(tables.raw, settings.interval, symbol, months[0], next_month(months[-1])).filter(pl.col("month").is_in(wanted))
+    result = clean_raw(raw, settings.interval_seconds)
     replace_partitions(tables.bronze, result.bronze, settings.interval, symbol, wanted)
     replace_partitions(tables.quarantine, result.quarantine, settings.interval, symbol, wanted)
     return BronzeReport(result, find_gaps(result.bronze, settings.interval_seconds, settings.gap_tolerance_bars))

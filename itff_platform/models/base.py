@@ -66,6 +66,12 @@ class Forecaster(ABC):
             setattr(self, key, value)
 
 
+def single_class_rate(labels: np.ndarray) -> float | None:
+    """The only label a training window holds, when it holds just one (a classifier cannot be fitted then)."""
+    values = np.unique(labels)
+    return float(values[0]) if len(values) == 1 else None
+
+
 def clip_probability(p: np.ndarray) -> np.ndarray:
     return np.clip(p, 1e-6, 1 - 1e-6)
 

@@ -114,7 +114,8 @@ class SequenceForecaster(Forecaster):
 
     def _state(self):
         buffer = io.BytesIO()
-        torch.save(self.net.to("cpu").state_dict(), buffer)
+        # CPU copies of the weights; moving the live network would break it on a CUDA machine.
+        torch.save({k: v.detach().cpu() for k, v in self.net.state_dict().items()}, buffer)
         state = {k: v for k, v in super()._state().items() if k != "net"}
         return {**state, "net_state": buffer.getvalue(), "n_features": self.scaler.n_features_in_}
 

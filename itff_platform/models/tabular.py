@@ -6,9 +6,16 @@ import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.linear_model import LogisticRegression, Ridge
 
-from itff_platform.models.base import Forecaster, clip_probability
+from itff_platform.models.base import Forecaster, clip_probability, single_class_rate
 
 QUANTILES = (0.1, 0.5, 0.9)
+
+
+def predict_or_constant(forecaster: Forecaster, features: np.ndarray) -> np.ndarray:
+    """P(1) from the fitted model, or the one label the training window held."""
+    if forecaster.model is None:
+        return clip_probability(np.full(len(features), forecaster.constant))
+    return clip_probability(forecaster.model.predict_proba(forecaster.scale(features))[:, 1])
 
 
 class LogisticForecaster(Forecaster):
@@ -19,12 +26,13 @@ class LogisticForecaster(Forecaster):
         return {"C": trial.suggest_float("C", 1e-3, 10.0, log=True)}
 
     def fit(self, features, labels, sample_weight=None):
-        self.model = LogisticRegression(C=self.params.get("C", 1.0), max_iter=500)
-        self.model.fit(self.fit_scaler(features), labels, sample_weight=sample_weight)
+        scaled, self.constant = self.fit_scaler(features), single_class_rate(labels)
+        self.model = None if self.constant is not None else LogisticRegression(C=self.params.get("C", 1.0), max_iter=500).fit(
+            scaled, labels, sample_weight=sample_weight)
         return self
 
     def predict_proba(self, features):
-        return clip_probability(self.model.predict_proba(self.scale(features))[:, 1])
+        return predict_or_constant(self, features)
 
 
 class BoostingForecaster(Forecaster):
@@ -42,12 +50,13 @@ class BoostingForecaster(Forecaster):
     def fit(self, features, labels, sample_weight=None):
         # Early stopping on an internal split would sample validation rows at random, i.e. from the future
         # of other training rows; a fixed iteration count keeps the training window strictly causal.
-        self.model = HistGradientBoostingClassifier(max_iter=150, early_stopping=False, random_state=self.seed, **self.params)
-        self.model.fit(self.fit_scaler(features), labels, sample_weight=sample_weight)
+        scaled, self.constant = self.fit_scaler(features), single_class_rate(labels)
+        self.model = None if self.constant is not None else HistGradientBoostingClassifier(
+            max_iter=150, early_stopping=False, random_state=self.seed, **self.params).fit(scaled, labels, sample_weight=sample_weight)
         return self
 
     def predict_proba(self, features):
-        return clip_probability(self.model.predict_proba(self.scale(features))[:, 1])
+        return predict_or_constant(self, features)
 
 
 class BoostingQuantileForecaster(Forecaster):

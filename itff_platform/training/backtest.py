@@ -17,8 +17,8 @@ class BacktestResult:
     buy_and_hold_equity: np.ndarray
 
 
-def signals(prob: np.ndarray, threshold: float | np.ndarray) -> np.ndarray:
-    return np.where(prob >= threshold, 1, np.where(prob <= 1 - threshold, -1, 0))
+def signals(prob: np.ndarray, threshold: float | np.ndarray, allow_short: bool = True) -> np.ndarray:
+    return np.where(prob >= threshold, 1, np.where(allow_short & (prob <= 1 - threshold), -1, 0))
 
 
 def max_drawdown(equity: np.ndarray) -> float:
@@ -27,12 +27,14 @@ def max_drawdown(equity: np.ndarray) -> float:
 
 
 def backtest(prob: np.ndarray, forward_return: np.ndarray, threshold: float | np.ndarray, fees_bps: float, horizon: int,
-             periods_per_year: float) -> BacktestResult:
+             periods_per_year: float, allow_short: bool = True) -> BacktestResult:
     step = slice(None, None, horizon)
-    position, move = signals(prob, threshold)[step], forward_return[step]
+    position, move = signals(prob, threshold, allow_short)[step], forward_return[step]
     cost = 2 * fees_bps / 1e4
     traded = position != 0
-    net = np.where(traded, position * move - cost, 0.0)
+    # A short held over the horizon earns 1 - exp(r) in price terms, i.e. log(2 - exp(r)), not -r (which flatters it).
+    short = np.log(np.clip(2 - np.exp(move), 1e-6, None))
+    net = np.where(position > 0, move - cost, np.where(position < 0, short - cost, 0.0))
     trades = net[traded]
     gains, losses = trades[trades > 0].sum(), -trades[trades < 0].sum()
     spread = net.std()

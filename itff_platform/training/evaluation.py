@@ -17,6 +17,10 @@ from itff_platform.training.dataset import TrainingData
 from itff_platform.training.splits import Fold
 
 
+def allows_short(target: str) -> bool:
+    return target == "direction"
+
+
 def fold_loss(data: TrainingData, truth: np.ndarray, prediction: np.ndarray) -> float:
     if data.task == "regression":
         return m.pinball_loss(truth, prediction)
@@ -55,6 +59,7 @@ class Evaluation:
     threshold: float
     figures: dict[str, Path] = field(default_factory=dict)
     fold_table: pl.DataFrame | None = None
+    recent_window: dict[str, str] = field(default_factory=dict)
 
 
 def evaluate(data: TrainingData, folds: list[Fold], prediction: np.ndarray, fold_losses: list[float],
@@ -76,27 +81,36 @@ def evaluate(data: TrainingData, folds: list[Fold], prediction: np.ndarray, fold
         }
     )
     fold_table.write_csv(folder / "folds.csv")
+    last = slice(len(truth) - len(folds[-1].test), None)  # the most recent out-of-sample window: promotion compares on it
+    recent_window = {"recent_window_start": str(stamps[last][0])[:19], "recent_window_end": str(stamps[last][-1])[:19]}
     if data.task == "regression":
         result = m.regression_metrics(truth, prediction, data.close[test_rows])
+        result["recent_pinball_loss"] = m.pinball_loss(truth[last], prediction[last])
         figures = {"quantile_bands": plots.quantile_band_plot(stamps, truth, prediction, title, folder / "quantile_bands.png")}
-        return Evaluation({**result, "oos_rows": len(truth)}, threshold=float("nan"), figures=figures, fold_table=fold_table)
+        return Evaluation({**result, "oos_rows": len(truth)}, threshold=float("nan"), figures=figures, fold_table=fold_table,
+                          recent_window=recent_window)
 
     forward = data.forward_return[test_rows]
     h, fees = settings.label_horizon, settings.fees_bps
-    sweep = m.threshold_sweep(truth, prediction, forward, h, fees)
+    # level_up = 0 also means "neither barrier touched": a low probability is no reason to short.
+    shorts = allows_short(data.target)
+    sweep = m.threshold_sweep(truth, prediction, forward, h, fees, shorts)
     sweep.write_csv(folder / "threshold_sweep.csv")
     # The deployed threshold may look at every fold; the reported figures may not (see walk_forward_thresholds).
-    threshold = m.choose_threshold(truth, prediction, forward, h, fees, settings.min_trades, settings.default_threshold)
+    threshold = m.choose_threshold(truth, prediction, forward, h, fees, settings.min_trades, settings.default_threshold, shorts)
     honest = m.walk_forward_thresholds(truth, prediction, forward, [len(f.test) for f in folds], h, fees,
-                                       settings.min_trades, settings.default_threshold)
+                                       settings.min_trades, settings.default_threshold, shorts)
     periods_per_year = 365 * settings.bars_per_day / h
-    traded = backtest(prediction, forward, honest, fees, h, periods_per_year)
+    traded = backtest(prediction, forward, honest, fees, h, periods_per_year, shorts)
     metrics = {
         **m.classification_metrics(truth, prediction, honest),
         **m.regime_metrics(truth, prediction, data.regimes[test_rows]),
         **{f"backtest_{k}": v for k, v in traded.metrics.items()},
         "threshold": threshold,
         "oos_rows": len(truth),
+        "recent_log_loss": float(m.log_loss(truth[last], prediction[last], labels=[0, 1])),
+        "recent_ece": m.expected_calibration_error(truth[last], prediction[last]),
+        "recent_trades": backtest(prediction[last], forward[last], honest[last], fees, h, periods_per_year, shorts).metrics["trades"],
     }
     figures = {
         "reliability": plots.reliability_diagram(truth, prediction, title, folder / "reliability.png"),
@@ -104,4 +118,4 @@ def evaluate(data: TrainingData, folds: list[Fold], prediction: np.ndarray, fold
         "equity": plots.equity_plot(stamps[:: settings.label_horizon], traded.strategy_equity, traded.buy_and_hold_equity,
                                     f"{title}: out-of-sample, {settings.fees_bps:g} bps/side", folder / "equity.png"),
     }
-    return Evaluation(metrics, threshold, figures, fold_table)
+    return Evaluation(metrics, threshold, figures, fold_table, recent_window)

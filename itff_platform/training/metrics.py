@@ -68,41 +68,42 @@ def regression_metrics(actual: np.ndarray, bands: np.ndarray, close: np.ndarray)
     }
 
 
-def threshold_sweep(labels: np.ndarray, prob: np.ndarray, forward_return: np.ndarray, horizon: int, fees_bps: float) -> pl.DataFrame:
+def threshold_sweep(labels: np.ndarray, prob: np.ndarray, forward_return: np.ndarray, horizon: int, fees_bps: float,
+                    allow_short: bool = True) -> pl.DataFrame:
     from itff_platform.training.backtest import backtest
 
     rows = []
     for threshold in np.round(np.arange(0.50, 0.705, 0.01), 2):
         m = classification_metrics(labels, prob, threshold)
-        bt = backtest(prob, forward_return, threshold, fees_bps, horizon, periods_per_year=1).metrics
+        bt = backtest(prob, forward_return, threshold, fees_bps, horizon, periods_per_year=1, allow_short=allow_short).metrics
         rows.append({"threshold": float(threshold), "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
                      "profit_factor": bt["profit_factor"], "trades": bt["trades"]})
     return pl.DataFrame(rows)
 
 
 def choose_threshold(labels: np.ndarray, prob: np.ndarray, forward_return: np.ndarray, horizon: int, fees_bps: float,
-                     min_trades: int, default: float) -> float:
+                     min_trades: int, default: float, allow_short: bool = True) -> float:
     """The threshold whose trades earned the most after fees on these rows, among those trading at least
     `min_trades` times; `default` when none does. Ties go to the lower threshold."""
-    sweep = threshold_sweep(labels, prob, forward_return, horizon, fees_bps)
+    sweep = threshold_sweep(labels, prob, forward_return, horizon, fees_bps, allow_short)
     from itff_platform.training.backtest import backtest
 
     best, best_return = default, -np.inf
     for threshold in sweep.filter(pl.col("trades") >= min_trades)["threshold"]:
-        earned = backtest(prob, forward_return, threshold, fees_bps, horizon, periods_per_year=1).metrics["strategy_return"]
+        earned = backtest(prob, forward_return, threshold, fees_bps, horizon, 1, allow_short).metrics["strategy_return"]
         if earned > best_return + 1e-12:
             best, best_return = float(threshold), earned
     return best
 
 
 def walk_forward_thresholds(labels: np.ndarray, prob: np.ndarray, forward_return: np.ndarray, fold_sizes: list[int],
-                            horizon: int, fees_bps: float, min_trades: int, default: float) -> np.ndarray:
+                            horizon: int, fees_bps: float, min_trades: int, default: float, allow_short: bool = True) -> np.ndarray:
     """A threshold per out-of-sample row, each chosen only from the folds before its own, so
     threshold-dependent figures (precision, recall, F1, the backtest) carry no selection bias."""
     per_row, start = np.empty(len(prob)), 0
     for size in fold_sizes:
         past = slice(0, start)
         per_row[start : start + size] = default if start == 0 else choose_threshold(
-            labels[past], prob[past], forward_return[past], horizon, fees_bps, min_trades, default)
+            labels[past], prob[past], forward_return[past], horizon, fees_bps, min_trades, default, allow_short)
         start += size
     return per_row

@@ -29,16 +29,19 @@ class ItffForecastModel(mlflow.pyfunc.PythonModel):
             bad = [f for f in features if not np.isfinite(model_input[f].to_numpy(dtype=np.float64)).all()]
             raise ValueError(f"features: non-finite value(s) in {bad}")
         regime = model_input["regime"].astype(str).to_numpy() if "regime" in model_input else np.full(len(x), "unknown")
+        # Sequence families read the `context_rows` rows before each one; earlier rows are padded, so say so.
+        warm = np.arange(len(x)) >= self.meta.get("context_rows", 0)
         if self.meta["task"] == "regression":
             bands = self.forecaster.predict_proba(x)
-            return pd.DataFrame({"p10": bands[:, 0], "p50": bands[:, 1], "p90": bands[:, 2], "regime": regime})
+            return pd.DataFrame({"p10": bands[:, 0], "p50": bands[:, 1], "p90": bands[:, 2], "regime": regime, "warm": warm})
         prob, spread = self.forecaster.predict_with_uncertainty(x) if params and params.get("uncertainty") else (
             self.forecaster.predict_proba(x), None)
         threshold = self.meta["threshold"]
         confidence = np.maximum(prob, 1 - prob)
-        signal = np.where(prob >= threshold, "long", np.where(prob <= 1 - threshold, "short", "flat"))
+        shorts = self.meta["target"] == "direction"  # level_up = 0 is "no barrier first", not "down"
+        signal = np.where(prob >= threshold, "long", np.where(shorts & (prob <= 1 - threshold), "short", "flat"))
         out = pd.DataFrame({"prob_up": prob, "confidence": confidence, "threshold": threshold,
-                            "allow": confidence >= threshold, "signal": signal, "regime": regime})
+                            "allow": confidence >= threshold, "signal": signal, "regime": regime, "warm": warm})
         if spread is not None:
             out["uncertainty"] = spread
         return out

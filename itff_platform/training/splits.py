@@ -31,6 +31,8 @@ def walk_forward_splits(
     mode: str = "expanding",
     train_rows: int | None = None,
 ) -> list[Fold]:
+    if test_rows < 1:
+        raise ValueError(f"walk-forward: test windows of {test_rows} rows; raise wf_test_fraction")
     first_test = n_rows - n_folds * test_rows - (n_folds - 1) * embargo
     if first_test - horizon < max(50, test_rows // 2):
         raise ValueError(

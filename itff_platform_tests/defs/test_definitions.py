@@ -13,7 +13,7 @@ def test_definitions_load_and_validate():
     Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
-        "raw_candles", "bronze_candles", "silver_features", "trained_models"}
+        "raw_candles", "bronze_candles", "silver_features", "trained_models", "champion_models"}
 
 
 def test_training_is_partitioned_by_symbol_and_target_and_reads_all_of_silver():

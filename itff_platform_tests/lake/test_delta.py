@@ -106,3 +106,18 @@ def test_file_writes_replace_their_months_in_one_commit_and_touch_nothing_else(t
     assert replaced["volume"].to_list() == (btc.filter(pl.col("month").is_in(months))["volume"] + 1).to_list()
     # The stats written with each file let a timestamp predicate skip files.
     assert read_rows(path, "1h", "BTCUSDT", utc(2024, 2, 10), utc(2024, 2, 11)).height == 24
+
+
+def test_bronze_for_months_that_are_not_adjacent_leaves_the_month_between_alone(tmp_path):
+    from itff_platform.lake.layers import LakeTables, build_bronze, ingest_raw
+    from itff_platform.market.sample import SampleCandleSource
+    from itff_platform.settings import Settings
+
+    settings = Settings(lake_dir=tmp_path / "lake")
+    months = [utc(2024, 1, 1), utc(2024, 2, 1), utc(2024, 3, 1)]
+    ingest_raw(SampleCandleSource(), settings, "BTCUSDT", months)
+    build_bronze(settings, "BTCUSDT", [months[1]])
+    report = build_bronze(settings, "BTCUSDT", [months[0], months[2]])
+    assert report.result.raw_rows == (31 + 31) * 24 and report.result.reconciles
+    bronze = read_rows(LakeTables.under(settings).bronze, "1h")
+    assert bronze.group_by("month").len().sort("month")["len"].to_list() == [744, 696, 744]

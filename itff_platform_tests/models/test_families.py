@@ -90,3 +90,10 @@ def test_persistence_baseline_is_calibrated_on_the_training_window():
     x = np.column_stack([rng.normal(size=5000), last_return])
     model = make_forecaster("baseline_persistence", {"last_return_column": 1}, SETTINGS).fit(x, labels)
     assert model.rate_after_up == pytest.approx(0.7, abs=0.03) and model.rate_after_down == pytest.approx(0.4, abs=0.03)
+
+
+@pytest.mark.parametrize("family", ["logistic", "boosting"])
+def test_a_training_window_with_one_class_predicts_its_rate_instead_of_crashing(family):
+    x, _ = learnable(500)
+    model = make_forecaster(family, {}, SETTINGS).fit(x, np.ones(500, dtype=int))
+    assert np.allclose(model.predict_proba(x[:10]), 1 - 1e-6)

@@ -17,10 +17,11 @@ def test_backtest_trades_every_horizon_bars_and_pays_fees_per_side():
     prob = np.array([0.9, 0.9, 0.1, 0.1, 0.5, 0.5, 0.9, 0.9])
     forward = np.array([0.01, 9.0, 0.02, 9.0, 0.05, 9.0, -0.03, 9.0])  # odd rows would overlap: never read
     result = backtest(prob, forward, threshold=0.6, fees_bps=10, horizon=2, periods_per_year=1)
-    # long +1%, short a +2% move, flat, long a -3% move; 20 bps round trip per trade
-    net = np.array([0.01 - 0.002, -0.02 - 0.002, -0.03 - 0.002])
+    # long +1%, short a +2% move (loses 1 - e^0.02 in price terms), flat, long a -3% move; 20 bps round trip each
+    short = np.log(2 - np.exp(0.02))
+    net = np.array([0.01 - 0.002, short - 0.002, -0.03 - 0.002])
     assert result.metrics["trades"] == 3
-    assert result.metrics["profit_factor"] == pytest.approx(0.008 / (0.022 + 0.032))
+    assert result.metrics["profit_factor"] == pytest.approx(0.008 / (-(short - 0.002) + 0.032))
     assert result.metrics["hit_rate_trades"] == pytest.approx(1 / 3)
     assert result.metrics["strategy_return"] == pytest.approx(np.exp(net.sum()) - 1)
     assert result.metrics["buy_and_hold_return"] == pytest.approx(np.exp(0.01 + 0.02 + 0.05 - 0.03 - 0.002) - 1)
@@ -54,3 +55,9 @@ def test_regression_metrics_use_prices_for_mape_and_count_band_coverage():
     assert result["band_coverage"] == 0.5
     assert result["mae"] == pytest.approx(np.mean(np.abs(actual)))
     assert result["mape"] == pytest.approx(np.mean(np.abs(1 - np.exp(actual)) / np.exp(actual)))
+
+
+def test_level_up_style_signals_never_short():
+    prob = np.array([0.9, 0.1, 0.1, 0.9])
+    result = backtest(prob, np.array([0.01, -0.05, -0.05, 0.01]), 0.6, 0, 1, 1, allow_short=False)
+    assert result.metrics["trades"] == 2 and result.metrics["profit_factor"] == float("inf")

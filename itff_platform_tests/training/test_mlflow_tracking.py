@@ -88,3 +88,7 @@ def test_the_registered_pyfunc_predicts_from_feature_rows(tracked):
         if outcome.family == "lstm":
             spread = model.predict(rows, params={"uncertainty": True})["uncertainty"]
             assert (spread > 0).any()
+            # The first context_rows rows have no real history behind them, and say so.
+            assert out["warm"].tolist() == [False] * 7 + [True] * 43
+        else:
+            assert out["warm"].all()

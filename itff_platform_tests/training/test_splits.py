@@ -42,3 +42,8 @@ def test_sliding_windows_keep_a_fixed_training_length():
 def test_too_little_data_says_which_setting_to_change():
     with pytest.raises(ValueError, match="lower wf_folds or wf_test_fraction"):
         walk_forward_splits(500, n_folds=4, test_rows=120, horizon=4, embargo=24)
+
+
+def test_an_empty_test_window_is_refused():
+    with pytest.raises(ValueError, match="raise wf_test_fraction"):
+        walk_forward_splits(5000, n_folds=4, test_rows=0, horizon=4, embargo=0)

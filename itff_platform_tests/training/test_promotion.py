@@ -1,0 +1,87 @@
+"""Promotion against a real MLflow registry: baselines first, then champion vs challenger, rollback, integrity."""
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import polars as pl
+import pytest
+from mlflow import MlflowClient
+
+from itff_platform.features.silver import build_features
+from itff_platform.market.synthetic import random_walk_candles
+from itff_platform.settings import Settings
+from itff_platform.training.dataset import training_data
+from itff_platform.training.promotion import model_storage, promote_champion, rollback_champion, verify_model
+from itff_platform.training.train import train_symbol_target
+
+NAME = "itff-PROMOUSDT-direction"
+
+
+def learnable_silver(settings: Settings, noise: float, seed: int = 0) -> pl.DataFrame:
+    """Random-walk features with a label that follows RSI, right (1 - noise) of the time, and returns to match."""
+    silver = build_features(random_walk_candles(5000, seed=3), settings).collect()
+    rng = np.random.default_rng(seed)
+    signal = (silver["rsi"].fill_null(50) > 50).to_numpy()
+    label = np.where(rng.uniform(size=silver.height) < noise, ~signal, signal).astype(np.int8)
+    return silver.with_columns(pl.Series("direction", label), pl.Series("forward_return", np.where(label == 1, 0.01, -0.01)))
+
+
+def train(settings: Settings, families: list[str], noise: float) -> None:
+    data = training_data(settings, "PROMOUSDT", "direction", silver=learnable_silver(settings, noise))
+    train_symbol_target(settings, "PROMOUSDT", "direction", families=["baseline_majority", "baseline_persistence", *families], data=data)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("promotion")
+    settings = Settings(home=folder, trials=1, wf_folds=3)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    return settings, MlflowClient(settings.tracking_uri)
+
+
+def test_the_first_version_is_promoted_only_if_it_beats_the_baselines(registry):
+    settings, client = registry
+    train(settings, ["logistic"], noise=0.2)
+    decision = promote_champion(settings, "PROMOUSDT", "direction")
+    assert decision.promoted and decision.compared_with.startswith("baseline_")
+    assert any("beats it" in reason for reason in decision.reasons)
+    assert client.get_model_version_by_alias(NAME, "champion").version == decision.challenger
+    tags = client.get_model_version(NAME, decision.challenger).tags
+    assert tags["promotion_decision"] == "promoted" and len(tags["manifest_sha256"]) == 64
+    assert verify_model(client, NAME, decision.challenger) == []
+
+
+def test_a_challenger_that_does_not_beat_the_champion_is_recorded_and_rejected(registry):
+    settings, client = registry
+    champion = client.get_model_version_by_alias(NAME, "champion").version
+    train(settings, ["lorentzian"], noise=0.45)  # nearly noise: worse than the champion
+    decision = promote_champion(settings, "PROMOUSDT", "direction")
+    assert not decision.promoted and decision.champion_before == champion
+    assert client.get_model_version_by_alias(NAME, "champion").version == champion
+    tags = client.get_model_version(NAME, decision.challenger).tags
+    assert tags["promotion_decision"] == "rejected" and "does not beat" in tags["promotion_reasons"]
+
+
+def test_a_better_challenger_takes_over_and_rollback_restores_the_previous_champion(registry):
+    settings, client = registry
+    before = client.get_model_version_by_alias(NAME, "champion").version
+    train(settings, ["logistic"], noise=0.05)
+    decision = promote_champion(settings, "PROMOUSDT", "direction")
+    assert decision.promoted and decision.compared_with == f"v{before}", decision.reasons
+    assert client.get_model_version_by_alias(NAME, "champion").version == decision.challenger
+
+    assert rollback_champion(settings, "PROMOUSDT", "direction") == (decision.challenger, before)
+    assert client.get_model_version_by_alias(NAME, "champion").version == before
+    with pytest.raises(LookupError, match="no previous champion"):
+        rollback_champion(settings, "PROMOUSDT", "direction")
+
+
+def test_a_tampered_model_fails_verification_naming_the_file(registry):
+    settings, client = registry
+    version = client.get_model_version_by_alias(NAME, "champion")
+    target = Path(model_storage(client, NAME, version.version).removeprefix("file://")) / "artifacts" / "forecaster" / "state.pkl"
+    assert target.exists()
+    target.write_bytes(target.read_bytes() + b"tampered")
+    problems = verify_model(client, NAME, version.version)
+    assert problems == ["artifacts/forecaster/state.pkl: sha256 differs"]
