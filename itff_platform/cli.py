@@ -66,11 +66,13 @@ def run_promotion() -> bool:
 
     print("\nPromotion (challenger vs champion on the most recent out-of-sample window):", flush=True)
     result = _materialize("promotion", quiet=True)
-    for event in result.get_asset_materialization_events():
-        for row in event.materialization.metadata["summary"].value:
-            after = f"champion v{row['champion_after']}" if row["champion_after"] else "no champion"
-            print(f"  {row['model']:30s} {row['decision']:8s} v{row['challenger']} vs {row['compared_with']}: {after}")
-            print(f"      {row['reasons']}")
+    # A single-run backfill reports the same summary on every partition's event: print each model once.
+    rows = {row["model"]: row for event in result.get_asset_materialization_events()
+            for row in event.materialization.metadata["summary"].value}
+    for row in rows.values():
+        after = f"champion v{row['champion_after']}" if row["champion_after"] else "no champion"
+        print(f"  {row['model']:30s} {row['decision']:8s} v{row['challenger']} vs {row['compared_with']}: {after}")
+        print(f"      {row['reasons']}")
     return result.success
 
 

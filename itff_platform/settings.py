@@ -112,6 +112,13 @@ class Settings(BaseSettings):
     promotion_margin: float = Field(0.001, ge=0, description="Log loss (or pinball loss) a challenger must beat the champion by.")
     promotion_calibration_tolerance: float = Field(0.01, ge=0, description="How much worse ECE may be than the champion's.")
     promotion_min_trades: int = Field(20, ge=0, description="Trades the challenger must make on the recent window.")
+    # --- serving (tokens are secrets: set ITFF_API_TOKENS in the environment, never in the repo)
+    api_tokens: list[str] = Field(default_factory=list, description="Accepted X-API-Token values; empty refuses every prediction.")
+    admin_token: str | None = Field(None, description="Token for /admin/reload; unset disables the endpoint.")
+    rate_limit_per_minute: int = Field(600, ge=1, description="Requests per minute per token (bucket refill rate).")
+    rate_limit_burst: int = Field(60, ge=1, description="Requests a token may make at once before the rate applies.")
+    max_request_bytes: int = Field(2_000_000, ge=1024, description="Larger request bodies are refused with 413.")
+    reload_interval_s: float = Field(30.0, ge=0, description="How often the service checks the champion alias; 0 disables.")
     progress_bar: bool = Field(False, description="Optuna's progress bar per study (the CLI turns it on).")
     mlflow_tracking_uri: str | None = None
     mlflow_ui_url: str = Field("http://127.0.0.1:5000", description="Where `make dev` serves the MLflow UI; used in links.")

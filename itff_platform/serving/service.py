@@ -1,20 +1,137 @@
-"""The BentoML service. For now it reports liveness and which lake tables it can see;
-the serving issue adds /predict, /consensus and /tradingview to this class."""
+"""The BentoML prediction service: champions from the MLflow registry, tagged with the market regime.
+
+    bentoml serve itff_platform.serving.service:ItffService --port 3000
+
+Prediction endpoints need an X-API-Token (ITFF_API_TOKENS); tokens are rate limited; bodies are size limited.
+Champions are verified against their SHA-256 manifest at load, and swapped when the alias moves."""
 
 from __future__ import annotations
 
-import bentoml
+import logging
+import threading
+import time
+from datetime import datetime, timezone
 
+import bentoml
+import numpy as np
+
+from itff_platform.serving.guard import GuardMiddleware
+from itff_platform.serving.online import Candle, RequestError, features_from_candles, features_from_row
 from itff_platform.settings import get_settings
 
+log = logging.getLogger(__name__)
+SETTINGS = get_settings()
+OOD_Z = 6.0  # a scaled feature this many training standard deviations out is outside what the model saw
 
-@bentoml.service(name="itff-prediction-service", traffic={"timeout": 10})
+PREDICTIONS = bentoml.metrics.Counter(
+    name="itff_predictions_total", documentation="Predictions served", labelnames=["symbol", "target", "regime", "signal"])
+LATENCY = bentoml.metrics.Histogram(
+    name="itff_prediction_latency_seconds", documentation="Model call latency", labelnames=["target"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+SERVED_VERSION = bentoml.metrics.Gauge(
+    name="itff_served_model_version", documentation="Registry version being served", labelnames=["model"])
+
+
+@bentoml.service(name="itff-prediction-service", traffic={"timeout": 30})
 class ItffService:
     def __init__(self) -> None:
-        self.settings = get_settings()
+        from itff_platform.serving.store import ChampionStore
+
+        self.settings = SETTINGS
+        self.store = ChampionStore(self.settings)
+        self._report(self.store.refresh())
+        if self.settings.reload_interval_s > 0:
+            threading.Thread(target=self._poll, daemon=True, name="champion-poller").start()
+
+    def _poll(self) -> None:
+        while True:
+            time.sleep(self.settings.reload_interval_s)
+            try:
+                self._report(self.store.refresh())
+            except Exception:  # the registry being briefly unreachable must not kill the poller
+                log.exception("champion refresh failed; serving what is loaded")
+
+    def _report(self, changes: dict[str, str]) -> None:
+        for name, change in changes.items():
+            log.info("%s: %s", name, change)
+        for (symbol, target), model in self.store.models.items():
+            SERVED_VERSION.labels(model=model.name).set(float(model.version))
+
+    @bentoml.api(route="/predict")
+    def predict(
+        self,
+        symbol: str,
+        target: str = "direction",
+        features: dict[str, float] | list[float] | None = None,
+        candles: list[Candle] | None = None,
+        regime: str | None = None,
+    ) -> dict:
+        try:
+            return self._predict(symbol.upper(), target, features, candles, regime)
+        except RequestError as error:
+            raise bentoml.exceptions.InvalidArgument(str(error)) from None
+
+    def _predict(self, symbol, target, features, candles, regime) -> dict:
+        if (features is None) == (candles is None):
+            raise RequestError("features/candles: send exactly one of them")
+        if symbol not in self.settings.symbols:
+            raise RequestError(f"symbol: {symbol!r} is not served; served symbols are {self.settings.symbols}")
+        if target not in self.settings.targets:
+            raise RequestError(f"target: {target!r} is not one of {self.settings.targets}")
+        model = self.store.get(symbol, target)
+        if model is None:
+            raise RequestError(f"symbol/target: no verified champion is loaded for {symbol} {target}")
+        if candles is not None:
+            x, regime, bar_time = features_from_candles(candles, self.settings, model.forecaster.context_rows + 1)
+        else:
+            x, bar_time = features_from_row(features, model.meta["features"]), None
+        started = time.perf_counter()
+        out, spread = model.predict(x)
+        LATENCY.labels(target=target).observe(time.perf_counter() - started)
+        scaled = model.forecaster.scaler.transform(x[-1:]) if model.forecaster.scaler is not None else np.zeros((1, 1))
+        answer = {
+            "symbol": symbol, "target": target, "regime": regime or "unknown",
+            "model_version": model.version, "family": model.family,
+            "out_of_distribution": bool(np.abs(scaled).max() > OOD_Z),
+            "served_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "bar_time": bar_time.isoformat() if bar_time is not None else None,
+        }
+        if model.meta["task"] == "regression":
+            p10, p50, p90 = (float(v) for v in out[-1])
+            answer.update({"p10": p10, "p50": p50, "p90": p90, "signal": "flat"})
+        else:
+            prob, threshold = float(out[-1]), float(model.meta["threshold"])
+            shorts = target == "direction"
+            signal = "long" if prob >= threshold else ("short" if shorts and prob <= 1 - threshold else "flat")
+            confidence = max(prob, 1 - prob)
+            answer.update({"signal": signal, "prob_up": prob, "confidence": confidence, "threshold": threshold,
+                           "allow": confidence >= threshold, "uncertainty": float(spread[-1]) if spread is not None else None})
+        PREDICTIONS.labels(symbol=symbol, target=target, regime=answer["regime"], signal=answer["signal"]).inc()
+        return answer
 
     @bentoml.api(route="/healthz")
     def healthz(self) -> dict:
-        from itff_platform.lake.layers import LakeTables
+        return {"status": "ok"}
 
-        return {"status": "ok", "lake_table_versions": LakeTables.under(self.settings).versions()}
+    @bentoml.api(route="/readyz")
+    def readyz(self, ctx: bentoml.Context) -> dict:
+        ready = self.store.ready()
+        if not ready:
+            ctx.response.status_code = 503
+        return {"ready": ready, "models": self.store.report()}
+
+    @bentoml.api(route="/admin/reload")
+    def reload(self) -> dict:
+        changes = self.store.refresh()
+        self._report(changes)
+        return {"changes": changes, "models": self.store.report()}
+
+
+ItffService.add_asgi_middleware(
+    GuardMiddleware,
+    tokens=SETTINGS.api_tokens,
+    admin_token=SETTINGS.admin_token,
+    per_minute=SETTINGS.rate_limit_per_minute,
+    burst=SETTINGS.rate_limit_burst,
+    max_bytes=SETTINGS.max_request_bytes,
+)

@@ -55,7 +55,7 @@ class Decision:
 
 def _candidate(client: MlflowClient, version) -> Candidate:
     run = client.get_run(version.run_id)
-    return Candidate(version.version, version.run_id, version.tags.get("family", "?"), run.data.metrics, run.data.tags)
+    return Candidate(str(version.version), version.run_id, version.tags.get("family", "?"), run.data.metrics, run.data.tags)
 
 
 def loss_key(task: str) -> str:
@@ -129,7 +129,7 @@ def promote_champion(settings: Settings, symbol: str, target: str) -> Decision:
     champion = _current_champion(client, name)
     newer = [v for v in versions if champion is None or int(v.version) > int(champion.version)]
     if not newer:
-        return Decision(name, False, None, champion.version, "-", ["no version newer than the champion"])
+        return Decision(name, False, None, str(champion.version), "-", ["no version newer than the champion"])
     challengers = [_candidate(client, v) for v in newer]
     challenger = min(challengers, key=lambda c: c.metrics.get(loss_key(task), np.inf))
 
@@ -148,11 +148,11 @@ def promote_champion(settings: Settings, symbol: str, target: str) -> Decision:
         elif holder.tags.get("trained_through", "9999") < challenger.window[0]:
             reference = _score_on_window(settings, symbol, target, f"models:/{name}/{champion.version}", challenger.window)
         else:
-            return _record(client, Decision(name, False, challenger.version, champion.version, f"v{champion.version}", [
+            return _record(client, Decision(name, False, challenger.version, str(champion.version), f"v{champion.version}", [
                 f"not comparable: champion v{champion.version} was trained through {holder.tags.get('trained_through')}, "
                 f"inside the challenger's window {challenger.window[0]}..{challenger.window[1]}"]))
         promoted, reasons = decide(challenger, reference, f"champion v{champion.version}", task, settings, against_baseline=False)
-        decision = Decision(name, promoted, challenger.version, champion.version, f"v{champion.version}", reasons)
+        decision = Decision(name, promoted, challenger.version, str(champion.version), f"v{champion.version}", reasons)
     decision.figures = {k: challenger.metrics[k] for k in (loss_key(task), "recent_ece", "recent_trades") if k in challenger.metrics}
     if decision.promoted:
         _set_champion(client, name, challenger.version)

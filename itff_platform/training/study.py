@@ -116,6 +116,7 @@ def run_study(
                      f"in {time.perf_counter() - trial_started:.1f}s {params | {'class_weight': weighting}}")
             return mean_loss
 
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # before create_study, which logs at INFO
         study = optuna.create_study(
             study_name=f"itff-{data.symbol}-{data.target}-{family}-{stamp}",
             storage=settings.study_storage,
@@ -123,7 +124,6 @@ def run_study(
             sampler=optuna.samplers.TPESampler(seed=settings.seed),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
         )
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         study.optimize(objective, n_trials=n_trials, timeout=settings.study_timeout_s, show_progress_bar=settings.progress_bar)
         completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)

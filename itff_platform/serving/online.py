@@ -1,0 +1,74 @@
+"""Request validation and online features: the same build_features the lake uses, on the posted candles."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, field_validator
+
+from itff_platform.settings import Settings
+
+
+class RequestError(ValueError):
+    """A bad request: the message names the field and the rule."""
+
+
+class Candle(BaseModel):
+    timestamp: datetime
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+
+    @field_validator("timestamp")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def minimum_candles(settings: Settings) -> int:
+    """Bars after which every model feature is defined (the 14-day average daily range is the longest)."""
+    return (settings.daily_range_days + 1) * settings.bars_per_day
+
+
+def features_from_candles(candles: list[Candle], settings: Settings, rows: int) -> tuple[np.ndarray, str, datetime]:
+    """The last `rows` feature rows computed from the candles, the regime of the last bar, and its time."""
+    needed = minimum_candles(settings)
+    if len(candles) < needed:
+        raise RequestError(f"candles: {len(candles)} given; at least {needed} {settings.interval} bars are needed for the features")
+    frame = pl.DataFrame([c.model_dump() for c in candles]).with_columns(pl.col("timestamp").cast(pl.Datetime("us", "UTC")))
+    for column in ("open", "high", "low", "close", "volume"):
+        if not frame[column].is_finite().all() or (frame[column] <= 0).any():
+            raise RequestError(f"candles.{column}: every value must be a finite number > 0")
+    if not frame["timestamp"].is_sorted() or frame["timestamp"].n_unique() != frame.height:
+        raise RequestError("candles.timestamp: must be strictly increasing")
+    from itff_platform.features.silver import build_features, feature_columns
+
+    silver = build_features(frame, settings).collect(engine="in-memory").tail(rows)
+    names = feature_columns(settings)
+    x = silver.select(names).to_numpy()
+    if not np.isfinite(x[-1]).all():
+        bad = [n for n, v in zip(names, x[-1]) if not math.isfinite(v)]
+        raise RequestError(f"candles: the last bar's features {bad} are undefined; send a longer window")
+    return x, silver["regime"][-1], silver["timestamp"][-1]
+
+
+def features_from_row(features: dict[str, float] | list[float], expected: list[str]) -> np.ndarray:
+    """A feature row as a dict by name, or a list in the model's order."""
+    if isinstance(features, list):
+        if len(features) != len(expected):
+            raise RequestError(f"features: {len(features)} values given; this model takes {len(expected)}, in order {expected}")
+        values = features
+    else:
+        missing, unexpected = [f for f in expected if f not in features], sorted(set(features) - set(expected))
+        if missing or unexpected:
+            raise RequestError(f"features: missing {missing}, unexpected {unexpected}; expected {expected}")
+        values = [features[f] for f in expected]
+    bad = [name for name, v in zip(expected, values) if v is None or not math.isfinite(v)]
+    if bad:
+        raise RequestError(f"features: {bad} must be finite numbers (NaN and infinity are refused)")
+    return np.asarray([values], dtype=np.float64)

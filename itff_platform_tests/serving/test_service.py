@@ -1,0 +1,198 @@
+"""The real service: `bentoml serve` as a subprocess on a free loopback port, spoken to over HTTP."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from itff_platform.market.sample import SampleCandleSource
+from itff_platform.serving.online import minimum_candles
+from itff_platform.settings import Settings
+from itff_platform.training.promotion import model_storage, promote_champion
+from itff_platform_tests.conftest import utc
+from itff_platform_tests.training.test_promotion import train
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN, ADMIN = "test-token-1", "admin-token-1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serving")
+    settings = Settings(home=folder, trials=1, wf_folds=3)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    train(settings, ["logistic"], noise=0.2)
+    assert promote_champion(settings, "PROMOUSDT", "direction").promoted
+    port = free_port()
+    env = {**os.environ, "ITFF_HOME": str(folder), "ITFF_SYMBOLS": '["PROMOUSDT"]', "ITFF_TARGETS": '["direction"]',
+           "ITFF_API_TOKENS": json.dumps([TOKEN, "other-token"]), "ITFF_ADMIN_TOKEN": ADMIN, "ITFF_RATE_LIMIT_BURST": "40",
+           "ITFF_RATE_LIMIT_PER_MINUTE": "60", "ITFF_RELOAD_INTERVAL_S": "0", "ITFF_MAX_REQUEST_BYTES": "200000",
+           "BENTOML_HOME": str(folder / "bentoml")}
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "bentoml"), "serve", "itff_platform.serving.service:ItffService",
+         "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code in (200, 503):
+                break
+        except httpx.HTTPError:
+            time.sleep(1)
+    else:
+        process.kill()
+        pytest.fail("bentoml serve did not start:\n" + process.stdout.read()[-3000:])
+    yield url, settings
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def post(url, path, body, token=TOKEN, **kwargs):
+    headers = {"X-API-Token": token} if token else {}
+    return httpx.post(f"{url}{path}", json=body, headers=headers, timeout=30, **kwargs)
+
+
+def feature_row(settings):
+    """A row from the distribution the test champions were trained on (the synthetic walk in test_promotion)."""
+    from itff_platform.features.silver import build_features, feature_columns
+    from itff_platform.market.synthetic import random_walk_candles
+
+    return build_features(random_walk_candles(5000, seed=3), settings).collect().select(feature_columns(settings)).row(-1, named=True)
+
+
+def test_ready_once_every_champion_is_loaded_and_verified(service):
+    url, settings = service
+    ready = httpx.post(f"{url}/readyz", json={}, timeout=10)
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    champion = str(MlflowClient(settings.tracking_uri).get_model_version_by_alias("itff-PROMOUSDT-direction", "champion").version)
+    assert ready.json()["models"]["itff-PROMOUSDT-direction"]["serving_version"] == champion
+
+
+def test_predict_from_a_feature_row_returns_the_signal_regime_and_version(service):
+    url, settings = service
+    answer = post(url, "/predict", {"symbol": "PROMOUSDT", "features": feature_row(settings), "regime": "trending_up"})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["signal"] in {"long", "short", "flat"} and 0 < body["prob_up"] < 1
+    assert body["regime"] == "trending_up" and body["family"] == "logistic" and body["model_version"] == "1"
+    assert body["allow"] == (body["confidence"] >= body["threshold"]) and body["out_of_distribution"] is False
+
+
+def test_a_row_unlike_anything_in_training_is_flagged_out_of_distribution(service):
+    url, settings = service
+    absurd = {name: 0.1 for name in feature_row(settings)}  # e.g. 10 % realized volatility per bar
+    body = post(url, "/predict", {"symbol": "PROMOUSDT", "features": absurd}).json()
+    assert body["out_of_distribution"] is True
+
+
+def test_predict_from_candles_computes_features_and_the_regime_like_the_lake(service):
+    url, settings = service
+    candles = SampleCandleSource().fetch("BTCUSDT", "1h", utc(2024, 1, 1), utc(2024, 3, 1))
+    window = [dict(zip(candles.columns, (r[0].isoformat(), *r[1:]))) for r in candles.tail(800).iter_rows()]
+    answer = post(url, "/predict", {"symbol": "PROMOUSDT", "candles": window})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["regime"] in {"trending_up", "trending_down", "range_bound", "volatile", "neutral"}
+    assert body["bar_time"].startswith("2024-02-29T23:00")
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"symbol": "DOGEUSDT", "features": {}}, "symbol: 'DOGEUSDT' is not served"),
+        ({"symbol": "PROMOUSDT", "features": [0.1, 0.2]}, "features: 2 values given; this model takes 24"),
+        ({"symbol": "PROMOUSDT", "features": {"rsi": 1.0}}, "features: missing ['log_return_1'"),
+        ({"symbol": "PROMOUSDT"}, "features/candles: send exactly one of them"),
+        ({"symbol": "PROMOUSDT", "target": "colour", "features": {}}, "target: 'colour' is not one of"),
+    ],
+)
+def test_malformed_requests_get_a_4xx_naming_the_field(service, body, message):
+    url, _ = service
+    answer = post(url, "/predict", body)
+    assert 400 <= answer.status_code < 500 and message in answer.text, answer.text
+
+
+def test_nan_and_short_candle_windows_are_refused_with_4xx(service):
+    url, settings = service
+    row = feature_row(settings) | {"rsi": float("nan")}
+    answer = httpx.post(f"{url}/predict", content=json.dumps({"symbol": "PROMOUSDT", "features": row}),
+                        headers={"X-API-Token": TOKEN, "Content-Type": "application/json"}, timeout=30)
+    assert answer.status_code == 400 and "['rsi'] must be finite numbers" in answer.text
+    candles = SampleCandleSource().fetch("BTCUSDT", "1h", utc(2024, 1, 1), utc(2024, 1, 5))
+    window = [dict(zip(candles.columns, (r[0].isoformat(), *r[1:]))) for r in candles.iter_rows()]
+    short = post(url, "/predict", {"symbol": "PROMOUSDT", "candles": window})
+    assert short.status_code == 400 and f"at least {minimum_candles(Settings())} 1h bars" in short.text
+
+
+def test_a_token_is_required_and_checked(service):
+    url, settings = service
+    body = {"symbol": "PROMOUSDT", "features": feature_row(settings)}
+    assert post(url, "/predict", body, token=None).status_code == 401
+    wrong = post(url, "/predict", body, token="guess")
+    assert wrong.status_code == 401 and "X-API-Token" in wrong.text
+
+
+def test_request_size_is_limited(service):
+    url, _ = service
+    answer = post(url, "/predict", {"symbol": "PROMOUSDT", "features": [0.0] * 80_000}, token="other-token")
+    assert answer.status_code == 413
+
+
+def test_each_token_is_rate_limited_with_retry_after(service):
+    url, settings = service
+    body = {"symbol": "PROMOUSDT", "features": feature_row(settings)}
+    codes = [post(url, "/predict", body, token="other-token").status_code for _ in range(45)]
+    assert codes.count(429) >= 1 and codes[0] == 200
+    limited = post(url, "/predict", body, token="other-token")
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+
+
+def test_metrics_count_predictions_by_symbol_regime_and_signal(service):
+    url, _ = service
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    assert 'itff_predictions_total{' in text and 'symbol="PROMOUSDT"' in text
+    assert "itff_served_model_version" in text and "itff_prediction_latency_seconds_bucket" in text
+
+
+def test_hot_reload_switches_to_a_new_champion_and_refuses_a_tampered_one(service):
+    url, settings = service
+    client = MlflowClient(settings.tracking_uri)
+    assert post(url, "/admin/reload", {}, token=TOKEN).status_code == 401  # prediction tokens are not admin tokens
+
+    train(settings, ["logistic"], noise=0.05)
+    decision = promote_champion(settings, "PROMOUSDT", "direction")
+    assert decision.promoted
+    # Tamper with the new champion's weights before the service sees it.
+    weights = Path(model_storage(client, "itff-PROMOUSDT-direction", decision.challenger).removeprefix("file://"))
+    state = weights / "artifacts" / "forecaster" / "state.pkl"
+    state.write_bytes(state.read_bytes() + b"x")
+    reloaded = post(url, "/admin/reload", {}, token=ADMIN).json()
+    assert "refused" in reloaded["changes"]["itff-PROMOUSDT-direction"]
+    status = reloaded["models"]["itff-PROMOUSDT-direction"]
+    assert status["serving_version"] == decision.champion_before and decision.challenger in status["refused_versions"]
+    still = post(url, "/predict", {"symbol": "PROMOUSDT", "features": feature_row(settings)})
+    assert still.json()["model_version"] == decision.champion_before  # the old champion keeps serving
+
+    train(settings, ["boosting"], noise=0.02)
+    better = promote_champion(settings, "PROMOUSDT", "direction")
+    assert better.promoted
+    reloaded = post(url, "/admin/reload", {}, token=ADMIN).json()
+    assert reloaded["changes"]["itff-PROMOUSDT-direction"].startswith(f"serving v{better.challenger}")
+    answer = post(url, "/predict", {"symbol": "PROMOUSDT", "features": feature_row(settings)}).json()
+    assert answer["model_version"] == better.challenger and answer["family"] == "boosting"
