@@ -118,6 +118,8 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(600, ge=1, description="Requests per minute per token (bucket refill rate).")
     rate_limit_burst: int = Field(60, ge=1, description="Requests a token may make at once before the rate applies.")
     max_request_bytes: int = Field(2_000_000, ge=1024, description="Larger request bodies are refused with 413.")
+    tradingview_secret: str | None = Field(None, description="When set, /tradingview requires signature = HMAC-SHA256(secret, 'ticker|time|close').")
+    serve_workers: int = Field(1, ge=1, description="BentoML worker processes; rate limits are kept per worker.")
     reload_interval_s: float = Field(30.0, ge=0, description="How often the service checks the champion alias; 0 disables.")
     progress_bar: bool = Field(False, description="Optuna's progress bar per study (the CLI turns it on).")
     mlflow_tracking_uri: str | None = None

@@ -72,3 +72,42 @@ def features_from_row(features: dict[str, float] | list[float], expected: list[s
     if bad:
         raise RequestError(f"features: {bad} must be finite numbers (NaN and infinity are refused)")
     return np.asarray([values], dtype=np.float64)
+
+
+def normalise_symbol(ticker: str) -> str:
+    """TradingView tickers: BINANCE:BTCUSDT, BTCUSDTPERP, BTCUSDT.P, btcusdt -> BTCUSDT."""
+    symbol = ticker.split(":")[-1].strip().upper()
+    for suffix in (".P", "PERP"):
+        symbol = symbol.removesuffix(suffix)
+    return symbol
+
+
+def tradingview_signature(secret: str, ticker: str, time: str, close: float) -> str:
+    import hashlib
+    import hmac
+
+    return hmac.new(secret.encode(), f"{ticker}|{time}|{close}".encode(), hashlib.sha256).hexdigest()
+
+
+def features_from_lake(settings: Settings, symbol: str, at: datetime) -> tuple[np.ndarray, str, datetime, float]:
+    """The silver row of the last bar at or before `at`: features, regime, bar time and close."""
+    from datetime import timedelta
+
+    from itff_platform.features.silver import feature_columns
+    from itff_platform.lake.delta import read_rows
+    from itff_platform.lake.layers import LakeTables
+
+    at = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+    bar = timedelta(seconds=settings.interval_seconds)
+    try:
+        rows = read_rows(LakeTables.under(settings).silver, settings.interval, symbol, at - 48 * bar, at + bar)
+    except FileNotFoundError as error:
+        raise RequestError(f"candles: none sent and the lake has no silver table ({error})") from None
+    rows = rows.filter(pl.col("timestamp") <= at)
+    if rows.is_empty():
+        raise RequestError(f"time: the lake has no {symbol} bar at or before {at:%Y-%m-%d %H:%M}; send candles instead")
+    last = rows.tail(1)
+    x = last.select(feature_columns(settings)).to_numpy()
+    if not np.isfinite(x).all():
+        raise RequestError(f"time: the lake's {symbol} bar at {at:%Y-%m-%d %H:%M} has undefined features; send candles")
+    return x, last["regime"][0], last["timestamp"][0], float(last["close"][0])

@@ -16,7 +16,15 @@ import bentoml
 import numpy as np
 
 from itff_platform.serving.guard import GuardMiddleware
-from itff_platform.serving.online import Candle, RequestError, features_from_candles, features_from_row
+from itff_platform.serving.online import (
+    Candle,
+    RequestError,
+    features_from_candles,
+    features_from_lake,
+    features_from_row,
+    normalise_symbol,
+    tradingview_signature,
+)
 from itff_platform.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -32,7 +40,7 @@ SERVED_VERSION = bentoml.metrics.Gauge(
     name="itff_served_model_version", documentation="Registry version being served", labelnames=["model"])
 
 
-@bentoml.service(name="itff-prediction-service", traffic={"timeout": 30})
+@bentoml.service(name="itff-prediction-service", traffic={"timeout": 30}, workers=SETTINGS.serve_workers)
 class ItffService:
     def __init__(self) -> None:
         from itff_platform.serving.store import ChampionStore
@@ -71,9 +79,7 @@ class ItffService:
         except RequestError as error:
             raise bentoml.exceptions.InvalidArgument(str(error)) from None
 
-    def _predict(self, symbol, target, features, candles, regime) -> dict:
-        if (features is None) == (candles is None):
-            raise RequestError("features/candles: send exactly one of them")
+    def _champion(self, symbol: str, target: str):
         if symbol not in self.settings.symbols:
             raise RequestError(f"symbol: {symbol!r} is not served; served symbols are {self.settings.symbols}")
         if target not in self.settings.targets:
@@ -81,10 +87,20 @@ class ItffService:
         model = self.store.get(symbol, target)
         if model is None:
             raise RequestError(f"symbol/target: no verified champion is loaded for {symbol} {target}")
+        return model
+
+    def _predict(self, symbol, target, features, candles, regime) -> dict:
+        if (features is None) == (candles is None):
+            raise RequestError("features/candles: send exactly one of them")
+        model = self._champion(symbol, target)
         if candles is not None:
             x, regime, bar_time = features_from_candles(candles, self.settings, model.forecaster.context_rows + 1)
         else:
             x, bar_time = features_from_row(features, model.meta["features"]), None
+        return self._answer(model, x, regime, bar_time)
+
+    def _answer(self, model, x, regime, bar_time) -> dict:
+        symbol, target = model.symbol, model.target
         started = time.perf_counter()
         out, spread = model.predict(x)
         LATENCY.labels(target=target).observe(time.perf_counter() - started)
@@ -108,6 +124,95 @@ class ItffService:
                            "allow": confidence >= threshold, "uncertainty": float(spread[-1]) if spread is not None else None})
         PREDICTIONS.labels(symbol=symbol, target=target, regime=answer["regime"], signal=answer["signal"]).inc()
         return answer
+
+    @bentoml.api(route="/predict_batch")
+    def predict_batch(self, symbol: str, rows: list[list[float]], target: str = "direction") -> dict:
+        """Many feature rows (in the model's order) in one call: probabilities (or bands) and signals as arrays."""
+        try:
+            model = self._champion(symbol.upper(), target)
+            names = model.meta["features"]
+            x = np.asarray(rows, dtype=np.float64) if rows else np.empty((0, len(names)))
+            if x.ndim != 2 or x.shape[1] != len(names):
+                raise RequestError(f"rows: each row must hold {len(names)} values, in order {names}")
+            if not np.isfinite(x).all():
+                raise RequestError("rows: NaN and infinity are refused")
+        except RequestError as error:
+            raise bentoml.exceptions.InvalidArgument(str(error)) from None
+        out, _ = model.predict(x) if len(x) else (np.empty(0), None)
+        if model.meta["task"] == "regression":
+            return {"model_version": model.version, "family": model.family, "bands": np.asarray(out).tolist()}
+        threshold = float(model.meta["threshold"])
+        signal = np.where(out >= threshold, "long", np.where((target == "direction") & (out <= 1 - threshold), "short", "flat"))
+        return {"model_version": model.version, "family": model.family, "threshold": threshold,
+                "prob_up": np.round(out, 6).tolist(), "signal": signal.tolist()}
+
+    @bentoml.api(route="/tradingview")
+    def tradingview(
+        self,
+        ticker: str,
+        close: float,
+        time: str,
+        target: str = "direction",
+        candles: list[Candle] | None = None,
+        signature: str | None = None,
+    ) -> dict:
+        """A TradingView alert webhook: {"ticker": "{{ticker}}", "close": {{close}}, "time": "{{time}}"}."""
+        import hmac
+
+        try:
+            if self.settings.tradingview_secret:
+                expected = tradingview_signature(self.settings.tradingview_secret, ticker, time, close)
+                if signature is None or not hmac.compare_digest(signature, expected):
+                    raise RequestError("signature: missing or not HMAC-SHA256(secret, 'ticker|time|close')")
+            symbol = normalise_symbol(ticker)
+            model = self._champion(symbol, target)
+            if candles is not None:
+                x, regime, bar_time = features_from_candles(candles, self.settings, model.forecaster.context_rows + 1)
+                bar_close = candles[-1].close
+            else:
+                try:
+                    at = datetime.fromisoformat(time.replace("Z", "+00:00"))
+                except ValueError:
+                    raise RequestError(f"time: {time!r} is not an ISO-8601 time such as 2024-09-30T23:00:00Z") from None
+                x, regime, bar_time, bar_close = features_from_lake(self.settings, symbol, at)
+        except RequestError as error:
+            raise bentoml.exceptions.InvalidArgument(str(error)) from None
+        answer = self._answer(model, x, regime, bar_time)
+        answer.update({"ticker": ticker, "alert_close": close, "bar_close": bar_close})
+        return answer
+
+    @bentoml.api(route="/consensus")
+    def consensus(self, symbol: str, target: str = "direction", features: dict[str, float] | list[float] | None = None,
+                  candles: list[Candle] | None = None) -> dict:
+        """The latest version of every family votes; the vote is the mean P(up), each family weighted by its
+        confidence |p - 0.5|, so a family that is unsure barely counts."""
+        try:
+            symbol = symbol.upper()
+            self._champion(symbol, target)  # same validation as /predict
+            if (features is None) == (candles is None):
+                raise RequestError("features/candles: send exactly one of them")
+            if target == "forward_return":
+                raise RequestError("target: consensus votes on probabilities; forward_return has bands, not votes")
+            members = self.store.family_models(symbol, target)
+            breakdown, weights, probs, regime = [], [], [], None
+            for model, verified in members:
+                if candles is not None:
+                    x, regime, _ = features_from_candles(candles, self.settings, model.forecaster.context_rows + 1)
+                else:
+                    x = features_from_row(features, model.meta["features"])
+                prob = float(model.predict(x)[0][-1])
+                breakdown.append({"family": model.family, "model_version": model.version, "prob_up": prob,
+                                  "threshold": float(model.meta["threshold"]), "verified": verified})
+                weights.append(abs(prob - 0.5) + 1e-9)
+                probs.append(prob)
+        except RequestError as error:
+            raise bentoml.exceptions.InvalidArgument(str(error)) from None
+        prob = float(np.average(probs, weights=weights))
+        threshold = float(np.median([b["threshold"] for b in breakdown]))
+        signal = "long" if prob >= threshold else ("short" if target == "direction" and prob <= 1 - threshold else "flat")
+        return {"symbol": symbol, "target": target, "prob_up": prob, "signal": signal, "threshold": threshold,
+                "regime": regime or "unknown", "families": breakdown,
+                "served_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
 
     @bentoml.api(route="/healthz")
     def healthz(self) -> dict:

@@ -16,6 +16,7 @@ import numpy as np
 from itff_platform.settings import Settings
 
 log = logging.getLogger(__name__)
+NO_CHAMPION = "no champion in the registry (no version has passed promotion yet)"
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class ChampionStore:
         self.settings = settings
         self.models: dict[tuple[str, str], LoadedModel] = {}
         self.status: dict[str, ModelStatus] = {}
+        self._family_cache: dict[tuple[str, str], tuple[LoadedModel, bool]] = {}
         self._lock = threading.Lock()
 
     def keys(self) -> list[tuple[str, str]]:
@@ -69,7 +71,7 @@ class ChampionStore:
             try:
                 version = client.get_model_version_by_alias(name, "champion")
             except MlflowException:
-                status.problem = "no champion in the registry"
+                status.problem = NO_CHAMPION
                 continue
             current, wanted = loaded.get((symbol, target)), str(version.version)  # MLflow 3 hands back ints
             if current is not None and current.version == wanted:
@@ -92,7 +94,7 @@ class ChampionStore:
             self.models = loaded  # one assignment: a request sees the old set or the new one, never a mix
         return changes
 
-    def _load_verified(self, client, name: str, symbol: str, target: str, version: str) -> LoadedModel:
+    def _load_verified(self, client, name: str, symbol: str, target: str, version: str, verify: bool = True) -> LoadedModel:
         import mlflow
 
         from itff_platform.models import load_forecaster
@@ -100,24 +102,48 @@ class ChampionStore:
 
         run_id = client.get_model_version(name, version).run_id
         with tempfile.TemporaryDirectory() as scratch:
-            manifest_path = Path(client.download_artifacts(run_id, f"integrity/manifest-v{version}.json", scratch))
-            recorded = json.loads(manifest_path.read_text())
             local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=f"{scratch}/model"))
-            actual = artifact_manifest(local)
-            changed = sorted(p for p, digest in recorded.items() if actual.get(p) != digest)
-            extra = sorted(set(actual) - set(recorded))
-            if changed or extra:
-                raise ValueError(f"manifest mismatch: changed {changed}, unexpected {extra}")
+            if verify:
+                manifest_path = Path(client.download_artifacts(run_id, f"integrity/manifest-v{version}.json", scratch))
+                recorded, actual = json.loads(manifest_path.read_text()), artifact_manifest(local)
+                changed = sorted(p for p, digest in recorded.items() if actual.get(p) != digest)
+                extra = sorted(set(actual) - set(recorded))
+                if changed or extra:
+                    raise ValueError(f"manifest mismatch: changed {changed}, unexpected {extra}")
             folder = local / "artifacts" / "forecaster"
             meta = json.loads((folder / "meta.json").read_text())
             forecaster = load_forecaster(folder)
         return LoadedModel(name, symbol, target, version, meta["family"], meta, forecaster)
 
+    def family_models(self, symbol: str, target: str) -> list[tuple[LoadedModel, bool]]:
+        """The latest registered version of every family, for /consensus: (model, verified). Versions that were
+        promoted once carry a manifest and are verified; the others cannot be, and say so."""
+        from mlflow import MlflowClient
+
+        client = MlflowClient(self.settings.tracking_uri)
+        name = f"itff-{symbol}-{target}"
+        latest: dict[str, object] = {}
+        for version in client.search_model_versions(f"name = '{name}'"):
+            family = version.tags.get("family", "?")
+            if family not in latest or int(version.version) > int(latest[family].version):
+                latest[family] = version
+        out = []
+        for family, version in sorted(latest.items()):
+            key = (name, str(version.version))
+            if key not in self._family_cache:
+                verified = "manifest_sha256" in version.tags
+                self._family_cache[key] = (self._load_verified(client, name, symbol, target, key[1], verify=verified), verified)
+            out.append(self._family_cache[key])
+        return out
+
     def get(self, symbol: str, target: str) -> LoadedModel | None:
         return self.models.get((symbol, target))
 
     def ready(self) -> bool:
-        return all(self.status.get(f"itff-{s}-{t}", ModelStatus("")).healthy for s, t in self.keys())
+        """Every champion the registry names is loaded and verified. A model promotion never accepted has no
+        champion to wait for: it is reported, and its predictions get a 4xx, but it does not hold readiness."""
+        statuses = [self.status.get(f"itff-{s}-{t}", ModelStatus("")) for s, t in self.keys()]
+        return any(st.healthy for st in statuses) and all(st.healthy or st.problem == NO_CHAMPION for st in statuses)
 
     def report(self) -> dict:
         return {name: vars(status) for name, status in sorted(self.status.items())}

@@ -40,8 +40,8 @@ def service(tmp_path_factory):
     port = free_port()
     env = {**os.environ, "ITFF_HOME": str(folder), "ITFF_SYMBOLS": '["PROMOUSDT"]', "ITFF_TARGETS": '["direction"]',
            "ITFF_API_TOKENS": json.dumps([TOKEN, "other-token"]), "ITFF_ADMIN_TOKEN": ADMIN, "ITFF_RATE_LIMIT_BURST": "40",
-           "ITFF_RATE_LIMIT_PER_MINUTE": "60", "ITFF_RELOAD_INTERVAL_S": "0", "ITFF_MAX_REQUEST_BYTES": "200000",
-           "BENTOML_HOME": str(folder / "bentoml")}
+           "ITFF_RATE_LIMIT_PER_MINUTE": "60", "ITFF_RELOAD_INTERVAL_S": "0", "ITFF_MAX_REQUEST_BYTES": "500000",
+           "BENTOML_HOME": str(folder / "bentoml"), "ITFF_TRADINGVIEW_SECRET": "tv-secret"}
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "bentoml"), "serve", "itff_platform.serving.service:ItffService",
          "--host", "127.0.0.1", "--port", str(port)],
@@ -150,7 +150,7 @@ def test_a_token_is_required_and_checked(service):
 
 def test_request_size_is_limited(service):
     url, _ = service
-    answer = post(url, "/predict", {"symbol": "PROMOUSDT", "features": [0.0] * 80_000}, token="other-token")
+    answer = post(url, "/predict", {"symbol": "PROMOUSDT", "features": [0.0] * 150_000}, token="other-token")
     assert answer.status_code == 413
 
 
@@ -161,6 +161,49 @@ def test_each_token_is_rate_limited_with_retry_after(service):
     assert codes.count(429) >= 1 and codes[0] == 200
     limited = post(url, "/predict", body, token="other-token")
     assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+
+
+def candle_window(n=800):
+    candles = SampleCandleSource().fetch("BTCUSDT", "1h", utc(2024, 1, 1), utc(2024, 3, 1))
+    return [dict(zip(candles.columns, (r[0].isoformat(), *r[1:]))) for r in candles.tail(n).iter_rows()]
+
+
+def test_tradingview_alerts_accept_exchange_prefixed_tickers_and_check_the_signature(service):
+    from itff_platform.serving.online import tradingview_signature
+
+    url, _ = service
+    alert = {"ticker": "BINANCE:PROMOUSDTPERP", "close": 61130.0, "time": "2024-02-29T23:00:00Z", "candles": candle_window()}
+    unsigned = httpx.post(f"{url}/tradingview?token={TOKEN}", json=alert, timeout=30)  # token in the URL: TradingView sends no headers
+    assert unsigned.status_code == 400 and "signature: missing" in unsigned.text
+    alert["signature"] = tradingview_signature("tv-secret", alert["ticker"], alert["time"], alert["close"])
+    answer = httpx.post(f"{url}/tradingview?token={TOKEN}", json=alert, timeout=30)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["symbol"] == "PROMOUSDT" and body["signal"] in {"long", "short", "flat"} and body["regime"] != "unknown"
+    no_lake = {k: v for k, v in alert.items() if k != "candles"}
+    missing = httpx.post(f"{url}/tradingview?token={TOKEN}", json=no_lake, timeout=30)
+    assert missing.status_code == 400 and "the lake has no silver table" in missing.text
+
+
+def test_consensus_votes_across_the_latest_version_of_every_family(service):
+    url, settings = service
+    answer = post(url, "/consensus", {"symbol": "PROMOUSDT", "features": feature_row(settings)})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    families = {member["family"] for member in body["families"]}
+    assert "logistic" in families and all(0 < m["prob_up"] < 1 for m in body["families"])
+    low, high = min(m["prob_up"] for m in body["families"]), max(m["prob_up"] for m in body["families"])
+    assert low - 1e-9 <= body["prob_up"] <= high + 1e-9
+
+
+def test_predict_batch_scores_many_rows_in_one_call(service):
+    url, settings = service
+    row = list(feature_row(settings).values())
+    answer = post(url, "/predict_batch", {"symbol": "PROMOUSDT", "rows": [row] * 500})
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["prob_up"]) == 500 and len(set(answer.json()["signal"])) == 1
+    wrong = post(url, "/predict_batch", {"symbol": "PROMOUSDT", "rows": [row[:-1]]})
+    assert wrong.status_code == 400 and "each row must hold 24 values" in wrong.text
 
 
 def test_metrics_count_predictions_by_symbol_regime_and_signal(service):
