@@ -89,6 +89,20 @@ def rollback(symbol: str, target: str) -> int:
     return 0
 
 
+def sample_request(symbol: str, target: str, bars: int) -> int:
+    """A /predict body holding the last `bars` candles of the packaged sample, for curl and smoke tests."""
+    import json
+    from datetime import datetime, timezone
+
+    from itff_platform.market.sample import SampleCandleSource
+
+    candles = SampleCandleSource().fetch(symbol.upper(), "1h", datetime(2021, 1, 1, tzinfo=timezone.utc), datetime(2025, 1, 1, tzinfo=timezone.utc))
+    rows = [{"timestamp": r[0].isoformat(), "open": r[1], "high": r[2], "low": r[3], "close": r[4], "volume": r[5]}
+            for r in candles.tail(bars).iter_rows()]
+    print(json.dumps({"symbol": symbol.upper(), "target": target, "candles": rows}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="itff", description="ITFF Platform: lake, training and serving for market forecasts.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     back = commands.add_parser("rollback", help="restore the previous champion of one model")
     back.add_argument("symbol")
     back.add_argument("target", choices=["direction", "level_up", "forward_return"])
+    example = commands.add_parser("sample-request", help="print a /predict body with the sample's last candles")
+    example.add_argument("symbol")
+    example.add_argument("--target", default="direction")
+    example.add_argument("--bars", type=int, default=800, help="800 covers the regime's 744-bar warm-up")
     commands.add_parser("settings", help="print the effective settings (ITFF_* environment applied)")
     args = parser.parse_args(argv)
 
@@ -108,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(get_settings().model_dump_json(indent=2))
         return 0
+    if args.command == "sample-request":
+        return sample_request(args.symbol, args.target, args.bars)
     if args.command == "rollback":
         return rollback(args.symbol, args.target)
     # A progress bar per Optuna study; set before the settings are first read.

@@ -59,9 +59,12 @@ class ChampionStore:
 
     def refresh(self) -> dict[str, str]:
         """Check every champion alias; load, verify and swap in any that moved. Returns what changed."""
+        import mlflow
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
+        # Artifact downloads ("models:/...") go through the global URI, not the client's: set both.
+        mlflow.set_tracking_uri(self.settings.tracking_uri)
         client = MlflowClient(self.settings.tracking_uri)
         changes = {}
         loaded = dict(self.models)

@@ -38,7 +38,10 @@ def service(tmp_path_factory):
     train(settings, ["logistic"], noise=0.2)
     assert promote_champion(settings, "PROMOUSDT", "direction").promoted
     port = free_port()
-    env = {**os.environ, "ITFF_HOME": str(folder), "ITFF_SYMBOLS": '["PROMOUSDT"]', "ITFF_TARGETS": '["direction"]',
+    # Not inherited: mlflow.set_tracking_uri above exports MLFLOW_TRACKING_URI, which would hide a service
+    # that forgot to point MLflow at its own store.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env = {**inherited, "ITFF_HOME": str(folder), "ITFF_SYMBOLS": '["PROMOUSDT"]', "ITFF_TARGETS": '["direction"]',
            "ITFF_API_TOKENS": json.dumps([TOKEN, "other-token"]), "ITFF_ADMIN_TOKEN": ADMIN, "ITFF_RATE_LIMIT_BURST": "40",
            "ITFF_RATE_LIMIT_PER_MINUTE": "60", "ITFF_RELOAD_INTERVAL_S": "0", "ITFF_MAX_REQUEST_BYTES": "500000",
            "BENTOML_HOME": str(folder / "bentoml"), "ITFF_TRADINGVIEW_SECRET": "tv-secret"}
