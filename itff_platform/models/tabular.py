@@ -11,31 +11,36 @@ from itff_platform.models.base import Forecaster, clip_probability, single_class
 QUANTILES = (0.1, 0.5, 0.9)
 
 
-def predict_or_constant(forecaster: Forecaster, features: np.ndarray) -> np.ndarray:
-    """P(1) from the fitted model, or the one label the training window held."""
-    if forecaster.model is None:
-        return clip_probability(np.full(len(features), forecaster.constant))
-    return clip_probability(forecaster.model.predict_proba(forecaster.scale(features))[:, 1])
+class SklearnClassifier(Forecaster):
+    """Shared by the scikit-learn classifiers: scale on the training rows, fit, predict P(1); a training window
+    holding a single class cannot be fitted, so it predicts that class's rate instead."""
+
+    def make_estimator(self):
+        raise NotImplementedError
+
+    def fit(self, features, labels, sample_weight=None):
+        scaled, self.constant = self.fit_scaler(features), single_class_rate(labels)
+        self.model = None if self.constant is not None else self.make_estimator().fit(scaled, labels, sample_weight=sample_weight)
+        return self
+
+    def predict_proba(self, features):
+        if self.model is None:
+            return clip_probability(np.full(len(features), self.constant))
+        return clip_probability(self.model.predict_proba(self.scale(features))[:, 1])
 
 
-class LogisticForecaster(Forecaster):
+class LogisticForecaster(SklearnClassifier):
     family = "logistic"
 
     @classmethod
     def search_space(cls, trial) -> dict:
         return {"C": trial.suggest_float("C", 1e-3, 10.0, log=True)}
 
-    def fit(self, features, labels, sample_weight=None):
-        scaled, self.constant = self.fit_scaler(features), single_class_rate(labels)
-        self.model = None if self.constant is not None else LogisticRegression(C=self.params.get("C", 1.0), max_iter=500).fit(
-            scaled, labels, sample_weight=sample_weight)
-        return self
-
-    def predict_proba(self, features):
-        return predict_or_constant(self, features)
+    def make_estimator(self):
+        return LogisticRegression(C=self.params.get("C", 1.0), max_iter=500)
 
 
-class BoostingForecaster(Forecaster):
+class BoostingForecaster(SklearnClassifier):
     family = "boosting"
 
     @classmethod
@@ -47,16 +52,10 @@ class BoostingForecaster(Forecaster):
             "l2_regularization": trial.suggest_float("l2_regularization", 1e-3, 10.0, log=True),
         }
 
-    def fit(self, features, labels, sample_weight=None):
+    def make_estimator(self):
         # Early stopping on an internal split would sample validation rows at random, i.e. from the future
         # of other training rows; a fixed iteration count keeps the training window strictly causal.
-        scaled, self.constant = self.fit_scaler(features), single_class_rate(labels)
-        self.model = None if self.constant is not None else HistGradientBoostingClassifier(
-            max_iter=150, early_stopping=False, random_state=self.seed, **self.params).fit(scaled, labels, sample_weight=sample_weight)
-        return self
-
-    def predict_proba(self, features):
-        return predict_or_constant(self, features)
+        return HistGradientBoostingClassifier(max_iter=150, early_stopping=False, random_state=self.seed, **self.params)
 
 
 class BoostingQuantileForecaster(Forecaster):

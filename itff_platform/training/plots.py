@@ -12,6 +12,17 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 
+def _finish(fig, axis, title: str, path: Path, dates: bool = False) -> Path:
+    axis.set_title(title)
+    axis.legend()
+    if dates:
+        fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def reliability_diagram(labels: np.ndarray, prob: np.ndarray, title: str, path: Path, bins: int = 10) -> Path:
     edges = np.linspace(0, 1, bins + 1)
     which = np.minimum((prob * bins).astype(int), bins - 1)
@@ -58,13 +69,7 @@ def equity_plot(timestamps, strategy: np.ndarray, buy_and_hold: np.ndarray, titl
     axis.plot(timestamps, buy_and_hold, label="buy and hold", alpha=0.7)
     axis.axhline(1.0, color="grey", linewidth=0.8)
     axis.set_ylabel("equity (start = 1)")
-    axis.set_title(title)
-    axis.legend()
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _finish(fig, axis, title, path, dates=True)
 
 
 def quantile_band_plot(timestamps, actual: np.ndarray, bands: np.ndarray, title: str, path: Path, last: int = 300) -> Path:
@@ -73,10 +78,4 @@ def quantile_band_plot(timestamps, actual: np.ndarray, bands: np.ndarray, title:
     axis.fill_between(t, bands[-last:, 0], bands[-last:, 2], alpha=0.3, label="P10..P90")
     axis.plot(t, bands[-last:, 1], label="P50")
     axis.plot(t, actual[-last:], ".", markersize=3, color="black", label="realised")
-    axis.set_title(title)
-    axis.legend()
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _finish(fig, axis, title, path, dates=True)

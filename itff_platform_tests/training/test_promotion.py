@@ -46,7 +46,7 @@ def test_the_first_version_is_promoted_only_if_it_beats_the_baselines(registry):
     decision = promote_champion(settings, "PROMOUSDT", "direction")
     assert decision.promoted and decision.compared_with.startswith("baseline_")
     assert any("beats it" in reason for reason in decision.reasons)
-    assert client.get_model_version_by_alias(NAME, "champion").version == decision.challenger
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == decision.challenger
     tags = client.get_model_version(NAME, decision.challenger).tags
     assert tags["promotion_decision"] == "promoted" and len(tags["manifest_sha256"]) == 64
     assert verify_model(client, NAME, decision.challenger) == []
@@ -54,25 +54,25 @@ def test_the_first_version_is_promoted_only_if_it_beats_the_baselines(registry):
 
 def test_a_challenger_that_does_not_beat_the_champion_is_recorded_and_rejected(registry):
     settings, client = registry
-    champion = client.get_model_version_by_alias(NAME, "champion").version
+    champion = str(client.get_model_version_by_alias(NAME, "champion").version)
     train(settings, ["lorentzian"], noise=0.45)  # nearly noise: worse than the champion
     decision = promote_champion(settings, "PROMOUSDT", "direction")
     assert not decision.promoted and decision.champion_before == champion
-    assert client.get_model_version_by_alias(NAME, "champion").version == champion
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == champion
     tags = client.get_model_version(NAME, decision.challenger).tags
     assert tags["promotion_decision"] == "rejected" and "does not beat" in tags["promotion_reasons"]
 
 
 def test_a_better_challenger_takes_over_and_rollback_restores_the_previous_champion(registry):
     settings, client = registry
-    before = client.get_model_version_by_alias(NAME, "champion").version
+    before = str(client.get_model_version_by_alias(NAME, "champion").version)
     train(settings, ["logistic"], noise=0.05)
     decision = promote_champion(settings, "PROMOUSDT", "direction")
     assert decision.promoted and decision.compared_with == f"v{before}", decision.reasons
-    assert client.get_model_version_by_alias(NAME, "champion").version == decision.challenger
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == decision.challenger
 
     assert rollback_champion(settings, "PROMOUSDT", "direction") == (decision.challenger, before)
-    assert client.get_model_version_by_alias(NAME, "champion").version == before
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == before
     with pytest.raises(LookupError, match="no previous champion"):
         rollback_champion(settings, "PROMOUSDT", "direction")
 
