@@ -51,7 +51,8 @@ class GuardMiddleware:
         path = scope.get("path", "")
         if scope["type"] != "http" or not path.startswith(PROTECTED):
             return await self.app(scope, receive, send)
-        headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
+        # latin-1 decodes any byte: a malformed header must get a 4xx, not crash the middleware.
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         token = headers.get("x-api-token")
         if token is None and path.startswith("/tradingview"):
             # TradingView alerts cannot set headers; they may carry the token in the webhook URL instead.
@@ -69,25 +70,34 @@ class GuardMiddleware:
             return await _reply(send, 429, {"error": f"rate limit: at most {self.buckets.rate * 60:g} requests/minute per token",
                                             "retry_after_s": retry}, {"retry-after": str(retry)})
         length = headers.get("content-length")
-        if length is not None and int(length) > self.max_bytes:
-            return await _reply(send, 413, {"error": f"request body: {length} bytes exceeds the limit of {self.max_bytes}"})
-        return await self.app(scope, _limited(receive, self.max_bytes), send)
+        if length is not None:
+            if not length.isdigit():
+                return await _reply(send, 400, {"error": f"Content-Length: {length!r} is not a byte count"})
+            if int(length) > self.max_bytes:
+                return await _reply(send, 413, {"error": f"request body: {length} bytes exceeds the limit of {self.max_bytes}"})
+            return await self.app(scope, receive, send)
+        # No length given (chunked): read up to the limit ourselves, answer 413 past it, else replay the body.
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                return await _reply(send, 413, {"error": f"request body: exceeds the limit of {self.max_bytes} bytes"})
+        return await self.app(scope, _replay(body), send)
 
 
-def _limited(receive, max_bytes: int):
-    """Count streamed (chunked) bodies too; past the limit the request is cut off."""
-    seen = 0
+def _replay(body: bytes):
+    sent = False
 
-    async def wrapped():
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > max_bytes:
-                raise ValueError(f"request body: exceeds the limit of {max_bytes} bytes")
-        return message
+    async def receive():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
 
-    return wrapped
+    return receive
 
 
 async def _reply(send, status: int, body: dict, headers: dict[str, str] | None = None) -> None:

@@ -35,8 +35,9 @@ def minimum_candles(settings: Settings) -> int:
     return (settings.daily_range_days + 1) * settings.bars_per_day
 
 
-def features_from_candles(candles: list[Candle], settings: Settings, rows: int) -> tuple[np.ndarray, str, datetime]:
-    """The last `rows` feature rows computed from the candles, the regime of the last bar, and its time."""
+def features_from_candles(candles: list[Candle], settings: Settings, rows: int, names: list[str]) -> tuple[np.ndarray, str, datetime]:
+    """The last `rows` rows of the model's features (`names`, in its order) computed from the candles,
+    the regime of the last bar, and its time."""
     needed = minimum_candles(settings)
     if len(candles) < needed:
         raise RequestError(f"candles: {len(candles)} given; at least {needed} {settings.interval} bars are needed for the features")
@@ -46,14 +47,13 @@ def features_from_candles(candles: list[Candle], settings: Settings, rows: int) 
             raise RequestError(f"candles.{column}: every value must be a finite number > 0")
     if not frame["timestamp"].is_sorted() or frame["timestamp"].n_unique() != frame.height:
         raise RequestError("candles.timestamp: must be strictly increasing")
-    from itff_platform.features.silver import build_features, feature_columns
+    from itff_platform.features.silver import build_features
 
     silver = build_features(frame, settings).collect(engine="in-memory").tail(rows)
-    names = feature_columns(settings)
     x = silver.select(names).to_numpy()
-    if not np.isfinite(x[-1]).all():
-        bad = [n for n, v in zip(names, x[-1]) if not math.isfinite(v)]
-        raise RequestError(f"candles: the last bar's features {bad} are undefined; send a longer window")
+    if not np.isfinite(x).all():  # every row a sequence model reads, not only the last
+        bad = sorted({n for row in x for n, v in zip(names, row) if not math.isfinite(v)})
+        raise RequestError(f"candles: features {bad} are undefined over the last {rows} bar(s); send a longer window")
     return x, silver["regime"][-1], silver["timestamp"][-1]
 
 

@@ -51,6 +51,10 @@ class ItffService:
         if self.settings.reload_interval_s > 0:
             threading.Thread(target=self._poll, daemon=True, name="champion-poller").start()
 
+    def __is_ready__(self) -> bool:
+        """BentoML's own GET /readyz (the probe Kubernetes uses) asks this."""
+        return self.store.ready()
+
     def _poll(self) -> None:
         while True:
             time.sleep(self.settings.reload_interval_s)
@@ -94,7 +98,7 @@ class ItffService:
             raise RequestError("features/candles: send exactly one of them")
         model = self._champion(symbol, target)
         if candles is not None:
-            x, regime, bar_time = features_from_candles(candles, self.settings, model.forecaster.context_rows + 1)
+            x, regime, bar_time = features_from_candles(candles, self.settings, model.forecaster.context_rows + 1, model.meta["features"])
         else:
             x, bar_time = features_from_row(features, model.meta["features"]), None
         return self._answer(model, x, regime, bar_time)
@@ -131,9 +135,10 @@ class ItffService:
         try:
             model = self._champion(symbol.upper(), target)
             names = model.meta["features"]
+            wrong = [i for i, row in enumerate(rows) if len(row) != len(names)]
+            if wrong:
+                raise RequestError(f"rows: each row must hold {len(names)} values, in order {names}; rows {wrong[:5]} do not")
             x = np.asarray(rows, dtype=np.float64) if rows else np.empty((0, len(names)))
-            if x.ndim != 2 or x.shape[1] != len(names):
-                raise RequestError(f"rows: each row must hold {len(names)} values, in order {names}")
             if not np.isfinite(x).all():
                 raise RequestError("rows: NaN and infinity are refused")
         except RequestError as error:
@@ -167,14 +172,16 @@ class ItffService:
             symbol = normalise_symbol(ticker)
             model = self._champion(symbol, target)
             if candles is not None:
-                x, regime, bar_time = features_from_candles(candles, self.settings, model.forecaster.context_rows + 1)
+                x, regime, bar_time = features_from_candles(candles, self.settings, model.forecaster.context_rows + 1, model.meta["features"])
                 bar_close = candles[-1].close
             else:
                 try:
                     at = datetime.fromisoformat(time.replace("Z", "+00:00"))
-                except ValueError:
-                    raise RequestError(f"time: {time!r} is not an ISO-8601 time such as 2024-09-30T23:00:00Z") from None
-                x, regime, bar_time, bar_close = features_from_lake(self.settings, symbol, at)
+                    x, regime, bar_time, bar_close = features_from_lake(self.settings, symbol, at)
+                except (ValueError, OverflowError) as error:
+                    if isinstance(error, RequestError):
+                        raise
+                    raise RequestError(f"time: {time!r} is not a usable ISO-8601 time such as 2024-09-30T23:00:00Z") from None
         except RequestError as error:
             raise bentoml.exceptions.InvalidArgument(str(error)) from None
         answer = self._answer(model, x, regime, bar_time)
@@ -193,16 +200,16 @@ class ItffService:
                 raise RequestError("features/candles: send exactly one of them")
             if target == "forward_return":
                 raise RequestError("target: consensus votes on probabilities; forward_return has bands, not votes")
-            members = self.store.family_models(symbol, target)
+            members, skipped = self.store.family_models(symbol, target)
             breakdown, weights, probs, regime = [], [], [], None
-            for model, verified in members:
+            for model in members:
                 if candles is not None:
-                    x, regime, _ = features_from_candles(candles, self.settings, model.forecaster.context_rows + 1)
+                    x, regime, _ = features_from_candles(candles, self.settings, model.forecaster.context_rows + 1, model.meta["features"])
                 else:
                     x = features_from_row(features, model.meta["features"])
                 prob = float(model.predict(x)[0][-1])
                 breakdown.append({"family": model.family, "model_version": model.version, "prob_up": prob,
-                                  "threshold": float(model.meta["threshold"]), "verified": verified})
+                                  "threshold": float(model.meta["threshold"])})
                 weights.append(abs(prob - 0.5) + 1e-9)
                 probs.append(prob)
         except RequestError as error:
@@ -211,7 +218,7 @@ class ItffService:
         threshold = float(np.median([b["threshold"] for b in breakdown]))
         signal = "long" if prob >= threshold else ("short" if target == "direction" and prob <= 1 - threshold else "flat")
         return {"symbol": symbol, "target": target, "prob_up": prob, "signal": signal, "threshold": threshold,
-                "regime": regime or "unknown", "families": breakdown,
+                "regime": regime or "unknown", "families": breakdown, "skipped_families": skipped,
                 "served_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
 
     @bentoml.api(route="/healthz")

@@ -4,6 +4,7 @@ whatever was serving before keeps serving."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import tempfile
@@ -17,6 +18,10 @@ from itff_platform.settings import Settings
 
 log = logging.getLogger(__name__)
 NO_CHAMPION = "no champion in the registry (no version has passed promotion yet)"
+
+
+class IntegrityError(ValueError):
+    """A model's files or manifest do not match what promotion recorded."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,11 @@ class ChampionStore:
         # Artifact downloads ("models:/...") go through the global URI, not the client's: set both.
         mlflow.set_tracking_uri(self.settings.tracking_uri)
         client = MlflowClient(self.settings.tracking_uri)
+        # One refresh at a time: the poller and /admin/reload must not race an older swap over a newer one.
+        with self._lock:
+            return self._refresh(client, MlflowException)
+
+    def _refresh(self, client, MlflowException) -> dict[str, str]:
         changes = {}
         loaded = dict(self.models)
         for symbol, target in self.keys():
@@ -83,18 +93,20 @@ class ChampionStore:
                 continue
             try:
                 model = self._load_verified(client, name, symbol, target, wanted)
-            except Exception as error:  # a refused model must never take the service down
+            except IntegrityError as error:  # tampered: refused for good, the previous champion keeps serving
                 status.refused_versions.append(wanted)
-                status.healthy = current is not None
-                status.problem = f"v{wanted} refused: {error}"
+                status.healthy, status.problem = current is not None, f"v{wanted} refused: {error}"
                 log.error("%s: %s", name, status.problem)
+                changes[name] = status.problem
+                continue
+            except Exception as error:  # e.g. the registry briefly unreachable: try again on the next refresh
+                status.problem = f"v{wanted} not loaded yet: {error}"
                 changes[name] = status.problem
                 continue
             loaded[(symbol, target)] = model
             status.serving_version, status.healthy, status.problem = model.version, True, None
             changes[name] = f"serving v{model.version} ({model.family})"
-        with self._lock:
-            self.models = loaded  # one assignment: a request sees the old set or the new one, never a mix
+        self.models = loaded  # one assignment: a request sees the old set or the new one, never a mix
         return changes
 
     def _load_verified(self, client, name: str, symbol: str, target: str, version: str, verify: bool = True) -> LoadedModel:
@@ -108,36 +120,49 @@ class ChampionStore:
             local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=f"{scratch}/model"))
             if verify:
                 manifest_path = Path(client.download_artifacts(run_id, f"integrity/manifest-v{version}.json", scratch))
+                # The manifest sits beside the model, so it is itself checked against the hash in the registry tag.
+                tag = client.get_model_version(name, version).tags.get("manifest_sha256")
+                if tag is None or hashlib.sha256(json.dumps(json.loads(manifest_path.read_text()), sort_keys=True).encode()).hexdigest() != tag:
+                    raise IntegrityError("the manifest does not match the registry's manifest_sha256 tag")
                 recorded, actual = json.loads(manifest_path.read_text()), artifact_manifest(local)
                 changed = sorted(p for p, digest in recorded.items() if actual.get(p) != digest)
                 extra = sorted(set(actual) - set(recorded))
                 if changed or extra:
-                    raise ValueError(f"manifest mismatch: changed {changed}, unexpected {extra}")
+                    raise IntegrityError(f"manifest mismatch: changed {changed}, unexpected {extra}")
             folder = local / "artifacts" / "forecaster"
             meta = json.loads((folder / "meta.json").read_text())
             forecaster = load_forecaster(folder)
         return LoadedModel(name, symbol, target, version, meta["family"], meta, forecaster)
 
-    def family_models(self, symbol: str, target: str) -> list[tuple[LoadedModel, bool]]:
-        """The latest registered version of every family, for /consensus: (model, verified). Versions that were
-        promoted once carry a manifest and are verified; the others cannot be, and say so."""
+    def family_models(self, symbol: str, target: str) -> tuple[list[LoadedModel], dict[str, str]]:
+        """The latest verifiable version of every family, for /consensus, and why other families are left out.
+        Only versions that passed promotion carry a manifest; loading anything unverified would unpickle
+        whatever someone registered, so those families are skipped and reported."""
         from mlflow import MlflowClient
 
         client = MlflowClient(self.settings.tracking_uri)
         name = f"itff-{symbol}-{target}"
         latest: dict[str, object] = {}
+        skipped: dict[str, str] = {}
         for version in client.search_model_versions(f"name = '{name}'"):
             family = version.tags.get("family", "?")
+            if "manifest_sha256" not in version.tags:
+                skipped.setdefault(family, "no verified version (never promoted)")
+                continue
             if family not in latest or int(version.version) > int(latest[family].version):
                 latest[family] = version
         out = []
         for family, version in sorted(latest.items()):
+            skipped.pop(family, None)
             key = (name, str(version.version))
             if key not in self._family_cache:
-                verified = "manifest_sha256" in version.tags
-                self._family_cache[key] = (self._load_verified(client, name, symbol, target, key[1], verify=verified), verified)
+                try:
+                    self._family_cache[key] = self._load_verified(client, name, symbol, target, key[1])
+                except Exception as error:
+                    skipped[family] = f"v{key[1]} not loaded: {error}"
+                    continue
             out.append(self._family_cache[key])
-        return out
+        return out, skipped
 
     def get(self, symbol: str, target: str) -> LoadedModel | None:
         return self.models.get((symbol, target))

@@ -11,7 +11,7 @@ import hashlib
 import json
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import mlflow
@@ -66,6 +66,10 @@ def decide(challenger: Candidate, reference: dict[str, float], reference_name: s
            against_baseline: bool) -> tuple[bool, list[str]]:
     """The rules, each one a reason whether it passes or fails."""
     key = loss_key(task)
+    needed = [key] + (["recent_ece"] if task == "classification" and not against_baseline else [])
+    missing = [k for k in needed if k not in challenger.metrics or k not in reference]
+    if missing:
+        return False, [f"cannot compare: {missing} missing for the challenger or {reference_name}"]
     reasons, ok = [], True
     mine, theirs = challenger.metrics[key], reference[key]
     margin = 0.0 if against_baseline else settings.promotion_margin
@@ -99,6 +103,8 @@ def _score_on_window(settings: Settings, symbol: str, target: str, model_uri: st
 
     start, end = (np.datetime64(w) for w in window)
     rows = np.flatnonzero((data.timestamps >= start) & (data.timestamps <= end))
+    if len(rows) == 0:
+        return {}  # decide() then refuses: nothing to compare on
     model = mlflow.pyfunc.load_model(model_uri)
     # Hand sequence models the history before the window, then keep only the window's own predictions.
     context = int(json.loads(Path(mlflow.artifacts.download_artifacts(f"{model_uri}/artifacts/forecaster/meta.json")).read_text()).get("context_rows", 0))
@@ -127,11 +133,17 @@ def promote_champion(settings: Settings, symbol: str, target: str) -> Decision:
     if not versions:
         raise LookupError(f"{name}: no registered versions; materialize trained_models first")
     champion = _current_champion(client, name)
-    newer = [v for v in versions if champion is None or int(v.version) > int(champion.version)]
+    # A version rolled back from is not a challenger again until someone retrains.
+    newer = [v for v in versions if (champion is None or int(v.version) > int(champion.version)) and "rolled_back_at" not in v.tags]
     if not newer:
         return Decision(name, False, None, str(champion.version), "-", ["no version newer than the champion"])
-    challengers = [_candidate(client, v) for v in newer]
-    challenger = min(challengers, key=lambda c: c.metrics.get(loss_key(task), np.inf))
+    challengers = [c for c in (_candidate(client, v) for v in newer) if all(c.window) and loss_key(task) in c.metrics]
+    if not challengers:
+        return Decision(name, False, None, str(champion.version) if champion else None, "-",
+                        ["no newer version carries holdout metrics to compare"])
+    # Losses are comparable only on one window: the newest training run's.
+    newest_window = max(c.window for c in challengers)
+    challenger = min((c for c in challengers if c.window == newest_window), key=lambda c: c.metrics[loss_key(task)])
 
     if champion is None:
         baselines = _baselines_on(client, name, challenger.window)
@@ -145,7 +157,7 @@ def promote_champion(settings: Settings, symbol: str, target: str) -> Decision:
         holder = _candidate(client, champion)
         if holder.window == challenger.window:
             reference = holder.metrics
-        elif holder.tags.get("trained_through", "9999") < challenger.window[0]:
+        elif _trained_before(holder, challenger.window[0], settings):
             reference = _score_on_window(settings, symbol, target, f"models:/{name}/{champion.version}", challenger.window)
         else:
             return _record(client, Decision(name, False, challenger.version, str(champion.version), f"v{champion.version}", [
@@ -159,6 +171,17 @@ def promote_champion(settings: Settings, symbol: str, target: str) -> Decision:
     return _record(client, decision)
 
 
+def _trained_before(holder: Candidate, window_start: str, settings: Settings) -> bool:
+    """True when the holder's last training label was known before the window opened, so the window is out of
+    sample for it: its last training bar plus the label horizon (and that bar itself) precede the window."""
+
+    last = holder.tags.get("trained_through")
+    if not last:
+        return False
+    known = datetime.fromisoformat(last) + timedelta(seconds=(settings.label_horizon + 1) * settings.interval_seconds)
+    return known <= datetime.fromisoformat(window_start)
+
+
 def rollback_champion(settings: Settings, symbol: str, target: str) -> tuple[str, str]:
     """Point the champion alias back at the previous champion. Returns (from, to) versions."""
     client = MlflowClient(settings.tracking_uri)
@@ -167,8 +190,12 @@ def rollback_champion(settings: Settings, symbol: str, target: str) -> tuple[str
     if len(history) < 2:
         raise LookupError(f"{name}: no previous champion to roll back to (history: {history or 'empty'})")
     current, previous = history[-1], history[-2]
+    holder = _current_champion(client, name)
+    if holder is None or str(holder.version) != current:
+        raise LookupError(f"{name}: the champion alias (v{holder.version if holder else '-'}) is not the last entry "
+                          f"of {HISTORY_TAG} (v{current}); set the alias by hand or promote again")
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[:-1]))  # history first: it drives rollback
     client.set_registered_model_alias(name, CHAMPION, previous)
-    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[:-1]))
     client.set_model_version_tag(name, current, "rolled_back_at", datetime.now(timezone.utc).isoformat(timespec="seconds"))
     return current, previous
 
@@ -219,8 +246,8 @@ def _set_champion(client: MlflowClient, name: str, version: str) -> None:
     client.log_dict(run_id, manifest, f"integrity/manifest-v{version}.json")
     digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
     client.set_model_version_tag(name, version, "manifest_sha256", digest)
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*_history(client, name), version][-50:]))
     client.set_registered_model_alias(name, CHAMPION, version)
-    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*_history(client, name), version]))
 
 
 def _baselines_on(client: MlflowClient, name: str, window: tuple[str, str]) -> dict[str, dict[str, float]]:

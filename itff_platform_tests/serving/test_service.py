@@ -45,10 +45,13 @@ def service(tmp_path_factory):
            "ITFF_API_TOKENS": json.dumps([TOKEN, "other-token"]), "ITFF_ADMIN_TOKEN": ADMIN, "ITFF_RATE_LIMIT_BURST": "40",
            "ITFF_RATE_LIMIT_PER_MINUTE": "60", "ITFF_RELOAD_INTERVAL_S": "0", "ITFF_MAX_REQUEST_BYTES": "500000",
            "BENTOML_HOME": str(folder / "bentoml"), "ITFF_TRADINGVIEW_SECRET": "tv-secret"}
+    # To a file, not a pipe: nobody drains a pipe during the tests, and a full one (64 KB of access log) blocks the server.
+    log_path = folder / "bentoml-serve.log"
+    log_file = open(log_path, "w")
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "bentoml"), "serve", "itff_platform.serving.service:ItffService",
          "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -60,10 +63,11 @@ def service(tmp_path_factory):
             time.sleep(1)
     else:
         process.kill()
-        pytest.fail("bentoml serve did not start:\n" + process.stdout.read()[-3000:])
+        pytest.fail("bentoml serve did not start:\n" + log_path.read_text()[-3000:])
     yield url, settings
     process.terminate()
     process.wait(timeout=30)
+    log_file.close()
 
 
 def post(url, path, body, token=TOKEN, **kwargs):
@@ -81,6 +85,7 @@ def feature_row(settings):
 
 def test_ready_once_every_champion_is_loaded_and_verified(service):
     url, settings = service
+    assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200  # BentoML's own probe asks __is_ready__
     ready = httpx.post(f"{url}/readyz", json={}, timeout=10)
     assert ready.status_code == 200 and ready.json()["ready"] is True
     champion = str(MlflowClient(settings.tracking_uri).get_model_version_by_alias("itff-PROMOUSDT-direction", "champion").version)
@@ -186,6 +191,10 @@ def test_tradingview_alerts_accept_exchange_prefixed_tickers_and_check_the_signa
     no_lake = {k: v for k, v in alert.items() if k != "candles"}
     missing = httpx.post(f"{url}/tradingview?token={TOKEN}", json=no_lake, timeout=30)
     assert missing.status_code == 400 and "the lake has no silver table" in missing.text
+    ancient = no_lake | {"time": "0001-01-01T00:00:00"}
+    ancient["signature"] = tradingview_signature("tv-secret", ancient["ticker"], ancient["time"], ancient["close"])
+    overflow = httpx.post(f"{url}/tradingview?token={TOKEN}", json=ancient, timeout=30)
+    assert overflow.status_code == 400 and "time:" in overflow.text
 
 
 def test_consensus_votes_across_the_latest_version_of_every_family(service):
@@ -195,6 +204,8 @@ def test_consensus_votes_across_the_latest_version_of_every_family(service):
     body = answer.json()
     families = {member["family"] for member in body["families"]}
     assert "logistic" in families and all(0 < m["prob_up"] < 1 for m in body["families"])
+    # Only versions that passed promotion (and so carry a manifest) vote; the others are named, not loaded.
+    assert all(reason.startswith("no verified version") for reason in body["skipped_families"].values())
     low, high = min(m["prob_up"] for m in body["families"]), max(m["prob_up"] for m in body["families"])
     assert low - 1e-9 <= body["prob_up"] <= high + 1e-9
 
@@ -207,6 +218,8 @@ def test_predict_batch_scores_many_rows_in_one_call(service):
     assert len(answer.json()["prob_up"]) == 500 and len(set(answer.json()["signal"])) == 1
     wrong = post(url, "/predict_batch", {"symbol": "PROMOUSDT", "rows": [row[:-1]]})
     assert wrong.status_code == 400 and "each row must hold 24 values" in wrong.text
+    uneven = post(url, "/predict_batch", {"symbol": "PROMOUSDT", "rows": [row, row[:3]]})
+    assert uneven.status_code == 400 and "rows [1] do not" in uneven.text
 
 
 def test_metrics_count_predictions_by_symbol_regime_and_signal(service):

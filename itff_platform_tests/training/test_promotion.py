@@ -73,6 +73,8 @@ def test_a_better_challenger_takes_over_and_rollback_restores_the_previous_champ
 
     assert rollback_champion(settings, "PROMOUSDT", "direction") == (decision.challenger, before)
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == before
+    again = promote_champion(settings, "PROMOUSDT", "direction")  # the version rolled back from is not re-promoted
+    assert again.challenger != decision.challenger and str(client.get_model_version_by_alias(NAME, "champion").version) == before
     with pytest.raises(LookupError, match="no previous champion"):
         rollback_champion(settings, "PROMOUSDT", "direction")
 
