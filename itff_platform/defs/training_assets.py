@@ -34,6 +34,12 @@ def training_partitions(settings: Settings) -> MultiPartitionsDefinition:
     )
 
 
+def symbol_and_target(key) -> tuple[str, str]:
+    """A symbol x target partition key: a MultiPartitionKey, or its string form 'SYMBOL|target'."""
+    dims = key.keys_by_dimension if isinstance(key, MultiPartitionKey) else dict(zip(("symbol", "target"), key.split("|")))
+    return dims["symbol"], dims["target"]
+
+
 def png_markdown(path) -> MetadataValue:
     encoded = base64.b64encode(path.read_bytes()).decode()
     return MetadataValue.md(f"![{path.stem}](data:image/png;base64,{encoded})")
@@ -61,9 +67,7 @@ def training_assets(settings: Settings) -> list:
 
         cfg = itff.settings()
         summaries, figures, links = [], {}, {}
-        for key in context.partition_keys:
-            dims = key.keys_by_dimension if isinstance(key, MultiPartitionKey) else dict(zip(("symbol", "target"), key.split("|")))
-            symbol, target = dims["symbol"], dims["target"]
+        for symbol, target in map(symbol_and_target, context.partition_keys):
             task = "regression" if target == "forward_return" else "classification"
             for outcome in train_symbol_target(cfg, symbol, target, progress=context.log.info):
                 summaries.append(
@@ -126,9 +130,8 @@ def promotion_assets(settings: Settings) -> list:
 
         cfg = itff.settings()
         decisions = []
-        for key in context.partition_keys:
-            dims = key.keys_by_dimension if isinstance(key, MultiPartitionKey) else dict(zip(("symbol", "target"), key.split("|")))
-            decision = promote_champion(cfg, dims["symbol"], dims["target"])
+        for symbol, target in map(symbol_and_target, context.partition_keys):
+            decision = promote_champion(cfg, symbol, target)
             verdict = "PROMOTED" if decision.promoted else "kept"
             context.log.info(f"{decision.name}: {verdict} v{decision.challenger} vs {decision.compared_with}: {'; '.join(decision.reasons)}")
             decisions.append(

@@ -6,7 +6,6 @@ and standard deviation of the probability over N stochastic passes."""
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import torch

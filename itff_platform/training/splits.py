@@ -51,7 +51,3 @@ def walk_forward_splits(
         embargoed[test[-1] + 1 : test[-1] + 1 + embargo] = True
     return folds
 
-
-def refit_rows(n_rows: int, horizon: int) -> np.ndarray:
-    """Rows the final model is refitted on: all of them (labels are already null where the future is unknown)."""
-    return np.arange(n_rows)

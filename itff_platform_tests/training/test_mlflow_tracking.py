@@ -1,7 +1,6 @@
 """A real MLflow SQLite store and registry: run structure, shared metric names, artifacts, pyfunc, tags."""
 
 import mlflow
-import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient

@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 
 from itff_platform.training.splits import walk_forward_splits
