@@ -11,6 +11,15 @@ from itff_platform.models.base import Forecaster, clip_probability, single_class
 QUANTILES = (0.1, 0.5, 0.9)
 
 
+def tree_space(trial) -> dict:
+    """The tree-shape search space both gradient-boosting families share."""
+    return {
+        "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.2, log=True),
+        "max_leaf_nodes": trial.suggest_int("max_leaf_nodes", 7, 31),
+        "min_samples_leaf": trial.suggest_int("min_samples_leaf", 50, 400, log=True),
+    }
+
+
 class SklearnClassifier(Forecaster):
     """Shared by the scikit-learn classifiers: scale on the training rows, fit, predict P(1); a training window
     holding a single class cannot be fitted, so it predicts that class's rate instead."""
@@ -45,12 +54,7 @@ class BoostingForecaster(SklearnClassifier):
 
     @classmethod
     def search_space(cls, trial) -> dict:
-        return {
-            "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.2, log=True),
-            "max_leaf_nodes": trial.suggest_int("max_leaf_nodes", 7, 31),
-            "min_samples_leaf": trial.suggest_int("min_samples_leaf", 50, 400, log=True),
-            "l2_regularization": trial.suggest_float("l2_regularization", 1e-3, 10.0, log=True),
-        }
+        return {**tree_space(trial), "l2_regularization": trial.suggest_float("l2_regularization", 1e-3, 10.0, log=True)}
 
     def make_estimator(self):
         # Early stopping on an internal split would sample validation rows at random, i.e. from the future
@@ -66,11 +70,7 @@ class BoostingQuantileForecaster(Forecaster):
 
     @classmethod
     def search_space(cls, trial) -> dict:
-        return {
-            "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.2, log=True),
-            "max_leaf_nodes": trial.suggest_int("max_leaf_nodes", 7, 31),
-            "min_samples_leaf": trial.suggest_int("min_samples_leaf", 50, 400, log=True),
-        }
+        return tree_space(trial)
 
     # Quantile trees with scikit-learn's default 20-row leaves overfit the tails: bands came out too narrow.
     DEFAULTS = {"learning_rate": 0.05, "max_leaf_nodes": 15, "min_samples_leaf": 200}

@@ -26,6 +26,7 @@ from itff_platform.serving.online import (
     tradingview_signature,
 )
 from itff_platform.settings import get_settings
+from itff_platform.training.backtest import signal_names
 
 log = logging.getLogger(__name__)
 SETTINGS = get_settings()
@@ -121,8 +122,7 @@ class ItffService:
             answer.update({"p10": p10, "p50": p50, "p90": p90, "signal": "flat"})
         else:
             prob, threshold = float(out[-1]), float(model.meta["threshold"])
-            shorts = target == "direction"
-            signal = "long" if prob >= threshold else ("short" if shorts and prob <= 1 - threshold else "flat")
+            signal = str(signal_names(prob, threshold, target))
             confidence = max(prob, 1 - prob)
             answer.update({"signal": signal, "prob_up": prob, "confidence": confidence, "threshold": threshold,
                            "allow": confidence >= threshold, "uncertainty": float(spread[-1]) if spread is not None else None})
@@ -147,7 +147,7 @@ class ItffService:
         if model.meta["task"] == "regression":
             return {"model_version": model.version, "family": model.family, "bands": np.asarray(out).tolist()}
         threshold = float(model.meta["threshold"])
-        signal = np.where(out >= threshold, "long", np.where((target == "direction") & (out <= 1 - threshold), "short", "flat"))
+        signal = signal_names(out, threshold, target)
         return {"model_version": model.version, "family": model.family, "threshold": threshold,
                 "prob_up": np.round(out, 6).tolist(), "signal": signal.tolist()}
 
@@ -216,7 +216,7 @@ class ItffService:
             raise bentoml.exceptions.InvalidArgument(str(error)) from None
         prob = float(np.average(probs, weights=weights))
         threshold = float(np.median([b["threshold"] for b in breakdown]))
-        signal = "long" if prob >= threshold else ("short" if target == "direction" and prob <= 1 - threshold else "flat")
+        signal = str(signal_names(prob, threshold, target))
         return {"symbol": symbol, "target": target, "prob_up": prob, "signal": signal, "threshold": threshold,
                 "regime": regime or "unknown", "families": breakdown, "skipped_families": skipped,
                 "served_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}

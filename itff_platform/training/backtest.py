@@ -17,8 +17,19 @@ class BacktestResult:
     buy_and_hold_equity: np.ndarray
 
 
+def allows_short(target: str) -> bool:
+    """level_up = 0 also means "neither barrier touched": a low probability is no reason to short."""
+    return target == "direction"
+
+
 def signals(prob: np.ndarray, threshold: float | np.ndarray, allow_short: bool = True) -> np.ndarray:
+    """+1 long at P(up) >= threshold, -1 short at P(up) <= 1 - threshold (where shorting makes sense), else 0."""
     return np.where(prob >= threshold, 1, np.where(allow_short & (prob <= 1 - threshold), -1, 0))
+
+
+def signal_names(prob, threshold: float, target: str) -> np.ndarray:
+    """The same rule as `signals`, as the words the service answers with."""
+    return np.array(["short", "flat", "long"])[signals(np.asarray(prob), threshold, allows_short(target)) + 1]
 
 
 def max_drawdown(equity: np.ndarray) -> float:

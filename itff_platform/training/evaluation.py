@@ -12,13 +12,9 @@ import polars as pl
 from itff_platform.models.base import Forecaster, balanced_weights
 from itff_platform.training import metrics as m
 from itff_platform.training import plots
-from itff_platform.training.backtest import backtest
+from itff_platform.training.backtest import allows_short, backtest
 from itff_platform.training.dataset import TrainingData
 from itff_platform.training.splits import Fold
-
-
-def allows_short(target: str) -> bool:
-    return target == "direction"
 
 
 def fold_loss(data: TrainingData, truth: np.ndarray, prediction: np.ndarray) -> float:
@@ -92,7 +88,6 @@ def evaluate(data: TrainingData, folds: list[Fold], prediction: np.ndarray, fold
 
     forward = data.forward_return[test_rows]
     h, fees = settings.label_horizon, settings.fees_bps
-    # level_up = 0 also means "neither barrier touched": a low probability is no reason to short.
     shorts = allows_short(data.target)
     sweep = m.threshold_sweep(truth, prediction, forward, h, fees, shorts)
     sweep.write_csv(folder / "threshold_sweep.csv")

@@ -77,7 +77,7 @@ def threshold_sweep(labels: np.ndarray, prob: np.ndarray, forward_return: np.nda
         m = classification_metrics(labels, prob, threshold)
         bt = backtest(prob, forward_return, threshold, fees_bps, horizon, periods_per_year=1, allow_short=allow_short).metrics
         rows.append({"threshold": float(threshold), "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
-                     "profit_factor": bt["profit_factor"], "trades": bt["trades"]})
+                     "profit_factor": bt["profit_factor"], "trades": bt["trades"], "strategy_return": bt["strategy_return"]})
     return pl.DataFrame(rows)
 
 
@@ -86,11 +86,8 @@ def choose_threshold(labels: np.ndarray, prob: np.ndarray, forward_return: np.nd
     """The threshold whose trades earned the most after fees on these rows, among those trading at least
     `min_trades` times; `default` when none does. Ties go to the lower threshold."""
     sweep = threshold_sweep(labels, prob, forward_return, horizon, fees_bps, allow_short)
-    from itff_platform.training.backtest import backtest
-
     best, best_return = default, -np.inf
-    for threshold in sweep.filter(pl.col("trades") >= min_trades)["threshold"]:
-        earned = backtest(prob, forward_return, threshold, fees_bps, horizon, 1, allow_short).metrics["strategy_return"]
+    for threshold, earned in sweep.filter(pl.col("trades") >= min_trades).select("threshold", "strategy_return").iter_rows():
         if earned > best_return + 1e-12:
             best, best_return = float(threshold), earned
     return best

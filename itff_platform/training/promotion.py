@@ -94,9 +94,8 @@ def decide(challenger: Candidate, reference: dict[str, float], reference_name: s
 def _score_on_window(settings: Settings, symbol: str, target: str, model_uri: str, window: tuple[str, str]) -> dict[str, float]:
     """Score a (champion) model on the challenger's recent window, from the lake's silver rows."""
     from itff_platform.training import metrics as m
-    from itff_platform.training.backtest import backtest
+    from itff_platform.training.backtest import allows_short, backtest
     from itff_platform.training.dataset import training_data
-    from itff_platform.training.evaluation import allows_short
 
     data = training_data(settings, symbol, target)
     import pandas as pd

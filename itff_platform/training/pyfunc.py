@@ -10,6 +10,8 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from itff_platform.training.backtest import signal_names
+
 
 class ItffForecastModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
@@ -38,8 +40,7 @@ class ItffForecastModel(mlflow.pyfunc.PythonModel):
             self.forecaster.predict_proba(x), None)
         threshold = self.meta["threshold"]
         confidence = np.maximum(prob, 1 - prob)
-        shorts = self.meta["target"] == "direction"  # level_up = 0 is "no barrier first", not "down"
-        signal = np.where(prob >= threshold, "long", np.where(shorts & (prob <= 1 - threshold), "short", "flat"))
+        signal = signal_names(prob, threshold, self.meta["target"])
         out = pd.DataFrame({"prob_up": prob, "confidence": confidence, "threshold": threshold,
                             "allow": confidence >= threshold, "signal": signal, "regime": regime, "warm": warm})
         if spread is not None:
