@@ -3,7 +3,7 @@
     make run            # champions must exist
     make bench-serve    # installs hey (Debian) if missing
 
-Concurrency 1, 8 and 32 with hey, a feature-row body; then one /predict_batch of 10,000 rows.
+Concurrency 1, 8 and 32 with hey, a feature-row body; then the best of three /predict_batch calls of 10,000 rows.
 The load generator runs on the same 2 cores as the server, so these figures are conservative."""
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-token"
 DURATION_S = int(os.environ.get("ITFF_BENCH_SECONDS", "10"))
+BATCH_ROWS = 10_000
 
 
 def free_port() -> int:
@@ -56,7 +57,7 @@ def champion_row(symbol: str, target: str) -> tuple[dict, object]:
 def hey(url: str, body: Path, concurrency: int) -> dict:
     out = subprocess.run(["hey", "-z", f"{DURATION_S}s", "-c", str(concurrency), "-m", "POST", "-T", "application/json",
                           "-H", f"X-API-Token: {TOKEN}", "-D", str(body), url], capture_output=True, text=True).stdout
-    pct = {p: float(v) * 1000 for p, v in re.findall(r"\s+(\d+)% in ([\d.]+) secs", out)}
+    pct = {p: round(float(v) * 1000, 1) for p, v in re.findall(r"\s+(\d+)% in ([\d.]+) secs", out)}
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     codes = dict(re.findall(r"\[(\d+)\]\s+(\d+) responses", out))
     return {"concurrency": concurrency, "requests_per_s": round(rps), "p50_ms": pct.get("50"), "p95_ms": pct.get("95"),
@@ -98,13 +99,17 @@ def main() -> None:
             body.write_text(json.dumps({"symbol": symbol, "target": target, "features": row}))
             hey(f"{url}/predict", body, 8)  # warm-up
             levels = [hey(f"{url}/predict", body, c) for c in (1, 8, 32)]
-        rows = [list(row.values())] * 10_000
-        started = time.perf_counter()
-        answer = httpx.post(f"{url}/predict_batch", json={"symbol": symbol, "target": target, "rows": rows},
-                            headers={"X-API-Token": TOKEN}, timeout=60)
-        batch_s = time.perf_counter() - started
-        if answer.status_code != 200 or len(answer.json()["prob_up"]) != 10_000:
-            raise RuntimeError(f"/predict_batch answered {answer.status_code}: {answer.text[:300]}")
+        # The body is encoded before the clock starts: the figure is the server's, not the client's json.dumps.
+        body = json.dumps({"symbol": symbol, "target": target, "rows": [list(row.values())] * BATCH_ROWS}).encode()
+        batch_s = []
+        for _ in range(3):
+            started = time.perf_counter()
+            answer = httpx.post(f"{url}/predict_batch", content=body, timeout=60,
+                                headers={"X-API-Token": TOKEN, "Content-Type": "application/json"})
+            batch_s.append(time.perf_counter() - started)
+            if answer.status_code != 200 or len(answer.json()["prob_up"]) != BATCH_ROWS:
+                raise RuntimeError(f"/predict_batch answered {answer.status_code}: {answer.text[:300]}")
+        batch_s = min(batch_s)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -112,7 +117,7 @@ def main() -> None:
         "machine": f"{platform.node()} | {os.cpu_count()} CPUs | {platform.machine()} | Python {sys.version.split()[0]}",
         "model": f"itff-{symbol}-{target} v{model.version} ({model.family})", "duration_s_per_level": DURATION_S,
         "in_process_model_call": in_process, "predict": levels,
-        "batch_10000_rows_s": round(batch_s, 3), "batch_rows_per_s": round(10_000 / batch_s),
+        "batch_rows": BATCH_ROWS, "batch_best_of_3_s": round(batch_s, 3), "batch_rows_per_s": round(BATCH_ROWS / batch_s),
     }
     out = ROOT / "benchmarks" / "results" / "serve.json"
     out.parent.mkdir(parents=True, exist_ok=True)

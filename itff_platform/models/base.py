@@ -36,7 +36,9 @@ class Forecaster(ABC):
     def scale(self, features: np.ndarray) -> np.ndarray:
         if self.scaler is None:
             raise RuntimeError(f"{self.family}: predict called before fit")
-        return self.scaler.transform(features).astype(np.float32)
+        # StandardScaler.transform's arithmetic without its input validation, which costs ~120 us a call:
+        # the service scales one row per request.
+        return ((np.asarray(features, dtype=np.float64) - self.scaler.mean_) / self.scaler.scale_).astype(np.float32)
 
     @abstractmethod
     def fit(self, features: np.ndarray, labels: np.ndarray, sample_weight: np.ndarray | None = None) -> "Forecaster": ...

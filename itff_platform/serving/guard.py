@@ -43,9 +43,12 @@ def token_matches(given: str, accepted: list[str]) -> bool:
 
 
 class GuardMiddleware:
-    def __init__(self, app, tokens: list[str], admin_token: str | None, per_minute: int, burst: int, max_bytes: int) -> None:
+    def __init__(self, app, tokens: list[str], admin_token: str | None, per_minute: int, burst: int, max_bytes: int,
+                 workers: int = 1) -> None:
         self.app, self.tokens, self.admin_token, self.max_bytes = app, list(tokens), admin_token, max_bytes
-        self.buckets = TokenBuckets(per_minute, burst)
+        self.per_minute = per_minute
+        # Each worker process keeps its own buckets, so each enforces its share: N workers never allow N x the limit.
+        self.buckets = TokenBuckets(max(1, per_minute // workers), max(1, burst // workers))
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "")
@@ -67,7 +70,7 @@ class GuardMiddleware:
         wait = self.buckets.take(token)
         if wait > 0:
             retry = max(1, int(wait + 0.999))
-            return await _reply(send, 429, {"error": f"rate limit: at most {self.buckets.rate * 60:g} requests/minute per token",
+            return await _reply(send, 429, {"error": f"rate limit: at most {self.per_minute} requests/minute per token",
                                             "retry_after_s": retry}, {"retry-after": str(retry)})
         length = headers.get("content-length")
         if length is not None:

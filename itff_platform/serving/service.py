@@ -12,9 +12,11 @@ import threading
 import time
 from datetime import datetime, timezone
 
+import anyio
 import bentoml
 import numpy as np
 
+from itff_platform.serving.batching import RowBatcher
 from itff_platform.serving.guard import GuardMiddleware
 from itff_platform.serving.online import (
     Candle,
@@ -37,17 +39,22 @@ PREDICTIONS = bentoml.metrics.Counter(
 LATENCY = bentoml.metrics.Histogram(
     name="itff_prediction_latency_seconds", documentation="Model call latency", labelnames=["target"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+BATCH_SIZE = bentoml.metrics.Histogram(
+    name="itff_predict_batch_size", documentation="/predict rows scored per model call (adaptive batching)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 SERVED_VERSION = bentoml.metrics.Gauge(
     name="itff_served_model_version", documentation="Registry version being served", labelnames=["model"])
 
 
-@bentoml.service(name="itff-prediction-service", traffic={"timeout": 30}, workers=SETTINGS.serve_workers)
+@bentoml.service(name="itff-prediction-service", traffic={"timeout": 30}, workers=SETTINGS.serve_workers,
+                  logging={"access": {"enabled": SETTINGS.serve_access_log}})
 class ItffService:
     def __init__(self) -> None:
         from itff_platform.serving.store import ChampionStore
 
         self.settings = SETTINGS
         self.store = ChampionStore(self.settings)
+        self.batcher = RowBatcher(SETTINGS.batch_max_size, on_batch=BATCH_SIZE.observe)
         self._report(self.store.refresh())
         if self.settings.reload_interval_s > 0:
             threading.Thread(target=self._poll, daemon=True, name="champion-poller").start()
@@ -71,7 +78,7 @@ class ItffService:
             SERVED_VERSION.labels(model=model.name).set(float(model.version))
 
     @bentoml.api(route="/predict")
-    def predict(
+    async def predict(
         self,
         symbol: str,
         target: str = "direction",
@@ -80,9 +87,10 @@ class ItffService:
         regime: str | None = None,
     ) -> dict:
         try:
-            return self._predict(symbol.upper(), target, features, candles, regime)
+            model, x, regime, bar_time = await self._inputs(symbol.upper(), target, features, candles, regime)
         except RequestError as error:
             raise bentoml.exceptions.InvalidArgument(str(error)) from None
+        return await self._answer(model, x, regime, bar_time)
 
     def _champion(self, symbol: str, target: str):
         if symbol not in self.settings.symbols:
@@ -94,22 +102,27 @@ class ItffService:
             raise RequestError(f"symbol/target: no verified champion is loaded for {symbol} {target}")
         return model
 
-    def _predict(self, symbol, target, features, candles, regime) -> dict:
+    async def _inputs(self, symbol, target, features, candles, regime):
         if (features is None) == (candles is None):
             raise RequestError("features/candles: send exactly one of them")
         model = self._champion(symbol, target)
         if candles is not None:
-            x, regime, bar_time = features_from_candles(candles, self.settings, model.forecaster.context_rows + 1, model.meta["features"])
+            x, regime, bar_time = await self._candle_features(model, candles)
         else:
             x, bar_time = features_from_row(features, model.meta["features"]), None
-        return self._answer(model, x, regime, bar_time)
+        return model, x, regime, bar_time
 
-    def _answer(self, model, x, regime, bar_time) -> dict:
+    async def _candle_features(self, model, candles):
+        # Indicator computation takes milliseconds: off the event loop, so feature-row requests keep flowing.
+        return await anyio.to_thread.run_sync(
+            features_from_candles, candles, self.settings, model.forecaster.context_rows + 1, model.meta["features"])
+
+    async def _answer(self, model, x, regime, bar_time) -> dict:
         symbol, target = model.symbol, model.target
         started = time.perf_counter()
-        out, spread = model.predict(x)
+        out, spread = await self.batcher.predict(model, x)
         LATENCY.labels(target=target).observe(time.perf_counter() - started)
-        scaled = model.forecaster.scaler.transform(x[-1:]) if model.forecaster.scaler is not None else np.zeros((1, 1))
+        scaled = model.forecaster.scale(x[-1:]) if model.forecaster.scaler is not None else np.zeros((1, 1))
         answer = {
             "symbol": symbol, "target": target, "regime": regime or "unknown",
             "model_version": model.version, "family": model.family,
@@ -152,7 +165,7 @@ class ItffService:
                 "prob_up": np.round(out, 6).tolist(), "signal": signal.tolist()}
 
     @bentoml.api(route="/tradingview")
-    def tradingview(
+    async def tradingview(
         self,
         ticker: str,
         close: float,
@@ -172,19 +185,19 @@ class ItffService:
             symbol = normalise_symbol(ticker)
             model = self._champion(symbol, target)
             if candles is not None:
-                x, regime, bar_time = features_from_candles(candles, self.settings, model.forecaster.context_rows + 1, model.meta["features"])
+                x, regime, bar_time = await self._candle_features(model, candles)
                 bar_close = candles[-1].close
             else:
                 try:
                     at = datetime.fromisoformat(time.replace("Z", "+00:00"))
-                    x, regime, bar_time, bar_close = features_from_lake(self.settings, symbol, at)
+                    x, regime, bar_time, bar_close = await anyio.to_thread.run_sync(features_from_lake, self.settings, symbol, at)
                 except (ValueError, OverflowError) as error:
                     if isinstance(error, RequestError):
                         raise
                     raise RequestError(f"time: {time!r} is not a usable ISO-8601 time such as 2024-09-30T23:00:00Z") from None
         except RequestError as error:
             raise bentoml.exceptions.InvalidArgument(str(error)) from None
-        answer = self._answer(model, x, regime, bar_time)
+        answer = await self._answer(model, x, regime, bar_time)
         answer.update({"ticker": ticker, "alert_close": close, "bar_close": bar_close})
         return answer
 
@@ -245,5 +258,6 @@ ItffService.add_asgi_middleware(
     admin_token=SETTINGS.admin_token,
     per_minute=SETTINGS.rate_limit_per_minute,
     burst=SETTINGS.rate_limit_burst,
+    workers=SETTINGS.serve_workers,
     max_bytes=SETTINGS.max_request_bytes,
 )

@@ -67,3 +67,8 @@ def test_token_bucket_allows_the_burst_then_refills_at_the_rate():
 
 def test_token_comparison():
     assert token_matches("abc", ["x", "abc"]) and not token_matches("abd", ["abc"]) and not token_matches("", ["abc"])
+
+
+def test_workers_split_the_token_budget_so_n_workers_never_allow_n_times_the_limit():
+    guard = GuardMiddleware(echo_app, tokens=["good"], admin_token=None, per_minute=600, burst=60, max_bytes=100, workers=2)
+    assert guard.buckets.burst == 30 and guard.buckets.rate * 60 == 300

@@ -43,7 +43,7 @@ def service(tmp_path_factory):
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env = {**inherited, "ITFF_HOME": str(folder), "ITFF_SYMBOLS": '["PROMOUSDT"]', "ITFF_TARGETS": '["direction"]',
            "ITFF_API_TOKENS": json.dumps([TOKEN, "other-token"]), "ITFF_ADMIN_TOKEN": ADMIN, "ITFF_RATE_LIMIT_BURST": "40",
-           "ITFF_RATE_LIMIT_PER_MINUTE": "60", "ITFF_RELOAD_INTERVAL_S": "0", "ITFF_MAX_REQUEST_BYTES": "500000",
+           "ITFF_RATE_LIMIT_PER_MINUTE": "60", "ITFF_RELOAD_INTERVAL_S": "0", "ITFF_SERVE_WORKERS": "1", "ITFF_MAX_REQUEST_BYTES": "500000",
            "BENTOML_HOME": str(folder / "bentoml"), "ITFF_TRADINGVIEW_SECRET": "tv-secret"}
     # To a file, not a pipe: nobody drains a pipe during the tests, and a full one (64 KB of access log) blocks the server.
     log_path = folder / "bentoml-serve.log"

@@ -1,0 +1,58 @@
+"""Adaptive batching for /predict: concurrent single-row requests to one model are scored as one matrix.
+
+The batcher never waits on purpose. The first row for a model schedules a flush for the next turn of the
+event loop; every row that reaches the batcher before that turn joins the same model call. At low load
+each row is scored alone, with no added latency; under load the batch grows with the queue, up to
+`max_batch_size`. (BentoML's `@bentoml.api(batchable=True)` would need /predict to take a list, and
+its dispatcher answers 503 when its latency estimate runs over; this keeps the request shape and sheds
+nothing.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import numpy as np
+
+Scored = tuple[np.ndarray, np.ndarray | None]
+
+
+class RowBatcher:
+    def __init__(self, max_batch_size: int, on_batch: Callable[[int], None] | None = None) -> None:
+        self.max_batch_size = max_batch_size
+        self.on_batch = on_batch  # observes each batch size (a metric)
+        self._pending: dict[tuple[str, str], list[tuple[np.ndarray, asyncio.Future]]] = {}
+
+    async def predict(self, model, x: np.ndarray) -> Scored:
+        """model.predict(x) for one request. Models that read a window of rows (LSTM, Transformer) are called
+        directly: their rows are one sequence, not independent requests."""
+        if model.forecaster.context_rows or len(x) != 1:
+            return model.predict(x)
+        key = (model.name, model.version)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        queue = self._pending.setdefault(key, [])
+        queue.append((x, future))
+        if len(queue) >= self.max_batch_size:
+            self._flush(key, model)
+        elif len(queue) == 1:
+            loop.call_soon(self._flush, key, model)
+        return await future
+
+    def _flush(self, key: tuple[str, str], model) -> None:
+        queue = self._pending.pop(key, [])
+        if not queue:
+            return
+        if self.on_batch is not None:
+            self.on_batch(len(queue))
+        try:
+            # In the event loop, not a thread: a stacked call costs ~0.1 ms, less than a thread hop.
+            out, _ = model.predict(np.concatenate([x for x, _ in queue]))
+        except Exception as error:  # every waiting request gets the error, none hangs
+            for _, future in queue:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for i, (_, future) in enumerate(queue):
+            if not future.done():  # the client may have gone away
+                future.set_result((out[i:i + 1], None))

@@ -1,0 +1,63 @@
+"""The adaptive batcher on a real fitted model: concurrent rows share a model call and get their own answers."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from itff_platform.models import make_forecaster
+from itff_platform.serving.batching import RowBatcher
+from itff_platform.serving.store import LoadedModel
+from itff_platform.settings import Settings
+
+
+def loaded(forecaster) -> LoadedModel:
+    return LoadedModel("itff-TEST-direction", "TEST", "direction", "1", forecaster.family, {"task": "classification"}, forecaster)
+
+
+@pytest.fixture(scope="module")
+def model():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 5))
+    y = (x[:, 0] + rng.normal(scale=0.5, size=400) > 0).astype(float)
+    return loaded(make_forecaster("logistic", {}, Settings()).fit(x, y)), rng.normal(size=(40, 5))
+
+
+def test_concurrent_rows_are_scored_together_and_each_gets_its_own_answer(model):
+    model, rows = model
+    sizes = []
+    batcher = RowBatcher(max_batch_size=16, on_batch=sizes.append)
+
+    async def many():
+        return await asyncio.gather(*(batcher.predict(model, rows[i:i + 1]) for i in range(len(rows))))
+
+    answers = asyncio.run(many())
+    alone = model.predict(rows)[0]
+    assert np.allclose([a[0][0] for a in answers], alone, atol=1e-12)
+    assert sum(sizes) == len(rows) and max(sizes) == 16 and len(sizes) < len(rows)
+
+
+def test_a_lone_row_is_scored_at_once(model):
+    model, rows = model
+    sizes = []
+    answer = asyncio.run(RowBatcher(64, on_batch=sizes.append).predict(model, rows[:1]))
+    assert sizes == [1] and answer[0].shape == (1,)
+
+
+def test_a_failing_model_call_fails_every_waiting_request_and_none_hangs(model):
+    model, rows = model
+
+    class Broken:
+        context_rows, family = 0, "broken"
+
+        def predict_proba(self, x):
+            raise RuntimeError("model exploded")
+
+    broken = loaded(Broken())
+    batcher = RowBatcher(64)
+
+    async def many():
+        return await asyncio.gather(*(batcher.predict(broken, rows[i:i + 1]) for i in range(5)), return_exceptions=True)
+
+    results = asyncio.run(asyncio.wait_for(many(), timeout=5))
+    assert all(isinstance(r, RuntimeError) for r in results)
