@@ -76,6 +76,44 @@ def run_promotion() -> bool:
     return result.success
 
 
+def replay(start: str, end: str) -> int:
+    """Replay START..END day by day, then materialize the monitoring assets so the UI shows the outcome."""
+    from datetime import date, datetime, timedelta, timezone
+
+    from itff_platform.monitoring.replay import replay as replay_days
+    from itff_platform.settings import get_settings
+
+    settings = get_settings()
+    try:
+        first, last = date.fromisoformat(start), date.fromisoformat(end)
+        print(f"Replaying {first}..{last} for {', '.join(settings.symbols)}: ingest, features, predictions, outcomes, drift", flush=True)
+        summary = replay_days(settings, first, last, progress=lambda line: print(f"  {line}", flush=True))
+    except (ValueError, LookupError) as error:
+        print(f"replay: {error}", file=sys.stderr)
+        return 1
+    decisions = summary.decision_table()
+    retrains = decisions.filter(decisions["decision"] == "retrain")
+    print(f"\n{summary.days} days, {summary.predictions} predictions logged, {summary.silver_rows_written} silver rows rewritten; "
+          f"{retrains.height} retrain decision(s) over {decisions.height} (model x day). Reports: {settings.reports_dir / 'replay'}")
+    as_of = datetime(last.year, last.month, last.day, tzinfo=timezone.utc) + timedelta(days=1)
+    result = _materialize_monitoring(as_of.isoformat())
+    print("Dagster: prediction_outcomes and drift_monitor materialized as of " + as_of.isoformat()
+          + ("" if result.success else " (FAILED: see the Dagster UI)"))
+    return 0 if result.success else 1
+
+
+def _materialize_monitoring(as_of: str):
+    from dagster import DagsterInstance, materialize
+
+    from itff_platform.definitions import monitoring
+    from itff_platform.defs.resources import ItffSettingsResource
+
+    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+    return materialize(monitoring, instance=instance, resources={"itff": ItffSettingsResource(evaluation_as_of=as_of)},
+                       tags={"itff/trigger": "replay"}, raise_on_error=False,
+                       run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+
+
 def rollback(symbol: str, target: str) -> int:
     from itff_platform.settings import get_settings
     from itff_platform.training.promotion import rollback_champion
@@ -118,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     example.add_argument("symbol")
     example.add_argument("--target", default="direction")
     example.add_argument("--bars", type=int, default=800, help="800 covers the regime's 744-bar warm-up")
+    again = commands.add_parser("replay", help="step through START..END (YYYY-MM-DD) day by day: ingest, features, "
+                                "logged predictions, outcomes, drift and retrain decisions")
+    again.add_argument("start")
+    again.add_argument("end")
     commands.add_parser("settings", help="print the effective settings (ITFF_* environment applied)")
     args = parser.parse_args(argv)
 
@@ -130,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         return sample_request(args.symbol, args.target, args.bars)
     if args.command == "rollback":
         return rollback(args.symbol, args.target)
+    if args.command == "replay":
+        return replay(args.start, args.end)
     # A progress bar per Optuna study; set before the settings are first read.
     os.environ.setdefault("ITFF_PROGRESS_BAR", "true" if sys.stderr.isatty() else "false")
     if args.command == "train":

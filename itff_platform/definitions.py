@@ -7,7 +7,9 @@ from dagster import Definitions, define_asset_job
 # Single-run backfills and the neighbour-month partition mapping are marked beta; we rely on both knowingly.
 warnings.filterwarnings("ignore", message=".*is currently in beta.*")
 
+from itff_platform.defs.automation import automation
 from itff_platform.defs.lake_assets import lake_assets
+from itff_platform.defs.monitoring_assets import monitoring_assets
 from itff_platform.defs.training_assets import promotion_assets, training_assets
 from itff_platform.defs.resources import ItffSettingsResource
 from itff_platform.settings import get_settings
@@ -16,10 +18,17 @@ settings = get_settings()
 lake = lake_assets(settings)
 training = training_assets(settings)
 promotion = promotion_assets(settings)
+monitoring = monitoring_assets()
 
 lake_job = define_asset_job("lake_job", selection=["raw_candles", "bronze_candles", "silver_features"])
 training_job = define_asset_job("training_job", selection=["trained_models", "champion_models"])
+evaluation_job = define_asset_job("evaluation_job", selection=["prediction_outcomes", "drift_monitor"])
+schedules, sensors = automation(settings, lake_job, training_job, evaluation_job)
 
 defs = Definitions(
-    assets=[*lake, *training, *promotion], jobs=[lake_job, training_job], resources={"itff": ItffSettingsResource()}
+    assets=[*lake, *training, *promotion, *monitoring],
+    jobs=[lake_job, training_job, evaluation_job],
+    schedules=schedules,
+    sensors=sensors,
+    resources={"itff": ItffSettingsResource()},
 )

@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     lake_dir: Path = Path("data_lake")
     mlflow_dir: Path = Path("mlflow")
     drop_dir: Path = Path("data_lake/drop")
+    reports_dir: Path = Path("reports")
 
     # --- what to ingest
     source: Literal["sample", "files", "binance"] = "sample"
@@ -123,6 +124,28 @@ class Settings(BaseSettings):
     serve_access_log: bool = Field(False, description="BentoML's per-request access log; off because it costs ~25% of throughput.")
     batch_max_size: int = Field(64, ge=2, description="Most /predict rows the adaptive batcher scores in one model call.")
     reload_interval_s: float = Field(30.0, ge=0, description="How often the service checks the champion alias; 0 disables.")
+    # --- daily automation and monitoring
+    automation_on: bool = Field(False, description="Schedules and sensors start switched on (else: switch them on in the Dagster UI).")
+    daily_run_utc: str = Field("02:15", pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM (UTC) the daily refresh starts.")
+    daily_trials: int = Field(2, ge=1, description="Optuna trials per family in the daily retrain (the budget).")
+    daily_torch_trials: int = Field(1, ge=1, description="Trials for the torch families in the daily retrain.")
+    weekly_evaluation_cron: str = Field("0 6 * * 1", description="Cron (UTC) of the weekly evaluation job.")
+    service_url: str = Field("http://127.0.0.1:3000", description="The BentoML service the champion sensor tells to reload.")
+    prediction_log_flush_rows: int = Field(500, ge=1, description="The prediction log writes to Delta once this many rows wait...")
+    prediction_log_flush_s: float = Field(2.0, gt=0, description="...or once the oldest waiting row is this old.")
+    drift_recent_days: int = Field(30, ge=1, description="Days of recent data compared with the training window.")
+    drift_reference_days: int = Field(365, ge=7, description="Days of the training window (up to the champion's last training bar) drift compares against.")
+    drift_psi_warn: float = Field(0.1, gt=0, description="Population stability index at which a feature drift warns.")
+    drift_psi_error: float = Field(0.25, gt=0, description="PSI at which drift is an error and retraining is requested.")
+    drift_ks_warn: float = Field(0.1, gt=0, le=1, description="Kolmogorov-Smirnov statistic at which a feature drift warns.")
+    drift_ks_error: float = Field(0.2, gt=0, le=1)
+    drift_features_for_retrain: int = Field(3, ge=1, description="Features drifting at the error level before drift alone "
+                                            "requests retraining: one volatility-level feature moving with the market is normal.")
+    regime_shift_warn: float = Field(0.1, gt=0, description="PSI of the regime mix (training vs recent) that warns.")
+    regime_shift_error: float = Field(0.25, gt=0)
+    quality_log_loss_warn: float = Field(0.02, gt=0, description="Live log loss this far above the backtest's warns.")
+    quality_log_loss_error: float = Field(0.05, gt=0, description="...and this far above it requests retraining.")
+    min_live_outcomes: int = Field(24, ge=1, description="Realized predictions needed before live quality is judged.")
     progress_bar: bool = Field(False, description="Optuna's progress bar per study (the CLI turns it on).")
     mlflow_tracking_uri: str | None = None
     mlflow_ui_url: str = Field("http://127.0.0.1:5000", description="Where `make dev` serves the MLflow UI; used in links.")
@@ -144,7 +167,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _anchor_paths(self) -> "Settings":
-        for name in ("lake_dir", "mlflow_dir", "drop_dir"):
+        for name in ("lake_dir", "mlflow_dir", "drop_dir", "reports_dir"):
             path = getattr(self, name)
             if not path.is_absolute():
                 setattr(self, name, self.home / path)

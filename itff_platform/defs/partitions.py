@@ -17,6 +17,8 @@ def lake_partitions(settings: Settings) -> MultiPartitionsDefinition:
             "month": MonthlyPartitionsDefinition(
                 start_date=settings.start_date.strftime("%Y-%m-01"),
                 end_date=settings.effective_end_date().strftime("%Y-%m-%d"),
+                # The month in progress is a partition too: the daily refresh rewrites it as it fills.
+                end_offset=1,
             ),
         }
     )

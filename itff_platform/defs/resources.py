@@ -13,9 +13,13 @@ class ItffSettingsResource(ConfigurableResource):
     lake_dir: str | None = None
     source: str | None = None
     drop_dir: str | None = None
+    trials: int | None = None  # the daily retrain and drift retrains run on a smaller budget
+    torch_trials: int | None = None
+    evaluation_as_of: str | None = None  # ISO time the monitoring assets evaluate at (replay); default now
 
     def settings(self) -> Settings:
-        overrides = {k: v for k, v in {"lake_dir": self.lake_dir, "source": self.source, "drop_dir": self.drop_dir}.items() if v}
+        overrides = {k: v for k, v in {"lake_dir": self.lake_dir, "source": self.source, "drop_dir": self.drop_dir,
+                                       "trials": self.trials, "torch_trials": self.torch_trials}.items() if v}
         return Settings(**overrides) if overrides else Settings()
 
     def candle_source(self):

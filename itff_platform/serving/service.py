@@ -10,12 +10,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from datetime import datetime, timezone
 
 import anyio
 import bentoml
 import numpy as np
 
+from itff_platform.features.regime import REGIMES
+from itff_platform.monitoring.outcomes import read_quality_summary
+from itff_platform.monitoring.prediction_log import PredictionLog
+from itff_platform.serving.answers import build_answer, log_record
 from itff_platform.serving.batching import RowBatcher
 from itff_platform.serving.guard import GuardMiddleware
 from itff_platform.serving.online import (
@@ -32,7 +37,6 @@ from itff_platform.training.backtest import signal_names
 
 log = logging.getLogger(__name__)
 SETTINGS = get_settings()
-OOD_Z = 6.0  # a scaled feature this many training standard deviations out is outside what the model saw
 
 PREDICTIONS = bentoml.metrics.Counter(
     name="itff_predictions_total", documentation="Predictions served", labelnames=["symbol", "target", "regime", "signal"])
@@ -42,6 +46,12 @@ LATENCY = bentoml.metrics.Histogram(
 BATCH_SIZE = bentoml.metrics.Histogram(
     name="itff_predict_batch_size", documentation="/predict rows scored per model call (adaptive batching)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+REGIME_STATE = bentoml.metrics.Gauge(
+    name="market_regime_state", documentation="1 for the regime of the newest bar served per symbol, else 0",
+    labelnames=["symbol", "regime"])
+QUALITY = bentoml.metrics.Gauge(
+    name="prediction_quality_metric", documentation="Live quality of the champions, from the last evaluation",
+    labelnames=["symbol", "target", "metric"])
 SERVED_VERSION = bentoml.metrics.Gauge(
     name="itff_served_model_version", documentation="Registry version being served", labelnames=["model"])
 
@@ -55,9 +65,16 @@ class ItffService:
         self.settings = SETTINGS
         self.store = ChampionStore(self.settings)
         self.batcher = RowBatcher(SETTINGS.batch_max_size, on_batch=BATCH_SIZE.observe)
+        self.prediction_log = PredictionLog.for_settings(self.settings)
+        self._regimes: dict[str, tuple[str, object]] = {}
         self._report(self.store.refresh())
         if self.settings.reload_interval_s > 0:
             threading.Thread(target=self._poll, daemon=True, name="champion-poller").start()
+
+    @bentoml.on_shutdown
+    def _flush_prediction_log(self) -> None:
+        """Whatever is still buffered is written before the worker exits."""
+        self.prediction_log.close()
 
     def __is_ready__(self) -> bool:
         """BentoML's own GET /readyz (the probe Kubernetes uses) asks this."""
@@ -76,6 +93,8 @@ class ItffService:
             log.info("%s: %s", name, change)
         for (symbol, target), model in self.store.models.items():
             SERVED_VERSION.labels(model=model.name).set(float(model.version))
+        for row in read_quality_summary(self.settings):
+            QUALITY.labels(symbol=row["symbol"], target=row["target"], metric=row["metric"]).set(row["value"])
 
     @bentoml.api(route="/predict")
     async def predict(
@@ -87,10 +106,11 @@ class ItffService:
         regime: str | None = None,
     ) -> dict:
         try:
+            received = time.perf_counter()
             model, x, regime, bar_time = await self._inputs(symbol.upper(), target, features, candles, regime)
         except RequestError as error:
             raise bentoml.exceptions.InvalidArgument(str(error)) from None
-        return await self._answer(model, x, regime, bar_time)
+        return await self._answer(model, x, regime, bar_time, received, "/predict")
 
     def _champion(self, symbol: str, target: str):
         if symbol not in self.settings.symbols:
@@ -117,30 +137,25 @@ class ItffService:
         return await anyio.to_thread.run_sync(
             features_from_candles, candles, self.settings, model.forecaster.context_rows + 1, model.meta["features"])
 
-    async def _answer(self, model, x, regime, bar_time) -> dict:
-        symbol, target = model.symbol, model.target
+    async def _answer(self, model, x, regime, bar_time, received: float, endpoint: str) -> dict:
         started = time.perf_counter()
         out, spread = await self.batcher.predict(model, x)
-        LATENCY.labels(target=target).observe(time.perf_counter() - started)
-        scaled = model.forecaster.scale(x[-1:]) if model.forecaster.scaler is not None else np.zeros((1, 1))
-        answer = {
-            "symbol": symbol, "target": target, "regime": regime or "unknown",
-            "model_version": model.version, "family": model.family,
-            "out_of_distribution": bool(np.abs(scaled).max() > OOD_Z),
-            "served_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-            "bar_time": bar_time.isoformat() if bar_time is not None else None,
-        }
-        if model.meta["task"] == "regression":
-            p10, p50, p90 = (float(v) for v in out[-1])
-            answer.update({"p10": p10, "p50": p50, "p90": p90, "signal": "flat"})
-        else:
-            prob, threshold = float(out[-1]), float(model.meta["threshold"])
-            signal = str(signal_names(prob, threshold, target))
-            confidence = max(prob, 1 - prob)
-            answer.update({"signal": signal, "prob_up": prob, "confidence": confidence, "threshold": threshold,
-                           "allow": confidence >= threshold, "uncertainty": float(spread[-1]) if spread is not None else None})
-        PREDICTIONS.labels(symbol=symbol, target=target, regime=answer["regime"], signal=answer["signal"]).inc()
+        LATENCY.labels(target=model.target).observe(time.perf_counter() - started)
+        answer = build_answer(model, x, out, spread, regime, bar_time)
+        answer["request_id"] = request_id = uuid.uuid4().hex
+        PREDICTIONS.labels(symbol=model.symbol, target=model.target, regime=answer["regime"], signal=answer["signal"]).inc()
+        self._regime_seen(model.symbol, answer["regime"], bar_time)
+        self.prediction_log.append(log_record(answer, x, request_id, endpoint, (time.perf_counter() - received) * 1000))
         return answer
+
+    def _regime_seen(self, symbol: str, regime: str, bar_time) -> None:
+        """market_regime_state: 1 for the regime of the symbol's newest bar seen, 0 for the others."""
+        previous = self._regimes.get(symbol)
+        if bar_time is None or regime == "unknown" or (previous and (previous[0] == regime or previous[1] > bar_time)):
+            return
+        self._regimes[symbol] = (regime, bar_time)
+        for name in REGIMES:
+            REGIME_STATE.labels(symbol=symbol, regime=name).set(1.0 if name == regime else 0.0)
 
     @bentoml.api(route="/predict_batch")
     def predict_batch(self, symbol: str, rows: list[list[float]], target: str = "direction") -> dict:
@@ -177,6 +192,7 @@ class ItffService:
         """A TradingView alert webhook: {"ticker": "{{ticker}}", "close": {{close}}, "time": "{{time}}"}."""
         import hmac
 
+        received = time.perf_counter()
         try:
             if self.settings.tradingview_secret:
                 expected = tradingview_signature(self.settings.tradingview_secret, ticker, time, close)
@@ -197,7 +213,7 @@ class ItffService:
                     raise RequestError(f"time: {time!r} is not a usable ISO-8601 time such as 2024-09-30T23:00:00Z") from None
         except RequestError as error:
             raise bentoml.exceptions.InvalidArgument(str(error)) from None
-        answer = await self._answer(model, x, regime, bar_time)
+        answer = await self._answer(model, x, regime, bar_time, received, "/tradingview")
         answer.update({"ticker": ticker, "alert_close": close, "bar_close": bar_close})
         return answer
 

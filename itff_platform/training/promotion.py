@@ -227,6 +227,18 @@ def verify_model(client: MlflowClient, name: str, version: str) -> list[str]:
     return problems
 
 
+def current_champions(settings: Settings) -> dict[str, str]:
+    """The version behind each configured model's champion alias: {"itff-BTCUSDT-direction": "3", ...}."""
+    client = MlflowClient(settings.tracking_uri)
+    champions = {}
+    for symbol in settings.symbols:
+        for target in settings.targets:
+            version = _current_champion(client, f"itff-{symbol}-{target}")
+            if version is not None:
+                champions[f"itff-{symbol}-{target}"] = str(version.version)
+    return champions
+
+
 # --- registry bookkeeping
 def _current_champion(client: MlflowClient, name: str):
     try:

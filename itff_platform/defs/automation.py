@@ -1,0 +1,182 @@
+"""Schedules and sensors that keep the platform fresh without anyone at the keyboard.
+
+daily_refresh (schedule)  -> lake_job on each symbol's newest month
+retrain_after_daily_lake  -> training_job (train + promote) for that symbol's targets, on the daily budget
+weekly_evaluation         -> evaluation_job (prediction_outcomes, drift_monitor)
+drift_retrain             -> training_job for the models drift_monitor sent for retraining
+drop_folder               -> lake_job (source: files) for each new or changed file, never twice
+champion_alias            -> tells the service to reload when a champion alias moves, and records it
+
+They start stopped (switch them on in the UI, or ITFF_AUTOMATION_ON=true), so a `make dev` on a laptop
+does not begin retraining by itself."""
+
+import json
+
+from dagster import (
+    AssetKey,
+    AssetObservation,
+    DagsterRunStatus,
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    SensorResult,
+    SkipReason,
+    run_status_sensor,
+    schedule,
+    sensor,
+)
+
+from itff_platform.settings import Settings
+
+TRIGGER = "itff/trigger"
+
+
+def _budget(settings: Settings) -> dict:
+    return {"resources": {"itff": {"config": {"trials": settings.daily_trials, "torch_trials": settings.daily_torch_trials}}}}
+
+
+def newest_month_keys(settings: Settings) -> list[str]:
+    """The lake partitions a daily refresh rewrites: every symbol's newest month ("month|symbol" keys)."""
+    from itff_platform.defs.partitions import lake_partitions
+
+    month = lake_partitions(settings).get_partitions_def_for_dimension("month").get_last_partition_key()
+    return [f"{month}|{symbol}" for symbol in settings.symbols]
+
+
+def training_keys(settings: Settings, symbols: list[str]) -> list[str]:
+    return [f"{symbol}|{target}" for symbol in symbols for target in settings.targets]
+
+
+def automation(settings: Settings, lake_job, training_job, evaluation_job) -> tuple[list, list]:
+    on = settings.automation_on
+    schedule_status = DefaultScheduleStatus.RUNNING if on else DefaultScheduleStatus.STOPPED
+    sensor_status = DefaultSensorStatus.RUNNING if on else DefaultSensorStatus.STOPPED
+    hour, minute = settings.daily_run_utc.split(":")
+
+    @schedule(job=lake_job, cron_schedule=f"{int(minute)} {int(hour)} * * *", execution_timezone="UTC",
+              default_status=schedule_status, description="Ingest the newest data for every symbol; training follows.")
+    def daily_refresh(context):
+        day = context.scheduled_execution_time.strftime("%Y-%m-%d")
+        for key in newest_month_keys(settings):
+            yield RunRequest(run_key=f"daily-{day}-{key}", partition_key=key, tags={TRIGGER: "daily"})
+
+    @run_status_sensor(run_status=DagsterRunStatus.SUCCESS, monitored_jobs=[lake_job], request_job=training_job,
+                       default_status=sensor_status, description="After a daily or drop-folder lake run: retrain and promote that symbol, on the daily budget.")
+    def retrain_after_daily_lake(context):
+        run = context.dagster_run
+        if run.tags.get(TRIGGER) not in ("daily", "drop_folder"):
+            return SkipReason(f"run {run.run_id} was not a daily or drop-folder refresh")
+        symbol = run.tags.get("dagster/partition/symbol") or (run.tags.get("dagster/partition", "|").split("|")[1])
+        return [RunRequest(run_key=f"retrain-{run.run_id}-{key}", partition_key=key, run_config=_budget(settings),
+                           tags={TRIGGER: "daily"}) for key in training_keys(settings, [symbol])]
+
+    @schedule(job=evaluation_job, cron_schedule=settings.weekly_evaluation_cron, execution_timezone="UTC",
+              default_status=schedule_status, description="Live quality and drift of the champions, with reports.")
+    def weekly_evaluation(context):
+        return RunRequest(run_key=f"weekly-{context.scheduled_execution_time:%Y-%m-%d}", tags={TRIGGER: "weekly"})
+
+    @sensor(job=training_job, minimum_interval_seconds=60, default_status=sensor_status,
+            description="Retrain (and re-run promotion for) every model the newest drift_monitor sent for retraining.")
+    def drift_retrain(context):
+        return drift_retrain_requests(context, settings)
+
+    @sensor(job=lake_job, minimum_interval_seconds=30, default_status=sensor_status,
+            description=f"Ingest new or changed candle files in the drop folder ({settings.drop_dir}); each version once.")
+    def drop_folder(context):
+        return drop_folder_requests(context, settings)
+
+    @sensor(minimum_interval_seconds=60, default_status=sensor_status, asset_selection=[AssetKey("champion_models")],
+            description="When a champion alias moves: tell the service to reload, and record the event on champion_models.")
+    def champion_alias(context):
+        return champion_alias_result(context, settings)
+
+    return [daily_refresh, weekly_evaluation], [retrain_after_daily_lake, drift_retrain, drop_folder, champion_alias]
+
+
+def drift_retrain_requests(context, settings: Settings):
+    records = context.instance.fetch_materializations(AssetKey("drift_monitor"), limit=1, ascending=False).records
+    if not records:
+        return SkipReason("drift_monitor has not been materialized yet")
+    event = records[0]
+    if context.cursor and int(context.cursor) >= event.storage_id:
+        return SkipReason(f"no drift_monitor result newer than {context.cursor}")
+    value = event.event_log_entry.asset_materialization.metadata.get("retrain")
+    retrain = value.value if value is not None else []
+    requests = [RunRequest(run_key=f"drift-{event.storage_id}-{key}", partition_key=key, run_config=_budget(settings),
+                           tags={TRIGGER: "drift"}) for key in retrain]
+    return SensorResult(run_requests=requests, cursor=str(event.storage_id),
+                        skip_reason=None if requests else SkipReason("the newest drift_monitor asked for no retraining"))
+
+
+def drop_folder_requests(context, settings: Settings):
+    """One lake run per (file version, month, symbol). The cursor remembers each file's mtime and size, so a file
+    is ingested again only if it changes; the run key makes a repeat request a no-op even if the cursor is lost."""
+    from itff_platform.market.files import FilesCandleSource
+    from itff_platform.market.parsing import read_candle_file
+
+    from itff_platform.defs.partitions import lake_partitions
+
+    seen = json.loads(context.cursor) if context.cursor else {}
+    source, months = FilesCandleSource(settings.drop_dir), lake_partitions(settings).get_partitions_def_for_dimension("month")
+    valid_months = set(months.get_partition_keys())
+    requests, problems = [], []
+    for symbol in settings.symbols:
+        for path in source.files_for(symbol, settings.interval):
+            stat = path.stat()
+            version = f"{stat.st_mtime_ns}:{stat.st_size}"
+            name = str(path.relative_to(settings.drop_dir))
+            if seen.get(name) == version:
+                continue
+            seen[name] = version
+            try:
+                candles = read_candle_file(path)
+            except Exception as error:  # a malformed file is reported and skipped until it changes
+                problems.append(f"{name}: {error}")
+                context.log.warning(f"drop folder: {name} cannot be read: {error}")
+                continue
+            file_months = sorted({m.strftime("%Y-%m-%d") for m in candles["timestamp"].dt.truncate("1mo").unique().to_list()})
+            for month in file_months:
+                if month not in valid_months:
+                    problems.append(f"{name}: month {month} is outside the lake's partitions")
+                    continue
+                requests.append(RunRequest(
+                    run_key=f"drop-{name}-{version}-{month}", partition_key=f"{month}|{symbol}",
+                    run_config={"resources": {"itff": {"config": {"source": "files", "drop_dir": str(settings.drop_dir)}}}},
+                    tags={TRIGGER: "drop_folder", "itff/file": name}))
+    return SensorResult(run_requests=requests, cursor=json.dumps(seen, sort_keys=True),
+                        skip_reason=None if requests else SkipReason("; ".join(problems) or "no new or changed files"))
+
+
+def champion_alias_result(context, settings: Settings):
+    from itff_platform.training.promotion import current_champions
+
+    seen = json.loads(context.cursor) if context.cursor else {}
+    champions = current_champions(settings)
+    moved = {name: version for name, version in champions.items() if seen.get(name) != version}
+    if not moved:
+        return SkipReason("no champion alias moved")
+    reload_status = reload_service(settings)
+    context.log.info(f"champion moved: {moved}; service reload: {reload_status}")
+    events = [AssetObservation(asset_key="champion_models", partition=_model_partition(name),
+                               metadata={"champion_version": version, "previous_version": seen.get(name) or "none",
+                                         "service_reload": reload_status})
+              for name, version in moved.items()]
+    return SensorResult(asset_events=events, cursor=json.dumps(champions, sort_keys=True))
+
+
+def _model_partition(name: str) -> str:
+    _, symbol, target = name.split("-", 2)  # itff-{symbol}-{target}
+    return f"{symbol}|{target}"
+
+
+def reload_service(settings: Settings) -> str:
+    """POST /admin/reload on the service; an absent service is reported, not fatal (it polls the alias itself)."""
+    import httpx
+
+    if not settings.admin_token:
+        return "skipped: ITFF_ADMIN_TOKEN is not set (the service still picks the champion up by polling)"
+    try:
+        answer = httpx.post(f"{settings.service_url}/admin/reload", headers={"X-API-Token": settings.admin_token}, timeout=10)
+    except httpx.HTTPError as error:
+        return f"service unreachable at {settings.service_url}: {error.__class__.__name__} (it will poll the alias itself)"
+    return "reloaded" if answer.status_code == 200 else f"service answered {answer.status_code}: {answer.text[:200]}"

@@ -1,0 +1,114 @@
+"""prediction_outcomes -> drift_monitor: the feedback loop, thin over monitoring.evaluation."""
+
+from datetime import datetime
+
+import polars as pl
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    Output,
+    asset,
+)
+
+from itff_platform.defs.checks import markdown_table
+from itff_platform.defs.resources import ItffSettingsResource
+
+DRIFT_CHECKS = ["feature_drift", "regime_shift", "live_quality"]
+SEVERITY = {"warn": AssetCheckSeverity.WARN, "error": AssetCheckSeverity.ERROR}
+
+
+def _as_of(itff: ItffSettingsResource):
+    return datetime.fromisoformat(itff.evaluation_as_of) if itff.evaluation_as_of else None
+
+
+def _plots(figures: dict, prefix: str) -> dict:
+    from itff_platform.monitoring.plots import embed_png
+
+    return {f"plot: {name}": MetadataValue.md(embed_png(path, name)) for name, path in figures.items() if name.startswith(prefix)}
+
+
+def _rounded(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.with_columns(pl.selectors.float().round(4))
+
+
+def monitoring_assets() -> list:
+    @asset(
+        deps=["silver_features"],
+        group_name="monitoring",
+        kinds={"delta", "mlflow"},
+        description="Logged predictions joined with their realized outcomes once the label horizon has passed: live hit "
+        "rate, Brier, log loss, calibration and MAPE, overall and per regime, against each champion's backtest.",
+    )
+    def prediction_outcomes(context: AssetExecutionContext, itff: ItffSettingsResource) -> Output:
+        from itff_platform.monitoring.evaluation import evaluate_outcomes
+
+        cfg = itff.settings()
+        result = evaluate_outcomes(cfg, _as_of(itff))
+        context.log.info(f"{result.logged} predictions logged, {result.realized.height} realized, {result.pending} waiting for their horizon")
+        metadata = {
+            "as_of": result.as_of.isoformat(), "predictions_logged": result.logged,
+            "outcomes_realized": result.realized.height, "outcomes_pending": result.pending,
+            "live_quality": markdown_table(_rounded(result.quality)),
+            "live_vs_backtest": markdown_table(_rounded(pl.DataFrame(result.degradation))) if result.degradation else "no champion yet",
+            "reports": MetadataValue.path(str(cfg.reports_dir / result.as_of.strftime("%Y-%m-%d"))),
+            **_plots(result.figures, "reliability"), **_plots(result.figures, "equity"),
+        }
+        return Output(result, metadata=metadata)
+
+    @asset(
+        group_name="monitoring",
+        kinds={"delta"},
+        check_specs=[AssetCheckSpec(name, asset="drift_monitor") for name in DRIFT_CHECKS],
+        description="PSI and KS of every feature (training window vs recent data), the shift in the regime mix, and "
+        "live quality against the backtest; a keep/retrain decision per model, recorded in the decisions table.",
+    )
+    def drift_monitor(context: AssetExecutionContext, itff: ItffSettingsResource, prediction_outcomes) -> MaterializeResult:
+        from itff_platform.monitoring.evaluation import evaluate_drift, record_decisions
+
+        cfg = itff.settings()
+        result = evaluate_drift(cfg, prediction_outcomes)
+        record_decisions(cfg, result.decisions)
+        retrain = [f"{symbol}|{target}" for symbol, target in result.retrain()]
+        context.log.info(f"retrain requested for {retrain or 'nothing'}")
+        drift = pl.concat([d.with_columns(symbol=pl.lit(s)) for s, d in result.drift.items()]) if result.drift else pl.DataFrame()
+        return MaterializeResult(
+            metadata={
+                "as_of": result.as_of.isoformat(),
+                "retrain": MetadataValue.json(retrain),
+                "decisions": markdown_table(result.decisions.select("symbol", "target", "decision", "reasons")),
+                "feature_drift": markdown_table(_rounded(drift.filter(pl.col("status") != "ok")) if drift.height else drift),
+                "regime_shift": MetadataValue.json({s: {k: v for k, v in r.items()} for s, r in result.regime.items()}),
+                **_plots(result.figures, "drift"), **_plots(result.figures, "regimes"),
+            },
+            check_results=_check_results(cfg, result, drift),
+        )
+
+    return [prediction_outcomes, drift_monitor]
+
+
+def _check_results(cfg, result, drift: pl.DataFrame) -> list[AssetCheckResult]:
+    from itff_platform.monitoring.drift import worst
+
+    feature_status = worst(*drift["status"].to_list()) if drift.height else "ok"
+    regime_status = worst(*(r["status"] for r in result.regime.values())) if result.regime else "ok"
+    graded = [d for d in result.degradation if d["status"] in ("ok", "warn", "error")]
+    quality_status = worst(*(d["status"] for d in graded)) if graded else "ok"
+    return [
+        _graded("feature_drift", feature_status, f"PSI warn {cfg.drift_psi_warn} / error {cfg.drift_psi_error}; KS warn "
+                f"{cfg.drift_ks_warn} / error {cfg.drift_ks_error}",
+                {"drifted_features": int(drift.filter(pl.col("status") != "ok").height) if drift.height else 0}),
+        _graded("regime_shift", regime_status, f"PSI of the regime mix: warn {cfg.regime_shift_warn} / error {cfg.regime_shift_error}",
+                {s: round(r["psi"], 4) for s, r in result.regime.items()}),
+        _graded("live_quality", quality_status, f"live log loss over the backtest's: warn +{cfg.quality_log_loss_warn} / error "
+                f"+{cfg.quality_log_loss_error}, judged from {cfg.min_live_outcomes} outcomes",
+                {"models_judged": len(graded), "models_waiting_for_outcomes": len(result.degradation) - len(graded)}),
+    ]
+
+
+def _graded(name: str, status: str, description: str, metadata: dict) -> AssetCheckResult:
+    return AssetCheckResult(check_name=name, passed=status == "ok", severity=SEVERITY.get(status, AssetCheckSeverity.WARN),
+                            description=description, metadata={"status": status, **metadata})

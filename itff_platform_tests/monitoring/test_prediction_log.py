@@ -1,0 +1,65 @@
+"""The prediction log writes real Delta tables, in batches, off the caller's thread, and loses nothing on close."""
+
+import time
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import polars as pl
+
+from itff_platform.monitoring.prediction_log import PredictionLog, input_hash, records_frame
+
+
+def record(i: int) -> dict:
+    at = datetime(2024, 9, 1, tzinfo=timezone.utc) + timedelta(hours=i)
+    return {"request_id": f"r{i}", "logged_at": at, "endpoint": "/predict", "symbol": "BTCUSDT", "target": "direction",
+            "bar_time": at, "model_version": "3", "family": "logistic", "regime": "neutral", "signal": "long",
+            "prob_up": 0.6, "threshold": 0.55, "allow": True, "latency_ms": 1.5, "out_of_distribution": False,
+            "input_sha256": input_hash("BTCUSDT", "direction", np.arange(3.0))}
+
+
+def delta_rows(path) -> pl.DataFrame:
+    return pl.read_delta(str(path)).sort("request_id")
+
+
+def test_rows_are_written_in_batches_and_close_flushes_the_rest(tmp_path):
+    log = PredictionLog(tmp_path / "predictions", flush_rows=10, flush_s=60)
+    for i in range(25):
+        log.append(record(i))
+    deadline = time.monotonic() + 10
+    while log.written < 10 and time.monotonic() < deadline:  # a full batch goes without waiting for flush_s
+        time.sleep(0.05)
+    assert log.written >= 10 and log.written + log.pending() == 25
+    log.close()
+    assert log.written == 25 and log.pending() == 0
+    rows = delta_rows(tmp_path / "predictions")
+    assert rows.height == 25 and rows["request_id"].n_unique() == 25
+    assert rows["day"].n_unique() == 2  # partitioned by day: 25 hours span two days
+
+
+def test_a_small_trickle_is_written_after_flush_s(tmp_path):
+    log = PredictionLog(tmp_path / "predictions", flush_rows=1000, flush_s=0.2)
+    log.append(record(0))
+    deadline = time.monotonic() + 10
+    while log.written < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert log.written == 1
+    log.close()
+
+
+def test_a_failed_write_keeps_the_records_for_the_next_flush(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the table should go")
+    log = PredictionLog(blocker / "predictions", flush_rows=1000, flush_s=60)
+    log.append(record(0))
+    assert log.flush() == 0 and log.failed_writes == 1 and log.pending() == 1
+    log.path = tmp_path / "predictions"  # the disk comes back
+    log.close()
+    assert delta_rows(tmp_path / "predictions").height == 1 and log.dropped == 0
+
+
+def test_the_same_inputs_hash_the_same_and_the_schema_is_fixed():
+    a = input_hash("BTCUSDT", "direction", np.array([1.0, 2.0]))
+    assert a == input_hash("BTCUSDT", "direction", np.array([1.0, 2.0]))
+    assert a != input_hash("BTCUSDT", "level_up", np.array([1.0, 2.0]))
+    frame = records_frame([record(0)])
+    assert frame.schema["bar_time"] == pl.Datetime("us", "UTC") and frame["p50"].is_null().all()
