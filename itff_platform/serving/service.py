@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from time import perf_counter  # a handler parameter is called `time` (the TradingView field)
 import uuid
 from datetime import datetime, timezone
 
@@ -106,7 +107,7 @@ class ItffService:
         regime: str | None = None,
     ) -> dict:
         try:
-            received = time.perf_counter()
+            received = perf_counter()
             model, x, regime, bar_time = await self._inputs(symbol.upper(), target, features, candles, regime)
         except RequestError as error:
             raise bentoml.exceptions.InvalidArgument(str(error)) from None
@@ -138,14 +139,14 @@ class ItffService:
             features_from_candles, candles, self.settings, model.forecaster.context_rows + 1, model.meta["features"])
 
     async def _answer(self, model, x, regime, bar_time, received: float, endpoint: str) -> dict:
-        started = time.perf_counter()
+        started = perf_counter()
         out, spread = await self.batcher.predict(model, x)
-        LATENCY.labels(target=model.target).observe(time.perf_counter() - started)
+        LATENCY.labels(target=model.target).observe(perf_counter() - started)
         answer = build_answer(model, x, out, spread, regime, bar_time)
         answer["request_id"] = request_id = uuid.uuid4().hex
         PREDICTIONS.labels(symbol=model.symbol, target=model.target, regime=answer["regime"], signal=answer["signal"]).inc()
         self._regime_seen(model.symbol, answer["regime"], bar_time)
-        self.prediction_log.append(log_record(answer, x, request_id, endpoint, (time.perf_counter() - received) * 1000))
+        self.prediction_log.append(log_record(answer, x, request_id, endpoint, (perf_counter() - received) * 1000))
         return answer
 
     def _regime_seen(self, symbol: str, regime: str, bar_time) -> None:
@@ -192,7 +193,7 @@ class ItffService:
         """A TradingView alert webhook: {"ticker": "{{ticker}}", "close": {{close}}, "time": "{{time}}"}."""
         import hmac
 
-        received = time.perf_counter()
+        received = perf_counter()
         try:
             if self.settings.tradingview_secret:
                 expected = tradingview_signature(self.settings.tradingview_secret, ticker, time, close)
