@@ -105,7 +105,7 @@ def _check_results(cfg, result, drift: pl.DataFrame) -> list[AssetCheckResult]:
                 {s: round(r["psi"], 4) for s, r in result.regime.items()}),
         _graded("live_quality", quality_status, f"live log loss over the backtest's: warn +{cfg.quality_log_loss_warn} / error "
                 f"+{cfg.quality_log_loss_error}, judged from {cfg.min_live_outcomes} outcomes",
-                {"models_judged": len(graded), "models_waiting_for_outcomes": len(result.degradation) - len(graded)}),
+                {"models_judged": len(graded), "models_waiting_for_outcomes": sum(d["status"] == "insufficient" for d in result.degradation)}),
     ]
 
 

@@ -65,9 +65,10 @@ def evaluate(settings: Settings, as_of: datetime | None = None, reports_dir: Pat
     return evaluate_drift(settings, evaluate_outcomes(settings, as_of, reports_dir, with_plots), reports_dir, with_plots)
 
 
-def report_folder(settings: Settings, as_of: datetime, reports_dir: Path | None) -> Path:
+def report_folder(settings: Settings, as_of: datetime, reports_dir: Path | None, with_plots: bool = True) -> Path:
     folder = reports_dir or settings.reports_dir / as_of.strftime("%Y-%m-%d")
-    folder.mkdir(parents=True, exist_ok=True)
+    if with_plots:
+        folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
@@ -80,7 +81,7 @@ def evaluate_outcomes(settings: Settings, as_of: datetime | None = None, reports
     from itff_platform.monitoring.quality import live_quality
 
     as_of = as_of or datetime.now(timezone.utc)
-    folder = report_folder(settings, as_of, reports_dir)
+    folder = report_folder(settings, as_of, reports_dir, with_plots)
     log = read_prediction_log(settings).filter(pl.col("logged_at") <= as_of)
     realized, pending = realized_from_lake(settings, log)
     asked = realized.height + pending
@@ -107,7 +108,7 @@ def evaluate_drift(settings: Settings, result: Evaluation, reports_dir: Path | N
     """Feature and regime drift of each symbol, then a keep/retrain decision per model."""
     from itff_platform.monitoring.plots import drift_plot, regime_mix_plot
 
-    folder = report_folder(settings, result.as_of, reports_dir)
+    folder = report_folder(settings, result.as_of, reports_dir, with_plots)
     _drift(settings, result, result.expectations)
     result.decisions = _decide(settings, result)
     for symbol, drift in (result.drift.items() if with_plots else []):
@@ -126,13 +127,16 @@ def _degradation(settings: Settings, quality: pl.DataFrame, expectations: dict) 
     rows = []
     overall = {(r["symbol"], r["target"]): r for r in quality.filter(pl.col("scope") == "all").iter_rows(named=True)} if quality.height else {}
     for (symbol, target), expected in expectations.items():
-        if target == "forward_return":
-            continue  # a quantile model has no log loss; its live MAPE is reported, not graded
+        if target == "forward_return":  # a quantile model has no log loss: its MAPE is reported beside the backtest's, not graded
+            live = overall.get((symbol, target), {"n": 0})
+            rows.append({"symbol": symbol, "target": target, "champion": expected["version"], "live_mape": live.get("mape"),
+                         "expected_mape": expected.get("mape"), "status": "not graded", "n": live["n"]})
+            continue
         live = overall.get((symbol, target), {"n": 0})
         graded = quality_degradation(live, expected, settings)
         rows.append({"symbol": symbol, "target": target, "champion": expected["version"],
                      "expected_log_loss": expected.get("log_loss"), "live_log_loss": live.get("log_loss"),
-                     "live_hit_rate": live.get("hit_rate"), "expected_hit_rate": expected.get("backtest_hit_rate"),
+                     "live_hit_rate": live.get("hit_rate"), "expected_hit_rate": expected.get("backtest_hit_rate_trades"),
                      "live_brier": live.get("brier"), "expected_brier": expected.get("brier"), **graded})
     return rows
 
