@@ -233,6 +233,8 @@ def test_metrics_count_predictions_by_symbol_regime_and_signal(service):
     text = httpx.get(f"{url}/metrics", timeout=10).text
     assert 'itff_predictions_total{' in text and 'symbol="PROMOUSDT"' in text
     assert "itff_served_model_version" in text and "itff_prediction_latency_seconds_bucket" in text
+    # Candle requests earlier in this module carried a bar time and a regime: the gauge shows the newest one.
+    assert 'market_regime_state{' in text and "itff_predict_batch_size_bucket" in text
 
 
 def test_hot_reload_switches_to_a_new_champion_and_refuses_a_tampered_one(service):
