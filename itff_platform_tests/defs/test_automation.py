@@ -155,3 +155,27 @@ def test_an_unreachable_service_is_reported_not_fatal(tmp_path):
     status = reload_service(Settings(home=tmp_path, service_url="http://127.0.0.1:9", admin_token="adm"))
     assert status.startswith("service unreachable") and "poll" in status
     assert reload_service(Settings(home=tmp_path)).startswith("skipped")
+
+
+def test_a_successful_daily_lake_run_retrains_and_promotes_that_symbol_on_the_daily_budget(tmp_path):
+    from dagster import DagsterEventType, build_run_status_sensor_context
+
+    instance = DagsterInstance.ephemeral()
+    job = defs.resolve_job_def("lake_job")
+    run = job.execute_in_process(partition_key="2024-09-01|ETHUSDT", instance=instance, tags={"itff/trigger": "daily"},
+                                 run_config={"resources": {"itff": {"config": {"lake_dir": str(tmp_path / "lake")}}}})
+    assert run.success
+    success = instance.all_logs(run.run_id, of_type=DagsterEventType.RUN_SUCCESS)[0].dagster_event
+    _, sensors = jobs_and_sensors(Settings())
+    context = build_run_status_sensor_context(sensor_name="retrain_after_daily_lake", dagster_instance=instance,
+                                              dagster_run=run.dagster_run, dagster_event=success, repository_def=REPOSITORY)
+    requests = sensors["retrain_after_daily_lake"](context)
+    assert sorted(r.partition_key for r in requests) == [f"ETHUSDT|{t}" for t in sorted(Settings().targets)]
+    assert all(r.run_config["resources"]["itff"]["config"]["trials"] == Settings().daily_trials for r in requests)
+
+    manual = job.execute_in_process(partition_key="2024-09-01|ETHUSDT", instance=instance,
+                                    run_config={"resources": {"itff": {"config": {"lake_dir": str(tmp_path / "lake")}}}})
+    success = instance.all_logs(manual.run_id, of_type=DagsterEventType.RUN_SUCCESS)[0].dagster_event
+    context = build_run_status_sensor_context(sensor_name="retrain_after_daily_lake", dagster_instance=instance,
+                                              dagster_run=manual.dagster_run, dagster_event=success, repository_def=REPOSITORY)
+    assert isinstance(sensors["retrain_after_daily_lake"](context), SkipReason)  # a hand-started run retrains nothing
