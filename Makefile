@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test dev serve mlflow-ui bench-lake bench-training bench-serve clean-lake
+.PHONY: install browser run test dev serve replay mlflow-ui bench-lake bench-training bench-serve clean-lake
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required, found " + sys.version.split()[0])'
@@ -24,18 +24,18 @@ install: $(INSTALLED)
 run: install
 	$(BIN)/itff run
 
+## browser: headless Chromium for the Dagster UI test (Debian package; needs root and the package registry)
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
 ## test: install, then run the suite
-test: install
+test: install browser
 	$(BIN)/pytest
 
-## dev: the Dagster UI (webserver + daemon) on http://127.0.0.1:3001 and the MLflow UI on http://127.0.0.1:5000
+## dev: Dagster UI (webserver + daemon) on http://127.0.0.1:3001, MLflow UI on :5000, the BentoML service on :3000.
+## Ports from DAGSTER_PORT, MLFLOW_PORT, PORT; tokens as for `serve`. Logs go to .dev-logs/; Ctrl-C stops all three.
 dev: install
-	@mkdir -p mlflow/artifacts
-	@echo "Dagster UI: http://127.0.0.1:$${DAGSTER_PORT:-3001}   MLflow UI: http://127.0.0.1:$${MLFLOW_PORT:-5000}"
-	@$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow/mlflow.db --default-artifact-root $(CURDIR)/mlflow/artifacts \
-		--host 127.0.0.1 --port $${MLFLOW_PORT:-5000} > mlflow/ui.log 2>&1 & mlflow_pid=$$!; \
-	trap "kill $$mlflow_pid 2>/dev/null" EXIT INT TERM; \
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $${DAGSTER_PORT:-3001}
+	@bash scripts/dev.sh
 
 ## serve: the BentoML prediction service on the promoted champions, port $PORT (default 3000).
 ## Tokens come from ITFF_API_TOKENS (a JSON list); without one, a random token is made for this session and printed.
@@ -64,5 +64,9 @@ bench-serve: install
 	@command -v hey >/dev/null || (apt-get update -qq && apt-get install -y -qq hey)
 	$(BIN)/python benchmarks/bench_serve.py
 
+## replay: `itff replay` over the last 60 days of the sample (after `make run`); START/END override the period
+replay: install
+	$(BIN)/itff replay $${START:-2024-08-01} $${END:-2024-09-29}
+
 clean-lake:
-	rm -rf data_lake/raw data_lake/bronze data_lake/silver data_lake/bench
+	rm -rf data_lake/raw data_lake/bronze data_lake/silver data_lake/bench data_lake/monitoring

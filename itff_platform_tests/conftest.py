@@ -13,6 +13,15 @@ warnings.filterwarnings("ignore", message=".*is currently in beta.*")
 UTC = timezone.utc
 
 
+def free_port() -> int:
+    """A loopback port nobody listens on, for servers the tests start."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def utc(*parts: int) -> datetime:
     return datetime(*parts, tzinfo=UTC)
 

@@ -25,6 +25,8 @@ from itff_platform.defs.automation import automation
 from itff_platform.settings import Settings
 
 REPOSITORY = defs.get_repository_def()
+# build_run_status_sensor_context(repository_def=...) is marked beta; it is the documented way to test these sensors.
+pytestmark = pytest.mark.filterwarnings("ignore:.*is currently in beta")
 
 
 def jobs_and_sensors(settings: Settings):

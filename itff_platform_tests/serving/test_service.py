@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,18 +16,12 @@ from itff_platform.market.sample import SampleCandleSource
 from itff_platform.serving.online import minimum_candles
 from itff_platform.settings import Settings
 from itff_platform.training.promotion import model_storage, promote_champion
-from itff_platform_tests.conftest import utc
+from itff_platform_tests.conftest import free_port, utc
 from itff_platform_tests.training.test_promotion import train
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN, ADMIN = "test-token-1", "admin-token-1"
 SERVER: dict = {}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
