@@ -81,6 +81,7 @@ def replay(start: str, end: str) -> int:
     from datetime import date, datetime, timedelta, timezone
 
     from itff_platform.monitoring.replay import replay as replay_days
+    from itff_platform.monitoring.replay import replay_settings
     from itff_platform.settings import get_settings
 
     settings = get_settings()
@@ -94,22 +95,24 @@ def replay(start: str, end: str) -> int:
     decisions = summary.decision_table()
     retrains = decisions.filter(decisions["decision"] == "retrain")
     print(f"\n{summary.days} days, {summary.predictions} predictions logged, {summary.silver_rows_written} silver rows rewritten; "
-          f"{retrains.height} retrain decision(s) over {decisions.height} (model x day). Reports: {settings.reports_dir / 'replay'}")
+          f"{retrains.height} retrain decision(s) over {decisions.height} (model x day). Reports: {replay_settings(settings).reports_dir}")
     as_of = datetime(last.year, last.month, last.day, tzinfo=timezone.utc) + timedelta(days=1)
-    result = _materialize_monitoring(as_of.isoformat())
+    result = _materialize_monitoring(as_of.isoformat(), replay_settings(settings))
     print("Dagster: prediction_outcomes and drift_monitor materialized as of " + as_of.isoformat()
           + ("" if result.success else " (FAILED: see the Dagster UI)"))
     return 0 if result.success else 1
 
 
-def _materialize_monitoring(as_of: str):
+def _materialize_monitoring(as_of: str, settings):
     from dagster import DagsterInstance, materialize
 
     from itff_platform.definitions import monitoring
     from itff_platform.defs.resources import ItffSettingsResource
 
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
-    return materialize(monitoring, instance=instance, resources={"itff": ItffSettingsResource(evaluation_as_of=as_of)},
+    resource = ItffSettingsResource(evaluation_as_of=as_of, monitoring_dir=str(settings.monitoring_dir),
+                                    reports_dir=str(settings.reports_dir))
+    return materialize(monitoring, instance=instance, resources={"itff": resource},
                        tags={"itff/trigger": "replay"}, raise_on_error=False,
                        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
 

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     mlflow_dir: Path = Path("mlflow")
     drop_dir: Path = Path("data_lake/drop")
     reports_dir: Path = Path("reports")
+    monitoring_dir: Path = Field(Path("data_lake/monitoring"), description="Delta tables of the prediction log and decisions.")
 
     # --- what to ingest
     source: Literal["sample", "files", "binance"] = "sample"
@@ -167,7 +168,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _anchor_paths(self) -> "Settings":
-        for name in ("lake_dir", "mlflow_dir", "drop_dir", "reports_dir"):
+        for name in ("lake_dir", "mlflow_dir", "drop_dir", "reports_dir", "monitoring_dir"):
             path = getattr(self, name)
             if not path.is_absolute():
                 setattr(self, name, self.home / path)

@@ -11,6 +11,7 @@ They start stopped (switch them on in the UI, or ITFF_AUTOMATION_ON=true), so a 
 does not begin retraining by itself."""
 
 import json
+from datetime import datetime, timedelta
 
 from dagster import (
     AssetKey,
@@ -29,18 +30,24 @@ from dagster import (
 from itff_platform.settings import Settings
 
 TRIGGER = "itff/trigger"
+BATCH = "itff/refresh"  # what one refresh is: a day of the schedule, or one version of a dropped file
 
 
 def _budget(settings: Settings) -> dict:
     return {"resources": {"itff": {"config": {"trials": settings.daily_trials, "torch_trials": settings.daily_torch_trials}}}}
 
 
-def newest_month_keys(settings: Settings) -> list[str]:
-    """The lake partitions a daily refresh rewrites: every symbol's newest month ("month|symbol" keys)."""
+def newest_month_keys(settings: Settings, at: datetime) -> list[str]:
+    """The lake partitions a daily refresh at `at` rewrites ("month|symbol" keys): the month of every bar since the
+    previous refresh, and of the bars whose labels only now became known. On the 1st that includes last month,
+    whose final day would otherwise never be completed. A source that stops (the sample) refreshes its last month."""
     from itff_platform.defs.partitions import lake_partitions
 
-    month = lake_partitions(settings).get_partitions_def_for_dimension("month").get_last_partition_key()
-    return [f"{month}|{symbol}" for symbol in settings.symbols]
+    months = lake_partitions(settings).get_partitions_def_for_dimension("month")
+    known = months.get_partition_keys(current_time=at)
+    lookback = timedelta(days=1, seconds=settings.interval_seconds * (settings.label_horizon + 1))
+    wanted = sorted({day.strftime("%Y-%m-01") for day in (at - lookback, at)} & set(known)) or known[-1:]
+    return [f"{month}|{symbol}" for month in wanted for symbol in settings.symbols]
 
 
 def training_keys(settings: Settings, symbols: list[str]) -> list[str]:
@@ -56,9 +63,10 @@ def automation(settings: Settings, lake_job, training_job, evaluation_job) -> tu
     @schedule(job=lake_job, cron_schedule=f"{int(minute)} {int(hour)} * * *", execution_timezone="UTC",
               default_status=schedule_status, description="Ingest the newest data for every symbol; training follows.")
     def daily_refresh(context):
-        day = context.scheduled_execution_time.strftime("%Y-%m-%d")
-        for key in newest_month_keys(settings):
-            yield RunRequest(run_key=f"daily-{day}-{key}", partition_key=key, tags={TRIGGER: "daily"})
+        at = context.scheduled_execution_time
+        day = at.strftime("%Y-%m-%d")
+        for key in newest_month_keys(settings, at):
+            yield RunRequest(run_key=f"daily-{day}-{key}", partition_key=key, tags={TRIGGER: "daily", BATCH: day})
 
     @run_status_sensor(run_status=DagsterRunStatus.SUCCESS, monitored_jobs=[lake_job], request_job=training_job,
                        default_status=sensor_status, description="After a daily or drop-folder lake run: retrain and promote that symbol, on the daily budget.")
@@ -66,8 +74,11 @@ def automation(settings: Settings, lake_job, training_job, evaluation_job) -> tu
         run = context.dagster_run
         if run.tags.get(TRIGGER) not in ("daily", "drop_folder"):
             return SkipReason(f"run {run.run_id} was not a daily or drop-folder refresh")
-        symbol = run.tags.get("dagster/partition/symbol") or (run.tags.get("dagster/partition", "|").split("|")[1])
-        return [RunRequest(run_key=f"retrain-{run.run_id}-{key}", partition_key=key, run_config=_budget(settings),
+        symbol = run.tags.get("dagster/partition/symbol") or run.tags["dagster/partition"].split("|")[1]
+        # One retrain per symbol per refresh: a day or a file may span two months (two lake runs), and the run key,
+        # which Dagster never launches twice, is the same for both.
+        batch = run.tags.get(BATCH, run.run_id)
+        return [RunRequest(run_key=f"retrain-{batch}-{key}", partition_key=key, run_config=_budget(settings),
                            tags={TRIGGER: "daily"}) for key in training_keys(settings, [symbol])]
 
     @schedule(job=evaluation_job, cron_schedule=settings.weekly_evaluation_cron, execution_timezone="UTC",
@@ -100,6 +111,9 @@ def drift_retrain_requests(context, settings: Settings):
     event = records[0]
     if context.cursor and int(context.cursor) >= event.storage_id:
         return SkipReason(f"no drift_monitor result newer than {context.cursor}")
+    run = context.instance.get_run_by_id(event.event_log_entry.run_id)
+    if run is not None and run.tags.get(TRIGGER) == "replay":  # history being replayed is not a reason to retrain today
+        return SensorResult(cursor=str(event.storage_id), skip_reason=SkipReason("the newest drift_monitor came from a replay"))
     value = event.event_log_entry.asset_materialization.metadata.get("retrain")
     retrain = value.value if value is not None else []
     requests = [RunRequest(run_key=f"drift-{event.storage_id}-{key}", partition_key=key, run_config=_budget(settings),
@@ -142,7 +156,7 @@ def drop_folder_requests(context, settings: Settings):
                 requests.append(RunRequest(
                     run_key=f"drop-{name}-{version}-{month}", partition_key=f"{month}|{symbol}",
                     run_config={"resources": {"itff": {"config": {"source": "files", "drop_dir": str(settings.drop_dir)}}}},
-                    tags={TRIGGER: "drop_folder", "itff/file": name}))
+                    tags={TRIGGER: "drop_folder", "itff/file": name, BATCH: f"{name}:{version}"}))
     return SensorResult(run_requests=requests, cursor=json.dumps(seen, sort_keys=True),
                         skip_reason=None if requests else SkipReason("; ".join(problems) or "no new or changed files"))
 

@@ -1,6 +1,6 @@
 """prediction_outcomes -> drift_monitor: the feedback loop, thin over monitoring.evaluation."""
 
-from datetime import datetime
+from datetime import datetime, timezone
 
 import polars as pl
 from dagster import (
@@ -22,7 +22,10 @@ SEVERITY = {"warn": AssetCheckSeverity.WARN, "error": AssetCheckSeverity.ERROR}
 
 
 def _as_of(itff: ItffSettingsResource):
-    return datetime.fromisoformat(itff.evaluation_as_of) if itff.evaluation_as_of else None
+    if not itff.evaluation_as_of:
+        return None
+    as_of = datetime.fromisoformat(itff.evaluation_as_of)
+    return as_of if as_of.tzinfo else as_of.replace(tzinfo=timezone.utc)  # the log's times are UTC
 
 
 def _plots(figures: dict, prefix: str) -> dict:

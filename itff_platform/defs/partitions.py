@@ -10,14 +10,19 @@ from dagster import MonthlyPartitionsDefinition, MultiPartitionKey, MultiPartiti
 from itff_platform.settings import Settings
 
 
+def open_ended(settings: Settings) -> bool:
+    return settings.end_date is None and settings.source != "sample"
+
+
 def lake_partitions(settings: Settings) -> MultiPartitionsDefinition:
     return MultiPartitionsDefinition(
         {
             "symbol": StaticPartitionsDefinition(settings.symbols),
             "month": MonthlyPartitionsDefinition(
                 start_date=settings.start_date.strftime("%Y-%m-01"),
-                end_date=settings.effective_end_date().strftime("%Y-%m-%d"),
-                # The month in progress is a partition too: the daily refresh rewrites it as it fills.
+                # A live source has no end: the month in progress is a partition too (end_offset=1), re-evaluated
+                # at every tick, so a code server loaded in one month still knows the next.
+                end_date=None if open_ended(settings) else settings.effective_end_date().strftime("%Y-%m-%d"),
                 end_offset=1,
             ),
         }

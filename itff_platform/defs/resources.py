@@ -16,10 +16,13 @@ class ItffSettingsResource(ConfigurableResource):
     trials: int | None = None  # the daily retrain and drift retrains run on a smaller budget
     torch_trials: int | None = None
     evaluation_as_of: str | None = None  # ISO time the monitoring assets evaluate at (replay); default now
+    monitoring_dir: str | None = None  # replay keeps its prediction log, decisions and reports apart from live ones
+    reports_dir: str | None = None
 
     def settings(self) -> Settings:
         overrides = {k: v for k, v in {"lake_dir": self.lake_dir, "source": self.source, "drop_dir": self.drop_dir,
-                                       "trials": self.trials, "torch_trials": self.torch_trials}.items() if v}
+                                       "trials": self.trials, "torch_trials": self.torch_trials,
+                                       "monitoring_dir": self.monitoring_dir, "reports_dir": self.reports_dir}.items() if v}
         return Settings(**overrides) if overrides else Settings()
 
     def candle_source(self):

@@ -112,7 +112,11 @@ class BinanceCandleSource:
         frame = pl.DataFrame(
             {name: [str(row[i]) for row in flat] for i, name in enumerate(["open_time", "open", "high", "low", "close", "volume"])}
         )
-        return within(to_candles(frame, "klines"), start, end)
+        candles = within(to_candles(frame, "klines"), start, end)
+        # The newest kline is still forming until its interval has passed: its close would move, and with it the
+        # labels of the bars before it. Only closed candles enter the lake.
+        closed_by = datetime.now(timezone.utc) - timedelta(seconds=INTERVAL_SECONDS[interval])
+        return candles.filter(pl.col("timestamp") <= closed_by)
 
     # --- archives: whole months from monthly zips, the remaining days from daily zips
     def fetch_archive(self, symbol: str, interval: str, start: datetime, end: datetime) -> pl.DataFrame:

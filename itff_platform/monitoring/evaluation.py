@@ -168,6 +168,8 @@ def _decide(settings: Settings, result: Evaluation) -> pl.DataFrame:
         drifted = drift.filter(pl.col("status") == "error")["feature"].to_list() if drift is not None else []
         shift = result.regime.get(symbol, {})
         for target in settings.targets:
+            if (symbol, target) not in result.expectations:
+                continue  # no champion: nothing served, nothing to keep or retrain
             reasons = []
             if len(drifted) >= settings.drift_features_for_retrain:
                 reasons.append(f"{len(drifted)} features drifted past the error threshold: {', '.join(drifted[:5])}")
@@ -183,7 +185,7 @@ def _decide(settings: Settings, result: Evaluation) -> pl.DataFrame:
 
 
 def decisions_path(settings: Settings) -> Path:
-    return settings.lake_dir / "monitoring" / "decisions"
+    return settings.monitoring_dir / "decisions"
 
 
 def record_decisions(settings: Settings, decisions: pl.DataFrame) -> None:

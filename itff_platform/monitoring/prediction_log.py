@@ -3,7 +3,8 @@
 `append` only puts a record in a buffer; a writer thread commits the buffer when it holds `flush_rows`
 records or its oldest record is `flush_s` old. `close` (the service's shutdown hook, and atexit) commits
 what is left, so a clean stop loses nothing. A failed write keeps its records for the next attempt; only
-past `max_pending` (the disk or lake gone for a long time) are the oldest records dropped, and counted."""
+past `max_pending` (the disk or lake gone for a long time; ~2 KB a record) are the oldest records dropped,
+and counted."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ SCHEMA = {
 
 
 def prediction_log_path(settings: Settings) -> Path:
-    return settings.lake_dir / "monitoring" / "predictions"
+    return settings.monitoring_dir / "predictions"
 
 
 def input_hash(symbol: str, target: str, row: np.ndarray) -> str:
@@ -64,7 +65,7 @@ def read_prediction_log(settings: Settings) -> pl.DataFrame:
 
 
 class PredictionLog:
-    def __init__(self, path: Path, flush_rows: int = 500, flush_s: float = 2.0, max_pending: int = 200_000) -> None:
+    def __init__(self, path: Path, flush_rows: int = 500, flush_s: float = 2.0, max_pending: int = 50_000) -> None:
         self.path, self.flush_rows, self.flush_s, self.max_pending = path, flush_rows, flush_s, max_pending
         self.written = self.dropped = self.failed_writes = 0
         self._pending: deque[dict] = deque()
@@ -92,12 +93,18 @@ class PredictionLog:
                 self._oldest = time.monotonic()
             if len(self._pending) >= self.flush_rows:
                 self._wake.notify()
+            closed = self._closed
+        if closed:  # a request that finished during shutdown: no writer thread is left, write it now
+            self.flush()
 
     def pending(self) -> int:
         return len(self._pending)
 
     def _due(self) -> bool:
-        return bool(self._pending) and (len(self._pending) >= self.flush_rows or time.monotonic() - self._oldest >= self.flush_s)
+        """Call holding self._wake: flush() may empty the buffer (and clear _oldest) concurrently."""
+        oldest = self._oldest
+        return bool(self._pending) and (len(self._pending) >= self.flush_rows
+                                        or (oldest is not None and time.monotonic() - oldest >= self.flush_s))
 
     def _run(self) -> None:
         while True:
@@ -105,8 +112,12 @@ class PredictionLog:
                 self._wake.wait_for(lambda: self._closed or self._due(), timeout=self.flush_s)
                 if self._closed:
                     return
-            if self._due():
-                self.flush()
+                due = self._due()
+            if due:
+                try:
+                    self.flush()
+                except Exception:  # the writer thread must outlive any single bad batch
+                    log.exception("prediction log: flush failed")
 
     def flush(self) -> int:
         """Commit everything waiting now; returns the rows written (0 if the write failed, records kept)."""

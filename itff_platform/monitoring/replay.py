@@ -4,8 +4,10 @@ Each day D, as if it were 00:00 UTC on D+1:
 1. ingest: every symbol's month partition is re-ingested with the candles known by then (nothing later);
 2. features: bronze and silver are updated incrementally (silver from the bars whose labels just became known);
 3. predictions: the current champions predict every bar of D, through the service's own answer code, into the
-   prediction log (served_at = when the bar closed);
-4. outcomes, drift and a keep/retrain decision per model, recorded in the decisions table; reports weekly.
+   replay's prediction log (served_at = when the bar closed);
+4. outcomes, drift and a keep/retrain decision per champion, recorded in the replay's decisions table; reports weekly.
+After the last day, END's month is given back the rest of its candles, so the lake has no hole after the replay.
+Replay keeps its log, decisions and reports under monitoring/replay and reports/replay, apart from live ones.
 
 Predictions only ever see the silver row of their bar, whose features use past bars only, so the lake holding
 later months (from an earlier full build) cannot leak into them."""
@@ -45,6 +47,15 @@ class ReplaySummary:
         return pl.concat(self.decisions) if self.decisions else pl.DataFrame()
 
 
+def replay_settings(settings: Settings) -> Settings:
+    """Replay logs, decides and reports into its own folders: its (possibly in-sample) answers must never mix
+    with the live prediction log, the decisions the drift sensor acts on, or the service's quality gauge."""
+    if settings.monitoring_dir.name == "replay":
+        return settings
+    return settings.model_copy(update={"monitoring_dir": settings.monitoring_dir / "replay",
+                                       "reports_dir": settings.reports_dir / "replay"})
+
+
 def day_range(start: date, end: date) -> list[date]:
     if end < start:
         raise ValueError(f"END: {end} is before START {start}")
@@ -58,6 +69,7 @@ def replay(settings: Settings, start: date, end: date, progress: Callable[[str],
     from itff_platform.monitoring.prediction_log import PredictionLog
     from itff_platform.serving.store import ChampionStore
 
+    settings = replay_settings(settings)
     store = ChampionStore(settings)
     store.refresh()
     if not store.models:
@@ -80,7 +92,7 @@ def replay(settings: Settings, start: date, end: date, progress: Callable[[str],
                     summary.predictions += 1
             log.flush()
             with_reports = (i + 1) % report_every_days == 0 or day == end
-            evaluation = evaluate(settings, cutoff, settings.reports_dir / "replay" / day.isoformat(), with_plots=with_reports)
+            evaluation = evaluate(settings, cutoff, settings.reports_dir / day.isoformat(), with_plots=with_reports)
             record_decisions(settings, evaluation.decisions)
             summary.decisions.append(evaluation.decisions)
             summary.last_evaluation, summary.days = evaluation, summary.days + 1
@@ -89,6 +101,9 @@ def replay(settings: Settings, start: date, end: date, progress: Callable[[str],
                      f"{evaluation.pending} pending; retrain: {retrain}")
     finally:
         log.close()
+    # The lake gave each day only what was known by then; give the last month back the rest the source holds,
+    # so nothing trained or served afterwards sees a hole after END.
+    summary.silver_rows_written += restore_month(settings, source, end)
     return summary
 
 
@@ -110,6 +125,16 @@ def update_lake(settings: Settings, source: KnownBy, day: date) -> int:
         else:
             written += build_silver(settings, symbol, [month], since=since).height
     return written
+
+
+def restore_month(settings: Settings, source, day: date) -> int:
+    from itff_platform.lake.layers import build_bronze, build_silver, ingest_raw, month_start
+
+    month = month_start(day)
+    for symbol in settings.symbols:
+        ingest_raw(source, settings, symbol, [month])
+        build_bronze(settings, symbol, [month])
+    return sum(build_silver(settings, symbol, [month]).height for symbol in settings.symbols)
 
 
 def predict_day(settings: Settings, model, day: date) -> list[dict]:

@@ -131,6 +131,9 @@ class ItffService:
             x, regime, bar_time = await self._candle_features(model, candles)
         else:
             x, bar_time = features_from_row(features, model.meta["features"]), None
+        if model.forecaster.scaler is not None and not np.isfinite(model.forecaster.scale(x)).all():
+            # Finite in float64 but not once scaled to the model's float32 (e.g. 1e300): refuse it here.
+            raise RequestError("features: a value is too large for the model (beyond float32 range once scaled)")
         return model, x, regime, bar_time
 
     async def _candle_features(self, model, candles):

@@ -181,3 +181,12 @@ def test_a_successful_daily_lake_run_retrains_and_promotes_that_symbol_on_the_da
     context = build_run_status_sensor_context(sensor_name="retrain_after_daily_lake", dagster_instance=instance,
                                               dagster_run=manual.dagster_run, dagster_event=success, repository_def=REPOSITORY)
     assert isinstance(sensors["retrain_after_daily_lake"](context), SkipReason)  # a hand-started run retrains nothing
+
+
+def test_on_the_first_of_a_month_the_daily_refresh_also_completes_the_month_before():
+    from itff_platform.defs.automation import newest_month_keys
+
+    live = Settings(source="binance", symbols=["BTCUSDT"])
+    assert newest_month_keys(live, datetime(2026, 12, 1, 2, 15, tzinfo=timezone.utc)) == ["2026-11-01|BTCUSDT", "2026-12-01|BTCUSDT"]
+    assert newest_month_keys(live, datetime(2026, 12, 9, 2, 15, tzinfo=timezone.utc)) == ["2026-12-01|BTCUSDT"]
+    assert newest_month_keys(Settings(symbols=["BTCUSDT"]), datetime(2026, 12, 1, tzinfo=timezone.utc)) == ["2024-09-01|BTCUSDT"]

@@ -69,3 +69,17 @@ def test_archive_periods_split():
     assert _archive_periods(utc(2024, 1, 30).date(), utc(2024, 3, 1).date()) == [
         ("daily", "2024-01-30"), ("daily", "2024-01-31"), ("monthly", "2024-02"),
     ]
+
+
+def test_the_candle_still_forming_is_left_out():
+    from datetime import datetime, timedelta, timezone
+
+    import polars as pl
+
+    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    stamps = [now - timedelta(hours=h) for h in (2, 1, 0)]  # the last one opened this hour: not closed yet
+    live = pl.DataFrame({"timestamp": stamps, "open": [1.0] * 3, "high": [2.0] * 3, "low": [0.5] * 3, "close": [1.5] * 3,
+                         "volume": [10.0] * 3}).with_columns(pl.col("timestamp").dt.cast_time_unit("us"))
+    with FakeBinance({"BTCUSDT": live}) as fake:
+        frame = source_for(fake, []).fetch("BTCUSDT", "1h", now - timedelta(days=1), now + timedelta(hours=1))
+    assert frame["timestamp"].to_list() == stamps[:2]

@@ -11,7 +11,7 @@ from itff_platform.lake.layers import LakeTables, build_bronze, build_silver, in
 from itff_platform.market.files import FilesCandleSource
 from itff_platform.monitoring.evaluation import read_decisions
 from itff_platform.monitoring.prediction_log import read_prediction_log
-from itff_platform.monitoring.replay import KnownBy, replay
+from itff_platform.monitoring.replay import KnownBy, replay, replay_settings
 from itff_platform.settings import Settings
 from itff_platform.training.promotion import promote_champion
 from itff_platform_tests.conftest import utc
@@ -40,19 +40,25 @@ def replayed(tmp_path_factory, btc_hourly):
     assert promote_champion(settings, "PROMOUSDT", "direction").promoted
     lines = []
     summary = replay(settings, date(2024, 7, 10), date(2024, 7, 13), progress=lines.append, report_every_days=2)
-    return settings, summary, lines
+    return replay_settings(settings), summary, lines
 
 
-def test_the_lake_grows_day_by_day_up_to_the_replay_end(replayed):
+def test_each_day_sees_only_what_was_known_and_the_month_is_whole_again_after(replayed):
     settings, summary, _ = replayed
-    tables = LakeTables.under(settings)
-    raw = pl.read_delta(tables.raw)
-    july = raw.filter(pl.col("month") == date(2024, 7, 1))
-    assert july["timestamp"].max() == utc(2024, 7, 13, 23)  # nothing known after the last replayed day
-    silver = pl.read_delta(tables.silver).filter(pl.col("month") == date(2024, 7, 1))
-    assert silver["timestamp"].max() == utc(2024, 7, 13, 23)
-    assert silver.filter(pl.col("timestamp") < utc(2024, 7, 13, 20))["direction"].null_count() == 0  # labels filled in as days pass
+    log = read_prediction_log(settings)
+    # Each day's predictions were made from a lake that ended at that day's last bar.
+    assert log["bar_time"].max() == utc(2024, 7, 13, 23) and log["bar_time"].min() == utc(2024, 7, 10)
+    silver = pl.read_delta(LakeTables.under(settings).silver).filter(pl.col("month") == date(2024, 7, 1))
+    assert silver["timestamp"].max() == utc(2024, 7, 31, 23)  # restored after the replay: no hole after END
+    assert silver.filter(pl.col("timestamp") < utc(2024, 7, 31, 19))["direction"].null_count() == 0
     assert summary.days == 4 and summary.silver_rows_written > 0
+
+
+def test_replay_keeps_its_log_and_decisions_apart_from_the_live_ones(replayed):
+    settings, _, _ = replayed
+    assert settings.monitoring_dir.name == "replay" and settings.reports_dir.name == "replay"
+    live = settings.model_copy(update={"monitoring_dir": settings.monitoring_dir.parent})
+    assert read_prediction_log(live).is_empty() and read_decisions(live).is_empty()
 
 
 def test_every_bar_is_predicted_once_and_outcomes_are_realized(replayed):
@@ -77,7 +83,7 @@ def test_drift_and_a_decision_per_model_and_day_are_recorded_with_reports(replay
     assert set(last.drift["PROMOUSDT"]["feature"]) >= {"rsi", "adx"} and "psi" in last.regime["PROMOUSDT"]
     # The champion learned a synthetic random walk; real BTC candles are another world: drift says so.
     assert "retrain" in set(decisions["decision"])
-    pngs = sorted(p.name for p in (settings.reports_dir / "replay" / "2024-07-13").glob("*.png"))
+    pngs = sorted(p.name for p in (settings.reports_dir / "2024-07-13").glob("*.png"))
     assert "drift-PROMOUSDT.png" in pngs and "reliability-PROMOUSDT-direction.png" in pngs
 
 
@@ -88,7 +94,7 @@ def test_the_monitoring_assets_materialize_with_checks(replayed, monkeypatch):
     from itff_platform.defs.resources import ItffSettingsResource
 
     settings, _, _ = replayed
-    for name in ("home", "source", "drop_dir"):
+    for name in ("home", "source", "drop_dir", "monitoring_dir", "reports_dir"):
         monkeypatch.setenv(f"ITFF_{name.upper()}", str(getattr(settings, name)))
     monkeypatch.setenv("ITFF_SYMBOLS", '["PROMOUSDT"]')
     monkeypatch.setenv("ITFF_TARGETS", '["direction"]')

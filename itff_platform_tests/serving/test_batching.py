@@ -61,3 +61,18 @@ def test_a_failing_model_call_fails_every_waiting_request_and_none_hangs(model):
 
     results = asyncio.run(asyncio.wait_for(many(), timeout=5))
     assert all(isinstance(r, RuntimeError) for r in results)
+
+
+def test_a_row_that_breaks_the_model_fails_alone_and_its_batch_mates_still_get_answers(model):
+    model, rows = model
+    poisoned = rows[:5].copy()
+    poisoned[2, 0] = np.nan  # sklearn refuses NaN: the stacked call raises
+    batcher = RowBatcher(64)
+
+    async def many():
+        return await asyncio.gather(*(batcher.predict(model, poisoned[i:i + 1]) for i in range(5)), return_exceptions=True)
+
+    results = asyncio.run(many())
+    assert isinstance(results[2], ValueError)
+    alone = model.predict(rows[:5])[0]
+    assert all(np.isclose(results[i][0][0], alone[i]) for i in (0, 1, 3, 4))

@@ -139,6 +139,8 @@ def test_nan_and_short_candle_windows_are_refused_with_4xx(service):
     answer = httpx.post(f"{url}/predict", content=json.dumps({"symbol": "PROMOUSDT", "features": row}),
                         headers={"X-API-Token": TOKEN, "Content-Type": "application/json"}, timeout=30)
     assert answer.status_code == 400 and "['rsi'] must be finite numbers" in answer.text
+    huge = post(url, "/predict", {"symbol": "PROMOUSDT", "features": feature_row(settings) | {"rsi": 1e300}})
+    assert huge.status_code == 400 and "too large for the model" in huge.text  # finite in float64, inf in float32
     candles = SampleCandleSource().fetch("BTCUSDT", "1h", utc(2024, 1, 1), utc(2024, 1, 5))
     window = [dict(zip(candles.columns, (r[0].isoformat(), *r[1:]))) for r in candles.iter_rows()]
     short = post(url, "/predict", {"symbol": "PROMOUSDT", "candles": window})
