@@ -41,7 +41,7 @@ def regime_mix_plot(reference_shares: dict[str, float], recent_shares: dict[str,
     fig, axis = plt.subplots(figsize=(7, 3.5))
     axis.bar(x - width / 2, [reference_shares.get(r, 0.0) for r in regimes], width, label="training window")
     axis.bar(x + width / 2, [recent_shares.get(r, 0.0) for r in regimes], width, label="recent window")
-    axis.set_xticks(x, regimes)
+    axis.set_xticks(x, [r.replace("_", "\n") for r in regimes])  # on one line, "trending_down" runs into its neighbours
     axis.set_ylabel("share of bars")
     return _finish(fig, axis, title, path)
 
