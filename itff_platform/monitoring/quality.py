@@ -61,7 +61,7 @@ def _scored(group: pl.DataFrame) -> dict[str, float | None]:
         # Only the median is judged here; regression_metrics wants P10/P50/P90, so the median fills all three.
         bands = np.column_stack([p50, p50, p50])
         scores = regression_metrics(regressed["forward_return"].to_numpy(), bands, regressed["close"].to_numpy())
-        out["mape"] = 100 * scores["mape"]
+        out["mape"] = scores["mape"]  # a fraction, as training logs it, so live and backtest compare directly
     return out
 
 
@@ -72,7 +72,7 @@ def _scope_order() -> pl.Expr:
 
 def live_quality(realized: pl.DataFrame, fees_bps: float) -> pl.DataFrame:
     """One row per (symbol, target, scope), scope 'all' or a regime: n, hit_rate, brier, log_loss, ece,
-    trades, mean_trade_return_after_fees and mape (percent, of the price close*exp(p50) against the
+    trades, mean_trade_return_after_fees and mape (a fraction, of the price close*exp(p50) against the
     realized close*exp(forward_return)). Metrics that do not apply to the target are null. Rows whose
     forward_return is still null (horizon not yet passed) are left out."""
     realized = realized.filter(pl.col("forward_return").is_not_null())

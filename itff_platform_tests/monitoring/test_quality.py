@@ -77,7 +77,7 @@ def test_live_quality_regression_by_hand(realized):
     for scope in ("all", "volatile"):
         row = _row(quality, "forward_return", scope)
         assert row["n"] == 2 and row["trades"] == 0
-        assert row["mape"] == pytest.approx(15.0)
+        assert row["mape"] == pytest.approx(0.15)
         assert row["hit_rate"] is None and row["mean_trade_return_after_fees"] is None
         assert row["brier"] is None and row["log_loss"] is None
 
