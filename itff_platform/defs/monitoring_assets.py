@@ -48,8 +48,11 @@ def monitoring_assets() -> list:
     )
     def prediction_outcomes(context: AssetExecutionContext, itff: ItffSettingsResource) -> Output:
         from itff_platform.monitoring.evaluation import evaluate_outcomes
+        from itff_platform.monitoring.prediction_log import compact_prediction_log
 
         cfg = itff.settings()
+        compaction = compact_prediction_log(cfg)
+        context.log.info(f"prediction log compacted: {compaction['files_removed']} files into {compaction['files_added']}")
         result = evaluate_outcomes(cfg, _as_of(itff))
         context.log.info(f"{result.logged} predictions logged, {result.realized.height} realized, {result.pending} waiting for their horizon")
         metadata = {
@@ -57,6 +60,7 @@ def monitoring_assets() -> list:
             "outcomes_realized": result.realized.height, "outcomes_pending": result.pending,
             "live_quality": markdown_table(_rounded(result.quality)),
             "live_vs_backtest": markdown_table(_rounded(pl.DataFrame(result.degradation))) if result.degradation else "no champion yet",
+            "log_files_compacted": compaction["files_removed"],
             "reports": MetadataValue.path(str(cfg.reports_dir / result.as_of.strftime("%Y-%m-%d"))),
             **_plots(result.figures, "reliability"), **_plots(result.figures, "equity"),
         }

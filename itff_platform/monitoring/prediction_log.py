@@ -64,6 +64,18 @@ def read_prediction_log(settings: Settings) -> pl.DataFrame:
     return pl.read_delta(str(path)).sort("logged_at")
 
 
+def compact_prediction_log(settings: Settings) -> dict[str, int]:
+    """Merge the small files the workers' frequent appends leave (one per flush per worker) into few large ones.
+    Compaction rewrites without changing data, so it does not conflict with the service appending meanwhile."""
+    from deltalake import DeltaTable
+
+    path = prediction_log_path(settings)
+    if not DeltaTable.is_deltatable(str(path)):
+        return {"files_removed": 0, "files_added": 0}
+    metrics = DeltaTable(str(path)).optimize.compact()
+    return {"files_removed": int(metrics.get("numFilesRemoved", 0)), "files_added": int(metrics.get("numFilesAdded", 0))}
+
+
 class PredictionLog:
     def __init__(self, path: Path, flush_rows: int = 500, flush_s: float = 2.0, max_pending: int = 50_000) -> None:
         self.path, self.flush_rows, self.flush_s, self.max_pending = path, flush_rows, flush_s, max_pending

@@ -190,3 +190,17 @@ def test_on_the_first_of_a_month_the_daily_refresh_also_completes_the_month_befo
     assert newest_month_keys(live, datetime(2026, 12, 1, 2, 15, tzinfo=timezone.utc)) == ["2026-11-01|BTCUSDT", "2026-12-01|BTCUSDT"]
     assert newest_month_keys(live, datetime(2026, 12, 9, 2, 15, tzinfo=timezone.utc)) == ["2026-12-01|BTCUSDT"]
     assert newest_month_keys(Settings(symbols=["BTCUSDT"]), datetime(2026, 12, 1, tzinfo=timezone.utc)) == ["2024-09-01|BTCUSDT"]
+
+
+def test_the_drift_sensor_ignores_what_a_replay_materialized():
+    from dagster import MaterializeResult, asset, materialize
+
+    @asset(name="drift_monitor")
+    def replayed_drift_monitor() -> MaterializeResult:
+        return MaterializeResult(metadata={"retrain": MetadataValue.json(["BTCUSDT|direction"])})
+
+    instance = DagsterInstance.ephemeral()
+    assert materialize([replayed_drift_monitor], instance=instance, tags={"itff/trigger": "replay"}).success
+    _, sensors = jobs_and_sensors(Settings())
+    result = sensors["drift_retrain"](build_sensor_context(instance=instance, repository_def=REPOSITORY))
+    assert result.run_requests == [] and "replay" in result.skip_reason.skip_message and result.cursor

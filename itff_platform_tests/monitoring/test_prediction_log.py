@@ -63,3 +63,21 @@ def test_the_same_inputs_hash_the_same_and_the_schema_is_fixed():
     assert a != input_hash("BTCUSDT", "level_up", np.array([1.0, 2.0]))
     frame = records_frame([record(0)])
     assert frame.schema["bar_time"] == pl.Datetime("us", "UTC") and frame["p50"].is_null().all()
+
+
+def test_compaction_merges_the_small_files_and_keeps_every_row(tmp_path):
+    from deltalake import DeltaTable
+
+    from itff_platform.monitoring.prediction_log import compact_prediction_log, prediction_log_path
+    from itff_platform.settings import Settings
+
+    settings = Settings(home=tmp_path)
+    log = PredictionLog.for_settings(settings)
+    for i in range(6):  # six flushes of one row each: six files in one day's partition
+        log.append(record(i))
+        log.flush()
+    log.close()
+    path = prediction_log_path(settings)
+    assert len(DeltaTable(str(path)).file_uris()) == 6
+    assert compact_prediction_log(settings) == {"files_removed": 6, "files_added": 1}
+    assert len(DeltaTable(str(path)).file_uris()) == 1 and delta_rows(path).height == 6
