@@ -31,17 +31,28 @@ def service(tmp_path_factory):
     mlflow.set_tracking_uri(settings.tracking_uri)
     train(settings, ["logistic"], noise=0.2)
     assert promote_champion(settings, "PROMOUSDT", "direction").promoted
+    env = {"ITFF_API_TOKENS": json.dumps([TOKEN, "other-token"]), "ITFF_ADMIN_TOKEN": ADMIN, "ITFF_RATE_LIMIT_BURST": "40",
+           "ITFF_RATE_LIMIT_PER_MINUTE": "60", "ITFF_SERVE_WORKERS": "1", "ITFF_TRADINGVIEW_SECRET": "tv-secret",
+           # Nothing is written while the tests run: the last test proves the shutdown flush writes it all.
+           "ITFF_PREDICTION_LOG_FLUSH_S": "3600", "ITFF_PREDICTION_LOG_FLUSH_ROWS": "1000000"}
+    process, url, log_file = start_service(folder, env)
+    SERVER["process"] = process
+    yield url, settings
+    process.terminate()
+    process.wait(timeout=30)
+    log_file.close()
+
+
+def start_service(folder: Path, extra_env: dict[str, str]):
+    """`bentoml serve` on a free loopback port over the registry under `folder`; returns once it answers."""
     port = free_port()
-    # Not inherited: mlflow.set_tracking_uri above exports MLFLOW_TRACKING_URI, which would hide a service
+    # Not inherited: mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which would hide a service
     # that forgot to point MLflow at its own store.
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env = {**inherited, "ITFF_HOME": str(folder), "ITFF_SYMBOLS": '["PROMOUSDT"]', "ITFF_TARGETS": '["direction"]',
-           "ITFF_API_TOKENS": json.dumps([TOKEN, "other-token"]), "ITFF_ADMIN_TOKEN": ADMIN, "ITFF_RATE_LIMIT_BURST": "40",
-           "ITFF_RATE_LIMIT_PER_MINUTE": "60", "ITFF_RELOAD_INTERVAL_S": "0", "ITFF_SERVE_WORKERS": "1",
-           # Nothing is written while the tests run: the last test proves the shutdown flush writes it all.
-           "ITFF_PREDICTION_LOG_FLUSH_S": "3600", "ITFF_PREDICTION_LOG_FLUSH_ROWS": "1000000", "ITFF_MAX_REQUEST_BYTES": "500000",
-           "BENTOML_HOME": str(folder / "bentoml"), "ITFF_TRADINGVIEW_SECRET": "tv-secret"}
-    # To a file, not a pipe: nobody drains a pipe during the tests, and a full one (64 KB of access log) blocks the server.
+           "ITFF_RELOAD_INTERVAL_S": "0", "ITFF_MAX_REQUEST_BYTES": "500000", "BENTOML_HOME": str(folder / "bentoml"),
+           **extra_env}
+    # To a file, not a pipe: nobody drains a pipe during the tests, and a full one blocks the server.
     log_path = folder / "bentoml-serve.log"
     log_file = open(log_path, "w")
     process = subprocess.Popen(
@@ -50,21 +61,15 @@ def service(tmp_path_factory):
         cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True,
     )
     url = f"http://127.0.0.1:{port}"
-    SERVER["process"] = process
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
             if httpx.get(f"{url}/readyz", timeout=2).status_code in (200, 503):
-                break
+                return process, url, log_file
         except httpx.HTTPError:
             time.sleep(1)
-    else:
-        process.kill()
-        pytest.fail("bentoml serve did not start:\n" + log_path.read_text()[-3000:])
-    yield url, settings
-    process.terminate()
-    process.wait(timeout=30)
-    log_file.close()
+    process.kill()
+    pytest.fail("bentoml serve did not start:\n" + log_path.read_text()[-3000:])
 
 
 def post(url, path, body, token=TOKEN, **kwargs):
