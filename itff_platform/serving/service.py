@@ -155,9 +155,11 @@ class ItffService:
     def _regime_seen(self, symbol: str, regime: str, bar_time) -> None:
         """market_regime_state: 1 for the regime of the symbol's newest bar seen, 0 for the others."""
         previous = self._regimes.get(symbol)
-        if bar_time is None or regime == "unknown" or (previous and (previous[0] == regime or previous[1] > bar_time)):
-            return
+        if bar_time is None or regime == "unknown" or (previous and previous[1] > bar_time):
+            return  # an older bar (a backfill, a replayed alert) says nothing about the market now
         self._regimes[symbol] = (regime, bar_time)
+        if previous and previous[0] == regime:
+            return
         for name in REGIMES:
             REGIME_STATE.labels(symbol=symbol, regime=name).set(1.0 if name == regime else 0.0)
 
