@@ -1,6 +1,5 @@
 """trained_models: one partition per symbol x target; every family's Optuna study, tracked in MLflow."""
 
-import base64
 import json
 
 from dagster import (
@@ -41,8 +40,9 @@ def symbol_and_target(key) -> tuple[str, str]:
 
 
 def png_markdown(path) -> MetadataValue:
-    encoded = base64.b64encode(path.read_bytes()).decode()
-    return MetadataValue.md(f"![{path.stem}](data:image/png;base64,{encoded})")
+    from itff_platform.monitoring.plots import embed_png
+
+    return MetadataValue.md(embed_png(path))
 
 
 def training_assets(settings: Settings) -> list:

@@ -67,7 +67,6 @@ def live_equity_plot(realized: pl.DataFrame, fees_bps: float, title: str, path: 
 
 
 def embed_png(path: Path, title: str | None = None) -> str:
-    """A markdown image with the PNG inlined, for MetadataValue.md (the Dagster UI cannot reach local files).
-    The string part of defs.training_assets.png_markdown, without the Dagster import."""
+    """A markdown image with the PNG inlined, for MetadataValue.md (the Dagster UI cannot reach local files)."""
     encoded = base64.b64encode(Path(path).read_bytes()).decode()
     return f"![{title or Path(path).stem}](data:image/png;base64,{encoded})"
