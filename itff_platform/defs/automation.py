@@ -162,25 +162,21 @@ def drop_folder_requests(context, settings: Settings):
 
 
 def champion_alias_result(context, settings: Settings):
-    from itff_platform.training.promotion import current_champions
+    from itff_platform.training.promotion import champion_versions
+    from itff_platform.training.study import registered_name
 
-    seen = json.loads(context.cursor) if context.cursor else {}
-    champions = current_champions(settings)
-    moved = {name: version for name, version in champions.items() if seen.get(name) != version}
+    seen = json.loads(context.cursor) if context.cursor else {}  # {registered model name: champion version}
+    champions = {registered_name(*key): (key, str(v.version)) for key, v in champion_versions(settings).items()}
+    moved = {name: champion for name, champion in champions.items() if seen.get(name) != champion[1]}
     if not moved:
         return SkipReason("no champion alias moved")
     reload_status = reload_service(settings)
     context.log.info(f"champion moved: {moved}; service reload: {reload_status}")
-    events = [AssetObservation(asset_key="champion_models", partition=_model_partition(name),
+    events = [AssetObservation(asset_key="champion_models", partition=f"{symbol}|{target}",
                                metadata={"champion_version": version, "previous_version": seen.get(name) or "none",
                                          "service_reload": reload_status})
-              for name, version in moved.items()]
-    return SensorResult(asset_events=events, cursor=json.dumps(champions, sort_keys=True))
-
-
-def _model_partition(name: str) -> str:
-    _, symbol, target = name.split("-", 2)  # itff-{symbol}-{target}
-    return f"{symbol}|{target}"
+              for name, ((symbol, target), version) in moved.items()]
+    return SensorResult(asset_events=events, cursor=json.dumps({n: v for n, (_, v) in champions.items()}, sort_keys=True))
 
 
 def reload_service(settings: Settings) -> str:

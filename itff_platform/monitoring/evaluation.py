@@ -40,22 +40,15 @@ class Evaluation:
 def champion_expectations(settings: Settings) -> dict[tuple[str, str], dict]:
     """What each champion's walk-forward backtest promised (its out-of-sample metrics), its version and its
     last training bar."""
-    import mlflow
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(settings.tracking_uri)
+    from itff_platform.training.promotion import champion_versions
+
     client = MlflowClient(settings.tracking_uri)
     found = {}
-    for symbol in settings.symbols:
-        for target in settings.targets:
-            try:
-                version = client.get_model_version_by_alias(f"itff-{symbol}-{target}", "champion")
-            except MlflowException:
-                continue
-            run = client.get_run(version.run_id)
-            found[(symbol, target)] = {"version": str(version.version), "trained_through": run.data.tags.get("trained_through"),
-                                       **run.data.metrics}
+    for key, version in champion_versions(settings).items():
+        run = client.get_run(version.run_id)
+        found[key] = {"version": str(version.version), "trained_through": run.data.tags.get("trained_through"), **run.data.metrics}
     return found
 
 
@@ -127,12 +120,11 @@ def _degradation(settings: Settings, quality: pl.DataFrame, expectations: dict) 
     rows = []
     overall = {(r["symbol"], r["target"]): r for r in quality.filter(pl.col("scope") == "all").iter_rows(named=True)} if quality.height else {}
     for (symbol, target), expected in expectations.items():
+        live = overall.get((symbol, target), {"n": 0})
         if target == "forward_return":  # a quantile model has no log loss: its MAPE is reported beside the backtest's, not graded
-            live = overall.get((symbol, target), {"n": 0})
             rows.append({"symbol": symbol, "target": target, "champion": expected["version"], "live_mape": live.get("mape"),
                          "expected_mape": expected.get("mape"), "status": "not graded", "n": live["n"]})
             continue
-        live = overall.get((symbol, target), {"n": 0})
         graded = quality_degradation(live, expected, settings)
         rows.append({"symbol": symbol, "target": target, "champion": expected["version"],
                      "expected_log_loss": expected.get("log_loss"), "live_log_loss": live.get("log_loss"),
@@ -177,7 +169,7 @@ def _decide(settings: Settings, result: Evaluation) -> pl.DataFrame:
                 reasons.append(f"regime mix shifted: PSI {shift['psi']:.3f} >= {settings.regime_shift_error}")
             for d in result.degradation:
                 if (d["symbol"], d["target"]) == (symbol, target) and d["status"] == "error":
-                    reasons.append(f"live log loss {d['live_log_loss']:.4f} is {d['delta_log_loss']:+.4f} over the holdout's "
+                    reasons.append(f"live log loss {d['live_log_loss']:.4f} is {d['delta_log_loss']:+.4f} over the backtest's "
                                    f"{d['expected_log_loss']:.4f} on {d['n']} outcomes")
             rows.append({"decided_at": datetime.now(timezone.utc), "as_of": result.as_of, "symbol": symbol, "target": target,
                          "decision": "retrain" if reasons else "keep", "reasons": "; ".join(reasons) or "within thresholds"})

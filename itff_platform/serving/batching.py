@@ -25,8 +25,8 @@ class RowBatcher:
         self._pending: dict[tuple[str, str], list[tuple[np.ndarray, asyncio.Future]]] = {}
 
     async def predict(self, model, x: np.ndarray) -> Scored:
-        """model.predict(x) for one request. Models that read a window of rows (LSTM, Transformer) are called
-        directly: their rows are one sequence, not independent requests."""
+        """model.predict(x) for one request. Models that read a window of rows (LSTM, Transformer) are scored
+        on their own: their rows are one sequence, not independent requests."""
         if model.forecaster.context_rows or len(x) != 1:
             # A window of rows (and MC dropout) takes milliseconds: in a thread, so the event loop keeps serving.
             return await anyio.to_thread.run_sync(model.predict, x)

@@ -227,16 +227,16 @@ def verify_model(client: MlflowClient, name: str, version: str) -> list[str]:
     return problems
 
 
-def current_champions(settings: Settings) -> dict[str, str]:
-    """The version behind each configured model's champion alias: {"itff-BTCUSDT-direction": "3", ...}."""
+def champion_versions(settings: Settings) -> dict[tuple[str, str], object]:
+    """The registry version behind each configured (symbol, target)'s champion alias; models without one are absent."""
     client = MlflowClient(settings.tracking_uri)
-    champions = {}
+    found = {}
     for symbol in settings.symbols:
         for target in settings.targets:
-            version = _current_champion(client, f"itff-{symbol}-{target}")
+            version = _current_champion(client, registered_name(symbol, target))
             if version is not None:
-                champions[f"itff-{symbol}-{target}"] = str(version.version)
-    return champions
+                found[(symbol, target)] = version
+    return found
 
 
 # --- registry bookkeeping
