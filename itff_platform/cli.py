@@ -64,15 +64,21 @@ def run_training(quiet: bool = True) -> bool:
 def run_promotion() -> bool:
     """Challenger vs champion for every symbol x target; print each decision and its reasons."""
 
-    print("\nPromotion (challenger vs champion on the most recent out-of-sample window):", flush=True)
+    print("\nPromotion (serve a challenger only if it beats the better baseline, and the champion, with 95 % confidence "
+          "on the holdout window; trade its rule only if its walk-forward edge after fees is significant):", flush=True)
     result = _materialize("promotion", quiet=True)
     # A single-run backfill reports the same summary on every partition's event: print each model once.
     rows = {row["model"]: row for event in result.get_asset_materialization_events()
             for row in event.materialization.metadata["summary"].value}
     for row in rows.values():
         after = f"champion v{row['champion_after']}" if row["champion_after"] else "no champion"
-        print(f"  {row['model']:30s} {row['decision']:8s} v{row['challenger']} vs {row['compared_with']}: {after}")
-        print(f"      {row['reasons']}")
+        trading = {True: "tradable", False: "served flat (not tradable)", None: ""}[row.get("tradable")] if row["champion_after"] else ""
+        print(f"  {row['model']:30s} {row['decision']:8s} v{row['challenger']} vs {row['compared_with']}: {after} {trading}")
+        for reason in row["reasons"].split("; "):
+            print(f"      - {reason}")
+    served = [r for r in rows.values() if r["champion_after"]]
+    print(f"\nServed: {len(served)} of {len(rows)} models; tradable: {sum(bool(r.get('tradable')) for r in served)}. "
+          "Models without a champion get a 400 that names the reason above.")
     return result.success
 
 

@@ -110,10 +110,19 @@ class Settings(BaseSettings):
     sequence_length: int = Field(24, ge=2, description="Bars of feature history an LSTM/Transformer sees.")
     torch_epochs: int = Field(3, ge=1)
     torch_device: str = Field("auto", description="auto (cuda when present), cpu or cuda.")
-    mc_dropout_samples: int = Field(20, ge=2)
-    promotion_margin: float = Field(0.001, ge=0, description="Log loss (or pinball loss) a challenger must beat the champion by.")
-    promotion_calibration_tolerance: float = Field(0.01, ge=0, description="How much worse ECE may be than the champion's.")
-    promotion_min_trades: int = Field(20, ge=0, description="Trades the challenger must make on the recent window.")
+    mc_dropout_samples: int = Field(20, ge=2, description="Stochastic passes whose spread is reported as `uncertainty`.")
+    calibration_rows: int = Field(2000, ge=0, description="Most recent rows of each training window held out to calibrate "
+                                  "the model on (Platt for probabilities, conformal for bands); 0 turns calibration off.")
+    # --- promotion: serve a version only on significant skill; trade its rule only on a significant edge
+    promotion_alpha: float = Field(0.05, gt=0, lt=0.5, description="Significance level of the serve decision: a version becomes "
+                                   "champion when a one-sided Diebold-Mariano test says its loss beats the better baseline's "
+                                   "(and the champion's) on the holdout window with p below this.")
+    max_ece: float = Field(0.03, gt=0, description="Walk-forward expected calibration error above which a version is neither "
+                           "registered nor promoted.")
+    tradable_alpha: float = Field(0.05, gt=0, lt=0.5, description="Significance level of the trade decision: the deployed "
+                                  "threshold rule's walk-forward trades must earn more than zero after fees with p below this.")
+    tradable_min_trades: int = Field(30, ge=0, description="Walk-forward trades the deployed rule must make to be tradable.")
+    tradable_max_drawdown: float = Field(0.35, gt=0, le=1, description="Largest walk-forward drawdown a tradable rule may have.")
     # --- serving (tokens are secrets: set ITFF_API_TOKENS in the environment, never in the repo)
     api_tokens: list[str] = Field(default_factory=list, description="Accepted X-API-Token values; empty refuses every prediction.")
     admin_token: str | None = Field(None, description="Token for /admin/reload; unset disables the endpoint.")

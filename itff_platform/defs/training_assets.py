@@ -22,7 +22,8 @@ from itff_platform.defs.resources import ItffSettingsResource
 from itff_platform.settings import Settings
 
 SUMMARY_COLUMNS = {
-    "classification": ["log_loss", "roc_auc", "brier", "ece", "backtest_profit_factor", "backtest_trades", "threshold"],
+    "classification": ["log_loss", "roc_auc", "brier", "ece", "ece_before_calibration", "backtest_profit_factor",
+                       "backtest_trades", "backtest_max_drawdown", "threshold"],
     "regression": ["pinball_loss", "mae", "mape", "band_coverage"],
 }
 
@@ -37,6 +38,20 @@ def symbol_and_target(key) -> tuple[str, str]:
     """A symbol x target partition key: a MultiPartitionKey, or its string form 'SYMBOL|target'."""
     dims = key.keys_by_dimension if isinstance(key, MultiPartitionKey) else dict(zip(("symbol", "target"), key.split("|")))
     return dims["symbol"], dims["target"]
+
+
+TRADING = ["threshold", "trades", "profit_factor", "max_drawdown", "sharpe", "hit_rate_trades"]
+
+
+def trading_table(parts: list, by: str):
+    """One row per study and fold (or regime), rounded for reading."""
+    import polars as pl
+
+    if not parts:
+        return pl.DataFrame({"symbol": []})
+    frame = pl.concat(parts, how="diagonal_relaxed")
+    columns = ["symbol", "target", "family", by, *[c for c in TRADING if c in frame.columns]]
+    return frame.select(columns).with_columns(pl.col(pl.Float64).round(3))
 
 
 def png_markdown(path) -> MetadataValue:
@@ -66,15 +81,21 @@ def training_assets(settings: Settings) -> list:
         from itff_platform.training.train import train_symbol_target
 
         cfg = itff.settings()
-        summaries, figures, links = [], {}, {}
+        summaries, figures, links, by_fold, by_regime = [], {}, {}, [], []
         for symbol, target in map(symbol_and_target, context.partition_keys):
             task = "regression" if target == "forward_return" else "classification"
             for outcome in train_symbol_target(cfg, symbol, target, progress=context.log.info):
                 summaries.append(
                     {"symbol": symbol, "target": target, "family": outcome.family, "version": outcome.model_version or "-",
                      **{k: round(outcome.metrics.get(k, float("nan")), 4) for k in SUMMARY_COLUMNS[task]},
+                     "tradable": outcome.tradable if task == "classification" else None,
                      "trials_per_min": round(outcome.trials_per_minute, 1), "run_id": outcome.run_id}
                 )
+                study = {"symbol": symbol, "target": target, "family": outcome.family}
+                if outcome.fold_table is not None and "profit_factor" in outcome.fold_table.columns:
+                    by_fold.append(outcome.fold_table.select("fold", *TRADING).with_columns(**{k: pl.lit(v) for k, v in study.items()}))
+                if outcome.regime_table is not None:
+                    by_regime.append(outcome.regime_table.with_columns(**{k: pl.lit(v) for k, v in study.items()}))
                 links[f"{symbol}/{target}/{outcome.family}"] = outcome.run_id
                 if "reliability" in outcome.figures and not outcome.family.startswith("baseline"):
                     figures[f"{symbol} {target} {outcome.family}"] = outcome.figures["reliability"]
@@ -83,6 +104,9 @@ def training_assets(settings: Settings) -> list:
         table = pl.DataFrame(summaries)
         metadata = {
             "studies": markdown_table(table.drop("run_id")),
+            # The deployed threshold rule replayed walk-forward, after fees: per fold it traded, and per regime.
+            "trading_by_fold": markdown_table(trading_table(by_fold, "fold"), max_rows=300),
+            "trading_by_regime": markdown_table(trading_table(by_regime, "regime"), max_rows=300),
             "summary": MetadataValue.json(summaries),
             "mlflow_tracking_uri": cfg.tracking_uri,
             "mlflow_runs": MetadataValue.md(
@@ -122,8 +146,9 @@ def promotion_assets(settings: Settings) -> list:
         deps=["trained_models"],
         group_name="training",
         kinds={"mlflow"},
-        description="Challenger vs champion on the most recent out-of-sample window; moves the MLflow alias "
-        "'champion' when the challenger wins, and records the decision and its reasons either way.",
+        description="Serve decision: the challenger becomes champion when its holdout loss beats the better baseline "
+        "(and the champion) with 95 % confidence (Diebold-Mariano); moves the MLflow alias 'champion' then, and records "
+        "the decision, p-values, tradability and reasons either way.",
     )
     def champion_models(context: AssetExecutionContext, itff: ItffSettingsResource) -> MaterializeResult:
         from itff_platform.training.promotion import promote_champion
@@ -138,7 +163,8 @@ def promotion_assets(settings: Settings) -> list:
                 {"model": decision.name, "decision": "promoted" if decision.promoted else "rejected",
                  "challenger": decision.challenger, "compared_with": decision.compared_with,
                  "champion_before": decision.champion_before, "champion_after": decision.champion_after,
-                 "reasons": "; ".join(decision.reasons)}
+                 "p_value_vs_baseline": round(decision.figures["p_value_vs_baseline"], 4) if "p_value_vs_baseline" in decision.figures else None,
+                 "tradable": decision.tradable, "reasons": "; ".join(decision.reasons)}
             )
         import polars as pl
 

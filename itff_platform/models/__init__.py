@@ -38,13 +38,25 @@ def forecaster_class(family: str) -> "type[Forecaster]":
     return classes[family]
 
 
+def is_baseline(family: str) -> bool:
+    return family in CLASSIFICATION_BASELINES or family in REGRESSION_BASELINES
+
+
 def make_forecaster(family: str, params: dict, settings: "Settings") -> "Forecaster":
+    """The family's forecaster as it is trained and deployed: calibrated on the end of its training window
+    (Platt for probabilities, conformal for bands), except the baselines, which are reference points."""
+    from itff_platform.models.calibration import Calibrated
+
     cls = forecaster_class(family)
     if family in ("lstm", "transformer"):
-        return cls(params, settings.seed, length=settings.sequence_length, epochs=settings.torch_epochs,
-                   device=settings.torch_device, mc_samples=settings.mc_dropout_samples,
-                   max_train_rows=settings.torch_max_train_rows)
-    return cls(params, settings.seed)
+        model = cls(params, settings.seed, length=settings.sequence_length, epochs=settings.torch_epochs,
+                    device=settings.torch_device, mc_samples=settings.mc_dropout_samples,
+                    max_train_rows=settings.torch_max_train_rows)
+    else:
+        model = cls(params, settings.seed)
+    if is_baseline(family) or not settings.calibration_rows:
+        return model
+    return Calibrated(model, slice_rows=settings.calibration_rows, horizon=settings.label_horizon)
 
 
 def load_forecaster(folder, settings: "Settings | None" = None) -> "Forecaster":
@@ -60,4 +72,6 @@ def load_forecaster(folder, settings: "Settings | None" = None) -> "Forecaster":
     instance.params, instance.seed = meta["params"], meta["seed"]
     with open(folder / "state.pkl", "rb") as handle:
         instance._restore(pickle.load(handle))
-    return instance
+    from itff_platform.models.calibration import CALIBRATION_FILE, Calibrated
+
+    return Calibrated.restore(instance, folder) if (folder / CALIBRATION_FILE).exists() else instance

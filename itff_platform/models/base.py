@@ -18,6 +18,9 @@ class Forecaster(ABC):
     task: ClassVar[str] = "classification"  # or "regression" (quantile bands)
     # Rows of history a prediction needs before the row itself (sequence models look back).
     context_rows: int = 0
+    # How much a family can fit, in rank order: promotion prefers the simpler of families within noise of
+    # each other (1 linear, 2 neighbours, 3 trees, 4 recurrent, 5 attention).
+    complexity: ClassVar[int] = 1
 
     def __init__(self, params: dict[str, Any] | None = None, seed: int = 42) -> None:
         self.params = dict(params or {})
@@ -47,9 +50,16 @@ class Forecaster(ABC):
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """P(label = 1) per row (classification), or an (n, 3) array of P10/P50/P90 (regression)."""
 
+    def probability_samples(self, features: np.ndarray) -> np.ndarray | None:
+        """(samples, rows) stochastic probabilities (MC dropout), or None for a deterministic family."""
+        return None
+
     def predict_with_uncertainty(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(mean probability, its standard deviation or None when the family has no notion of it)."""
-        return self.predict_proba(features), None
+        """(probability, the spread of the stochastic samples or None). The probability is always
+        `predict_proba`'s: what was evaluated, thresholded and promoted is what is served; the samples only
+        say how unsure the model is."""
+        samples = self.probability_samples(features)
+        return self.predict_proba(features), None if samples is None else samples.std(axis=0)
 
     # --- persistence: params + pickled state; torch families override the state part
     def save(self, folder: Path) -> None:

@@ -19,6 +19,7 @@ def lorentzian_distances(queries: np.ndarray, history: np.ndarray) -> np.ndarray
 
 class LorentzianKNNForecaster(Forecaster):
     family = "lorentzian"
+    complexity = 2
 
     @classmethod
     def search_space(cls, trial) -> dict:

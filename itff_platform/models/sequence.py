@@ -1,7 +1,8 @@
 """torch sequence families: LSTM and Transformer encoders over rolling windows of the feature rows.
 
-They run on the CPU by default and on CUDA when present (`torch_device=auto`). MC dropout gives the mean
-and standard deviation of the probability over N stochastic passes."""
+They run on the CPU by default and on CUDA when present (`torch_device=auto`). The served probability is
+the deterministic pass (dropout off), the one evaluated and promoted; MC dropout's N stochastic passes give
+only its uncertainty, their standard deviation."""
 
 from __future__ import annotations
 
@@ -106,10 +107,9 @@ class SequenceForecaster(Forecaster):
     def predict_proba(self, features):
         return clip_probability(self._probabilities(features, stochastic=False))
 
-    def predict_with_uncertainty(self, features):
+    def probability_samples(self, features):
         torch.manual_seed(self.seed)
-        samples = np.stack([self._probabilities(features, stochastic=True) for _ in range(self.mc_samples)])
-        return clip_probability(samples.mean(axis=0)), samples.std(axis=0)
+        return np.stack([clip_probability(self._probabilities(features, stochastic=True)) for _ in range(self.mc_samples)])
 
     def _state(self):
         buffer = io.BytesIO()
@@ -128,6 +128,7 @@ class SequenceForecaster(Forecaster):
 
 class LSTMForecaster(SequenceForecaster):
     family = "lstm"
+    complexity = 4
 
     @classmethod
     def search_space(cls, trial) -> dict:
@@ -143,6 +144,7 @@ class LSTMForecaster(SequenceForecaster):
 
 class TransformerForecaster(SequenceForecaster):
     family = "transformer"
+    complexity = 5
 
     @classmethod
     def search_space(cls, trial) -> dict:

@@ -51,6 +51,7 @@ class LogisticForecaster(SklearnClassifier):
 
 class BoostingForecaster(SklearnClassifier):
     family = "boosting"
+    complexity = 3
 
     @classmethod
     def search_space(cls, trial) -> dict:
@@ -67,6 +68,7 @@ class BoostingQuantileForecaster(Forecaster):
 
     family = "boosting_quantile"
     task = "regression"
+    complexity = 3
 
     @classmethod
     def search_space(cls, trial) -> dict:

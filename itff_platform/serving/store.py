@@ -35,11 +35,10 @@ class LoadedModel:
     forecaster: object
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(the probability or bands that were evaluated and promoted, MC-dropout spread or None)."""
         if self.meta["task"] == "regression":
             return self.forecaster.predict_proba(x), None
-        if self.forecaster.family in ("lstm", "transformer"):
-            return self.forecaster.predict_with_uncertainty(x)
-        return self.forecaster.predict_proba(x), None
+        return self.forecaster.predict_with_uncertainty(x)
 
 
 @dataclass

@@ -48,6 +48,17 @@ def regime_metrics(labels: np.ndarray, prob: np.ndarray, regimes: np.ndarray) ->
     return out
 
 
+def row_losses(task: str, actual: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """The loss of every row on its own (log loss, or pinball loss averaged over the three quantiles): what the
+    significance tests compare row for row. Their means are the fold losses the studies optimise."""
+    if task == "regression":
+        diff = actual[:, None] - prediction
+        q = np.array([0.1, 0.5, 0.9])
+        return np.maximum(q * diff, (q - 1) * diff).mean(axis=1)
+    p = np.clip(prediction, 1e-15, 1 - 1e-15)  # as sklearn's log_loss clips
+    return -(actual * np.log(p) + (1 - actual) * np.log(1 - p))
+
+
 def pinball_loss(actual: np.ndarray, bands: np.ndarray, quantiles=(0.1, 0.5, 0.9)) -> float:
     losses = []
     for i, q in enumerate(quantiles):
@@ -95,12 +106,15 @@ def choose_threshold(labels: np.ndarray, prob: np.ndarray, forward_return: np.nd
 
 def walk_forward_thresholds(labels: np.ndarray, prob: np.ndarray, forward_return: np.ndarray, fold_sizes: list[int],
                             horizon: int, fees_bps: float, min_trades: int, default: float, allow_short: bool = True) -> np.ndarray:
-    """A threshold per out-of-sample row, each chosen only from the folds before its own, so
-    threshold-dependent figures (precision, recall, F1, the backtest) carry no selection bias."""
-    per_row, start = np.empty(len(prob)), 0
+    """The deployed threshold rule, replayed: a threshold per out-of-sample row, chosen (as the deployed one is)
+    from every fold before its own, so threshold-dependent figures (precision, recall, F1, the backtest) carry
+    no selection bias. The first fold has nothing before it to choose from: NaN there, meaning no rule yet and
+    no trades, rather than a default that no deployed model would ever trade with."""
+    per_row, start = np.full(len(prob), np.nan), 0
     for size in fold_sizes:
         past = slice(0, start)
-        per_row[start : start + size] = default if start == 0 else choose_threshold(
-            labels[past], prob[past], forward_return[past], horizon, fees_bps, min_trades, default, allow_short)
+        if start:
+            per_row[start : start + size] = choose_threshold(
+                labels[past], prob[past], forward_return[past], horizon, fees_bps, min_trades, default, allow_short)
         start += size
     return per_row

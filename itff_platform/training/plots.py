@@ -23,15 +23,27 @@ def _finish(fig, axis, title: str, path: Path, dates: bool = False) -> Path:
     return path
 
 
-def reliability_diagram(labels: np.ndarray, prob: np.ndarray, title: str, path: Path, bins: int = 10) -> Path:
-    edges = np.linspace(0, 1, bins + 1)
+def _reliability_curve(labels: np.ndarray, prob: np.ndarray, bins: int) -> tuple[list, list, list]:
     which = np.minimum((prob * bins).astype(int), bins - 1)
     mean_p = [prob[which == b].mean() if (which == b).any() else np.nan for b in range(bins)]
     rate = [labels[which == b].mean() if (which == b).any() else np.nan for b in range(bins)]
-    counts = [(which == b).sum() for b in range(bins)]
+    return mean_p, rate, [(which == b).sum() for b in range(bins)]
+
+
+def reliability_diagram(labels: np.ndarray, prob: np.ndarray, title: str, path: Path, bins: int = 10,
+                        before: np.ndarray | None = None) -> Path:
+    """Observed frequency against predicted probability; with `before`, the uncalibrated model's curve too."""
+    from itff_platform.training.metrics import expected_calibration_error
+
+    edges = np.linspace(0, 1, bins + 1)
+    mean_p, rate, counts = _reliability_curve(labels, prob, bins)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     top.plot([0, 1], [0, 1], "--", color="grey", label="perfectly calibrated")
-    top.plot(mean_p, rate, "o-", label="model")
+    if before is not None and not np.array_equal(before, prob):
+        raw_p, raw_rate, _ = _reliability_curve(labels, before, bins)
+        top.plot(raw_p, raw_rate, "s:", color="tab:orange", alpha=0.8,
+                 label=f"before calibration (ECE {expected_calibration_error(labels, before):.3f})")
+    top.plot(mean_p, rate, "o-", color="tab:blue", label=f"served (ECE {expected_calibration_error(labels, prob):.3f})")
     top.set_ylabel("observed frequency of 1")
     top.set_title(title)
     top.legend(loc="upper left")

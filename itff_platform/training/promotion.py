@@ -1,9 +1,18 @@
 """Champion/challenger promotion in the MLflow registry, rollback, and SHA-256 manifests of model artifacts.
 
-The challenger is the best version registered since the current champion (by log loss, or pinball loss, on
-its most recent out-of-sample window): one training run registers a version per family, and "the newest"
-alone would mean "whichever family happened to train last". It is compared with the champion on the same
-window; a champion trained on older data is scored there only if that window is out of sample for it."""
+Two decisions, kept apart:
+- *Serve.* A version becomes its symbol x target's champion when its probabilistic skill beats the better
+  baseline with 95 % confidence on the holdout window (a one-sided Diebold-Mariano test on per-row losses,
+  HAC variance), and, when a champion exists, either beats the champion just as significantly or the champion
+  has lost its own significant edge over the baselines on that window. A bare difference decides nothing.
+- *Trade.* Whether the served version's threshold rule is worth trading was decided at training time, on the
+  rule's walk-forward trades after fees (training.evaluation.tradability). It travels with the model as
+  `tradable`; a champion that is not tradable is served with signal `flat` and the reason.
+
+The challenger is chosen among the versions one training run registered (one per family): the family with the
+lowest loss over the searched folds leads, every family the leader does not beat significantly is within noise
+of it, and of those the simplest family wins (lowest `complexity`, then the lower ECE). The holdout window is
+kept out of that choice, so the serve test on it is not biased by picking the family that got lucky there."""
 
 from __future__ import annotations
 
@@ -16,6 +25,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import polars as pl
 from mlflow import MlflowClient
 
 from itff_platform.settings import Settings
@@ -23,6 +33,7 @@ from itff_platform.training.study import registered_name
 
 CHAMPION = "champion"
 HISTORY_TAG = "champion_history"
+OOS_ARTIFACT = "evaluation/oos_predictions.parquet"
 
 
 @dataclass(frozen=True)
@@ -32,6 +43,7 @@ class Candidate:
     family: str
     metrics: dict[str, float]
     tags: dict[str, str]
+    complexity: int = 9
 
     @property
     def window(self) -> tuple[str, str]:
@@ -47,6 +59,7 @@ class Decision:
     compared_with: str
     reasons: list[str] = field(default_factory=list)
     figures: dict[str, float] = field(default_factory=dict)
+    tradable: bool | None = None
 
     @property
     def champion_after(self) -> str | None:
@@ -55,79 +68,108 @@ class Decision:
 
 def _candidate(client: MlflowClient, version) -> Candidate:
     run = client.get_run(version.run_id)
-    return Candidate(str(version.version), version.run_id, version.tags.get("family", "?"), run.data.metrics, run.data.tags)
+    return Candidate(str(version.version), version.run_id, version.tags.get("family", "?"), run.data.metrics, run.data.tags,
+                     int(version.tags.get("complexity", 9)))
+
+
+def task_of(target: str) -> str:
+    return "regression" if target == "forward_return" else "classification"
 
 
 def loss_key(task: str) -> str:
     return "recent_pinball_loss" if task == "regression" else "recent_log_loss"
 
 
-def decide(challenger: Candidate, reference: dict[str, float], reference_name: str, task: str, settings: Settings,
-           against_baseline: bool) -> tuple[bool, list[str]]:
-    """The rules, each one a reason whether it passes or fails."""
-    key = loss_key(task)
-    needed = [key] + (["recent_ece"] if task == "classification" and not against_baseline else [])
-    missing = [k for k in needed if k not in challenger.metrics or k not in reference]
-    if missing:
-        return False, [f"cannot compare: {missing} missing for the challenger or {reference_name}"]
-    reasons, ok = [], True
-    mine, theirs = challenger.metrics[key], reference[key]
-    margin = 0.0 if against_baseline else settings.promotion_margin
-    beats = mine < theirs - margin
-    ok &= beats
-    reasons.append(f"{key} {mine:.5f} vs {reference_name} {theirs:.5f}: {'beats' if beats else 'does not beat'} it"
-                   + (f" by the margin {margin}" if margin else ""))
-    if task == "classification":
-        if not against_baseline:
-            worse = challenger.metrics["recent_ece"] - reference["recent_ece"]
-            calibrated = worse <= settings.promotion_calibration_tolerance
-            ok &= calibrated
-            reasons.append(f"ECE {challenger.metrics['recent_ece']:.4f} vs {reference['recent_ece']:.4f}: "
-                           f"{'within' if calibrated else 'beyond'} the tolerance {settings.promotion_calibration_tolerance}")
-        trades = int(challenger.metrics.get("recent_trades", 0))
-        enough = trades >= settings.promotion_min_trades
-        ok &= enough
-        reasons.append(f"{trades} trades on the recent window: {'at least' if enough else 'fewer than'} {settings.promotion_min_trades}")
-    return ok, reasons
+class OutOfSample:
+    """Per-row out-of-sample predictions of study runs (their `oos_predictions.parquet`), read once each,
+    with per-row losses: what every comparison below is made on."""
+
+    def __init__(self, client: MlflowClient, task: str) -> None:
+        self.client, self.task, self._frames = client, task, {}
+
+    def frame(self, run_id: str) -> pl.DataFrame | None:
+        from itff_platform.training.metrics import row_losses
+
+        if run_id not in self._frames:
+            try:
+                with tempfile.TemporaryDirectory() as scratch:
+                    frame = pl.read_parquet(self.client.download_artifacts(run_id, OOS_ARTIFACT, scratch))
+            except Exception:  # a run from before per-row predictions were kept
+                self._frames[run_id] = None
+                return None
+            self._frames[run_id] = with_losses(frame, self.task, row_losses)
+        return self._frames[run_id]
+
+    def losses(self, run_id: str, holdout: bool) -> pl.DataFrame | None:
+        frame = self.frame(run_id)
+        return None if frame is None else frame.filter(pl.col("holdout") == holdout).select("timestamp", "loss")
 
 
-def _score_on_window(settings: Settings, symbol: str, target: str, model_uri: str, window: tuple[str, str]) -> dict[str, float]:
-    """Score a (champion) model on the challenger's recent window, from the lake's silver rows."""
-    from itff_platform.training import metrics as m
-    from itff_platform.training.backtest import allows_short, backtest
-    from itff_platform.training.dataset import training_data
+def with_losses(frame: pl.DataFrame, task: str, row_losses) -> pl.DataFrame:
+    prediction = frame.select("p10", "p50", "p90").to_numpy() if task == "regression" else frame["prob_up"].to_numpy()
+    return frame.with_columns(loss=row_losses(task, frame["label"].to_numpy().astype(np.float64), prediction))
 
-    data = training_data(settings, symbol, target)
-    import pandas as pd
 
-    start, end = (np.datetime64(w) for w in window)
-    rows = np.flatnonzero((data.timestamps >= start) & (data.timestamps <= end))
-    if len(rows) == 0:
-        return {}  # decide() then refuses: nothing to compare on
-    model = mlflow.pyfunc.load_model(model_uri)
-    # Hand sequence models the history before the window, then keep only the window's own predictions.
-    context = int(json.loads(Path(mlflow.artifacts.download_artifacts(f"{model_uri}/artifacts/forecaster/meta.json")).read_text()).get("context_rows", 0))
-    first = max(0, rows[0] - context)
-    frame = pd.DataFrame(data.x[first : rows[-1] + 1], columns=data.features).assign(regime=data.regimes[first : rows[-1] + 1].astype(str))
-    out = model.predict(frame).iloc[rows[0] - first :]
-    rows = slice(rows[0], rows[-1] + 1)
-    if data.task == "regression":
-        return {"recent_pinball_loss": m.pinball_loss(data.y[rows], out[["p10", "p50", "p90"]].to_numpy())}
-    prob = out["prob_up"].to_numpy()
-    threshold = float(out["threshold"].iloc[0])
-    return {
-        "recent_log_loss": float(m.log_loss(data.y[rows], prob, labels=[0, 1])),
-        "recent_ece": m.expected_calibration_error(data.y[rows], prob),
-        "recent_trades": backtest(prob, data.forward_return[rows], threshold, settings.fees_bps, settings.label_horizon, 1,
-                                  allows_short(target)).metrics["trades"],
-    }
+def compare(candidate: pl.DataFrame, reference: pl.DataFrame, horizon: int):
+    """Diebold-Mariano on the rows both were scored on (joined on the bar's time)."""
+    from itff_platform.training.significance import diebold_mariano
+
+    both = candidate.join(reference, on="timestamp", suffix="_reference").sort("timestamp")
+    return diebold_mariano(both["loss"].to_numpy(), both["loss_reference"].to_numpy(), horizon)
+
+
+def choose_challenger(pool: list[Candidate], oos: OutOfSample, settings: Settings) -> tuple[Candidate | None, list[str]]:
+    """The simplest family within noise of the best one on the searched folds (see the module docstring)."""
+    notes, scored = [], []
+    for candidate in pool:
+        ece = candidate.metrics.get("ece")
+        if ece is not None and ece > settings.max_ece:
+            notes.append(f"{candidate.family} v{candidate.version} refused: walk-forward ECE {ece:.4f} > {settings.max_ece}")
+            continue
+        losses = oos.losses(candidate.run_id, holdout=False)
+        if losses is None or losses.is_empty():
+            notes.append(f"{candidate.family} v{candidate.version} skipped: no per-row out-of-sample predictions logged")
+            continue
+        scored.append((candidate, losses))
+    if not scored:
+        return None, notes
+    leader, leader_losses = min(scored, key=lambda pair: pair[1]["loss"].mean())
+    within = [(leader, 1.0)]
+    for candidate, losses in scored:
+        if candidate is not leader:
+            p_value = compare(leader_losses, losses, settings.label_horizon).p_value  # is the leader really better?
+            if p_value >= settings.promotion_alpha:
+                within.append((candidate, p_value))
+    chosen = min((c for c, _ in within), key=lambda c: (c.complexity, c.metrics.get("ece", 1.0), c.version))
+    noise = ", ".join(f"{c.family} (p={p:.2f})" for c, p in within if c is not leader) or "none"
+    notes.append(f"challenger {chosen.family} v{chosen.version}: {leader.family} had the lowest loss on the searched folds "
+                 f"({leader_losses['loss'].mean():.5f}); within noise of it: {noise}; the simplest of those is chosen")
+    return chosen, notes
+
+
+def skill_reason(name: str, test, reference: str, alpha: float) -> str:
+    verdict = "significantly beats" if test.significant(alpha) else "does not significantly beat"
+    return (f"{name} {verdict} {reference} on the holdout: mean loss gain {test.mean_gain:+.5f} over {test.rows} rows, "
+            f"Diebold-Mariano p={test.p_value:.4f} (alpha {alpha})")
+
+
+def _champion_holdout_losses(client, oos: OutOfSample, settings, symbol, target, name, holder: Candidate,
+                             challenger: Candidate) -> tuple[pl.DataFrame | None, str | None]:
+    """The champion's per-row losses on the challenger's holdout window, or why they cannot be had."""
+    if holder.window == challenger.window:
+        return oos.losses(holder.run_id, holdout=True), None
+    if not _trained_before(holder, challenger.window[0], settings):
+        return None, (f"not comparable: champion v{holder.version} was trained through {holder.tags.get('trained_through')}, "
+                      f"inside the challenger's window {challenger.window[0]}..{challenger.window[1]}")
+    scored = _score_on_window(settings, symbol, target, f"models:/{name}/{holder.version}", challenger.window)
+    return (scored, None) if scored is not None and scored.height else (None, "the champion could not be scored on the window")
 
 
 def promote_champion(settings: Settings, symbol: str, target: str) -> Decision:
     mlflow.set_tracking_uri(settings.tracking_uri)
     client = MlflowClient(settings.tracking_uri)
     name = registered_name(symbol, target)
-    task = "regression" if target == "forward_return" else "classification"
+    task = task_of(target)
     versions = client.search_model_versions(f"name = '{name}'")
     if not versions:
         raise LookupError(f"{name}: no registered versions; materialize trained_models first")
@@ -136,38 +178,86 @@ def promote_champion(settings: Settings, symbol: str, target: str) -> Decision:
     newer = [v for v in versions if (champion is None or int(v.version) > int(champion.version)) and "rolled_back_at" not in v.tags]
     if not newer:
         return Decision(name, False, None, str(champion.version), "-", ["no version newer than the champion"])
-    challengers = [c for c in (_candidate(client, v) for v in newer) if all(c.window) and loss_key(task) in c.metrics]
-    if not challengers:
+    candidates = [c for c in (_candidate(client, v) for v in newer) if all(c.window) and loss_key(task) in c.metrics]
+    if not candidates:
         return Decision(name, False, None, str(champion.version) if champion else None, "-",
                         ["no newer version carries holdout metrics to compare"])
     # Losses are comparable only on one window: the newest training run's.
-    newest_window = max(c.window for c in challengers)
-    challenger = min((c for c in challengers if c.window == newest_window), key=lambda c: c.metrics[loss_key(task)])
-
-    if champion is None:
-        baselines = _baselines_on(client, name, challenger.window)
-        if not baselines:
-            return _record(client, Decision(name, False, challenger.version, None, "baselines",
-                                            ["no baseline run on the same window to compare with"]))
-        best_name, best = min(baselines.items(), key=lambda kv: kv[1][loss_key(task)])
-        promoted, reasons = decide(challenger, best, best_name, task, settings, against_baseline=True)
-        decision = Decision(name, promoted, challenger.version, None, best_name, reasons)
-    else:
-        holder = _candidate(client, champion)
-        if holder.window == challenger.window:
-            reference = holder.metrics
-        elif _trained_before(holder, challenger.window[0], settings):
-            reference = _score_on_window(settings, symbol, target, f"models:/{name}/{champion.version}", challenger.window)
-        else:
-            return _record(client, Decision(name, False, challenger.version, str(champion.version), f"v{champion.version}", [
-                f"not comparable: champion v{champion.version} was trained through {holder.tags.get('trained_through')}, "
-                f"inside the challenger's window {challenger.window[0]}..{challenger.window[1]}"]))
-        promoted, reasons = decide(challenger, reference, f"champion v{champion.version}", task, settings, against_baseline=False)
-        decision = Decision(name, promoted, challenger.version, str(champion.version), f"v{champion.version}", reasons)
-    decision.figures = {k: challenger.metrics[k] for k in (loss_key(task), "recent_ece", "recent_trades") if k in challenger.metrics}
+    newest_window = max(c.window for c in candidates)
+    oos = OutOfSample(client, task)
+    challenger, notes = choose_challenger([c for c in candidates if c.window == newest_window], oos, settings)
+    before = str(champion.version) if champion else None
+    if challenger is None:
+        return Decision(name, False, None, before, "-", notes or ["no eligible challenger"])
+    decision = _serve_decision(client, oos, settings, symbol, target, name, challenger, champion, notes)
+    tradable = challenger.tags.get("tradable") == "true"
+    decision.reasons.append(f"trading: v{challenger.version} {'is tradable' if tradable else 'is not tradable (it would be served flat)'}: "
+                            f"{challenger.tags.get('tradable_reason', 'no trade decision recorded')}")
     if decision.promoted:
         _set_champion(client, name, challenger.version)
+    # Whether what is served after this decision trades: the new champion's rule, or the kept one's.
+    decision.tradable = tradable if decision.promoted else (champion.tags.get("tradable") == "true" if champion else None)
     return _record(client, decision)
+
+
+def _serve_decision(client, oos: OutOfSample, settings: Settings, symbol: str, target: str, name: str, challenger: Candidate,
+                    champion, notes: list[str]) -> Decision:
+    alpha, horizon = settings.promotion_alpha, settings.label_horizon
+    before = str(champion.version) if champion else None
+    mine = oos.losses(challenger.run_id, holdout=True)
+    baselines = {family: oos.losses(run_id, holdout=True) for family, run_id in _baselines_on(client, name, challenger.window).items()}
+    baselines = {family: losses for family, losses in baselines.items() if losses is not None}
+    if not baselines:
+        return Decision(name, False, challenger.version, before, "baselines", [*notes, "no baseline run on the same window to compare with"])
+    best_name, best = min(baselines.items(), key=lambda kv: kv[1]["loss"].mean())
+    skill = compare(mine, best, horizon)
+    reasons = [*notes, skill_reason(f"{challenger.family} v{challenger.version}", skill, f"the better baseline {best_name}", alpha)]
+    figures = {"p_value_vs_baseline": skill.p_value, "holdout_loss": float(mine["loss"].mean()),
+               "baseline_holdout_loss": float(best["loss"].mean())}
+    if champion is None:
+        decision = Decision(name, skill.significant(alpha), challenger.version, None, best_name, reasons, figures)
+        return decision
+    holder = _candidate(client, champion)
+    theirs, refusal = _champion_holdout_losses(client, oos, settings, symbol, target, name, holder, challenger)
+    if theirs is None:
+        return Decision(name, False, challenger.version, before, f"v{before}", [*reasons, refusal], figures)
+    versus = compare(mine, theirs, horizon)
+    champion_skill = compare(theirs, best, horizon)
+    reasons += [skill_reason(f"{challenger.family} v{challenger.version}", versus, f"champion v{before}", alpha),
+                skill_reason(f"champion v{before}", champion_skill, f"the better baseline {best_name}", alpha)]
+    figures.update({"p_value_vs_champion": versus.p_value, "champion_p_value_vs_baseline": champion_skill.p_value})
+    # Replace a champion only on evidence: the challenger is significantly better than it, or the champion has
+    # lost its significant edge over the baselines while the challenger has one.
+    promoted = skill.significant(alpha) and (versus.significant(alpha) or not champion_skill.significant(alpha))
+    return Decision(name, promoted, challenger.version, before, f"v{before}", reasons, figures)
+
+
+def _score_on_window(settings: Settings, symbol: str, target: str, model_uri: str, window: tuple[str, str]) -> pl.DataFrame | None:
+    """Per-row losses of a (champion) model on the challenger's holdout window, from the lake's silver rows,
+    through its pyfunc: exactly what the service would have answered there."""
+    import pandas as pd
+
+    from itff_platform.training.dataset import training_data
+    from itff_platform.training.metrics import row_losses
+
+    data = training_data(settings, symbol, target)
+    start, end = (np.datetime64(w) for w in window)
+    rows = np.flatnonzero((data.timestamps >= start) & (data.timestamps <= end))
+    if len(rows) == 0:
+        return None
+    # Into a scratch folder: loading "models:/..." without dst_path writes into the registry's own artifact folder.
+    with tempfile.TemporaryDirectory() as scratch:
+        local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=scratch))
+        model = mlflow.pyfunc.load_model(str(local))
+        context = int(json.loads((local / "artifacts" / "forecaster" / "meta.json").read_text()).get("context_rows", 0))
+        # Hand sequence models the history before the window, then keep only the window's own predictions.
+        first = max(0, rows[0] - context)
+        frame = pd.DataFrame(data.x[first : rows[-1] + 1], columns=data.features).assign(regime=data.regimes[first : rows[-1] + 1].astype(str))
+        out = model.predict(frame).iloc[rows[0] - first :]
+    window_rows = slice(rows[0], rows[-1] + 1)
+    prediction = out[["p10", "p50", "p90"]].to_numpy() if data.task == "regression" else out["prob_up"].to_numpy()
+    losses = row_losses(data.task, data.y[window_rows].astype(np.float64), prediction)
+    return pl.DataFrame({"timestamp": data.timestamps[window_rows], "loss": losses})
 
 
 def _trained_before(holder: Candidate, window_start: str, settings: Settings) -> bool:
@@ -261,15 +351,16 @@ def _set_champion(client: MlflowClient, name: str, version: str) -> None:
     client.set_registered_model_alias(name, CHAMPION, version)
 
 
-def _baselines_on(client: MlflowClient, name: str, window: tuple[str, str]) -> dict[str, dict[str, float]]:
+def _baselines_on(client: MlflowClient, name: str, window: tuple[str, str]) -> dict[str, str]:
+    """The newest run of each baseline family on this holdout window: family -> run id."""
     experiment = client.get_experiment_by_name(name)
     runs = client.search_runs([experiment.experiment_id], "tags.family LIKE 'baseline_%'", order_by=["start_time DESC"])
-    found: dict[str, dict[str, float]] = {}
+    found: dict[str, str] = {}
     for run in runs:
         family = run.data.tags["family"]
         same = (run.data.tags.get("recent_window_start"), run.data.tags.get("recent_window_end")) == window
         if same and family not in found:
-            found[family] = run.data.metrics
+            found[family] = run.info.run_id
     return found
 
 
@@ -280,6 +371,7 @@ def _record(client: MlflowClient, decision: Decision) -> Decision:
             "promotion_compared_with": decision.compared_with,
             "promotion_reasons": " | ".join(decision.reasons)[:5000],
             "promotion_decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **{f"promotion_{k}": f"{v:.6g}" for k, v in decision.figures.items()},
         }
         for key, value in tags.items():
             client.set_model_version_tag(decision.name, decision.challenger, key, value)

@@ -10,7 +10,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from itff_platform.training.backtest import signal_names
+from itff_platform.training.backtest import served_signals
 
 
 class ItffForecastModel(mlflow.pyfunc.PythonModel):
@@ -36,13 +36,14 @@ class ItffForecastModel(mlflow.pyfunc.PythonModel):
         if self.meta["task"] == "regression":
             bands = self.forecaster.predict_proba(x)
             return pd.DataFrame({"p10": bands[:, 0], "p50": bands[:, 1], "p90": bands[:, 2], "regime": regime, "warm": warm})
+        # The same probability either way: MC dropout only adds its spread as `uncertainty`.
         prob, spread = self.forecaster.predict_with_uncertainty(x) if params and params.get("uncertainty") else (
             self.forecaster.predict_proba(x), None)
         threshold = self.meta["threshold"]
-        confidence = np.maximum(prob, 1 - prob)
-        signal = signal_names(prob, threshold, self.meta["target"])
-        out = pd.DataFrame({"prob_up": prob, "confidence": confidence, "threshold": threshold,
-                            "allow": confidence >= threshold, "signal": signal, "regime": regime, "warm": warm})
+        # Models registered before the trade decision existed carry no `tradable`: they trade as they always did.
+        signal, allow = served_signals(prob, threshold, self.meta["target"], self.meta.get("tradable", True))
+        out = pd.DataFrame({"prob_up": prob, "confidence": np.maximum(prob, 1 - prob), "threshold": threshold,
+                            "allow": allow, "signal": signal, "regime": regime, "warm": warm})
         if spread is not None:
             out["uncertainty"] = spread
         return out

@@ -18,11 +18,12 @@ import mlflow
 import numpy as np
 import optuna
 import pandas as pd
+import polars as pl
 
 from itff_platform.models import forecaster_class, make_forecaster
 from itff_platform.settings import Settings
 from itff_platform.training.dataset import TrainingData
-from itff_platform.training.evaluation import evaluate, out_of_sample, sample_weights
+from itff_platform.training.evaluation import Evaluation, evaluate, out_of_sample, sample_weights
 from itff_platform.training.splits import Fold
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,10 @@ class StudyOutcome:
     trials_pruned: int
     seconds: float
     figures: dict[str, Path]
+    tradable: bool = False
+    tradable_reason: str = ""
+    fold_table: pl.DataFrame | None = None
+    regime_table: pl.DataFrame | None = None
 
     @property
     def trials_per_minute(self) -> float:
@@ -108,10 +113,11 @@ def run_study(
                         mlflow.set_tag("state", "pruned")
                         raise optuna.TrialPruned(f"fold {number} loss {loss:.4f}")
 
-                prediction, losses = out_of_sample(lambda: make_forecaster(family, params, settings), data, search_folds, weighting, on_fold)
+                prediction, losses, uncalibrated = out_of_sample(
+                    lambda: make_forecaster(family, params, settings), data, search_folds, weighting, on_fold)
                 mean_loss = float(np.mean(losses))
                 mlflow.log_metric("mean_fold_loss", mean_loss)
-            predictions[trial.number] = (prediction, losses)
+            predictions[trial.number] = (prediction, losses, uncalibrated)
             progress(f"[{data.symbol} {data.target} {family}] trial {trial.number + 1}/{n_trials}: loss {mean_loss:.5f} "
                      f"in {time.perf_counter() - trial_started:.1f}s {params | {'class_weight': weighting}}")
             return mean_loss
@@ -130,31 +136,48 @@ def run_study(
         best = study.best_trial
         params = {k: v for k, v in best.params.items() if k != "class_weight"} | extra
         weighting = best.params.get("class_weight", "none")
-        searched, search_losses = predictions[best.number]
-        held_out, holdout_losses = out_of_sample(lambda: make_forecaster(family, params, settings), data, holdout, weighting)
+        searched, search_losses, searched_raw = predictions[best.number]
+        held_out, holdout_losses, held_out_raw = out_of_sample(lambda: make_forecaster(family, params, settings), data, holdout, weighting)
         prediction, losses = np.concatenate([searched, held_out]), [*search_losses, *holdout_losses]
+        uncalibrated = np.concatenate([searched_raw, held_out_raw])
 
         with tempfile.TemporaryDirectory() as scratch:
             folder = Path(scratch)
-            evaluation = evaluate(data, folds, prediction, losses, settings, family, folder / "evaluation")
+            evaluation = evaluate(data, folds, prediction, losses, settings, family, folder / "evaluation", uncalibrated)
             seconds = time.perf_counter() - started
             metrics = {**evaluation.metrics, "trials_completed": len(completed), "trials_pruned": pruned,
                        "study_seconds": seconds, "trials_per_minute": (len(completed) + pruned) / seconds * 60}
             mlflow.log_metrics(_clean(metrics))
-            mlflow.set_tags(evaluation.recent_window)
+            mlflow.set_tags({**evaluation.recent_window, "tradable": str(evaluation.tradable).lower(),
+                             "tradable_reason": evaluation.tradable_reason[:5000]})
             mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
             mlflow.log_artifacts(str(folder / "evaluation"), artifact_path="evaluation")
-            version = None if is_baseline else _refit_and_register(data, family, params, weighting, evaluation.threshold, settings, folder, metrics)
+            refused = None if is_baseline else registration_refusal(metrics, settings)
+            if refused:
+                mlflow.set_tag("not_registered", refused)
+                progress(f"[{data.symbol} {data.target} {family}] not registered: {refused}")
+            version = None if is_baseline or refused else _refit_and_register(data, family, params, weighting, evaluation, settings,
+                                                                              folder, metrics)
             figures = {}
             for name, path in evaluation.figures.items():  # kept for Dagster metadata after the scratch folder goes
                 figures[name] = settings.mlflow_dir / "figures" / f"{data.symbol}-{data.target}-{family}-{name}.png"
                 figures[name].parent.mkdir(parents=True, exist_ok=True)
                 figures[name].write_bytes(path.read_bytes())
     return StudyOutcome(family, parent.info.run_id, metrics, best.params, version, len(completed), pruned,
-                        time.perf_counter() - started, figures)
+                        time.perf_counter() - started, figures, evaluation.tradable, evaluation.tradable_reason,
+                        evaluation.fold_table, evaluation.regime_table)
 
 
-def _refit_and_register(data: TrainingData, family: str, params: dict, weighting: str, threshold: float,
+def registration_refusal(metrics: dict[str, float], settings: Settings) -> str | None:
+    """Why a study's model must not enter the registry, or None: a probability model whose walk-forward ECE is
+    above `max_ece` would serve probabilities that do not mean what they say."""
+    ece = metrics.get("ece")
+    if ece is not None and ece > settings.max_ece:
+        return f"walk-forward ECE {ece:.4f} > max_ece {settings.max_ece}"
+    return None
+
+
+def _refit_and_register(data: TrainingData, family: str, params: dict, weighting: str, evaluation: Evaluation,
                         settings: Settings, folder: Path, metrics: dict[str, float]) -> str:
     from mlflow import MlflowClient
     from mlflow.models import infer_signature
@@ -167,7 +190,8 @@ def _refit_and_register(data: TrainingData, family: str, params: dict, weighting
     saved = folder / "forecaster"
     model.save(saved)
     meta = {"family": family, "symbol": data.symbol, "target": data.target, "task": data.task, "features": data.features,
-            "threshold": threshold, "label_horizon": settings.label_horizon, "interval": settings.interval,
+            "threshold": evaluation.threshold, "label_horizon": settings.label_horizon,
+            "tradable": evaluation.tradable, "tradable_reason": evaluation.tradable_reason, "interval": settings.interval,
             "trained_through": str(data.timestamps[-1]), "table_versions": data.table_versions, "params": params,
             "context_rows": model.context_rows,
             "class_weight": weighting}
@@ -190,7 +214,8 @@ def _refit_and_register(data: TrainingData, family: str, params: dict, weighting
     )
     version = str(info.registered_model_version)
     client = MlflowClient()
-    tags = {"family": family, "threshold": f"{threshold:.2f}", **{k: f"{metrics[k]:.5f}" for k in HEADLINE[data.task] if k in metrics}}
+    tags = {"family": family, "complexity": str(model.complexity), "threshold": f"{evaluation.threshold:.2f}",
+            "tradable": str(evaluation.tradable).lower(), **{k: f"{metrics[k]:.5f}" for k in HEADLINE[data.task] if k in metrics}}
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     return version

@@ -21,6 +21,8 @@ def random_walk_results(tmp_path_factory):
         study_timeout_s=120, wf_folds=4, wf_test_fraction=0.12,
         # A profit factor from ~200 trades swings by +-0.15 on pure noise; 300+ trades make the check meaningful.
         min_trades=300,
+        # Issue 9: with the minimum-trades rule off, significance alone must keep noise from being traded.
+        tradable_min_trades=0,
     )
     # 2 % per hourly bar: a 4-bar move (about 4 %) dwarfs the 20 bps round trip, so fees alone keep PF near 1.
     candles = random_walk_candles(14_000, seed=11, volatility=0.02, wick=0.004)
@@ -40,8 +42,26 @@ def test_random_walk_trades_at_a_profit_factor_near_one_after_fees(random_walk_r
     outcomes, _, _ = random_walk_results
     for outcome in outcomes:
         pf = outcome.metrics["backtest_profit_factor"]
-        assert 0.75 <= pf <= 1.1, (outcome.family, pf)
+        # The deployed rule is replayed from the second fold on (the first has no past to choose a threshold
+        # from), so ~950-1250 trades: a profit factor swings about +-0.1 around the ~0.95 that fees leave.
+        assert 0.7 <= pf <= 1.1, (outcome.family, pf)
         assert outcome.metrics["backtest_trades"] >= 300
+
+
+def test_on_a_random_walk_nothing_is_tradable_and_nothing_is_promoted(random_walk_results):
+    from mlflow import MlflowClient
+
+    from itff_platform.training.promotion import promote_champion
+
+    outcomes, settings, _ = random_walk_results
+    for outcome in outcomes:
+        assert not outcome.tradable, (outcome.family, outcome.tradable_reason)
+        assert outcome.metrics["tradable_p_value"] >= settings.tradable_alpha, outcome.family
+    decision = promote_champion(settings, "RANDOMWALK", "direction")
+    assert not decision.promoted, decision.reasons
+    assert any("does not significantly beat" in reason for reason in decision.reasons)
+    tags = MlflowClient(settings.tracking_uri).get_model_version("itff-RANDOMWALK-direction", decision.challenger).tags
+    assert tags["promotion_decision"] == "rejected" and float(tags["promotion_p_value_vs_baseline"]) >= settings.promotion_alpha
 
 
 def test_a_leaking_feature_breaks_the_random_walk_check(random_walk_results):

@@ -19,11 +19,14 @@ NAME = "itff-PROMOUSDT-direction"
 
 
 def learnable_silver(settings: Settings, noise: float, seed: int = 0) -> pl.DataFrame:
-    """Random-walk features with a label that follows RSI, right (1 - noise) of the time, and returns to match."""
+    """Random-walk features with a label drawn from P(up) = sigmoid(k (RSI - 50) / 10), and returns to match.
+    A smooth probability (not a step) that a model can learn calibrated; `noise` sets k, so that RSI 60 means
+    P(up) = (1 - noise)^2 / ((1 - noise)^2 + noise^2): lower noise, a sharper signal."""
     silver = build_features(random_walk_candles(5000, seed=3), settings).collect()
     rng = np.random.default_rng(seed)
-    signal = (silver["rsi"].fill_null(50) > 50).to_numpy()
-    label = np.where(rng.uniform(size=silver.height) < noise, ~signal, signal).astype(np.int8)
+    strength = 2 * np.log((1 - noise) / noise)
+    up = 1 / (1 + np.exp(-strength * (silver["rsi"].fill_null(50).to_numpy() - 50) / 10))
+    label = (rng.uniform(size=silver.height) < up).astype(np.int8)
     return silver.with_columns(pl.Series("direction", label), pl.Series("forward_return", np.where(label == 1, 0.01, -0.01)))
 
 
@@ -45,7 +48,8 @@ def test_the_first_version_is_promoted_only_if_it_beats_the_baselines(registry):
     train(settings, ["logistic"], noise=0.2)
     decision = promote_champion(settings, "PROMOUSDT", "direction")
     assert decision.promoted and decision.compared_with.startswith("baseline_")
-    assert any("beats it" in reason for reason in decision.reasons)
+    assert any("significantly beats the better baseline" in reason for reason in decision.reasons)
+    assert float(client.get_model_version(NAME, decision.challenger).tags["promotion_p_value_vs_baseline"]) < 0.05
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == decision.challenger
     tags = client.get_model_version(NAME, decision.challenger).tags
     assert tags["promotion_decision"] == "promoted" and len(tags["manifest_sha256"]) == 64
@@ -60,7 +64,7 @@ def test_a_challenger_that_does_not_beat_the_champion_is_recorded_and_rejected(r
     assert not decision.promoted and decision.champion_before == champion
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == champion
     tags = client.get_model_version(NAME, decision.challenger).tags
-    assert tags["promotion_decision"] == "rejected" and "does not beat" in tags["promotion_reasons"]
+    assert tags["promotion_decision"] == "rejected" and "does not significantly beat champion" in tags["promotion_reasons"]
 
 
 def test_a_better_challenger_takes_over_and_rollback_restores_the_previous_champion(registry):
