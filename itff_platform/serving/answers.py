@@ -11,6 +11,19 @@ from itff_platform.monitoring.prediction_log import input_hash
 from itff_platform.training.backtest import signal_names
 
 OOD_Z = 6.0  # a scaled feature this many training standard deviations out is outside what the model saw
+MC_DROPOUT_FAMILIES = ("lstm", "transformer")
+
+
+def score(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The model's output for the rows, and the MC-dropout spread (torch families) or None.
+
+    The output is always the deterministic forward pass: thresholds, backtests and promotion were computed on
+    it. MC dropout is reported beside it as `uncertainty` and never replaces it: its mean can sit several
+    points away, which would change signals the evaluation never saw."""
+    out = model.forecaster.predict_proba(x)
+    if model.meta["task"] == "regression" or model.family not in MC_DROPOUT_FAMILIES:
+        return out, None
+    return out, model.forecaster.predict_with_uncertainty(x)[1]
 
 
 def build_answer(model, x: np.ndarray, out: np.ndarray, spread: np.ndarray | None, regime: str | None,
