@@ -160,6 +160,6 @@ def predict_day(settings: Settings, model, day: date) -> list[dict]:
         if stamp < start:
             continue  # context for the sequence models, not a bar of this day
         answer = build_answer(model, x[: i + 1], out[: i + 1], None if spread is None else spread[: i + 1], regime, stamp,
-                              served_at=stamp + bar)
+                              max_age_days=settings.model_max_age_days, served_at=stamp + bar)
         records.append(log_record(answer, x[: i + 1], uuid.uuid4().hex, "replay", per_row_ms))
     return records

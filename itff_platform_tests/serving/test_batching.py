@@ -94,5 +94,5 @@ def test_a_torch_model_serves_its_deterministic_probability_and_mc_dropout_only_
     out, spread = asyncio.run(RowBatcher(64).predict(model, window))
     deterministic = forecaster.predict_proba(window)
     assert np.array_equal(out, deterministic) and spread is not None and spread.max() > 0
-    answer = build_answer(model, window, out, spread, "neutral", None)
+    answer = build_answer(model, window, out, spread, "neutral", None, max_age_days=30)
     assert answer["prob_up"] == deterministic[-1] and answer["uncertainty"] == spread[-1] > 0
