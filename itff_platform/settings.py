@@ -134,6 +134,10 @@ class Settings(BaseSettings):
     serve_access_log: bool = Field(False, description="BentoML's per-request access log; off because it costs ~25% of throughput.")
     batch_max_size: int = Field(64, ge=2, description="Most /predict rows the adaptive batcher scores in one model call.")
     reload_interval_s: float = Field(30.0, ge=0, description="How often the service checks the champion alias; 0 disables.")
+    model_max_age_days: float = Field(30.0, gt=0, description="Days after its last training bar that a model's answers are "
+                                      "flagged expired (they are still given).")
+    live_quality_window_days: int = Field(30, ge=1, description="Days of realized predictions, before an evaluation's as_of, "
+                                          "that live quality per model version is computed over.")
     # --- daily automation and monitoring
     automation_on: bool = Field(False, description="Schedules and sensors start switched on (else: switch them on in the Dagster UI).")
     daily_run_utc: str = Field("02:15", pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM (UTC) the daily refresh starts.")

@@ -43,8 +43,10 @@ def monitoring_assets() -> list:
         deps=["silver_features"],
         group_name="monitoring",
         kinds={"delta", "mlflow"},
-        description="Logged predictions joined with their realized outcomes once the label horizon has passed: live hit "
-        "rate, Brier, log loss, calibration and MAPE, overall and per regime, against each champion's backtest.",
+        description="Logged predictions (candle, lake and dated feature-row requests) joined with their realized outcomes "
+        "once the label horizon has passed: per model version over the last live_quality_window_days, overall and per "
+        "regime, hit rate, profit factor and drawdown after fees, latency p95, Brier, log loss, calibration and MAPE, "
+        "beside the same version's backtest.",
     )
     def prediction_outcomes(context: AssetExecutionContext, itff: ItffSettingsResource) -> Output:
         from itff_platform.monitoring.evaluation import evaluate_outcomes
@@ -56,7 +58,7 @@ def monitoring_assets() -> list:
         result = evaluate_outcomes(cfg, _as_of(itff))
         context.log.info(f"{result.logged} predictions logged, {result.realized.height} realized, {result.pending} waiting for their horizon")
         metadata = {
-            "as_of": result.as_of.isoformat(), "predictions_logged": result.logged,
+            "as_of": result.as_of.isoformat(), "live_window_days": cfg.live_quality_window_days, "predictions_logged": result.logged,
             "outcomes_realized": result.realized.height, "outcomes_pending": result.pending,
             "live_quality": markdown_table(_rounded(result.quality)),
             "live_vs_backtest": markdown_table(_rounded(pl.DataFrame(result.degradation))) if result.degradation else "no champion yet",

@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+import numpy as np
 import polars as pl
 
 from itff_platform.settings import Settings
 
-SUMMARY_METRICS = ("hit_rate", "brier", "log_loss", "ece", "mape", "n")
+SUMMARY_METRICS = ("hit_rate", "brier", "log_loss", "ece", "mape", "n", "trades", "profit_factor", "max_drawdown",
+                   "latency_p95_ms")
 
 
 def realized_predictions(log: pl.DataFrame, silver: pl.DataFrame) -> tuple[pl.DataFrame, int]:
@@ -55,11 +57,16 @@ def summary_path(settings: Settings):
 
 
 def write_quality_summary(settings: Settings, quality: pl.DataFrame) -> None:
-    """The overall live metrics as flat rows, for the service's prediction_quality_metric gauge."""
+    """The overall live metrics of each symbol x target's most recently serving version (the champion, unless
+    it has not answered since it took over) as flat rows, for the service's prediction_quality_metric gauge."""
+    current = quality.filter(pl.col("scope") == "all")
+    if "last_bar" in current.columns:
+        current = current.sort("last_bar").unique(["symbol", "target"], keep="last", maintain_order=True)
     rows = []
-    for row in quality.filter(pl.col("scope") == "all").iter_rows(named=True):
+    for row in current.iter_rows(named=True):
+        # JSON has no infinity (a profit factor with no losing trade): such a figure is left out, not faked.
         rows += [{"symbol": row["symbol"], "target": row["target"], "metric": m, "value": float(row[m])}
-                 for m in SUMMARY_METRICS if row.get(m) is not None]
+                 for m in SUMMARY_METRICS if row.get(m) is not None and np.isfinite(row[m])]
     path = summary_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rows, indent=1))

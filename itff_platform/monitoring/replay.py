@@ -141,7 +141,7 @@ def predict_day(settings: Settings, model, day: date) -> list[dict]:
     """The champion's answers for every bar of `day`, as the service would have given them when each bar closed."""
     from itff_platform.lake.delta import read_rows
     from itff_platform.lake.layers import LakeTables
-    from itff_platform.serving.answers import build_answer, log_record
+    from itff_platform.serving.answers import build_answer, log_record, score
 
     start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
     context = timedelta(seconds=settings.interval_seconds * model.forecaster.context_rows)
@@ -152,7 +152,7 @@ def predict_day(settings: Settings, model, day: date) -> list[dict]:
         return []
     x = rows.select(names).to_numpy().astype(np.float64)
     started = datetime.now()
-    out, spread = model.predict(x)
+    out, spread = score(model, x)  # what the service serves: the deterministic probability, MC dropout as uncertainty only
     per_row_ms = (datetime.now() - started).total_seconds() * 1000 / len(x)
     bar = timedelta(seconds=settings.interval_seconds)
     records = []
@@ -160,6 +160,6 @@ def predict_day(settings: Settings, model, day: date) -> list[dict]:
         if stamp < start:
             continue  # context for the sequence models, not a bar of this day
         answer = build_answer(model, x[: i + 1], out[: i + 1], None if spread is None else spread[: i + 1], regime, stamp,
-                              served_at=stamp + bar)
+                              max_age_days=settings.model_max_age_days, served_at=stamp + bar)
         records.append(log_record(answer, x[: i + 1], uuid.uuid4().hex, "replay", per_row_ms))
     return records

@@ -7,22 +7,63 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from itff_platform.features.regime import REGIMES
 from itff_platform.monitoring.prediction_log import input_hash
 from itff_platform.training.backtest import signal_names
 
 OOD_Z = 6.0  # a scaled feature this many training standard deviations out is outside what the model saw
+MC_DROPOUT_FAMILIES = ("lstm", "transformer")
+
+
+def score(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The model's output for the rows, and the MC-dropout spread (torch families) or None.
+
+    The output is always the deterministic forward pass: thresholds, backtests and promotion were computed on
+    it. MC dropout is reported beside it as `uncertainty` and never replaces it: its mean can sit several
+    points away, which would change signals the evaluation never saw."""
+    out = model.forecaster.predict_proba(x)
+    if model.meta["task"] == "regression" or model.family not in MC_DROPOUT_FAMILIES:
+        return out, None
+    return out, model.forecaster.predict_with_uncertainty(x)[1]
+
+
+def trading_permission(meta: dict) -> dict:
+    """{"tradable", "tradable_reason"} from the model's meta.json. Models trained before training judged the
+    trading rule carry neither: they trade, as they always did."""
+    return {"tradable": bool(meta.get("tradable", True)), "tradable_reason": meta.get("tradable_reason")}
+
+
+def served_signals(model, prob, tradable: bool) -> np.ndarray:
+    """The threshold rule's long/short/flat, or flat everywhere for a model whose rule is not worth trading."""
+    signal = signal_names(prob, float(model.meta["threshold"]), model.target)
+    return signal if tradable else np.full_like(signal, "flat")
+
+
+def model_age(meta: dict, as_of: datetime, max_age_days: float) -> dict:
+    """{"model_age_days", "expired"}: days from the model's last training bar to `as_of`. Negative when the
+    bar asked about is inside the training data. A model without `trained_through` has no known age."""
+    trained = meta.get("trained_through")
+    if not trained:
+        return {"model_age_days": None, "expired": False}
+    # Stored as str(timestamp): "2024-07-27 19:00:00+00:00" or "2024-07-27T19:00:00.000000"; the bars are UTC.
+    through = datetime.fromisoformat(str(trained)[:19]).replace(tzinfo=timezone.utc)
+    age = (as_of - through).total_seconds() / 86400
+    return {"model_age_days": round(age, 3), "expired": age > max_age_days}
 
 
 def build_answer(model, x: np.ndarray, out: np.ndarray, spread: np.ndarray | None, regime: str | None,
-                 bar_time: datetime | None, served_at: datetime | None = None) -> dict:
+                 bar_time: datetime | None, *, max_age_days: float, served_at: datetime | None = None) -> dict:
     scaled = model.forecaster.scale(x[-1:]) if model.forecaster.scaler is not None else np.zeros((1, 1))
     served_at = served_at or datetime.now(timezone.utc)
+    permission = trading_permission(model.meta)
     answer = {
-        "symbol": model.symbol, "target": model.target, "regime": regime or "unknown",
+        # Anything else would be an unbounded Prometheus label: callers validate, this is the last guard.
+        "symbol": model.symbol, "target": model.target, "regime": regime if regime in REGIMES else "unknown",
         "model_version": model.version, "family": model.family,
         "out_of_distribution": bool(np.abs(scaled).max() > OOD_Z),
         "served_at": served_at.isoformat(timespec="milliseconds"),
         "bar_time": bar_time.isoformat() if bar_time is not None else None,
+        **model_age(model.meta, bar_time or served_at, max_age_days), **permission,
     }
     if model.meta["task"] == "regression":
         p10, p50, p90 = (float(v) for v in out[-1])
@@ -30,8 +71,9 @@ def build_answer(model, x: np.ndarray, out: np.ndarray, spread: np.ndarray | Non
     else:
         prob, threshold = float(out[-1]), float(model.meta["threshold"])
         confidence = max(prob, 1 - prob)
-        answer.update({"signal": str(signal_names(prob, threshold, model.target)), "prob_up": prob, "confidence": confidence,
-                       "threshold": threshold, "allow": confidence >= threshold,
+        answer.update({"signal": str(served_signals(model, prob, permission["tradable"])), "prob_up": prob,
+                       "confidence": confidence, "threshold": threshold,
+                       "allow": permission["tradable"] and confidence >= threshold,
                        "uncertainty": float(spread[-1]) if spread is not None else None})
     return answer
 

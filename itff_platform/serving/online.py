@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import polars as pl
 from pydantic import BaseModel, field_validator
 
+from itff_platform.features.regime import REGIMES
 from itff_platform.settings import Settings
 
 
@@ -74,6 +75,48 @@ def features_from_row(features: dict[str, float] | list[float], expected: list[s
     return np.asarray([values], dtype=np.float64)
 
 
+def parse_bar_time(value: str, settings: Settings, now: datetime | None = None) -> datetime:
+    """The time of the bar a feature row describes, as the lake stamps it (the bar's open, in UTC).
+
+    ISO-8601; without a timezone it is read as UTC. It must fall on a bar boundary, or no silver row would
+    ever match it and the prediction would wait for its outcome forever; and it may be at most one bar ahead
+    of now (clock skew), since a later bar has not begun."""
+    example = "2024-09-30T23:00:00Z"
+    try:
+        at = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        at = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+    except (ValueError, OverflowError, AttributeError):
+        raise RequestError(f"bar_time: {value!r:.60} is not an ISO-8601 time such as {example}") from None
+    if at.timestamp() % settings.interval_seconds:
+        raise RequestError(f"bar_time: {at.isoformat()} is not on a {settings.interval} bar boundary (a bar's open time, "
+                           f"such as {example})")
+    latest = (now or datetime.now(timezone.utc)).timestamp() + settings.interval_seconds
+    if at.timestamp() > latest:
+        raise RequestError(f"bar_time: {at.isoformat()} is in the future; at most one {settings.interval} bar after now is accepted")
+    return at
+
+
+def checked_regime(value: str | None) -> str | None:
+    """A client's regime must be one of the six names: it becomes a metric label and a log column."""
+    if value is not None and value not in REGIMES:
+        raise RequestError(f"regime: {value!r:.60} is not one of {REGIMES}")
+    return value
+
+
+def regime_from_lake(settings: Settings, symbol: str, bar_time: datetime) -> str | None:
+    """The regime the lake computed for the symbol's bar at `bar_time`, or None when it does not hold that bar (yet)."""
+    from itff_platform.lake.delta import read_rows
+    from itff_platform.lake.layers import LakeTables
+
+    end = bar_time + timedelta(seconds=settings.interval_seconds)
+    try:
+        rows = read_rows(LakeTables.under(settings).silver, settings.interval, symbol, bar_time, end)
+    except FileNotFoundError:
+        return None
+    regime = rows["regime"][0] if rows.height else None
+    return regime if regime in REGIMES else None
+
+
 def normalise_symbol(ticker: str) -> str:
     """TradingView tickers: BINANCE:BTCUSDT, BTCUSDTPERP, BTCUSDT.P, btcusdt -> BTCUSDT."""
     symbol = ticker.split(":")[-1].strip().upper()
@@ -91,8 +134,6 @@ def tradingview_signature(secret: str, ticker: str, time: str, close: float) -> 
 
 def features_from_lake(settings: Settings, symbol: str, at: datetime) -> tuple[np.ndarray, str, datetime, float]:
     """The silver row of the last bar at or before `at`: features, regime, bar time and close."""
-    from datetime import timedelta
-
     from itff_platform.features.silver import feature_columns
     from itff_platform.lake.delta import read_rows
     from itff_platform.lake.layers import LakeTables

@@ -21,16 +21,19 @@ import numpy as np
 from itff_platform.features.regime import REGIMES
 from itff_platform.monitoring.outcomes import read_quality_summary
 from itff_platform.monitoring.prediction_log import PredictionLog
-from itff_platform.serving.answers import build_answer, log_record
+from itff_platform.serving.answers import build_answer, log_record, model_age, served_signals, trading_permission
 from itff_platform.serving.batching import RowBatcher
 from itff_platform.serving.guard import GuardMiddleware
 from itff_platform.serving.online import (
     Candle,
     RequestError,
+    checked_regime,
     features_from_candles,
     features_from_lake,
     features_from_row,
     normalise_symbol,
+    parse_bar_time,
+    regime_from_lake,
     tradingview_signature,
 )
 from itff_platform.settings import get_settings
@@ -38,6 +41,7 @@ from itff_platform.training.backtest import signal_names
 
 log = logging.getLogger(__name__)
 SETTINGS = get_settings()
+LAKE_REGIME_CACHE = 4096  # bars whose lake regime is remembered
 
 PREDICTIONS = bentoml.metrics.Counter(
     name="itff_predictions_total", documentation="Predictions served", labelnames=["symbol", "target", "regime", "signal"])
@@ -68,6 +72,7 @@ class ItffService:
         self.batcher = RowBatcher(SETTINGS.batch_max_size, on_batch=BATCH_SIZE.observe)
         self.prediction_log = PredictionLog.for_settings(self.settings)
         self._regimes: dict[str, tuple[str, object]] = {}
+        self._lake_regimes: dict[tuple[str, datetime], str] = {}
         self._report(self.store.refresh())
         if self.settings.reload_interval_s > 0:
             threading.Thread(target=self._poll, daemon=True, name="champion-poller").start()
@@ -105,13 +110,17 @@ class ItffService:
         features: dict[str, float] | list[float] | None = None,
         candles: list[Candle] | None = None,
         regime: str | None = None,
+        bar_time: str | None = None,
     ) -> dict:
+        """`bar_time` (ISO-8601, the time of the bar a feature row describes) lets the prediction be evaluated
+        once its outcome is known, and looks the bar's regime up in the lake. A client's `regime` is used only
+        when the lake cannot say, and must be one of the six names."""
         try:
             received = perf_counter()
-            model, x, regime, bar_time = await self._inputs(symbol.upper(), target, features, candles, regime)
+            model, x, regime, at, computed = await self._inputs(symbol.upper(), target, features, candles, regime, bar_time)
         except RequestError as error:
             raise bentoml.exceptions.InvalidArgument(str(error)) from None
-        return await self._answer(model, x, regime, bar_time, received, "/predict")
+        return await self._answer(model, x, regime, at, received, "/predict", regime_computed=computed)
 
     def _champion(self, symbol: str, target: str):
         if symbol not in self.settings.symbols:
@@ -123,32 +132,55 @@ class ItffService:
             raise RequestError(f"symbol/target: no verified champion is loaded for {symbol} {target}")
         return model
 
-    async def _inputs(self, symbol, target, features, candles, regime):
+    async def _inputs(self, symbol, target, features, candles, regime, bar_time):
+        """(model, rows, regime, bar time, whether the regime was computed here rather than taken from the client)."""
         if (features is None) == (candles is None):
             raise RequestError("features/candles: send exactly one of them")
+        claimed = checked_regime(regime)
         model = self._champion(symbol, target)
         if candles is not None:
-            x, regime, bar_time = await self._candle_features(model, candles)
+            if bar_time is not None:
+                raise RequestError("bar_time: only with features; with candles the bar time is the last candle's")
+            x, regime, at = await self._candle_features(model, candles)
+            computed = True
         else:
-            x, bar_time = features_from_row(features, model.meta["features"]), None
+            x = features_from_row(features, model.meta["features"])
+            at = parse_bar_time(bar_time, self.settings) if bar_time is not None else None
+            regime, computed = await self._row_regime(symbol, at, claimed)
         if model.forecaster.scaler is not None and not np.isfinite(model.forecaster.scale(x)).all():
             # Finite in float64 but not once scaled to the model's float32 (e.g. 1e300): refuse it here.
             raise RequestError("features: a value is too large for the model (beyond float32 range once scaled)")
-        return model, x, regime, bar_time
+        return model, x, regime, at, computed
+
+    async def _row_regime(self, symbol: str, at, claimed: str | None) -> tuple[str, bool]:
+        """A feature row's regime: the lake's for that bar when it holds it, else the client's (validated), else unknown."""
+        if at is None:
+            return claimed or "unknown", False
+        found = self._lake_regimes.get((symbol, at))
+        if found is None:
+            # ~10 ms of Delta scan, off the event loop. A bar's regime reads only past bars, so once the lake
+            # has it, it is final: kept, since clients ask about the newest bar over and over.
+            found = await anyio.to_thread.run_sync(regime_from_lake, self.settings, symbol, at)
+            if found is not None:
+                self._lake_regimes[(symbol, at)] = found
+                if len(self._lake_regimes) > LAKE_REGIME_CACHE:
+                    self._lake_regimes.pop(next(iter(self._lake_regimes)))  # the oldest entry
+        return (found, True) if found is not None else (claimed or "unknown", False)
 
     async def _candle_features(self, model, candles):
         # Indicator computation takes milliseconds: off the event loop, so feature-row requests keep flowing.
         return await anyio.to_thread.run_sync(
             features_from_candles, candles, self.settings, model.forecaster.context_rows + 1, model.meta["features"])
 
-    async def _answer(self, model, x, regime, bar_time, received: float, endpoint: str) -> dict:
+    async def _answer(self, model, x, regime, bar_time, received: float, endpoint: str, regime_computed: bool = True) -> dict:
         started = perf_counter()
         out, spread = await self.batcher.predict(model, x)
         LATENCY.labels(target=model.target).observe(perf_counter() - started)
-        answer = build_answer(model, x, out, spread, regime, bar_time)
+        answer = build_answer(model, x, out, spread, regime, bar_time, max_age_days=self.settings.model_max_age_days)
         answer["request_id"] = request_id = uuid.uuid4().hex
         PREDICTIONS.labels(symbol=model.symbol, target=model.target, regime=answer["regime"], signal=answer["signal"]).inc()
-        self._regime_seen(model.symbol, answer["regime"], bar_time)
+        if regime_computed:  # a client's word on the regime is not evidence of the market's state
+            self._regime_seen(model.symbol, answer["regime"], bar_time)
         self.prediction_log.append(log_record(answer, x, request_id, endpoint, (perf_counter() - received) * 1000))
         return answer
 
@@ -177,13 +209,15 @@ class ItffService:
                 raise RequestError("rows: NaN and infinity are refused")
         except RequestError as error:
             raise bentoml.exceptions.InvalidArgument(str(error)) from None
-        out, _ = model.predict(x) if len(x) else (np.empty(0), None)
+        # The deterministic output, as /predict serves it; no MC-dropout passes, since a batch reports no uncertainty.
+        out = model.forecaster.predict_proba(x) if len(x) else np.empty(0)
+        about = {"model_version": model.version, "family": model.family, **trading_permission(model.meta),
+                 **model_age(model.meta, datetime.now(timezone.utc), self.settings.model_max_age_days)}
         if model.meta["task"] == "regression":
-            return {"model_version": model.version, "family": model.family, "bands": np.asarray(out).tolist()}
-        threshold = float(model.meta["threshold"])
-        signal = signal_names(out, threshold, target)
-        return {"model_version": model.version, "family": model.family, "threshold": threshold,
-                "prob_up": np.round(out, 6).tolist(), "signal": signal.tolist()}
+            return {**about, "bands": np.asarray(out).tolist()}
+        signal = served_signals(model, out, about["tradable"])
+        return {**about, "threshold": float(model.meta["threshold"]), "prob_up": np.round(out, 6).tolist(),
+                "signal": signal.tolist()}
 
     @bentoml.api(route="/tradingview")
     async def tradingview(
@@ -225,36 +259,50 @@ class ItffService:
 
     @bentoml.api(route="/consensus")
     def consensus(self, symbol: str, target: str = "direction", features: dict[str, float] | list[float] | None = None,
-                  candles: list[Candle] | None = None) -> dict:
+                  candles: list[Candle] | None = None, bar_time: str | None = None) -> dict:
         """The latest version of every family votes; the vote is the mean P(up), each family weighted by its
-        confidence |p - 0.5|, so a family that is unsure barely counts."""
+        confidence |p - 0.5|, so a family that is unsure barely counts. Whether to trade is the champion's call:
+        the signal is flat when the champion's rule is not tradable. model_age_days and expired are the oldest voter's."""
         try:
             symbol = symbol.upper()
-            self._champion(symbol, target)  # same validation as /predict
+            champion = self._champion(symbol, target)  # same validation as /predict
             if (features is None) == (candles is None):
                 raise RequestError("features/candles: send exactly one of them")
             if target == "forward_return":
                 raise RequestError("target: consensus votes on probabilities; forward_return has bands, not votes")
+            if candles is not None and bar_time is not None:
+                raise RequestError("bar_time: only with features; with candles the bar time is the last candle's")
+            at = parse_bar_time(bar_time, self.settings) if bar_time is not None else None
             members, skipped = self.store.family_models(symbol, target)
-            breakdown, weights, probs, regime = [], [], [], None
+            breakdown, regime = [], None
             for model in members:
                 if candles is not None:
-                    x, regime, _ = features_from_candles(candles, self.settings, model.forecaster.context_rows + 1, model.meta["features"])
+                    x, regime, at = features_from_candles(candles, self.settings, model.forecaster.context_rows + 1, model.meta["features"])
                 else:
                     x = features_from_row(features, model.meta["features"])
-                prob = float(model.predict(x)[0][-1])
-                breakdown.append({"family": model.family, "model_version": model.version, "prob_up": prob,
-                                  "threshold": float(model.meta["threshold"])})
-                weights.append(abs(prob - 0.5) + 1e-9)
-                probs.append(prob)
+                breakdown.append(self._vote(model, x, at))
         except RequestError as error:
             raise bentoml.exceptions.InvalidArgument(str(error)) from None
-        prob = float(np.average(probs, weights=weights))
+        if regime is None and at is not None:
+            regime = regime_from_lake(self.settings, symbol, at)
+        weights = [abs(b["prob_up"] - 0.5) + 1e-9 for b in breakdown]
+        prob = float(np.average([b["prob_up"] for b in breakdown], weights=weights))
         threshold = float(np.median([b["threshold"] for b in breakdown]))
-        signal = str(signal_names(prob, threshold, target))
+        permission = trading_permission(champion.meta)
+        signal = str(signal_names(prob, threshold, target)) if permission["tradable"] else "flat"
+        ages = [b["model_age_days"] for b in breakdown if b["model_age_days"] is not None]
         return {"symbol": symbol, "target": target, "prob_up": prob, "signal": signal, "threshold": threshold,
-                "regime": regime or "unknown", "families": breakdown, "skipped_families": skipped,
+                "regime": regime or "unknown", "bar_time": at.isoformat() if at is not None else None, **permission,
+                "model_age_days": max(ages) if ages else None, "expired": any(b["expired"] for b in breakdown),
+                "families": breakdown, "skipped_families": skipped,
                 "served_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+
+    def _vote(self, model, x, at) -> dict:
+        # The deterministic probability, as /predict serves it; no MC dropout, whose spread a vote does not use.
+        prob = float(model.forecaster.predict_proba(x)[-1])
+        return {"family": model.family, "model_version": model.version, "prob_up": prob,
+                "threshold": float(model.meta["threshold"]), **trading_permission(model.meta),
+                **model_age(model.meta, at or datetime.now(timezone.utc), self.settings.model_max_age_days)}
 
     @bentoml.api(route="/healthz")
     def healthz(self) -> dict:

@@ -76,3 +76,23 @@ def test_a_row_that_breaks_the_model_fails_alone_and_its_batch_mates_still_get_a
     assert isinstance(results[2], ValueError)
     alone = model.predict(rows[:5])[0]
     assert all(np.isclose(results[i][0][0], alone[i]) for i in (0, 1, 3, 4))
+
+
+def test_a_torch_model_serves_its_deterministic_probability_and_mc_dropout_only_as_uncertainty():
+    """Thresholds, backtests and promotion use the deterministic forward pass; the service must answer with
+    the same number. MC dropout (heavy here, so its mean would visibly differ) only fills `uncertainty`."""
+    from itff_platform.serving.answers import build_answer
+
+    settings = Settings(torch_epochs=1, sequence_length=4, mc_dropout_samples=8, torch_device="cpu")
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 5))
+    y = (x[:, 0] > 0).astype(float)
+    forecaster = make_forecaster("lstm", {"hidden": 8, "dropout": 0.5}, settings).fit(x, y)
+    model = LoadedModel("itff-TEST-direction", "TEST", "direction", "1", "lstm",
+                        {"task": "classification", "threshold": 0.55}, forecaster)
+    window = x[:20]
+    out, spread = asyncio.run(RowBatcher(64).predict(model, window))
+    deterministic = forecaster.predict_proba(window)
+    assert np.array_equal(out, deterministic) and spread is not None and spread.max() > 0
+    answer = build_answer(model, window, out, spread, "neutral", None, max_age_days=30)
+    assert answer["prob_up"] == deterministic[-1] and answer["uncertainty"] == spread[-1] > 0

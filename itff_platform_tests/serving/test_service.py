@@ -102,6 +102,8 @@ def test_predict_from_a_feature_row_returns_the_signal_regime_and_version(servic
     assert body["signal"] in {"long", "short", "flat"} and 0 < body["prob_up"] < 1
     assert body["regime"] == "trending_up" and body["family"] == "logistic" and body["model_version"] == "1"
     assert body["allow"] == (body["confidence"] >= body["threshold"]) and body["out_of_distribution"] is False
+    # Trained on 2024 bars and asked now, with no bar_time: older than ITFF_MODEL_MAX_AGE_DAYS, answered and flagged.
+    assert body["expired"] is True and body["model_age_days"] > 30 and body["tradable"] is True
 
 
 def test_a_row_unlike_anything_in_training_is_flagged_out_of_distribution(service):
@@ -130,6 +132,8 @@ def test_predict_from_candles_computes_features_and_the_regime_like_the_lake(ser
         ({"symbol": "PROMOUSDT", "features": {"rsi": 1.0}}, "features: missing ['log_return_1'"),
         ({"symbol": "PROMOUSDT"}, "features/candles: send exactly one of them"),
         ({"symbol": "PROMOUSDT", "target": "colour", "features": {}}, "target: 'colour' is not one of"),
+        ({"symbol": "PROMOUSDT", "features": {}, "regime": "moon"}, "regime: 'moon' is not one of"),
+        ({"symbol": "PROMOUSDT", "candles": [], "bar_time": "2024-01-01T00:00:00Z"}, "bar_time: only with features"),
     ],
 )
 def test_malformed_requests_get_a_4xx_naming_the_field(service, body, message):
