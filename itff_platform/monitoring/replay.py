@@ -141,7 +141,7 @@ def predict_day(settings: Settings, model, day: date) -> list[dict]:
     """The champion's answers for every bar of `day`, as the service would have given them when each bar closed."""
     from itff_platform.lake.delta import read_rows
     from itff_platform.lake.layers import LakeTables
-    from itff_platform.serving.answers import build_answer, log_record, score
+    from itff_platform.serving.answers import build_answer, log_record
 
     start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
     context = timedelta(seconds=settings.interval_seconds * model.forecaster.context_rows)
@@ -152,7 +152,7 @@ def predict_day(settings: Settings, model, day: date) -> list[dict]:
         return []
     x = rows.select(names).to_numpy().astype(np.float64)
     started = datetime.now()
-    out, spread = score(model, x)  # what the service serves: the deterministic probability, MC dropout as uncertainty only
+    out, spread = model.predict(x)  # what the service serves: the deterministic probability, MC dropout as uncertainty only
     per_row_ms = (datetime.now() - started).total_seconds() * 1000 / len(x)
     bar = timedelta(seconds=settings.interval_seconds)
     records = []

@@ -9,34 +9,13 @@ import numpy as np
 
 from itff_platform.features.regime import REGIMES
 from itff_platform.monitoring.prediction_log import input_hash
-from itff_platform.training.backtest import signal_names
+from itff_platform.training.backtest import served_signals
 
 OOD_Z = 6.0  # a scaled feature this many training standard deviations out is outside what the model saw
-MC_DROPOUT_FAMILIES = ("lstm", "transformer")
-
-
-def score(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """The model's output for the rows, and the MC-dropout spread (torch families) or None.
-
-    The output is always the deterministic forward pass: thresholds, backtests and promotion were computed on
-    it. MC dropout is reported beside it as `uncertainty` and never replaces it: its mean can sit several
-    points away, which would change signals the evaluation never saw."""
-    out = model.forecaster.predict_proba(x)
-    if model.meta["task"] == "regression" or model.family not in MC_DROPOUT_FAMILIES:
-        return out, None
-    return out, model.forecaster.predict_with_uncertainty(x)[1]
-
-
 def trading_permission(meta: dict) -> dict:
     """{"tradable", "tradable_reason"} from the model's meta.json. Models trained before training judged the
     trading rule carry neither: they trade, as they always did."""
     return {"tradable": bool(meta.get("tradable", True)), "tradable_reason": meta.get("tradable_reason")}
-
-
-def served_signals(model, prob, tradable: bool) -> np.ndarray:
-    """The threshold rule's long/short/flat, or flat everywhere for a model whose rule is not worth trading."""
-    signal = signal_names(prob, float(model.meta["threshold"]), model.target)
-    return signal if tradable else np.full_like(signal, "flat")
 
 
 def model_age(meta: dict, as_of: datetime, max_age_days: float) -> dict:
@@ -71,9 +50,9 @@ def build_answer(model, x: np.ndarray, out: np.ndarray, spread: np.ndarray | Non
     else:
         prob, threshold = float(out[-1]), float(model.meta["threshold"])
         confidence = max(prob, 1 - prob)
-        answer.update({"signal": str(served_signals(model, prob, permission["tradable"])), "prob_up": prob,
-                       "confidence": confidence, "threshold": threshold,
-                       "allow": permission["tradable"] and confidence >= threshold,
+        signal, allow = served_signals(prob, threshold, model.target, permission["tradable"])
+        answer.update({"signal": str(signal), "prob_up": prob, "confidence": confidence, "threshold": threshold,
+                       "allow": bool(allow),
                        "uncertainty": float(spread[-1]) if spread is not None else None})
     return answer
 

@@ -15,8 +15,6 @@ from collections.abc import Callable
 import anyio
 import numpy as np
 
-from itff_platform.serving.answers import score
-
 Scored = tuple[np.ndarray, np.ndarray | None]
 
 
@@ -27,11 +25,11 @@ class RowBatcher:
         self._pending: dict[tuple[str, str], list[tuple[np.ndarray, asyncio.Future]]] = {}
 
     async def predict(self, model, x: np.ndarray) -> Scored:
-        """score(model, x) for one request. Models that read a window of rows (LSTM, Transformer) are scored
+        """model.predict(x) for one request. Models that read a window of rows (LSTM, Transformer) are scored
         on their own: their rows are one sequence, not independent requests."""
         if model.forecaster.context_rows or len(x) != 1:
             # A window of rows (and MC dropout) takes milliseconds: in a thread, so the event loop keeps serving.
-            return await anyio.to_thread.run_sync(score, model, x)
+            return await anyio.to_thread.run_sync(model.predict, x)
         key = (model.name, model.version)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
@@ -51,13 +49,13 @@ class RowBatcher:
             self.on_batch(len(queue))
         try:
             # In the event loop, not a thread: a stacked call costs ~0.1 ms, less than a thread hop.
-            out, _ = score(model, np.concatenate([x for x, _ in queue]))
+            out, _ = model.predict(np.concatenate([x for x, _ in queue]))
         except Exception:
             # One request's rows must not fail the others batched with it: score each alone, so only its own
             # request gets the error and none hangs.
             for x, future in queue:
                 try:
-                    _settle(future, score(model, x)[0])
+                    _settle(future, model.predict(x)[0])
                 except Exception as error:
                     if not future.done():
                         future.set_exception(error)

@@ -21,7 +21,7 @@ import numpy as np
 from itff_platform.features.regime import REGIMES
 from itff_platform.monitoring.outcomes import read_quality_summary
 from itff_platform.monitoring.prediction_log import PredictionLog
-from itff_platform.serving.answers import build_answer, log_record, model_age, served_signals, trading_permission
+from itff_platform.serving.answers import build_answer, log_record, model_age, trading_permission
 from itff_platform.serving.batching import RowBatcher
 from itff_platform.serving.guard import GuardMiddleware
 from itff_platform.serving.online import (
@@ -37,7 +37,7 @@ from itff_platform.serving.online import (
     tradingview_signature,
 )
 from itff_platform.settings import get_settings
-from itff_platform.training.backtest import signal_names
+from itff_platform.training.backtest import served_signals
 
 log = logging.getLogger(__name__)
 SETTINGS = get_settings()
@@ -215,7 +215,7 @@ class ItffService:
                  **model_age(model.meta, datetime.now(timezone.utc), self.settings.model_max_age_days)}
         if model.meta["task"] == "regression":
             return {**about, "bands": np.asarray(out).tolist()}
-        signal = served_signals(model, out, about["tradable"])
+        signal, _ = served_signals(out, float(model.meta["threshold"]), target, about["tradable"])
         return {**about, "threshold": float(model.meta["threshold"]), "prob_up": np.round(out, 6).tolist(),
                 "signal": signal.tolist()}
 
@@ -289,7 +289,7 @@ class ItffService:
         prob = float(np.average([b["prob_up"] for b in breakdown], weights=weights))
         threshold = float(np.median([b["threshold"] for b in breakdown]))
         permission = trading_permission(champion.meta)
-        signal = str(signal_names(prob, threshold, target)) if permission["tradable"] else "flat"
+        signal = str(served_signals(prob, threshold, target, permission["tradable"])[0])
         ages = [b["model_age_days"] for b in breakdown if b["model_age_days"] is not None]
         return {"symbol": symbol, "target": target, "prob_up": prob, "signal": signal, "threshold": threshold,
                 "regime": regime or "unknown", "bar_time": at.isoformat() if at is not None else None, **permission,

@@ -53,6 +53,9 @@ def test_a_failing_model_call_fails_every_waiting_request_and_none_hangs(model):
         def predict_proba(self, x):
             raise RuntimeError("model exploded")
 
+        def predict_with_uncertainty(self, x):  # the Forecaster interface the service scores through
+            return self.predict_proba(x), None
+
     broken = loaded(Broken())
     batcher = RowBatcher(64)
 
