@@ -1,0 +1,47 @@
+"""Reading a model never writes into the registry's artifacts. Issue 9: promotion loaded "models:/..." without
+dst_path, and on a local store MLflow then writes registered_model_meta into the model's own artifact folder,
+so the files a manifest vouches for change under it."""
+
+from datetime import date, timedelta
+
+import mlflow
+import numpy as np
+import pytest
+
+from itff_platform.serving.store import ChampionStore
+from itff_platform.settings import Settings
+from itff_platform.training import promotion
+from itff_platform.training.promotion import artifact_manifest, promote_champion, verify_model
+from itff_platform_tests.serving.test_live_evaluation import build_lake, trained_through
+from itff_platform_tests.training.test_promotion import NAME, train
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("read-only")
+    settings = Settings(home=folder, source="files", symbols=["PROMOUSDT"], targets=["direction"], trials=1, wf_folds=3,
+                        start_date=date(2024, 1, 1), end_date=date(2024, 10, 1))
+    silver = build_lake(settings)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    train(settings, ["logistic"], noise=0.2)
+    decision = promote_champion(settings, "PROMOUSDT", "direction")
+    assert decision.promoted
+    return settings, silver, decision.challenger
+
+
+def test_scoring_loading_and_verifying_a_champion_leave_its_artifacts_untouched(registry):
+    settings, silver, version = registry
+    tree = settings.mlflow_dir / "artifacts"
+    before = artifact_manifest(tree)
+    # The champion scored on a later window through its pyfunc, as promotion does for a champion trained on older data.
+    start = trained_through(settings, version) + timedelta(days=5)
+    window = (start.isoformat()[:19], (start + timedelta(days=10)).isoformat()[:19])
+    scored = promotion._score_on_window(settings, "PROMOUSDT", "direction", f"models:/{NAME}/{version}", window)
+    assert scored is not None and scored.height > 200 and np.isfinite(scored["loss"].to_numpy()).all()
+    store = ChampionStore(settings)
+    assert store.refresh() and store.get("PROMOUSDT", "direction").version == version  # the service's load, verified
+    assert verify_model(mlflow.MlflowClient(settings.tracking_uri), NAME, version) == []
+    promote_champion(settings, "PROMOUSDT", "direction")  # nothing newer: reads the registry only
+    after = artifact_manifest(tree)
+    assert sorted(set(after) - set(before)) == [] and sorted(set(before) - set(after)) == []
+    assert [path for path in before if before[path] != after[path]] == []
