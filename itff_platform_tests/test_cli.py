@@ -30,8 +30,9 @@ def test_itff_run_materializes_the_sample_lake_trains_and_prints_summaries(tmp_p
     assert "| BTCUSDT | direction | logistic" in out and "| ETHUSDT | direction | baseline_persistence" in out
     assert "Registered models: itff-BTCUSDT-direction, itff-ETHUSDT-direction" in out
     assert (tmp_path / "mlflow" / "mlflow.db").exists() and (tmp_path / "mlflow" / "optuna.db").exists()
-    assert "Promotion (challenger vs champion on the most recent out-of-sample window):" in out
+    assert "Promotion (serve a challenger only if it beats the better baseline" in out
     assert out.count("itff-BTCUSDT-direction") >= 2 and "vs baseline_" in out  # first promotion: against baselines
+    assert "Diebold-Mariano p=" in out and "Served: " in out and " of 2 models; tradable: " in out  # says why, for each
 
     # Nothing to roll back to after a single promotion: a clear message, exit code 1.
     back = subprocess.run([ITFF, "rollback", "BTCUSDT", "direction"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)

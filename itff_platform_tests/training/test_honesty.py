@@ -71,3 +71,18 @@ def test_a_leaking_feature_breaks_the_random_walk_check(random_walk_results):
     data = training_data(settings, "RANDOMWALK", "direction", silver=leaking)
     (outcome,) = train_symbol_target(settings, "RANDOMWALK", "direction", families=["logistic"], data=data)
     assert outcome.metrics["roc_auc"] > 0.6
+
+
+def test_a_fat_tailed_garch_walk_promotes_nothing_and_trades_nothing(tmp_path):
+    """Issue 9: on a GARCH-like walk with fat tails, 2 of 4 challengers beat the baselines by 0.00013-0.00015 in log
+    loss, and only the minimum-trades rule stopped them. Significance must stop them with that rule off."""
+    from itff_platform.training.promotion import promote_champion
+
+    settings = Settings(home=tmp_path, trials=1, study_timeout_s=120, wf_folds=4, wf_test_fraction=0.12, tradable_min_trades=0)
+    candles = random_walk_candles(12_000, seed=5, volatility=0.01, wick=0.003, garch=True)
+    data = training_data(settings, "GARCHWALK", "direction", silver=build_features(candles, settings).collect())
+    outcomes = train_symbol_target(settings, "GARCHWALK", "direction", data=data,
+                                   families=["baseline_majority", "baseline_persistence", "logistic", "boosting", "lorentzian"])
+    assert not any(outcome.tradable for outcome in outcomes), [(o.family, o.tradable_reason) for o in outcomes]
+    decision = promote_champion(settings, "GARCHWALK", "direction")
+    assert not decision.promoted, decision.reasons
