@@ -73,19 +73,36 @@ def _leave_window_out_psi(onehot: np.ndarray, members: np.ndarray) -> np.ndarray
     return np.where((inside_total[:, 0] > 0) & (rest_total[:, 0] > 0), draws, np.nan)
 
 
+def decile_onehot(values: np.ndarray, bins: int = 10) -> np.ndarray:
+    """(rows x bins) indicator of each value's bin, the bins cut as drift.psi cuts them (at the quantiles of
+    `values`, repeated edges collapsed); a row without a finite value is all zeros."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros((len(values), 1))
+    inner = np.unique(np.quantile(values[finite], np.linspace(0, 1, bins + 1)[1:-1]))
+    onehot = np.zeros((len(values), len(inner) + 1))
+    onehot[np.flatnonzero(finite), np.searchsorted(inner, values[finite], side="right")] = 1.0
+    return onehot
+
+
 def leave_window_out_psi(values: np.ndarray, members: np.ndarray, bins: int = 10) -> np.ndarray:
     """drift.psi of each window against the rest of the reference, one number per window (NaN/inf dropped).
 
     The bins are the deciles of the whole reference rather than of each rest: the rest is the reference less
     one window (~8 % of a year), so its deciles barely move, and one set of bins keeps this one matrix product."""
-    values = np.asarray(values, dtype=np.float64)
-    finite = np.isfinite(values)
-    if not finite.any():
-        return np.full(len(members), np.nan)
-    inner = np.unique(np.quantile(values[finite], np.linspace(0, 1, bins + 1)[1:-1]))
-    onehot = np.zeros((len(values), len(inner) + 1))
-    onehot[np.flatnonzero(finite), np.searchsorted(inner, values[finite], side="right")] = 1.0
-    return _leave_window_out_psi(onehot, members)
+    return _leave_window_out_psi(decile_onehot(values, bins), members)
+
+
+def one_bin_psi(counts: np.ndarray) -> float:
+    """The PSI of a recent window wholly in one bin of a reference with these bin counts, for the bin the
+    reference holds most of (the smallest such PSI): e.g. every recent value above the reference's top decile.
+    NaN with no count."""
+    total = counts.sum()
+    if not total:
+        return float("nan")
+    shares = counts / total
+    return float(psi_from_shares(np.broadcast_to(shares, (len(shares), len(shares))), np.eye(len(shares))).min())
 
 
 def leave_window_out_ks(values: np.ndarray, members: np.ndarray) -> np.ndarray:
@@ -108,14 +125,19 @@ def leave_window_out_ks(values: np.ndarray, members: np.ndarray) -> np.ndarray:
     return np.where((inside_size[:, 0] > 0) & (rest_size[:, 0] > 0), gaps.max(axis=1, initial=0.0), np.nan)
 
 
-def calibrated_threshold(draws: np.ndarray, rate: float, floor: float) -> float:
-    """max(floor, the draws' (1 - rate) quantile, the same quantile of a log-normal fitted to them): the module
-    docstring says why the fitted tail. The floor alone with fewer than MIN_CALIBRATION_WINDOWS finite draws."""
+def calibrated_threshold(draws: np.ndarray, rate: float, floor: float, ceiling: float = np.inf) -> float:
+    """max(floor, the draws' (1 - rate) quantile, the same quantile of a log-normal fitted to them), the fitted
+    tail capped at `ceiling`; the module docstring says why the fitted tail. The floor alone with fewer than
+    MIN_CALIBRATION_WINDOWS finite draws.
+
+    `ceiling` is the statistic for a recent window wholly apart from the reference (KS 1, PSI one_bin_psi).
+    Where the reference's own windows spread widely, the fitted tail can pass it, and past it no shift at all
+    could be flagged; capped (a hair below, for float rounding), a recent window wholly apart always is."""
     draws = draws[np.isfinite(draws)]
     if len(draws) < MIN_CALIBRATION_WINDOWS:
         return float(floor)
     logs = np.log(np.maximum(draws, floor * LOG_FLOOR_FRACTION))
-    fitted = np.exp(logs.mean() + norm.ppf(1 - rate) * logs.std(ddof=1))
+    fitted = min(np.exp(logs.mean() + norm.ppf(1 - rate) * logs.std(ddof=1)), ceiling * (1 - 1e-9))
     return float(max(floor, np.quantile(draws, 1 - rate), fitted))
 
 
@@ -124,10 +146,11 @@ def _membership(reference: pl.DataFrame, settings: Settings) -> np.ndarray:
                              timedelta(days=settings.drift_calibration_step_days), timedelta(seconds=settings.interval_seconds))
 
 
-def _warn_and_error(draws: np.ndarray, settings: Settings, warn_floor: float, error_floor: float) -> tuple[float, float]:
-    error = calibrated_threshold(draws, settings.drift_false_alarm_rate, error_floor)
+def _warn_and_error(draws: np.ndarray, settings: Settings, warn_floor: float, error_floor: float,
+                    ceiling: float) -> tuple[float, float]:
+    error = calibrated_threshold(draws, settings.drift_false_alarm_rate, error_floor, ceiling)
     # A warn above the error would never show: a warn floor set over a calibrated error is capped by it.
-    return min(calibrated_threshold(draws, settings.drift_warn_false_alarm_rate, warn_floor), error), error
+    return min(calibrated_threshold(draws, settings.drift_warn_false_alarm_rate, warn_floor, ceiling), error), error
 
 
 def calibrated_thresholds(reference: pl.DataFrame, features: list[str], settings: Settings) -> pl.DataFrame:
@@ -137,9 +160,11 @@ def calibrated_thresholds(reference: pl.DataFrame, features: list[str], settings
     rows = []
     for feature in features:
         values = reference.get_column(feature).cast(pl.Float64).fill_null(float("nan")).to_numpy()
-        psi_draws, ks_draws = leave_window_out_psi(values, members), leave_window_out_ks(values, members)
-        psi_warn, psi_error = _warn_and_error(psi_draws, settings, settings.drift_psi_warn, settings.drift_psi_error)
-        ks_warn, ks_error = _warn_and_error(ks_draws, settings, settings.drift_ks_warn, settings.drift_ks_error)
+        onehot = decile_onehot(values)
+        psi_draws, ks_draws = _leave_window_out_psi(onehot, members), leave_window_out_ks(values, members)
+        psi_warn, psi_error = _warn_and_error(psi_draws, settings, settings.drift_psi_warn, settings.drift_psi_error,
+                                              one_bin_psi(onehot.sum(axis=0)))
+        ks_warn, ks_error = _warn_and_error(ks_draws, settings, settings.drift_ks_warn, settings.drift_ks_error, 1.0)
         rows.append({"feature": feature, "psi_warn": psi_warn, "psi_threshold": psi_error, "ks_warn": ks_warn,
                      "ks_threshold": ks_error, "calibration_windows": int(np.isfinite(psi_draws).sum())})
     return pl.DataFrame(rows, schema=THRESHOLD_SCHEMA)
@@ -150,6 +175,8 @@ def regime_thresholds(reference: pl.DataFrame, settings: Settings) -> dict:
     and `regime`) the same way, floored by regime_shift_warn/error: the dict drift.regime_shift grades by."""
     labels = regime_labels(reference["regime"])
     categories = np.asarray(regime_categories(labels), dtype=object)
-    draws = _leave_window_out_psi((labels[:, None] == categories[None, :]).astype(np.float64), _membership(reference, settings))
-    warn, error = _warn_and_error(draws, settings, settings.regime_shift_warn, settings.regime_shift_error)
+    onehot = (labels[:, None] == categories[None, :]).astype(np.float64)
+    draws = _leave_window_out_psi(onehot, _membership(reference, settings))
+    warn, error = _warn_and_error(draws, settings, settings.regime_shift_warn, settings.regime_shift_error,
+                                  one_bin_psi(onehot.sum(axis=0)))
     return {"warn": warn, "threshold": error, "calibration_windows": int(np.isfinite(draws).sum())}
