@@ -176,6 +176,10 @@ class Settings(BaseSettings):
                                               "calls this far (absolute) from the backtest's retrains a classification "
                                               "champion, which re-selects its threshold: runbooks 000/002's weekly 5 %.")
     drift_precision_recall_days: int = Field(7, ge=1, description="Days of realized outcomes the precision/recall check reads.")
+    drift_precision_recall_alpha: float = Field(0.05, gt=0, le=1, description="A precision/recall gap past the maximum "
+                                                "retrains only if a binomial test against the backtest's rate also gives p "
+                                                "below this: a week's few dozen calls carry a standard error above 5 points. "
+                                                "1 judges the gap alone.")
     progress_bar: bool = Field(False, description="Optuna's progress bar per study (the CLI turns it on).")
     mlflow_tracking_uri: str | None = None
     mlflow_ui_url: str = Field("http://127.0.0.1:5000", description="Where `make dev` serves the MLflow UI; used in links.")

@@ -78,7 +78,7 @@ def evaluate_outcomes(settings: Settings, as_of: datetime | None = None, reports
     from itff_platform.monitoring.outcomes import realized_from_lake, write_quality_summary
     from itff_platform.monitoring.plots import live_equity_plot, live_reliability_plot
     from itff_platform.monitoring.prediction_log import read_prediction_log
-    from itff_platform.monitoring.quality import live_quality
+    from itff_platform.monitoring.quality import live_quality_for
 
     as_of = as_of or datetime.now(timezone.utc)
     folder = report_folder(settings, as_of, reports_dir, with_plots)
@@ -89,7 +89,7 @@ def evaluate_outcomes(settings: Settings, as_of: datetime | None = None, reports
     horizon = timedelta(seconds=settings.interval_seconds * (settings.label_horizon + 1))
     realized = realized.filter(pl.col("bar_time") + horizon <= as_of)
     result = Evaluation(as_of=as_of, logged=log.height, pending=asked - realized.height, realized=realized)
-    result.quality = live_quality(realized, settings.fees_bps)
+    result.quality = live_quality_for(settings, realized, as_of)
     if result.quality.height:
         write_quality_summary(settings, result.quality)
     result.expectations = champion_expectations(settings)
@@ -133,9 +133,11 @@ def _degradation(settings: Settings, quality: pl.DataFrame, expectations: dict) 
     from itff_platform.monitoring.quality import quality_degradation
 
     rows = []
-    overall = {(r["symbol"], r["target"]): r for r in quality.filter(pl.col("scope") == "all").iter_rows(named=True)} if quality.height else {}
+    # Each champion is judged on its own answers: quality rows are per model version.
+    overall = {(r["symbol"], r["target"], r["model_version"]): r
+               for r in quality.filter(pl.col("scope") == "all").iter_rows(named=True)} if quality.height else {}
     for (symbol, target), expected in expectations.items():
-        live = overall.get((symbol, target), {"n": 0})
+        live = overall.get((symbol, target, str(expected["version"])), {"n": 0})
         if target == "forward_return":  # a quantile model has no log loss: its MAPE is graded, against runbook 001's bound
             rows.append({"symbol": symbol, "target": target, "champion": expected["version"], "live_mape": live.get("mape"),
                          "expected_mape": expected.get("mape"), **mape_status(live, settings)})
@@ -158,16 +160,28 @@ def mape_status(live: dict, settings: Settings) -> dict:
 
 
 PRECISION_RECALL_SCHEMA = {"symbol": pl.String, "target": pl.String, "model_version": pl.String, "n": pl.Int64,
-                           "long_calls": pl.Int64, "positives": pl.Int64, "precision": pl.Float64, "recall": pl.Float64}
+                           "long_calls": pl.Int64, "positives": pl.Int64, "hits": pl.Int64, "precision": pl.Float64,
+                           "recall": pl.Float64}
+
+
+def _long_call(realized: pl.DataFrame) -> pl.Expr:
+    """Whether the deployed rule called 'long': prob_up at or above the served threshold, which is what the
+    served signal 'long' means, and what the backtest's precision/recall count. A champion whose rule is not
+    tradable serves 'flat' whatever it calls; counting its signals would read as recall collapsing to 0."""
+    served = pl.col("signal") == "long"
+    if "threshold" not in realized.columns:
+        return served
+    known = pl.col("prob_up").is_not_null() & pl.col("threshold").is_not_null()
+    return pl.when(known).then(pl.col("prob_up") >= pl.col("threshold")).otherwise(served)
 
 
 def live_precision_recall(realized: pl.DataFrame, since: datetime) -> pl.DataFrame:
-    """Precision and recall of the served long calls (signal 'long' = predicted positive, label 1 = positive),
-    per symbol, target and model version, over the classification outcomes of bars from `since` on. Precision
-    is null with no long call, recall with no positive, rather than the 0 that would read as a collapse."""
+    """Precision and recall of the deployed rule's long calls (a long call = predicted positive, label 1 =
+    positive), per symbol, target and model version, over the classification outcomes of bars from `since` on.
+    Precision is null with no long call, recall with no positive, rather than the 0 that would read as a collapse."""
     if realized.is_empty():
         return pl.DataFrame(schema=PRECISION_RECALL_SCHEMA)
-    called, positive = pl.col("signal") == "long", pl.col("label") == 1
+    called, positive = _long_call(realized), pl.col("label") == 1
     counts = (
         realized.filter(pl.col("bar_time") >= since, pl.col("label").is_not_null(), pl.col("target") != "forward_return")
         .group_by("symbol", "target", "model_version")
@@ -179,11 +193,30 @@ def live_precision_recall(realized: pl.DataFrame, since: datetime) -> pl.DataFra
     ).select(list(PRECISION_RECALL_SCHEMA)).cast(PRECISION_RECALL_SCHEMA)
 
 
+# Each rate, and the count it is a share of: precision of the long calls, recall of the up moves.
+RATE_DENOMINATORS = {"precision": "long_calls", "recall": "positives"}
+
+
+def _rate_drift(hits: int, trials: int, expected: float | None, settings: Settings) -> dict:
+    """A live rate (hits / trials) against the backtest's: the gap, the two-sided binomial p-value of a live rate
+    that far off if the backtest's still held, and whether it drifted: more than drift_precision_recall_max
+    off, and unlikely by chance at drift_precision_recall_alpha. Over a week of hourly bars a rate rests on a
+    few dozen calls, whose standard error (~0.06) is larger than the 5 points runbooks 000/002 name: the gap
+    alone would retrain a stable model every other week."""
+    from scipy.stats import binomtest
+
+    if not trials or expected is None:
+        return {"gap": None, "p_value": None, "drifted": False}
+    gap = hits / trials - expected
+    p_value = float(binomtest(hits, trials, min(max(expected, 0.0), 1.0)).pvalue)
+    drifted = abs(gap) > settings.drift_precision_recall_max and p_value < settings.drift_precision_recall_alpha
+    return {"gap": gap, "p_value": p_value, "drifted": drifted}
+
+
 def precision_recall_drift(settings: Settings, realized: pl.DataFrame, expectations: dict, as_of: datetime) -> list[dict]:
     """Each classification champion's live precision and recall over the last drift_precision_recall_days
-    against its backtest's (MLflow `precision`/`recall`): status 'error' when either moved more than
-    drift_precision_recall_max, 'insufficient' below min_live_outcomes outcomes of that version, 'not graded'
-    when the backtest logged neither."""
+    against its backtest's (MLflow `precision`/`recall`): status 'error' when either drifted (_rate_drift),
+    'insufficient' below min_live_outcomes outcomes of that version, 'not graded' when the backtest logged neither."""
     live = live_precision_recall(realized, as_of - timedelta(days=settings.drift_precision_recall_days))
     by_version = {(r["symbol"], r["target"], r["model_version"]): r for r in live.iter_rows(named=True)}
     rows = []
@@ -191,18 +224,20 @@ def precision_recall_drift(settings: Settings, realized: pl.DataFrame, expectati
         if target == "forward_return":
             continue
         found = by_version.get((symbol, target, str(expected["version"])), {"n": 0})
-        row = {"symbol": symbol, "target": target, "champion": expected["version"], "n": found["n"],
-               "live_precision": found.get("precision"), "expected_precision": expected.get("precision"),
-               "live_recall": found.get("recall"), "expected_recall": expected.get("recall")}
-        gaps = [abs(row[f"live_{m}"] - row[f"expected_{m}"]) for m in ("precision", "recall")
-                if row[f"live_{m}"] is not None and row[f"expected_{m}"] is not None]
+        row = {"symbol": symbol, "target": target, "champion": expected["version"], "n": found["n"]}
+        drifts = {}
+        for rate, denominator in RATE_DENOMINATORS.items():
+            drifts[rate] = _rate_drift(found.get("hits", 0), found.get(denominator, 0), expected.get(rate), settings)
+            row |= {f"live_{rate}": found.get(rate), f"expected_{rate}": expected.get(rate),
+                    f"{rate}_p_value": drifts[rate]["p_value"]}
+        gaps = [abs(d["gap"]) for d in drifts.values() if d["gap"] is not None]
         row["largest_gap"] = max(gaps, default=None)
         if expected.get("precision") is None and expected.get("recall") is None:
             row["status"] = "not graded"
         elif found["n"] < settings.min_live_outcomes or not gaps:
             row["status"] = "insufficient"
         else:
-            row["status"] = "error" if row["largest_gap"] > settings.drift_precision_recall_max else "ok"
+            row["status"] = "error" if any(d["drifted"] for d in drifts.values()) else "ok"
         rows.append(row)
     return rows
 
@@ -257,9 +292,10 @@ def _model_reasons(settings: Settings, result: Evaluation, symbol: str, target: 
         if (d["symbol"], d["target"]) == (symbol, target) and d["status"] == "error":
             reasons.append(
                 f"precision/recall drift over the last {settings.drift_precision_recall_days} days ({d['n']} outcomes): "
-                f"precision {_share(d['live_precision'])} vs the backtest's {_share(d['expected_precision'])}, recall "
-                f"{_share(d['live_recall'])} vs {_share(d['expected_recall'])}, beyond ±{settings.drift_precision_recall_max:g}: "
-                "retraining re-selects the threshold walk-forward")
+                f"precision {_share(d['live_precision'])} vs the backtest's {_share(d['expected_precision'])} "
+                f"(p {_share(d['precision_p_value'])}), recall {_share(d['live_recall'])} vs {_share(d['expected_recall'])} "
+                f"(p {_share(d['recall_p_value'])}), beyond ±{settings.drift_precision_recall_max:g} at p < "
+                f"{settings.drift_precision_recall_alpha:g}: retraining re-selects the threshold walk-forward")
     return reasons
 
 

@@ -31,12 +31,15 @@ def realized(target: str, signal: list[str], label: list[float | None], version:
     bar_time = [AS_OF - timedelta(hours=hours_before + i) for i in range(n)]
     frame = {"symbol": ["BTCUSDT"] * n, "target": [target] * n, "model_version": [version] * n, "bar_time": bar_time,
              "regime": ["range_bound"] * n, "signal": signal, "label": label, "forward_return": [0.001] * n,
-             "prob_up": [0.5] * n, "p50": [None] * n, "close": [100.0] * n, **columns}
-    return pl.DataFrame(frame, schema_overrides={"label": pl.Float64, "p50": pl.Float64, "prob_up": pl.Float64})
+             "prob_up": [0.5] * n, "threshold": [None] * n, "p50": [None] * n, "close": [100.0] * n,
+             "latency_ms": [5.0] * n, **columns}
+    return pl.DataFrame(frame, schema_overrides={"label": pl.Float64, "p50": pl.Float64, "prob_up": pl.Float64,
+                                                 "threshold": pl.Float64})
 
 
 def decide(settings: Settings, expectations: dict, rows: pl.DataFrame, as_of: datetime = AS_OF) -> Evaluation:
-    result = Evaluation(as_of=as_of, realized=rows, quality=live_quality(rows, settings.fees_bps), expectations=expectations)
+    quality = live_quality(rows, settings.fees_bps, settings.label_horizon)
+    result = Evaluation(as_of=as_of, realized=rows, quality=quality, expectations=expectations)
     judge_live(settings, result)
     result.decisions = decide_retraining(settings, result)
     return result
@@ -118,13 +121,23 @@ def test_live_precision_and_recall_as_promised_keep_the_model(classifier):
 
 
 def test_precision_drifting_more_than_five_points_in_the_last_week_retrains(classifier):
-    # 9 of 20 long calls right: precision 0.45 against the backtest's 0.60; recall 9/18 = 0.5 as promised.
-    result = decide(classifier, DIRECTION_CHAMPION, calls(hits=9, false_calls=11, missed=9, quiet=21))
-    assert result.precision_recall[0]["largest_gap"] == pytest.approx(0.15)
+    # 27 of 60 long calls right: precision 0.45 against the backtest's 0.60 (binomial p 0.024); recall 27/54 = 0.5.
+    result = decide(classifier, DIRECTION_CHAMPION, calls(hits=27, false_calls=33, missed=27, quiet=63))
+    judged = result.precision_recall[0]
+    assert judged["largest_gap"] == pytest.approx(0.15) and judged["precision_p_value"] == pytest.approx(0.0242, abs=1e-4)
     decision = only(result)
     assert decision["decision"] == "retrain"
-    assert "precision 0.450 vs the backtest's 0.600" in decision["reasons"]
+    assert "precision 0.450 vs the backtest's 0.600 (p 0.024)" in decision["reasons"]
     assert decision["reasons"].endswith("retraining re-selects the threshold walk-forward")
+
+
+def test_a_gap_the_sample_size_explains_does_not_retrain_unless_the_test_is_switched_off(classifier):
+    # The same 0.45 precision, on 20 calls: binomial p 0.18, what a week of noise gives a stable model.
+    noisy = calls(hits=9, false_calls=11, missed=9, quiet=21)
+    result = decide(classifier, DIRECTION_CHAMPION, noisy)
+    assert result.precision_recall[0]["status"] == "ok" and only(result)["decision"] == "keep"
+    gap_alone = classifier.model_copy(update={"drift_precision_recall_alpha": 1.0})
+    assert only(decide(gap_alone, DIRECTION_CHAMPION, noisy))["decision"] == "retrain"
 
 
 def test_precision_recall_reads_only_the_champion_and_the_last_week(classifier):
@@ -140,3 +153,14 @@ def test_precision_recall_reads_only_the_champion_and_the_last_week(classifier):
     # Fewer outcomes than min_live_outcomes: not judged yet.
     few = decide(classifier, DIRECTION_CHAMPION, calls(hits=2, false_calls=8, missed=5, quiet=5))
     assert few.precision_recall[0]["status"] == "insufficient" and only(few)["decision"] == "keep"
+
+
+def test_an_untradable_champion_is_judged_on_its_rule_calls_not_its_flat_signals(classifier):
+    # Served 'flat' throughout (its rule has no significant edge), but its probability crossed the threshold
+    # on the 20 rows it would have called long: the rule's precision and recall are as promised.
+    promised = calls(hits=12, false_calls=8, missed=12, quiet=18)
+    called = pl.Series([0.7] * 20 + [0.5] * 30)
+    untradable = promised.with_columns(signal=pl.lit("flat"), prob_up=called, threshold=pl.lit(0.6))
+    result = decide(classifier, DIRECTION_CHAMPION, untradable)
+    judged = result.precision_recall[0]
+    assert (judged["live_precision"], judged["live_recall"]) == (0.6, 0.5) and only(result)["decision"] == "keep"
