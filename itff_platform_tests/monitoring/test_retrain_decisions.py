@@ -25,8 +25,9 @@ from itff_platform.training.promotion import promote_champion
 from itff_platform.training.train import train_symbol_target
 from itff_platform_tests.conftest import utc
 
-SYMBOL, START = "PROMOUSDT", utc(2024, 1, 1)
-MONTHS = [utc(2024, month, 1) for month in range(1, 6)]
+SYMBOL, START = "PROMOUSDT", utc(2023, 10, 1)
+MONTHS = [utc(2023, month, 1) for month in range(10, 13)] + [utc(2024, month, 1) for month in range(1, 6)]
+DAYS = 244  # through May 2024
 CUTOFF = utc(2024, 4, 1)  # the champion learns what was known by then; the replay starts there
 REPLAY_DAYS = 21
 JUMP = utc(2024, 4, 21)  # the planted volatility shift
@@ -70,7 +71,7 @@ def stable(tmp_path_factory):
     settings = Settings(home=home, drop_dir=home / "drop", source="files", symbols=[SYMBOL], targets=["direction"],
                         trials=1, wf_folds=3, label_horizon=1, start_date=START.date(), end_date=date(2024, 6, 1),
                         drift_recent_days=7, drift_reference_days=60, drift_calibration_step_days=1, min_live_outcomes=24)
-    build_lake(settings, wandering_volatility_candles(150), CUTOFF)
+    build_lake(settings, wandering_volatility_candles(DAYS), CUTOFF)
     mlflow.set_tracking_uri(settings.tracking_uri)
     train_symbol_target(settings, SYMBOL, "direction", families=["baseline_majority", "baseline_persistence", "logistic"],
                         data=training_data(settings, SYMBOL, "direction", as_of=CUTOFF))
@@ -109,7 +110,7 @@ def test_a_planted_volatility_shift_triggers_retraining_within_its_window(stable
     planted = settings.model_copy(update={"lake_dir": home / "lake", "drop_dir": home / "drop",
                                           "monitoring_dir": home / "monitoring", "reports_dir": home / "reports"})
     # The same market, the same champion; from JUMP on its volatility is five times what it was.
-    build_lake(planted, wandering_volatility_candles(150, jump_at=JUMP, jump=5.0), utc(2024, 6, 1))
+    build_lake(planted, wandering_volatility_candles(DAYS, jump_at=JUMP, jump=5.0), utc(2024, 6, 1))
     decided = []
     for day in range(settings.drift_recent_days + 1):  # as of the jump, then each day of the window after it
         evaluation = evaluate(planted, JUMP + timedelta(days=day), with_plots=False)
