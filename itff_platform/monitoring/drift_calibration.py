@@ -21,8 +21,9 @@ Two choices, measured on stationary AR(1) series (phi 0.9, 0.98, 0.995; 365 days
   larger of the two, fresh windows beat the threshold 0.5-2.8 % of the time (PSI) and 0.5-1.1 % (KS).
   (itff_platform_tests/monitoring/test_drift_calibration.py checks <= 3 %.)
 
-Everything is vectorised over windows: one boolean (windows x rows) membership matrix per reference, bin counts
-per window by one matrix product, KS by cumulative sums along the value-sorted rows.
+Everything is vectorised over windows, which are row ranges of the time-sorted reference: a window's bin
+counts are a difference of running counts, and its KS against the rest follows from its KS against the whole
+reference (see leave_window_out_ks), for which only the window's own values are sorted.
 """
 
 from __future__ import annotations
@@ -45,28 +46,30 @@ MIN_WINDOW_FILL = 0.5
 LOG_FLOOR_FRACTION = 0.01
 
 
-def window_membership(timestamps: pl.Series, window: timedelta, step: timedelta, bar: timedelta) -> np.ndarray:
-    """Boolean (windows x rows): whether each row's timestamp lies in each window. Windows of `window` length
-    start at the first bar and every `step` after, as long as they end by the last bar's close; windows less
-    than MIN_WINDOW_FILL full are dropped. No rows, or a reference shorter than one window: zero windows."""
+def window_bounds(timestamps: pl.Series, window: timedelta, step: timedelta, bar: timedelta) -> np.ndarray:
+    """(windows x 2) row ranges [start, end) of `timestamps` (sorted ascending) that each window holds. Windows
+    of `window` length start at the first bar and every `step` after, as long as they end by the last bar's
+    close; windows less than MIN_WINDOW_FILL full are dropped. No rows, or a reference shorter than one
+    window: zero windows."""
     if timestamps.is_empty():
-        return np.zeros((0, 0), dtype=bool)
+        return np.zeros((0, 2), dtype=np.int64)
+    if not timestamps.is_sorted():
+        raise ValueError("timestamps: windows are row ranges, so the reference must be sorted by timestamp")
     stamps = timestamps.dt.epoch("us").to_numpy()
     window_us, step_us, bar_us = (int(d / timedelta(microseconds=1)) for d in (window, step, bar))
-    first, end = stamps.min(), stamps.max() + bar_us
-    count = (end - first - window_us) // step_us + 1
-    if count <= 0:
-        return np.zeros((0, len(stamps)), dtype=bool)
+    first, end = stamps[0], stamps[-1] + bar_us
+    count = max((end - first - window_us) // step_us + 1, 0)
     starts = first + step_us * np.arange(count)
-    members = (stamps[None, :] >= starts[:, None]) & (stamps[None, :] < starts[:, None] + window_us)
-    return members[members.sum(axis=1) >= MIN_WINDOW_FILL * window_us / bar_us]
+    bounds = np.column_stack([np.searchsorted(stamps, starts), np.searchsorted(stamps, starts + window_us)])
+    return bounds[bounds[:, 1] - bounds[:, 0] >= MIN_WINDOW_FILL * window_us / bar_us]
 
 
-def _leave_window_out_psi(onehot: np.ndarray, members: np.ndarray) -> np.ndarray:
+def _leave_window_out_psi(onehot: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     """PSI of each window's category counts against the rest of the reference's; `onehot` is (rows x bins),
     all zeros for a row without a value. NaN for a window (or a rest) holding no value."""
-    inside = (members.astype(np.float32) @ onehot.astype(np.float32)).astype(np.float64)  # float32 counts exactly to 2**24
-    rest = onehot.sum(axis=0)[None, :] - inside
+    running = np.vstack([np.zeros((1, onehot.shape[1])), np.cumsum(onehot, axis=0)])
+    inside = running[bounds[:, 1]] - running[bounds[:, 0]]  # a window's counts: a difference of running counts
+    rest = running[-1][None, :] - inside
     inside_total, rest_total = inside.sum(axis=1, keepdims=True), rest.sum(axis=1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         draws = psi_from_shares(rest / rest_total, inside / inside_total)
@@ -86,12 +89,12 @@ def decile_onehot(values: np.ndarray, bins: int = 10) -> np.ndarray:
     return onehot
 
 
-def leave_window_out_psi(values: np.ndarray, members: np.ndarray, bins: int = 10) -> np.ndarray:
+def leave_window_out_psi(values: np.ndarray, bounds: np.ndarray, bins: int = 10) -> np.ndarray:
     """drift.psi of each window against the rest of the reference, one number per window (NaN/inf dropped).
 
     The bins are the deciles of the whole reference rather than of each rest: the rest is the reference less
     one window (~8 % of a year), so its deciles barely move, and one set of bins keeps this one matrix product."""
-    return _leave_window_out_psi(decile_onehot(values, bins), members)
+    return _leave_window_out_psi(decile_onehot(values, bins), bounds)
 
 
 def one_bin_psi(counts: np.ndarray) -> float:
@@ -105,24 +108,35 @@ def one_bin_psi(counts: np.ndarray) -> float:
     return float(psi_from_shares(np.broadcast_to(shares, (len(shares), len(shares))), np.eye(len(shares))).min())
 
 
-def leave_window_out_ks(values: np.ndarray, members: np.ndarray) -> np.ndarray:
+def leave_window_out_ks(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     """Two-sample KS D of each window against the rest of the reference, one number per window (NaN/inf dropped).
 
-    Along the rows sorted by value, cumulative counts of window and rest rows are the two empirical CDFs (times
-    their sizes); D is their largest gap, read where a run of tied values ends, as scipy's ks_2samp does."""
+    The rest's CDF is (N F_all - n F_window) / (N - n), so F_window - F_rest = N / (N - n) (F_window - F_all):
+    D against the rest is N / (N - n) times D against the whole reference, which each window gets from its own
+    sorted values and their ranks in the reference (a sort of each window, not of the reference per window).
+    Between a window's values F_window is flat and F_all rises, so the gap peaks at a window value, just
+    before it or at it."""
     values = np.asarray(values, dtype=np.float64)
     finite = np.isfinite(values)
-    if not finite.any():
-        return np.full(len(members), np.nan)
-    order = np.argsort(values[finite], kind="stable")
-    ordered = values[finite][order]
-    below_inside = np.cumsum(members[:, finite][:, order], axis=1, dtype=np.int32)
-    below_rest = np.arange(1, len(ordered) + 1, dtype=np.int32)[None, :] - below_inside
-    inside_size, rest_size = below_inside[:, -1:], below_rest[:, -1:]
-    run_ends = np.r_[ordered[1:] != ordered[:-1], True]
+    total = int(finite.sum())
+    if not total or not len(bounds):
+        return np.full(len(bounds), np.nan)
+    ordered = np.sort(values[finite])
+    at_or_below = np.searchsorted(ordered, values, side="right") / total  # F_all(x) of each row's value
+    below = np.searchsorted(ordered, values, side="left") / total         # F_all just before it
+    width = int((bounds[:, 1] - bounds[:, 0]).max())
+    rows = bounds[:, :1] + np.arange(width)[None, :]
+    held = rows < bounds[:, 1:]
+    rows = np.minimum(rows, len(values) - 1)
+    held &= finite[rows]
+    by_value = np.argsort(np.where(held, values[rows], np.inf), axis=1, kind="stable")
+    rows, held = np.take_along_axis(rows, by_value, axis=1), np.take_along_axis(held, by_value, axis=1)
+    size = held.sum(axis=1, keepdims=True)
+    rank = np.arange(1, width + 1)[None, :]
     with np.errstate(divide="ignore", invalid="ignore"):
-        gaps = np.abs(below_inside[:, run_ends] / inside_size - below_rest[:, run_ends] / rest_size)
-    return np.where((inside_size[:, 0] > 0) & (rest_size[:, 0] > 0), gaps.max(axis=1, initial=0.0), np.nan)
+        gap = np.maximum(rank / size - at_or_below[rows], below[rows] - (rank - 1) / size)
+        whole = np.where(held, gap, -np.inf).max(axis=1)
+        return np.where((size[:, 0] > 0) & (size[:, 0] < total), whole * total / (total - size[:, 0]), np.nan)
 
 
 def calibrated_threshold(draws: np.ndarray, rate: float, floor: float, ceiling: float = np.inf) -> float:
@@ -141,9 +155,9 @@ def calibrated_threshold(draws: np.ndarray, rate: float, floor: float, ceiling: 
     return float(max(floor, np.quantile(draws, 1 - rate), fitted))
 
 
-def _membership(reference: pl.DataFrame, settings: Settings) -> np.ndarray:
-    return window_membership(reference["timestamp"], timedelta(days=settings.drift_recent_days),
-                             timedelta(days=settings.drift_calibration_step_days), timedelta(seconds=settings.interval_seconds))
+def _bounds(reference: pl.DataFrame, settings: Settings) -> np.ndarray:
+    return window_bounds(reference["timestamp"], timedelta(days=settings.drift_recent_days),
+                         timedelta(days=settings.drift_calibration_step_days), timedelta(seconds=settings.interval_seconds))
 
 
 def _warn_and_error(draws: np.ndarray, settings: Settings, warn_floor: float, error_floor: float,
@@ -156,12 +170,13 @@ def _warn_and_error(draws: np.ndarray, settings: Settings, warn_floor: float, er
 def calibrated_thresholds(reference: pl.DataFrame, features: list[str], settings: Settings) -> pl.DataFrame:
     """PSI and KS warn/error thresholds of each feature, calibrated on `reference` (silver rows with a
     `timestamp`): a THRESHOLD_SCHEMA frame for drift.feature_drift, with the number of windows drawn."""
-    members = _membership(reference, settings)
+    reference = reference.sort("timestamp")
+    bounds = _bounds(reference, settings)
     rows = []
     for feature in features:
         values = reference.get_column(feature).cast(pl.Float64).fill_null(float("nan")).to_numpy()
         onehot = decile_onehot(values)
-        psi_draws, ks_draws = _leave_window_out_psi(onehot, members), leave_window_out_ks(values, members)
+        psi_draws, ks_draws = _leave_window_out_psi(onehot, bounds), leave_window_out_ks(values, bounds)
         psi_warn, psi_error = _warn_and_error(psi_draws, settings, settings.drift_psi_warn, settings.drift_psi_error,
                                               one_bin_psi(onehot.sum(axis=0)))
         ks_warn, ks_error = _warn_and_error(ks_draws, settings, settings.drift_ks_warn, settings.drift_ks_error, 1.0)
@@ -173,10 +188,11 @@ def calibrated_thresholds(reference: pl.DataFrame, features: list[str], settings
 def regime_thresholds(reference: pl.DataFrame, settings: Settings) -> dict:
     """Warn/error thresholds of the regime mix's PSI, calibrated on `reference` (silver rows with `timestamp`
     and `regime`) the same way, floored by regime_shift_warn/error: the dict drift.regime_shift grades by."""
+    reference = reference.sort("timestamp")
     labels = regime_labels(reference["regime"])
     categories = np.asarray(regime_categories(labels), dtype=object)
     onehot = (labels[:, None] == categories[None, :]).astype(np.float64)
-    draws = _leave_window_out_psi(onehot, _membership(reference, settings))
+    draws = _leave_window_out_psi(onehot, _bounds(reference, settings))
     warn, error = _warn_and_error(draws, settings, settings.regime_shift_warn, settings.regime_shift_error,
                                   one_bin_psi(onehot.sum(axis=0)))
     return {"warn": warn, "threshold": error, "calibration_windows": int(np.isfinite(draws).sum())}
