@@ -6,8 +6,9 @@ A model is sent for retraining when any of these is an error:
   `drift_false_alarm_rate` on the reference period, see drift_calibration), or its symbol's regime mix shifted;
 - its live log loss rose too far above what its backtest promised;
 - forward_return: its live MAPE is above `drift_mape_error` (runbook 001's 8 %);
-- classification: live precision or recall of its long calls over the last `drift_precision_recall_days` moved
-  more than `drift_precision_recall_max` from the backtest's (runbooks 000/002: retraining re-selects the threshold).
+- classification: live precision or recall of its rule's long calls over the last `drift_precision_recall_days`
+  moved more than `drift_precision_recall_max` from the backtest's, beyond chance (a binomial test at
+  `drift_precision_recall_alpha`) (runbooks 000/002: retraining re-selects the threshold).
 Unless it was sent for retraining less than `drift_cooldown_days` before: then it is kept, and the reason says
 until when. The history is the decisions table, which a replay keeps apart, so the cooldown holds there too."""
 
