@@ -160,6 +160,26 @@ class Settings(BaseSettings):
     quality_log_loss_warn: float = Field(0.02, gt=0, description="Live log loss this far above the backtest's warns.")
     quality_log_loss_error: float = Field(0.05, gt=0, description="...and this far above it requests retraining.")
     min_live_outcomes: int = Field(24, ge=1, description="Realized predictions needed before live quality is judged.")
+    drift_false_alarm_rate: float = Field(0.01, gt=0, lt=0.5, description="Share of stable windows allowed to reach a "
+                                          "drift error: each feature's PSI/KS error threshold (and the regime mix's) is the "
+                                          "statistic's (1 - rate) quantile over windows of the reference period, floored by "
+                                          "the fixed *_ERROR thresholds.")
+    drift_warn_false_alarm_rate: float = Field(0.1, gt=0, lt=0.5, description="The same for the warn thresholds, floored "
+                                               "by the fixed *_WARN ones.")
+    drift_calibration_step_days: int = Field(3, ge=1, description="Days between the starts of the reference windows whose "
+                                             "drift, against the rest of the reference, calibrates the thresholds.")
+    drift_cooldown_days: int = Field(30, ge=0, description="A model sent for retraining is not sent again until this many "
+                                     "days after that decision (its as-of time); 0 switches the cooldown off.")
+    drift_mape_error: float = Field(0.08, gt=0, description="Live forward_return MAPE (a fraction, as live quality reports "
+                                    "it) above which that champion is retrained: runbook 001's 8 %.")
+    drift_precision_recall_max: float = Field(0.05, gt=0, le=1, description="Live precision or recall of the served long "
+                                              "calls this far (absolute) from the backtest's retrains a classification "
+                                              "champion, which re-selects its threshold: runbooks 000/002's weekly 5 %.")
+    drift_precision_recall_days: int = Field(7, ge=1, description="Days of realized outcomes the precision/recall check reads.")
+    drift_precision_recall_alpha: float = Field(0.05, gt=0, le=1, description="A precision/recall gap past the maximum "
+                                                "retrains only if a binomial test against the backtest's rate also gives p "
+                                                "below this: a week's few dozen calls carry a standard error above 5 points. "
+                                                "1 judges the gap alone.")
     progress_bar: bool = Field(False, description="Optuna's progress bar per study (the CLI turns it on).")
     mlflow_tracking_uri: str | None = None
     mlflow_ui_url: str = Field("http://127.0.0.1:5000", description="Where `make dev` serves the MLflow UI; used in links.")

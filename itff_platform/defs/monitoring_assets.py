@@ -62,6 +62,8 @@ def monitoring_assets() -> list:
             "outcomes_realized": result.realized.height, "outcomes_pending": result.pending,
             "live_quality": markdown_table(_rounded(result.quality)),
             "live_vs_backtest": markdown_table(_rounded(pl.DataFrame(result.degradation))) if result.degradation else "no champion yet",
+            "precision_recall_vs_backtest": markdown_table(_rounded(pl.DataFrame(result.precision_recall)))
+            if result.precision_recall else "no classification champion yet",
             "log_files_compacted": compaction["files_removed"],
             "reports": MetadataValue.path(str(cfg.reports_dir / result.as_of.strftime("%Y-%m-%d"))),
             **_plots(result.figures, "reliability"), **_plots(result.figures, "equity"),
@@ -91,6 +93,9 @@ def monitoring_assets() -> list:
                 "decisions": markdown_table(result.decisions.select("symbol", "target", "decision", "reasons")),
                 "feature_drift": markdown_table(_rounded(drift.filter(pl.col("status") != "ok")) if drift.height else drift),
                 "regime_shift": MetadataValue.json({s: {k: v for k, v in r.items()} for s, r in result.regime.items()}),
+                "drift_thresholds": markdown_table(_rounded(drift.select(
+                    "symbol", "feature", "psi_threshold", "ks_threshold", "calibration_windows"))) if drift.height else drift,
+                "false_alarm_rate": cfg.drift_false_alarm_rate, "cooldown_days": cfg.drift_cooldown_days,
                 **_plots(result.figures, "drift"), **_plots(result.figures, "regimes"),
             },
             check_results=_check_results(cfg, result, drift),
@@ -104,17 +109,22 @@ def _check_results(cfg, result, drift: pl.DataFrame) -> list[AssetCheckResult]:
 
     feature_status = worst(*drift["status"].to_list()) if drift.height else "ok"
     regime_status = worst(*(r["status"] for r in result.regime.values())) if result.regime else "ok"
-    graded = [d for d in result.degradation if d["status"] in ("ok", "warn", "error")]
+    graded = [d for d in [*result.degradation, *result.precision_recall] if d["status"] in ("ok", "warn", "error")]
     quality_status = worst(*(d["status"] for d in graded)) if graded else "ok"
     return [
-        _graded("feature_drift", feature_status, f"PSI warn {cfg.drift_psi_warn} / error {cfg.drift_psi_error}; KS warn "
-                f"{cfg.drift_ks_warn} / error {cfg.drift_ks_error}",
+        _graded("feature_drift", feature_status, f"PSI and KS past each feature's threshold, calibrated to a "
+                f"{cfg.drift_false_alarm_rate:g} false-alarm rate on the reference period and floored at PSI warn "
+                f"{cfg.drift_psi_warn} / error {cfg.drift_psi_error}, KS warn {cfg.drift_ks_warn} / error {cfg.drift_ks_error}",
                 {"drifted_features": int(drift.filter(pl.col("status") != "ok").height) if drift.height else 0}),
-        _graded("regime_shift", regime_status, f"PSI of the regime mix: warn {cfg.regime_shift_warn} / error {cfg.regime_shift_error}",
-                {s: round(r["psi"], 4) for s, r in result.regime.items()}),
+        _graded("regime_shift", regime_status, f"PSI of the regime mix past its calibrated threshold (floors warn "
+                f"{cfg.regime_shift_warn} / error {cfg.regime_shift_error})",
+                {s: round(r["psi"], 4) for s, r in result.regime.items()}
+                | {f"{s} threshold": round(r["threshold"], 4) for s, r in result.regime.items()}),
         _graded("live_quality", quality_status, f"live log loss over the backtest's: warn +{cfg.quality_log_loss_warn} / error "
-                f"+{cfg.quality_log_loss_error}, judged from {cfg.min_live_outcomes} outcomes",
-                {"models_judged": len(graded), "models_waiting_for_outcomes": sum(d["status"] == "insufficient" for d in result.degradation)}),
+                f"+{cfg.quality_log_loss_error}; forward_return MAPE above {cfg.drift_mape_error:.0%}; precision or recall of the "
+                f"last {cfg.drift_precision_recall_days} days more than {cfg.drift_precision_recall_max:g} from the backtest's; "
+                f"judged from {cfg.min_live_outcomes} outcomes",
+                {"judgements": len(graded), "models_waiting_for_outcomes": sum(d["status"] == "insufficient" for d in result.degradation)}),
     ]
 
 

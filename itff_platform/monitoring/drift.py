@@ -5,6 +5,8 @@ bins cut at the deciles of the reference (training) sample. The usual reading, a
 below 0.1 no meaningful shift, 0.1-0.25 a moderate shift worth a look, above 0.25 a major shift.
 The two-sample Kolmogorov-Smirnov D (largest gap between the two empirical CDFs) backs it up: PSI is
 blind to moves inside one bin, KS to the tails.
+Those fixed thresholds are floors: the evaluation grades each feature (and the regime mix) by thresholds
+calibrated on how far the statistic moves within the reference period itself (monitoring.drift_calibration).
 """
 
 from __future__ import annotations
@@ -46,9 +48,10 @@ def _finite(values) -> np.ndarray:
     return values[np.isfinite(values)]
 
 
-def _psi_from_shares(expected: np.ndarray, actual: np.ndarray) -> float:
+def psi_from_shares(expected: np.ndarray, actual: np.ndarray) -> np.ndarray | float:
+    """PSI of share vectors along the last axis: one number for two vectors, one per row for two matrices."""
     expected, actual = np.maximum(expected, SHARE_FLOOR), np.maximum(actual, SHARE_FLOOR)
-    return float(np.sum((actual - expected) * np.log(actual / expected)))
+    return np.sum((actual - expected) * np.log(actual / expected), axis=-1)
 
 
 def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float:
@@ -67,7 +70,7 @@ def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float:
     count = len(inner) + 1
     expected_counts = np.bincount(np.searchsorted(inner, expected, side="right"), minlength=count)
     actual_counts = np.bincount(np.searchsorted(inner, actual, side="right"), minlength=count)
-    return _psi_from_shares(expected_counts / len(expected), actual_counts / len(actual))
+    return float(psi_from_shares(expected_counts / len(expected), actual_counts / len(actual)))
 
 
 def ks_statistic(expected: np.ndarray, actual: np.ndarray) -> float:
@@ -91,52 +94,99 @@ def category_psi(expected_labels, actual_labels, categories: Sequence[str]) -> f
     expected, actual = category_shares(expected_labels, categories), category_shares(actual_labels, categories)
     if not expected.any() or not actual.any():
         return float("nan")
-    return _psi_from_shares(expected, actual)
+    return float(psi_from_shares(expected, actual))
 
 
 def _values(frame: pl.DataFrame, column: str) -> np.ndarray:
     return frame.get_column(column).cast(pl.Float64).fill_null(float("nan")).to_numpy()
 
 
+THRESHOLD_SCHEMA = {"feature": pl.String, "psi_warn": pl.Float64, "psi_threshold": pl.Float64, "ks_warn": pl.Float64,
+                    "ks_threshold": pl.Float64, "calibration_windows": pl.Int64}
 DRIFT_SCHEMA = {"feature": pl.String, "psi": pl.Float64, "ks": pl.Float64,
+                **{k: v for k, v in THRESHOLD_SCHEMA.items() if k != "feature"},
                 "psi_status": pl.String, "ks_status": pl.String, "status": pl.String}
 
 
-def feature_drift(reference: pl.DataFrame, recent: pl.DataFrame, features: list[str], settings: Settings) -> pl.DataFrame:
-    """PSI and KS of each feature, recent window against the reference (training) window, graded by the
-    settings' thresholds; `status` is the worse of the two. Most drifted first."""
+def fixed_thresholds(features: list[str], settings: Settings) -> pl.DataFrame:
+    """The configured PSI/KS thresholds for every feature, calibrated on no window: what grading uses when there
+    is no reference period to calibrate on (see monitoring.drift_calibration)."""
+    count = len(features)
+    return pl.DataFrame({"feature": features, "psi_warn": [settings.drift_psi_warn] * count,
+                         "psi_threshold": [settings.drift_psi_error] * count, "ks_warn": [settings.drift_ks_warn] * count,
+                         "ks_threshold": [settings.drift_ks_error] * count, "calibration_windows": [0] * count},
+                        schema=THRESHOLD_SCHEMA)
+
+
+def _graded(statistic: str, warn: str, error: str) -> pl.Expr:
+    """grade() over columns, one threshold pair per row; a null statistic (nothing to compare) grades 'ok'."""
+    value = pl.col(statistic)
+    return pl.when(value >= pl.col(error)).then(pl.lit(ERROR)).when(value >= pl.col(warn)).then(pl.lit(WARN)).otherwise(pl.lit(OK))
+
+
+def _worse(left: str, right: str) -> pl.Expr:
+    """worst() of two status columns."""
+    def either(status: str) -> pl.Expr:
+        return (pl.col(left) == status) | (pl.col(right) == status)
+
+    return pl.when(either(ERROR)).then(pl.lit(ERROR)).when(either(WARN)).then(pl.lit(WARN)).otherwise(pl.lit(OK))
+
+
+def feature_drift(reference: pl.DataFrame, recent: pl.DataFrame, features: list[str], settings: Settings,
+                  thresholds: pl.DataFrame | None = None) -> pl.DataFrame:
+    """PSI and KS of each feature, recent window against the reference (training) window, graded by each
+    feature's thresholds (a THRESHOLD_SCHEMA frame, e.g. from drift_calibration.calibrated_thresholds; the
+    settings' fixed ones when None); `status` is the worse of the two. Most drifted first."""
+    thresholds = fixed_thresholds(features, settings) if thresholds is None else thresholds
+    missing = sorted(set(features) - set(thresholds["feature"]))
+    if missing:
+        raise ValueError(f"thresholds: no row for feature(s) {missing}")
     rows = []
     for feature in features:
         before, after = _values(reference, feature), _values(recent, feature)
-        feature_psi, feature_ks = psi(before, after), ks_statistic(before, after)
-        psi_status = grade(feature_psi, settings.drift_psi_warn, settings.drift_psi_error)
-        ks_status = grade(feature_ks, settings.drift_ks_warn, settings.drift_ks_error)
-        rows.append({"feature": feature, "psi": feature_psi, "ks": feature_ks, "psi_status": psi_status,
-                     "ks_status": ks_status, "status": worst(psi_status, ks_status)})
-    frame = pl.DataFrame(rows, schema=DRIFT_SCHEMA)
-    # NaN would sort above every number; nothing-to-compare rows go last instead.
-    return frame.with_columns(pl.col("psi", "ks").fill_nan(None)).sort("psi", descending=True, nulls_last=True)
+        rows.append({"feature": feature, "psi": psi(before, after), "ks": ks_statistic(before, after)})
+    # NaN compares above every number in polars and would sort first; nothing-to-compare rows are null instead.
+    measured = pl.DataFrame(rows, schema={"feature": pl.String, "psi": pl.Float64, "ks": pl.Float64}).with_columns(
+        pl.col("psi", "ks").fill_nan(None))
+    return (
+        measured.join(thresholds.select(list(THRESHOLD_SCHEMA)), on="feature", how="left")
+        .with_columns(psi_status=_graded("psi", "psi_warn", "psi_threshold"), ks_status=_graded("ks", "ks_warn", "ks_threshold"))
+        .with_columns(status=_worse("psi_status", "ks_status"))
+        .select(list(DRIFT_SCHEMA))
+        .sort("psi", descending=True, nulls_last=True)
+    )
 
 
-def _labels(regimes) -> np.ndarray:
+def regime_labels(regimes) -> np.ndarray:
     """Regime labels as a flat object array; a missing regime counts as 'unknown', as the rules call warm-up."""
     if not isinstance(regimes, pl.Series):
         regimes = pl.Series(np.asarray(regimes, dtype=object).ravel().tolist(), dtype=pl.String)
     return regimes.cast(pl.String).fill_null("unknown").to_numpy().astype(object)
 
 
-def regime_shift(reference_regimes, recent_regimes, settings: Settings) -> dict:
-    """PSI of the regime mix, recent against reference, graded by regime_shift_warn/error.
+def regime_shift(reference_regimes, recent_regimes, settings: Settings, thresholds: dict | None = None) -> dict:
+    """PSI of the regime mix, recent against reference, graded by `thresholds` ({"warn", "threshold",
+    "calibration_windows"}, e.g. from drift_calibration.regime_thresholds; regime_shift_warn/error when None).
 
-    Returns {"psi", "status", "reference_shares": {regime: share}, "recent_shares": {regime: share}}; the
-    shares cover every known regime (and any unexpected label seen), so the two dicts line up for plotting."""
-    before, after = _labels(reference_regimes), _labels(recent_regimes)
-    extra = sorted(set(np.unique(np.concatenate([before, after])).tolist()) - set(REGIMES))
-    categories = [*REGIMES, *extra]
+    Returns {"psi", "status", "warn", "threshold", "calibration_windows", "reference_shares": {regime: share},
+    "recent_shares": {regime: share}}; the shares cover every known regime (and any unexpected label seen), so
+    the two dicts line up for plotting."""
+    thresholds = thresholds or {"warn": settings.regime_shift_warn, "threshold": settings.regime_shift_error,
+                                "calibration_windows": 0}
+    before, after = regime_labels(reference_regimes), regime_labels(recent_regimes)
+    categories = regime_categories(before, after)
     mix_psi = category_psi(before, after, categories)
     return {
         "psi": mix_psi,
-        "status": grade(mix_psi, settings.regime_shift_warn, settings.regime_shift_error),
+        "status": grade(mix_psi, thresholds["warn"], thresholds["threshold"]),
+        "warn": thresholds["warn"], "threshold": thresholds["threshold"],
+        "calibration_windows": thresholds["calibration_windows"],
         "reference_shares": dict(zip(categories, category_shares(before, categories).tolist())),
         "recent_shares": dict(zip(categories, category_shares(after, categories).tolist())),
     }
+
+
+def regime_categories(*labels: np.ndarray) -> list[str]:
+    """The six regimes, then any unexpected label seen, sorted: one category list for every side compared."""
+    extra = sorted(set(np.unique(np.concatenate(labels)).tolist()) - set(REGIMES))
+    return [*REGIMES, *extra]

@@ -22,13 +22,18 @@ STATUS_COLOURS = {"ok": "tab:green", "warn": "tab:orange", "error": "tab:red"}
 
 
 def drift_plot(drift: pl.DataFrame, title: str, path: Path, warn: float, error: float) -> Path:
-    """Horizontal PSI bar per feature (a feature_drift frame), most drifted on top, with the warn/error lines."""
+    """Horizontal PSI bar per feature (a feature_drift frame), most drifted on top, with the warn/error lines
+    (`warn`/`error`: the fixed floors) and, where the frame has them, each feature's calibrated error threshold."""
     shown = drift.filter(pl.col("psi").is_not_null()).reverse()  # barh draws bottom-up
     fig, axis = plt.subplots(figsize=(6, 1.5 + 0.22 * max(shown.height, 1)))
-    colours = [STATUS_COLOURS[grade(value, warn, error)] for value in shown["psi"]]
-    axis.barh(shown["feature"].to_list(), shown["psi"].to_numpy(), color=colours)
-    axis.axvline(warn, color="tab:orange", linestyle="--", label=f"warn {warn:g}")
-    axis.axvline(error, color="tab:red", linestyle="--", label=f"error {error:g}")
+    calibrated = "psi_threshold" in shown.columns
+    statuses = shown["psi_status"] if calibrated else [grade(value, warn, error) for value in shown["psi"]]
+    axis.barh(shown["feature"].to_list(), shown["psi"].to_numpy(), color=[STATUS_COLOURS[s] for s in statuses])
+    if calibrated:
+        axis.scatter(shown["psi_threshold"].to_numpy(), shown["feature"].to_list(), marker="|", s=120, color="black",
+                     zorder=3, label="calibrated error threshold")
+    axis.axvline(warn, color="tab:orange", linestyle="--", label=f"warn floor {warn:g}" if calibrated else f"warn {warn:g}")
+    axis.axvline(error, color="tab:red", linestyle="--", label=f"error floor {error:g}" if calibrated else f"error {error:g}")
     axis.set_xlabel("population stability index (recent vs training)")
     return _finish(fig, axis, title, path)
 

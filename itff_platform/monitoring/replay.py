@@ -6,6 +6,8 @@ Each day D, as if it were 00:00 UTC on D+1:
 3. predictions: the current champions predict every bar of D, through the service's own answer code, into the
    replay's prediction log (served_at = when the bar closed);
 4. outcomes, drift and a keep/retrain decision per champion, recorded in the replay's decisions table; reports weekly.
+   The table is the cooldown's history, so earlier days' retrain decisions hold back later ones; a replay first
+   drops the decisions an earlier replay made from START on, since it decides those days again.
 After the last day, END's month is given back the rest of its candles, so the lake has no hole after the replay.
 Replay keeps its log, decisions and reports under monitoring/replay and reports/replay, apart from live ones.
 
@@ -65,7 +67,7 @@ def day_range(start: date, end: date) -> list[date]:
 def replay(settings: Settings, start: date, end: date, progress: Callable[[str], None] = print,
            report_every_days: int = 7) -> ReplaySummary:
     from itff_platform.market import candle_source
-    from itff_platform.monitoring.evaluation import evaluate, record_decisions
+    from itff_platform.monitoring.evaluation import evaluate, forget_decisions_from, record_decisions
     from itff_platform.monitoring.prediction_log import PredictionLog
     from itff_platform.serving.store import ChampionStore
 
@@ -79,6 +81,9 @@ def replay(settings: Settings, start: date, end: date, progress: Callable[[str],
         if trained and trained[:10] >= start.isoformat():
             progress(f"note: {model.name} v{model.version} was trained on data through {trained[:10]}, after {start}: "
                      "its live figures in this replay are in-sample (train with ITFF_END_DATE before START for honest ones)")
+    forgotten = forget_decisions_from(settings, datetime(start.year, start.month, start.day, tzinfo=timezone.utc))
+    if forgotten:
+        progress(f"note: {forgotten} decision(s) of an earlier replay from {start} on are replaced by this one's")
     log = PredictionLog.for_settings(settings)
     source, summary = candle_source(settings), ReplaySummary()
     days = day_range(start, end)

@@ -83,7 +83,10 @@ def test_feature_drift_frame(rng, settings):
     recent = pl.DataFrame({"steady": rng.normal(size=n), "shifted": rng.normal(loc=1.0, size=n),
                            "wider": rng.normal(scale=1.4, size=n), "flat": np.zeros(n)})
     drift = feature_drift(reference, recent, ["steady", "shifted", "wider", "flat"], settings)
-    assert drift.columns == ["feature", "psi", "ks", "psi_status", "ks_status", "status"]
+    assert drift.columns == ["feature", "psi", "ks", "psi_warn", "psi_threshold", "ks_warn", "ks_threshold",
+                             "calibration_windows", "psi_status", "ks_status", "status"]
+    # No thresholds given: every feature is graded by the settings' fixed ones, calibrated on no window.
+    assert set(drift["psi_threshold"]) == {settings.drift_psi_error} and set(drift["calibration_windows"]) == {0}
     assert drift["feature"][0] == "shifted"
     assert drift["psi"].to_list() == sorted(drift["psi"].to_list(), reverse=True)
     status = dict(drift.select("feature", "status").iter_rows())
