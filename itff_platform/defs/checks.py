@@ -67,3 +67,35 @@ def gap_check_result(gaps: pl.DataFrame, tolerance_bars: int) -> AssetCheckResul
             "gaps": markdown_table(ranges),
         },
     )
+
+
+def rejected_files_check_result(rejected: list[dict]) -> AssetCheckResult:
+    """Files set aside into the drop folder's rejected/ this run. Fails (ERROR) but does not block: the other
+    files and symbols went on."""
+    table = pl.DataFrame(rejected, schema={"file": pl.String, "field": pl.String, "rule": pl.String, "moved_to": pl.String, "message": pl.String})
+    return AssetCheckResult(
+        check_name="no_rejected_files",
+        passed=table.is_empty(),
+        severity=AssetCheckSeverity.ERROR,
+        description="Each rejected file lies in rejected/ beside <file>.reason.txt; fix it and drop it again.",
+        metadata={"rejected_files": table.height, "files": markdown_table(table.drop("message")),
+                  "reasons": MetadataValue.json({r["file"]: r["message"] for r in rejected})},
+    )
+
+
+def out_of_range_check_result(out_of_range: pl.DataFrame, first_month: str, end: str) -> AssetCheckResult:
+    by_file = (
+        out_of_range.group_by("symbol", "file").agg(
+            pl.len().alias("rows"),
+            pl.col("timestamp").min().dt.to_string("%Y-%m-%d %H:%M").alias("first"),
+            pl.col("timestamp").max().dt.to_string("%Y-%m-%d %H:%M").alias("last"),
+        ).sort("symbol", "file", nulls_last=True)
+        if out_of_range.height else pl.DataFrame()
+    )
+    return AssetCheckResult(
+        check_name="no_rows_out_of_range",
+        passed=out_of_range.is_empty(),
+        severity=AssetCheckSeverity.WARN,
+        description=f"Rows outside the lake's months [{first_month}, {end}) are kept in quarantine with rule out_of_range.",
+        metadata={"out_of_range_rows": out_of_range.height, "rows_by_file": markdown_table(by_file)},
+    )

@@ -3,6 +3,7 @@
 import polars as pl
 from dagster import (
     AssetCheckResult,
+    AssetCheckSpec,
     AssetDep,
     AssetExecutionContext,
     BackfillPolicy,
@@ -21,6 +22,8 @@ from itff_platform.defs.checks import (
     check_specs,
     gap_check_result,
     markdown_table,
+    out_of_range_check_result,
+    rejected_files_check_result,
     schema_check_results,
 )
 from itff_platform.defs.partitions import lake_partitions, months_by_symbol
@@ -37,23 +40,49 @@ def lake_assets(settings: Settings) -> list:
         backfill_policy=single_run,
         group_name="lake",
         kinds={"delta", "polars"},
-        check_specs=check_specs("raw_candles", ["raw_schema"]),
-        description="Candles as received from the configured source, with source, ingested_at and batch_id.",
+        check_specs=[*check_specs("raw_candles", ["raw_schema"], ["no_rows_out_of_range"]),
+                     AssetCheckSpec("no_rejected_files", asset="raw_candles")],
+        description="Candles as received from the configured source, with source, ingested_at and batch_id. "
+                    "Unusable drop files are set aside into rejected/; rows outside the lake's months go to quarantine.",
     )
     def raw_candles(context: AssetExecutionContext, itff: ItffSettingsResource) -> MaterializeResult:
-        from itff_platform.lake.layers import ingest_raw
+        from itff_platform.lake.layers import ingest_raw, lake_months
         from itff_platform.lake.schemas import RawCandles, schema_failures
 
         cfg, source = itff.settings(), itff.candle_source()
-        frames = []
+        ingests = {}
         for symbol, months in months_by_symbol(context.partition_keys).items():
             context.log.info(f"fetching {symbol} {cfg.interval} for {len(months)} month(s) from {source.name}")
-            frames.append(ingest_raw(source, cfg, symbol, months))
-        raw = pl.concat(frames)
+            ingests[symbol] = ingest = ingest_raw(source, cfg, symbol, months)
+            for rejected in ingest.rejected:
+                context.log.error(f"{symbol}: set aside {rejected.file} -> {rejected.moved_to}: {rejected.message}")
+            if ingest.kept_months:
+                context.log.warning(f"{symbol}: kept the lake's raw rows for {ingest.kept_months}: their only files were rejected")
+            if ingest.out_of_range.height:
+                context.log.warning(f"{symbol}: {ingest.out_of_range.height} row(s) outside the lake's months quarantined as out_of_range")
+        raw = pl.concat([i.raw for i in ingests.values()])
+        out_of_range = pl.concat([i.out_of_range for i in ingests.values()])
+        rejected = [r.as_row() for i in ingests.values() for r in i.rejected]
+        other = pl.concat([i.other_months.with_columns(pl.lit(s).alias("symbol")) for s, i in ingests.items()])
+        first, end = lake_months(cfg)
         failures = schema_failures(RawCandles, raw)
         return MaterializeResult(
-            metadata={"rows": raw.height, "source": source.name, "rows_by_symbol": _rows_by_symbol(raw)},
-            check_results=schema_check_results(failures, ["raw_schema"], "raw_schema", {}),
+            metadata={
+                "rows": raw.height,
+                "source": source.name,
+                "rows_by_symbol": _rows_by_symbol(raw),
+                "rows_received": sum(i.received for i in ingests.values()),
+                "rows_for_other_months": int(other["rows"].sum()) if other.height else 0,
+                "other_months": markdown_table(other.select("symbol", pl.col("month").cast(pl.String), "rows")),
+                "out_of_range_rows": out_of_range.height,
+                "rejected_files": MetadataValue.json([r["file"] for r in rejected]),
+                "received_reconciles": all(i.reconciles for i in ingests.values()),
+            },
+            check_results=[
+                *schema_check_results(failures, ["raw_schema"], "raw_schema", {}),
+                rejected_files_check_result(rejected),
+                out_of_range_check_result(out_of_range, f"{first}", f"{end}"),
+            ],
         )
 
     @asset(
