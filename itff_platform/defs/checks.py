@@ -99,3 +99,21 @@ def out_of_range_check_result(out_of_range: pl.DataFrame, first_month: str, end:
         description=f"Rows outside the lake's months [{first_month}, {end}) are kept in quarantine with rule out_of_range.",
         metadata={"out_of_range_rows": out_of_range.height, "rows_by_file": markdown_table(by_file)},
     )
+
+
+def continuity_check_result(breaks: pl.DataFrame, atr_multiple: float) -> AssetCheckResult:
+    rows = breaks.select(
+        "symbol",
+        pl.col("timestamp").dt.to_string("%Y-%m-%d %H:%M").alias("timestamp"),
+        "previous_close", "open", "close",
+        pl.col("ratio").round(4), pl.col("atr_multiple").round(1),
+    )
+    return AssetCheckResult(
+        check_name="price_continuity",
+        passed=breaks.is_empty(),
+        severity=AssetCheckSeverity.WARN,
+        description=f"Bars more than {atr_multiple:g} ATRs from the previous close: a wrong symbol's or a rescaled file, "
+                    "or a real shock. Warns, does not block: verify the named bars.",
+        metadata={"breaks": breaks.height, "rows": markdown_table(rows)},
+    )
+

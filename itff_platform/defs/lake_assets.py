@@ -20,6 +20,7 @@ from itff_platform.defs.checks import (
     BRONZE_BLOCKING,
     BRONZE_CHECK_OF,
     check_specs,
+    continuity_check_result,
     gap_check_result,
     markdown_table,
     out_of_range_check_result,
@@ -91,7 +92,7 @@ def lake_assets(settings: Settings) -> list:
         deps=["raw_candles"],
         group_name="lake",
         kinds={"delta", "pandera"},
-        check_specs=check_specs("bronze_candles", BRONZE_BLOCKING, ["no_unexpected_gaps"]),
+        check_specs=check_specs("bronze_candles", BRONZE_BLOCKING, ["no_unexpected_gaps", "price_continuity"]),
         description="Typed, deduplicated, sorted, validated candles. Rejected rows go to bronze/quarantine with their rule.",
     )
     def bronze_candles(context: AssetExecutionContext, itff: ItffSettingsResource) -> MaterializeResult:
@@ -103,6 +104,7 @@ def lake_assets(settings: Settings) -> list:
         bronze = pl.concat([r.result.bronze for r in reports.values()])
         quarantine = pl.concat([r.result.quarantine for r in reports.values()])
         gaps = pl.concat([r.gaps for r in reports.values()])
+        breaks = pl.concat([r.breaks for r in reports.values()])
         raw_rows = sum(r.result.raw_rows for r in reports.values())
         collapsed = sum(r.result.collapsed_duplicates for r in reports.values())
         reconciles = raw_rows == bronze.height + quarantine.height + collapsed
@@ -121,6 +123,7 @@ def lake_assets(settings: Settings) -> list:
             )
         )
         checks.append(gap_check_result(gaps, cfg.gap_tolerance_bars))
+        checks.append(continuity_check_result(breaks, cfg.continuity_atr_multiple))
         return MaterializeResult(
             metadata={
                 "raw_rows": raw_rows,
@@ -130,6 +133,7 @@ def lake_assets(settings: Settings) -> list:
                 "quarantine_rules": markdown_table(rules),
                 "rows_by_symbol": _rows_by_symbol(bronze),
                 "gap_count": gaps.height,
+                "continuity_breaks": breaks.height,
             },
             check_results=checks,
         )

@@ -13,7 +13,7 @@ from datetime import date, datetime, timezone
 import polars as pl
 
 from itff_platform.features.silver import build_features, month_windows, window_frames
-from itff_platform.lake.cleaning import BronzeResult, clean_raw, find_gaps
+from itff_platform.lake.cleaning import BronzeResult, clean_raw, continuity_breaks, find_gaps
 from itff_platform.lake.delta import read_rows, replace_partitions, replace_partitions_by_files, table_version, with_month
 from itff_platform.market.candles import CandleSource
 from itff_platform.market.files import FilesCandleSource, RejectedFile
@@ -47,6 +47,10 @@ def month_start(day: date) -> datetime:
 
 def next_month(start: datetime) -> datetime:
     return datetime(start.year + start.month // 12, start.month % 12 + 1, 1, tzinfo=timezone.utc)
+
+
+def previous_month(start: datetime) -> datetime:
+    return datetime(start.year - (start.month == 1), (start.month - 2) % 12 + 1, 1, tzinfo=timezone.utc)
 
 
 def lake_months(settings: Settings) -> tuple[date, date]:
@@ -123,6 +127,7 @@ def ingest_raw(source: CandleSource, settings: Settings, symbol: str, months: li
 class BronzeReport:
     result: BronzeResult
     gaps: pl.DataFrame = field(repr=False)
+    breaks: pl.DataFrame = field(repr=False, default_factory=pl.DataFrame)  # price_continuity: jumps beyond k ATR
 
 
 def build_bronze(settings: Settings, symbol: str, months: list[datetime]) -> BronzeReport:
@@ -135,7 +140,11 @@ def build_bronze(settings: Settings, symbol: str, months: list[datetime]) -> Bro
     result = clean_raw(raw, settings.interval_seconds)
     replace_partitions(tables.bronze, result.bronze, settings.interval, symbol, wanted)
     replace_partitions(tables.quarantine, result.quarantine, settings.interval, symbol, wanted)
-    return BronzeReport(result, find_gaps(result.bronze, settings.interval_seconds, settings.gap_tolerance_bars))
+    # Continuity is judged on the months written and their neighbours in the lake: the previous month supplies
+    # the ATR and the last close before the first bar, the next month's first bar closes the boundary after.
+    around = read_rows(tables.bronze, settings.interval, symbol, previous_month(months[0]), next_month(next_month(months[-1])))
+    breaks = continuity_breaks(around, settings.atr_period, settings.continuity_atr_multiple, wanted)
+    return BronzeReport(result, find_gaps(result.bronze, settings.interval_seconds, settings.gap_tolerance_bars), breaks)
 
 
 def build_silver(settings: Settings, symbol: str, months: list[datetime], since: datetime | None = None) -> pl.DataFrame:

@@ -164,3 +164,23 @@ def test_rows_outside_the_lake_are_quarantined_as_out_of_range_and_every_row_is_
     again = run(tmp_path / "lake", partition_key="2024-01-01|BTCUSDT", source="files", drop_dir=str(drop))
     assert again.success  # a re-run replaces, it does not add
     assert read_rows(LakeTables.under(Settings(lake_dir=tmp_path / "lake")).quarantine, "1h").height == 37
+
+
+# --- 14: a wrong symbol's prices --------------------------------------------------------------------------------------
+
+def test_btc_prices_in_an_eth_file_are_named_by_the_continuity_check(tmp_path, btc_hourly):
+    """Before: BTCUSDT's September filed as ETHUSDT passed every check and its 23x jump reached silver unnoticed."""
+    lake_dir, drop = tmp_path / "lake", tmp_path / "drop"
+    assert run(lake_dir, tags=months("2024-07-01|ETHUSDT", "2024-08-01|ETHUSDT")).success  # the real ETH, from the sample
+    drop.mkdir()
+    (drop / "ETHUSDT-1h-2024-09.csv").write_text(csv_text(month_of(btc_hourly, "2024-09")))
+
+    result = run(lake_dir, partition_key="2024-09-01|ETHUSDT", source="files", drop_dir=str(drop))
+
+    assert result.success  # a warning: the operator verifies, the lake does not guess
+    warned = check(result, "price_continuity")
+    assert warned.passed is False and warned.severity == AssetCheckSeverity.WARN and warned.metadata["breaks"].value == 1
+    table = warned.metadata["rows"].value
+    assert "| ETHUSDT | 2024-09-01 00:00 | 2513.01 | 58974.0 | 58930.0 | 23.45 |" in table, table
+    assert meta(result, "bronze_candles")["continuity_breaks"] == 1
+    assert check(run(lake_dir, partition_key="2024-08-01|ETHUSDT"), "price_continuity").passed is False  # the boundary after August
