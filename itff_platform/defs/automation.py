@@ -5,6 +5,7 @@ retrain_after_daily_lake  -> training_job (train + promote) for that symbol's ta
 weekly_evaluation         -> evaluation_job (prediction_outcomes, drift_monitor)
 drift_retrain             -> training_job for the models drift_monitor sent for retraining
 drop_folder               -> lake_job (source: files) for each new or changed file, never twice; unusable files set aside
+lake_maintenance          -> lake_maintenance_job: compact, vacuum, and check silver against bronze
 champion_alias            -> tells the service to reload when a champion alias moves, and records it
 
 They start stopped (switch them on in the UI, or ITFF_AUTOMATION_ON=true), so a `make dev` on a laptop
@@ -102,6 +103,18 @@ def automation(settings: Settings, lake_job, training_job, evaluation_job) -> tu
         return champion_alias_result(context, settings)
 
     return [daily_refresh, weekly_evaluation], [retrain_after_daily_lake, drift_retrain, drop_folder, champion_alias]
+
+
+def maintenance_schedule(settings: Settings, maintenance_job):
+    status = DefaultScheduleStatus.RUNNING if settings.automation_on else DefaultScheduleStatus.STOPPED
+
+    @schedule(job=maintenance_job, cron_schedule=settings.lake_maintenance_cron, execution_timezone="UTC", default_status=status,
+              name="lake_maintenance",
+              description="Compact small Delta files, vacuum files older than the retention, check silver against bronze.")
+    def lake_maintenance_schedule(context):
+        return RunRequest(run_key=f"maintenance-{context.scheduled_execution_time:%Y-%m-%d}", tags={TRIGGER: "maintenance"})
+
+    return lake_maintenance_schedule
 
 
 def drift_retrain_requests(context, settings: Settings):

@@ -6,16 +6,19 @@
 """
 
 import gzip
+import os
+import time
 
 import polars as pl
 import pytest
 from dagster import AssetCheckSeverity, DagsterInstance, build_sensor_context, materialize
 
-from itff_platform.definitions import defs, evaluation_job, lake, lake_job, training_job
+from itff_platform.definitions import defs, evaluation_job, lake, lake_job, maintenance, training_job
 from itff_platform.defs.automation import automation
 from itff_platform.defs.resources import ItffSettingsResource
 from itff_platform.lake.delta import read_rows
 from itff_platform.lake.layers import LakeTables
+from itff_platform.lake.maintenance import directory_bytes
 from itff_platform.settings import Settings
 from itff_platform_tests.conftest import utc
 
@@ -184,3 +187,40 @@ def test_btc_prices_in_an_eth_file_are_named_by_the_continuity_check(tmp_path, b
     assert "| ETHUSDT | 2024-09-01 00:00 | 2513.01 | 58974.0 | 58930.0 | 23.45 |" in table, table
     assert meta(result, "bronze_candles")["continuity_breaks"] == 1
     assert check(run(lake_dir, partition_key="2024-08-01|ETHUSDT"), "price_continuity").passed is False  # the boundary after August
+
+
+# --- 15: no vacuum ----------------------------------------------------------------------------------------------------
+
+def test_maintenance_reclaims_replaced_files_so_reruns_no_longer_grow_the_lake(tmp_path, monkeypatch):
+    """Before: every re-run left the replaced Parquet files behind, and nothing ever removed them."""
+    lake_dir = tmp_path / "lake"
+    tags = months("2024-05-01|BTCUSDT", "2024-08-01|ETHUSDT")
+    assert run(lake_dir, tags=tags).success
+    one_run = directory_bytes(lake_dir)
+    for _ in range(4):
+        assert run(lake_dir, tags=tags).success
+    five_runs = directory_bytes(lake_dir)
+    assert five_runs > 3 * one_run  # the growth the issue measured
+    tables = LakeTables.under(Settings(lake_dir=lake_dir))
+    silver_before = read_rows(tables.silver, "1h")
+    orphan = lake_dir / "silver" / "features" / "interval=1h" / "symbol=BTCUSDT" / "month=2024-05-01" / "part-orphan.lz4.parquet"
+    orphan.write_bytes(b"left by a writer killed before its commit")
+    old = time.time() - 8 * 24 * 3600  # older than the week of retention
+    os.utime(orphan, (old, old))
+
+    # A week of retention (the default) keeps what time travel may still read: only the old orphan goes.
+    kept = run(lake_dir, assets=maintenance)
+    assert kept.success and not orphan.exists()
+    assert meta(kept, "lake_maintenance")["files_vacuumed"] == 1 and directory_bytes(lake_dir) > 3 * one_run
+
+    monkeypatch.setenv("ITFF_LAKE_VACUUM_RETENTION_HOURS", "0")
+    vacuumed = run(lake_dir, assets=maintenance)
+    after = directory_bytes(lake_dir)
+    figures = meta(vacuumed, "lake_maintenance")
+    assert vacuumed.success and figures["bytes_reclaimed"] == figures["bytes_before"] - figures["bytes_after"] > 0
+    assert after < 1.3 * one_run, (one_run, five_runs, after)
+    assert read_rows(tables.silver, "1h").equals(silver_before)  # same rows, fewer files
+    for _ in range(3):
+        assert run(lake_dir, tags=tags).success and run(lake_dir, assets=maintenance).success
+    assert directory_bytes(lake_dir) < 1.3 * one_run  # bounded, however many re-runs
+    print(f"\nlake bytes: 1 run {one_run:,}; 5 runs {five_runs:,}; after vacuum {after:,}; 8 runs + vacuum {directory_bytes(lake_dir):,}")
