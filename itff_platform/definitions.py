@@ -2,7 +2,7 @@
 
 import warnings
 
-from dagster import Definitions, define_asset_job
+from dagster import AssetCheckKey, AssetSelection, Definitions, define_asset_job
 
 # Single-run backfills and the neighbour-month partition mapping are marked beta; we rely on both knowingly.
 warnings.filterwarnings("ignore", message=".*is currently in beta.*")
@@ -24,8 +24,10 @@ maintenance = maintenance_assets(settings)
 lake_job = define_asset_job("lake_job", selection=["raw_candles", "bronze_candles", "silver_features"])
 training_job = define_asset_job("training_job", selection=["trained_models", "champion_models"])
 evaluation_job = define_asset_job("evaluation_job", selection=["prediction_outcomes", "drift_monitor"])
-# Housekeeping apart from lake_job, so `itff run` and backfills never vacuum: compaction and vacuum.
-maintenance_job = define_asset_job("lake_maintenance_job", selection=["lake_maintenance"])
+# Housekeeping apart from lake_job, so `itff run` and backfills never vacuum: compaction, vacuum, and the check
+# that silver holds what bronze holds (which also runs with every lake_job).
+maintenance_job = define_asset_job("lake_maintenance_job", selection=AssetSelection.assets("lake_maintenance")
+                                   | AssetSelection.checks(AssetCheckKey(lake[2].key, "silver_matches_bronze")))
 schedules, sensors = automation(settings, lake_job, training_job, evaluation_job)
 schedules.append(maintenance_schedule(settings, maintenance_job))
 

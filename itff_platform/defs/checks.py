@@ -117,3 +117,15 @@ def continuity_check_result(breaks: pl.DataFrame, atr_multiple: float) -> AssetC
         metadata={"breaks": breaks.height, "rows": markdown_table(rows)},
     )
 
+
+def silver_freshness_check_result(stale: pl.DataFrame) -> AssetCheckResult:
+    keys = [f"{m:%Y-%m-%d}|{s}" for s, m in stale.select("symbol", "month").iter_rows()]
+    table = stale.with_columns(pl.col("bronze_last_bar").dt.to_string("%Y-%m-%d %H:%M"), pl.col("silver_last_bar").dt.to_string("%Y-%m-%d %H:%M"))
+    return AssetCheckResult(
+        check_name="silver_matches_bronze",
+        passed=stale.is_empty(),
+        severity=AssetCheckSeverity.ERROR,
+        description="Silver partitions whose rows differ from bronze's (a run stopped between the two). "
+                    "Re-run lake_job (or silver_features) for the partitions listed.",
+        metadata={"stale_partitions": stale.height, "partitions_to_rerun": MetadataValue.json(keys), "stale": markdown_table(table)},
+    )

@@ -14,6 +14,7 @@ from dagster import (
     MultiPartitionMapping,
     TimeWindowPartitionMapping,
     asset,
+    asset_check,
 )
 
 from itff_platform.defs.checks import (
@@ -26,6 +27,7 @@ from itff_platform.defs.checks import (
     out_of_range_check_result,
     rejected_files_check_result,
     schema_check_results,
+    silver_freshness_check_result,
 )
 from itff_platform.defs.partitions import lake_partitions, months_by_symbol
 from itff_platform.defs.resources import ItffSettingsResource
@@ -183,7 +185,20 @@ def lake_assets(settings: Settings) -> list:
             check_results=schema_check_results(schema_failures(SilverFeatures, silver), ["silver_schema"], "silver_schema", {}),
         )
 
-    return [raw_candles, bronze_candles, silver_features]
+    @asset_check(
+        asset=silver_features,
+        description="Every (symbol, month) of silver holds the rows bronze holds: catches silver left behind by a run "
+                    "stopped between bronze and silver. Runs with every lake_job and with lake_maintenance.",
+    )
+    def silver_matches_bronze(itff: ItffSettingsResource) -> AssetCheckResult:
+        from itff_platform.lake.freshness import stale_silver
+        from itff_platform.lake.layers import LakeTables
+
+        cfg = itff.settings()
+        tables = LakeTables.under(cfg)
+        return silver_freshness_check_result(stale_silver(tables.bronze, tables.silver, cfg.interval))
+
+    return [raw_candles, bronze_candles, silver_features, silver_matches_bronze]
 
 
 def maintenance_assets(settings: Settings) -> list:

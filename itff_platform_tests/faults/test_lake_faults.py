@@ -224,3 +224,34 @@ def test_maintenance_reclaims_replaced_files_so_reruns_no_longer_grow_the_lake(t
         assert run(lake_dir, tags=tags).success and run(lake_dir, assets=maintenance).success
     assert directory_bytes(lake_dir) < 1.3 * one_run  # bounded, however many re-runs
     print(f"\nlake bytes: 1 run {one_run:,}; 5 runs {five_runs:,}; after vacuum {after:,}; 8 runs + vacuum {directory_bytes(lake_dir):,}")
+
+
+# --- 16: silver behind bronze -----------------------------------------------------------------------------------------
+
+def test_silver_behind_bronze_fails_the_check_and_a_rerun_brings_it_level(tmp_path, btc_hourly):
+    """Before: nothing compared the two, and silver kept the old rows until someone happened to re-run it."""
+    lake_dir, drop = tmp_path / "lake", tmp_path / "drop"
+    drop.mkdir()
+    january = month_of(btc_hourly, "2024-01")
+    (drop / "BTCUSDT-1h-2024-01.csv").write_text(csv_text(january.head(700)))
+    first = run(lake_dir, partition_key="2024-01-01|BTCUSDT", source="files", drop_dir=str(drop))
+    assert first.success and check(first, "silver_matches_bronze").passed
+    # The vendor completes the month, and the run that ingests it stops after bronze (as a kill between the two would).
+    (drop / "BTCUSDT-1h-2024-01.csv").write_text(csv_text(january))
+    stopped = run(lake_dir, partition_key="2024-01-01|BTCUSDT", selection=["raw_candles", "bronze_candles"],
+                  source="files", drop_dir=str(drop))
+    assert stopped.success
+
+    job = defs.resolve_job_def("lake_maintenance_job")
+    config = {"resources": {"itff": {"config": {"lake_dir": str(lake_dir)}}}}
+    behind = job.execute_in_process(run_config=config, instance=DagsterInstance.ephemeral(), raise_on_error=False)
+    caught = check(behind, "silver_matches_bronze")
+    assert caught.passed is False and caught.severity == AssetCheckSeverity.ERROR
+    assert caught.metadata["partitions_to_rerun"].value == ["2024-01-01|BTCUSDT"]
+    assert "| BTCUSDT | 2024-01-01 | 744 | 700 |" in caught.metadata["stale"].value
+
+    rerun = run(lake_dir, partition_key="2024-01-01|BTCUSDT", source="files", drop_dir=str(drop))
+    assert rerun.success and check(rerun, "silver_matches_bronze").passed
+    level = job.execute_in_process(run_config=config, instance=DagsterInstance.ephemeral(), raise_on_error=False)
+    assert check(level, "silver_matches_bronze").passed
+    assert read_rows(LakeTables.under(Settings(lake_dir=lake_dir)).silver, "1h").height == 744
