@@ -29,6 +29,24 @@ def layer_counts(settings: Settings) -> pl.DataFrame:
     )
 
 
+QUARANTINE_ROWS_SHOWN = 20
+
+
+def check_detail(name: str, meta: dict) -> str:
+    """One line on what a failed or warning lake check found, and where to look."""
+    if name == "no_unexpected_gaps":
+        return f"  ({meta['gap_count']} gaps, {meta['missing_bars']} missing bars: real exchange outages)"
+    if name == "no_rejected_files":
+        return f"  ({meta['rejected_files']} file(s) set aside into the drop folder's rejected/: {', '.join(meta['reasons'])})"
+    if name == "no_rows_out_of_range":
+        return f"  ({meta['out_of_range_rows']} row(s) outside the lake's months, kept in quarantine as out_of_range)"
+    if name == "price_continuity":
+        return f"  ({meta['breaks']} bar(s) beyond the ATR limit: a wrong symbol's file? see the check in the UI)"
+    if name == "silver_matches_bronze":
+        return f"  (silver behind bronze in {meta['stale_partitions']} partition(s); re-run: {', '.join(meta['partitions_to_rerun'])})"
+    return ""
+
+
 def print_lake_summary(settings: Settings, result) -> None:
     print("\nRows per layer and symbol (read back from Delta):")
     with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_formatting="ASCII_MARKDOWN"):
@@ -39,15 +57,15 @@ def print_lake_summary(settings: Settings, result) -> None:
     except FileNotFoundError:
         quarantine = pl.DataFrame(schema={"symbol": pl.String, "timestamp": pl.Datetime, "rule": pl.String})
     print(f"\nQuarantined rows: {quarantine.height}")
-    for row in quarantine.select("symbol", "timestamp", "rule").iter_rows():
+    for row in quarantine.select("symbol", "timestamp", "rule").head(QUARANTINE_ROWS_SHOWN).iter_rows():
         print(f"  {row[0]} {row[1]:%Y-%m-%d %H:%M}  {row[2]}")
+    if quarantine.height > QUARANTINE_ROWS_SHOWN:
+        for rule, count in quarantine.group_by("rule").len().sort("rule").iter_rows():
+            print(f"  ... {count} row(s) in all: {rule}")
     print("\nChecks:")
     for evaluation in result.get_asset_check_evaluations():
         status = "PASS" if evaluation.passed else ("WARN" if evaluation.severity.value == "WARN" else "FAIL")
-        detail = ""
-        if evaluation.check_name == "no_unexpected_gaps":
-            meta = evaluation.metadata
-            detail = f"  ({meta['gap_count'].value} gaps, {meta['missing_bars'].value} missing bars: real exchange outages)"
+        detail = "" if evaluation.passed else check_detail(evaluation.check_name, {k: v.value for k, v in evaluation.metadata.items()})
         print(f"  {status:4s} {evaluation.asset_key.to_user_string()}.{evaluation.check_name}{detail}")
     print(f"\nRun {'succeeded' if result.success else 'FAILED'}: {result.run_id}")
 

@@ -55,6 +55,15 @@ class Settings(BaseSettings):
 
     # --- data quality
     gap_tolerance_bars: int = Field(0, ge=0, description="Missing bars in a row tolerated before a gap is reported.")
+    continuity_atr_multiple: float = Field(25.0, gt=0, description="A bar whose open or close is more than this many ATRs "
+                                           "from the previous close is named by the price_continuity check (a wrong "
+                                           "symbol's file). Real BTC/ETH hourly bars peaked at 19 ATRs in 2021-2024.")
+    lake_vacuum_retention_hours: int = Field(168, ge=0, description="lake_maintenance deletes Parquet files the lake stopped "
+                                             "using (replaced, compacted, or left by a killed write) once they are this "
+                                             "old. Also the time travel kept: a training run's logged Delta versions stay "
+                                             "readable this long.")
+    lake_maintenance_cron: str = Field("45 3 * * *", description="Cron (UTC) of the lake_maintenance schedule: compact "
+                                       "small files, vacuum, and check that silver matches bronze.")
 
     # --- features
     return_lags: list[int] = [1, 3, 6, 12, 24]

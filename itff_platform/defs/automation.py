@@ -4,7 +4,8 @@ daily_refresh (schedule)  -> lake_job on each symbol's newest month
 retrain_after_daily_lake  -> training_job (train + promote) for that symbol's targets, on the daily budget
 weekly_evaluation         -> evaluation_job (prediction_outcomes, drift_monitor)
 drift_retrain             -> training_job for the models drift_monitor sent for retraining
-drop_folder               -> lake_job (source: files) for each new or changed file, never twice
+drop_folder               -> lake_job (source: files) for each new or changed file, never twice; unusable files set aside
+lake_maintenance          -> lake_maintenance_job: compact, vacuum, and check silver against bronze
 champion_alias            -> tells the service to reload when a champion alias moves, and records it
 
 They start stopped (switch them on in the UI, or ITFF_AUTOMATION_ON=true), so a `make dev` on a laptop
@@ -104,6 +105,18 @@ def automation(settings: Settings, lake_job, training_job, evaluation_job) -> tu
     return [daily_refresh, weekly_evaluation], [retrain_after_daily_lake, drift_retrain, drop_folder, champion_alias]
 
 
+def maintenance_schedule(settings: Settings, maintenance_job):
+    status = DefaultScheduleStatus.RUNNING if settings.automation_on else DefaultScheduleStatus.STOPPED
+
+    @schedule(job=maintenance_job, cron_schedule=settings.lake_maintenance_cron, execution_timezone="UTC", default_status=status,
+              name="lake_maintenance",
+              description="Compact small Delta files, vacuum files older than the retention, check silver against bronze.")
+    def lake_maintenance_schedule(context):
+        return RunRequest(run_key=f"maintenance-{context.scheduled_execution_time:%Y-%m-%d}", tags={TRIGGER: "maintenance"})
+
+    return lake_maintenance_schedule
+
+
 def drift_retrain_requests(context, settings: Settings):
     records = context.instance.fetch_materializations(AssetKey("drift_monitor"), limit=1, ascending=False).records
     if not records:
@@ -124,15 +137,20 @@ def drift_retrain_requests(context, settings: Settings):
 
 def drop_folder_requests(context, settings: Settings):
     """One lake run per (file version, month, symbol). The cursor remembers each file's mtime and size, so a file
-    is ingested again only if it changes; the run key makes a repeat request a no-op even if the cursor is lost."""
-    from itff_platform.market.files import FilesCandleSource
-    from itff_platform.market.parsing import read_candle_file
+    is ingested again only if it changes; the run key makes a repeat request a no-op even if the cursor is lost.
 
+    A file that cannot be read, or holds no row inside the lake's months, is set aside into rejected/ with its
+    reason here, before any run is requested: no run starts on a known-bad file, and the runs for the good
+    files of the same symbol no longer meet it."""
     from itff_platform.defs.partitions import lake_partitions
+    from itff_platform.lake.layers import lake_months
+    from itff_platform.market.files import FilesCandleSource, read_drop_file, set_aside
+    from itff_platform.market.parsing import CandleFileError
 
     seen = json.loads(context.cursor) if context.cursor else {}
     source, months = FilesCandleSource(settings.drop_dir), lake_partitions(settings).get_partitions_def_for_dimension("month")
     valid_months = set(months.get_partition_keys())
+    first, end = lake_months(settings)
     requests, problems = [], []
     for symbol in settings.symbols:
         for path in source.files_for(symbol, settings.interval):
@@ -142,16 +160,18 @@ def drop_folder_requests(context, settings: Settings):
             if seen.get(name) == version:
                 continue
             seen[name] = version
-            try:
-                candles = read_candle_file(path)
-            except Exception as error:  # a malformed file is reported and skipped until it changes
-                problems.append(f"{name}: {error}")
-                context.log.warning(f"drop folder: {name} cannot be read: {error}")
+            candles, rejected = read_drop_file(settings.drop_dir, path)
+            if rejected is None and candles.height and not (set(_file_months(candles)) & valid_months):
+                rejected = set_aside(settings.drop_dir, path, CandleFileError(
+                    name, "timestamp", "out_of_range",
+                    f"every row ({candles.height}) is outside the lake's months [{first}, {end}); the rule is a month the lake holds"))
+            if rejected is not None:
+                problems.append(f"{name} set aside into {rejected.moved_to}: {rejected.message}")
+                context.log.warning(f"drop folder: {problems[-1]}")
                 continue
-            file_months = sorted({m.strftime("%Y-%m-%d") for m in candles["timestamp"].dt.truncate("1mo").unique().to_list()})
-            for month in file_months:
+            for month in _file_months(candles):
                 if month not in valid_months:
-                    problems.append(f"{name}: month {month} is outside the lake's partitions")
+                    problems.append(f"{name}: rows of {month} are outside the lake's months; the run quarantines them as out_of_range")
                     continue
                 requests.append(RunRequest(
                     run_key=f"drop-{name}-{version}-{month}", partition_key=f"{month}|{symbol}",
@@ -159,6 +179,10 @@ def drop_folder_requests(context, settings: Settings):
                     tags={TRIGGER: "drop_folder", "itff/file": name, BATCH: f"{name}:{version}"}))
     return SensorResult(run_requests=requests, cursor=json.dumps(seen, sort_keys=True),
                         skip_reason=None if requests else SkipReason("; ".join(problems) or "no new or changed files"))
+
+
+def _file_months(candles) -> list[str]:
+    return sorted({m.strftime("%Y-%m-%d") for m in candles["timestamp"].dt.truncate("1mo").unique().to_list()})
 
 
 def champion_alias_result(context, settings: Settings):

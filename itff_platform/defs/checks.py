@@ -67,3 +67,65 @@ def gap_check_result(gaps: pl.DataFrame, tolerance_bars: int) -> AssetCheckResul
             "gaps": markdown_table(ranges),
         },
     )
+
+
+def rejected_files_check_result(rejected: list[dict]) -> AssetCheckResult:
+    """Files set aside into the drop folder's rejected/ this run. Fails (ERROR) but does not block: the other
+    files and symbols went on."""
+    table = pl.DataFrame(rejected, schema={"file": pl.String, "field": pl.String, "rule": pl.String, "moved_to": pl.String, "message": pl.String})
+    return AssetCheckResult(
+        check_name="no_rejected_files",
+        passed=table.is_empty(),
+        severity=AssetCheckSeverity.ERROR,
+        description="Each rejected file lies in rejected/ beside <file>.reason.txt; fix it and drop it again.",
+        metadata={"rejected_files": table.height, "files": markdown_table(table.drop("message")),
+                  "reasons": MetadataValue.json({r["file"]: r["message"] for r in rejected})},
+    )
+
+
+def out_of_range_check_result(out_of_range: pl.DataFrame, first_month: str, end: str) -> AssetCheckResult:
+    by_file = (
+        out_of_range.group_by("symbol", "file").agg(
+            pl.len().alias("rows"),
+            pl.col("timestamp").min().dt.to_string("%Y-%m-%d %H:%M").alias("first"),
+            pl.col("timestamp").max().dt.to_string("%Y-%m-%d %H:%M").alias("last"),
+        ).sort("symbol", "file", nulls_last=True)
+        if out_of_range.height else pl.DataFrame()
+    )
+    return AssetCheckResult(
+        check_name="no_rows_out_of_range",
+        passed=out_of_range.is_empty(),
+        severity=AssetCheckSeverity.WARN,
+        description=f"Rows outside the lake's months [{first_month}, {end}) are kept in quarantine with rule out_of_range.",
+        metadata={"out_of_range_rows": out_of_range.height, "rows_by_file": markdown_table(by_file)},
+    )
+
+
+def continuity_check_result(breaks: pl.DataFrame, atr_multiple: float) -> AssetCheckResult:
+    rows = breaks.select(
+        "symbol",
+        pl.col("timestamp").dt.to_string("%Y-%m-%d %H:%M").alias("timestamp"),
+        "previous_close", "open", "close",
+        pl.col("ratio").round(4), pl.col("atr_multiple").round(1),
+    )
+    return AssetCheckResult(
+        check_name="price_continuity",
+        passed=breaks.is_empty(),
+        severity=AssetCheckSeverity.WARN,
+        description=f"Bars more than {atr_multiple:g} ATRs from the previous close: a wrong symbol's or a rescaled file, "
+                    "or a real shock. Warns, does not block: verify the named bars.",
+        metadata={"breaks": breaks.height, "rows": markdown_table(rows)},
+    )
+
+
+def silver_freshness_check_result(stale: pl.DataFrame) -> AssetCheckResult:
+    keys = [f"{m:%Y-%m-%d}|{s}" for s, m in stale.select("symbol", "month").iter_rows()]
+    table = stale.with_columns(pl.col("bronze_last_bar").dt.to_string("%Y-%m-%d %H:%M"), pl.col("silver_last_bar").dt.to_string("%Y-%m-%d %H:%M"))
+    return AssetCheckResult(
+        check_name="silver_matches_bronze",
+        passed=stale.is_empty(),
+        severity=AssetCheckSeverity.ERROR,
+        description="Silver partitions whose rows differ from bronze's (a run stopped between the two). "
+                    "Re-run lake_job (or silver_features) for the partitions listed.",
+        metadata={"stale_partitions": stale.height, "partitions_to_rerun": MetadataValue.json(keys), "stale": markdown_table(table)},
+    )

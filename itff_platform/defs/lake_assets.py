@@ -3,6 +3,7 @@
 import polars as pl
 from dagster import (
     AssetCheckResult,
+    AssetCheckSpec,
     AssetDep,
     AssetExecutionContext,
     BackfillPolicy,
@@ -13,15 +14,20 @@ from dagster import (
     MultiPartitionMapping,
     TimeWindowPartitionMapping,
     asset,
+    asset_check,
 )
 
 from itff_platform.defs.checks import (
     BRONZE_BLOCKING,
     BRONZE_CHECK_OF,
     check_specs,
+    continuity_check_result,
     gap_check_result,
     markdown_table,
+    out_of_range_check_result,
+    rejected_files_check_result,
     schema_check_results,
+    silver_freshness_check_result,
 )
 from itff_platform.defs.partitions import lake_partitions, months_by_symbol
 from itff_platform.defs.resources import ItffSettingsResource
@@ -37,23 +43,49 @@ def lake_assets(settings: Settings) -> list:
         backfill_policy=single_run,
         group_name="lake",
         kinds={"delta", "polars"},
-        check_specs=check_specs("raw_candles", ["raw_schema"]),
-        description="Candles as received from the configured source, with source, ingested_at and batch_id.",
+        check_specs=[*check_specs("raw_candles", ["raw_schema"], ["no_rows_out_of_range"]),
+                     AssetCheckSpec("no_rejected_files", asset="raw_candles")],
+        description="Candles as received from the configured source, with source, ingested_at and batch_id. "
+                    "Unusable drop files are set aside into rejected/; rows outside the lake's months go to quarantine.",
     )
     def raw_candles(context: AssetExecutionContext, itff: ItffSettingsResource) -> MaterializeResult:
-        from itff_platform.lake.layers import ingest_raw
+        from itff_platform.lake.layers import ingest_raw, lake_months
         from itff_platform.lake.schemas import RawCandles, schema_failures
 
         cfg, source = itff.settings(), itff.candle_source()
-        frames = []
+        ingests = {}
         for symbol, months in months_by_symbol(context.partition_keys).items():
             context.log.info(f"fetching {symbol} {cfg.interval} for {len(months)} month(s) from {source.name}")
-            frames.append(ingest_raw(source, cfg, symbol, months))
-        raw = pl.concat(frames)
+            ingests[symbol] = ingest = ingest_raw(source, cfg, symbol, months)
+            for rejected in ingest.rejected:
+                context.log.error(f"{symbol}: set aside {rejected.file} -> {rejected.moved_to}: {rejected.message}")
+            if ingest.kept_months:
+                context.log.warning(f"{symbol}: kept the lake's raw rows for {ingest.kept_months}: their only files were rejected")
+            if ingest.out_of_range.height:
+                context.log.warning(f"{symbol}: {ingest.out_of_range.height} row(s) outside the lake's months quarantined as out_of_range")
+        raw = pl.concat([i.raw for i in ingests.values()])
+        out_of_range = pl.concat([i.out_of_range for i in ingests.values()])
+        rejected = [r.as_row() for i in ingests.values() for r in i.rejected]
+        other = pl.concat([i.other_months.with_columns(pl.lit(s).alias("symbol")) for s, i in ingests.items()])
+        first, end = lake_months(cfg)
         failures = schema_failures(RawCandles, raw)
         return MaterializeResult(
-            metadata={"rows": raw.height, "source": source.name, "rows_by_symbol": _rows_by_symbol(raw)},
-            check_results=schema_check_results(failures, ["raw_schema"], "raw_schema", {}),
+            metadata={
+                "rows": raw.height,
+                "source": source.name,
+                "rows_by_symbol": _rows_by_symbol(raw),
+                "rows_received": sum(i.received for i in ingests.values()),
+                "rows_for_other_months": int(other["rows"].sum()) if other.height else 0,
+                "other_months": markdown_table(other.select("symbol", pl.col("month").cast(pl.String), "rows")),
+                "out_of_range_rows": out_of_range.height,
+                "rejected_files": MetadataValue.json([r["file"] for r in rejected]),
+                "received_reconciles": all(i.reconciles for i in ingests.values()),
+            },
+            check_results=[
+                *schema_check_results(failures, ["raw_schema"], "raw_schema", {}),
+                rejected_files_check_result(rejected),
+                out_of_range_check_result(out_of_range, f"{first}", f"{end}"),
+            ],
         )
 
     @asset(
@@ -62,7 +94,7 @@ def lake_assets(settings: Settings) -> list:
         deps=["raw_candles"],
         group_name="lake",
         kinds={"delta", "pandera"},
-        check_specs=check_specs("bronze_candles", BRONZE_BLOCKING, ["no_unexpected_gaps"]),
+        check_specs=check_specs("bronze_candles", BRONZE_BLOCKING, ["no_unexpected_gaps", "price_continuity"]),
         description="Typed, deduplicated, sorted, validated candles. Rejected rows go to bronze/quarantine with their rule.",
     )
     def bronze_candles(context: AssetExecutionContext, itff: ItffSettingsResource) -> MaterializeResult:
@@ -74,6 +106,7 @@ def lake_assets(settings: Settings) -> list:
         bronze = pl.concat([r.result.bronze for r in reports.values()])
         quarantine = pl.concat([r.result.quarantine for r in reports.values()])
         gaps = pl.concat([r.gaps for r in reports.values()])
+        breaks = pl.concat([r.breaks for r in reports.values()])
         raw_rows = sum(r.result.raw_rows for r in reports.values())
         collapsed = sum(r.result.collapsed_duplicates for r in reports.values())
         reconciles = raw_rows == bronze.height + quarantine.height + collapsed
@@ -92,6 +125,7 @@ def lake_assets(settings: Settings) -> list:
             )
         )
         checks.append(gap_check_result(gaps, cfg.gap_tolerance_bars))
+        checks.append(continuity_check_result(breaks, cfg.continuity_atr_multiple))
         return MaterializeResult(
             metadata={
                 "raw_rows": raw_rows,
@@ -101,6 +135,7 @@ def lake_assets(settings: Settings) -> list:
                 "quarantine_rules": markdown_table(rules),
                 "rows_by_symbol": _rows_by_symbol(bronze),
                 "gap_count": gaps.height,
+                "continuity_breaks": breaks.height,
             },
             check_results=checks,
         )
@@ -150,7 +185,52 @@ def lake_assets(settings: Settings) -> list:
             check_results=schema_check_results(schema_failures(SilverFeatures, silver), ["silver_schema"], "silver_schema", {}),
         )
 
-    return [raw_candles, bronze_candles, silver_features]
+    @asset_check(
+        asset=silver_features,
+        description="Every (symbol, month) of silver holds the rows bronze holds: catches silver left behind by a run "
+                    "stopped between bronze and silver. Runs with every lake_job and with lake_maintenance.",
+    )
+    def silver_matches_bronze(itff: ItffSettingsResource) -> AssetCheckResult:
+        from itff_platform.lake.freshness import stale_silver
+        from itff_platform.lake.layers import LakeTables
+
+        cfg = itff.settings()
+        tables = LakeTables.under(cfg)
+        return silver_freshness_check_result(stale_silver(tables.bronze, tables.silver, cfg.interval))
+
+    return [raw_candles, bronze_candles, silver_features, silver_matches_bronze]
+
+
+def maintenance_assets(settings: Settings) -> list:
+    """lake_maintenance: compact, vacuum and checkpoint every lake table, with bytes reclaimed in the metadata."""
+
+    @asset(
+        group_name="lake",
+        kinds={"delta"},
+        description=f"Compacts small files, deletes Parquet files the lake stopped using once older than "
+                    f"ITFF_LAKE_VACUUM_RETENTION_HOURS ({settings.lake_vacuum_retention_hours} h), checkpoints. "
+                    "Reports bytes before, after and reclaimed per table.",
+    )
+    def lake_maintenance(context: AssetExecutionContext, itff: ItffSettingsResource) -> MaterializeResult:
+        from itff_platform.lake.layers import LakeTables
+        from itff_platform.lake.maintenance import maintain_tables
+
+        cfg = itff.settings()
+        done = maintain_tables(vars(LakeTables.under(cfg)), cfg.lake_vacuum_retention_hours)
+        rows = pl.DataFrame([{"table": name, **{k: v for k, v in r.as_row().items() if k != "table"}} for name, r in done.items()])
+        for name, r in done.items():
+            context.log.info(f"{name}: {r.bytes_before} -> {r.bytes_after} bytes, {r.files_vacuumed} file(s) vacuumed, "
+                             f"{r.files_compacted} compacted into {r.files_added_by_compaction}")
+        return MaterializeResult(metadata={
+            "retention_hours": cfg.lake_vacuum_retention_hours,
+            "bytes_before": sum(r.bytes_before for r in done.values()),
+            "bytes_after": sum(r.bytes_after for r in done.values()),
+            "bytes_reclaimed": sum(r.bytes_reclaimed for r in done.values()),
+            "files_vacuumed": sum(r.files_vacuumed for r in done.values()),
+            "tables": markdown_table(rows),
+        })
+
+    return [lake_maintenance]
 
 
 def _rows_by_symbol(frame: pl.DataFrame) -> MetadataValue:

@@ -13,9 +13,10 @@ from datetime import date, datetime, timezone
 import polars as pl
 
 from itff_platform.features.silver import build_features, month_windows, window_frames
-from itff_platform.lake.cleaning import BronzeResult, clean_raw, find_gaps
+from itff_platform.lake.cleaning import BronzeResult, clean_raw, continuity_breaks, find_gaps
 from itff_platform.lake.delta import read_rows, replace_partitions, replace_partitions_by_files, table_version, with_month
 from itff_platform.market.candles import CandleSource
+from itff_platform.market.files import FilesCandleSource, RejectedFile
 from itff_platform.settings import Settings
 
 
@@ -48,14 +49,52 @@ def next_month(start: datetime) -> datetime:
     return datetime(start.year + start.month // 12, start.month % 12 + 1, 1, tzinfo=timezone.utc)
 
 
-def ingest_raw(source: CandleSource, settings: Settings, symbol: str, months: list[datetime]) -> pl.DataFrame:
-    """Fetch the months' candles as received and replace their raw partitions. Returns what was written."""
+def previous_month(start: datetime) -> datetime:
+    return datetime(start.year - (start.month == 1), (start.month - 2) % 12 + 1, 1, tzinfo=timezone.utc)
+
+
+def lake_months(settings: Settings) -> tuple[date, date]:
+    """[first month, end): the months the lake holds partitions for (the month in progress too, for a live source)."""
+    return settings.start_date.replace(day=1), settings.effective_end_date()
+
+
+OUT_OF_RANGE = "out_of_range"
+
+
+@dataclass(frozen=True)
+class RawIngest:
+    """What one symbol's ingestion received and where every row went:
+    received = raw (the run's months) + rows for other lake months (left to their own runs) + out of range (quarantined)."""
+
+    raw: pl.DataFrame
+    received: int
+    other_months: pl.DataFrame  # month, rows: lake months this run did not ask for; their own runs ingest them
+    out_of_range: pl.DataFrame  # quarantined with rule out_of_range, plus the file each row came from
+    rejected: list[RejectedFile] = field(default_factory=list)
+    kept_months: list[date] = field(default_factory=list)  # left as they were: their only files were rejected
+
+    @property
+    def reconciles(self) -> bool:
+        other = int(self.other_months["rows"].sum()) if self.other_months.height else 0
+        return self.received == self.raw.height + other + self.out_of_range.height
+
+
+def ingest_raw(source: CandleSource, settings: Settings, symbol: str, months: list[datetime]) -> RawIngest:
+    """Fetch the months' candles as received and replace their raw partitions.
+
+    A files source hands over every row its files hold: rows for other lake months are counted and left to their
+    own runs, rows outside the lake's months go to quarantine with rule out_of_range. Nothing is dropped unseen."""
     months = sorted(months)
-    candles = source.fetch(symbol, settings.interval, months[0], next_month(months[-1]))
     wanted = {m.date() for m in months}
-    raw = (
+    rejected_before = len(getattr(source, "rejected", []))
+    if isinstance(source, FilesCandleSource):
+        candles = source.read(symbol, settings.interval)
+    else:
+        candles = source.fetch(symbol, settings.interval, months[0], next_month(months[-1])).with_columns(
+            pl.lit(None, dtype=pl.String).alias("file")
+        )
+    received = (
         with_month(candles)
-        .filter(pl.col("month").is_in(wanted))
         .with_columns(
             pl.lit(settings.interval).alias("interval"),
             pl.lit(symbol).alias("symbol"),
@@ -64,14 +103,31 @@ def ingest_raw(source: CandleSource, settings: Settings, symbol: str, months: li
             pl.lit(uuid.uuid4().hex).alias("batch_id"),
         )
     )
-    replace_partitions(LakeTables.under(settings).raw, raw, settings.interval, symbol, wanted)
-    return raw
+    first, end = lake_months(settings)
+    in_lake = pl.col("month").is_between(first, end, closed="left")
+    raw = received.filter(pl.col("month").is_in(wanted)).drop("file")
+    other = received.filter(in_lake & ~pl.col("month").is_in(wanted)).group_by("month").len("rows").sort("month")
+    out_of_range = received.filter(~in_lake).with_columns(
+        pl.lit(f"{OUT_OF_RANGE}: timestamp outside the lake's months [{first}, {end})").alias("rule")
+    )
+    rejected = list(getattr(source, "rejected", []))[rejected_before:]
+    # A month whose files were all rejected keeps what the lake had: a bad re-sent file must not empty a good month.
+    present = set(raw["month"].unique().to_list())
+    kept = sorted(wanted - present) if rejected else []
+    tables = LakeTables.under(settings)
+    replace_partitions(tables.raw, raw, settings.interval, symbol, wanted - set(kept))
+    if out_of_range.height:
+        replace_partitions(
+            tables.quarantine, out_of_range.drop("file"), settings.interval, symbol, out_of_range["month"].unique().to_list()
+        )
+    return RawIngest(raw, received.height, other, out_of_range, rejected, kept)
 
 
 @dataclass(frozen=True)
 class BronzeReport:
     result: BronzeResult
     gaps: pl.DataFrame = field(repr=False)
+    breaks: pl.DataFrame = field(repr=False, default_factory=pl.DataFrame)  # price_continuity: jumps beyond k ATR
 
 
 def build_bronze(settings: Settings, symbol: str, months: list[datetime]) -> BronzeReport:
@@ -84,7 +140,11 @@ def build_bronze(settings: Settings, symbol: str, months: list[datetime]) -> Bro
     result = clean_raw(raw, settings.interval_seconds)
     replace_partitions(tables.bronze, result.bronze, settings.interval, symbol, wanted)
     replace_partitions(tables.quarantine, result.quarantine, settings.interval, symbol, wanted)
-    return BronzeReport(result, find_gaps(result.bronze, settings.interval_seconds, settings.gap_tolerance_bars))
+    # Continuity is judged on the months written and their neighbours in the lake: the previous month supplies
+    # the ATR and the last close before the first bar, the next month's first bar closes the boundary after.
+    around = read_rows(tables.bronze, settings.interval, symbol, previous_month(months[0]), next_month(next_month(months[-1])))
+    breaks = continuity_breaks(around, settings.atr_period, settings.continuity_atr_multiple, wanted)
+    return BronzeReport(result, find_gaps(result.bronze, settings.interval_seconds, settings.gap_tolerance_bars), breaks)
 
 
 def build_silver(settings: Settings, symbol: str, months: list[datetime], since: datetime | None = None) -> pl.DataFrame:

@@ -6,8 +6,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from itff_platform.market.candles import CANDLE_SCHEMA, CandleFormatError
+from itff_platform.market.candles import CANDLE_SCHEMA
 from itff_platform.market.files import FilesCandleSource
+from itff_platform.market.parsing import CandleFileError, read_candle_file
 from itff_platform_tests.conftest import utc
 
 SHARED_1M = Path(__file__).resolve().parents[3] / "shared" / "data" / "binance-spot" / "1m"
@@ -78,16 +79,62 @@ def test_real_one_minute_binance_export_reads_exactly():
 
 def test_a_file_without_a_price_column_names_the_column(tmp_path):
     (tmp_path / "BTCUSDT-1h.csv").write_text("timestamp,open,high,low,volume\n2024-01-01 00:00:00,1,2,0.5,10\n")
-    with pytest.raises(CandleFormatError, match=r"BTCUSDT-1h.csv: missing column\(s\) \['close'\]"):
-        FilesCandleSource(tmp_path).fetch("BTCUSDT", "1h", utc(2024, 1, 1), utc(2024, 2, 1))
+    with pytest.raises(CandleFileError, match=r"BTCUSDT-1h.csv: missing column\(s\) \['close'\]") as error:
+        read_candle_file(tmp_path / "BTCUSDT-1h.csv")
+    assert (error.value.field, error.value.rule) == ("close", "required_columns")
 
 
 def test_an_unparseable_timestamp_names_the_row_and_the_rule(tmp_path):
     (tmp_path / "BTCUSDT-1h.csv").write_text(
         "timestamp,open,high,low,close,volume\n2024-01-01 00:00:00,1,2,0.5,1.5,10\nyesterday noon,1,2,0.5,1.5,10\n"
     )
-    with pytest.raises(CandleFormatError, match=r"timestamp on data row 2 is 'yesterday noon'; the rule is epoch"):
-        FilesCandleSource(tmp_path).fetch("BTCUSDT", "1h", utc(2024, 1, 1), utc(2024, 2, 1))
+    with pytest.raises(CandleFileError, match=r"timestamp on data row 2 is 'yesterday noon'; the rule is epoch"):
+        read_candle_file(tmp_path / "BTCUSDT-1h.csv")
+
+
+def good_csv(path: Path, stamps: list[str]) -> None:
+    path.write_text("timestamp,open,high,low,close,volume\n" + "".join(f"{t},1,2,0.5,1.5,10\n" for t in stamps))
+
+
+BAD_FILES = {
+    # name: (bytes, field, rule, words the reason must hold)
+    "BTCUSDT-1h-truncated.csv.gz": (lambda: gzip.compress(("\n".join(BINANCE_ROWS) + "\n").encode())[:-12], "file", "readable", "EOFError"),
+    "BTCUSDT-1h-2024-01.zip": (lambda: binance_zip(BINANCE_ROWS, "x.csv")[:40] + b"\x00" * 30, "file", "readable", "BadZipFile"),
+    "BTCUSDT-1h-semicolons.csv": (lambda: b"timestamp;open;high;low;close;volume\n2024-01-01 00:00:00;1;2;0.5;1.5;10\n", "separator", "comma_separated", "semicolons"),
+    "BTCUSDT-1h-noclose.csv": (lambda: b"timestamp,open,high,low,volume\n2024-01-01 00:00:00,1,2,0.5,10\n", "close", "required_columns", "missing column"),
+    "BTCUSDT-1h-words.csv": (lambda: b"timestamp,open,high,low,close,volume\nnoon,1,2,0.5,1.5,10\n", "timestamp", "parseable_timestamp", "'noon'"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_a_bad_file_is_set_aside_with_its_reason_and_the_good_file_is_read(tmp_path, name):
+    """Before: EOFError/BadZipFile tracebacks without the file's name, and one bad file aborted every fetch."""
+    payload, field, rule, words = BAD_FILES[name]
+    (tmp_path / name).write_bytes(payload())
+    good_csv(tmp_path / "BTCUSDT-1h-good.csv", ["2024-01-01 00:00:00", "2024-01-01 01:00:00"])
+    source = FilesCandleSource(tmp_path)
+
+    frame = source.fetch("BTCUSDT", "1h", utc(2024, 1, 1), utc(2024, 2, 1))
+
+    assert frame.height == 2  # the good file went on
+    assert [(r.file, r.field, r.rule) for r in source.rejected] == [(name, field, rule)]
+    assert name in source.rejected[0].message and words in source.rejected[0].message
+    assert not (tmp_path / name).exists() and (tmp_path / "rejected" / name).read_bytes() == payload()
+    reason = (tmp_path / "rejected" / f"{name}.reason.txt").read_text()
+    assert f"file: {name}" in reason and f"field: {field}" in reason and f"rule: {rule}" in reason and words in reason
+    # Set aside once: the next fetch neither reads it nor reports it again.
+    again = FilesCandleSource(tmp_path)
+    assert again.fetch("BTCUSDT", "1h", utc(2024, 1, 1), utc(2024, 2, 1)).height == 2 and again.rejected == []
+
+
+def test_utc_offsets_are_converted_to_utc_row_by_row(tmp_path):
+    """Before: '+02:00' made every timestamp unparseable and the file was refused."""
+    good_csv(tmp_path / "ETHUSDT-1h-cest.csv", ["2024-03-31 00:00:00+01:00", "2024-03-31 01:00:00+01:00",
+                                                 "2024-03-31 03:00:00+02:00", "2024-09-01 02:00:00+02:00",
+                                                 "2024-09-01T03:00:00+0200", "2024-09-01 01:00:00Z"])
+    frame = FilesCandleSource(tmp_path).fetch("ETHUSDT", "1h", utc(2024, 1, 1), utc(2025, 1, 1))
+    assert frame["timestamp"].to_list() == [
+        utc(2024, 3, 30, 23), utc(2024, 3, 31, 0), utc(2024, 3, 31, 1), utc(2024, 9, 1, 0), utc(2024, 9, 1, 1), utc(2024, 9, 1, 1)]
 
 
 def test_a_corrupt_price_arrives_as_null_for_bronze_to_quarantine(tmp_path):
