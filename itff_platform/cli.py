@@ -72,9 +72,10 @@ def run_promotion() -> bool:
             for row in event.materialization.metadata["summary"].value}
     for row in rows.values():
         after = f"champion v{row['champion_after']}" if row["champion_after"] else "no champion"
-        trading = {True: "tradable", False: "served flat (not tradable)", None: ""}[row.get("tradable")] if row["champion_after"] else ""
-        print(f"  {row['model']:30s} {row['decision']:8s} v{row['challenger']} vs {row['compared_with']}: {after} {trading}")
-        for reason in row["reasons"].split("; "):
+        bands = row["model"].endswith("-forward_return")
+        trading = "" if bands or not row["champion_after"] else (", tradable" if row.get("tradable") else ", served flat (not tradable)")
+        print(f"  {row['model']:30s} {row['decision']:8s} v{row['challenger']} vs {row['compared_with']}: {after}{trading}")
+        for reason in row["reasons"]:
             print(f"      - {reason}")
     served = [r for r in rows.values() if r["champion_after"]]
     print(f"\nServed: {len(served)} of {len(rows)} models; tradable: {sum(bool(r.get('tradable')) for r in served)}. "

@@ -164,14 +164,15 @@ def promotion_assets(settings: Settings) -> list:
                  "challenger": decision.challenger, "compared_with": decision.compared_with,
                  "champion_before": decision.champion_before, "champion_after": decision.champion_after,
                  "p_value_vs_baseline": round(decision.figures["p_value_vs_baseline"], 4) if "p_value_vs_baseline" in decision.figures else None,
-                 "tradable": decision.tradable, "reasons": "; ".join(decision.reasons)}
+                 "tradable": decision.tradable, "reasons": decision.reasons}
             )
         import polars as pl
 
         return MaterializeResult(
             metadata={
                 "decisions": markdown_table(pl.DataFrame(decisions).drop("reasons")),
-                "reasons": MetadataValue.md("\n".join(f"- **{d['model']}** ({d['decision']}): {d['reasons']}" for d in decisions)),
+                "reasons": MetadataValue.md("\n".join(f"- **{d['model']}** ({d['decision']}):\n" + "\n".join(f"  - {r}" for r in d["reasons"])
+                                                      for d in decisions)),
                 "summary": MetadataValue.json(decisions),
                 "promoted": sum(d["decision"] == "promoted" for d in decisions),
             }

@@ -14,8 +14,8 @@ def test_definitions_load_and_validate():
     graph = defs.resolve_asset_graph()
     assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
         "raw_candles", "bronze_candles", "silver_features", "trained_models", "champion_models",
-        "prediction_outcomes", "drift_monitor"}
-    assert {j.name for j in defs.resolve_all_job_defs()} >= {"lake_job", "training_job", "evaluation_job"}
+        "prediction_outcomes", "drift_monitor", "lake_maintenance"}
+    assert {j.name for j in defs.resolve_all_job_defs()} >= {"lake_job", "training_job", "evaluation_job", "lake_maintenance_job"}
 
 
 def test_training_is_partitioned_by_symbol_and_target_and_reads_all_of_silver():
