@@ -98,7 +98,7 @@ def good_csv(path: Path, stamps: list[str]) -> None:
 
 BAD_FILES = {
     # name: (bytes, field, rule, words the reason must hold)
-    "BTCUSDT-1h-truncated.csv.gz": (lambda: gzip.compress(("\n".join(BINANCE_ROWS) + "\n").encode())[:-12], "file", "readable", "EOFError"),
+    "BTCUSDT-1h-truncated.csv.gz": (lambda: gzip.compress(("\n".join(BINANCE_ROWS) + "\n").encode(), mtime=0)[:-12], "file", "readable", "EOFError"),
     "BTCUSDT-1h-2024-01.zip": (lambda: binance_zip(BINANCE_ROWS, "x.csv")[:40] + b"\x00" * 30, "file", "readable", "BadZipFile"),
     "BTCUSDT-1h-semicolons.csv": (lambda: b"timestamp;open;high;low;close;volume\n2024-01-01 00:00:00;1;2;0.5;1.5;10\n", "separator", "comma_separated", "semicolons"),
     "BTCUSDT-1h-noclose.csv": (lambda: b"timestamp,open,high,low,volume\n2024-01-01 00:00:00,1,2,0.5,10\n", "close", "required_columns", "missing column"),

@@ -37,7 +37,9 @@ def test_the_scaler_is_fitted_on_the_training_rows_only(family):
     shifted = x.copy()
     shifted[2000:] += 50.0  # the future looks nothing like the past
     model = make_forecaster(family, {}, SETTINGS).fit(shifted[:2000], y[:2000])
-    assert np.allclose(model.scaler.mean_, shifted[:2000].mean(axis=0))
+    # The family learns on the training rows before its calibration slice (purged by the label horizon).
+    learnt = 2000 - model.calibration["rows"] - SETTINGS.label_horizon
+    assert np.allclose(model.scaler.mean_, shifted[:learnt].mean(axis=0))
 
 
 def test_every_family_declares_a_search_space():
@@ -69,7 +71,8 @@ def test_lorentzian_distance_is_the_sum_of_log1p_abs_differences():
 
 def test_lorentzian_samples_history_every_stride_bars_ending_at_the_newest():
     x, y = learnable(1000)
-    model = make_forecaster("lorentzian", {"stride": 4, "max_history": 100}, SETTINGS).fit(x, y)
+    uncalibrated = SETTINGS.model_copy(update={"calibration_rows": 0})  # the family's own sampling, nothing held back
+    model = make_forecaster("lorentzian", {"stride": 4, "max_history": 100}, uncalibrated).fit(x, y)
     assert len(model.history) == 100
     assert np.allclose(model.history[-1], model.scale(x[-1:])[0])
 
