@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser run test dev serve replay mlflow-ui bench-lake bench-training bench-serve clean-lake
+.PHONY: install browser run test dev serve fuzz replay mlflow-ui bench-lake bench-training bench-serve clean-lake
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required, found " + sys.version.split()[0])'
@@ -39,12 +39,20 @@ dev: install
 
 ## serve: the BentoML prediction service on the promoted champions, port $PORT (default 3000).
 ## Tokens come from ITFF_API_TOKENS (a JSON list); without one, a random token is made for this session and printed.
+## Each service gets its own BENTOML_HOME (and so its own Prometheus multiprocess folder), .bentoml/$PORT under
+## ITFF_HOME: BentoML empties that folder at start, so a shared one would wipe another service's metrics.
 serve: install
 	@if [ -z "$$ITFF_API_TOKENS" ]; then \
 		token=$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(24))'); \
 		echo "ITFF_API_TOKENS is not set: this session's token is $$token (send it as X-API-Token)"; \
 		export ITFF_API_TOKENS="[\"$$token\"]"; fi; \
-	$(BIN)/bentoml serve itff_platform.serving.service:ItffService --host $${HOST:-127.0.0.1} --port $${PORT:-3000}
+	state=$${ITFF_SERVE_STATE_DIR:-.bentoml}; case $$state in /*) ;; *) state=$${ITFF_HOME:-$(CURDIR)}/$$state;; esac; \
+	export BENTOML_HOME=$$state/$${PORT:-3000}; \
+	exec $(BIN)/bentoml serve itff_platform.serving.service:ItffService --host $${HOST:-127.0.0.1} --port $${PORT:-3000}
+
+## fuzz: 5,000 schemathesis cases against a real service's /docs.json; prints the status counts (0 x 5xx expected)
+fuzz: install
+	ITFF_FUZZ_CASES=$${ITFF_FUZZ_CASES:-5000} $(BIN)/pytest -q -s itff_platform_tests/faults/test_fuzz.py -k full
 
 ## mlflow-ui: only the MLflow UI (compare studies, browse the registry)
 mlflow-ui: install

@@ -81,7 +81,9 @@ def main() -> None:
     env = {**os.environ, "ITFF_API_TOKENS": json.dumps([TOKEN]), "ITFF_SYMBOLS": json.dumps([symbol]),
            "ITFF_TARGETS": json.dumps([target]), "ITFF_RATE_LIMIT_PER_MINUTE": "100000000", "ITFF_RATE_LIMIT_BURST": "100000000",
            "ITFF_RELOAD_INTERVAL_S": "0", "BENTOML_DO_NOT_TRACK": "true",
-           "ITFF_MAX_REQUEST_BYTES": str(50_000_000)}  # the 10,000-row batch is ~5 MB of JSON
+           "ITFF_MAX_REQUEST_BYTES": str(50_000_000),  # the 10,000-row batch is ~5 MB of JSON
+           # Its own BENTOML_HOME, as make serve gives each port: a shared one would wipe a running service's metrics.
+           "BENTOML_HOME": str(ROOT / ".bentoml" / str(port))}
     server = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", "itff_platform.serving.service:ItffService",
                                "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -89,7 +91,7 @@ def main() -> None:
     try:
         for _ in range(120):
             try:
-                if httpx.post(f"{url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:  # the bare probe; POST lists models, with a token
                     break
             except httpx.HTTPError:
                 pass

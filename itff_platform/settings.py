@@ -138,7 +138,8 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(600, ge=1, description="Requests per minute per token (bucket refill rate).")
     rate_limit_burst: int = Field(60, ge=1, description="Requests a token may make at once before the rate applies.")
     max_request_bytes: int = Field(2_000_000, ge=1024, description="Larger request bodies are refused with 413.")
-    tradingview_secret: str | None = Field(None, description="When set, /tradingview requires signature = HMAC-SHA256(secret, 'ticker|time|close').")
+    tradingview_secret: str | None = Field(None, description="When set, /tradingview requires X-Signature = "
+                                           "HMAC-SHA256(secret, raw body), a recent sent_at, and a signature not seen before.")
     serve_workers: int = Field(2, ge=1, description="BentoML worker processes (one per core). Each enforces 1/N of a token's rate limit.")
     serve_access_log: bool = Field(False, description="BentoML's per-request access log; off because it costs ~25% of throughput.")
     batch_max_size: int = Field(64, ge=2, description="Most /predict rows the adaptive batcher scores in one model call.")
@@ -147,6 +148,20 @@ class Settings(BaseSettings):
                                       "flagged expired (they are still given).")
     live_quality_window_days: int = Field(30, ge=1, description="Days of realized predictions, before an evaluation's as_of, "
                                           "that live quality per model version is computed over.")
+    tradingview_window_s: float = Field(300.0, gt=0, description="With ITFF_TRADINGVIEW_SECRET set, a signed alert's `sent_at` "
+                                        "must be within this many seconds of the server's clock; each signature is accepted once.")
+    tradingview_stale: Literal["refuse", "flag"] = Field("refuse", description="An alert (without candles) whose bar the lake "
+                                                         "does not hold yet: refuse it, or answer from the newest older bar "
+                                                         "with stale: true and age_bars.")
+    tradingview_max_close_deviation: float = Field(0.01, gt=0, description="An alert's close further than this fraction "
+                                                   "from the answering bar's close is refused.")
+    auth_failure_burst: int = Field(20, ge=1, description="Failed authentications an address may make before its requests "
+                                    "get 429 (split across the workers, like the rate limit).")
+    auth_failures_per_minute: int = Field(10, ge=1, description="Rate at which an address's failed-authentication budget refills.")
+    prediction_log_write_ahead: bool = Field(True, description="Fsync every answered prediction to a local segment before "
+                                             "its 200 (replayed into Delta at the next start), so a crash loses none.")
+    serve_state_dir: Path = Field(Path(".bentoml"), description="The service's local state, under ITFF_HOME when relative: "
+                                  "<port>/ is each service's BENTOML_HOME (make serve), tradingview-signatures/ the replay cache.")
     # --- daily automation and monitoring
     automation_on: bool = Field(False, description="Schedules and sensors start switched on (else: switch them on in the Dagster UI).")
     daily_run_utc: str = Field("02:15", pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM (UTC) the daily refresh starts.")

@@ -52,7 +52,10 @@ pids+=($!)
 "$BIN/mlflow" ui --backend-store-uri "sqlite:///$PWD/mlflow/mlflow.db" --default-artifact-root "$PWD/mlflow/artifacts" \
     --host 127.0.0.1 --port "$MLFLOW_PORT" < /dev/null > .dev-logs/mlflow.log 2>&1 &
 pids+=($!)
-"$BIN/bentoml" serve itff_platform.serving.service:ItffService --host 127.0.0.1 --port "$PORT" \
+# Its own BENTOML_HOME per port (as in `make serve`): BentoML empties the Prometheus folder in it at start.
+state=${ITFF_SERVE_STATE_DIR:-.bentoml}
+case $state in /*) ;; *) state=${ITFF_HOME:-$PWD}/$state;; esac
+BENTOML_HOME="$state/$PORT" "$BIN/bentoml" serve itff_platform.serving.service:ItffService --host 127.0.0.1 --port "$PORT" \
     < /dev/null > .dev-logs/bentoml.log 2>&1 &
 pids+=($!)
 banner "Starting."

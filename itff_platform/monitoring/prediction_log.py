@@ -4,13 +4,24 @@
 records or its oldest record is `flush_s` old. `close` (the service's shutdown hook, and atexit) commits
 what is left, so a clean stop loses nothing. A failed write keeps its records for the next attempt; only
 past `max_pending` (the disk or lake gone for a long time; ~2 KB a record) are the oldest records dropped,
-and counted."""
+and counted.
+
+With a write-ahead folder (the service's default), `append_durable` also writes the record to a local
+append-only segment and returns once it is fsynced: the service sends its 200 only after that, so a crash
+(kill -9, power loss) cannot lose an acknowledged prediction. Concurrent requests share one fsync (group
+commit). Each Delta flush seals the segment it covered and deletes it once the rows are committed. A segment
+whose writer died is replayed into Delta by the next PredictionLog on the same table (the service's next
+start), skipping request ids the table already holds, so a replay never writes a row twice."""
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import fcntl
 import hashlib
+import json
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -36,6 +47,11 @@ SCHEMA = {
 
 def prediction_log_path(settings: Settings) -> Path:
     return settings.monitoring_dir / "predictions"
+
+
+def write_ahead_path(settings: Settings) -> Path:
+    """Beside the table, not in it: Delta's vacuum deletes files it does not know inside a table's folder."""
+    return settings.monitoring_dir / "predictions-wal"
 
 
 def input_hash(symbol: str, target: str, row: np.ndarray) -> str:
@@ -77,37 +93,63 @@ def compact_prediction_log(settings: Settings) -> dict[str, int]:
 
 
 class PredictionLog:
-    def __init__(self, path: Path, flush_rows: int = 500, flush_s: float = 2.0, max_pending: int = 50_000) -> None:
+    def __init__(self, path: Path, flush_rows: int = 500, flush_s: float = 2.0, max_pending: int = 50_000,
+                 write_ahead: Path | None = None) -> None:
         self.path, self.flush_rows, self.flush_s, self.max_pending = path, flush_rows, flush_s, max_pending
-        self.written = self.dropped = self.failed_writes = 0
+        self.written = self.dropped = self.failed_writes = self.replayed = 0
         self._pending: deque[dict] = deque()
         self._oldest: float | None = None
         self._wake = threading.Condition()
         self._write_lock = threading.Lock()
         self._closed = False
+        self.wal = None
+        if write_ahead is not None:
+            self.replayed = replay_segments(path, write_ahead)
+            self.wal = WriteAhead(write_ahead)
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
         atexit.register(self.close)
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> "PredictionLog":
-        return cls(prediction_log_path(settings), settings.prediction_log_flush_rows, settings.prediction_log_flush_s)
+    def for_settings(cls, settings: Settings, write_ahead: bool = False) -> "PredictionLog":
+        return cls(prediction_log_path(settings), settings.prediction_log_flush_rows, settings.prediction_log_flush_s,
+                   write_ahead=write_ahead_path(settings) if write_ahead else None)
 
     def append(self, record: dict) -> None:
         """Never blocks on I/O and never raises into the request."""
         record.setdefault("logged_at", datetime.now(timezone.utc))
         with self._wake:
-            if len(self._pending) >= self.max_pending:
-                self._pending.popleft()
-                self.dropped += 1
-            self._pending.append(record)
-            if self._oldest is None:
-                self._oldest = time.monotonic()
-            if len(self._pending) >= self.flush_rows:
-                self._wake.notify()
+            self._buffer(record)
             closed = self._closed
         if closed:  # a request that finished during shutdown: no writer thread is left, write it now
             self.flush()
+
+    async def append_durable(self, record: dict) -> None:
+        """append, and return once the record is fsynced to the write-ahead segment (at once without one).
+        Raises OSError when the segment cannot be written: the caller must not acknowledge the prediction."""
+        if self.wal is None:
+            return self.append(record)
+        record.setdefault("logged_at", datetime.now(timezone.utc))
+        line = json.dumps(record, default=_json_value).encode() + b"\n"
+        with self._wake:
+            seq = self.wal.write(line)  # under the buffer's lock: the segment and the buffer hold the same rows
+            self._buffer(record)
+            closed = self._closed
+        if closed:
+            self.flush()
+            return
+        await self.wal.synced(seq)
+
+    def _buffer(self, record: dict) -> None:
+        """Call holding self._wake."""
+        if len(self._pending) >= self.max_pending:
+            self._pending.popleft()
+            self.dropped += 1
+        self._pending.append(record)
+        if self._oldest is None:
+            self._oldest = time.monotonic()
+        if len(self._pending) >= self.flush_rows:
+            self._wake.notify()
 
     def pending(self) -> int:
         return len(self._pending)
@@ -134,8 +176,15 @@ class PredictionLog:
     def flush(self) -> int:
         """Commit everything waiting now; returns the rows written (0 if the write failed, records kept)."""
         with self._write_lock:
-            with self._wake:
-                batch, self._pending, self._oldest = list(self._pending), deque(), None
+            if self.wal is not None:
+                with self.wal.sync_lock:  # no fsync in flight while the segment is swapped
+                    with self._wake:
+                        batch, self._pending, self._oldest = list(self._pending), deque(), None
+                        sealed = self.wal.seal()  # exactly the rows of `batch` (and of earlier failed batches)
+                    self.wal.sync_sealed()
+            else:
+                with self._wake:
+                    batch, self._pending, self._oldest = list(self._pending), deque(), None
             if not batch:
                 return 0
             try:
@@ -150,6 +199,8 @@ class PredictionLog:
                         self._pending.popleft()
                         self.dropped += 1
                 return 0
+            if self.wal is not None:
+                self.wal.release(sealed)  # committed to Delta: their segments are no longer needed
             self.written += len(batch)
             return len(batch)
 
@@ -161,4 +212,211 @@ class PredictionLog:
             self._wake.notify()
         self._thread.join(timeout=5)
         self.flush()
+        if self.wal is not None:
+            self.wal.close(keep=bool(self._pending))
         atexit.unregister(self.close)
+
+
+def _json_value(value):
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+class WriteAhead:
+    """Append-only segment files in one folder, one open segment per writer process, each held under an
+    exclusive flock for as long as its writer lives: a segment that can be locked belongs to a dead writer."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.sync_lock = threading.Lock()  # one fsync (or segment swap) at a time
+        self._lock = threading.Lock()  # the open segment, the sequence numbers and the waiters
+        self._seq = self._synced = self._sealed_seq = 0
+        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future]] = []
+        self._kick = threading.Condition(self._lock)
+        self._sealed: list[tuple[Path, int]] = []  # (segment, fd) flushed to disk, waiting for their Delta commit
+        self._closed = False
+        self._path, self._fd = self._open_segment()
+        self._thread = threading.Thread(target=self._sync_loop, name="prediction-log-fsync", daemon=True)
+        self._thread.start()
+
+    def _open_segment(self) -> tuple[Path, int]:
+        # Created under a temporary name and locked before it is renamed into view: a replayer never sees an
+        # unlocked live segment.
+        name = f"{os.getpid()}-{time.time_ns()}"
+        temporary, final = self.folder / f"{name}.new", self.folder / f"{name}.jsonl"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(temporary, final)
+        _fsync_folder(self.folder)
+        return final, fd
+
+    def write(self, line: bytes) -> int:
+        """Append one record (to the OS, not yet to the disk); its sequence number for `synced`."""
+        with self._lock:
+            os.write(self._fd, line)
+            self._seq += 1
+            return self._seq
+
+    async def synced(self, seq: int) -> None:
+        """Return once the record `seq` is on disk."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._lock:
+            if self._synced >= seq:
+                return
+            self._waiters.append((seq, loop, future))
+            self._kick.notify()
+        await future
+
+    def _sync_loop(self) -> None:
+        while True:
+            with self._lock:
+                self._kick.wait_for(lambda: self._waiters or self._closed)
+                if self._closed and not self._waiters:
+                    return
+            try:
+                with self.sync_lock:
+                    with self._lock:
+                        target, fd = self._seq, self._fd
+                    os.fsync(fd)  # every request that wrote before this point rides on this one fsync
+                    self._settle(target)
+            except OSError as error:
+                self._settle(self._seq, error)
+
+    def _settle(self, target: int, error: OSError | None = None) -> None:
+        with self._lock:
+            self._synced = max(self._synced, target)
+            ready = [w for w in self._waiters if w[0] <= target]
+            self._waiters = [w for w in self._waiters if w[0] > target]
+        for _, loop, future in ready:
+            loop.call_soon_threadsafe(_settle_future, future, error)
+
+    def seal(self) -> list[tuple[Path, int]]:
+        """Call holding sync_lock and the log's buffer lock: start a new segment; the previous one, and any
+        sealed before whose rows have not been committed yet, are returned for `release` after the commit."""
+        with self._lock:
+            self._sealed.append((self._path, self._fd))
+            self._path, self._fd = self._open_segment()
+            self._sealed_seq = self._seq
+            return list(self._sealed)
+
+    def sync_sealed(self) -> None:
+        """Call holding sync_lock, after seal: the sealed segment is fsynced, so its waiters are answered."""
+        try:
+            os.fsync(self._sealed[-1][1])
+        except OSError as error:  # the waiters hear it (no 200); the rows are still in memory for Delta
+            log.error("prediction log: fsync of %s failed: %s", self._sealed[-1][0], error)
+            self._settle(self._sealed_seq, error)
+            return
+        self._settle(self._sealed_seq)
+
+    def release(self, segments: list[tuple[Path, int]]) -> None:
+        for path, fd in segments:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        with self._lock:
+            self._sealed = [s for s in self._sealed if s not in segments]
+
+    def close(self, keep: bool = False) -> None:
+        """Stop; without `keep`, every segment is deleted (the log committed all its rows). With `keep` (rows
+        still uncommitted) the segments stay, and the next start replays them."""
+        with self._lock:
+            self._closed = True
+            self._kick.notify()
+        self._thread.join(timeout=5)
+        segments = [*self._sealed, (self._path, self._fd)]
+        if keep:
+            for _, fd in segments:
+                os.close(fd)  # closing drops the lock: the next replay takes them
+        else:
+            self.release(segments)
+
+
+def _settle_future(future: asyncio.Future, error: OSError | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replay_segments(table: Path, folder: Path) -> int:
+    """Commit the rows of every segment whose writer is dead (its lock can be taken) into the table, skipping
+    request ids already there, then delete the segment. Returns the rows written. Safe to run from many
+    processes at once: a segment is replayed by whoever locks it first."""
+    if not folder.is_dir():
+        return 0
+    replayed = 0
+    for path in sorted(folder.glob("*.jsonl")):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # its writer is alive
+        try:
+            if not path.exists() or os.stat(path).st_ino != os.fstat(fd).st_ino:
+                continue  # replayed and deleted by another process between our open and our lock
+            records = _read_segment(fd)
+            fresh = _not_yet_logged(table, records)
+            if fresh:
+                write_records(table, fresh)
+            replayed += len(fresh)
+            path.unlink()
+            log.warning("prediction log: replayed %d of %d rows from %s, left by a writer that stopped without committing them",
+                        len(fresh), len(records), path.name)
+        except Exception:
+            log.exception("prediction log: replaying %s failed; it is kept for the next start", path)
+        finally:
+            os.close(fd)
+    for path in folder.glob("*.new"):  # a writer that died between creating and naming its segment wrote nothing
+        if time.time() - path.stat().st_mtime > 60:
+            path.unlink(missing_ok=True)
+    return replayed
+
+
+def _read_segment(fd: int) -> list[dict]:
+    with os.fdopen(os.dup(fd), "rb") as segment:
+        lines = segment.read().splitlines()
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a torn last line: never fsynced, so never acknowledged
+        for name in ("logged_at", "bar_time"):
+            if record.get(name):
+                record[name] = datetime.fromisoformat(record[name])
+        records.append(record)
+    return records
+
+
+def _not_yet_logged(table: Path, records: list[dict]) -> list[dict]:
+    from deltalake import DeltaTable
+
+    if not records or not DeltaTable.is_deltatable(str(table)):
+        return records
+    days = sorted({r["logged_at"].date() for r in records})
+    ids = [r["request_id"] for r in records]
+    present = set(pl.scan_delta(str(table)).filter(pl.col("day").is_in(days), pl.col("request_id").is_in(ids))
+                  .select("request_id").collect()["request_id"].to_list())
+    return [r for r in records if r["request_id"] not in present]

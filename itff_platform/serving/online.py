@@ -1,34 +1,53 @@
-"""Request validation and online features: the same build_features the lake uses, on the posted candles."""
+"""Request validation and online features: the same build_features the lake uses, on the posted candles,
+after the lake's own cleaning rules (lake/cleaning.py) have judged them."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Annotated
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, field_validator
+from pydantic import BaseModel, Strict, field_validator
 
 from itff_platform.features.regime import REGIMES
-from itff_platform.settings import Settings
+from itff_platform.settings import INTERVAL_SECONDS, Settings
+
+# A JSON number, never a boolean or a numeric string: lax pydantic would read `true` as 1.0 and "1.5" as 1.5.
+Number = Annotated[float, Strict()]
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # the models compute in float32: anything larger becomes inf
+EXAMPLE_TIME = "2024-09-30T23:00:00Z"
+# TradingView's exchange prefixes and what they mean. The models are trained on Binance spot candles; any other
+# market (another exchange, a perpetual future) has other prices, so it is refused rather than guessed at.
+EXCHANGES = {"BINANCE": "Binance spot"}
+PERPETUAL_SUFFIXES = (".P", "PERP")
 
 
 class RequestError(ValueError):
     """A bad request: the message names the field and the rule."""
 
+    @property
+    def field(self) -> str:
+        return str(self).split(":", 1)[0]
+
 
 class Candle(BaseModel):
     timestamp: datetime
-    open: float
-    high: float
-    low: float
-    close: float
-    volume: float
+    open: Number
+    high: Number
+    low: Number
+    close: Number
+    volume: Number
 
     @field_validator("timestamp")
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        try:
+            return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        except OverflowError:  # year 1 with a +01:00 offset: not a ValueError, so pydantic would not catch it
+            raise ValueError("not representable in UTC") from None
 
 
 def minimum_candles(settings: Settings) -> int:
@@ -36,18 +55,58 @@ def minimum_candles(settings: Settings) -> int:
     return (settings.daily_range_days + 1) * settings.bars_per_day
 
 
-def features_from_candles(candles: list[Candle], settings: Settings, rows: int, names: list[str]) -> tuple[np.ndarray, str, datetime]:
+def model_interval(model, settings: Settings) -> str:
+    """The bar interval the model was trained on (meta.json), else the service's."""
+    interval = model.meta.get("interval") or settings.interval
+    return interval if interval in INTERVAL_SECONDS else settings.interval
+
+
+def checked_candles(candles: list[Candle], settings: Settings, interval: str, now: datetime | None = None) -> pl.DataFrame:
+    """The candles as a frame, once they pass what the lake demands of bronze (the same rules, by calling
+    lake.cleaning.clean_raw) plus what a request adds: strictly increasing, spaced at the model's interval,
+    and not from the future."""
+    from itff_platform.lake.cleaning import clean_raw
+
+    frame = pl.DataFrame([c.model_dump() for c in candles]).with_columns(pl.col("timestamp").cast(pl.Datetime("us", "UTC")))
+    steps = frame["timestamp"].diff().dt.total_seconds().slice(1)
+    if (steps <= 0).any():
+        first = int((steps <= 0).arg_max()) + 1
+        raise RequestError(f"candles[{first}].timestamp: must be strictly increasing "
+                           f"({frame['timestamp'][first]} follows {frame['timestamp'][first - 1]})")
+    seconds = INTERVAL_SECONDS[interval]
+    judged = clean_raw(frame.with_columns(pl.lit(interval).alias("interval"), pl.lit("request").alias("symbol"),
+                                          pl.int_range(pl.len()).alias("position")), seconds)
+    if judged.quarantine.height:
+        worst = judged.quarantine.sort("position").row(0, named=True)
+        field, rule = worst["rule"].split(":", 1)
+        raise RequestError(f"candles[{worst['position']}].{field}:{rule} (the lake's cleaning rule; "
+                           f"{judged.quarantine.height} of {frame.height} candles break one)")
+    median = float(steps.median()) if len(steps) else seconds
+    if median != seconds:
+        raise RequestError(f"candles.timestamp: the candles are {_duration(median)} apart; this model is trained on "
+                           f"{interval} bars ({seconds} s apart)")
+    latest = (now or datetime.now(timezone.utc)) + timedelta(seconds=seconds)
+    if frame["timestamp"][-1] > latest:
+        raise RequestError(f"candles[{frame.height - 1}].timestamp: {frame['timestamp'][-1].isoformat()} is in the future; "
+                           f"a bar opens at most one {interval} bar after now")
+    return frame
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)} {unit}"
+    return f"{seconds:g} s"
+
+
+def features_from_candles(candles: list[Candle], settings: Settings, rows: int, names: list[str],
+                          interval: str | None = None) -> tuple[np.ndarray, str, datetime]:
     """The last `rows` rows of the model's features (`names`, in its order) computed from the candles,
     the regime of the last bar, and its time."""
     needed = minimum_candles(settings)
     if len(candles) < needed:
         raise RequestError(f"candles: {len(candles)} given; at least {needed} {settings.interval} bars are needed for the features")
-    frame = pl.DataFrame([c.model_dump() for c in candles]).with_columns(pl.col("timestamp").cast(pl.Datetime("us", "UTC")))
-    for column in ("open", "high", "low", "close", "volume"):
-        if not frame[column].is_finite().all() or (frame[column] <= 0).any():
-            raise RequestError(f"candles.{column}: every value must be a finite number > 0")
-    if not frame["timestamp"].is_sorted() or frame["timestamp"].n_unique() != frame.height:
-        raise RequestError("candles.timestamp: must be strictly increasing")
+    frame = checked_candles(candles, settings, interval or settings.interval)
     from itff_platform.features.silver import build_features
 
     silver = build_features(frame, settings).collect(engine="in-memory").tail(rows)
@@ -69,30 +128,68 @@ def features_from_row(features: dict[str, float] | list[float], expected: list[s
         if missing or unexpected:
             raise RequestError(f"features: missing {missing}, unexpected {unexpected}; expected {expected}")
         values = [features[f] for f in expected]
-    bad = [name for name, v in zip(expected, values) if v is None or not math.isfinite(v)]
+    not_numbers = [name for name, v in zip(expected, values) if isinstance(v, bool) or not isinstance(v, (int, float))]
+    if not_numbers:
+        raise RequestError(f"features: {not_numbers} must be numbers (not booleans or strings)")
+    bad = [name for name, v in zip(expected, values) if not math.isfinite(v)]
     if bad:
         raise RequestError(f"features: {bad} must be finite numbers (NaN and infinity are refused)")
-    return np.asarray([values], dtype=np.float64)
+    x = np.asarray([values], dtype=np.float64)
+    checked_rows(x, "features", expected)
+    return x
 
 
-def parse_bar_time(value: str, settings: Settings, now: datetime | None = None) -> datetime:
+def checked_rows(x: np.ndarray, field: str, names: list[str]) -> np.ndarray:
+    """Every value finite and within float32 range (the models compute in float32: 1e39 would become inf)."""
+    finite = np.isfinite(x)
+    if not finite.all():
+        rows = sorted({int(i) for i in np.argwhere(~finite)[:, 0]})
+        raise RequestError(f"{field}: NaN and infinity are refused (rows {rows[:5]})")
+    huge = np.abs(x) > FLOAT32_MAX
+    if huge.any():
+        row, column = (int(v) for v in np.argwhere(huge)[0])
+        raise RequestError(f"{field}: {names[column]} = {x[row, column]:.3g} in row {row} is beyond the float32 range "
+                           f"(|value| <= {FLOAT32_MAX:.3g}) the models compute in")
+    return x
+
+
+def checked_model_input(model, x: np.ndarray, field: str) -> None:
+    """Finite in float64 and in float32, but not once scaled (e.g. 1e38 over a tiny training spread): refuse it."""
+    if model.forecaster.scaler is not None:
+        with np.errstate(all="ignore"):
+            scaled = model.forecaster.scale(x)
+        if not np.isfinite(scaled).all():
+            raise RequestError(f"{field}: a value is too large for the model (beyond float32 range once scaled)")
+
+
+def checked_output(out: np.ndarray, field: str) -> None:
+    """A model output that is not finite (an input far outside anything seen in training) is not an answer."""
+    if not np.isfinite(np.asarray(out, dtype=np.float64)).all():
+        raise RequestError(f"{field}: the model's output is not finite for these values; they are far outside its training data")
+
+
+def parse_time(value: str, field: str) -> datetime:
+    """ISO-8601, in UTC; without a timezone it is read as UTC."""
+    try:
+        at = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        return at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+    except (ValueError, OverflowError, AttributeError):
+        raise RequestError(f"{field}: {value!r:.60} is not an ISO-8601 time such as {EXAMPLE_TIME}") from None
+
+
+def parse_bar_time(value: str, settings: Settings, now: datetime | None = None, field: str = "bar_time") -> datetime:
     """The time of the bar a feature row describes, as the lake stamps it (the bar's open, in UTC).
 
     ISO-8601; without a timezone it is read as UTC. It must fall on a bar boundary, or no silver row would
     ever match it and the prediction would wait for its outcome forever; and it may be at most one bar ahead
     of now (clock skew), since a later bar has not begun."""
-    example = "2024-09-30T23:00:00Z"
-    try:
-        at = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        at = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
-    except (ValueError, OverflowError, AttributeError):
-        raise RequestError(f"bar_time: {value!r:.60} is not an ISO-8601 time such as {example}") from None
+    at = parse_time(value, field)
     if at.timestamp() % settings.interval_seconds:
-        raise RequestError(f"bar_time: {at.isoformat()} is not on a {settings.interval} bar boundary (a bar's open time, "
-                           f"such as {example})")
+        raise RequestError(f"{field}: {at.isoformat()} is not on a {settings.interval} bar boundary (a bar's open time, "
+                           f"such as {EXAMPLE_TIME})")
     latest = (now or datetime.now(timezone.utc)).timestamp() + settings.interval_seconds
     if at.timestamp() > latest:
-        raise RequestError(f"bar_time: {at.isoformat()} is in the future; at most one {settings.interval} bar after now is accepted")
+        raise RequestError(f"{field}: {at.isoformat()} is in the future; at most one {settings.interval} bar after now is accepted")
     return at
 
 
@@ -117,38 +214,93 @@ def regime_from_lake(settings: Settings, symbol: str, bar_time: datetime) -> str
     return regime if regime in REGIMES else None
 
 
-def normalise_symbol(ticker: str) -> str:
-    """TradingView tickers: BINANCE:BTCUSDT, BTCUSDTPERP, BTCUSDT.P, btcusdt -> BTCUSDT."""
-    symbol = ticker.split(":")[-1].strip().upper()
-    for suffix in (".P", "PERP"):
-        symbol = symbol.removesuffix(suffix)
+def newest_lake_regime(settings: Settings, symbol: str) -> tuple[str, datetime] | None:
+    """(regime, bar time) of the symbol's newest silver bar: what market_regime_state reports. Only the newest
+    month's files are read, found from the Delta log, so a poll costs the same however long the history."""
+    from deltalake import DeltaTable
+
+    from itff_platform.lake.delta import read_rows
+    from itff_platform.lake.layers import LakeTables
+
+    path = LakeTables.under(settings).silver
+    if not DeltaTable.is_deltatable(path):
+        return None
+    files = pl.DataFrame(DeltaTable(path).get_add_actions(flatten=True))
+    months = files.filter((pl.col("partition.symbol") == symbol) & (pl.col("partition.interval") == settings.interval))
+    if months.is_empty():
+        return None
+    newest = months["partition.month"].max()
+    start = datetime(newest.year, newest.month, 1, tzinfo=timezone.utc)
+    rows = read_rows(path, settings.interval, symbol, start).filter(pl.col("regime").is_in(REGIMES))
+    return (rows["regime"][-1], rows["timestamp"][-1]) if rows.height else None
+
+
+def tradingview_symbol(ticker: str) -> str:
+    """TradingView's {{ticker}}: BINANCE:BTCUSDT or a bare BTCUSDT (taken as Binance spot) -> BTCUSDT.
+    Other exchanges and perpetual futures (BYBIT:ETHUSDT.P, BTCUSDTPERP) trade at other prices: refused."""
+    exchange, _, symbol = ticker.strip().rpartition(":")
+    exchange, symbol = exchange.strip().upper(), symbol.strip().upper()
+    if exchange and exchange not in EXCHANGES:
+        raise RequestError(f"ticker: exchange prefix {exchange!r:.30} is not served; the models are trained on "
+                           f"{', '.join(f'{k}: ({v})' for k, v in EXCHANGES.items())}")
+    if symbol.endswith(PERPETUAL_SUFFIXES):
+        raise RequestError(f"ticker: {ticker!r:.40} is a perpetual future; the models are trained on spot candles")
+    if not symbol.isalnum():
+        raise RequestError(f"ticker: {ticker!r:.40} is not a ticker such as BINANCE:BTCUSDT")
     return symbol
 
 
-def tradingview_signature(secret: str, ticker: str, time: str, close: float) -> str:
-    import hashlib
-    import hmac
+@dataclass(frozen=True)
+class LakeBar:
+    x: np.ndarray
+    regime: str
+    bar_time: datetime  # the lake's bar that answers
+    close: float
+    age_bars: int  # bars between that bar and the one asked about: 0 when the lake holds the bar asked about
 
-    return hmac.new(secret.encode(), f"{ticker}|{time}|{close}".encode(), hashlib.sha256).hexdigest()
 
-
-def features_from_lake(settings: Settings, symbol: str, at: datetime) -> tuple[np.ndarray, str, datetime, float]:
-    """The silver row of the last bar at or before `at`: features, regime, bar time and close."""
+def features_from_lake(settings: Settings, symbol: str, at: datetime, max_age_bars: int = 48) -> LakeBar:
+    """The silver row of the bar at `at` (floored to the bar's open), or else of the newest bar before it, with
+    how many bars older that is. A bar the lake quarantined is refused, never answered from the bar before it."""
     from itff_platform.features.silver import feature_columns
     from itff_platform.lake.delta import read_rows
     from itff_platform.lake.layers import LakeTables
 
-    at = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
     bar = timedelta(seconds=settings.interval_seconds)
+    asked = datetime.fromtimestamp(at.timestamp() // settings.interval_seconds * settings.interval_seconds, timezone.utc)
+    tables = LakeTables.under(settings)
     try:
-        rows = read_rows(LakeTables.under(settings).silver, settings.interval, symbol, at - 48 * bar, at + bar)
+        start = asked - max_age_bars * bar
+    except OverflowError:  # the year 1: no bar, and no window before it
+        raise RequestError(f"time: {at.isoformat()} is before any bar the lake can hold") from None
+    try:
+        rows = read_rows(tables.silver, settings.interval, symbol, start, asked + bar)
     except FileNotFoundError as error:
         raise RequestError(f"candles: none sent and the lake has no silver table ({error})") from None
-    rows = rows.filter(pl.col("timestamp") <= at)
+    if rows.is_empty() or rows["timestamp"][-1] != asked:
+        rule = quarantined_rule(settings, symbol, asked)
+        if rule is not None:
+            raise RequestError(f"time: the lake quarantined the {symbol} bar at {asked:%Y-%m-%d %H:%M} ({rule}); "
+                               "it is not answered from an older bar: send candles")
     if rows.is_empty():
-        raise RequestError(f"time: the lake has no {symbol} bar at or before {at:%Y-%m-%d %H:%M}; send candles instead")
+        raise RequestError(f"time: the lake has no {symbol} bar within {max_age_bars} bars before {asked:%Y-%m-%d %H:%M}; "
+                           "send candles instead")
     last = rows.tail(1)
     x = last.select(feature_columns(settings)).to_numpy()
     if not np.isfinite(x).all():
-        raise RequestError(f"time: the lake's {symbol} bar at {at:%Y-%m-%d %H:%M} has undefined features; send candles")
-    return x, last["regime"][0], last["timestamp"][0], float(last["close"][0])
+        raise RequestError(f"time: the lake's {symbol} bar at {last['timestamp'][0]:%Y-%m-%d %H:%M} has undefined features; send candles")
+    age = int((asked - last["timestamp"][0]) / bar)
+    return LakeBar(x, last["regime"][0], last["timestamp"][0], float(last["close"][0]), age)
+
+
+def quarantined_rule(settings: Settings, symbol: str, at: datetime) -> str | None:
+    """The rule the lake's quarantine recorded for the symbol's bar at `at`, or None."""
+    from itff_platform.lake.delta import read_rows
+    from itff_platform.lake.layers import LakeTables
+
+    try:
+        rows = read_rows(LakeTables.under(settings).quarantine, settings.interval, symbol, at,
+                         at + timedelta(seconds=settings.interval_seconds))
+    except FileNotFoundError:
+        return None
+    return str(rows["rule"][-1]) if rows.height else None

@@ -3,16 +3,19 @@
     bentoml serve itff_platform.serving.service:ItffService --port 3000
 
 Prediction endpoints need an X-API-Token (ITFF_API_TOKENS); tokens are rate limited; bodies are size limited.
-Champions are verified against their SHA-256 manifest at load, and swapped when the alias moves."""
+Champions are verified against their SHA-256 manifest at load, and swapped when the alias moves.
+Every answered prediction is on disk (write-ahead) before its 200 is sent."""
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from time import perf_counter  # a handler parameter is called `time` (the TradingView field)
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import anyio
 import bentoml
@@ -21,22 +24,29 @@ import numpy as np
 from itff_platform.features.regime import REGIMES
 from itff_platform.monitoring.outcomes import read_quality_summary
 from itff_platform.monitoring.prediction_log import PredictionLog
-from itff_platform.serving.answers import build_answer, log_record, model_age, trading_permission
+from itff_platform.serving.answers import OOD_Z, build_answer, log_record, model_age, trading_permission
 from itff_platform.serving.batching import RowBatcher
+from itff_platform.serving.errors import quiet_client_errors, refusal
 from itff_platform.serving.guard import GuardMiddleware
 from itff_platform.serving.online import (
     Candle,
+    Number,
     RequestError,
+    checked_model_input,
+    checked_output,
     checked_regime,
+    checked_rows,
     features_from_candles,
     features_from_lake,
     features_from_row,
-    normalise_symbol,
+    model_interval,
+    newest_lake_regime,
     parse_bar_time,
+    parse_time,
     regime_from_lake,
-    tradingview_signature,
+    tradingview_symbol,
 )
-from itff_platform.settings import get_settings
+from itff_platform.settings import Settings, get_settings
 from itff_platform.training.backtest import served_signals
 
 log = logging.getLogger(__name__)
@@ -51,27 +61,41 @@ LATENCY = bentoml.metrics.Histogram(
 BATCH_SIZE = bentoml.metrics.Histogram(
     name="itff_predict_batch_size", documentation="/predict rows scored per model call (adaptive batching)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+# Gauges that say one thing about the world, set alike by every worker: "mostrecent" exports one series (no pid
+# label), the latest write, so a worker that was killed leaves no stale series behind.
 REGIME_STATE = bentoml.metrics.Gauge(
-    name="market_regime_state", documentation="1 for the regime of the newest bar served per symbol, else 0",
-    labelnames=["symbol", "regime"])
+    name="market_regime_state", documentation="1 for the regime of the lake's newest silver bar per symbol, else 0",
+    labelnames=["symbol", "regime"], multiprocess_mode="mostrecent")
+REGIME_BAR = bentoml.metrics.Gauge(
+    name="market_regime_bar_timestamp_seconds", documentation="Open time of the silver bar market_regime_state reports",
+    labelnames=["symbol"], multiprocess_mode="mostrecent")
 QUALITY = bentoml.metrics.Gauge(
-    name="prediction_quality_metric", documentation="Live quality of the champions, from the last evaluation",
-    labelnames=["symbol", "target", "metric"])
+    name="prediction_quality_metric", documentation="Live quality of the champions, from the last evaluation; "
+    "metric=\"has_data\" is 0 until an evaluation has realized outcomes for the model, then 1",
+    labelnames=["symbol", "target", "metric"], multiprocess_mode="mostrecent")
 SERVED_VERSION = bentoml.metrics.Gauge(
-    name="itff_served_model_version", documentation="Registry version being served", labelnames=["model"])
+    name="itff_served_model_version", documentation="Registry version being served", labelnames=["model"],
+    multiprocess_mode="mostrecent")
+
+
+def state_dir(settings: Settings) -> Path:
+    folder = settings.serve_state_dir
+    return folder if folder.is_absolute() else settings.home / folder
 
 
 @bentoml.service(name="itff-prediction-service", traffic={"timeout": 30}, workers=SETTINGS.serve_workers,
                   logging={"access": {"enabled": SETTINGS.serve_access_log}})
 class ItffService:
     def __init__(self) -> None:
+        from itff_platform.serving.lifeline import exit_with_parent
         from itff_platform.serving.store import ChampionStore
 
+        exit_with_parent()  # an arbiter killed with SIGKILL must not leave this worker holding the port
+        quiet_client_errors()
         self.settings = SETTINGS
         self.store = ChampionStore(self.settings)
         self.batcher = RowBatcher(SETTINGS.batch_max_size, on_batch=BATCH_SIZE.observe)
-        self.prediction_log = PredictionLog.for_settings(self.settings)
-        self._regimes: dict[str, tuple[str, object]] = {}
+        self.prediction_log = PredictionLog.for_settings(self.settings, write_ahead=self.settings.prediction_log_write_ahead)
         self._lake_regimes: dict[tuple[str, datetime], str] = {}
         self._report(self.store.refresh())
         if self.settings.reload_interval_s > 0:
@@ -99,15 +123,37 @@ class ItffService:
             log.info("%s: %s", name, change)
         for (symbol, target), model in self.store.models.items():
             SERVED_VERSION.labels(model=model.name).set(float(model.version))
+        evaluated = set()
         for row in read_quality_summary(self.settings):
             QUALITY.labels(symbol=row["symbol"], target=row["target"], metric=row["metric"]).set(row["value"])
+            evaluated.add((row["symbol"], row["target"]))
+        # From the start, every served model has a series, so an alert on "no data for too long" can fire.
+        for symbol, target in self.store.keys():
+            QUALITY.labels(symbol=symbol, target=target, metric="has_data").set(float((symbol, target) in evaluated))
+        self._report_regimes()
+
+    def _report_regimes(self) -> None:
+        """market_regime_state from the lake's newest silver bar: the same in every worker, and no client's
+        candles (dated 2099, say) can move it."""
+        for symbol in self.settings.symbols:
+            try:
+                newest = newest_lake_regime(self.settings, symbol)
+            except Exception:
+                log.exception("market_regime_state: reading %s's newest silver bar failed", symbol)
+                continue
+            if newest is None:
+                continue
+            regime, at = newest
+            for name in REGIMES:
+                REGIME_STATE.labels(symbol=symbol, regime=name).set(1.0 if name == regime else 0.0)
+            REGIME_BAR.labels(symbol=symbol).set(at.timestamp())
 
     @bentoml.api(route="/predict")
     async def predict(
         self,
         symbol: str,
         target: str = "direction",
-        features: dict[str, float] | list[float] | None = None,
+        features: dict[str, Number] | list[Number] | None = None,
         candles: list[Candle] | None = None,
         regime: str | None = None,
         bar_time: str | None = None,
@@ -115,25 +161,25 @@ class ItffService:
         """`bar_time` (ISO-8601, the time of the bar a feature row describes) lets the prediction be evaluated
         once its outcome is known, and looks the bar's regime up in the lake. A client's `regime` is used only
         when the lake cannot say, and must be one of the six names."""
+        received = perf_counter()
         try:
-            received = perf_counter()
-            model, x, regime, at, computed = await self._inputs(symbol.upper(), target, features, candles, regime, bar_time)
+            model, x, regime, at = await self._inputs(symbol.upper(), target, features, candles, regime, bar_time)
+            return await self._answer(model, x, regime, at, received, "/predict")
         except RequestError as error:
-            raise bentoml.exceptions.InvalidArgument(str(error)) from None
-        return await self._answer(model, x, regime, at, received, "/predict", regime_computed=computed)
+            return refusal(error, "/predict")
 
     def _champion(self, symbol: str, target: str):
         if symbol not in self.settings.symbols:
-            raise RequestError(f"symbol: {symbol!r} is not served; served symbols are {self.settings.symbols}")
+            raise RequestError(f"symbol: {symbol!r:.40} is not served; served symbols are {self.settings.symbols}")
         if target not in self.settings.targets:
-            raise RequestError(f"target: {target!r} is not one of {self.settings.targets}")
+            raise RequestError(f"target: {target!r:.40} is not one of {self.settings.targets}")
         model = self.store.get(symbol, target)
         if model is None:
             raise RequestError(f"symbol/target: no verified champion is loaded for {symbol} {target}")
         return model
 
     async def _inputs(self, symbol, target, features, candles, regime, bar_time):
-        """(model, rows, regime, bar time, whether the regime was computed here rather than taken from the client)."""
+        """(model, rows, regime, bar time)."""
         if (features is None) == (candles is None):
             raise RequestError("features/candles: send exactly one of them")
         claimed = checked_regime(regime)
@@ -142,20 +188,17 @@ class ItffService:
             if bar_time is not None:
                 raise RequestError("bar_time: only with features; with candles the bar time is the last candle's")
             x, regime, at = await self._candle_features(model, candles)
-            computed = True
         else:
             x = features_from_row(features, model.meta["features"])
             at = parse_bar_time(bar_time, self.settings) if bar_time is not None else None
-            regime, computed = await self._row_regime(symbol, at, claimed)
-        if model.forecaster.scaler is not None and not np.isfinite(model.forecaster.scale(x)).all():
-            # Finite in float64 but not once scaled to the model's float32 (e.g. 1e300): refuse it here.
-            raise RequestError("features: a value is too large for the model (beyond float32 range once scaled)")
-        return model, x, regime, at, computed
+            regime = await self._row_regime(symbol, at, claimed)
+        checked_model_input(model, x, "candles" if candles is not None else "features")
+        return model, x, regime, at
 
-    async def _row_regime(self, symbol: str, at, claimed: str | None) -> tuple[str, bool]:
+    async def _row_regime(self, symbol: str, at, claimed: str | None) -> str:
         """A feature row's regime: the lake's for that bar when it holds it, else the client's (validated), else unknown."""
         if at is None:
-            return claimed or "unknown", False
+            return claimed or "unknown"
         found = self._lake_regimes.get((symbol, at))
         if found is None:
             # ~10 ms of Delta scan, off the event loop. A bar's regime reads only past bars, so once the lake
@@ -165,38 +208,28 @@ class ItffService:
                 self._lake_regimes[(symbol, at)] = found
                 if len(self._lake_regimes) > LAKE_REGIME_CACHE:
                     self._lake_regimes.pop(next(iter(self._lake_regimes)))  # the oldest entry
-        return (found, True) if found is not None else (claimed or "unknown", False)
+        return found if found is not None else (claimed or "unknown")
 
     async def _candle_features(self, model, candles):
         # Indicator computation takes milliseconds: off the event loop, so feature-row requests keep flowing.
         return await anyio.to_thread.run_sync(
-            features_from_candles, candles, self.settings, model.forecaster.context_rows + 1, model.meta["features"])
+            features_from_candles, candles, self.settings, model.forecaster.context_rows + 1, model.meta["features"],
+            model_interval(model, self.settings))
 
-    async def _answer(self, model, x, regime, bar_time, received: float, endpoint: str, regime_computed: bool = True) -> dict:
+    async def _answer(self, model, x, regime, bar_time, received: float, endpoint: str) -> dict:
         started = perf_counter()
         out, spread = await self.batcher.predict(model, x)
         LATENCY.labels(target=model.target).observe(perf_counter() - started)
+        checked_output(out, "features")
         answer = build_answer(model, x, out, spread, regime, bar_time, max_age_days=self.settings.model_max_age_days)
         answer["request_id"] = request_id = uuid.uuid4().hex
         PREDICTIONS.labels(symbol=model.symbol, target=model.target, regime=answer["regime"], signal=answer["signal"]).inc()
-        if regime_computed:  # a client's word on the regime is not evidence of the market's state
-            self._regime_seen(model.symbol, answer["regime"], bar_time)
-        self.prediction_log.append(log_record(answer, x, request_id, endpoint, (perf_counter() - received) * 1000))
+        # On disk before the 200: a crash after this cannot lose the prediction the client was told about.
+        await self.prediction_log.append_durable(log_record(answer, x, request_id, endpoint, (perf_counter() - received) * 1000))
         return answer
 
-    def _regime_seen(self, symbol: str, regime: str, bar_time) -> None:
-        """market_regime_state: 1 for the regime of the symbol's newest bar seen, 0 for the others."""
-        previous = self._regimes.get(symbol)
-        if bar_time is None or regime == "unknown" or (previous and previous[1] > bar_time):
-            return  # an older bar (a backfill, a replayed alert) says nothing about the market now
-        self._regimes[symbol] = (regime, bar_time)
-        if previous and previous[0] == regime:
-            return
-        for name in REGIMES:
-            REGIME_STATE.labels(symbol=symbol, regime=name).set(1.0 if name == regime else 0.0)
-
     @bentoml.api(route="/predict_batch")
-    def predict_batch(self, symbol: str, rows: list[list[float]], target: str = "direction") -> dict:
+    def predict_batch(self, symbol: str, rows: list[list[Number]], target: str = "direction") -> dict:
         """Many feature rows (in the model's order) in one call: probabilities (or bands) and signals as arrays."""
         try:
             model = self._champion(symbol.upper(), target)
@@ -205,14 +238,19 @@ class ItffService:
             if wrong:
                 raise RequestError(f"rows: each row must hold {len(names)} values, in order {names}; rows {wrong[:5]} do not")
             x = np.asarray(rows, dtype=np.float64) if rows else np.empty((0, len(names)))
-            if not np.isfinite(x).all():
-                raise RequestError("rows: NaN and infinity are refused")
+            checked_rows(x, "rows", names)
+            checked_model_input(model, x, "rows")
+            # The deterministic output, as /predict serves it; no MC-dropout passes, since a batch reports no uncertainty.
+            out = model.forecaster.predict_proba(x) if len(x) else np.empty(0)
+            checked_output(out, "rows")
         except RequestError as error:
-            raise bentoml.exceptions.InvalidArgument(str(error)) from None
-        # The deterministic output, as /predict serves it; no MC-dropout passes, since a batch reports no uncertainty.
-        out = model.forecaster.predict_proba(x) if len(x) else np.empty(0)
+            return refusal(error, "/predict_batch")
+        ood = [False] * len(x)
+        if len(x) and model.forecaster.scaler is not None:
+            ood = (np.abs(model.forecaster.scale(x)).max(axis=1) > OOD_Z).tolist()
         about = {"model_version": model.version, "family": model.family, **trading_permission(model.meta),
-                 **model_age(model.meta, datetime.now(timezone.utc), self.settings.model_max_age_days)}
+                 **model_age(model.meta, datetime.now(timezone.utc), self.settings.model_max_age_days),
+                 "out_of_distribution": ood}
         if model.meta["task"] == "regression":
             return {**about, "bands": np.asarray(out).tolist()}
         signal, _ = served_signals(out, float(model.meta["threshold"]), target, about["tradable"])
@@ -223,42 +261,54 @@ class ItffService:
     async def tradingview(
         self,
         ticker: str,
-        close: float,
+        close: Number,
         time: str,
         target: str = "direction",
         candles: list[Candle] | None = None,
-        signature: str | None = None,
+        sent_at: str | Number | None = None,
+        nonce: str | None = None,
     ) -> dict:
-        """A TradingView alert webhook: {"ticker": "{{ticker}}", "close": {{close}}, "time": "{{time}}"}."""
-        import hmac
-
+        """A TradingView alert webhook: {"ticker": "{{ticker}}", "close": {{close}}, "time": "{{time}}"}.
+        With ITFF_TRADINGVIEW_SECRET set, the raw body must be signed (X-Signature) and carry `sent_at`; `nonce`
+        lets two otherwise identical alerts differ (the guard checks all three before this runs)."""
         received = perf_counter()
         try:
-            if self.settings.tradingview_secret:
-                expected = tradingview_signature(self.settings.tradingview_secret, ticker, time, close)
-                if signature is None or not hmac.compare_digest(signature, expected):
-                    raise RequestError("signature: missing or not HMAC-SHA256(secret, 'ticker|time|close')")
-            symbol = normalise_symbol(ticker)
+            if not math.isfinite(close) or close <= 0:
+                raise RequestError(f"close: {close!r} must be a finite price > 0")
+            symbol = tradingview_symbol(ticker)
             model = self._champion(symbol, target)
+            at = parse_time(time, "time")
+            bar = timedelta(seconds=self.settings.interval_seconds)
+            if at > datetime.now(timezone.utc) + bar:
+                raise RequestError(f"time: {at.isoformat()} is in the future; an alert's bar opens at most one "
+                                   f"{self.settings.interval} bar after now")
+            age = 0
             if candles is not None:
                 x, regime, bar_time = await self._candle_features(model, candles)
                 bar_close = candles[-1].close
+                if not bar_time <= at < bar_time + bar:
+                    raise RequestError(f"time: {at.isoformat()} is not in the last candle's bar ({bar_time.isoformat()})")
             else:
-                try:
-                    at = datetime.fromisoformat(time.replace("Z", "+00:00"))
-                    x, regime, bar_time, bar_close = await anyio.to_thread.run_sync(features_from_lake, self.settings, symbol, at)
-                except (ValueError, OverflowError) as error:
-                    if isinstance(error, RequestError):
-                        raise
-                    raise RequestError(f"time: {time!r} is not a usable ISO-8601 time such as 2024-09-30T23:00:00Z") from None
+                found = await anyio.to_thread.run_sync(features_from_lake, self.settings, symbol, at)
+                x, regime, bar_time, bar_close, age = found.x, found.regime, found.bar_time, found.close, found.age_bars
+                if age and self.settings.tradingview_stale == "refuse":
+                    raise RequestError(f"time: the lake's newest {symbol} bar ({bar_time:%Y-%m-%d %H:%M}) is {age} bar(s) "
+                                       f"older than the alert's; it is not answered from an older bar "
+                                       "(ITFF_TRADINGVIEW_STALE=refuse): send candles, or wait for the lake")
+            deviation = abs(close - bar_close) / bar_close
+            if deviation > self.settings.tradingview_max_close_deviation:
+                raise RequestError(f"close: {close:g} is {deviation:.2%} from the {symbol} bar's close {bar_close:g} at "
+                                   f"{bar_time:%Y-%m-%d %H:%M}; at most {self.settings.tradingview_max_close_deviation:.2%} "
+                                   "is accepted (another market's price, or the wrong bar)")
+            checked_model_input(model, x, "candles" if candles is not None else "time")
+            answer = await self._answer(model, x, regime, bar_time, received, "/tradingview")
         except RequestError as error:
-            raise bentoml.exceptions.InvalidArgument(str(error)) from None
-        answer = await self._answer(model, x, regime, bar_time, received, "/tradingview")
-        answer.update({"ticker": ticker, "alert_close": close, "bar_close": bar_close})
+            return refusal(error, "/tradingview")
+        answer.update({"ticker": ticker, "alert_close": close, "bar_close": bar_close, "stale": age > 0, "age_bars": age})
         return answer
 
     @bentoml.api(route="/consensus")
-    def consensus(self, symbol: str, target: str = "direction", features: dict[str, float] | list[float] | None = None,
+    def consensus(self, symbol: str, target: str = "direction", features: dict[str, Number] | list[Number] | None = None,
                   candles: list[Candle] | None = None, bar_time: str | None = None) -> dict:
         """The latest version of every family votes; the vote is the mean P(up), each family weighted by its
         confidence |p - 0.5|, so a family that is unsure barely counts. Whether to trade is the champion's call:
@@ -277,12 +327,14 @@ class ItffService:
             breakdown, regime = [], None
             for model in members:
                 if candles is not None:
-                    x, regime, at = features_from_candles(candles, self.settings, model.forecaster.context_rows + 1, model.meta["features"])
+                    x, regime, at = features_from_candles(candles, self.settings, model.forecaster.context_rows + 1,
+                                                          model.meta["features"], model_interval(model, self.settings))
                 else:
                     x = features_from_row(features, model.meta["features"])
+                checked_model_input(model, x, "candles" if candles is not None else "features")
                 breakdown.append(self._vote(model, x, at))
         except RequestError as error:
-            raise bentoml.exceptions.InvalidArgument(str(error)) from None
+            return refusal(error, "/consensus")
         if regime is None and at is not None:
             regime = regime_from_lake(self.settings, symbol, at)
         weights = [abs(b["prob_up"] - 0.5) + 1e-9 for b in breakdown]
@@ -299,8 +351,9 @@ class ItffService:
 
     def _vote(self, model, x, at) -> dict:
         # The deterministic probability, as /predict serves it; no MC dropout, whose spread a vote does not use.
-        prob = float(model.forecaster.predict_proba(x)[-1])
-        return {"family": model.family, "model_version": model.version, "prob_up": prob,
+        out = model.forecaster.predict_proba(x)
+        checked_output(out, "features")
+        return {"family": model.family, "model_version": model.version, "prob_up": float(out[-1]),
                 "threshold": float(model.meta["threshold"]), **trading_permission(model.meta),
                 **model_age(model.meta, at or datetime.now(timezone.utc), self.settings.model_max_age_days)}
 
@@ -310,6 +363,7 @@ class ItffService:
 
     @bentoml.api(route="/readyz")
     def readyz(self, ctx: bentoml.Context) -> dict:
+        """Every model's state: behind a token (the guard), unlike BentoML's bare GET /readyz probe."""
         ready = self.store.ready()
         if not ready:
             ctx.response.status_code = 503
@@ -330,4 +384,9 @@ ItffService.add_asgi_middleware(
     burst=SETTINGS.rate_limit_burst,
     workers=SETTINGS.serve_workers,
     max_bytes=SETTINGS.max_request_bytes,
+    auth_failures_per_minute=SETTINGS.auth_failures_per_minute,
+    auth_failure_burst=SETTINGS.auth_failure_burst,
+    tradingview_secret=SETTINGS.tradingview_secret,
+    tradingview_window_s=SETTINGS.tradingview_window_s,
+    seen_signatures=state_dir(SETTINGS) / "tradingview-signatures",
 )

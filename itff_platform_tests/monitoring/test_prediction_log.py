@@ -81,3 +81,47 @@ def test_compaction_merges_the_small_files_and_keeps_every_row(tmp_path):
     assert len(DeltaTable(str(path)).file_uris()) == 6
     assert compact_prediction_log(settings) == {"files_removed": 6, "files_added": 1}
     assert len(DeltaTable(str(path)).file_uris()) == 1 and delta_rows(path).height == 6
+
+
+def test_append_durable_fsyncs_a_segment_before_it_returns_and_a_commit_deletes_it(tmp_path):
+    import asyncio
+    import json
+
+    log = PredictionLog(tmp_path / "predictions", flush_rows=1000, flush_s=60, write_ahead=tmp_path / "wal")
+
+    async def many():
+        await asyncio.gather(*(log.append_durable(record(i)) for i in range(20)))  # one fsync serves many
+
+    asyncio.run(many())
+    segments = list((tmp_path / "wal").glob("*.jsonl"))
+    lines = [json.loads(line) for path in segments for line in path.read_text().splitlines()]
+    assert sorted(r["request_id"] for r in lines) == sorted(f"r{i}" for i in range(20))
+    assert log.flush() == 20 and delta_rows(tmp_path / "predictions").height == 20
+    assert sum(len(p.read_text()) for p in (tmp_path / "wal").glob("*.jsonl")) == 0  # committed: only the new, empty one
+    log.close()
+    assert list((tmp_path / "wal").glob("*")) == []
+
+
+def test_a_dead_writers_segment_is_replayed_once_at_the_next_start(tmp_path):
+    import asyncio
+    import json
+    import shutil
+
+    from itff_platform.monitoring.prediction_log import _json_value
+
+    live = PredictionLog(tmp_path / "predictions", flush_rows=1000, flush_s=60, write_ahead=tmp_path / "wal")
+    for i in range(5):
+        asyncio.run(live.append_durable(record(i)))
+    (segment,) = (tmp_path / "wal").glob("*.jsonl")
+    # What a killed writer leaves: a segment nobody holds a lock on. This one's rows also reach the table
+    # (the live writer commits them), so its replay must skip them rather than write them twice.
+    shutil.copy(segment, tmp_path / "wal" / "999999-1.jsonl")
+    live.close()
+    with open(tmp_path / "wal" / "999999-2.jsonl", "w") as dead:
+        dead.write(json.dumps(record(5), default=_json_value) + "\n")
+        dead.write('{"request_id": "half')  # cut short by the crash: never fsynced, so never acknowledged
+    restarted = PredictionLog(tmp_path / "predictions", flush_rows=1000, flush_s=60, write_ahead=tmp_path / "wal")
+    assert restarted.replayed == 1  # r5; r0..r4 were in the table already
+    assert not list((tmp_path / "wal").glob("999999-*"))
+    restarted.close()
+    assert delta_rows(tmp_path / "predictions")["request_id"].to_list() == [f"r{i}" for i in range(6)]  # each once

@@ -146,7 +146,7 @@ def test_a_regime_outside_the_six_names_is_refused_and_never_becomes_a_metric_la
 def test_tradingview_and_consensus_carry_the_models_age_as_of_the_bar(live):
     url, settings, silver, through = live
     at = hour(through + timedelta(days=3))
-    alert = post(url, f"/tradingview?token={TOKEN}", {"ticker": "BINANCE:PROMOUSDT", "close": 100.0,
+    alert = post(url, f"/tradingview?token={TOKEN}", {"ticker": "BINANCE:PROMOUSDT", "close": bar(silver, at)["close"],
                                                       "time": at.isoformat().replace("+00:00", "Z")})
     assert alert.status_code == 200, alert.text
     assert alert.json()["model_age_days"] == pytest.approx(3, abs=1e-3) and alert.json()["expired"] is False
@@ -157,6 +157,20 @@ def test_tradingview_and_consensus_carry_the_models_age_as_of_the_bar(live):
     assert body["regime"] == bar(silver, at)["regime"] and body["bar_time"] == at.isoformat()
     assert body["model_age_days"] == pytest.approx(3, abs=1e-3) and body["expired"] is False and body["tradable"] is True
     assert all("model_age_days" in member and "tradable" in member for member in body["families"])
+
+
+def test_an_alert_after_the_lakes_newest_bar_or_far_from_its_close_is_refused(live):
+    """ITFF_TRADINGVIEW_STALE defaults to refuse: an alert is never answered from an older bar without saying so."""
+    url, settings, silver, _ = live
+    newest = silver.row(-1, named=True)
+    alert = {"ticker": "BINANCE:PROMOUSDT", "close": newest["close"], "time": newest["timestamp"].isoformat()}
+    assert post(url, f"/tradingview?token={TOKEN}", alert).status_code == 200
+    later = alert | {"time": (newest["timestamp"] + timedelta(hours=47)).isoformat()}
+    stale = post(url, f"/tradingview?token={TOKEN}", later)
+    assert stale.status_code == 400 and "is 47 bar(s) older than the alert's" in stale.text, stale.text
+    for wrong in (99999.0, -1.0, newest["close"] * 1.05):
+        refused = post(url, f"/tradingview?token={TOKEN}", alert | {"close": wrong})
+        assert refused.status_code == 400 and refused.json()["field"] == "close", refused.text
 
 
 def test_a_champion_whose_rule_is_not_tradable_answers_flat_and_says_why(live):

@@ -43,14 +43,14 @@ def service(tmp_path_factory):
     log_file.close()
 
 
-def start_service(folder: Path, extra_env: dict[str, str]):
-    """`bentoml serve` on a free loopback port over the registry under `folder`; returns once it answers."""
-    port = free_port()
+def start_service(folder: Path, extra_env: dict[str, str], port: int | None = None):
+    """`bentoml serve` on a (free) loopback port over the registry under `folder`; returns once it answers."""
+    port = port or free_port()
     # Not inherited: mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which would hide a service
     # that forgot to point MLflow at its own store.
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env = {**inherited, "ITFF_HOME": str(folder), "ITFF_SYMBOLS": '["PROMOUSDT"]', "ITFF_TARGETS": '["direction"]',
-           "ITFF_RELOAD_INTERVAL_S": "0", "ITFF_MAX_REQUEST_BYTES": "500000", "BENTOML_HOME": str(folder / "bentoml"),
+           "ITFF_RELOAD_INTERVAL_S": "0", "ITFF_MAX_REQUEST_BYTES": "500000", "BENTOML_HOME": str(folder / "bentoml" / str(port)),
            **extra_env}
     # To a file, not a pipe: nobody drains a pipe during the tests, and a full one blocks the server.
     log_path = folder / "bentoml-serve.log"
@@ -63,6 +63,8 @@ def start_service(folder: Path, extra_env: dict[str, str]):
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
+        if process.poll() is not None:
+            break  # it exited (a port already taken, say): no point waiting
         try:
             if httpx.get(f"{url}/readyz", timeout=2).status_code in (200, 503):
                 return process, url, log_file
@@ -87,8 +89,10 @@ def feature_row(settings):
 
 def test_ready_once_every_champion_is_loaded_and_verified(service):
     url, settings = service
-    assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200  # BentoML's own probe asks __is_ready__
-    ready = httpx.post(f"{url}/readyz", json={}, timeout=10)
+    probe = httpx.get(f"{url}/readyz", timeout=10)  # BentoML's own probe asks __is_ready__, and says nothing more
+    assert probe.status_code == 200 and "itff-" not in probe.text
+    assert httpx.post(f"{url}/readyz", json={}, timeout=10).status_code == 401  # the details need a token
+    ready = post(url, "/readyz", {})
     assert ready.status_code == 200 and ready.json()["ready"] is True
     champion = str(MlflowClient(settings.tracking_uri).get_model_version_by_alias("itff-PROMOUSDT-direction", "champion").version)
     assert ready.json()["models"]["itff-PROMOUSDT-direction"]["serving_version"] == champion
@@ -149,7 +153,7 @@ def test_nan_and_short_candle_windows_are_refused_with_4xx(service):
                         headers={"X-API-Token": TOKEN, "Content-Type": "application/json"}, timeout=30)
     assert answer.status_code == 400 and "['rsi'] must be finite numbers" in answer.text
     huge = post(url, "/predict", {"symbol": "PROMOUSDT", "features": feature_row(settings) | {"rsi": 1e300}})
-    assert huge.status_code == 400 and "too large for the model" in huge.text  # finite in float64, inf in float32
+    assert huge.status_code == 400 and "beyond the float32 range" in huge.text  # finite in float64, inf in float32
     candles = SampleCandleSource().fetch("BTCUSDT", "1h", utc(2024, 1, 1), utc(2024, 1, 5))
     window = [dict(zip(candles.columns, (r[0].isoformat(), *r[1:]))) for r in candles.iter_rows()]
     short = post(url, "/predict", {"symbol": "PROMOUSDT", "candles": window})
@@ -186,24 +190,34 @@ def candle_window(n=800):
     return [dict(zip(candles.columns, (r[0].isoformat(), *r[1:]))) for r in candles.tail(n).iter_rows()]
 
 
-def test_tradingview_alerts_accept_exchange_prefixed_tickers_and_check_the_signature(service):
-    from itff_platform.serving.online import tradingview_signature
+def signed(alert: dict, secret: str = "tv-secret") -> tuple[bytes, dict]:
+    """The body and headers of an alert signed over its raw bytes, sent now."""
+    import time as clock
 
+    from itff_platform.serving.guard import body_signature
+
+    body = json.dumps({"sent_at": clock.time(), **alert}).encode()
+    return body, {"Content-Type": "application/json", "X-Signature": body_signature(secret, body)}
+
+
+def test_tradingview_alerts_accept_exchange_prefixed_tickers_and_check_the_signature(service):
     url, _ = service
-    alert = {"ticker": "BINANCE:PROMOUSDTPERP", "close": 61130.0, "time": "2024-02-29T23:00:00Z", "candles": candle_window()}
+    window = candle_window()
+    alert = {"ticker": "BINANCE:PROMOUSDT", "close": window[-1]["close"], "time": "2024-02-29T23:00:00Z", "candles": window}
     unsigned = httpx.post(f"{url}/tradingview?token={TOKEN}", json=alert, timeout=30)  # token in the URL: TradingView sends no headers
-    assert unsigned.status_code == 400 and "signature: missing" in unsigned.text
-    alert["signature"] = tradingview_signature("tv-secret", alert["ticker"], alert["time"], alert["close"])
-    answer = httpx.post(f"{url}/tradingview?token={TOKEN}", json=alert, timeout=30)
+    assert unsigned.status_code == 401 and "signature: missing" in unsigned.text
+    body, headers = signed(alert)
+    answer = httpx.post(f"{url}/tradingview?token={TOKEN}", content=body, headers=headers, timeout=30)
     assert answer.status_code == 200, answer.text
-    body = answer.json()
-    assert body["symbol"] == "PROMOUSDT" and body["signal"] in {"long", "short", "flat"} and body["regime"] != "unknown"
+    served = answer.json()
+    assert served["symbol"] == "PROMOUSDT" and served["signal"] in {"long", "short", "flat"} and served["regime"] != "unknown"
+    assert served["stale"] is False and served["age_bars"] == 0 and served["bar_close"] == window[-1]["close"]
     no_lake = {k: v for k, v in alert.items() if k != "candles"}
-    missing = httpx.post(f"{url}/tradingview?token={TOKEN}", json=no_lake, timeout=30)
+    body, headers = signed(no_lake)
+    missing = httpx.post(f"{url}/tradingview?token={TOKEN}", content=body, headers=headers, timeout=30)
     assert missing.status_code == 400 and "the lake has no silver table" in missing.text
-    ancient = no_lake | {"time": "0001-01-01T00:00:00"}
-    ancient["signature"] = tradingview_signature("tv-secret", ancient["ticker"], ancient["time"], ancient["close"])
-    overflow = httpx.post(f"{url}/tradingview?token={TOKEN}", json=ancient, timeout=30)
+    body, headers = signed(no_lake | {"time": "0001-01-01T00:00:00"})
+    overflow = httpx.post(f"{url}/tradingview?token={TOKEN}", content=body, headers=headers, timeout=30)
     assert overflow.status_code == 400 and "time:" in overflow.text
 
 
@@ -237,8 +251,9 @@ def test_metrics_count_predictions_by_symbol_regime_and_signal(service):
     text = httpx.get(f"{url}/metrics", timeout=10).text
     assert 'itff_predictions_total{' in text and 'symbol="PROMOUSDT"' in text
     assert "itff_served_model_version" in text and "itff_prediction_latency_seconds_bucket" in text
-    # Candle requests earlier in this module carried a bar time and a regime: the gauge shows the newest one.
-    assert 'market_regime_state{' in text and "itff_predict_batch_size_bucket" in text
+    assert "itff_predict_batch_size_bucket" in text
+    # No evaluation has run: the quality gauge still has a series, saying so.
+    assert 'prediction_quality_metric{metric="has_data",symbol="PROMOUSDT",target="direction"} 0.0' in text
 
 
 def test_hot_reload_switches_to_a_new_champion_and_refuses_a_tampered_one(service):
