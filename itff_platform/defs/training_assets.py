@@ -60,6 +60,60 @@ def png_markdown(path) -> MetadataValue:
     return MetadataValue.md(embed_png(path))
 
 
+def mlflow_run_url(ui_url: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI's page for a run; its router needs the experiment id, /#/experiments/runs/<id> is a 404."""
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+# The figures a study may produce, in reading order: the evaluation names them, the metadata labels them.
+STUDY_FIGURES = ("reliability", "threshold_sweep", "equity", "quantile_bands")
+
+
+def study_metadata(cfg: Settings, symbol: str, target: str, outcomes: list) -> dict:
+    """One symbol x target partition's metadata: its studies, trading figures, every study's plots and MLflow links."""
+    import polars as pl
+
+    from itff_platform.training.study import experiment_id
+
+    task = "regression" if target == "forward_return" else "classification"
+    summaries, by_fold, by_regime, plots, links = [], [], [], {}, []
+    experiment = experiment_id(cfg, symbol, target)
+    for outcome in outcomes:
+        summaries.append(
+            {"symbol": symbol, "target": target, "family": outcome.family, "version": outcome.model_version or "-",
+             **{k: round(outcome.metrics.get(k, float("nan")), 4) for k in SUMMARY_COLUMNS[task]},
+             "tradable": outcome.tradable if task == "classification" else None,
+             "trials_per_min": round(outcome.trials_per_minute, 1), "run_id": outcome.run_id}
+        )
+        study = {"symbol": symbol, "target": target, "family": outcome.family}
+        if outcome.fold_table is not None and "profit_factor" in outcome.fold_table.columns:
+            by_fold.append(outcome.fold_table.select("fold", *TRADING).with_columns(**{k: pl.lit(v) for k, v in study.items()}))
+        if outcome.regime_table is not None:
+            by_regime.append(outcome.regime_table.with_columns(**{k: pl.lit(v) for k, v in study.items()}))
+        links.append(f"- {outcome.family}: [{outcome.run_id}]({mlflow_run_url(cfg.mlflow_ui_url, experiment, outcome.run_id)})")
+        for name in STUDY_FIGURES:
+            if name in outcome.figures:
+                plots[f"plot: {outcome.family} {name}"] = png_markdown(outcome.figures[name])
+    table = pl.DataFrame(summaries)
+    metadata = {
+        "studies": markdown_table(table.drop("run_id")),
+        # The deployed threshold rule replayed walk-forward, after fees: per fold it traded, and per regime.
+        "trading_by_fold": markdown_table(trading_table(by_fold, "fold"), max_rows=300),
+        "trading_by_regime": markdown_table(trading_table(by_regime, "regime"), max_rows=300),
+        "summary": MetadataValue.json(summaries),
+        "mlflow_experiment": MetadataValue.url(f"{cfg.mlflow_ui_url.rstrip('/')}/#/experiments/{experiment}"),
+        "mlflow_runs": MetadataValue.md("\n".join(links)),
+    }
+    classifiers = table.filter(~pl.col("family").str.starts_with("baseline"))
+    if task == "classification" and classifiers.height:
+        best = classifiers.sort("log_loss").row(0, named=True)
+        metadata.update({"best_family": best["family"], "best_log_loss": best["log_loss"], "best_roc_auc": best["roc_auc"]})
+        best_plot = f"plot: {best['family']} reliability"
+        if best_plot in plots:
+            metadata["reliability_of_best"] = plots[best_plot]
+    return metadata | plots
+
+
 def training_assets(settings: Settings) -> list:
     # Every month of the symbol's silver feeds each of its targets.
     silver_to_training = MultiPartitionMapping(
@@ -76,53 +130,16 @@ def training_assets(settings: Settings) -> list:
         "family is refit and registered as itff-{symbol}-{target}.",
     )
     def trained_models(context: AssetExecutionContext, itff: ItffSettingsResource) -> MaterializeResult:
-        import polars as pl
-
         from itff_platform.training.train import train_symbol_target
 
         cfg = itff.settings()
-        summaries, figures, links, by_fold, by_regime = [], {}, {}, [], []
-        for symbol, target in map(symbol_and_target, context.partition_keys):
-            task = "regression" if target == "forward_return" else "classification"
-            for outcome in train_symbol_target(cfg, symbol, target, progress=context.log.info):
-                summaries.append(
-                    {"symbol": symbol, "target": target, "family": outcome.family, "version": outcome.model_version or "-",
-                     **{k: round(outcome.metrics.get(k, float("nan")), 4) for k in SUMMARY_COLUMNS[task]},
-                     "tradable": outcome.tradable if task == "classification" else None,
-                     "trials_per_min": round(outcome.trials_per_minute, 1), "run_id": outcome.run_id}
-                )
-                study = {"symbol": symbol, "target": target, "family": outcome.family}
-                if outcome.fold_table is not None and "profit_factor" in outcome.fold_table.columns:
-                    by_fold.append(outcome.fold_table.select("fold", *TRADING).with_columns(**{k: pl.lit(v) for k, v in study.items()}))
-                if outcome.regime_table is not None:
-                    by_regime.append(outcome.regime_table.with_columns(**{k: pl.lit(v) for k, v in study.items()}))
-                links[f"{symbol}/{target}/{outcome.family}"] = outcome.run_id
-                if "reliability" in outcome.figures and not outcome.family.startswith("baseline"):
-                    figures[f"{symbol} {target} {outcome.family}"] = outcome.figures["reliability"]
-                elif "quantile_bands" in outcome.figures:
-                    figures[f"{symbol} {target} {outcome.family}"] = outcome.figures["quantile_bands"]
-        table = pl.DataFrame(summaries)
-        metadata = {
-            "studies": markdown_table(table.drop("run_id")),
-            # The deployed threshold rule replayed walk-forward, after fees: per fold it traded, and per regime.
-            "trading_by_fold": markdown_table(trading_table(by_fold, "fold"), max_rows=300),
-            "trading_by_regime": markdown_table(trading_table(by_regime, "regime"), max_rows=300),
-            "summary": MetadataValue.json(summaries),
-            "mlflow_tracking_uri": cfg.tracking_uri,
-            "mlflow_runs": MetadataValue.md(
-                "\n".join(f"- {name}: [{rid}]({cfg.mlflow_ui_url}/#/experiments/runs/{rid})" for name, rid in links.items())
-            ),
-        }
-        classifiers = table.filter(~pl.col("family").str.starts_with("baseline")).filter(pl.col("target") != "forward_return")
-        if classifiers.height and "log_loss" in classifiers.columns:
-            best = classifiers.sort("log_loss").row(0, named=True)
-            metadata.update({"best_family": best["family"], "best_log_loss": best["log_loss"], "best_roc_auc": best["roc_auc"]})
-            best_plot = figures.get(f"{best['symbol']} {best['target']} {best['family']}")
-            if best_plot is not None:
-                metadata["reliability_of_best"] = png_markdown(best_plot)
-        for name, path in list(figures.items())[:12]:
-            metadata[f"plot: {name}"] = MetadataValue.path(str(path))
-        return MaterializeResult(metadata=metadata)
+        for key in context.partition_keys:
+            symbol, target = symbol_and_target(key)
+            outcomes = train_symbol_target(cfg, symbol, target, progress=context.log.info)
+            # A single-run backfill trains many partitions; each partition's page must show its own studies, not
+            # the whole run's, so the figures are attached per partition key.
+            context.add_asset_metadata(study_metadata(cfg, symbol, target, outcomes), partition_key=key)
+        return MaterializeResult(metadata={"mlflow_tracking_uri": cfg.tracking_uri})
 
     return [trained_models]
 
@@ -137,6 +154,23 @@ def summary_rows(result) -> list[dict]:
                 rows.extend(value.value if isinstance(value.value, list) else json.loads(value.value))
     unique = {(r["symbol"], r["target"], r["family"], r["run_id"]): r for r in rows}
     return list(unique.values())
+
+
+def decision_metadata(decision) -> dict:
+    """One champion_models partition's metadata: its promotion decision and the reasons for it."""
+    import polars as pl
+
+    row = {"model": decision.name, "decision": "promoted" if decision.promoted else "rejected",
+           "challenger": decision.challenger, "compared_with": decision.compared_with,
+           "champion_before": decision.champion_before, "champion_after": decision.champion_after,
+           "p_value_vs_baseline": round(decision.figures["p_value_vs_baseline"], 4) if "p_value_vs_baseline" in decision.figures else None,
+           "tradable": decision.tradable, "reasons": decision.reasons}
+    return {
+        "decisions": markdown_table(pl.DataFrame([row]).drop("reasons")),
+        "reasons": MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons) or "none"),
+        "summary": MetadataValue.json([row]),
+        "promoted": int(decision.promoted),
+    }
 
 
 def promotion_assets(settings: Settings) -> list:
@@ -154,28 +188,15 @@ def promotion_assets(settings: Settings) -> list:
         from itff_platform.training.promotion import promote_champion
 
         cfg = itff.settings()
-        decisions = []
-        for symbol, target in map(symbol_and_target, context.partition_keys):
+        promoted = 0
+        for key in context.partition_keys:
+            symbol, target = symbol_and_target(key)
             decision = promote_champion(cfg, symbol, target)
             verdict = "PROMOTED" if decision.promoted else "kept"
             context.log.info(f"{decision.name}: {verdict} v{decision.challenger} vs {decision.compared_with}: {'; '.join(decision.reasons)}")
-            decisions.append(
-                {"model": decision.name, "decision": "promoted" if decision.promoted else "rejected",
-                 "challenger": decision.challenger, "compared_with": decision.compared_with,
-                 "champion_before": decision.champion_before, "champion_after": decision.champion_after,
-                 "p_value_vs_baseline": round(decision.figures["p_value_vs_baseline"], 4) if "p_value_vs_baseline" in decision.figures else None,
-                 "tradable": decision.tradable, "reasons": decision.reasons}
-            )
-        import polars as pl
-
-        return MaterializeResult(
-            metadata={
-                "decisions": markdown_table(pl.DataFrame(decisions).drop("reasons")),
-                "reasons": MetadataValue.md("\n".join(f"- **{d['model']}** ({d['decision']}):\n" + "\n".join(f"  - {r}" for r in d["reasons"])
-                                                      for d in decisions)),
-                "summary": MetadataValue.json(decisions),
-                "promoted": sum(d["decision"] == "promoted" for d in decisions),
-            }
-        )
+            promoted += decision.promoted
+            # Each partition shows its own decision, not every decision of a single-run backfill.
+            context.add_asset_metadata(decision_metadata(decision), partition_key=key)
+        return MaterializeResult(metadata={"promoted_in_run": promoted})
 
     return [champion_models]
