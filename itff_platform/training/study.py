@@ -9,6 +9,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -70,6 +71,25 @@ def _clean(metrics: dict[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
 
 
+def log_training_dataset(data: TrainingData, settings: Settings) -> None:
+    """Record on the active run what it trained on: the silver Delta table (path and version) and the rows taken
+    from it, so MLflow's Datasets column names the table, its version and its row count instead of "None"."""
+    from mlflow.data.delta_dataset_source import DeltaDatasetSource
+
+    from itff_platform.lake.layers import LakeTables
+
+    version = data.table_versions.get("silver")
+    frame = pd.DataFrame(data.x, columns=data.features).assign(target=data.y)
+    with warnings.catch_warnings():  # the integer-label schema hint is about model inputs, not a dataset record
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+        dataset = mlflow.data.from_pandas(
+            frame, source=DeltaDatasetSource(path=LakeTables.under(settings).silver, delta_table_version=version),
+            name=f"silver-{data.symbol}-{data.target}", targets="target")
+        mlflow.log_input(dataset, context="training",
+                         tags={"delta_table": "silver", "delta_version": str(version), "rows": str(len(data)),
+                               "symbol": data.symbol, "target": data.target})
+
+
 def run_study(
     data: TrainingData,
     family: str,
@@ -97,6 +117,7 @@ def run_study(
         mlflow.log_params({"folds": len(folds), "search_folds": len(folds) - 1, "wf_mode": settings.wf_mode, "embargo_bars": settings.wf_embargo_bars,
                            "label_horizon": settings.label_horizon, "fees_bps": settings.fees_bps, "rows": len(data),
                            "features": len(data.features)})
+        log_training_dataset(data, settings)
 
         def objective(trial: optuna.Trial) -> float:
             params = {**cls.search_space(trial), **extra}

@@ -1,5 +1,7 @@
 """A real MLflow SQLite store and registry: run structure, shared metric names, artifacts, pyfunc, tags."""
 
+import json
+
 import mlflow
 import pandas as pd
 import pytest
@@ -98,3 +100,15 @@ def test_the_registered_pyfunc_predicts_from_feature_rows(tracked):
             assert out["warm"].tolist() == [False] * 7 + [True] * 43
         else:
             assert out["warm"].all()
+
+
+def test_each_study_logs_the_silver_table_it_trained_on_as_a_dataset(tracked):
+    settings, outcomes, data = tracked
+    client = MlflowClient(settings.tracking_uri)
+    for outcome in outcomes:
+        (logged,) = client.get_run(outcome.run_id).inputs.dataset_inputs
+        assert logged.dataset.name == "silver-TESTUSDT-direction" and logged.dataset.source_type == "delta_table"
+        assert json.loads(logged.dataset.source)["path"] == str(settings.lake_dir / "silver" / "features")
+        assert json.loads(logged.dataset.profile)["num_rows"] == len(data)
+        tags = {t.key: t.value for t in logged.tags}
+        assert tags["mlflow.data.context"] == "training" and tags["rows"] == str(len(data))
