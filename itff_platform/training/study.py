@@ -114,6 +114,9 @@ def run_study(
     with mlflow.start_run(experiment_id=experiment, run_name=f"{family}-{stamp}") as parent:
         mlflow.set_tags({"family": family, "symbol": data.symbol, "target": data.target, "task": data.task,
                          "seed": settings.seed, **{f"delta_version.{k}": v for k, v in data.table_versions.items()}})
+        # The same keys on every family's parent run, so MLflow's compare view lines the families up row by row.
+        mlflow.log_params({"family": family, "symbol": data.symbol, "target": data.target, "task": data.task,
+                           "trials": n_trials, "seed": settings.seed})
         mlflow.log_params({"folds": len(folds), "search_folds": len(folds) - 1, "wf_mode": settings.wf_mode, "embargo_bars": settings.wf_embargo_bars,
                            "label_horizon": settings.label_horizon, "fees_bps": settings.fees_bps, "rows": len(data),
                            "features": len(data.features)})
@@ -171,8 +174,14 @@ def run_study(
             mlflow.log_metrics(_clean(metrics))
             mlflow.set_tags({**evaluation.recent_window, "tradable": str(evaluation.tradable).lower(),
                              "tradable_reason": evaluation.tradable_reason[:5000]})
-            mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
+            # Hyperparameters differ per family: namespaced by family, so a name shared by two families (dropout)
+            # never reads as one comparable column; the class weighting is common to all and stays plain.
+            mlflow.log_params({"class_weight": weighting, **{f"{family}.{k}": v for k, v in params.items()}})
             mlflow.log_artifacts(str(folder / "evaluation"), artifact_path="evaluation")
+            # The figures again at the artifact root under fixed names (reliability.png, threshold_sweep.png,
+            # equity.png, quantile_bands.png): the same path on every family's run is what "compare" sets side by side.
+            for path in evaluation.figures.values():
+                mlflow.log_artifact(str(path))
             refused = None if is_baseline else registration_refusal(metrics, settings)
             if refused:
                 mlflow.set_tag("not_registered", refused)

@@ -112,3 +112,19 @@ def test_each_study_logs_the_silver_table_it_trained_on_as_a_dataset(tracked):
         assert json.loads(logged.dataset.profile)["num_rows"] == len(data)
         tags = {t.key: t.value for t in logged.tags}
         assert tags["mlflow.data.context"] == "training" and tags["rows"] == str(len(data))
+
+
+def test_families_compare_on_the_same_params_and_the_same_artifact_names(tracked):
+    settings, outcomes, _ = tracked
+    client = MlflowClient(settings.tracking_uri)
+    runs = {o.family: client.get_run(o.run_id) for o in outcomes}
+    shared = {"family", "symbol", "target", "task", "trials", "seed", "folds", "rows", "features", "class_weight"}
+    for family, run in runs.items():
+        params = run.data.params
+        assert shared <= set(params) and params["family"] == family
+        # Hyperparameters live under the family's name, never bare.
+        assert all(k in shared | {"search_folds", "wf_mode", "embargo_bars", "label_horizon", "fees_bps"}
+                   or k.startswith(f"{family}.") for k in params), family
+        root = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"reliability.png", "threshold_sweep.png", "equity.png"} <= root, family
+    assert "lstm.hidden" in runs["lstm"].data.params and "logistic.C" in runs["logistic"].data.params
