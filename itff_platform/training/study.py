@@ -59,11 +59,27 @@ def registered_name(symbol: str, target: str) -> str:
     return f"itff-{symbol}-{target}"
 
 
+# MLflow 3 opens an experiment by its kind; untagged, it may guess GenAI and open on an empty traces page.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(settings: Settings, symbol: str, target: str) -> str:
     mlflow.set_tracking_uri(settings.tracking_uri)
     name = registered_name(symbol, target)
     found = mlflow.get_experiment_by_name(name)
-    return found.experiment_id if found else mlflow.create_experiment(name, artifact_location=f"{settings.artifact_location}/{name}")
+    if found is None:
+        return mlflow.create_experiment(name, artifact_location=f"{settings.artifact_location}/{name}", tags=EXPERIMENT_KIND)
+    for key, value in EXPERIMENT_KIND.items():  # experiments created before the tag existed
+        if found.tags.get(key) != value:
+            mlflow.MlflowClient(settings.tracking_uri).set_experiment_tag(found.experiment_id, key, value)
+    return found.experiment_id
+
+
+def run_summary(family: str, data: TrainingData, metrics: dict[str, float], registered: str | None, refused: str | None) -> str:
+    """The parent run's description: its headline figures in one line, readable in the runs table and run page."""
+    figures = ", ".join(f"{k} {metrics[k]:.4f}" for k in HEADLINE[data.task] if k in metrics and math.isfinite(metrics[k]))
+    outcome = f"registered as version {registered}" if registered else f"not registered ({refused or 'baseline'})"
+    return f"**{family}** on {data.symbol} {data.target}: {figures}; {outcome}."
 
 
 def _clean(metrics: dict[str, float]) -> dict[str, float]:
@@ -188,6 +204,7 @@ def run_study(
                 progress(f"[{data.symbol} {data.target} {family}] not registered: {refused}")
             version = None if is_baseline or refused else _refit_and_register(data, family, params, weighting, evaluation, settings,
                                                                               folder, metrics)
+            mlflow.set_tag("mlflow.note.content", run_summary(family, data, metrics, version, refused))
             figures = {}
             for name, path in evaluation.figures.items():  # kept for Dagster metadata after the scratch folder goes
                 figures[name] = settings.mlflow_dir / "figures" / f"{data.symbol}-{data.target}-{family}-{name}.png"

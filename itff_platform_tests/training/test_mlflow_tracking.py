@@ -128,3 +128,24 @@ def test_families_compare_on_the_same_params_and_the_same_artifact_names(tracked
         root = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"reliability.png", "threshold_sweep.png", "equity.png"} <= root, family
     assert "lstm.hidden" in runs["lstm"].data.params and "logistic.C" in runs["logistic"].data.params
+
+
+def test_experiments_open_in_the_model_training_view_with_a_summary_per_study(tracked):
+    settings, outcomes, _ = tracked
+    client = MlflowClient(settings.tracking_uri)
+    experiment = client.get_experiment_by_name("itff-TESTUSDT-direction")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    for outcome in outcomes:
+        summary = client.get_run(outcome.run_id).data.tags["mlflow.note.content"]
+        assert summary.startswith(f"**{outcome.family}** on TESTUSDT direction: log_loss {outcome.metrics['log_loss']:.4f}")
+        registered = f"registered as version {outcome.model_version}" if outcome.model_version else "not registered ("
+        assert registered in summary
+
+
+def test_an_experiment_made_before_the_kind_tag_gets_it(tmp_path):
+    from itff_platform.training.study import experiment_id
+
+    settings = Settings(home=tmp_path)
+    old = MlflowClient(settings.tracking_uri).create_experiment("itff-OLDUSDT-direction")
+    assert experiment_id(settings, "OLDUSDT", "direction") == old
+    assert MlflowClient(settings.tracking_uri).get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
