@@ -170,18 +170,11 @@ def lake_assets(settings: Settings) -> list:
             frames.append(build_silver(cfg, symbol, months))
             context.log.info(f"{symbol}: {frames[-1].height} silver rows for {len(months)} month(s)")
         silver = pl.concat(frames)
-        regimes = silver.group_by("regime").len().sort("regime")
-        labelled = silver.filter(pl.col("direction").is_not_null())
+        # A single-run backfill builds many (symbol, month) partitions: each gets its own counts, never the run's.
+        for key in context.partition_keys:
+            context.add_asset_metadata(_silver_partition_metadata(silver, key), partition_key=key)
         return MaterializeResult(
-            metadata={
-                "rows": silver.height,
-                "rows_by_symbol": _rows_by_symbol(silver),
-                "features": MetadataValue.json(feature_columns(cfg)),
-                "regimes": markdown_table(regimes),
-                "label_horizon_bars": cfg.label_horizon,
-                "direction_up_share": float(labelled["direction"].mean()) if labelled.height else 0.0,
-                "level_up_share": float(silver["level_up"].drop_nulls().mean() or 0.0),
-            },
+            metadata={"features": MetadataValue.json(feature_columns(cfg)), "label_horizon_bars": cfg.label_horizon},
             check_results=schema_check_results(schema_failures(SilverFeatures, silver), ["silver_schema"], "silver_schema", {}),
         )
 
@@ -231,6 +224,19 @@ def maintenance_assets(settings: Settings) -> list:
         })
 
     return [lake_maintenance]
+
+
+def _silver_partition_metadata(silver: pl.DataFrame, key) -> dict:
+    """One (symbol, month) partition's rows, regimes and label balance, out of a run's silver frame."""
+    ((symbol, (month,)),) = months_by_symbol([key]).items()
+    part = silver.filter((pl.col("symbol") == symbol) & (pl.col("month") == month.date()))
+    labelled = part.filter(pl.col("direction").is_not_null())
+    return {
+        "rows": part.height,
+        "regimes": markdown_table(part.group_by("regime").len().sort("regime")),
+        "direction_up_share": float(labelled["direction"].mean()) if labelled.height else 0.0,
+        "level_up_share": float(part["level_up"].drop_nulls().mean() or 0.0),
+    }
 
 
 def _rows_by_symbol(frame: pl.DataFrame) -> MetadataValue:
