@@ -73,6 +73,8 @@ def test_each_partition_of_a_single_run_backfill_shows_its_own_studies(backfill)
     assert version.tags["family"] == "logistic"
     run = MlflowClient(settings.tracking_uri).get_run(version.run_id)
     assert int(run.data.tags["delta_version.silver"]) >= 0  # the lake version this model was trained on
+    (dataset,) = run.inputs.dataset_inputs  # the same version on the run page's Datasets
+    assert {t.key: t.value for t in dataset.tags}["delta_version"] == run.data.tags["delta_version.silver"]
 
 
 def test_every_study_plot_renders_as_an_image_on_its_partition(backfill):
