@@ -1,7 +1,9 @@
 """trained_models and champion_models materialized for two partitions in one run (a single-run backfill), read back
 through the instance the Dagster UI reads, and their MLflow links followed on a real `mlflow ui`."""
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -94,7 +96,8 @@ def mlflow_ui(backfill):
     _, settings, ui_url = backfill
     port = ui_url.rsplit(":", 1)[1]
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.tracking_uri,
-                               "--host", "127.0.0.1", "--port", port], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               "--host", "127.0.0.1", "--port", port], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)  # its own process group: the server's workers stop with it
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -107,8 +110,12 @@ def mlflow_ui(backfill):
             time.sleep(0.5)
         yield ui_url
     finally:
-        server.terminate()
-        server.wait(timeout=20)
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a busy machine: stop waiting for a graceful shutdown
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=10)
 
 
 def test_every_mlflow_link_names_the_runs_own_experiment_on_a_running_mlflow_ui(backfill, mlflow_ui):
