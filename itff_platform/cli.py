@@ -47,13 +47,13 @@ def run_training(quiet: bool = True) -> bool:
     """Train every family for every symbol x target, as one Dagster run; print the studies side by side."""
     from itff_platform.defs.training_assets import summary_rows
     from itff_platform.reporting import print_training_summary
-    from itff_platform.settings import get_settings
+    from itff_platform.settings import get_settings, redact_uri
 
     settings = get_settings()
     print(
         f"\nTraining {', '.join(settings.families)} (+ baselines) on {', '.join(settings.targets)} for "
         f"{', '.join(settings.symbols)}: {settings.trials} trials per study ({settings.torch_trials} for torch), "
-        f"{settings.wf_folds} walk-forward folds. MLflow: {settings.tracking_uri}",
+        f"{settings.wf_folds} walk-forward folds. MLflow: {redact_uri(settings.tracking_uri)}",
         flush=True,
     )
     result = _materialize("training", quiet=False)
@@ -176,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "settings":
         from itff_platform.settings import get_settings
 
-        print(get_settings().model_dump_json(indent=2))
+        import json
+
+        print(json.dumps(get_settings().for_display(), indent=2))
         return 0
     if args.command == "sample-request":
         return sample_request(args.symbol, args.target, args.bars)
