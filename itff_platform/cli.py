@@ -6,6 +6,69 @@ import argparse
 import os
 import sys
 
+# Settings whose values are never echoed back in an error message.
+SECRET_SETTINGS = {"api_tokens", "admin_token", "tradingview_secret", "mlflow_tracking_uri", "optuna_storage"}
+
+
+class CliError(Exception):
+    """A problem the user can fix: its message is one line naming the setting or input, and the fix."""
+
+
+def _settings_problem(error) -> str:
+    """A pydantic ValidationError on Settings as one line: ITFF_NAME, what was given, the rule, the fix."""
+    from itff_platform.settings import Settings
+
+    problems = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else "?"
+        given = "" if field in SECRET_SETTINGS else f"={item['input']!r}"
+        hint = " (a date is YYYY-MM-DD)" if "date" in item["type"] else ""
+        info = Settings.model_fields.get(field)
+        default = "" if info is None or info.default_factory is not None else f", or unset it for the default {info.default if not isinstance(info.default, str) else repr(info.default)}"
+        problems.append(f"ITFF_{field.upper()}{given} is invalid: {item['msg']}{hint}: fix it{default}")
+    return "; ".join(problems)
+
+
+def _one_line(error: BaseException) -> str:
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    if isinstance(error, ValidationError) and error.title == "Settings":
+        return _settings_problem(error)
+    if isinstance(error, SettingsError):  # e.g. a list that is not JSON
+        return f"{error}: lists and objects take JSON, e.g. ITFF_SYMBOLS='[\"BTCUSDT\"]'"
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    message = lines[0] if lines else ""
+    if isinstance(error, (CliError, LookupError, ValueError)):
+        return message or type(error).__name__
+    return f"{type(error).__name__}: {message} (run with --verbose for the full trace)"
+
+
+def _preflight(settings) -> None:
+    """Check what ingestion needs before any run starts, so a typo or no network is one line, not a failed run."""
+    if settings.source == "sample":
+        from itff_platform.market.sample import SAMPLE_INTERVAL, sample_symbols
+
+        unknown = [s for s in settings.symbols if s not in sample_symbols()]
+        if unknown:
+            raise CliError(f"ITFF_SYMBOLS: the packaged sample has {', '.join(sample_symbols())}, not {', '.join(unknown)}: "
+                           "fix the symbol, or set ITFF_SOURCE=binance or files for other markets")
+        if settings.interval != SAMPLE_INTERVAL:
+            raise CliError(f"ITFF_INTERVAL: the packaged sample holds {SAMPLE_INTERVAL} candles, not {settings.interval!r}")
+    if settings.source == "binance":
+        import socket
+        from urllib.parse import urlsplit
+
+        for setting, url in (("ITFF_BINANCE_BASE_URL", settings.binance_base_url),
+                             ("ITFF_BINANCE_ARCHIVE_URL", settings.binance_archive_url)):
+            host = urlsplit(url).hostname or url
+            try:
+                socket.getaddrinfo(host, 443)
+            except OSError as error:
+                raise CliError(f"ITFF_SOURCE=binance: cannot resolve {host} ({setting}): {error.strerror or error}. Without "
+                               "network use ITFF_SOURCE=sample (the packaged BTCUSDT/ETHUSDT candles) or ITFF_SOURCE=files "
+                               "(CSV/Parquet candles in ITFF_DROP_DIR)") from error
+
 
 def _materialize(assets_selection: str, quiet: bool):
     """One Dagster run over every partition of the selected assets, in the instance `make dev` shows."""
@@ -124,12 +187,38 @@ def _materialize_monitoring(as_of: str, settings):
                        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
 
 
+def _registered_models(settings) -> list[str]:
+    """The registry's model names; a CliError when there is no registry yet."""
+    from pathlib import Path
+
+    uri = settings.tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise CliError(f"no MLflow registry at {uri.removeprefix('sqlite:///')}: run `itff train` (or `itff run`) first, "
+                       "or point ITFF_HOME / ITFF_MLFLOW_TRACKING_URI at the project")
+    from mlflow import MlflowClient
+
+    return sorted(m.name for m in MlflowClient(uri).search_registered_models(max_results=1000))
+
+
+def _require_model(settings, symbol: str, target: str) -> str:
+    from itff_platform.training.study import registered_name
+
+    name = registered_name(symbol, target)
+    known = _registered_models(settings)
+    if name not in known:
+        raise CliError(f"{name} is not a registered model. Registered: {', '.join(known) or 'none (run itff train first)'}; "
+                       f"configured symbols (ITFF_SYMBOLS): {', '.join(settings.symbols)}")
+    return name
+
+
 def rollback(symbol: str, target: str) -> int:
     from itff_platform.settings import get_settings
     from itff_platform.training.promotion import rollback_champion
 
+    settings = get_settings()
+    _require_model(settings, symbol.upper(), target)
     try:
-        current, previous = rollback_champion(get_settings(), symbol.upper(), target)
+        current, previous = rollback_champion(settings, symbol.upper(), target)
     except LookupError as error:
         print(f"rollback: {error}", file=sys.stderr)
         return 1
@@ -151,48 +240,76 @@ def sample_request(symbol: str, target: str, bars: int) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="itff", description="ITFF Platform: lake, training and serving for market forecasts.")
+def _parser() -> argparse.ArgumentParser:
+    # --verbose is accepted before or after the command; SUPPRESS keeps a subcommand's default from hiding the global one.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
+                         help="full tracebacks on errors (and, for run, Dagster's step logs)")
+    parser = argparse.ArgumentParser(prog="itff", parents=[verbose],
+                                     description="ITFF Platform: lake, training and serving for market forecasts.")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="the main job: build the lake on the configured source, train, promote champions")
-    run.add_argument("--verbose", action="store_true", help="show Dagster's step logs for the lake")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=text, description=text, parents=[verbose])
+
+    run = command("run", "the main job: build the lake on the configured source, train, promote champions")
     run.add_argument("--lake-only", action="store_true", help="stop after the lake")
-    commands.add_parser("train", help="train every family for every symbol x target on the current lake")
-    commands.add_parser("promote", help="challenger vs champion for every symbol x target")
-    back = commands.add_parser("rollback", help="restore the previous champion of one model")
+    command("train", "train every family for every symbol x target on the current lake")
+    command("promote", "challenger vs champion for every symbol x target")
+    back = command("rollback", "restore the previous champion of one model")
     back.add_argument("symbol")
     back.add_argument("target", choices=["direction", "level_up", "forward_return"])
-    example = commands.add_parser("sample-request", help="print a /predict body with the sample's last candles")
+    example = command("sample-request", "print a /predict body with the sample's last candles")
     example.add_argument("symbol")
     example.add_argument("--target", default="direction")
     example.add_argument("--bars", type=int, default=800, help="800 covers the regime's 744-bar warm-up")
-    again = commands.add_parser("replay", help="step through START..END (YYYY-MM-DD) day by day: ingest, features, "
-                                "logged predictions, outcomes, drift and retrain decisions")
+    again = command("replay", "step through START..END (YYYY-MM-DD) day by day: ingest, features, "
+                    "logged predictions, outcomes, drift and retrain decisions")
     again.add_argument("start")
     again.add_argument("end")
-    commands.add_parser("settings", help="print the effective settings (ITFF_* environment applied)")
-    args = parser.parse_args(argv)
+    command("settings", "print the effective settings (ITFF_* environment applied; secrets hidden)")
+    return parser
 
-    if args.command == "settings":
-        from itff_platform.settings import get_settings
 
-        import json
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    args.verbose = getattr(args, "verbose", False)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:
+        if args.verbose:
+            raise
+        print(f"itff {args.command}: {_one_line(error)}", file=sys.stderr)
+        return 1
 
-        print(json.dumps(get_settings().for_display(), indent=2))
-        return 0
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "sample-request":
         return sample_request(args.symbol, args.target, args.bars)
+    if args.command in ("train", "promote", "run"):
+        # A progress bar per Optuna study; set before the settings are first read.
+        os.environ.setdefault("ITFF_PROGRESS_BAR", "true" if sys.stderr.isatty() else "false")
+    from itff_platform.settings import get_settings
+
+    settings = get_settings()  # validated up front: a bad ITFF_* value is one line naming it
+    if args.command == "settings":
+        import json
+
+        print(json.dumps(settings.for_display(), indent=2))
+        return 0
     if args.command == "rollback":
         return rollback(args.symbol, args.target)
     if args.command == "replay":
+        _preflight(settings)
         return replay(args.start, args.end)
-    # A progress bar per Optuna study; set before the settings are first read.
-    os.environ.setdefault("ITFF_PROGRESS_BAR", "true" if sys.stderr.isatty() else "false")
     if args.command == "train":
         return 0 if run_training() else 1
     if args.command == "promote":
         return 0 if run_promotion() else 1
     if args.command == "run":
+        _preflight(settings)
         if not run_lake(quiet=not args.verbose):
             return 1
         if args.lake_only:

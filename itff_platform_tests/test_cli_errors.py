@@ -53,3 +53,74 @@ def test_secret_settings_still_read_from_the_itff_environment(monkeypatch, tmp_p
     assert "adm-secret" not in repr(settings)
     assert redact_uri("https://ghp_token@host/x") == "https://***@host/x"
     assert redact_uri("sqlite:////a/b.db") == "sqlite:////a/b.db"
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_a_bad_setting_is_one_line_naming_it_and_the_fix_and_verbose_shows_the_trace(tmp_path):
+    env = {"ITFF_HOME": str(tmp_path), "ITFF_START_DATE": "2021-13-01"}
+    line = one_line_error(itff("settings", env=env, cwd=tmp_path))
+    assert line.startswith("itff settings: ITFF_START_DATE='2021-13-01' is invalid") and "YYYY-MM-DD" in line
+    assert "unset it for the default 2021-04-01" in line
+    # Validated up front, whatever the command.
+    assert "ITFF_START_DATE" in one_line_error(itff("train", env=env, cwd=tmp_path))
+    # A secret's value is never echoed, even when invalid.
+    secret = one_line_error(itff("settings", env={"ITFF_HOME": str(tmp_path), "ITFF_API_TOKENS": '"tok-not-a-list-9911"'},
+                                 cwd=tmp_path))
+    assert "ITFF_API_TOKENS" in secret and "tok-not-a-list-9911" not in secret
+    verbose = itff("--verbose", "settings", env=env, cwd=tmp_path)
+    assert verbose.returncode == 1 and "Traceback" in verbose.stderr and "ValidationError" in verbose.stderr
+
+
+def test_a_typo_in_a_symbol_is_one_line_listing_what_exists(tmp_path):
+    env = {"ITFF_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path), "ITFF_SYMBOLS": '["BTCUSDX"]'}
+    line = one_line_error(itff("run", env=env, cwd=tmp_path))
+    assert "ITFF_SYMBOLS" in line and "BTCUSDT, ETHUSDT" in line and "BTCUSDX" in line
+    assert not (tmp_path / "data_lake").exists()  # refused before any run started
+    sample = one_line_error(itff("sample-request", "BTCUSDX", env={"ITFF_HOME": str(tmp_path)}, cwd=tmp_path))
+    assert "BTCUSDX" in sample and "BTCUSDT" in sample
+
+
+def test_rollback_of_an_unknown_model_names_it_and_lists_the_registered_ones(tmp_path):
+    from mlflow import MlflowClient
+
+    (tmp_path / "mlflow").mkdir()
+    env = {"ITFF_HOME": str(tmp_path)}
+    # No registry yet: say so, and what to run.
+    assert "run `itff train`" in one_line_error(itff("rollback", "BTCUSDT", "direction", env=env, cwd=tmp_path))
+    MlflowClient(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}").create_registered_model("itff-BTCUSDT-direction")
+    line = one_line_error(itff("rollback", "BTCUSDX", "direction", env=env, cwd=tmp_path))
+    assert "itff-BTCUSDX-direction is not a registered model" in line
+    assert "Registered: itff-BTCUSDT-direction" in line and "ITFF_SYMBOLS): BTCUSDT, ETHUSDT" in line
+
+
+def test_binance_without_dns_fails_fast_naming_the_alternatives(tmp_path):
+    import time
+
+    from itff_platform.market.binance import BinanceCandleSource, BinanceError
+    from datetime import datetime, timezone
+
+    env = {"ITFF_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path), "ITFF_SOURCE": "binance",
+           "ITFF_BINANCE_BASE_URL": "https://nonexistent.invalid"}
+    started = time.monotonic()
+    line = one_line_error(itff("run", env=env, cwd=tmp_path))
+    assert time.monotonic() - started < 30
+    assert "cannot resolve nonexistent.invalid (ITFF_BINANCE_BASE_URL)" in line
+    assert "ITFF_SOURCE=sample" in line and "ITFF_SOURCE=files" in line
+
+    # The source itself does not retry a name that does not resolve (it used to back off for 68 s).
+    waits: list[float] = []
+    source = BinanceCandleSource("https://nonexistent.invalid", "https://nonexistent.invalid", sleep=waits.append)
+    try:
+        source.fetch("BTCUSDT", "1h", datetime(2024, 1, 1, tzinfo=timezone.utc), datetime(2024, 1, 2, tzinfo=timezone.utc))
+    except BinanceError as error:
+        assert "cannot resolve" in str(error) and "ITFF_SOURCE=sample" in str(error)
+    else:
+        raise AssertionError("expected a BinanceError")
+    assert waits == [] and source.requests_made == 1
