@@ -226,12 +226,22 @@ def rollback(symbol: str, target: str) -> int:
     return 0
 
 
+TARGETS = ("direction", "level_up", "forward_return")
+
+
 def sample_request(symbol: str, target: str, bars: int) -> int:
     """A /predict body holding the last `bars` candles of the packaged sample, for curl and smoke tests."""
     import json
     from datetime import datetime, timezone
 
-    from itff_platform.market.sample import SampleCandleSource
+    from itff_platform.market.sample import SampleCandleSource, sample_symbols
+
+    if target not in TARGETS:
+        raise CliError(f"TARGET {target!r} is not one of {', '.join(TARGETS)}")
+    if symbol.upper() not in sample_symbols():
+        raise CliError(f"SYMBOL {symbol!r}: the packaged sample has {', '.join(sample_symbols())}")
+    if bars < 1:
+        raise CliError(f"--bars {bars}: give at least 1 (800 covers the regime's 744-bar warm-up)")
 
     candles = SampleCandleSource().fetch(symbol.upper(), "1h", datetime(2021, 1, 1, tzinfo=timezone.utc), datetime(2025, 1, 1, tzinfo=timezone.utc))
     rows = [{"timestamp": r[0].isoformat(), "open": r[1], "high": r[2], "low": r[3], "close": r[4], "volume": r[5]}
@@ -258,10 +268,11 @@ def _parser() -> argparse.ArgumentParser:
     command("promote", "challenger vs champion for every symbol x target")
     back = command("rollback", "restore the previous champion of one model")
     back.add_argument("symbol")
-    back.add_argument("target", choices=["direction", "level_up", "forward_return"])
+    back.add_argument("target", choices=TARGETS)
     example = command("sample-request", "print a /predict body with the sample's last candles")
-    example.add_argument("symbol")
-    example.add_argument("--target", default="direction")
+    example.add_argument("symbol", help="a symbol of the packaged sample: BTCUSDT or ETHUSDT")
+    example.add_argument("target", nargs="?", help=f"one of {', '.join(TARGETS)} (default direction; or --target)")
+    example.add_argument("--target", dest="target_option", metavar="TARGET", help="the same as the positional TARGET")
     example.add_argument("--bars", type=int, default=800, help="800 covers the regime's 744-bar warm-up")
     again = command("replay", "step through START..END (YYYY-MM-DD) day by day: ingest, features, "
                     "logged predictions, outcomes, drift and retrain decisions")
@@ -287,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "sample-request":
-        return sample_request(args.symbol, args.target, args.bars)
+        if args.target and args.target_option and args.target != args.target_option:
+            raise CliError(f"TARGET given twice: {args.target!r} and --target {args.target_option!r}; give one")
+        return sample_request(args.symbol, args.target or args.target_option or "direction", args.bars)
     if args.command in ("train", "promote", "run"):
         # A progress bar per Optuna study; set before the settings are first read.
         os.environ.setdefault("ITFF_PROGRESS_BAR", "true" if sys.stderr.isatty() else "false")

@@ -124,3 +124,56 @@ def test_binance_without_dns_fails_fast_naming_the_alternatives(tmp_path):
     else:
         raise AssertionError("expected a BinanceError")
     assert waits == [] and source.requests_made == 1
+
+
+def test_make_help_lists_every_target_with_its_description():
+    result = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    phony = next(line for line in (ROOT / "Makefile").read_text().splitlines() if line.startswith(".PHONY:")).split()[1:]
+    described = {line.split(":")[0] for line in result.stdout.splitlines() if not line.startswith(" ")}
+    assert set(phony) <= described, set(phony) - described
+    assert "run: install, materialize raw -> bronze -> silver" in result.stdout and "##" not in result.stdout
+
+
+def test_every_subcommand_has_a_description():
+    from itff_platform.cli import _parser
+
+    parser = _parser()
+    commands = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    assert set(commands.choices) >= {"run", "train", "promote", "rollback", "sample-request", "replay", "settings"}
+    for name, sub in commands.choices.items():
+        assert sub.description and len(sub.description) > 20, name
+    listing = itff("--help").stdout
+    for action in commands._choices_actions:
+        assert action.help and action.dest in listing
+
+
+def test_sample_request_takes_the_target_positionally_or_as_an_option_and_refuses_a_bad_one(tmp_path):
+    env = {"ITFF_HOME": str(tmp_path)}
+    for args in (["ETHUSDT", "level_up"], ["ETHUSDT", "--target", "level_up"]):
+        result = itff("sample-request", *args, "--bars", "3", env=env, cwd=tmp_path)
+        body = json.loads(result.stdout)
+        assert (body["symbol"], body["target"], len(body["candles"])) == ("ETHUSDT", "level_up", 3)
+    assert json.loads(itff("sample-request", "ethusdt", "--bars", "1", env=env).stdout)["target"] == "direction"
+    line = one_line_error(itff("sample-request", "ETHUSDT", "levelup", env=env, cwd=tmp_path))
+    assert line == "itff sample-request: TARGET 'levelup' is not one of direction, level_up, forward_return"
+
+
+def test_the_readme_states_the_regime_warm_up_the_code_has_and_no_build_machine_paths():
+    from datetime import datetime, timezone
+
+    import polars as pl
+
+    from itff_platform.features.silver import build_features
+    from itff_platform.market.sample import SampleCandleSource
+    from itff_platform.settings import Settings
+
+    candles = SampleCandleSource().fetch("BTCUSDT", "1h", datetime(2021, 5, 1, tzinfo=timezone.utc),
+                                         datetime(2021, 7, 1, tzinfo=timezone.utc))
+    regimes = build_features(candles, Settings()).collect().with_row_index().filter(pl.col("regime") != "unknown")
+    warm_up = regimes["index"][0] + 1  # bars needed before the first known regime
+    assert warm_up == 744
+    readme = (ROOT / "README.md").read_text()
+    assert f"It stays `unknown` below {warm_up} bars" in readme and "745 bars" not in readme
+    assert f"{warm_up}-bar warm-up" in itff("sample-request", "--help").stdout
+    assert "/work/" not in readme and "/home/" not in readme
