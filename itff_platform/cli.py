@@ -79,7 +79,7 @@ def _materialize(assets_selection: str, quiet: bool):
 
     assets = {"lake": lake, "training": training, "promotion": promotion}[assets_selection]
     keys = assets[0].partitions_def.get_partition_keys()
-    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+    instance = DagsterInstance.get()  # DAGSTER_HOME is the project's (see _use_project_instance)
     return materialize(
         assets,
         instance=instance,
@@ -179,12 +179,28 @@ def _materialize_monitoring(as_of: str, settings):
     from itff_platform.definitions import monitoring
     from itff_platform.defs.resources import ItffSettingsResource
 
-    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+    instance = DagsterInstance.get()
     resource = ItffSettingsResource(evaluation_as_of=as_of, monitoring_dir=str(settings.monitoring_dir),
                                     reports_dir=str(settings.reports_dir))
     return materialize(monitoring, instance=instance, resources={"itff": resource},
                        tags={"itff/trigger": "replay"}, raise_on_error=False,
                        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+
+
+def _use_project_instance(settings) -> None:
+    """Runs go into the instance the Dagster UI reads: DAGSTER_HOME, else the project root (ITFF_HOME) that holds
+    dagster.yaml. A throwaway instance would hide them from the UI, so without either the CLI refuses."""
+    if os.environ.get("DAGSTER_HOME"):
+        return
+    home = settings.home.resolve()
+    if not (home / "dagster.yaml").is_file():
+        raise CliError(f"DAGSTER_HOME is not set and {home} holds no dagster.yaml: run itff from the project root, "
+                       "or set ITFF_HOME (or DAGSTER_HOME) to it, so the runs land in the instance the Dagster UI shows")
+    os.environ["DAGSTER_HOME"] = str(home)
+    # dagster.yaml's storage folders (.dagster/...) are relative, and Dagster resolves them against the working
+    # directory: work from the project root, as `make` does, with ITFF_HOME pinned for every Settings() made later.
+    os.environ.setdefault("ITFF_HOME", str(home))
+    os.chdir(home)
 
 
 def _registered_models(settings) -> list[str]:
@@ -314,6 +330,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "rollback":
         return rollback(args.symbol, args.target)
+    _use_project_instance(settings)  # every command below records Dagster runs
     if args.command == "replay":
         _preflight(settings)
         return replay(args.start, args.end)

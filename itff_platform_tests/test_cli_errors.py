@@ -177,3 +177,26 @@ def test_the_readme_states_the_regime_warm_up_the_code_has_and_no_build_machine_
     assert f"It stays `unknown` below {warm_up} bars" in readme and "745 bars" not in readme
     assert f"{warm_up}-bar warm-up" in itff("sample-request", "--help").stdout
     assert "/work/" not in readme and "/home/" not in readme
+
+
+def test_without_dagster_home_runs_land_in_the_project_instance_or_are_refused(tmp_path, monkeypatch):
+    from dagster import DagsterInstance
+
+    # No dagster.yaml under ITFF_HOME and no DAGSTER_HOME: refused in one line, before anything is written.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    line = one_line_error(itff("run", "--lake-only", env={"ITFF_HOME": str(bare)}, cwd=bare))
+    assert "DAGSTER_HOME is not set" in line and "dagster.yaml" in line and "ITFF_HOME" in line
+    assert not (bare / "data_lake").exists()
+
+    # The project's dagster.yaml under ITFF_HOME: the run is recorded in that instance, where the UI looks.
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    env = {"ITFF_HOME": str(project), "ITFF_SYMBOLS": '["BTCUSDT"]', "ITFF_END_DATE": "2021-06-01"}
+    result = itff("run", "--lake-only", env=env, cwd=tmp_path, timeout=300)  # cwd elsewhere: ITFF_HOME decides
+    assert result.returncode == 0, result.stdout + result.stderr
+    monkeypatch.chdir(project)  # dagster.yaml's storage folders are relative to the working directory, as in `make dev`
+    with DagsterInstance.from_config(str(project)) as instance:
+        runs = instance.get_runs()
+        assert len(runs) == 1 and runs[0].is_success
