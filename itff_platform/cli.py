@@ -70,8 +70,9 @@ def _preflight(settings) -> None:
                                "(CSV/Parquet candles in ITFF_DROP_DIR)") from error
 
 
-def _materialize(assets_selection: str, quiet: bool):
-    """One Dagster run over every partition of the selected assets, in the instance `make dev` shows."""
+def _materialize(assets_selection: str, quiet: bool, only: list[str] | None = None) -> list:
+    """One Dagster run over every partition of the selected assets, in the instance `make dev` shows; with `only`
+    (some symbol x target keys, from --symbol/--target), one run per chosen partition."""
     from dagster import DagsterInstance, materialize
 
     from itff_platform.definitions import lake, promotion, training
@@ -80,14 +81,12 @@ def _materialize(assets_selection: str, quiet: bool):
     assets = {"lake": lake, "training": training, "promotion": promotion}[assets_selection]
     keys = assets[0].partitions_def.get_partition_keys()
     instance = DagsterInstance.get()  # DAGSTER_HOME is the project's (see _use_project_instance)
-    return materialize(
-        assets,
-        instance=instance,
-        resources={"itff": ItffSettingsResource()},
-        tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING" if quiet else "INFO"}}}},
-        raise_on_error=False,
-    )
+    options = dict(instance=instance, resources={"itff": ItffSettingsResource()}, raise_on_error=False,
+                   run_config={"loggers": {"console": {"config": {"log_level": "WARNING" if quiet else "INFO"}}}})
+    if only is not None and set(only) != set(keys):
+        return [materialize(assets, partition_key=key, **options) for key in keys if key in only]
+    return [materialize(assets, tags={"dagster/asset_partition_range_start": keys[0],
+                                      "dagster/asset_partition_range_end": keys[-1]}, **options)]
 
 
 def run_lake(quiet: bool = True) -> bool:
@@ -101,37 +100,39 @@ def run_lake(quiet: bool = True) -> bool:
         f"from source '{settings.source}', lake at {settings.lake_dir}",
         flush=True,
     )
-    result = _materialize("lake", quiet)
+    result = _materialize("lake", quiet)[0]
     print_lake_summary(settings, result)
     return result.success
 
 
-def run_training(quiet: bool = True) -> bool:
+def run_training(quiet: bool = True, only: list[str] | None = None) -> bool:
     """Train every family for every symbol x target, as one Dagster run; print the studies side by side."""
     from itff_platform.defs.training_assets import summary_rows
     from itff_platform.reporting import print_training_summary
     from itff_platform.settings import get_settings, redact_uri
 
     settings = get_settings()
+    chosen = only or [f"{s}|{t}" for s in settings.symbols for t in settings.targets]
     print(
-        f"\nTraining {', '.join(settings.families)} (+ baselines) on {', '.join(settings.targets)} for "
-        f"{', '.join(settings.symbols)}: {settings.trials} trials per study ({settings.torch_trials} for torch), "
+        f"\nTraining {', '.join(settings.families)} (+ baselines) for {', '.join(chosen)}: {settings.trials} trials per study ({settings.torch_trials} for torch), "
         f"{settings.wf_folds} walk-forward folds. MLflow: {redact_uri(settings.tracking_uri)}",
         flush=True,
     )
-    result = _materialize("training", quiet=False)
-    print_training_summary(settings, summary_rows(result))
-    return result.success
+    results = _materialize("training", quiet=False, only=only)
+    print_training_summary(settings, [row for result in results for row in summary_rows(result)])
+    return all(result.success for result in results)
 
 
-def run_promotion() -> bool:
-    """Challenger vs champion for every symbol x target; print each decision and its reasons."""
+def run_promotion(only: list[str] | None = None) -> bool:
+    """Challenger vs champion for every symbol x target (or those chosen); print each decision, its reasons, and
+    for a model left without a champion what to do."""
+    from itff_platform.training.promotion import no_champion_remedy
 
     print("\nPromotion (serve a challenger only if it beats the better baseline, and the champion, with 95 % confidence "
           "on the holdout window; trade its rule only if its walk-forward edge after fees is significant):", flush=True)
-    result = _materialize("promotion", quiet=True)
+    results = _materialize("promotion", quiet=True, only=only)
     # A single-run backfill reports the same summary on every partition's event: print each model once.
-    rows = {row["model"]: row for event in result.get_asset_materialization_events()
+    rows = {row["model"]: row for result in results for event in result.get_asset_materialization_events()
             for row in event.materialization.metadata["summary"].value}
     for row in rows.values():
         after = f"champion v{row['champion_after']}" if row["champion_after"] else "no champion"
@@ -140,10 +141,38 @@ def run_promotion() -> bool:
         print(f"  {row['model']:30s} {row['decision']:8s} v{row['challenger']} vs {row['compared_with']}: {after}{trading}")
         for reason in row["reasons"]:
             print(f"      - {reason}")
+        if not row["champion_after"]:
+            _, symbol, target = row["model"].split("-", 2)
+            print(f"      what to do: {no_champion_remedy(symbol, target, row['challenger'])}")
     served = [r for r in rows.values() if r["champion_after"]]
     print(f"\nServed: {len(served)} of {len(rows)} models; tradable: {sum(bool(r.get('tradable')) for r in served)}. "
           "Models without a champion get a 400 that names the reason above.")
-    return result.success
+    return all(result.success for result in results)
+
+
+def force_promotion(settings, symbol: str | None, target: str | None, version: str) -> int:
+    from itff_platform.training.promotion import force_champion
+
+    if not (symbol and target):
+        raise CliError("--force VERSION needs --symbol and --target: it forces one model's champion")
+    _require_model(settings, symbol, target)
+    decision = force_champion(settings, symbol, target, version)
+    before = f"v{decision.champion_before}" if decision.champion_before else "none"
+    print(f"{decision.name}: champion forced to v{version} (was {before}), manifest written, recorded as forced; "
+          f"`itff rollback {symbol} {target}` undoes it")
+    return 0
+
+
+def _chosen_partitions(settings, symbol: str | None, target: str | None) -> list[str] | None:
+    """The symbol x target keys --symbol/--target pick; None for all."""
+    if symbol is None and target is None:
+        return None
+    if symbol is not None and symbol not in settings.symbols:
+        raise CliError(f"--symbol {symbol}: not among the configured symbols (ITFF_SYMBOLS): {', '.join(settings.symbols)}")
+    if target is not None and target not in settings.targets:
+        raise CliError(f"--target {target}: not among the configured targets (ITFF_TARGETS): {', '.join(settings.targets)}")
+    return [f"{s}|{t}" for s in settings.symbols for t in settings.targets
+            if symbol in (None, s) and target in (None, t)]
 
 
 def replay(start: str, end: str) -> int:
@@ -280,8 +309,24 @@ def _parser() -> argparse.ArgumentParser:
 
     run = command("run", "the main job: build the lake on the configured source, train, promote champions")
     run.add_argument("--lake-only", action="store_true", help="stop after the lake")
-    command("train", "train every family for every symbol x target on the current lake")
-    command("promote", "challenger vs champion for every symbol x target")
+    def positive(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+        return int(text)
+
+    def choose(sub: argparse.ArgumentParser, trials_help: str) -> None:
+        sub.add_argument("--symbol", type=str.upper, help="only this symbol (one of ITFF_SYMBOLS)")
+        sub.add_argument("--target", choices=TARGETS, help="only this target (one of ITFF_TARGETS)")
+        sub.add_argument("--trials", type=positive, help=trials_help)
+
+    choose(command("train", "train every family for every symbol x target on the current lake (or those chosen)"),
+           "Optuna trials per study, instead of ITFF_TRIALS")
+    promote = command("promote", "challenger vs champion for every symbol x target (or those chosen); "
+                      "--force VERSION serves a version without the test")
+    choose(promote, "retrain with this many trials per study first (ITFF_TRIALS), then promote")
+    promote.add_argument("--force", metavar="VERSION", type=positive,
+                         help="make VERSION the champion of --symbol/--target without the promotion test: the manifest "
+                         "is written, the alias moved, and the decision recorded as forced (rollback undoes it)")
     back = command("rollback", "restore the previous champion of one model")
     back.add_argument("symbol")
     back.add_argument("target", choices=TARGETS)
@@ -320,6 +365,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("train", "promote", "run"):
         # A progress bar per Optuna study; set before the settings are first read.
         os.environ.setdefault("ITFF_PROGRESS_BAR", "true" if sys.stderr.isatty() else "false")
+    if getattr(args, "trials", None):
+        if getattr(args, "force", None):
+            raise CliError("--trials retrains and --force skips the test: give one of them")
+        os.environ["ITFF_TRIALS"] = str(args.trials)
     from itff_platform.settings import get_settings
 
     settings = get_settings()  # validated up front: a bad ITFF_* value is one line naming it
@@ -330,14 +379,20 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "rollback":
         return rollback(args.symbol, args.target)
+    if args.command == "promote" and args.force:  # the registry only: no Dagster run
+        return force_promotion(settings, args.symbol, args.target, str(args.force))
     _use_project_instance(settings)  # every command below records Dagster runs
     if args.command == "replay":
         _preflight(settings)
         return replay(args.start, args.end)
-    if args.command == "train":
-        return 0 if run_training() else 1
-    if args.command == "promote":
-        return 0 if run_promotion() else 1
+    if args.command in ("train", "promote"):
+        only = _chosen_partitions(settings, args.symbol, args.target)
+        if args.command == "train" or args.trials:
+            if not run_training(only=only):
+                return 1
+        if args.command == "train":
+            return 0
+        return 0 if run_promotion(only=only) else 1
     if args.command == "run":
         _preflight(settings)
         if not run_lake(quiet=not args.verbose):

@@ -200,3 +200,73 @@ def test_without_dagster_home_runs_land_in_the_project_instance_or_are_refused(t
     with DagsterInstance.from_config(str(project)) as instance:
         runs = instance.get_runs()
         assert len(runs) == 1 and runs[0].is_success
+
+
+def register_versions(tmp_path: Path, name: str, count: int) -> str:
+    """A real MLflow SQLite registry under ITFF_HOME holding `count` versions of a trivial pyfunc model."""
+    import mlflow
+    import mlflow.pyfunc
+
+    class Constant(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return model_input
+
+    (tmp_path / "mlflow").mkdir(exist_ok=True)
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.create_experiment(name, artifact_location=(tmp_path / "mlflow" / "artifacts").as_uri())
+    for _ in range(count):
+        with mlflow.start_run(experiment_id=experiment):
+            mlflow.pyfunc.log_model(name="model", python_model=Constant(), registered_model_name=name)
+    return uri
+
+
+def test_promote_without_a_champion_says_what_to_do_and_force_serves_a_version_recorded_as_forced(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)  # mlflow writes an mlruns/ folder in the working directory otherwise
+    (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    uri = register_versions(tmp_path, "itff-BTCUSDT-direction", 2)
+    env = {"ITFF_HOME": str(tmp_path)}
+
+    # v2 carries no holdout metrics, so nothing can be promoted: the reason, then the remedy with the flags to use.
+    result = itff("promote", "--symbol", "btcusdt", "--target", "direction", env=env, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "itff-BTCUSDT-direction" in result.stdout and "no champion" in result.stdout
+    assert "itff-ETHUSDT" not in result.stdout  # --symbol/--target chose one model
+    assert ("what to do: to get one: raise ITFF_TRIALS and retrain (itff train --symbol BTCUSDT --target direction "
+            "--trials 20), or serve a version that did not pass anyway: itff promote --symbol BTCUSDT --target "
+            "direction --force") in result.stdout
+
+    # --force needs the model named, and an existing version.
+    assert "--force VERSION needs --symbol and --target" in one_line_error(itff("promote", "--force", "1", env=env, cwd=tmp_path))
+    missing = one_line_error(itff("promote", "--symbol", "BTCUSDT", "--target", "direction", "--force", "7", env=env, cwd=tmp_path))
+    assert "itff-BTCUSDT-direction has no version 7; its versions: 1, 2" in missing
+
+    forced = itff("promote", "--symbol", "BTCUSDT", "--target", "direction", "--force", "1", env=env, cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert "champion forced to v1 (was none), manifest written, recorded as forced" in forced.stdout
+    client = MlflowClient(uri)
+    version = client.get_model_version_by_alias("itff-BTCUSDT-direction", "champion")
+    assert str(version.version) == "1"
+    assert version.tags["promotion_decision"] == "forced" and "forced by itff promote --force" in version.tags["promotion_reasons"]
+    assert version.tags["manifest_sha256"]  # written by the same _set_champion a promotion uses
+    run_files = [f.path for f in client.list_artifacts(version.run_id, "integrity")]
+    assert run_files == ["integrity/manifest-v1.json"]
+
+    # Forcing v2 over it keeps the history, so rollback goes back to v1.
+    assert itff("promote", "--symbol", "BTCUSDT", "--target", "direction", "--force", "2", env=env, cwd=tmp_path).returncode == 0
+    back = itff("rollback", "BTCUSDT", "direction", env=env, cwd=tmp_path)
+    assert back.returncode == 0 and "from v2 back to v1" in back.stdout, back.stderr
+
+
+def test_train_and_promote_refuse_an_unconfigured_symbol_or_a_bad_trial_count(tmp_path):
+    (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    env = {"ITFF_HOME": str(tmp_path)}
+    line = one_line_error(itff("train", "--symbol", "SOLUSDT", env=env, cwd=tmp_path))
+    assert line == "itff train: --symbol SOLUSDT: not among the configured symbols (ITFF_SYMBOLS): BTCUSDT, ETHUSDT"
+    bad = itff("train", "--trials", "0", env=env, cwd=tmp_path)
+    assert bad.returncode == 2 and "'0' is not a whole number of at least 1" in bad.stderr
+    both = one_line_error(itff("promote", "--symbol", "BTCUSDT", "--target", "direction", "--trials", "3", "--force", "1",
+                               env=env, cwd=tmp_path))
+    assert "give one of them" in both
