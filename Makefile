@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser run test dev serve fuzz replay mlflow-ui bench-lake bench-training bench-serve clean-lake
+.PHONY: help install browser run test dev serve fuzz replay mlflow-ui bench-lake bench-training bench-serve clean-lake
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required, found " + sys.version.split()[0])'
@@ -18,7 +18,12 @@ $(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/pip check
 	@touch $(INSTALLED)
 
+## install: the .venv with the project and its dev extras, from pyproject.toml (the other targets run it first)
 install: $(INSTALLED)
+
+## help: list these targets with what each does
+help:
+	@awk '/^## /{sub(/^## /, ""); print (/^[a-z-]+:/ ? "" : "      ") $$0}' $(firstword $(MAKEFILE_LIST))
 
 ## run: install, materialize raw -> bronze -> silver on the packaged sample, train every family, print summaries
 run: install
@@ -76,5 +81,6 @@ bench-serve: install
 replay: install
 	$(BIN)/itff replay $${START:-2024-08-01} $${END:-2024-09-29}
 
+## clean-lake: delete the lake's raw, bronze, silver, bench and monitoring tables (the MLflow store is kept)
 clean-lake:
 	rm -rf data_lake/raw data_lake/bronze data_lake/silver data_lake/bench data_lake/monitoring

@@ -6,9 +6,73 @@ import argparse
 import os
 import sys
 
+# Settings whose values are never echoed back in an error message.
+SECRET_SETTINGS = {"api_tokens", "admin_token", "tradingview_secret", "mlflow_tracking_uri", "optuna_storage"}
 
-def _materialize(assets_selection: str, quiet: bool):
-    """One Dagster run over every partition of the selected assets, in the instance `make dev` shows."""
+
+class CliError(Exception):
+    """A problem the user can fix: its message is one line naming the setting or input, and the fix."""
+
+
+def _settings_problem(error) -> str:
+    """A pydantic ValidationError on Settings as one line: ITFF_NAME, what was given, the rule, the fix."""
+    from itff_platform.settings import Settings
+
+    problems = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else "?"
+        given = "" if field in SECRET_SETTINGS else f"={item['input']!r}"
+        hint = " (a date is YYYY-MM-DD)" if "date" in item["type"] else ""
+        info = Settings.model_fields.get(field)
+        default = "" if info is None or info.default_factory is not None else f", or unset it for the default {info.default if not isinstance(info.default, str) else repr(info.default)}"
+        problems.append(f"ITFF_{field.upper()}{given} is invalid: {item['msg']}{hint}: fix it{default}")
+    return "; ".join(problems)
+
+
+def _one_line(error: BaseException) -> str:
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    if isinstance(error, ValidationError) and error.title == "Settings":
+        return _settings_problem(error)
+    if isinstance(error, SettingsError):  # e.g. a list that is not JSON
+        return f"{error}: lists and objects take JSON, e.g. ITFF_SYMBOLS='[\"BTCUSDT\"]'"
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    message = lines[0] if lines else ""
+    if isinstance(error, (CliError, LookupError, ValueError)):
+        return message or type(error).__name__
+    return f"{type(error).__name__}: {message} (run with --verbose for the full trace)"
+
+
+def _preflight(settings) -> None:
+    """Check what ingestion needs before any run starts, so a typo or no network is one line, not a failed run."""
+    if settings.source == "sample":
+        from itff_platform.market.sample import SAMPLE_INTERVAL, sample_symbols
+
+        unknown = [s for s in settings.symbols if s not in sample_symbols()]
+        if unknown:
+            raise CliError(f"ITFF_SYMBOLS: the packaged sample has {', '.join(sample_symbols())}, not {', '.join(unknown)}: "
+                           "fix the symbol, or set ITFF_SOURCE=binance or files for other markets")
+        if settings.interval != SAMPLE_INTERVAL:
+            raise CliError(f"ITFF_INTERVAL: the packaged sample holds {SAMPLE_INTERVAL} candles, not {settings.interval!r}")
+    if settings.source == "binance":
+        import socket
+        from urllib.parse import urlsplit
+
+        for setting, url in (("ITFF_BINANCE_BASE_URL", settings.binance_base_url),
+                             ("ITFF_BINANCE_ARCHIVE_URL", settings.binance_archive_url)):
+            host = urlsplit(url).hostname or url
+            try:
+                socket.getaddrinfo(host, 443)
+            except OSError as error:
+                raise CliError(f"ITFF_SOURCE=binance: cannot resolve {host} ({setting}): {error.strerror or error}. Without "
+                               "network use ITFF_SOURCE=sample (the packaged BTCUSDT/ETHUSDT candles) or ITFF_SOURCE=files "
+                               "(CSV/Parquet candles in ITFF_DROP_DIR)") from error
+
+
+def _materialize(assets_selection: str, quiet: bool, only: list[str] | None = None) -> list:
+    """One Dagster run over every partition of the selected assets, in the instance `make dev` shows; with `only`
+    (some symbol x target keys, from --symbol/--target), one run per chosen partition."""
     from dagster import DagsterInstance, materialize
 
     from itff_platform.definitions import lake, promotion, training
@@ -16,15 +80,13 @@ def _materialize(assets_selection: str, quiet: bool):
 
     assets = {"lake": lake, "training": training, "promotion": promotion}[assets_selection]
     keys = assets[0].partitions_def.get_partition_keys()
-    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
-    return materialize(
-        assets,
-        instance=instance,
-        resources={"itff": ItffSettingsResource()},
-        tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING" if quiet else "INFO"}}}},
-        raise_on_error=False,
-    )
+    instance = DagsterInstance.get()  # DAGSTER_HOME is the project's (see _use_project_instance)
+    options = dict(instance=instance, resources={"itff": ItffSettingsResource()}, raise_on_error=False,
+                   run_config={"loggers": {"console": {"config": {"log_level": "WARNING" if quiet else "INFO"}}}})
+    if only is not None and set(only) != set(keys):
+        return [materialize(assets, partition_key=key, **options) for key in keys if key in only]
+    return [materialize(assets, tags={"dagster/asset_partition_range_start": keys[0],
+                                      "dagster/asset_partition_range_end": keys[-1]}, **options)]
 
 
 def run_lake(quiet: bool = True) -> bool:
@@ -38,37 +100,39 @@ def run_lake(quiet: bool = True) -> bool:
         f"from source '{settings.source}', lake at {settings.lake_dir}",
         flush=True,
     )
-    result = _materialize("lake", quiet)
+    result = _materialize("lake", quiet)[0]
     print_lake_summary(settings, result)
     return result.success
 
 
-def run_training(quiet: bool = True) -> bool:
+def run_training(quiet: bool = True, only: list[str] | None = None) -> bool:
     """Train every family for every symbol x target, as one Dagster run; print the studies side by side."""
     from itff_platform.defs.training_assets import summary_rows
     from itff_platform.reporting import print_training_summary
-    from itff_platform.settings import get_settings
+    from itff_platform.settings import get_settings, redact_uri
 
     settings = get_settings()
+    chosen = only or [f"{s}|{t}" for s in settings.symbols for t in settings.targets]
     print(
-        f"\nTraining {', '.join(settings.families)} (+ baselines) on {', '.join(settings.targets)} for "
-        f"{', '.join(settings.symbols)}: {settings.trials} trials per study ({settings.torch_trials} for torch), "
-        f"{settings.wf_folds} walk-forward folds. MLflow: {settings.tracking_uri}",
+        f"\nTraining {', '.join(settings.families)} (+ baselines) for {', '.join(chosen)}: {settings.trials} trials per study ({settings.torch_trials} for torch), "
+        f"{settings.wf_folds} walk-forward folds. MLflow: {redact_uri(settings.tracking_uri)}",
         flush=True,
     )
-    result = _materialize("training", quiet=False)
-    print_training_summary(settings, summary_rows(result))
-    return result.success
+    results = _materialize("training", quiet=False, only=only)
+    print_training_summary(settings, [row for result in results for row in summary_rows(result)])
+    return all(result.success for result in results)
 
 
-def run_promotion() -> bool:
-    """Challenger vs champion for every symbol x target; print each decision and its reasons."""
+def run_promotion(only: list[str] | None = None) -> bool:
+    """Challenger vs champion for every symbol x target (or those chosen); print each decision, its reasons, and
+    for a model left without a champion what to do."""
+    from itff_platform.training.promotion import no_champion_remedy
 
     print("\nPromotion (serve a challenger only if it beats the better baseline, and the champion, with 95 % confidence "
           "on the holdout window; trade its rule only if its walk-forward edge after fees is significant):", flush=True)
-    result = _materialize("promotion", quiet=True)
+    results = _materialize("promotion", quiet=True, only=only)
     # A single-run backfill reports the same summary on every partition's event: print each model once.
-    rows = {row["model"]: row for event in result.get_asset_materialization_events()
+    rows = {row["model"]: row for result in results for event in result.get_asset_materialization_events()
             for row in event.materialization.metadata["summary"].value}
     for row in rows.values():
         after = f"champion v{row['champion_after']}" if row["champion_after"] else "no champion"
@@ -77,10 +141,38 @@ def run_promotion() -> bool:
         print(f"  {row['model']:30s} {row['decision']:8s} v{row['challenger']} vs {row['compared_with']}: {after}{trading}")
         for reason in row["reasons"]:
             print(f"      - {reason}")
+        if not row["champion_after"]:
+            _, symbol, target = row["model"].split("-", 2)
+            print(f"      what to do: {no_champion_remedy(symbol, target, row['challenger'])}")
     served = [r for r in rows.values() if r["champion_after"]]
     print(f"\nServed: {len(served)} of {len(rows)} models; tradable: {sum(bool(r.get('tradable')) for r in served)}. "
           "Models without a champion get a 400 that names the reason above.")
-    return result.success
+    return all(result.success for result in results)
+
+
+def force_promotion(settings, symbol: str | None, target: str | None, version: str) -> int:
+    from itff_platform.training.promotion import force_champion
+
+    if not (symbol and target):
+        raise CliError("--force VERSION needs --symbol and --target: it forces one model's champion")
+    _require_model(settings, symbol, target)
+    decision = force_champion(settings, symbol, target, version)
+    before = f"v{decision.champion_before}" if decision.champion_before else "none"
+    print(f"{decision.name}: champion forced to v{version} (was {before}), manifest written, recorded as forced; "
+          f"`itff rollback {symbol} {target}` undoes it")
+    return 0
+
+
+def _chosen_partitions(settings, symbol: str | None, target: str | None) -> list[str] | None:
+    """The symbol x target keys --symbol/--target pick; None for all."""
+    if symbol is None and target is None:
+        return None
+    if symbol is not None and symbol not in settings.symbols:
+        raise CliError(f"--symbol {symbol}: not among the configured symbols (ITFF_SYMBOLS): {', '.join(settings.symbols)}")
+    if target is not None and target not in settings.targets:
+        raise CliError(f"--target {target}: not among the configured targets (ITFF_TARGETS): {', '.join(settings.targets)}")
+    return [f"{s}|{t}" for s in settings.symbols for t in settings.targets
+            if symbol in (None, s) and target in (None, t)]
 
 
 def replay(start: str, end: str) -> int:
@@ -116,7 +208,7 @@ def _materialize_monitoring(as_of: str, settings):
     from itff_platform.definitions import monitoring
     from itff_platform.defs.resources import ItffSettingsResource
 
-    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+    instance = DagsterInstance.get()
     resource = ItffSettingsResource(evaluation_as_of=as_of, monitoring_dir=str(settings.monitoring_dir),
                                     reports_dir=str(settings.reports_dir))
     return materialize(monitoring, instance=instance, resources={"itff": resource},
@@ -124,12 +216,54 @@ def _materialize_monitoring(as_of: str, settings):
                        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
 
 
+def _use_project_instance(settings) -> None:
+    """Runs go into the instance the Dagster UI reads: DAGSTER_HOME, else the project root (ITFF_HOME) that holds
+    dagster.yaml. A throwaway instance would hide them from the UI, so without either the CLI refuses."""
+    if os.environ.get("DAGSTER_HOME"):
+        return
+    home = settings.home.resolve()
+    if not (home / "dagster.yaml").is_file():
+        raise CliError(f"DAGSTER_HOME is not set and {home} holds no dagster.yaml: run itff from the project root, "
+                       "or set ITFF_HOME (or DAGSTER_HOME) to it, so the runs land in the instance the Dagster UI shows")
+    os.environ["DAGSTER_HOME"] = str(home)
+    # dagster.yaml's storage folders (.dagster/...) are relative, and Dagster resolves them against the working
+    # directory: work from the project root, as `make` does, with ITFF_HOME pinned for every Settings() made later.
+    os.environ.setdefault("ITFF_HOME", str(home))
+    os.chdir(home)
+
+
+def _registered_models(settings) -> list[str]:
+    """The registry's model names; a CliError when there is no registry yet."""
+    from pathlib import Path
+
+    uri = settings.tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise CliError(f"no MLflow registry at {uri.removeprefix('sqlite:///')}: run `itff train` (or `itff run`) first, "
+                       "or point ITFF_HOME / ITFF_MLFLOW_TRACKING_URI at the project")
+    from mlflow import MlflowClient
+
+    return sorted(m.name for m in MlflowClient(uri).search_registered_models(max_results=1000))
+
+
+def _require_model(settings, symbol: str, target: str) -> str:
+    from itff_platform.training.study import registered_name
+
+    name = registered_name(symbol, target)
+    known = _registered_models(settings)
+    if name not in known:
+        raise CliError(f"{name} is not a registered model. Registered: {', '.join(known) or 'none (run itff train first)'}; "
+                       f"configured symbols (ITFF_SYMBOLS): {', '.join(settings.symbols)}")
+    return name
+
+
 def rollback(symbol: str, target: str) -> int:
     from itff_platform.settings import get_settings
     from itff_platform.training.promotion import rollback_champion
 
+    settings = get_settings()
+    _require_model(settings, symbol.upper(), target)
     try:
-        current, previous = rollback_champion(get_settings(), symbol.upper(), target)
+        current, previous = rollback_champion(settings, symbol.upper(), target)
     except LookupError as error:
         print(f"rollback: {error}", file=sys.stderr)
         return 1
@@ -137,12 +271,22 @@ def rollback(symbol: str, target: str) -> int:
     return 0
 
 
+TARGETS = ("direction", "level_up", "forward_return")
+
+
 def sample_request(symbol: str, target: str, bars: int) -> int:
     """A /predict body holding the last `bars` candles of the packaged sample, for curl and smoke tests."""
     import json
     from datetime import datetime, timezone
 
-    from itff_platform.market.sample import SampleCandleSource
+    from itff_platform.market.sample import SampleCandleSource, sample_symbols
+
+    if target not in TARGETS:
+        raise CliError(f"TARGET {target!r} is not one of {', '.join(TARGETS)}")
+    if symbol.upper() not in sample_symbols():
+        raise CliError(f"SYMBOL {symbol!r}: the packaged sample has {', '.join(sample_symbols())}")
+    if bars < 1:
+        raise CliError(f"--bars {bars}: give at least 1 (800 covers the regime's 744-bar warm-up)")
 
     candles = SampleCandleSource().fetch(symbol.upper(), "1h", datetime(2021, 1, 1, tzinfo=timezone.utc), datetime(2025, 1, 1, tzinfo=timezone.utc))
     rows = [{"timestamp": r[0].isoformat(), "open": r[1], "high": r[2], "low": r[3], "close": r[4], "volume": r[5]}
@@ -151,46 +295,106 @@ def sample_request(symbol: str, target: str, bars: int) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="itff", description="ITFF Platform: lake, training and serving for market forecasts.")
+def _parser() -> argparse.ArgumentParser:
+    # --verbose is accepted before or after the command; SUPPRESS keeps a subcommand's default from hiding the global one.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
+                         help="full tracebacks on errors (and, for run, Dagster's step logs)")
+    parser = argparse.ArgumentParser(prog="itff", parents=[verbose],
+                                     description="ITFF Platform: lake, training and serving for market forecasts.")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="the main job: build the lake on the configured source, train, promote champions")
-    run.add_argument("--verbose", action="store_true", help="show Dagster's step logs for the lake")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=text, description=text, parents=[verbose])
+
+    run = command("run", "the main job: build the lake on the configured source, train, promote champions")
     run.add_argument("--lake-only", action="store_true", help="stop after the lake")
-    commands.add_parser("train", help="train every family for every symbol x target on the current lake")
-    commands.add_parser("promote", help="challenger vs champion for every symbol x target")
-    back = commands.add_parser("rollback", help="restore the previous champion of one model")
+    def positive(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+        return int(text)
+
+    def choose(sub: argparse.ArgumentParser, trials_help: str) -> None:
+        sub.add_argument("--symbol", type=str.upper, help="only this symbol (one of ITFF_SYMBOLS)")
+        sub.add_argument("--target", choices=TARGETS, help="only this target (one of ITFF_TARGETS)")
+        sub.add_argument("--trials", type=positive, help=trials_help)
+
+    choose(command("train", "train every family for every symbol x target on the current lake (or those chosen)"),
+           "Optuna trials per study, instead of ITFF_TRIALS")
+    promote = command("promote", "challenger vs champion for every symbol x target (or those chosen); "
+                      "--force VERSION serves a version without the test")
+    choose(promote, "retrain with this many trials per study first (ITFF_TRIALS), then promote")
+    promote.add_argument("--force", metavar="VERSION", type=positive,
+                         help="make VERSION the champion of --symbol/--target without the promotion test: the manifest "
+                         "is written, the alias moved, and the decision recorded as forced (rollback undoes it)")
+    back = command("rollback", "restore the previous champion of one model")
     back.add_argument("symbol")
-    back.add_argument("target", choices=["direction", "level_up", "forward_return"])
-    example = commands.add_parser("sample-request", help="print a /predict body with the sample's last candles")
-    example.add_argument("symbol")
-    example.add_argument("--target", default="direction")
+    back.add_argument("target", choices=TARGETS)
+    example = command("sample-request", "print a /predict body with the sample's last candles")
+    example.add_argument("symbol", help="a symbol of the packaged sample: BTCUSDT or ETHUSDT")
+    example.add_argument("target", nargs="?", help=f"one of {', '.join(TARGETS)} (default direction; or --target)")
+    example.add_argument("--target", dest="target_option", metavar="TARGET", help="the same as the positional TARGET")
     example.add_argument("--bars", type=int, default=800, help="800 covers the regime's 744-bar warm-up")
-    again = commands.add_parser("replay", help="step through START..END (YYYY-MM-DD) day by day: ingest, features, "
-                                "logged predictions, outcomes, drift and retrain decisions")
+    again = command("replay", "step through START..END (YYYY-MM-DD) day by day: ingest, features, "
+                    "logged predictions, outcomes, drift and retrain decisions")
     again.add_argument("start")
     again.add_argument("end")
-    commands.add_parser("settings", help="print the effective settings (ITFF_* environment applied)")
-    args = parser.parse_args(argv)
+    command("settings", "print the effective settings (ITFF_* environment applied; secrets hidden)")
+    return parser
 
-    if args.command == "settings":
-        from itff_platform.settings import get_settings
 
-        print(get_settings().model_dump_json(indent=2))
-        return 0
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    args.verbose = getattr(args, "verbose", False)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:
+        if args.verbose:
+            raise
+        print(f"itff {args.command}: {_one_line(error)}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "sample-request":
-        return sample_request(args.symbol, args.target, args.bars)
+        if args.target and args.target_option and args.target != args.target_option:
+            raise CliError(f"TARGET given twice: {args.target!r} and --target {args.target_option!r}; give one")
+        return sample_request(args.symbol, args.target or args.target_option or "direction", args.bars)
+    if args.command in ("train", "promote", "run"):
+        # A progress bar per Optuna study; set before the settings are first read.
+        os.environ.setdefault("ITFF_PROGRESS_BAR", "true" if sys.stderr.isatty() else "false")
+    if getattr(args, "trials", None):
+        if getattr(args, "force", None):
+            raise CliError("--trials retrains and --force skips the test: give one of them")
+        os.environ["ITFF_TRIALS"] = str(args.trials)
+    from itff_platform.settings import get_settings
+
+    settings = get_settings()  # validated up front: a bad ITFF_* value is one line naming it
+    if args.command == "settings":
+        import json
+
+        print(json.dumps(settings.for_display(), indent=2))
+        return 0
     if args.command == "rollback":
         return rollback(args.symbol, args.target)
+    if args.command == "promote" and args.force:  # the registry only: no Dagster run
+        return force_promotion(settings, args.symbol, args.target, str(args.force))
+    _use_project_instance(settings)  # every command below records Dagster runs
     if args.command == "replay":
+        _preflight(settings)
         return replay(args.start, args.end)
-    # A progress bar per Optuna study; set before the settings are first read.
-    os.environ.setdefault("ITFF_PROGRESS_BAR", "true" if sys.stderr.isatty() else "false")
-    if args.command == "train":
-        return 0 if run_training() else 1
-    if args.command == "promote":
-        return 0 if run_promotion() else 1
+    if args.command in ("train", "promote"):
+        only = _chosen_partitions(settings, args.symbol, args.target)
+        if args.command == "train" or args.trials:
+            if not run_training(only=only):
+                return 1
+        if args.command == "train":
+            return 0
+        return 0 if run_promotion(only=only) else 1
     if args.command == "run":
+        _preflight(settings)
         if not run_lake(quiet=not args.verbose):
             return 1
         if args.lake_only:

@@ -10,7 +10,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+import re
+
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Durations the platform understands, in seconds. Binance's interval names.
@@ -133,12 +135,13 @@ class Settings(BaseSettings):
     tradable_min_trades: int = Field(30, ge=0, description="Walk-forward trades the deployed rule must make to be tradable.")
     tradable_max_drawdown: float = Field(0.35, gt=0, le=1, description="Largest walk-forward drawdown a tradable rule may have.")
     # --- serving (tokens are secrets: set ITFF_API_TOKENS in the environment, never in the repo)
-    api_tokens: list[str] = Field(default_factory=list, description="Accepted X-API-Token values; empty refuses every prediction.")
-    admin_token: str | None = Field(None, description="Token for /admin/reload; unset disables the endpoint.")
+    # SecretStr keeps them out of `itff settings`, reprs and logs; readers call .get_secret_value().
+    api_tokens: list[SecretStr] = Field(default_factory=list, description="Accepted X-API-Token values; empty refuses every prediction.")
+    admin_token: SecretStr | None = Field(None, description="Token for /admin/reload; unset disables the endpoint.")
     rate_limit_per_minute: int = Field(600, ge=1, description="Requests per minute per token (bucket refill rate).")
     rate_limit_burst: int = Field(60, ge=1, description="Requests a token may make at once before the rate applies.")
     max_request_bytes: int = Field(2_000_000, ge=1024, description="Larger request bodies are refused with 413.")
-    tradingview_secret: str | None = Field(None, description="When set, /tradingview requires X-Signature = "
+    tradingview_secret: SecretStr | None = Field(None, description="When set, /tradingview requires X-Signature = "
                                            "HMAC-SHA256(secret, raw body), a recent sent_at, and a signature not seen before.")
     serve_workers: int = Field(2, ge=1, description="BentoML worker processes (one per core). Each enforces 1/N of a token's rate limit.")
     serve_access_log: bool = Field(False, description="BentoML's per-request access log; off because it costs ~25% of throughput.")
@@ -231,6 +234,15 @@ class Settings(BaseSettings):
                 setattr(self, name, self.home / path)
         return self
 
+    def for_display(self) -> dict:
+        """The settings as JSON-ready values with every secret hidden: tokens masked, passwords in URIs redacted."""
+        shown = self.model_dump(mode="json")  # SecretStr dumps as "**********"
+        for name in ("mlflow_tracking_uri", "optuna_storage", "service_url", "mlflow_ui_url", "binance_base_url",
+                     "binance_archive_url"):
+            if shown.get(name):
+                shown[name] = redact_uri(shown[name])
+        return shown
+
     @property
     def tracking_uri(self) -> str:
         return self.mlflow_tracking_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
@@ -259,6 +271,24 @@ class Settings(BaseSettings):
             return date(2024, 10, 1)
         today = date.today()
         return date(today.year + today.month // 12, today.month % 12 + 1, 1)
+
+
+_AUTHORITY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<authority>[^/?#]*)")
+
+
+def redact_uri(uri: str) -> str:
+    """`postgresql://user:pass@host/db` -> `postgresql://user:***@host/db`, and a bare token as user
+    (`https://token@host`) -> `https://***@host`: a URI safe to print or log."""
+
+    def hide(match: re.Match) -> str:
+        authority = match["authority"]
+        if "@" not in authority:
+            return match[0]
+        userinfo, host = authority.rsplit("@", 1)
+        user, has_password, _ = userinfo.partition(":")
+        return f"{match['scheme']}{user + ':***' if has_password else '***'}@{host}"
+
+    return _AUTHORITY.sub(hide, uri)
 
 
 @lru_cache(maxsize=1)

@@ -210,7 +210,7 @@ def reload_service(settings: Settings) -> str:
     if not settings.admin_token:
         return "skipped: ITFF_ADMIN_TOKEN is not set (the service still picks the champion up by polling)"
     try:
-        answer = httpx.post(f"{settings.service_url}/admin/reload", headers={"X-API-Token": settings.admin_token}, timeout=10)
+        answer = httpx.post(f"{settings.service_url}/admin/reload", headers={"X-API-Token": settings.admin_token.get_secret_value()}, timeout=10)
     except httpx.HTTPError as error:
         return f"service unreachable at {settings.service_url}: {error.__class__.__name__} (it will poll the alias itself)"
     return "reloaded" if answer.status_code == 200 else f"service answered {answer.status_code}: {answer.text[:200]}"

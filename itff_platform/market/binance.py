@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -71,6 +72,9 @@ class BinanceCandleSource:
                 log.warning("Binance answered %s; retrying in %.1fs (attempt %d)", error.code, wait, attempt + 1)
                 self.sleep(wait)
             except urllib.error.URLError as error:
+                if isinstance(error.reason, socket.gaierror):  # no DNS: waiting will not bring the network back
+                    raise BinanceError(f"GET {url}: cannot resolve the host ({error.reason.strerror}); without network "
+                                       "use ITFF_SOURCE=sample (the packaged candles) or ITFF_SOURCE=files") from error
                 if attempt == self.max_retries:
                     raise BinanceError(f"GET {url} failed: {error.reason}") from error
                 self.sleep(min(60.0, 2.0**attempt))

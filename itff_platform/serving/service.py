@@ -378,15 +378,15 @@ class ItffService:
 
 ItffService.add_asgi_middleware(
     GuardMiddleware,
-    tokens=SETTINGS.api_tokens,
-    admin_token=SETTINGS.admin_token,
+    tokens=[token.get_secret_value() for token in SETTINGS.api_tokens],
+    admin_token=SETTINGS.admin_token.get_secret_value() if SETTINGS.admin_token else None,
     per_minute=SETTINGS.rate_limit_per_minute,
     burst=SETTINGS.rate_limit_burst,
     workers=SETTINGS.serve_workers,
     max_bytes=SETTINGS.max_request_bytes,
     auth_failures_per_minute=SETTINGS.auth_failures_per_minute,
     auth_failure_burst=SETTINGS.auth_failure_burst,
-    tradingview_secret=SETTINGS.tradingview_secret,
+    tradingview_secret=SETTINGS.tradingview_secret.get_secret_value() if SETTINGS.tradingview_secret else None,
     tradingview_window_s=SETTINGS.tradingview_window_s,
     seen_signatures=state_dir(SETTINGS) / "tradingview-signatures",
 )

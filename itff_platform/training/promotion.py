@@ -271,6 +271,38 @@ def _trained_before(holder: Candidate, window_start: str, settings: Settings) ->
     return known <= datetime.fromisoformat(window_start)
 
 
+def no_champion_remedy(symbol: str, target: str, version: str | None = None) -> str:
+    """What to do when a model has no champion (the decision's reasons say why)."""
+    force = f"itff promote --symbol {symbol} --target {target} --force {version or 'VERSION'}"
+    return (f"to get one: raise ITFF_TRIALS and retrain (itff train --symbol {symbol} --target {target} --trials 20), "
+            f"or serve a version that did not pass anyway: {force}")
+
+
+def force_champion(settings: Settings, symbol: str, target: str, version: str) -> Decision:
+    """Make `version` the champion without the promotion test, as `itff promote --force VERSION` does: the manifest
+    is written and the alias moved exactly as for a promotion (_set_champion), and the decision is recorded as forced
+    (tag promotion_decision=forced), so the registry shows that no test backed it. Rollback undoes it as usual."""
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    client = MlflowClient(settings.tracking_uri)
+    name = registered_name(symbol, target)
+    known = sorted((v.version for v in client.search_model_versions(f"name = '{name}'")), key=int)
+    if str(version) not in map(str, known):
+        raise LookupError(f"{name} has no version {version}; its versions: {', '.join(map(str, known)) or 'none'}")
+    champion = _current_champion(client, name)
+    before = str(champion.version) if champion else None
+    if before == str(version):
+        raise LookupError(f"{name}: v{version} is already the champion")
+    forced_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    decision = Decision(name, True, str(version), before, "forced",
+                        [f"forced by itff promote --force at {forced_at}: v{version} is served without passing the "
+                         f"promotion test (champion before: {'v' + before if before else 'none'})"])
+    _set_champion(client, name, str(version))
+    decision.tradable = client.get_model_version(name, str(version)).tags.get("tradable") == "true"
+    _record(client, decision)
+    client.set_model_version_tag(name, str(version), "promotion_decision", "forced")
+    return decision
+
+
 def rollback_champion(settings: Settings, symbol: str, target: str) -> tuple[str, str]:
     """Point the champion alias back at the previous champion. Returns (from, to) versions."""
     client = MlflowClient(settings.tracking_uri)
