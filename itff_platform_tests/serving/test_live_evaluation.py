@@ -54,9 +54,8 @@ def meta_path(settings: Settings, version: str) -> Path:
     return Path(storage) / "artifacts" / "forecaster" / "meta.json"
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("live")
+def lake_and_champion(folder: Path) -> tuple[Settings, pl.DataFrame, str]:
+    """A lake running past a promoted champion's training data, under `folder`: settings, silver, champion version."""
     settings = Settings(home=folder, source="files", symbols=["PROMOUSDT"], targets=["direction"], trials=1, wf_folds=3,
                         start_date=date(2024, 1, 1), end_date=date(2024, 10, 1))
     silver = build_lake(settings)
@@ -64,12 +63,19 @@ def live(tmp_path_factory):
     train(settings, ["logistic"], noise=0.2)
     decision = promote_champion(settings, "PROMOUSDT", "direction")
     assert decision.promoted
+    return settings, silver, decision.challenger
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("live")
+    settings, silver, version = lake_and_champion(folder)
     process, url, log_file = start_service(folder, {
         "ITFF_API_TOKENS": json.dumps([TOKEN]), "ITFF_ADMIN_TOKEN": ADMIN, "ITFF_SERVE_WORKERS": "1",
         "ITFF_MODEL_MAX_AGE_DAYS": str(MAX_AGE_DAYS), "ITFF_PREDICTION_LOG_FLUSH_S": "3600",
         "ITFF_PREDICTION_LOG_FLUSH_ROWS": "1000000"})
     SERVER["process"] = process
-    yield url, settings, silver, trained_through(settings, decision.challenger)
+    yield url, settings, silver, trained_through(settings, version)
     process.terminate()
     process.wait(timeout=30)
     log_file.close()

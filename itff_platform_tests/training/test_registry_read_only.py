@@ -2,31 +2,22 @@
 dst_path, and on a local store MLflow then writes registered_model_meta into the model's own artifact folder,
 so the files a manifest vouches for change under it."""
 
-from datetime import date, timedelta
+from datetime import timedelta
 
 import mlflow
 import numpy as np
 import pytest
 
 from itff_platform.serving.store import ChampionStore
-from itff_platform.settings import Settings
 from itff_platform.training import promotion
 from itff_platform.training.promotion import artifact_manifest, promote_champion, verify_model
-from itff_platform_tests.serving.test_live_evaluation import build_lake, trained_through
-from itff_platform_tests.training.test_promotion import NAME, train
+from itff_platform_tests.serving.test_live_evaluation import lake_and_champion, trained_through
+from itff_platform_tests.training.test_promotion import NAME
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("read-only")
-    settings = Settings(home=folder, source="files", symbols=["PROMOUSDT"], targets=["direction"], trials=1, wf_folds=3,
-                        start_date=date(2024, 1, 1), end_date=date(2024, 10, 1))
-    silver = build_lake(settings)
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    train(settings, ["logistic"], noise=0.2)
-    decision = promote_champion(settings, "PROMOUSDT", "direction")
-    assert decision.promoted
-    return settings, silver, decision.challenger
+    return lake_and_champion(tmp_path_factory.mktemp("read-only"))
 
 
 def test_scoring_loading_and_verifying_a_champion_leave_its_artifacts_untouched(registry):
