@@ -95,15 +95,22 @@ def log_training_dataset(data: TrainingData, settings: Settings) -> None:
     from itff_platform.lake.layers import LakeTables
 
     version = data.table_versions.get("silver")
-    frame = pd.DataFrame(data.x, columns=data.features).assign(target=data.y)
-    with warnings.catch_warnings():  # the integer-label schema hint is about model inputs, not a dataset record
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
-        dataset = mlflow.data.from_pandas(
-            frame, source=DeltaDatasetSource(path=LakeTables.under(settings).silver, delta_table_version=version),
-            name=f"silver-{data.symbol}-{data.target}", targets="target")
-        mlflow.log_input(dataset, context="training",
-                         tags={"delta_table": "silver", "delta_version": str(version), "rows": str(len(data)),
-                               "symbol": data.symbol, "target": data.target})
+    # Every family of a symbol x target trains on the same rows: digest and profile them once (~1 s), not per study.
+    key = (data.symbol, data.target, version, len(data), str(data.timestamps[-1]))
+    if key not in _DATASETS:
+        frame = pd.DataFrame(data.x, columns=data.features).assign(target=data.y)
+        with warnings.catch_warnings():  # the integer-label schema hint is about model inputs, not a dataset record
+            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+            _DATASETS.clear()
+            _DATASETS[key] = mlflow.data.from_pandas(
+                frame, source=DeltaDatasetSource(path=LakeTables.under(settings).silver, delta_table_version=version),
+                name=f"silver-{data.symbol}-{data.target}", targets="target")
+    mlflow.log_input(_DATASETS[key], context="training",
+                     tags={"delta_table": "silver", "delta_version": str(version), "rows": str(len(data)),
+                           "symbol": data.symbol, "target": data.target})
+
+
+_DATASETS: dict[tuple, object] = {}  # the last symbol x target's dataset record, reused by its other studies
 
 
 def run_study(

@@ -62,3 +62,16 @@ def test_level_up_style_signals_never_short():
     prob = np.array([0.9, 0.1, 0.1, 0.9])
     result = backtest(prob, np.array([0.01, -0.05, -0.05, 0.01]), 0.6, 0, 1, 1, allow_short=False)
     assert result.metrics["trades"] == 2 and result.metrics["profit_factor"] == float("inf")
+
+
+def test_the_threshold_sweep_calls_match_the_classification_metrics():
+    """The sweep computes precision, recall and F1 itself (21 thresholds, several sweeps per study); they must be
+    exactly what classification_metrics reports at each threshold."""
+    rng = np.random.default_rng(3)
+    prob = rng.uniform(0.3, 0.75, 2000)
+    labels = (rng.uniform(size=2000) < prob).astype(int)
+    sweep = m.threshold_sweep(labels, prob, rng.normal(0, 0.01, 2000), horizon=4, fees_bps=10)
+    for row in sweep.iter_rows(named=True):
+        reference = m.classification_metrics(labels, prob, row["threshold"])
+        assert (row["precision"], row["recall"], row["f1"]) == pytest.approx(
+            (reference["precision"], reference["recall"], reference["f1"]), abs=1e-12)
