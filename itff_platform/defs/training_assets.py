@@ -19,6 +19,7 @@ from dagster import (
 
 from itff_platform.defs.checks import markdown_table
 from itff_platform.defs.resources import ItffSettingsResource
+from itff_platform.models import CLASSIFICATION_BASELINES, REGRESSION_BASELINES
 from itff_platform.settings import Settings
 
 SUMMARY_COLUMNS = {
@@ -104,7 +105,7 @@ def study_metadata(cfg: Settings, symbol: str, target: str, outcomes: list) -> d
         "mlflow_experiment": MetadataValue.url(f"{cfg.mlflow_ui_url.rstrip('/')}/#/experiments/{experiment}"),
         "mlflow_runs": MetadataValue.md("\n".join(links)),
     }
-    classifiers = table.filter(~pl.col("family").str.starts_with("baseline"))
+    classifiers = table.filter(~pl.col("family").is_in([*CLASSIFICATION_BASELINES, *REGRESSION_BASELINES]))
     if task == "classification" and classifiers.height:
         best = classifiers.sort("log_loss").row(0, named=True)
         metadata.update({"best_family": best["family"], "best_log_loss": best["log_loss"], "best_roc_auc": best["roc_auc"]})

@@ -29,6 +29,7 @@ import polars as pl
 from mlflow import MlflowClient
 
 from itff_platform.settings import Settings
+from itff_platform.training.metrics import row_losses
 from itff_platform.training.study import registered_name
 
 CHAMPION = "champion"
@@ -88,8 +89,6 @@ class OutOfSample:
         self.client, self.task, self._frames = client, task, {}
 
     def frame(self, run_id: str) -> pl.DataFrame | None:
-        from itff_platform.training.metrics import row_losses
-
         if run_id not in self._frames:
             try:
                 with tempfile.TemporaryDirectory() as scratch:
@@ -97,7 +96,7 @@ class OutOfSample:
             except Exception:  # a run from before per-row predictions were kept
                 self._frames[run_id] = None
                 return None
-            self._frames[run_id] = with_losses(frame, self.task, row_losses)
+            self._frames[run_id] = with_losses(frame, self.task)
         return self._frames[run_id]
 
     def losses(self, run_id: str, holdout: bool) -> pl.DataFrame | None:
@@ -105,7 +104,7 @@ class OutOfSample:
         return None if frame is None else frame.filter(pl.col("holdout") == holdout).select("timestamp", "loss")
 
 
-def with_losses(frame: pl.DataFrame, task: str, row_losses) -> pl.DataFrame:
+def with_losses(frame: pl.DataFrame, task: str) -> pl.DataFrame:
     prediction = frame.select("p10", "p50", "p90").to_numpy() if task == "regression" else frame["prob_up"].to_numpy()
     return frame.with_columns(loss=row_losses(task, frame["label"].to_numpy().astype(np.float64), prediction))
 
@@ -238,7 +237,6 @@ def _score_on_window(settings: Settings, symbol: str, target: str, model_uri: st
     import pandas as pd
 
     from itff_platform.training.dataset import training_data
-    from itff_platform.training.metrics import row_losses
 
     data = training_data(settings, symbol, target)
     start, end = (np.datetime64(w) for w in window)

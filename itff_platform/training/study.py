@@ -21,7 +21,7 @@ import optuna
 import pandas as pd
 import polars as pl
 
-from itff_platform.models import forecaster_class, make_forecaster
+from itff_platform.models import forecaster_class, is_baseline, make_forecaster
 from itff_platform.settings import Settings
 from itff_platform.training.dataset import TrainingData
 from itff_platform.training.evaluation import Evaluation, evaluate, out_of_sample, sample_weights
@@ -123,8 +123,8 @@ def run_study(
 ) -> StudyOutcome:
     cls = forecaster_class(family)
     is_torch = family in ("lstm", "transformer")
-    is_baseline = family.startswith("baseline_")
-    n_trials = 1 if is_baseline else (n_trials or (settings.torch_trials if is_torch else settings.trials))
+    baseline = is_baseline(family)
+    n_trials = 1 if baseline else (n_trials or (settings.torch_trials if is_torch else settings.trials))
     started = time.perf_counter()
     extra = {"last_return_column": data.features.index("log_return_1")} if family == "baseline_persistence" else {}
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
@@ -147,7 +147,7 @@ def run_study(
 
         def objective(trial: optuna.Trial) -> float:
             params = {**cls.search_space(trial), **extra}
-            weighting = trial.suggest_categorical("class_weight", ["balanced", "none"]) if data.task == "classification" and not is_baseline else "none"
+            weighting = trial.suggest_categorical("class_weight", ["balanced", "none"]) if data.task == "classification" and not baseline else "none"
             trial_started = time.perf_counter()
             # A nested run does not inherit its parent's experiment; without it trials land in "Default".
             with mlflow.start_run(experiment_id=experiment, run_name=f"trial-{trial.number}", nested=True):
@@ -205,11 +205,11 @@ def run_study(
             # equity.png, quantile_bands.png): the same path on every family's run is what "compare" sets side by side.
             for path in evaluation.figures.values():
                 mlflow.log_artifact(str(path))
-            refused = None if is_baseline else registration_refusal(metrics, settings)
+            refused = None if baseline else registration_refusal(metrics, settings)
             if refused:
                 mlflow.set_tag("not_registered", refused)
                 progress(f"[{data.symbol} {data.target} {family}] not registered: {refused}")
-            version = None if is_baseline or refused else _refit_and_register(data, family, params, weighting, evaluation, settings,
+            version = None if baseline or refused else _refit_and_register(data, family, params, weighting, evaluation, settings,
                                                                               folder, metrics)
             mlflow.set_tag("mlflow.note.content", run_summary(family, data, metrics, version, refused))
             figures = {}
