@@ -8,6 +8,7 @@ Every answered prediction is on disk (write-ahead) before its 200 is sent."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -376,6 +377,18 @@ async def readiness_details() -> tuple[bool, dict]:
     return await anyio.to_thread.run_sync(bentoml.get_current_service().readiness)
 
 
+async def openapi_document() -> dict:
+    return await anyio.to_thread.run_sync(_openapi_document)
+
+
+@functools.cache
+def _openapi_document() -> dict:
+    """BentoML's document plus what it cannot express: the token scheme, examples, enums, typed answers."""
+    from itff_platform.serving.openapi import documented
+
+    return documented(ItffService.openapi_spec.asdict(), SETTINGS)
+
+
 ItffService.add_asgi_middleware(
     GuardMiddleware,
     tokens=[token.get_secret_value() for token in SETTINGS.api_tokens],
@@ -390,4 +403,5 @@ ItffService.add_asgi_middleware(
     tradingview_window_s=SETTINGS.tradingview_window_s,
     seen_signatures=state_dir(SETTINGS) / "tradingview-signatures",
     readiness=readiness_details,
+    openapi=openapi_document,
 )
