@@ -14,11 +14,11 @@ BENTOML_ERROR_LOGGER = "bentoml._internal.server.http_app"  # where BentoML's lo
 
 
 def refusal(error, endpoint: str, status: int = 400):
-    """The JSON answer to a RequestError: {"error": "field: rule", "field": field}."""
+    """The JSON answer to a RequestError: {"error": "field: rule", "field": field, **its details}."""
     from starlette.responses import JSONResponse
 
     log.info("client error %d on %s: %s", status, endpoint, str(error)[:300])
-    return JSONResponse({"error": str(error), "field": error.field}, status_code=status)
+    return JSONResponse({"error": str(error), "field": error.field, **error.details}, status_code=status)
 
 
 def client_status(exc: BaseException | None) -> int | None:

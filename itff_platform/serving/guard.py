@@ -17,7 +17,10 @@ from urllib.parse import parse_qs
 
 log = logging.getLogger("itff_platform.serving.guard")
 PROTECTED = ("/predict", "/consensus", "/tradingview", "/admin/")
-DETAILS = "/readyz"  # GET /readyz is the bare probe; POST /readyz lists the models, so it needs a token
+# GET /readyz without a token is BentoML's bare probe (what Kubernetes calls); with a token, the guard answers it
+# with every model's state, which only a token holder may see.
+DETAILS = "/readyz"
+DOCUMENT = "/docs.json"  # the OpenAPI document, answered by the guard with the service's own additions
 # The API speaks JSON. TradingView posts JSON as text/plain; BentoML reads any other type as JSON too, except
 # these, which it parses as forms or pickles (a multipart body without a boundary made it answer 500).
 REFUSED_MEDIA_TYPES = ("multipart/", "application/x-www-form-urlencoded", "application/vnd.bentoml")
@@ -109,8 +112,11 @@ class GuardMiddleware:
     def __init__(self, app, tokens: list[str], admin_token: str | None, per_minute: int, burst: int, max_bytes: int,
                  workers: int = 1, auth_failures_per_minute: int = 10, auth_failure_burst: int = 20,
                  tradingview_secret: str | None = None, tradingview_window_s: float = 300.0,
-                 seen_signatures: Path | None = None) -> None:
+                 seen_signatures: Path | None = None, readiness=None, openapi=None) -> None:
+        """`readiness`: async () -> (ready, details) for GET /readyz with a token; `openapi`: async () -> the
+        document for GET /docs.json. Without them, both paths go to the app."""
         self.app, self.tokens, self.admin_token, self.max_bytes = app, list(tokens), admin_token, max_bytes
+        self.readiness, self.openapi = readiness, openapi
         self.per_minute = per_minute
         # Each worker process keeps its own buckets, so each enforces its share: N workers never allow N x the limit.
         self.buckets = TokenBuckets(max(1, per_minute // workers), max(1, burst // workers))
@@ -130,7 +136,9 @@ class GuardMiddleware:
             media = headers.get("content-type", "").split(";")[0].strip().lower()
             if media.startswith(REFUSED_MEDIA_TYPES):
                 return await self._refuse(send, scope, 415, "Content-Type", f"{media!r:.60} is not accepted; send application/json")
-        if not (path.startswith(PROTECTED) or (path == DETAILS and method == "POST")):
+        if not (path.startswith(PROTECTED) or (path == DETAILS and "x-api-token" in headers)):
+            if path == DOCUMENT and method == "GET" and self.openapi is not None:
+                return await _reply(send, 200, await self.openapi())
             return await self.app(scope, receive, send)
         client = (scope.get("client") or ("?", 0))[0]
         tokens = [v for k, v in pairs if k == "x-api-token"]
@@ -175,6 +183,9 @@ class GuardMiddleware:
             return await _reply(send, 429, {"error": f"rate limit: at most {self.per_minute} requests/minute per token",
                                             "retry_after_s": retry}, {"retry-after": str(retry)})
         self._limited.discard("token:" + hashlib.sha256(token.encode()).hexdigest()[:8])
+        if path == DETAILS and method == "GET" and self.readiness is not None:
+            ready, details = await self.readiness()
+            return await _reply(send, 200 if ready else 503, details)
         length = headers.get("content-length")
         if length is not None:
             if not length.isdigit():

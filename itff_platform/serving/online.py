@@ -26,7 +26,11 @@ PERPETUAL_SUFFIXES = (".P", "PERP")
 
 
 class RequestError(ValueError):
-    """A bad request: the message names the field and the rule."""
+    """A bad request: the message names the field and the rule; `details` are extra keys of the JSON answer."""
+
+    def __init__(self, message: str, **details: str | None) -> None:
+        super().__init__(message)
+        self.details = details
 
     @property
     def field(self) -> str:

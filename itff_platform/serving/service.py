@@ -8,6 +8,7 @@ Every answered prediction is on disk (write-ahead) before its 200 is sent."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -175,7 +176,7 @@ class ItffService:
             raise RequestError(f"target: {target!r:.40} is not one of {self.settings.targets}")
         model = self.store.get(symbol, target)
         if model is None:
-            raise RequestError(f"symbol/target: no verified champion is loaded for {symbol} {target}")
+            raise self.store.missing(symbol, target)
         return model
 
     async def _inputs(self, symbol, target, features, candles, regime, bar_time):
@@ -357,23 +358,35 @@ class ItffService:
                 "threshold": float(model.meta["threshold"]), **trading_permission(model.meta),
                 **model_age(model.meta, at or datetime.now(timezone.utc), self.settings.model_max_age_days)}
 
-    @bentoml.api(route="/healthz")
-    def healthz(self) -> dict:
-        return {"status": "ok"}
-
-    @bentoml.api(route="/readyz")
-    def readyz(self, ctx: bentoml.Context) -> dict:
-        """Every model's state: behind a token (the guard), unlike BentoML's bare GET /readyz probe."""
+    # No /healthz or /readyz APIs: a BentoML API is a POST, beside BentoML's own GET /healthz, /livez and /readyz.
+    # GET /readyz with a token lists the models (the guard answers it from readiness()).
+    def readiness(self) -> tuple[bool, dict]:
+        """(ready, every model's state; a model without a champion says why and what to do)."""
         ready = self.store.ready()
-        if not ready:
-            ctx.response.status_code = 503
-        return {"ready": ready, "models": self.store.report()}
+        return ready, {"ready": ready, "models": self.store.report()}
 
     @bentoml.api(route="/admin/reload")
     def reload(self) -> dict:
         changes = self.store.refresh()
         self._report(changes)
         return {"changes": changes, "models": self.store.report()}
+
+
+async def readiness_details() -> tuple[bool, dict]:
+    # Off the event loop: a model without a champion imports the promotion module for its remedy, once.
+    return await anyio.to_thread.run_sync(bentoml.get_current_service().readiness)
+
+
+async def openapi_document() -> dict:
+    return await anyio.to_thread.run_sync(_openapi_document)
+
+
+@functools.cache
+def _openapi_document() -> dict:
+    """BentoML's document plus what it cannot express: the token scheme, examples, enums, typed answers."""
+    from itff_platform.serving.openapi import documented
+
+    return documented(ItffService.openapi_spec.asdict(), SETTINGS)
 
 
 ItffService.add_asgi_middleware(
@@ -389,4 +402,6 @@ ItffService.add_asgi_middleware(
     tradingview_secret=SETTINGS.tradingview_secret.get_secret_value() if SETTINGS.tradingview_secret else None,
     tradingview_window_s=SETTINGS.tradingview_window_s,
     seen_signatures=state_dir(SETTINGS) / "tradingview-signatures",
+    readiness=readiness_details,
+    openapi=openapi_document,
 )

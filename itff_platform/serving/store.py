@@ -14,10 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from itff_platform.serving.online import RequestError
 from itff_platform.settings import Settings
 
 log = logging.getLogger(__name__)
 NO_CHAMPION = "no champion in the registry (no version has passed promotion yet)"
+NEVER_TRAINED = "no version is registered: it has not been trained"
+NOT_JUDGED = "promotion has not judged any of its versions yet"
 
 
 class IntegrityError(ValueError):
@@ -48,6 +51,9 @@ class ModelStatus:
     healthy: bool = False
     problem: str | None = None
     refused_versions: list[str] = field(default_factory=list)
+    # Without a champion: why (the registry's record of the last promotion decision), and the version it judged.
+    reason: str | None = None
+    judged_version: str | None = None
 
 
 class ChampionStore:
@@ -84,7 +90,9 @@ class ChampionStore:
                 version = client.get_model_version_by_alias(name, "champion")
             except MlflowException:
                 status.problem = NO_CHAMPION
+                status.reason, status.judged_version = last_decision(client, name)
                 continue
+            status.reason = status.judged_version = None
             current, wanted = loaded.get((symbol, target)), str(version.version)  # MLflow 3 hands back ints
             if current is not None and current.version == wanted:
                 continue
@@ -173,4 +181,50 @@ class ChampionStore:
         return any(st.healthy for st in statuses) and all(st.healthy or st.problem == NO_CHAMPION for st in statuses)
 
     def report(self) -> dict:
-        return {name: vars(status) for name, status in sorted(self.status.items())}
+        """Every model's state; a model without a champion also says why and what to do."""
+        report = {}
+        for (symbol, target) in self.keys():
+            status = self.status.get(f"itff-{symbol}-{target}")
+            if status is not None:
+                report[status.name] = {**vars(status), "remedy": self.remedy(symbol, target)}
+        return dict(sorted(report.items()))
+
+    def missing(self, symbol: str, target: str) -> RequestError:
+        """The 400 a prediction for a model with no loaded champion gets: why, and what to do."""
+        status = self.status.get(f"itff-{symbol}-{target}", ModelStatus(""))
+        if status.problem != NO_CHAMPION:  # there is a champion, but it is refused or not loaded (yet)
+            return RequestError(f"symbol/target: no verified champion is loaded for {symbol} {target}: "
+                                f"{status.problem or 'not loaded yet'}")
+        remedy = self.remedy(symbol, target)
+        return RequestError(f"symbol/target: {symbol} {target} has no champion: {status.reason}; {remedy}",
+                            reason=status.reason, remedy=remedy)
+
+    def remedy(self, symbol: str, target: str) -> str | None:
+        """What to do about a model without a champion; None for one that has one."""
+        status = self.status.get(f"itff-{symbol}-{target}")
+        if status is None or status.problem != NO_CHAMPION:
+            return None
+        promote = f"itff promote --symbol {symbol} --target {target}"
+        if status.reason == NEVER_TRAINED:
+            return f"to get one: train it (itff train --symbol {symbol} --target {target}), then {promote}"
+        if status.reason.startswith(NOT_JUDGED):
+            return f"to get one: let promotion judge it ({promote})"
+        # Imported here, as _load_verified does, not at module import: it pulls in sklearn, optuna and matplotlib (~1.4 s).
+        from itff_platform.training.promotion import no_champion_remedy
+
+        return no_champion_remedy(symbol, target, status.judged_version)
+
+
+def last_decision(client, name: str) -> tuple[str, str | None]:
+    """(why `name` has no champion, the version promotion last judged), from the registry's version tags, where
+    promotion records each decision and its reasons."""
+    versions = client.search_model_versions(f"name = '{name}'")
+    if not versions:
+        return NEVER_TRAINED, None
+    judged = [v for v in versions if "promotion_decision" in v.tags]
+    if not judged:
+        return f"{NOT_JUDGED} ({len(versions)} registered)", str(max(int(v.version) for v in versions))
+    last = max(judged, key=lambda v: int(v.version))
+    tags = last.tags
+    return (f"promotion {tags['promotion_decision']} v{last.version} at {tags.get('promotion_decided_at', '?')}: "
+            f"{tags.get('promotion_reasons', 'no reasons recorded')}"), str(last.version)

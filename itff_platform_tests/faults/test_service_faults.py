@@ -268,8 +268,8 @@ def test_readyz_details_need_a_token_and_the_probe_says_nothing(service):
     url, _, _ = service
     probe = httpx.get(f"{url}/readyz", timeout=10)
     assert probe.status_code == 200 and "itff-" not in probe.text
-    assert httpx.post(f"{url}/readyz", json={}, timeout=10).status_code == 401
-    details = post(url, "/readyz", {})
+    assert httpx.get(f"{url}/readyz", headers={"X-API-Token": "guess"}, timeout=10).status_code == 401
+    details = httpx.get(f"{url}/readyz", headers={"X-API-Token": TOKEN}, timeout=10)
     assert details.status_code == 200 and "itff-PROMOUSDT-direction" in details.json()["models"]
 
 

@@ -122,11 +122,16 @@ def test_form_and_pickle_bodies_get_415_on_every_post():
     assert ask(guarded(), headers=[("x-api-token", "good"), ("content-type", "text/plain")])[0] == 200  # TradingView's
 
 
-def test_readyz_details_need_a_token_and_the_get_probe_does_not():
-    assert ask(guarded(), path="/readyz")[0] == 401
-    assert ask(guarded(), path="/readyz", headers=[("x-api-token", "good")])[0] == 200
-    assert ask(guarded(), path="/readyz", headers=[("x-api-token", "admin")])[0] == 200
-    assert ask(guarded(), path="/readyz", method="GET")[0] == 200
+def test_get_readyz_with_a_token_lists_the_models_and_without_one_is_the_bare_probe():
+    async def readiness():
+        return False, {"ready": False, "models": {"itff-X-direction": {"problem": "no champion"}}}
+
+    guard = guarded(readiness=readiness)
+    for token in ("good", "admin"):  # an API token or the admin token
+        status, body = ask(guard, path="/readyz", method="GET", headers=[("x-api-token", token)])
+        assert status == 503 and body["models"]["itff-X-direction"]["problem"] == "no champion"
+    assert ask(guard, path="/readyz", method="GET")[0] == 200  # no token: the app's (BentoML's) probe answers
+    assert ask(guard, path="/readyz", method="GET", headers=[("x-api-token", "guess")])[0] == 401
 
 
 def test_tradingview_alerts_are_signed_over_the_raw_body_recent_and_accepted_once(tmp_path):

@@ -91,8 +91,8 @@ def test_ready_once_every_champion_is_loaded_and_verified(service):
     url, settings = service
     probe = httpx.get(f"{url}/readyz", timeout=10)  # BentoML's own probe asks __is_ready__, and says nothing more
     assert probe.status_code == 200 and "itff-" not in probe.text
-    assert httpx.post(f"{url}/readyz", json={}, timeout=10).status_code == 401  # the details need a token
-    ready = post(url, "/readyz", {})
+    assert httpx.post(f"{url}/readyz", json={}, timeout=10).status_code == 405  # GET only: no POST twin
+    ready = httpx.get(f"{url}/readyz", headers={"X-API-Token": TOKEN}, timeout=10)  # with a token: the details
     assert ready.status_code == 200 and ready.json()["ready"] is True
     champion = str(MlflowClient(settings.tracking_uri).get_model_version_by_alias("itff-PROMOUSDT-direction", "champion").version)
     assert ready.json()["models"]["itff-PROMOUSDT-direction"]["serving_version"] == champion

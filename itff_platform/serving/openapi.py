@@ -1,0 +1,259 @@
+"""The OpenAPI document at /docs.json: BentoML's, plus what it cannot say on its own.
+
+- The `X-API-Token` scheme, on every operation that needs it, so Swagger's "Authorize" and "Try it out" work.
+- The configured symbols and targets as enums, the feature names, and examples that the service really answers:
+  a feature row and the candles it came from, both from the packaged sample.
+- Typed answers. The endpoints still return plain dicts (validating every answer through a model would add work to
+  each request); the models below describe them, and the tests check real answers against them.
+- BentoML flattens every `anyOf` to its first member (`features` would read as an object only): restored here.
+
+Built once per worker, on the first request for the document."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from itff_platform.features.regime import REGIMES
+from itff_platform.settings import Settings
+
+Regime = Literal[tuple(REGIMES)]
+Signal = Literal["long", "short", "flat"]
+
+
+class Shut(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an answer with a field the document does not name fails the tests
+
+
+class Standing(Shut):
+    """Whether a model's rule trades, and how old it is (answers.trading_permission and answers.model_age)."""
+
+    tradable: bool = Field(description="its trading rule had a significant walk-forward edge after fees")
+    tradable_reason: str | None
+    model_age_days: float | None = Field(description="days from the model's last training bar to the bar asked about (or now)")
+    expired: bool = Field(description="model_age_days is past ITFF_MODEL_MAX_AGE_DAYS")
+
+
+class Answer(Standing):
+    """A prediction: probabilities for direction and level_up, quantile bands for forward_return."""
+
+    symbol: str
+    target: str
+    regime: Regime = Field(description="the lake's regime of the bar, else the candles', else the client's, else unknown")
+    model_version: str = Field(description="the registry version of the champion that answered")
+    family: str
+    signal: Signal = Field(description="flat when not confident enough, or when the champion is not tradable")
+    out_of_distribution: bool = Field(description="a scaled feature more than 6 training standard deviations out")
+    served_at: str
+    bar_time: str | None = Field(description="the bar the answer is about: bar_time, or the last candle's")
+    request_id: str = Field(description="the prediction log's key for this answer")
+    prob_up: float | None = Field(None, description="P(up); direction and level_up")
+    confidence: float | None = Field(None, description="max(prob_up, 1 - prob_up)")
+    threshold: float | None = Field(None, description="the confidence at which the champion's rule trades")
+    allow: bool | None = Field(None, description="confidence >= threshold and the champion is tradable")
+    uncertainty: float | None = Field(None, description="MC-dropout standard deviation (torch champions), else null")
+    p10: float | None = Field(None, description="forward_return's 10 % quantile")
+    p50: float | None = None
+    p90: float | None = None
+
+
+class AlertAnswer(Answer):
+    ticker: str
+    alert_close: float
+    bar_close: float = Field(description="the close of the bar that answered")
+    stale: bool = Field(description="answered from an older bar than the alert's (ITFF_TRADINGVIEW_STALE=flag)")
+    age_bars: int
+
+
+class BatchAnswer(Standing):
+    model_version: str
+    family: str
+    out_of_distribution: list[bool] = Field(description="one per row")
+    threshold: float | None = None
+    prob_up: list[float] | None = Field(None, description="one per row; direction and level_up")
+    signal: list[Signal] | None = None
+    bands: list[list[float]] | None = Field(None, description="[p10, p50, p90] per row; forward_return")
+
+
+class Vote(Standing):
+    family: str
+    model_version: str
+    prob_up: float
+    threshold: float
+
+
+class ConsensusAnswer(Standing):
+    """tradable is the champion's (a vote never trades a rule the champion would not); the age is the oldest voter's."""
+
+    symbol: str
+    target: str
+    prob_up: float = Field(description="the families' mean P(up), each weighted by its confidence |p - 0.5|")
+    signal: Signal
+    threshold: float
+    regime: Regime
+    bar_time: str | None
+    families: list[Vote]
+    skipped_families: dict[str, str] = Field(description="family -> why it does not vote")
+    served_at: str
+
+
+class ModelState(Shut):
+    name: str
+    serving_version: str | None
+    healthy: bool
+    problem: str | None
+    refused_versions: list[str] = Field(description="versions that failed their SHA-256 manifest")
+    reason: str | None = Field(description="without a champion: the registry's record of the last promotion decision")
+    judged_version: str | None
+    remedy: str | None = Field(description="without a champion: what to do")
+
+
+class Readiness(Shut):
+    ready: bool = Field(description="every champion the registry names is loaded and verified")
+    models: dict[str, ModelState]
+
+
+class Reloaded(Shut):
+    changes: dict[str, str] = Field(description="model -> what changed")
+    models: dict[str, ModelState]
+
+
+class Refusal(Shut):
+    error: str = Field(description="field: rule, in one line")
+    field: str | None = None
+    reason: str | None = Field(None, description="with no champion: why (the last promotion decision)")
+    remedy: str | None = Field(None, description="with no champion: what to do")
+    retry_after_s: int | None = Field(None, description="with a 429")
+
+
+ANSWERS = {"/predict": Answer, "/tradingview": AlertAnswer, "/predict_batch": BatchAnswer, "/consensus": ConsensusAnswer,
+           "/admin/reload": Reloaded}
+MODELS = [*ANSWERS.values(), Readiness, Refusal]
+SCHEMES = {
+    "ApiToken": {"type": "apiKey", "in": "header", "name": "X-API-Token", "description": "one of ITFF_API_TOKENS"},
+    "AdminToken": {"type": "apiKey", "in": "header", "name": "X-API-Token", "description": "ITFF_ADMIN_TOKEN"},
+    "TokenInUrl": {"type": "apiKey", "in": "query", "name": "token",
+                   "description": "an API token in the webhook URL (TradingView alerts cannot set headers)"},
+}
+REFUSALS = {"400": "the field and the rule it broke (with no champion: why, and what to do)",
+            "401": "X-API-Token missing or wrong", "413": "body over ITFF_MAX_REQUEST_BYTES",
+            "415": "not JSON", "429": "over the token's rate limit, or this address's failed-authentication budget"}
+
+
+def documented(spec: dict, settings: Settings) -> dict:
+    """The document BentoML generated (as a dict), completed. The argument is changed and returned."""
+    schemas = spec["components"]["schemas"]
+    for model in MODELS:
+        found = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update({name: openapi_30(s) for name, s in found.pop("$defs", {}).items()})
+        schemas[model.__name__] = openapi_30(found)
+    spec["components"]["securitySchemes"] = SCHEMES
+    examples = Examples(settings)
+    spec["components"]["examples"] = examples.named()
+    schemas["Candle"]["example"] = examples.candles[-1]
+    for path, item in spec["paths"].items():
+        if "post" in item:
+            document_operation(path, item["post"], settings, examples)
+    document_probes(spec["paths"])
+    return spec
+
+
+def document_operation(path: str, operation: dict, settings: Settings, examples: Examples) -> None:
+    operation["security"] = ([{"AdminToken": []}] if path.startswith("/admin/") else
+                             [{"ApiToken": []}, {"TokenInUrl": []}] if path == "/tradingview" else [{"ApiToken": []}])
+    responses = {str(code): answer for code, answer in operation["responses"].items()}
+    if path in ANSWERS:
+        responses["200"] = answer_with(ANSWERS[path].__name__, "the answer")
+    responses.update({code: answer_with("Refusal", why) for code, why in REFUSALS.items()})
+    responses.pop("404", None)  # BentoML's generic one: no endpoint here answers 404
+    operation["responses"] = dict(sorted(responses.items()))
+    body = operation["requestBody"]["content"]["application/json"]
+    properties = body["schema"].get("properties", {})
+    if "symbol" in properties:
+        properties["symbol"].update(enum=settings.symbols, description="one of the configured symbols (ITFF_SYMBOLS)")
+    if "target" in properties:
+        properties["target"].update(enum=list(settings.targets))
+    if "regime" in properties:
+        properties["regime"] = {"type": "string", "enum": REGIMES, "nullable": True, "default": None,
+                                "description": "used only when the lake does not hold the bar"}
+    if "features" in properties:
+        properties["features"] = examples.features_schema()
+    if "candles" in properties:
+        properties["candles"] = {"type": "array", "items": {"$ref": "#/components/schemas/Candle"}, "nullable": True,
+                                 "default": None, "description": f"oldest first, at least {examples.fewest} bars "
+                                 "(744 for a regime); the features are computed as the lake computes them"}
+    # By reference: the candles example is ~40 KB, written once in components.examples.
+    named = {"/predict": ["features", "candles"], "/consensus": ["features", "candles"], "/predict_batch": ["rows"],
+             "/tradingview": ["alert"]}.get(path, [])
+    if named:
+        body["examples"] = {name: {"$ref": f"#/components/examples/{name}"} for name in named}
+
+
+def document_probes(paths: dict) -> None:
+    """BentoML's GET probes: /readyz also lists the models, with a token."""
+    readyz = paths["/readyz"]["get"]
+    readyz["security"] = [{}, {"ApiToken": []}, {"AdminToken": []}]  # the token is optional here
+    readyz["description"] += (" Without a token, the bare probe (an empty body; Kubernetes calls it). With a token (an API "
+                              "token or the admin token), every model's state as JSON; a model without a champion "
+                              "says why and what to do.")
+    readyz["responses"] = {"200": answer_with("Readiness", "ready (with a token: the models' states)"),
+                           "503": answer_with("Readiness", "not ready (with a token: the models' states)")}
+
+
+def answer_with(schema: str, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+
+
+def openapi_30(schema):
+    """Pydantic writes JSON Schema 2020-12; the document is OpenAPI 3.0, which says `nullable` instead of a null type."""
+    if isinstance(schema, list):
+        return [openapi_30(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    schema = {key: openapi_30(value) for key, value in schema.items()}
+    options = schema.get("anyOf", [])
+    if {"type": "null"} in options:
+        rest = [option for option in options if option != {"type": "null"}]
+        schema.pop("anyOf")
+        schema.update(rest[0] if len(rest) == 1 and "$ref" not in rest[0] else {"anyOf": rest})
+        schema["nullable"] = True
+    return schema
+
+
+class Examples:
+    """Request examples the service answers: the packaged sample's last bars, and the feature row they give."""
+
+    def __init__(self, settings: Settings) -> None:
+        from itff_platform.features.silver import build_features, feature_columns
+        from itff_platform.market.sample import SAMPLE_INTERVAL, SampleCandleSource, sample_symbols
+        from itff_platform.serving.online import minimum_candles
+
+        self.settings, self.fewest = settings, minimum_candles(settings)
+        source = settings.symbols[0] if settings.symbols[0] in sample_symbols() else sample_symbols()[0]
+        frame = SampleCandleSource().fetch(source, SAMPLE_INTERVAL, datetime(2024, 1, 1, tzinfo=timezone.utc),
+                                           datetime(2025, 1, 1, tzinfo=timezone.utc)).tail(800)
+        self.names = feature_columns(settings)
+        self.row = {k: round(v, 6) for k, v in build_features(frame, settings).collect().select(self.names).row(-1, named=True).items()}
+        self.candles = [{"timestamp": r[0].isoformat(), "open": r[1], "high": r[2], "low": r[3], "close": r[4], "volume": r[5]}
+                        for r in frame.tail(self.fewest).select("timestamp", "open", "high", "low", "close", "volume").iter_rows()]
+
+    def named(self) -> dict:
+        """components.examples: request bodies, by name."""
+        head = {"symbol": self.settings.symbols[0], "target": self.settings.targets[0]}
+        last = self.candles[-1]
+        alert = {"ticker": f"BINANCE:{head['symbol']}", "close": last["close"], "time": last["timestamp"],
+                 "target": head["target"], "candles": self.candles}
+        return {"features": {"summary": "a feature row", "value": {**head, "features": self.row}},
+                "candles": {"summary": f"{self.fewest} candles: the fewest the features need (744 give a regime too)",
+                            "value": {**head, "candles": self.candles}},
+                "rows": {"summary": "one row, values in the model's feature order", "value": {**head, "rows": [list(self.row.values())]}},
+                "alert": {"summary": "an alert with the candles of its bar", "value": alert}}
+
+    def features_schema(self) -> dict:
+        number = {"type": "number"}
+        return {"nullable": True, "default": None, "example": self.row,
+                "description": "the model's features, by name, or as a list in this order: " + ", ".join(self.names),
+                "anyOf": [{"type": "object", "properties": {name: number for name in self.names}, "additionalProperties": number},
+                          {"type": "array", "items": number, "minItems": len(self.names), "maxItems": len(self.names)}]}
