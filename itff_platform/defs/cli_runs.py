@@ -50,7 +50,7 @@ def execute_job(
     backfill), in this process against `instance`. Failures are reported on the result, not raised."""
     from itff_platform.definitions import defs
 
-    job = defs.get_job_def(job_name)
+    job = defs.resolve_job_def(job_name)
     selection = {AssetKey(name) for name in assets} if assets else None
     tags = dict(tags or {})
     if partition_range is not None:
