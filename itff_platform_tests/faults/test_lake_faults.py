@@ -90,7 +90,7 @@ def test_bad_files_are_set_aside_and_every_other_file_and_symbol_proceeds(tmp_pa
                         "BTCUSDT-1h-2024-01-vendor.csv", "BTCUSDT-1h-2024-01-vendor.csv.reason.txt"}
     assert "rule: readable" in (drop / "rejected" / "ETHUSDT-1h-2024-01-extra.csv.gz.reason.txt").read_text()
     assert "rule: comma_separated" in (drop / "rejected" / "BTCUSDT-1h-2024-01-vendor.csv.reason.txt").read_text()
-    assert sorted(meta(result, "raw_candles")["rejected_files"]) == ["BTCUSDT-1h-2024-01-vendor.csv", "ETHUSDT-1h-2024-01-extra.csv.gz"]
+    assert sorted(meta(result, "raw_candles")["run_rejected_files"]) == ["BTCUSDT-1h-2024-01-vendor.csv", "ETHUSDT-1h-2024-01-extra.csv.gz"]
     failed = check(result, "no_rejected_files")
     assert failed.passed is False and failed.severity == AssetCheckSeverity.ERROR
     assert "EOFError" in failed.metadata["reasons"].value["ETHUSDT-1h-2024-01-extra.csv.gz"]
