@@ -70,23 +70,30 @@ def _preflight(settings) -> None:
                                "(CSV/Parquet candles in ITFF_DROP_DIR)") from error
 
 
+# The CLI's steps, each a named job of the Definitions (and the assets of it the step runs, where not all).
+CLI_JOBS = {"lake": ("lake_job", None), "training": ("training_job", ["trained_models"]), "promotion": ("promotion_job", None)}
+
+
+def _log_level(quiet: bool) -> dict:
+    return {"loggers": {"console": {"config": {"log_level": "WARNING" if quiet else "INFO"}}}}
+
+
 def _materialize(assets_selection: str, quiet: bool, only: list[str] | None = None) -> list:
-    """One Dagster run over every partition of the selected assets, in the instance `make dev` shows; with `only`
-    (some symbol x target keys, from --symbol/--target), one run per chosen partition."""
-    from dagster import DagsterInstance, materialize
+    """One run of the step's named job over every partition (a single-run backfill), in the instance `make dev`
+    shows, under the code location it shows; with `only` (some symbol x target keys, from --symbol/--target), one run
+    per chosen partition."""
+    from dagster import DagsterInstance
 
     from itff_platform.definitions import lake, promotion, training
-    from itff_platform.defs.resources import ItffSettingsResource
+    from itff_platform.defs.cli_runs import execute_job
 
-    assets = {"lake": lake, "training": training, "promotion": promotion}[assets_selection]
-    keys = assets[0].partitions_def.get_partition_keys()
+    job, assets = CLI_JOBS[assets_selection]
+    keys = {"lake": lake, "training": training, "promotion": promotion}[assets_selection][0].partitions_def.get_partition_keys()
     instance = DagsterInstance.get()  # DAGSTER_HOME is the project's (see _use_project_instance)
-    options = dict(instance=instance, resources={"itff": ItffSettingsResource()}, raise_on_error=False,
-                   run_config={"loggers": {"console": {"config": {"log_level": "WARNING" if quiet else "INFO"}}}})
+    options = dict(assets=assets, run_config=_log_level(quiet))
     if only is not None and set(only) != set(keys):
-        return [materialize(assets, partition_key=key, **options) for key in keys if key in only]
-    return [materialize(assets, tags={"dagster/asset_partition_range_start": keys[0],
-                                      "dagster/asset_partition_range_end": keys[-1]}, **options)]
+        return [execute_job(job, instance, partition_key=key, **options) for key in keys if key in only]
+    return [execute_job(job, instance, partition_range=(keys[0], keys[-1]), **options)]
 
 
 def run_lake(quiet: bool = True) -> bool:
@@ -131,7 +138,7 @@ def run_promotion(only: list[str] | None = None) -> bool:
     print("\nPromotion (serve a challenger only if it beats the better baseline, and the champion, with 95 % confidence "
           "on the holdout window; trade its rule only if its walk-forward edge after fees is significant):", flush=True)
     results = _materialize("promotion", quiet=True, only=only)
-    # A single-run backfill reports the same summary on every partition's event: print each model once.
+    # Each partition's event carries its own decision (and only it); keyed by model, each is printed once.
     rows = {row["model"]: row for result in results for event in result.get_asset_materialization_events()
             for row in event.materialization.metadata["summary"].value}
     for row in rows.values():
@@ -202,18 +209,42 @@ def replay(start: str, end: str) -> int:
     return 0 if result.success else 1
 
 
-def _materialize_monitoring(as_of: str, settings):
-    from dagster import DagsterInstance, materialize
+def _materialize_monitoring(as_of: str | None = None, settings=None, trigger: str = "replay"):
+    """evaluation_job: prediction_outcomes and drift_monitor; as of a replay's last day, on its own log, or now."""
+    from dagster import DagsterInstance
 
-    from itff_platform.definitions import monitoring
-    from itff_platform.defs.resources import ItffSettingsResource
+    from itff_platform.defs.cli_runs import execute_job
 
-    instance = DagsterInstance.get()
-    resource = ItffSettingsResource(evaluation_as_of=as_of, monitoring_dir=str(settings.monitoring_dir),
-                                    reports_dir=str(settings.reports_dir))
-    return materialize(monitoring, instance=instance, resources={"itff": resource},
-                       tags={"itff/trigger": "replay"}, raise_on_error=False,
-                       run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+    config = {} if settings is None else {"evaluation_as_of": as_of, "monitoring_dir": str(settings.monitoring_dir),
+                                          "reports_dir": str(settings.reports_dir)}
+    return execute_job("evaluation_job", DagsterInstance.get(), tags={"itff/trigger": trigger},
+                       run_config={"resources": {"itff": {"config": config}}, **_log_level(True)})
+
+
+def run_monitoring() -> bool:
+    """After `itff run`: materialize the monitoring assets too, so the UI shows every asset materialized. Without
+    live predictions yet they say so; drift needs none."""
+    result = _materialize_monitoring(trigger="run")
+    outcomes = next((e.materialization.metadata for e in result.get_asset_materialization_events()
+                     if e.asset_key.to_user_string() == "prediction_outcomes"), {})
+    status = outcomes["status"].value if "status" in outcomes else "see the Dagster UI"
+    print(f"\nMonitoring: prediction_outcomes and drift_monitor {'materialized' if result.success else 'FAILED'} "
+          f"(evaluation_job): {status}")
+    return result.success
+
+
+def run_maintenance() -> bool:
+    """Last step of `itff run`: lake_maintenance_job (compaction, vacuum past the retention, silver against bronze).
+    After a fresh run it finds nothing to rewrite, so the table versions the run recorded stay current."""
+    from dagster import DagsterInstance
+
+    from itff_platform.defs.cli_runs import execute_job
+
+    result = execute_job("lake_maintenance_job", DagsterInstance.get(), tags={"itff/trigger": "run"}, run_config=_log_level(True))
+    meta = next((e.materialization.metadata for e in result.get_asset_materialization_events()), {})
+    reclaimed = f"{meta['bytes_reclaimed'].value} bytes reclaimed" if "bytes_reclaimed" in meta else "see the Dagster UI"
+    print(f"Lake maintenance {'done' if result.success else 'FAILED'} (lake_maintenance_job): {reclaimed}")
+    return result.success
 
 
 def _use_project_instance(settings) -> None:
@@ -399,7 +430,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 1
         if args.lake_only:
             return 0
-        return 0 if run_training() and run_promotion() else 1
+        return 0 if run_training() and run_promotion() and run_monitoring() and run_maintenance() else 1
     return 2
 
 

@@ -8,6 +8,7 @@ from dagster import AssetCheckKey, AssetSelection, Definitions, define_asset_job
 warnings.filterwarnings("ignore", message=".*is currently in beta.*")
 
 from itff_platform.defs.automation import automation, maintenance_schedule
+from itff_platform.defs.metadata import OWNERS
 from itff_platform.defs.lake_assets import lake_assets, maintenance_assets
 from itff_platform.defs.monitoring_assets import monitoring_assets
 from itff_platform.defs.training_assets import promotion_assets, training_assets
@@ -21,19 +22,37 @@ promotion = promotion_assets(settings)
 monitoring = monitoring_assets()
 maintenance = maintenance_assets(settings)
 
-lake_job = define_asset_job("lake_job", selection=["raw_candles", "bronze_candles", "silver_features"])
-training_job = define_asset_job("training_job", selection=["trained_models", "champion_models"])
-evaluation_job = define_asset_job("evaluation_job", selection=["prediction_outcomes", "drift_monitor"])
-# Housekeeping apart from lake_job, so `itff run` and backfills never vacuum: compaction, vacuum, and the check
-# that silver holds what bronze holds (which also runs with every lake_job).
-maintenance_job = define_asset_job("lake_maintenance_job", selection=AssetSelection.assets("lake_maintenance")
-                                   | AssetSelection.checks(AssetCheckKey(lake[2].key, "silver_matches_bronze")))
+
+def job(name: str, selection, description: str):
+    return define_asset_job(name, selection=selection, description=description, owners=OWNERS)
+
+
+# Every run has one of these names, in the UI as from the CLI (itff_platform/defs/cli_runs.py): never
+# __ephemeral_asset_job__.
+lake_job = job("lake_job", ["raw_candles", "bronze_candles", "silver_features"],
+               "raw -> bronze -> silver for the chosen (symbol, month) partitions, with their checks: `itff run` "
+               "(all partitions, one run), the daily refresh and the drop-folder sensor.")
+training_job = job("training_job", ["trained_models", "champion_models"],
+                   "Train every family for the chosen symbol x target partitions, then decide the champions: the retrain "
+                   "sensors run it whole; `itff train` runs its trained_models only.")
+promotion_job = job("promotion_job", ["champion_models"],
+                    "Challenger vs champion for the chosen symbol x target partitions, without retraining: `itff promote` "
+                    "and the promotion step of `itff run`.")
+evaluation_job = job("evaluation_job", ["prediction_outcomes", "drift_monitor"],
+                     "Live quality of the logged predictions and drift of every champion: weekly, after `itff run`, and "
+                     "after `itff replay`.")
+# Housekeeping apart from lake_job, so a backfill or a daily refresh never vacuums mid-way: compaction, vacuum, and the
+# check that silver holds what bronze holds (which also runs with every lake_job). `itff run` runs it last.
+maintenance_job = job("lake_maintenance_job", AssetSelection.assets("lake_maintenance")
+                      | AssetSelection.checks(AssetCheckKey(lake[2].key, "silver_matches_bronze")),
+                      "Compact, vacuum and checkpoint every lake table, and check silver against bronze: on its schedule, "
+                      "and as the last step of `itff run`.")
 schedules, sensors = automation(settings, lake_job, training_job, evaluation_job)
 schedules.append(maintenance_schedule(settings, maintenance_job))
 
 defs = Definitions(
     assets=[*lake, *training, *promotion, *monitoring, *maintenance],
-    jobs=[lake_job, training_job, evaluation_job, maintenance_job],
+    jobs=[lake_job, training_job, promotion_job, evaluation_job, maintenance_job],
     schedules=schedules,
     sensors=sensors,
     resources={"itff": ItffSettingsResource()},

@@ -35,11 +35,11 @@ QUARANTINE_ROWS_SHOWN = 20
 def check_detail(name: str, meta: dict) -> str:
     """One line on what a failed or warning lake check found, and where to look."""
     if name == "no_unexpected_gaps":
-        return f"  ({meta['gap_count']} gaps, {meta['missing_bars']} missing bars: real exchange outages)"
+        return f"  ({meta['unexpected_gaps']} of {meta['gap_count']} gaps outside the exchange outages on record: see the check in the UI)"
     if name == "no_rejected_files":
         return f"  ({meta['rejected_files']} file(s) set aside into the drop folder's rejected/: {', '.join(meta['reasons'])})"
     if name == "no_rows_out_of_range":
-        return f"  ({meta['out_of_range_rows']} row(s) outside the lake's months, kept in quarantine as out_of_range)"
+        return f"  ({meta['future_rows']} row(s) stamped in the future, kept in quarantine as out_of_range: check the file's timestamps)"
     if name == "price_continuity":
         return f"  ({meta['breaks']} bar(s) beyond the ATR limit: a wrong symbol's file? see the check in the UI)"
     if name == "silver_matches_bronze":

@@ -3,7 +3,6 @@
 import polars as pl
 from dagster import (
     AssetCheckResult,
-    AssetCheckSpec,
     AssetDep,
     AssetExecutionContext,
     BackfillPolicy,
@@ -29,8 +28,10 @@ from itff_platform.defs.checks import (
     schema_check_results,
     silver_freshness_check_result,
 )
+from itff_platform.defs.metadata import OWNERS, in_partition, partition_table_metadata, rows_in, table_schema
 from itff_platform.defs.partitions import lake_partitions, months_by_symbol
 from itff_platform.defs.resources import ItffSettingsResource
+from itff_platform.lake.schemas import BronzeCandles, RawCandles, SilverFeatures
 from itff_platform.settings import Settings
 
 
@@ -43,14 +44,15 @@ def lake_assets(settings: Settings) -> list:
         backfill_policy=single_run,
         group_name="lake",
         kinds={"delta", "polars"},
-        check_specs=[*check_specs("raw_candles", ["raw_schema"], ["no_rows_out_of_range"]),
-                     AssetCheckSpec("no_rejected_files", asset="raw_candles")],
+        check_specs=[*check_specs("raw_candles", ["raw_schema"], ["no_rows_out_of_range", "no_rejected_files"])],
+        owners=OWNERS,
+        metadata={"dagster/column_schema": table_schema(RawCandles)},
         description="Candles as received from the configured source, with source, ingested_at and batch_id. "
                     "Unusable drop files are set aside into rejected/; rows outside the lake's months go to quarantine.",
     )
     def raw_candles(context: AssetExecutionContext, itff: ItffSettingsResource) -> MaterializeResult:
-        from itff_platform.lake.layers import ingest_raw, lake_months
-        from itff_platform.lake.schemas import RawCandles, schema_failures
+        from itff_platform.lake.layers import LakeTables, ingest_raw, lake_months
+        from itff_platform.lake.schemas import schema_failures
 
         cfg, source = itff.settings(), itff.candle_source()
         ingests = {}
@@ -69,17 +71,20 @@ def lake_assets(settings: Settings) -> list:
         other = pl.concat([i.other_months.with_columns(pl.lit(s).alias("symbol")) for s, i in ingests.items()])
         first, end = lake_months(cfg)
         failures = schema_failures(RawCandles, raw)
+        for key, meta in partition_metadata(context, LakeTables.under(cfg).raw, cfg.interval).items():
+            context.add_asset_metadata(meta, partition_key=key)
+        # The rest is the run's: what the source handed over for all of the run's partitions (run_partitions of them).
         return MaterializeResult(
             metadata={
-                "rows": raw.height,
+                "dagster/column_schema": table_schema(RawCandles, raw.schema),
                 "source": source.name,
-                "rows_by_symbol": _rows_by_symbol(raw),
-                "rows_received": sum(i.received for i in ingests.values()),
-                "rows_for_other_months": int(other["rows"].sum()) if other.height else 0,
-                "other_months": markdown_table(other.select("symbol", pl.col("month").cast(pl.String), "rows")),
-                "out_of_range_rows": out_of_range.height,
-                "rejected_files": MetadataValue.json([r["file"] for r in rejected]),
-                "received_reconciles": all(i.reconciles for i in ingests.values()),
+                "run_partitions": len(context.partition_keys),
+                "run_rows_received": sum(i.received for i in ingests.values()),
+                "run_rows_for_other_months": int(other["rows"].sum()) if other.height else 0,
+                "run_other_months": markdown_table(other.select("symbol", pl.col("month").cast(pl.String), "rows")),
+                "run_out_of_range_rows": out_of_range.height,
+                "run_rejected_files": MetadataValue.json([r["file"] for r in rejected]),
+                "run_received_reconciles": all(i.reconciles for i in ingests.values()),
             },
             check_results=[
                 *schema_check_results(failures, ["raw_schema"], "raw_schema", {}),
@@ -96,26 +101,32 @@ def lake_assets(settings: Settings) -> list:
         kinds={"delta", "pandera"},
         check_specs=check_specs("bronze_candles", BRONZE_BLOCKING, ["no_unexpected_gaps", "price_continuity"]),
         description="Typed, deduplicated, sorted, validated candles. Rejected rows go to bronze/quarantine with their rule.",
+        owners=OWNERS,
+        metadata={"dagster/column_schema": table_schema(BronzeCandles)},
     )
     def bronze_candles(context: AssetExecutionContext, itff: ItffSettingsResource) -> MaterializeResult:
-        from itff_platform.lake.layers import build_bronze
-        from itff_platform.lake.schemas import BronzeCandles, schema_failures
+        from itff_platform.lake.layers import LakeTables, build_bronze
+        from itff_platform.lake.partition_stats import table_uri
+        from itff_platform.lake.schemas import QuarantinedCandles, schema_failures
+        from itff_platform.market.outages import explain_gaps
 
         cfg = itff.settings()
         reports = {symbol: build_bronze(cfg, symbol, months) for symbol, months in months_by_symbol(context.partition_keys).items()}
         bronze = pl.concat([r.result.bronze for r in reports.values()])
         quarantine = pl.concat([r.result.quarantine for r in reports.values()])
-        gaps = pl.concat([r.gaps for r in reports.values()])
+        gaps = explain_gaps(pl.concat([r.gaps for r in reports.values()]), cfg.interval_seconds)
         breaks = pl.concat([r.breaks for r in reports.values()])
         raw_rows = sum(r.result.raw_rows for r in reports.values())
         collapsed = sum(r.result.collapsed_duplicates for r in reports.values())
         reconciles = raw_rows == bronze.height + quarantine.height + collapsed
-        rules = quarantine.group_by("rule").len().sort("rule")
         for symbol, report in reports.items():
             context.log.info(
                 f"{symbol}: raw {report.result.raw_rows} = bronze {report.result.bronze.height} + quarantined "
                 f"{report.result.quarantine.height} + collapsed duplicates {report.result.collapsed_duplicates}"
             )
+        tables = LakeTables.under(cfg)
+        for key, meta in _bronze_partition_metadata(context, tables, cfg.interval, quarantine, gaps, breaks).items():
+            context.add_asset_metadata(meta, partition_key=key)
         checks = schema_check_results(schema_failures(BronzeCandles, bronze), BRONZE_BLOCKING[:-1], "bronze_schema", BRONZE_CHECK_OF)
         checks.append(
             AssetCheckResult(
@@ -125,17 +136,12 @@ def lake_assets(settings: Settings) -> list:
             )
         )
         checks.append(gap_check_result(gaps, cfg.gap_tolerance_bars))
-        checks.append(continuity_check_result(breaks, cfg.continuity_atr_multiple))
+        checks.append(continuity_check_result(breaks, cfg.continuity_atr_multiple, gaps))
         return MaterializeResult(
             metadata={
-                "raw_rows": raw_rows,
-                "bronze_rows": bronze.height,
-                "quarantined_rows": quarantine.height,
-                "collapsed_exact_duplicates": collapsed,
-                "quarantine_rules": markdown_table(rules),
-                "rows_by_symbol": _rows_by_symbol(bronze),
-                "gap_count": gaps.height,
-                "continuity_breaks": breaks.height,
+                "dagster/column_schema": table_schema(BronzeCandles, bronze.schema),
+                "quarantine_uri": table_uri(tables.quarantine),
+                "quarantine_column_schema": table_schema(QuarantinedCandles),
             },
             check_results=checks,
         )
@@ -158,11 +164,13 @@ def lake_assets(settings: Settings) -> list:
         kinds={"delta", "polars"},
         check_specs=check_specs("silver_features", ["silver_schema"]),
         description="Features, market regime and labels per bar, computed from an anchored window of bronze.",
+        owners=OWNERS,
+        metadata={"dagster/column_schema": table_schema(SilverFeatures)},
     )
     def silver_features(context: AssetExecutionContext, itff: ItffSettingsResource) -> MaterializeResult:
         from itff_platform.features.silver import feature_columns
-        from itff_platform.lake.layers import build_silver
-        from itff_platform.lake.schemas import SilverFeatures, schema_failures
+        from itff_platform.lake.layers import LakeTables, build_silver
+        from itff_platform.lake.schemas import schema_failures
 
         cfg = itff.settings()
         frames = []
@@ -170,11 +178,11 @@ def lake_assets(settings: Settings) -> list:
             frames.append(build_silver(cfg, symbol, months))
             context.log.info(f"{symbol}: {frames[-1].height} silver rows for {len(months)} month(s)")
         silver = pl.concat(frames)
-        # A single-run backfill builds many (symbol, month) partitions: each gets its own counts, never the run's.
-        for key in context.partition_keys:
-            context.add_asset_metadata(_silver_partition_metadata(silver, key), partition_key=key)
+        for key, meta in partition_metadata(context, LakeTables.under(cfg).silver, cfg.interval).items():
+            context.add_asset_metadata(meta | _silver_partition_metadata(in_partition(silver, key)), partition_key=key)
         return MaterializeResult(
-            metadata={"features": MetadataValue.json(feature_columns(cfg)), "label_horizon_bars": cfg.label_horizon},
+            metadata={"dagster/column_schema": table_schema(SilverFeatures, silver.schema),
+                      "features": MetadataValue.json(feature_columns(cfg)), "label_horizon_bars": cfg.label_horizon},
             check_results=schema_check_results(schema_failures(SilverFeatures, silver), ["silver_schema"], "silver_schema", {}),
         )
 
@@ -200,6 +208,7 @@ def maintenance_assets(settings: Settings) -> list:
     @asset(
         group_name="lake",
         kinds={"delta"},
+        owners=OWNERS,
         description=f"Compacts small files, deletes Parquet files the lake stopped using once older than "
                     f"ITFF_LAKE_VACUUM_RETENTION_HOURS ({settings.lake_vacuum_retention_hours} h), checkpoints. "
                     "Reports bytes before, after and reclaimed per table.",
@@ -226,19 +235,42 @@ def maintenance_assets(settings: Settings) -> list:
     return [lake_maintenance]
 
 
-def _silver_partition_metadata(silver: pl.DataFrame, key) -> dict:
-    """One (symbol, month) partition's rows, regimes and label balance, out of a run's silver frame."""
-    ((symbol, (month,)),) = months_by_symbol([key]).items()
-    part = silver.filter((pl.col("symbol") == symbol) & (pl.col("month") == month.date()))
+def partition_metadata(context: AssetExecutionContext, table: str, interval: str) -> dict:
+    """Each partition of the run, with its own row count read back from the Delta log, the table's URI and the version
+    written. A single-run backfill writes many (symbol, month) partitions: each shows its own figures, never the run's."""
+    from itff_platform.lake.delta import table_version
+    from itff_platform.lake.partition_stats import partition_rows, table_uri
+
+    counts, uri, version = partition_rows(table, interval), table_uri(table), table_version(table)
+    return {key: partition_table_metadata(counts, key, uri, version) for key in context.partition_keys}
+
+
+def _bronze_partition_metadata(context: AssetExecutionContext, tables, interval: str, quarantine: pl.DataFrame,
+                               gaps: pl.DataFrame, breaks: pl.DataFrame) -> dict:
+    """Per partition: raw = bronze + quarantined + collapsed duplicates, from the tables as written, and the partition's
+    quarantine rules, gaps and continuity breaks."""
+    from itff_platform.lake.partition_stats import partition_rows
+
+    raw_counts, quarantine_counts = partition_rows(tables.raw, interval), partition_rows(tables.quarantine, interval)
+    metadata = {}
+    for key, meta in partition_metadata(context, tables.bronze, interval).items():
+        raw_rows, quarantined = rows_in(raw_counts, key), rows_in(quarantine_counts, key)
+        metadata[key] = meta | {
+            "raw_rows": raw_rows,
+            "quarantined_rows": quarantined,
+            "collapsed_exact_duplicates": raw_rows - meta["dagster/row_count"] - quarantined,
+            "quarantine_rules": markdown_table(in_partition(quarantine, key).group_by("rule").len().sort("rule")),
+            "gap_count": in_partition(gaps, key, "gap_before").height,
+            "continuity_breaks": in_partition(breaks, key, "timestamp").height,
+        }
+    return metadata
+
+
+def _silver_partition_metadata(part: pl.DataFrame) -> dict:
+    """One (symbol, month) partition's regimes and label balance."""
     labelled = part.filter(pl.col("direction").is_not_null())
     return {
-        "rows": part.height,
         "regimes": markdown_table(part.group_by("regime").len().sort("regime")),
         "direction_up_share": float(labelled["direction"].mean()) if labelled.height else 0.0,
         "level_up_share": float(part["level_up"].drop_nulls().mean() or 0.0),
     }
-
-
-def _rows_by_symbol(frame: pl.DataFrame) -> MetadataValue:
-    counts = frame.group_by("symbol").len().sort("symbol")
-    return MetadataValue.json(dict(zip(counts["symbol"], counts["len"])))

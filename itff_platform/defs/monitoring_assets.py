@@ -15,10 +15,25 @@ from dagster import (
 )
 
 from itff_platform.defs.checks import markdown_table
+from itff_platform.defs.metadata import OWNERS
 from itff_platform.defs.resources import ItffSettingsResource
 
-DRIFT_CHECKS = ["feature_drift", "regime_shift", "live_quality"]
+DRIFT_CHECKS = {
+    "feature_drift": "PSI and KS of each feature, recent days vs the training window, within thresholds calibrated "
+                     "to a false-alarm rate on the reference period.",
+    "regime_shift": "The recent mix of market regimes is close to the training window's (PSI within its threshold).",
+    "live_quality": "Each champion's live log loss (or MAPE), precision and recall stay near its backtest's; passes "
+                    "with nothing to judge until enough outcomes are realized.",
+}
 SEVERITY = {"warn": AssetCheckSeverity.WARN, "error": AssetCheckSeverity.ERROR}
+
+
+def _live_status(logged: int, realized: int, pending: int) -> str:
+    if not logged:
+        return "no predictions logged yet: serve the champions (make serve) and send /predict; outcomes follow the label horizon"
+    if not realized:
+        return f"{logged} predictions logged, none realized yet: {pending} waiting for their label horizon"
+    return f"{logged} predictions logged, {realized} realized, {pending} waiting for their label horizon"
 
 
 def _as_of(itff: ItffSettingsResource):
@@ -43,10 +58,12 @@ def monitoring_assets() -> list:
         deps=["silver_features"],
         group_name="monitoring",
         kinds={"delta", "mlflow"},
+        owners=OWNERS,
         description="Logged predictions (candle, lake and dated feature-row requests) joined with their realized outcomes "
         "once the label horizon has passed: per model version over the last live_quality_window_days, overall and per "
         "regime, hit rate, profit factor and drawdown after fees, latency p95, Brier, log loss, calibration and MAPE, "
-        "beside the same version's backtest.",
+        "beside the same version's backtest. Needs live traffic: until the service has logged predictions (make serve, "
+        "then /predict), it materializes with status 'no predictions logged yet'.",
     )
     def prediction_outcomes(context: AssetExecutionContext, itff: ItffSettingsResource) -> Output:
         from itff_platform.monitoring.evaluation import evaluate_outcomes
@@ -58,6 +75,7 @@ def monitoring_assets() -> list:
         result = evaluate_outcomes(cfg, _as_of(itff))
         context.log.info(f"{result.logged} predictions logged, {result.realized.height} realized, {result.pending} waiting for their horizon")
         metadata = {
+            "status": _live_status(result.logged, result.realized.height, result.pending),
             "as_of": result.as_of.isoformat(), "live_window_days": cfg.live_quality_window_days, "predictions_logged": result.logged,
             "outcomes_realized": result.realized.height, "outcomes_pending": result.pending,
             "live_quality": markdown_table(_rounded(result.quality)),
@@ -73,9 +91,11 @@ def monitoring_assets() -> list:
     @asset(
         group_name="monitoring",
         kinds={"delta"},
-        check_specs=[AssetCheckSpec(name, asset="drift_monitor") for name in DRIFT_CHECKS],
+        owners=OWNERS,
+        check_specs=[AssetCheckSpec(name, asset="drift_monitor", description=text) for name, text in DRIFT_CHECKS.items()],
         description="PSI and KS of every feature (training window vs recent data), the shift in the regime mix, and "
-        "live quality against the backtest; a keep/retrain decision per model, recorded in the decisions table.",
+        "live quality against the backtest; a keep/retrain decision per model, recorded in the decisions table. Drift "
+        "needs no traffic; live quality waits for logged predictions and their outcomes.",
     )
     def drift_monitor(context: AssetExecutionContext, itff: ItffSettingsResource, prediction_outcomes) -> MaterializeResult:
         from itff_platform.monitoring.evaluation import evaluate_drift, record_decisions
@@ -93,8 +113,9 @@ def monitoring_assets() -> list:
                 "decisions": markdown_table(result.decisions.select("symbol", "target", "decision", "reasons")),
                 "feature_drift": markdown_table(_rounded(drift.filter(pl.col("status") != "ok")) if drift.height else drift),
                 "regime_shift": MetadataValue.json({s: {k: v for k, v in r.items()} for s, r in result.regime.items()}),
+                # With no champion yet there is no training window to compare with: "none", not an error.
                 "drift_thresholds": markdown_table(_rounded(drift.select(
-                    "symbol", "feature", "psi_threshold", "ks_threshold", "calibration_windows"))) if drift.height else drift,
+                    "symbol", "feature", "psi_threshold", "ks_threshold", "calibration_windows")) if drift.height else drift),
                 "false_alarm_rate": cfg.drift_false_alarm_rate, "cooldown_days": cfg.drift_cooldown_days,
                 **_plots(result.figures, "drift"), **_plots(result.figures, "regimes"),
             },

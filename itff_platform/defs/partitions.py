@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
 from dagster import MonthlyPartitionsDefinition, MultiPartitionKey, MultiPartitionsDefinition, StaticPartitionsDefinition
 
@@ -39,3 +39,9 @@ def months_by_symbol(partition_keys: list[str]) -> dict[str, list[datetime]]:
         month = datetime.strptime(dims["month"], "%Y-%m-%d").replace(tzinfo=timezone.utc)
         grouped[dims["symbol"]].append(month)
     return {symbol: sorted(months) for symbol, months in sorted(grouped.items())}
+
+
+def symbol_and_month(key) -> tuple[str, date]:
+    """One lake partition key ('YYYY-MM-DD|SYMBOL' or a MultiPartitionKey) as (symbol, month start)."""
+    ((symbol, (month,)),) = months_by_symbol([key]).items()
+    return symbol, month.date()

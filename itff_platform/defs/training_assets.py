@@ -18,6 +18,7 @@ from dagster import (
 )
 
 from itff_platform.defs.checks import markdown_table
+from itff_platform.defs.metadata import OWNERS
 from itff_platform.defs.resources import ItffSettingsResource
 from itff_platform.models import CLASSIFICATION_BASELINES, REGRESSION_BASELINES
 from itff_platform.settings import Settings
@@ -127,10 +128,12 @@ def training_assets(settings: Settings) -> list:
         deps=[AssetDep("silver_features", partition_mapping=silver_to_training)],
         group_name="training",
         kinds={"mlflow", "optuna", "sklearn", "pytorch"},
+        owners=OWNERS,
         description="Walk-forward Optuna studies for every model family and the baselines; the best of each "
         "family is refit and registered as itff-{symbol}-{target}.",
     )
     def trained_models(context: AssetExecutionContext, itff: ItffSettingsResource) -> MaterializeResult:
+        from itff_platform.settings import redact_uri
         from itff_platform.training.train import train_symbol_target
 
         cfg = itff.settings()
@@ -140,7 +143,7 @@ def training_assets(settings: Settings) -> list:
             # A single-run backfill trains many partitions; each partition's page must show its own studies, not
             # the whole run's, so the figures are attached per partition key.
             context.add_asset_metadata(study_metadata(cfg, symbol, target, outcomes), partition_key=key)
-        return MaterializeResult(metadata={"mlflow_tracking_uri": cfg.tracking_uri})
+        return MaterializeResult(metadata={"mlflow_tracking_uri": redact_uri(cfg.tracking_uri)})  # a database URI may hold a password
 
     return [trained_models]
 
@@ -181,6 +184,7 @@ def promotion_assets(settings: Settings) -> list:
         deps=["trained_models"],
         group_name="training",
         kinds={"mlflow"},
+        owners=OWNERS,
         description="Serve decision: the challenger becomes champion when its holdout loss beats the better baseline "
         "(and the champion) with 95 % confidence (Diebold-Mariano); moves the MLflow alias 'champion' then, and records "
         "the decision, p-values, tradability and reasons either way.",
@@ -198,6 +202,6 @@ def promotion_assets(settings: Settings) -> list:
             promoted += decision.promoted
             # Each partition shows its own decision, not every decision of a single-run backfill.
             context.add_asset_metadata(decision_metadata(decision), partition_key=key)
-        return MaterializeResult(metadata={"promoted_in_run": promoted})
+        return MaterializeResult(metadata={"promoted_in_run": promoted})  # the run's count, on each of its partitions
 
     return [champion_models]

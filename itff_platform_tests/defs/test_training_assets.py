@@ -10,41 +10,11 @@ import time
 
 import httpx
 import pytest
-from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, materialize
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 from mlflow import MlflowClient
 
-from itff_platform.definitions import lake, promotion, training
-from itff_platform.defs.resources import ItffSettingsResource
-from itff_platform.settings import Settings
-from itff_platform_tests.conftest import free_port
-
-PARTITIONS = ["BTCUSDT|direction", "BTCUSDT|level_up"]
+from itff_platform_tests.defs.conftest import PARTITIONS
 LINK = re.compile(r"\[(\w+)\]\((http://[^/]+)/#/experiments/(\d+)/runs/(\w+)\)")
-
-
-@pytest.fixture(scope="module")
-def backfill(tmp_path_factory):
-    home = tmp_path_factory.mktemp("training_assets")
-    ui_url = f"http://127.0.0.1:{free_port()}"
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("ITFF_MLFLOW_DIR", str(home / "mlflow"))
-        env.setenv("ITFF_MLFLOW_UI_URL", ui_url)
-        env.setenv("ITFF_FAMILIES", '["logistic"]')
-        env.setenv("ITFF_TRIALS", "1")
-        env.setenv("ITFF_WF_FOLDS", "2")
-        env.setenv("ITFF_MAX_ECE", "1")  # register whatever one trial gives: promotion needs a version per partition
-        resources = {"itff": ItffSettingsResource(lake_dir=str(home / "lake"))}
-        instance = DagsterInstance.ephemeral()
-        built = materialize(lake, instance=instance, resources=resources,
-                            tags={"dagster/asset_partition_range_start": "2022-10-01|BTCUSDT",
-                                  "dagster/asset_partition_range_end": "2023-06-01|BTCUSDT"})
-        assert built.success
-        # One run for both partitions, as a single-run backfill launches it.
-        result = materialize([*training, *promotion], instance=instance, resources=resources,
-                             tags={"dagster/asset_partition_range_start": PARTITIONS[0],
-                                   "dagster/asset_partition_range_end": PARTITIONS[-1]})
-        assert result.success
-    return instance, Settings(mlflow_dir=home / "mlflow"), ui_url
 
 
 def latest_metadata(instance: DagsterInstance, asset: str, partition: str) -> dict:

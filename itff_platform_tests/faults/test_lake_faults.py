@@ -90,7 +90,7 @@ def test_bad_files_are_set_aside_and_every_other_file_and_symbol_proceeds(tmp_pa
                         "BTCUSDT-1h-2024-01-vendor.csv", "BTCUSDT-1h-2024-01-vendor.csv.reason.txt"}
     assert "rule: readable" in (drop / "rejected" / "ETHUSDT-1h-2024-01-extra.csv.gz.reason.txt").read_text()
     assert "rule: comma_separated" in (drop / "rejected" / "BTCUSDT-1h-2024-01-vendor.csv.reason.txt").read_text()
-    assert sorted(meta(result, "raw_candles")["rejected_files"]) == ["BTCUSDT-1h-2024-01-vendor.csv", "ETHUSDT-1h-2024-01-extra.csv.gz"]
+    assert sorted(meta(result, "raw_candles")["run_rejected_files"]) == ["BTCUSDT-1h-2024-01-vendor.csv", "ETHUSDT-1h-2024-01-extra.csv.gz"]
     failed = check(result, "no_rejected_files")
     assert failed.passed is False and failed.severity == AssetCheckSeverity.ERROR
     assert "EOFError" in failed.metadata["reasons"].value["ETHUSDT-1h-2024-01-extra.csv.gz"]
@@ -152,12 +152,14 @@ def test_rows_outside_the_lake_are_quarantined_as_out_of_range_and_every_row_is_
 
     assert result.success
     raw, bronze = meta(result, "raw_candles"), meta(result, "bronze_candles")
-    assert (raw["rows_received"], raw["rows"], raw["rows_for_other_months"], raw["out_of_range_rows"]) == (30 + 744 + 696 + 7, 744, 696, 37)
-    assert raw["received_reconciles"] is True
-    assert raw["rows_received"] == (bronze["bronze_rows"] + bronze["quarantined_rows"] + bronze["collapsed_exact_duplicates"]
-                                    + raw["out_of_range_rows"] + raw["rows_for_other_months"])
+    assert (raw["run_rows_received"], raw["dagster/row_count"], raw["run_rows_for_other_months"], raw["run_out_of_range_rows"]) == (
+        30 + 744 + 696 + 7, 744, 696, 37)
+    assert raw["run_received_reconciles"] is True
+    assert raw["run_rows_received"] == (bronze["dagster/row_count"] + bronze["quarantined_rows"] + bronze["collapsed_exact_duplicates"]
+                                        + raw["run_out_of_range_rows"] + raw["run_rows_for_other_months"])
     warned = check(result, "no_rows_out_of_range")
-    assert warned.passed is False and warned.severity == AssetCheckSeverity.WARN
+    # The 2019 rows are outside the lake as designed; the 2099 rows, stamped in the future, are what warns.
+    assert warned.passed is False and warned.severity == AssetCheckSeverity.WARN and warned.metadata["future_rows"].value == 7
     assert "BTCUSDT-1h-mixed.csv" in warned.metadata["rows_by_file"].value
     quarantine = read_rows(LakeTables.under(Settings(lake_dir=tmp_path / "lake")).quarantine, "1h")
     kept = quarantine.filter(pl.col("rule").str.starts_with("out_of_range"))
