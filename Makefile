@@ -37,8 +37,9 @@ browser:
 test: install browser
 	$(BIN)/pytest
 
-## dev: Dagster UI (webserver + daemon) on http://127.0.0.1:3001, MLflow UI on :5000, the BentoML service on :3000.
-## Ports from DAGSTER_PORT, MLFLOW_PORT, PORT; tokens as for `serve`. Logs go to .dev-logs/; Ctrl-C stops all three.
+## dev: Dagster UI (webserver + daemon) on http://127.0.0.1:3001, MLflow UI on :5000, the BentoML service on :3000,
+## optuna-dashboard on :8080. Ports from DAGSTER_PORT, MLFLOW_PORT, PORT, OPTUNA_DASHBOARD_PORT. The API token is
+## ITFF_API_TOKENS' first, else a fresh one; printed, and in .dev-logs/api-token. Ctrl-C or SIGTERM stops all in < 5 s.
 dev: install
 	@bash scripts/dev.sh
 
@@ -63,7 +64,7 @@ fuzz: install
 
 ## mlflow-ui: only the MLflow UI (compare studies, browse the registry), on the store the settings name
 mlflow-ui: install
-	@eval "$$($(BIN)/python -m itff_platform.registry_paths)" && \
+	@paths=$$($(BIN)/python -m itff_platform.registry_paths) && eval "$$paths" && \
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} exec $(BIN)/mlflow ui \
 		--backend-store-uri "$$tracking_uri" --default-artifact-root "$$artifact_root" --host 127.0.0.1 --port $${MLFLOW_PORT:-5000}
 
