@@ -76,3 +76,23 @@ def test_a_moved_project_serves_its_champion_after_itff_relocate(moved, monkeypa
     # New runs land in the moved folder too: the experiment's artifact location was rebased with the rest.
     experiment = client.get_experiment_by_name(NAME)
     assert experiment.artifact_location == f"{settings.artifact_location}/{NAME}"
+
+
+def test_the_cli_commands_that_use_the_registry_rebase_it_themselves(moved, monkeypatch, capsys):
+    _, settings = moved
+    again = settings.home.parent.parent / "third" / "project"
+    again.parent.mkdir()
+    shutil.move(settings.home, again)
+    monkeypatch.setenv("ITFF_HOME", str(again))
+    monkeypatch.setenv("ITFF_SYMBOLS", '["PROMOUSDT"]')
+    monkeypatch.setenv("ITFF_TARGETS", '["direction"]')
+    get_settings.cache_clear()
+    try:
+        cli.main(["rollback", "PROMOUSDT", "direction"])  # no earlier champion to go back to; it relocates first
+    finally:
+        get_settings.cache_clear()
+    said = capsys.readouterr().out
+    assert "registry moved from " in said and f" to {again}: " in said, said
+    store = ChampionStore(Settings(home=again, **SCOPE))
+    store.refresh()
+    assert store.get("PROMOUSDT", "direction") is not None, store.report()
