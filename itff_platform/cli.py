@@ -278,9 +278,10 @@ def relocate_registry(settings, explicit: bool = False) -> int:
     moves = relocate(settings)
     if moves:
         print(describe(moves), flush=True)
+    elif explicit and sqlite_file(settings) is None:
+        print("the MLflow store is not a local SQLite file: it records no local paths")
     elif explicit:
-        print("the MLflow store is not a local SQLite file: it records no local paths" if sqlite_file(settings) is None
-              else f"nothing to rewrite: the registry's recorded paths already point at {settings.mlflow_dir / 'artifacts'}")
+        print(f"nothing to rewrite: the registry's recorded paths already point at {settings.mlflow_dir / 'artifacts'}")
     return 0
 
 

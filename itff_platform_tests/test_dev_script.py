@@ -51,7 +51,8 @@ def marked(marker: str) -> list[str]:
 def dagster_loaded(port: int) -> bool:
     """The code location has loaded (the webserver answers before it does)."""
     try:
-        return bool(httpx.post(f"http://127.0.0.1:{port}/graphql", json={"query": ASSETS}, timeout=5).json()["data"]["assetNodes"])
+        answer = httpx.post(f"http://127.0.0.1:{port}/graphql", json={"query": ASSETS}, timeout=5)
+        return bool(answer.json()["data"]["assetNodes"])
     except (httpx.HTTPError, KeyError, TypeError, ValueError):
         return False
 
