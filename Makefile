@@ -37,8 +37,9 @@ browser:
 test: install browser
 	$(BIN)/pytest
 
-## dev: Dagster UI (webserver + daemon) on http://127.0.0.1:3001, MLflow UI on :5000, the BentoML service on :3000.
-## Ports from DAGSTER_PORT, MLFLOW_PORT, PORT; tokens as for `serve`. Logs go to .dev-logs/; Ctrl-C stops all three.
+## dev: Dagster UI (webserver + daemon) on http://127.0.0.1:3001, MLflow UI on :5000, the BentoML service on :3000,
+## optuna-dashboard on :8080. Ports from DAGSTER_PORT, MLFLOW_PORT, PORT, OPTUNA_DASHBOARD_PORT. The API token is
+## ITFF_API_TOKENS' first, else a fresh one; printed, and in .dev-logs/api-token. Ctrl-C or SIGTERM stops all in < 5 s.
 dev: install
 	@bash scripts/dev.sh
 
@@ -46,6 +47,7 @@ dev: install
 ## Tokens come from ITFF_API_TOKENS (a JSON list); without one, a random token is made for this session and printed.
 ## Each service gets its own BENTOML_HOME (and so its own Prometheus multiprocess folder), .bentoml/$PORT under
 ## ITFF_HOME: BentoML empties that folder at start, so a shared one would wipe another service's metrics.
+## It first creates the MLflow store if there is none, and rebases it if the project folder moved (itff relocate).
 serve: install
 	@if [ -z "$$ITFF_API_TOKENS" ]; then \
 		token=$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(24))'); \
@@ -53,16 +55,18 @@ serve: install
 		export ITFF_API_TOKENS="[\"$$token\"]"; fi; \
 	state=$${ITFF_SERVE_STATE_DIR:-.bentoml}; case $$state in /*) ;; *) state=$${ITFF_HOME:-$(CURDIR)}/$$state;; esac; \
 	export BENTOML_HOME=$$state/$${PORT:-3000}; \
+	$(BIN)/python -m itff_platform.registry_paths > /dev/null || exit 1; \
 	exec $(BIN)/bentoml serve itff_platform.serving.service:ItffService --host $${HOST:-127.0.0.1} --port $${PORT:-3000}
 
 ## fuzz: 5,000 schemathesis cases against a real service's /docs.json; prints the status counts (0 x 5xx expected)
 fuzz: install
 	ITFF_FUZZ_CASES=$${ITFF_FUZZ_CASES:-5000} $(BIN)/pytest -q -s itff_platform_tests/faults/test_fuzz.py -k full
 
-## mlflow-ui: only the MLflow UI (compare studies, browse the registry)
+## mlflow-ui: only the MLflow UI (compare studies, browse the registry), on the store the settings name
 mlflow-ui: install
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow/mlflow.db --default-artifact-root $(CURDIR)/mlflow/artifacts \
-		--host 127.0.0.1 --port $${MLFLOW_PORT:-5000}
+	@paths=$$($(BIN)/python -m itff_platform.registry_paths) && eval "$$paths" && \
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} exec $(BIN)/mlflow ui \
+		--backend-store-uri "$$tracking_uri" --default-artifact-root "$$artifact_root" --host 127.0.0.1 --port $${MLFLOW_PORT:-5000}
 
 ## bench-lake: bronze -> silver on 10M synthetic 1-minute rows, and a one-day incremental update
 bench-lake: install

@@ -302,6 +302,20 @@ def rollback(symbol: str, target: str) -> int:
     return 0
 
 
+def relocate_registry(settings, explicit: bool = False) -> int:
+    """Rebase the registry's recorded paths if the project folder moved; say so in one line."""
+    from itff_platform.registry_paths import describe, relocate, sqlite_file
+
+    moves = relocate(settings)
+    if moves:
+        print(describe(moves), flush=True)
+    elif explicit and sqlite_file(settings) is None:
+        print("the MLflow store is not a local SQLite file: it records no local paths")
+    elif explicit:
+        print(f"nothing to rewrite: the registry's recorded paths already point at {settings.mlflow_dir / 'artifacts'}")
+    return 0
+
+
 TARGETS = ("direction", "level_up", "forward_return")
 
 
@@ -371,6 +385,8 @@ def _parser() -> argparse.ArgumentParser:
     again.add_argument("start")
     again.add_argument("end")
     command("settings", "print the effective settings (ITFF_* environment applied; secrets hidden)")
+    command("relocate", "after moving or copying the project folder: point the MLflow registry's recorded artifact "
+            "paths at the current folder (run, train, promote, rollback, replay, make dev and make serve do it themselves)")
     return parser
 
 
@@ -408,6 +424,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         print(json.dumps(settings.for_display(), indent=2))
         return 0
+    if args.command == "relocate":
+        return relocate_registry(settings, explicit=True)
+    if args.command in ("run", "train", "promote", "rollback", "replay") and settings.mlflow_tracking_uri is None:
+        relocate_registry(settings)  # the project's own store follows the project folder
     if args.command == "rollback":
         return rollback(args.symbol, args.target)
     if args.command == "promote" and args.force:  # the registry only: no Dagster run
