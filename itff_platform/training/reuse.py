@@ -24,7 +24,7 @@ from itff_platform.models import is_baseline
 from itff_platform.settings import Settings
 from itff_platform.training.dataset import TrainingData
 from itff_platform.training.splits import Fold
-from itff_platform.training.study import FINGERPRINT_TAG, NOT_FINITE_TAG, StudyOutcome, experiment_id, figure_path, study_trials
+from itff_platform.training.study import EXACT_METRICS_TAG, FINGERPRINT_TAG, StudyOutcome, experiment_id, figure_path, study_trials
 
 LIBRARIES = ("numpy", "scipy", "scikit-learn", "torch", "optuna")
 
@@ -88,7 +88,7 @@ def _outcome_of(client: MlflowClient, run, family: str, version: str | None, dat
                 settings: Settings) -> StudyOutcome:
     """A StudyOutcome as the run recorded it: the same figures the study reported when it ran."""
     tags, run_id = run.data.tags, run.info.run_id
-    metrics = {**run.data.metrics, **{k: float(v) for k, v in json.loads(tags.get(NOT_FINITE_TAG, "{}")).items()}}
+    metrics = {**run.data.metrics, **json.loads(tags.get(EXACT_METRICS_TAG, "{}"))}
     prefix = f"{family}."
     params = {k.removeprefix(prefix): _literal(v) for k, v in run.data.params.items() if k.startswith(prefix) or k == "class_weight"}
     with tempfile.TemporaryDirectory() as scratch:

@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 FINGERPRINT_TAG = "study_fingerprint"  # what the study depends on (training.reuse); equal means reusable
-NOT_FINITE_TAG = "metrics_not_finite"  # the metrics MLflow cannot store (NaN, inf), as text
+# Metrics a float would change (counts) or MLflow drops (NaN, inf), as JSON: a reused study (training.reuse) then
+# reports exactly what this one did (2268 trades, not 2268.0; a profit factor of inf, not a missing one).
+EXACT_METRICS_TAG = "metrics_exact"
 HEADLINE = {"classification": ["log_loss", "roc_auc", "ece", "backtest_profit_factor"], "regression": ["mae", "mape", "band_coverage"]}
 
 
@@ -90,6 +92,11 @@ def run_summary(family: str, data: TrainingData, metrics: dict[str, float], regi
 def _clean(metrics: dict[str, float]) -> dict[str, float]:
     """MLflow refuses NaN/inf in some stores; drop what is undefined rather than log a lie."""
     return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+
+
+def _not_float(metrics: dict) -> dict:
+    counts = {k: int(v) for k, v in metrics.items() if isinstance(v, (int, np.integer)) and not isinstance(v, bool)}
+    return {**counts, **{k: float(v) for k, v in metrics.items() if k not in _clean(metrics)}}
 
 
 def log_training_dataset(data: TrainingData, settings: Settings) -> None:
@@ -214,8 +221,7 @@ def run_study(
             metrics = {**evaluation.metrics, "trials_completed": len(completed), "trials_pruned": pruned,
                        "study_seconds": seconds, "trials_per_minute": (len(completed) + pruned) / seconds * 60}
             mlflow.log_metrics(_clean(metrics))
-            # Kept as a tag, so a reused study (training.reuse) reports them as this one did (a profit factor of inf).
-            mlflow.set_tag(NOT_FINITE_TAG, json.dumps({k: str(v) for k, v in metrics.items() if k not in _clean(metrics)}))
+            mlflow.set_tag(EXACT_METRICS_TAG, json.dumps(_not_float(metrics)))
             mlflow.set_tags({**evaluation.recent_window, "tradable": str(evaluation.tradable).lower(),
                              "tradable_reason": evaluation.tradable_reason[:5000]})
             # Hyperparameters differ per family: namespaced by family, so a name shared by two families (dropout)
