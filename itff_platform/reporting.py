@@ -118,13 +118,14 @@ def print_training_summary(settings: Settings, rows: list[dict], seconds: float 
         return
     if seconds is not None:
         print("\n" + training_skip_line(rows, seconds))
-    # Symbol and target in order (the run's partitions finish in any order), families in the order they were trained.
-    frame = pl.DataFrame(rows).drop("run_id", "reused", strict=False).sort("symbol", "target", maintain_order=True)
     with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_formatting="ASCII_MARKDOWN",
                    tbl_rows=200, tbl_cols=30, tbl_width_chars=250):
         for task, targets in (("classification", ["direction", "level_up"]), ("regression", ["forward_return"])):
-            part = frame.filter(pl.col("target").is_in(targets))
-            if part.height:
+            # One frame per task, so its columns come in a study row's own order whichever task's rows came first;
+            # symbol and target in order (the run's partitions finish in any order), families as they were trained.
+            mine = [row for row in rows if row["target"] in targets]
+            if mine:
+                part = pl.DataFrame(mine).drop("run_id", "reused", strict=False).sort("symbol", "target", maintain_order=True)
                 print(f"\nOut-of-sample results, {task} (walk-forward, {settings.fees_bps:g} bps per side):")
                 print(part.select([c for c in part.columns if part[c].null_count() < part.height]))
     names = sorted({f"itff-{r['symbol']}-{r['target']}" for r in rows})
