@@ -69,9 +69,9 @@ def test_a_second_run_on_unchanged_inputs_skips_the_lake_reuses_every_study_and_
     assert registered == {p: 1 for p in PARTITIONS}
     first, second = runs[0], run()
 
+    assert versions(client) == registered  # no duplicate version
     assert unchanged_per_asset(first["lake"]) == {"raw_candles": 0, "bronze_candles": 0, "silver_features": 0}
     assert unchanged_per_asset(second["lake"]) == {"raw_candles": 9, "bronze_candles": 9, "silver_features": 9}
-    assert versions(client) == registered  # no duplicate version
 
     before = {(r["target"], r["family"]): r for r in summary_rows(first["training"])}
     after = {(r["target"], r["family"]): r for r in summary_rows(second["training"])}
