@@ -133,7 +133,8 @@ def ingest_raw(source: CandleSource, settings: Settings, symbol: str, months: li
 def unchanged_lake(settings: Settings, source: CandleSource, months_by_symbol: dict[str, list[datetime]]) -> bool:
     """True when a run over these partitions would skip every one of them, in every layer: the source hands over
     the rows raw holds, and bronze and silver were built from what raw and bronze hold, with today's settings and
-    code. It reads and writes nothing else, so a source that sets bad files aside (files) must not be asked."""
+    code. It writes nothing, but it does fetch from the source: a source that sets bad files aside as it reads them
+    (files) must not be asked."""
     tables = LakeTables.under(settings)
 
     def all_unchanged(path: str, fingerprints: dict[date, str]) -> bool:
