@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 # Settings whose values are never echoed back in an error message.
 SECRET_SETTINGS = {"api_tokens", "admin_token", "tradingview_secret", "mlflow_tracking_uri", "optuna_storage"}
@@ -98,7 +99,7 @@ def _materialize(assets_selection: str, quiet: bool, only: list[str] | None = No
 
 def run_lake(quiet: bool = True) -> bool:
     """Materialize raw, bronze and silver for every partition, as one Dagster run; print a summary."""
-    from itff_platform.reporting import print_lake_summary
+    from itff_platform.reporting import lake_skip_line, print_lake_summary
     from itff_platform.settings import get_settings
 
     settings = get_settings()
@@ -107,9 +108,32 @@ def run_lake(quiet: bool = True) -> bool:
         f"from source '{settings.source}', lake at {settings.lake_dir}",
         flush=True,
     )
+    started = time.perf_counter()
+    unchanged = _unchanged_lake_partitions(settings)
+    if unchanged:
+        print(f"Lake: {unchanged} of {unchanged} partitions unchanged (same source rows, settings and code), skipped: "
+              f"no Dagster run needed ({time.perf_counter() - started:.1f} s)")
+        print_lake_summary(settings, None)
+        return True
     result = _materialize("lake", quiet)[0]
+    print(lake_skip_line(result, time.perf_counter() - started))
     print_lake_summary(settings, result)
     return result.success
+
+
+def _unchanged_lake_partitions(settings) -> int:
+    """The number of lake partitions when every one of them, in every layer, has the inputs it was built from
+    (lake.incremental), else 0. Then no Dagster run is needed at all, and the assets keep the materializations that
+    built them. Asked of the packaged sample only: a files source sets bad files aside as it reads them, and a live
+    source has a month in progress; their runs still skip the unchanged partitions inside."""
+    if settings.source != "sample":
+        return 0
+    from itff_platform.defs.partitions import lake_partitions, months_by_symbol
+    from itff_platform.lake.layers import unchanged_lake
+    from itff_platform.market.sample import SampleCandleSource
+
+    keys = lake_partitions(settings).get_partition_keys()
+    return len(keys) if unchanged_lake(settings, SampleCandleSource(), months_by_symbol(keys)) else 0
 
 
 def run_training(quiet: bool = True, only: list[str] | None = None) -> bool:
@@ -125,8 +149,9 @@ def run_training(quiet: bool = True, only: list[str] | None = None) -> bool:
         f"{settings.wf_folds} walk-forward folds. MLflow: {redact_uri(settings.tracking_uri)}",
         flush=True,
     )
+    started = time.perf_counter()
     results = _materialize("training", quiet=False, only=only)
-    print_training_summary(settings, [row for result in results for row in summary_rows(result)])
+    print_training_summary(settings, [row for result in results for row in summary_rows(result)], time.perf_counter() - started)
     return all(result.success for result in results)
 
 
@@ -137,6 +162,7 @@ def run_promotion(only: list[str] | None = None) -> bool:
 
     print("\nPromotion (serve a challenger only if it beats the better baseline, and the champion, with 95 % confidence "
           "on the holdout window; trade its rule only if its walk-forward edge after fees is significant):", flush=True)
+    started = time.perf_counter()
     results = _materialize("promotion", quiet=True, only=only)
     # Each partition's event carries its own decision (and only it); keyed by model, each is printed once.
     rows = {row["model"]: row for result in results for event in result.get_asset_materialization_events()
@@ -145,7 +171,8 @@ def run_promotion(only: list[str] | None = None) -> bool:
         after = f"champion v{row['champion_after']}" if row["champion_after"] else "no champion"
         bands = row["model"].endswith("-forward_return")
         trading = "" if bands or not row["champion_after"] else (", tradable" if row.get("tradable") else ", served flat (not tradable)")
-        print(f"  {row['model']:30s} {row['decision']:8s} v{row['challenger']} vs {row['compared_with']}: {after}{trading}")
+        judged = f"v{row['challenger']} vs {row['compared_with']}" if row["challenger"] else "no new version"
+        print(f"  {row['model']:30s} {row['decision']:8s} {judged}: {after}{trading}")
         for reason in row["reasons"]:
             print(f"      - {reason}")
         if not row["champion_after"]:
@@ -154,6 +181,9 @@ def run_promotion(only: list[str] | None = None) -> bool:
     served = [r for r in rows.values() if r["champion_after"]]
     print(f"\nServed: {len(served)} of {len(rows)} models; tradable: {sum(bool(r.get('tradable')) for r in served)}. "
           "Models without a champion get a 400 that names the reason above.")
+    kept = sum(r["decision"] == "kept" for r in rows.values())
+    print(f"Promotion: {kept} of {len(rows)} models had no new version to judge and kept their champion (or none), "
+          f"{len(rows) - kept} judged ({time.perf_counter() - started:.1f} s)")
     return all(result.success for result in results)
 
 
@@ -446,11 +476,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0 if run_promotion(only=only) else 1
     if args.command == "run":
         _preflight(settings)
+        started = time.perf_counter()
         if not run_lake(quiet=not args.verbose):
             return 1
         if args.lake_only:
             return 0
-        return 0 if run_training() and run_promotion() and run_monitoring() and run_maintenance() else 1
+        succeeded = run_training() and run_promotion() and run_monitoring() and run_maintenance()
+        print(f"\nitff run: {time.perf_counter() - started:.1f} s in all (lake, training, promotion, monitoring and "
+              "maintenance; what was unchanged is skipped, see the Lake, Training and Promotion lines)")
+        return 0 if succeeded else 1
     return 2
 
 

@@ -47,7 +47,34 @@ def check_detail(name: str, meta: dict) -> str:
     return ""
 
 
+LAKE_ASSETS = ("raw_candles", "bronze_candles", "silver_features")
+
+
+def unchanged_partitions(result) -> dict[str, tuple[int, int]]:
+    """asset -> (partitions left as they were, partitions in the run), from each partition's `unchanged` flag."""
+    flags: dict[str, dict[str, bool]] = {}
+    for event in result.get_asset_materialization_events():
+        value = event.materialization.metadata.get("unchanged")
+        flags.setdefault(event.asset_key.to_user_string(), {})[event.partition] = bool(value and value.value)
+    return {asset: (sum(found.values()), len(found)) for asset, found in flags.items()}
+
+
+def lake_skip_line(result, seconds: float) -> str:
+    """Lake: what the incremental run left as it was, in one line."""
+    counts = unchanged_partitions(result)
+    layers = [(asset.split("_")[0], *counts[asset]) for asset in LAKE_ASSETS if asset in counts]
+    if layers and all(kept == total for _, kept, total in layers):
+        text = f"{layers[0][2]} of {layers[0][2]} partitions unchanged (same source rows, settings and code), skipped"
+    elif not any(kept for _, kept, _ in layers):
+        text = f"{layers[0][2] if layers else 0} partitions built in {len(layers)} layer(s), none unchanged"
+    else:
+        text = "unchanged partitions skipped, the others rebuilt: " + ", ".join(
+            f"{name} {kept} of {total} unchanged" for name, kept, total in layers)
+    return f"Lake: {text} ({seconds:.1f} s)"
+
+
 def print_lake_summary(settings: Settings, result) -> None:
+    """What the lake holds and what its run's checks found; `result` None: no run was needed, nothing had changed."""
     print("\nRows per layer and symbol (read back from Delta):")
     with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_formatting="ASCII_MARKDOWN"):
         print(layer_counts(settings))
@@ -63,6 +90,9 @@ def print_lake_summary(settings: Settings, result) -> None:
         for rule, count in quarantine.group_by("rule").len().sort("rule").iter_rows():
             print(f"  ... {count} row(s) in all: {rule}")
     print("\nChecks:")
+    if result is None:
+        print("  as the lake's last run left them: nothing they check has changed since (see the Dagster UI)")
+        return
     for evaluation in result.get_asset_check_evaluations():
         status = "PASS" if evaluation.passed else ("WARN" if evaluation.severity.value == "WARN" else "FAIL")
         detail = "" if evaluation.passed else check_detail(evaluation.check_name, {k: v.value for k, v in evaluation.metadata.items()})
@@ -70,16 +100,32 @@ def print_lake_summary(settings: Settings, result) -> None:
     print(f"\nRun {'succeeded' if result.success else 'FAILED'}: {result.run_id}")
 
 
-def print_training_summary(settings: Settings, rows: list[dict]) -> None:
+def training_skip_line(rows: list[dict], seconds: float) -> str:
+    """Training: how many studies were reused (training.reuse) and how many versions this run registered."""
+    reused = sum(bool(row.get("reused")) for row in rows)
+    registered = sum(row.get("version", "-") != "-" and not row.get("reused") for row in rows)
+    if rows and reused == len(rows):
+        text = f"{reused} of {len(rows)} studies unchanged (same data, settings and code), reused; no version registered"
+    else:
+        text = (f"{len(rows) - reused} of {len(rows)} studies trained ({registered} version(s) registered), {reused} "
+                "unchanged (same data, settings and code) and reused")
+    return f"Training: {text} ({seconds:.1f} s)"
+
+
+def print_training_summary(settings: Settings, rows: list[dict], seconds: float | None = None) -> None:
     if not rows:
         print("\nNo studies finished; see the Dagster run log above.")
         return
-    frame = pl.DataFrame(rows).drop("run_id")
+    if seconds is not None:
+        print("\n" + training_skip_line(rows, seconds))
     with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_formatting="ASCII_MARKDOWN",
                    tbl_rows=200, tbl_cols=30, tbl_width_chars=250):
         for task, targets in (("classification", ["direction", "level_up"]), ("regression", ["forward_return"])):
-            part = frame.filter(pl.col("target").is_in(targets))
-            if part.height:
+            # One frame per task, so its columns come in a study row's own order whichever task's rows came first;
+            # symbol and target in order (the run's partitions finish in any order), families as they were trained.
+            mine = [row for row in rows if row["target"] in targets]
+            if mine:
+                part = pl.DataFrame(mine).drop("run_id", "reused", strict=False).sort("symbol", "target", maintain_order=True)
                 print(f"\nOut-of-sample results, {task} (walk-forward, {settings.fees_bps:g} bps per side):")
                 print(part.select([c for c in part.columns if part[c].null_count() < part.height]))
     names = sorted({f"itff-{r['symbol']}-{r['target']}" for r in rows})

@@ -16,9 +16,13 @@ def test_itff_run_materializes_the_sample_lake_trains_and_prints_summaries(tmp_p
     (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
     env = {**os.environ, "ITFF_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path), "ITFF_FAMILIES": '["logistic"]',
            "ITFF_TARGETS": '["direction"]', "ITFF_TRIALS": "1"}
-    result = subprocess.run([ITFF, "run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
+
+    def itff_run() -> str:
+        result = subprocess.run([ITFF, "run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    out = itff_run()
     assert "| BTCUSDT | 30592 | 30591  | 1          | 30591  |" in out
     assert "| ETHUSDT | 30592 | 30591  | 1          | 30591  |" in out
     assert "Quarantined rows: 2" in out and "volume: must be > 0" in out
@@ -42,6 +46,21 @@ def test_itff_run_materializes_the_sample_lake_trains_and_prints_summaries(tmp_p
     # Nothing to roll back to after a single promotion: a clear message, exit code 1.
     back = subprocess.run([ITFF, "rollback", "BTCUSDT", "direction"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert back.returncode == 1 and "no previous champion to roll back to" in back.stderr
+
+    # A second run on unchanged inputs redoes nothing, says so per layer, prints the same figures and registers nothing.
+    second = itff_run()
+    assert "Lake: 84 of 84 partitions unchanged (same source rows, settings and code), skipped" in second
+    assert "Training: 6 of 6 studies unchanged (same data, settings and code), reused; no version registered" in second
+    assert "Promotion: 2 of 2 models had no new version to judge" in second and "itff run: " in second
+
+    def tables(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.startswith("| ")]
+
+    assert tables(second) == tables(out)
+    from mlflow import MlflowClient
+
+    registry = MlflowClient(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    assert [len(registry.search_model_versions(f"name = '{name}'")) for name in ("itff-BTCUSDT-direction", "itff-ETHUSDT-direction")] == [1, 1]
 
 
 def test_itff_settings_prints_the_effective_configuration(tmp_path):

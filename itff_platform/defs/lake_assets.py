@@ -58,7 +58,7 @@ def lake_assets(settings: Settings) -> list:
         ingests = {}
         for symbol, months in months_by_symbol(context.partition_keys).items():
             context.log.info(f"fetching {symbol} {cfg.interval} for {len(months)} month(s) from {source.name}")
-            ingests[symbol] = ingest = ingest_raw(source, cfg, symbol, months)
+            ingests[symbol] = ingest = ingest_raw(source, cfg, symbol, months, skip_unchanged=True)
             for rejected in ingest.rejected:
                 context.log.error(f"{symbol}: set aside {rejected.file} -> {rejected.moved_to}: {rejected.message}")
             if ingest.kept_months:
@@ -68,6 +68,7 @@ def lake_assets(settings: Settings) -> list:
         raw = pl.concat([i.raw for i in ingests.values()])
         out_of_range = pl.concat([i.out_of_range for i in ingests.values()])
         rejected = [r.as_row() for i in ingests.values() for r in i.rejected]
+        mark_unchanged(context, ingests)
         other = pl.concat([i.other_months.with_columns(pl.lit(s).alias("symbol")) for s, i in ingests.items()])
         first, end = lake_months(cfg)
         failures = schema_failures(RawCandles, raw)
@@ -111,7 +112,9 @@ def lake_assets(settings: Settings) -> list:
         from itff_platform.market.outages import explain_gaps
 
         cfg = itff.settings()
-        reports = {symbol: build_bronze(cfg, symbol, months) for symbol, months in months_by_symbol(context.partition_keys).items()}
+        reports = {symbol: build_bronze(cfg, symbol, months, skip_unchanged=True)
+                   for symbol, months in months_by_symbol(context.partition_keys).items()}
+        mark_unchanged(context, reports)
         bronze = pl.concat([r.result.bronze for r in reports.values()])
         quarantine = pl.concat([r.result.quarantine for r in reports.values()])
         gaps = explain_gaps(pl.concat([r.gaps for r in reports.values()]), cfg.interval_seconds)
@@ -169,17 +172,19 @@ def lake_assets(settings: Settings) -> list:
     )
     def silver_features(context: AssetExecutionContext, itff: ItffSettingsResource) -> MaterializeResult:
         from itff_platform.features.silver import feature_columns
-        from itff_platform.lake.layers import LakeTables, build_silver
+        from itff_platform.lake.layers import LakeTables, refresh_silver
         from itff_platform.lake.schemas import schema_failures
 
         cfg = itff.settings()
-        frames = []
+        refreshed = {}
         for symbol, months in months_by_symbol(context.partition_keys).items():
-            frames.append(build_silver(cfg, symbol, months))
-            context.log.info(f"{symbol}: {frames[-1].height} silver rows for {len(months)} month(s)")
-        silver = pl.concat(frames)
+            refreshed[symbol] = refresh_silver(cfg, symbol, months, skip_unchanged=True)
+            context.log.info(f"{symbol}: {refreshed[symbol].rows.height} silver rows for {len(months)} month(s), "
+                             f"{len(refreshed[symbol].unchanged)} of them unchanged (same bronze, settings and code), not rebuilt")
+        silver = pl.concat([r.rows for r in refreshed.values()])
         for key, meta in partition_metadata(context, LakeTables.under(cfg).silver, cfg.interval).items():
             context.add_asset_metadata(meta | _silver_partition_metadata(in_partition(silver, key)), partition_key=key)
+        mark_unchanged(context, refreshed)
         return MaterializeResult(
             metadata={"dagster/column_schema": table_schema(SilverFeatures, silver.schema),
                       "features": MetadataValue.json(feature_columns(cfg)), "label_horizon_bars": cfg.label_horizon},
@@ -233,6 +238,13 @@ def maintenance_assets(settings: Settings) -> list:
         })
 
     return [lake_maintenance]
+
+
+def mark_unchanged(context: AssetExecutionContext, by_symbol: dict) -> None:
+    """Each partition says whether it was left as it was (lake.incremental: the same inputs, settings and code)."""
+    for key in context.partition_keys:
+        ((symbol, (month,)),) = months_by_symbol([key]).items()
+        context.add_asset_metadata({"unchanged": month.date() in by_symbol[symbol].unchanged}, partition_key=key)
 
 
 def partition_metadata(context: AssetExecutionContext, table: str, interval: str) -> dict:

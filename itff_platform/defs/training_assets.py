@@ -78,21 +78,24 @@ def study_metadata(cfg: Settings, symbol: str, target: str, outcomes: list) -> d
     from itff_platform.training.study import experiment_id
 
     task = "regression" if target == "forward_return" else "classification"
-    summaries, by_fold, by_regime, plots, links = [], [], [], {}, []
+    summaries, by_fold, by_regime, plots, links, reused = [], [], [], {}, [], []
     experiment = experiment_id(cfg, symbol, target)
     for outcome in outcomes:
         summaries.append(
             {"symbol": symbol, "target": target, "family": outcome.family, "version": outcome.model_version or "-",
              **{k: round(outcome.metrics.get(k, float("nan")), 4) for k in SUMMARY_COLUMNS[task]},
              "tradable": outcome.tradable if task == "classification" else None,
-             "trials_per_min": round(outcome.trials_per_minute, 1), "run_id": outcome.run_id}
+             "trials_per_min": round(outcome.trials_per_minute, 1), "run_id": outcome.run_id, "reused": outcome.reused}
         )
         study = {"symbol": symbol, "target": target, "family": outcome.family}
         if outcome.fold_table is not None and "profit_factor" in outcome.fold_table.columns:
             by_fold.append(outcome.fold_table.select("fold", *TRADING).with_columns(**{k: pl.lit(v) for k, v in study.items()}))
         if outcome.regime_table is not None:
             by_regime.append(outcome.regime_table.with_columns(**{k: pl.lit(v) for k, v in study.items()}))
-        links.append(f"- {outcome.family}: [{outcome.run_id}]({mlflow_run_url(cfg.mlflow_ui_url, experiment, outcome.run_id)})")
+        link = f"[{outcome.run_id}]({mlflow_run_url(cfg.mlflow_ui_url, experiment, outcome.run_id)})"
+        links.append(f"- {outcome.family}: {link}")
+        if outcome.reused:
+            reused.append(f"- {outcome.family}: unchanged since run {link} (same data, settings and code)")
         for name in STUDY_FIGURES:
             if name in outcome.figures:
                 plots[f"plot: {outcome.family} {name}"] = png_markdown(outcome.figures[name])
@@ -105,7 +108,10 @@ def study_metadata(cfg: Settings, symbol: str, target: str, outcomes: list) -> d
         "summary": MetadataValue.json(summaries),
         "mlflow_experiment": MetadataValue.url(f"{cfg.mlflow_ui_url.rstrip('/')}/#/experiments/{experiment}"),
         "mlflow_runs": MetadataValue.md("\n".join(links)),
+        "studies_reused": len(reused),
     }
+    if reused:  # what this partition did not retrain, and the run each study's figures come from
+        metadata["unchanged_since"] = MetadataValue.md("\n".join(reused))
     classifiers = table.filter(~pl.col("family").is_in([*CLASSIFICATION_BASELINES, *REGRESSION_BASELINES]))
     if task == "classification" and classifiers.height:
         best = classifiers.sort("log_loss").row(0, named=True)
@@ -164,7 +170,8 @@ def decision_metadata(decision) -> dict:
     """One champion_models partition's metadata: its promotion decision and the reasons for it."""
     import polars as pl
 
-    row = {"model": decision.name, "decision": "promoted" if decision.promoted else "rejected",
+    verdict = "promoted" if decision.promoted else "kept" if decision.unchanged else "rejected"
+    row = {"model": decision.name, "decision": verdict,
            "challenger": decision.challenger, "compared_with": decision.compared_with,
            "champion_before": decision.champion_before, "champion_after": decision.champion_after,
            "p_value_vs_baseline": round(decision.figures["p_value_vs_baseline"], 4) if "p_value_vs_baseline" in decision.figures else None,
@@ -198,7 +205,8 @@ def promotion_assets(settings: Settings) -> list:
             symbol, target = symbol_and_target(key)
             decision = promote_champion(cfg, symbol, target)
             verdict = "PROMOTED" if decision.promoted else "kept"
-            context.log.info(f"{decision.name}: {verdict} v{decision.challenger} vs {decision.compared_with}: {'; '.join(decision.reasons)}")
+            judged = f"v{decision.challenger} vs {decision.compared_with}" if decision.challenger else "no new version"
+            context.log.info(f"{decision.name}: {verdict} {judged}: {'; '.join(decision.reasons)}")
             promoted += decision.promoted
             # Each partition shows its own decision, not every decision of a single-run backfill.
             context.add_asset_metadata(decision_metadata(decision), partition_key=key)

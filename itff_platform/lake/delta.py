@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timezone
 from pathlib import Path
 
 import polars as pl
-from deltalake import ColumnProperties, DeltaTable, WriterProperties, write_deltalake
+from deltalake import ColumnProperties, CommitProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake.transaction import AddAction
 
 PARTITION_COLUMNS = ["interval", "symbol", "month"]
@@ -28,6 +28,40 @@ WRITER_PROPERTIES = WriterProperties(
     default_column_properties=ColumnProperties(dictionary_enabled=False),
     column_properties={name: ColumnProperties(dictionary_enabled=True) for name in ("regime", "rule", "source", "batch_id")},
 )
+
+
+# Every write of partitions records, in its Delta commit, the fingerprint of the inputs each partition was built from
+# (null when the writer had none, e.g. a daily update): {"interval|symbol|YYYY-MM-DD": fingerprint or null}.
+# In the commit itself, the record can never disagree with the data it describes.
+FINGERPRINTS = "itff.fingerprints"
+# Commits that rewrite files without changing any row: a record made before them still holds.
+ROWS_KEPT = {"OPTIMIZE", "VACUUM START", "VACUUM END"}
+
+
+def partition_id(interval: str, symbol: str, month: date) -> str:
+    return f"{interval}|{symbol}|{month:%Y-%m-%d}"
+
+
+def fingerprint_commit(interval: str, symbol: str, months: Iterable[date],
+                       fingerprints: Mapping[date, str] | None) -> CommitProperties:
+    record = {partition_id(interval, symbol, m): (fingerprints or {}).get(m) for m in months}
+    return CommitProperties(custom_metadata={FINGERPRINTS: json.dumps(record)})
+
+
+def recorded_fingerprints(path: str | Path) -> dict[str, str]:
+    """partition_id -> the fingerprint recorded by the newest commit that wrote the partition. A partition is absent
+    (unknown, so rebuilt) when that commit recorded none, or when a commit this module did not make (and that may
+    have changed rows) came after its record, or when the log entries holding it were cleaned up."""
+    if not DeltaTable.is_deltatable(str(path)):
+        return {}
+    found: dict[str, str | None] = {}
+    for commit in DeltaTable(str(path)).history():  # newest first
+        if FINGERPRINTS in commit:
+            for key, fingerprint in json.loads(commit[FINGERPRINTS]).items():
+                found.setdefault(key, fingerprint)
+        elif commit.get("operation") not in ROWS_KEPT:
+            break
+    return {key: fingerprint for key, fingerprint in found.items() if fingerprint is not None}
 
 
 def with_month(frame: pl.DataFrame) -> pl.DataFrame:
@@ -50,26 +84,30 @@ def partition_predicate(interval: str, symbol: str, months: Iterable[date], sinc
 
 
 def replace_partitions(
-    path: str | Path, frame: pl.DataFrame, interval: str, symbol: str, months: Iterable[date], since: datetime | None = None
+    path: str | Path, frame: pl.DataFrame, interval: str, symbol: str, months: Iterable[date], since: datetime | None = None,
+    fingerprints: Mapping[date, str] | None = None,
 ) -> None:
-    """Replace exactly the rows of (interval, symbol, months[, timestamp >= since]) with `frame`, in one commit.
+    """Replace exactly the rows of (interval, symbol, months[, timestamp >= since]) with `frame`, in one commit that
+    records each month's input fingerprint (none for a partial rewrite from `since`).
 
     Rows outside the predicate are untouched, files included. An empty frame empties those partitions."""
     months = list(months)
     if not months:
         return
     predicate = partition_predicate(interval, symbol, months, since)
+    commit = fingerprint_commit(interval, symbol, months, None if since is not None else fingerprints)
     if not DeltaTable.is_deltatable(str(path)):
         if frame.is_empty():
             return
-        write_deltalake(str(path), frame.to_arrow(), mode="append", partition_by=PARTITION_COLUMNS, writer_properties=WRITER_PROPERTIES)
+        write_deltalake(str(path), frame.to_arrow(), mode="append", partition_by=PARTITION_COLUMNS, writer_properties=WRITER_PROPERTIES,
+                        commit_properties=commit)
         return
     if frame.is_empty():
-        DeltaTable(str(path)).delete(predicate)
+        DeltaTable(str(path)).delete(predicate, commit_properties=commit)
         return
     write_deltalake(
         str(path), frame.to_arrow(), mode="overwrite", predicate=predicate, partition_by=PARTITION_COLUMNS,
-        writer_properties=WRITER_PROPERTIES,
+        writer_properties=WRITER_PROPERTIES, commit_properties=commit,
     )
 
 
@@ -94,15 +132,18 @@ def write_partition_file(path: str | Path, frame: pl.DataFrame, interval: str, s
 
 
 def replace_partitions_by_files(
-    path: str | Path, parts: Iterable[tuple[date, "pl.LazyFrame"]], interval: str, symbol: str, schema: pl.Schema
+    path: str | Path, parts: Iterable[tuple[date, "pl.LazyFrame"]], interval: str, symbol: str, schema: pl.Schema,
+    fingerprints: Mapping[date, str] | None = None,
 ) -> list[pl.DataFrame]:
     """Collect each (month, lazy rows), write it as its own file (two at a time), then replace exactly those
-    months in one Delta commit. Returns the frames written. For big rebuilds; small writes use replace_partitions."""
+    months in one Delta commit, with their input fingerprints. Returns the frames written. For big rebuilds; small
+    writes use replace_partitions."""
     parts = list(parts)
     if not parts:
         return []
     if not DeltaTable.is_deltatable(str(path)):
-        write_deltalake(str(path), pl.DataFrame(schema=schema).to_arrow(), mode="append", partition_by=PARTITION_COLUMNS)
+        write_deltalake(str(path), pl.DataFrame(schema=schema).to_arrow(), mode="append", partition_by=PARTITION_COLUMNS,
+                        commit_properties=fingerprint_commit(interval, symbol, [], None))
 
     def write(part: tuple[date, pl.LazyFrame]) -> tuple[pl.DataFrame, AddAction | None]:
         month, rows = part
@@ -123,6 +164,7 @@ def replace_partitions_by_files(
             ("symbol", "=", symbol),
             ("month", "in", [f"{m:%Y-%m-%d}" for m in months]),
         ],
+        commit_properties=fingerprint_commit(interval, symbol, months, fingerprints),
     )
     return [frame for frame, _ in written]
 

@@ -34,6 +34,7 @@ from itff_platform.training.study import registered_name
 
 CHAMPION = "champion"
 HISTORY_TAG = "champion_history"
+LAST_DECISION_TAG = "last_promotion_decision"
 OOS_ARTIFACT = "evaluation/oos_predictions.parquet"
 
 
@@ -61,6 +62,7 @@ class Decision:
     reasons: list[str] = field(default_factory=list)
     figures: dict[str, float] = field(default_factory=dict)
     tradable: bool | None = None
+    unchanged: bool = False  # nothing new to judge since the last decision: the champion is kept, nothing recorded
 
     @property
     def champion_after(self) -> str | None:
@@ -176,7 +178,11 @@ def promote_champion(settings: Settings, symbol: str, target: str) -> Decision:
     # A version rolled back from is not a challenger again until someone retrains.
     newer = [v for v in versions if (champion is None or int(v.version) > int(champion.version)) and "rolled_back_at" not in v.tags]
     if not newer:
-        return Decision(name, False, None, str(champion.version), "-", ["no version newer than the champion"])
+        return Decision(name, False, None, str(champion.version), "-", ["no version newer than the champion"], unchanged=True,
+                        tradable=champion.tags.get("tradable") == "true")
+    judged = _judged_before(client, name, newer, champion)
+    if judged is not None:
+        return judged
     candidates = [c for c in (_candidate(client, v) for v in newer) if all(c.window) and loss_key(task) in c.metrics]
     if not candidates:
         return Decision(name, False, None, str(champion.version) if champion else None, "-",
@@ -197,6 +203,26 @@ def promote_champion(settings: Settings, symbol: str, target: str) -> Decision:
     # Whether what is served after this decision trades: the new champion's rule, or the kept one's.
     decision.tradable = tradable if decision.promoted else (champion.tags.get("tradable") == "true" if champion else None)
     return _record(client, decision)
+
+
+def _judged_before(client: MlflowClient, name: str, newer: list, champion) -> Decision | None:
+    """The decision to keep things as they are when the last recorded decision already saw every version there is
+    and left the champion that is still in place: judging again would decide the same. A retrain (a new version),
+    a rollback or a forced champion changes that, and the versions are judged again."""
+    last = json.loads(client.get_registered_model(name).tags.get(LAST_DECISION_TAG, "{}"))
+    current = str(champion.version) if champion else None
+    if not last or last["champion_after"] != current or last["latest_version"] < max(int(v.version) for v in newer):
+        return None
+    try:
+        tags = client.get_model_version(name, last["version"]).tags
+    except mlflow.exceptions.MlflowException:  # that version was deleted since
+        return None
+    reasons = [f"nothing new to judge: the last decision (v{last['version']} {tags.get('promotion_decision', '?')} on "
+               f"{tags.get('promotion_decided_at', '?')}) saw every version up to v{last['latest_version']} and left "
+               f"{'champion v' + current if champion else 'no champion'}; its reasons:",
+               *tags.get("promotion_reasons", "").split(" | ")]
+    return Decision(name, False, None, current, tags.get("promotion_compared_with", "-"), reasons, unchanged=True,
+                    tradable=None if champion is None else champion.tags.get("tradable") == "true")
 
 
 def _serve_decision(client, oos: OutOfSample, settings: Settings, symbol: str, target: str, name: str, challenger: Candidate,
@@ -405,4 +431,8 @@ def _record(client: MlflowClient, decision: Decision) -> Decision:
         }
         for key, value in tags.items():
             client.set_model_version_tag(decision.name, decision.challenger, key, value)
+        # What this decision saw and left: a later run with no newer version and the same champion keeps it (_judged_before).
+        latest = max(int(v.version) for v in client.search_model_versions(f"name = '{decision.name}'"))
+        client.set_registered_model_tag(decision.name, LAST_DECISION_TAG, json.dumps(
+            {"version": decision.challenger, "latest_version": latest, "champion_after": decision.champion_after}))
     return decision

@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 # MLflow prints a progress bar per artifact download and INFO lines per model; a study's own log line is enough.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 logging.getLogger("mlflow").setLevel(logging.WARNING)
+FINGERPRINT_TAG = "study_fingerprint"  # what the study depends on (training.reuse); equal means reusable
+# Metrics a float would change (counts) or MLflow drops (NaN, inf), as JSON: a reused study (training.reuse) then
+# reports exactly what this one did (2268 trades, not 2268.0; a profit factor of inf, not a missing one).
+EXACT_METRICS_TAG = "metrics_exact"
 HEADLINE = {"classification": ["log_loss", "roc_auc", "ece", "backtest_profit_factor"], "regression": ["mae", "mape", "band_coverage"]}
 
 
@@ -49,10 +53,13 @@ class StudyOutcome:
     tradable_reason: str = ""
     fold_table: pl.DataFrame | None = None
     regime_table: pl.DataFrame | None = None
+    reused: bool = False  # read back from an earlier run with the same fingerprint (training.reuse), not trained
 
     @property
     def trials_per_minute(self) -> float:
-        return (self.trials_completed + self.trials_pruned) / max(self.seconds, 1e-9) * 60
+        # The figure logged to MLflow, so a reused study reports exactly what its run did.
+        logged = self.metrics.get("trials_per_minute")
+        return logged if logged is not None else (self.trials_completed + self.trials_pruned) / max(self.seconds, 1e-9) * 60
 
 
 def registered_name(symbol: str, target: str) -> str:
@@ -87,6 +94,11 @@ def _clean(metrics: dict[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
 
 
+def _not_float(metrics: dict) -> dict:
+    counts = {k: int(v) for k, v in metrics.items() if isinstance(v, (int, np.integer)) and not isinstance(v, bool)}
+    return {**counts, **{k: float(v) for k, v in metrics.items() if k not in _clean(metrics)}}
+
+
 def log_training_dataset(data: TrainingData, settings: Settings) -> None:
     """Record on the active run what it trained on: the silver Delta table (path and version) and the rows taken
     from it, so MLflow's Datasets column names the table, its version and its row count instead of "None"."""
@@ -113,6 +125,18 @@ def log_training_dataset(data: TrainingData, settings: Settings) -> None:
 _DATASETS: dict[tuple, object] = {}  # the last symbol x target's dataset record, reused by its other studies
 
 
+def study_trials(family: str, settings: Settings, n_trials: int | None = None) -> int:
+    """The trials a study of `family` runs: one for a baseline (nothing to search), else the budget for its kind."""
+    if is_baseline(family):
+        return 1
+    return n_trials or (settings.torch_trials if family in ("lstm", "transformer") else settings.trials)
+
+
+def figure_path(settings: Settings, data: TrainingData, family: str, name: str) -> Path:
+    """Where a study's figure is kept for Dagster's metadata once its scratch folder is gone."""
+    return settings.mlflow_dir / "figures" / f"{data.symbol}-{data.target}-{family}-{name}.png"
+
+
 def run_study(
     data: TrainingData,
     family: str,
@@ -120,11 +144,12 @@ def run_study(
     settings: Settings,
     progress: Callable[[str], None] = log.info,
     n_trials: int | None = None,
+    fingerprint: str | None = None,
 ) -> StudyOutcome:
+    """`fingerprint` (training.reuse) is tagged on the parent run, so a later study with the same one reuses it."""
     cls = forecaster_class(family)
-    is_torch = family in ("lstm", "transformer")
     baseline = is_baseline(family)
-    n_trials = 1 if baseline else (n_trials or (settings.torch_trials if is_torch else settings.trials))
+    n_trials = study_trials(family, settings, n_trials)
     started = time.perf_counter()
     extra = {"last_return_column": data.features.index("log_return_1")} if family == "baseline_persistence" else {}
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
@@ -136,7 +161,8 @@ def run_study(
     experiment = experiment_id(settings, data.symbol, data.target)
     with mlflow.start_run(experiment_id=experiment, run_name=f"{family}-{stamp}") as parent:
         mlflow.set_tags({"family": family, "symbol": data.symbol, "target": data.target, "task": data.task,
-                         "seed": settings.seed, **{f"delta_version.{k}": v for k, v in data.table_versions.items()}})
+                         "seed": settings.seed, **{f"delta_version.{k}": v for k, v in data.table_versions.items()},
+                         **({FINGERPRINT_TAG: fingerprint} if fingerprint else {})})
         # The same keys on every family's parent run, so MLflow's compare view lines the families up row by row.
         mlflow.log_params({"family": family, "symbol": data.symbol, "target": data.target, "task": data.task,
                            "trials": n_trials, "seed": settings.seed})
@@ -195,6 +221,7 @@ def run_study(
             metrics = {**evaluation.metrics, "trials_completed": len(completed), "trials_pruned": pruned,
                        "study_seconds": seconds, "trials_per_minute": (len(completed) + pruned) / seconds * 60}
             mlflow.log_metrics(_clean(metrics))
+            mlflow.set_tag(EXACT_METRICS_TAG, json.dumps(_not_float(metrics)))
             mlflow.set_tags({**evaluation.recent_window, "tradable": str(evaluation.tradable).lower(),
                              "tradable_reason": evaluation.tradable_reason[:5000]})
             # Hyperparameters differ per family: namespaced by family, so a name shared by two families (dropout)
@@ -214,7 +241,7 @@ def run_study(
             mlflow.set_tag("mlflow.note.content", run_summary(family, data, metrics, version, refused))
             figures = {}
             for name, path in evaluation.figures.items():  # kept for Dagster metadata after the scratch folder goes
-                figures[name] = settings.mlflow_dir / "figures" / f"{data.symbol}-{data.target}-{family}-{name}.png"
+                figures[name] = figure_path(settings, data, family, name)
                 figures[name].parent.mkdir(parents=True, exist_ok=True)
                 figures[name].write_bytes(path.read_bytes())
     return StudyOutcome(family, parent.info.run_id, metrics, best.params, version, len(completed), pruned,

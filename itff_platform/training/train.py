@@ -9,6 +9,7 @@ from datetime import datetime
 from itff_platform.models import CLASSIFICATION_BASELINES, REGRESSION_BASELINES
 from itff_platform.settings import Settings
 from itff_platform.training.dataset import TrainingData, training_data
+from itff_platform.training.reuse import data_digest, earlier_outcome, study_fingerprint
 from itff_platform.training.splits import Fold, walk_forward_splits
 from itff_platform.training.study import StudyOutcome, run_study
 
@@ -46,4 +47,12 @@ def train_symbol_target(
     folds = folds_for(data, settings)
     progress(f"[{symbol} {target}] {len(data)} rows, {len(folds)} folds of {len(folds[0].test)} test rows, "
              f"silver Delta version {data.table_versions.get('silver')}")
-    return [run_study(data, family, folds, settings, progress) for family in (families or families_for(target, settings))]
+    rows = data_digest(data)
+    outcomes = []
+    for family in families or families_for(target, settings):
+        fingerprint = study_fingerprint(rows, folds, family, settings)
+        earlier = earlier_outcome(settings, data, family, fingerprint)
+        if earlier is not None:
+            progress(f"[{symbol} {target} {family}] unchanged since run {earlier.run_id} (same data, settings and code): reused")
+        outcomes.append(earlier or run_study(data, family, folds, settings, progress, fingerprint=fingerprint))
+    return outcomes

@@ -195,6 +195,10 @@ def test_btc_prices_in_an_eth_file_are_named_by_the_continuity_check(tmp_path, b
 
 def test_maintenance_reclaims_replaced_files_so_reruns_no_longer_grow_the_lake(tmp_path, monkeypatch):
     """Before: every re-run left the replaced Parquet files behind, and nothing ever removed them."""
+    import itff_platform.lake.layers as layers
+
+    # Re-runs on unchanged inputs now write nothing (lake.incremental); these stand for re-runs whose inputs changed.
+    monkeypatch.setattr(layers, "unchanged_months", lambda *args: [])
     lake_dir = tmp_path / "lake"
     tags = months("2024-05-01|BTCUSDT", "2024-08-01|ETHUSDT")
     assert run(lake_dir, tags=tags).success

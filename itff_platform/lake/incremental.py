@@ -1,0 +1,73 @@
+"""What each lake partition is built from, as a fingerprint, and which partitions an incremental run can skip.
+
+- raw (symbol, month): the candles the source handed over for the month, the source's name and the interval.
+- bronze: the month's raw rows as the lake holds them, lineage columns included (bronze's quarantine keeps them).
+- silver: the bronze rows of the month's whole read span (warm-up before it, label horizon after it, see
+  features.silver.read_span) and the feature, regime and label settings. A change in the last days of the previous
+  month, or the first bars of the next, therefore rebuilds this month too; a change further away does not.
+Every fingerprint also covers the lake's code (market/, lake/, features/) and polars' version. The fingerprint a
+partition was built from is recorded in the Delta commit that wrote it (lake.delta.FINGERPRINTS)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date, datetime
+from pathlib import Path
+
+import polars as pl
+
+from itff_platform.features.silver import month_windows
+from itff_platform.fingerprints import code_digest, digest, frame_digest
+from itff_platform.lake.delta import partition_id, recorded_fingerprints
+from itff_platform.market.candles import CANDLE_COLUMNS
+from itff_platform.settings import Settings
+
+# The settings the silver frame reads (features, regime, labels; interval for bars per day). A test checks this
+# list against every setting the features package names, so a new feature setting cannot be left out.
+SILVER_SETTINGS = (
+    "interval", "return_lags", "volatility_window", "rsi_period", "atr_period", "adx_period", "cci_period",
+    "wavetrend_channel", "wavetrend_average", "macd_fast", "macd_slow", "macd_signal", "bollinger_period",
+    "bollinger_width", "volume_zscore_window", "daily_range_days", "warmup_bars", "regime_adx_trend", "regime_adx_range",
+    "regime_slope_period", "regime_volatility_quantile", "regime_volatility_lookback", "label_horizon",
+    "label_neutral_zone", "label_barrier_atr",
+)
+
+
+def lake_code() -> str:
+    return code_digest("market", "lake", "features", libraries=("polars",))
+
+
+def by_month(rows: pl.DataFrame, months: list[date]) -> dict[date, pl.DataFrame]:
+    """Each month's rows (an empty frame for a month without any)."""
+    parts = rows.partition_by("month", as_dict=True) if rows.height else {}
+    return {m: parts.get((m,), rows.head(0)) for m in months}
+
+
+def raw_fingerprints(settings: Settings, source: str, received: pl.DataFrame, months: list[date]) -> dict[date, str]:
+    """`received`: the source's rows for the months, with a month column."""
+    return {month: digest("raw", source, settings.interval, frame_digest(rows.select(CANDLE_COLUMNS)), lake_code())
+            for month, rows in by_month(received, months).items()}
+
+
+def bronze_fingerprints(settings: Settings, raw: pl.DataFrame, months: list[date]) -> dict[date, str]:
+    """`raw`: the lake's raw rows of the months."""
+    return {month: digest("bronze", settings.interval, frame_digest(rows), lake_code())
+            for month, rows in by_month(raw, months).items()}
+
+
+def silver_fingerprints(settings: Settings, bronze: pl.DataFrame, months: list[datetime]) -> dict[date, str]:
+    """`bronze`: one symbol's bronze rows sorted by timestamp, covering every month's read span that exists."""
+    chosen = {name: getattr(settings, name) for name in SILVER_SETTINGS}
+    stamps = bronze["timestamp"]
+    found = {}
+    for read_from, start, _, read_to in month_windows(months, settings):
+        lo, hi = stamps.search_sorted(read_from, side="left"), stamps.search_sorted(read_to, side="left")
+        found[start.date()] = digest("silver", chosen, frame_digest(bronze.slice(lo, hi - lo)), lake_code())
+    return found
+
+
+def unchanged_months(path: str | Path, interval: str, symbol: str, fingerprints: Mapping[date, str]) -> list[date]:
+    """The months whose recorded fingerprint in the table at `path` equals the one given: a rebuild would write
+    exactly what they hold."""
+    recorded = recorded_fingerprints(path)
+    return sorted(m for m, fingerprint in fingerprints.items() if recorded.get(partition_id(interval, symbol, m)) == fingerprint)

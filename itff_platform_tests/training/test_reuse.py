@@ -1,0 +1,45 @@
+"""What a study's fingerprint (training.reuse) moves with: its rows, folds, family, trial budget, the settings that
+can change its result and the code; and what it ignores, so an unrelated change does not retrain it."""
+
+import pytest
+
+from itff_platform.features.silver import build_features
+from itff_platform.market.synthetic import random_walk_candles
+from itff_platform.settings import Settings
+from itff_platform.training.dataset import training_data
+from itff_platform.training.reuse import SETTINGS_IGNORED, data_digest, study_fingerprint
+from itff_platform.training.train import folds_for
+
+
+@pytest.fixture(scope="module")
+def study():
+    settings = Settings(wf_folds=3)
+    silver = build_features(random_walk_candles(3000, seed=5), settings).collect()
+    data = training_data(settings, "TESTUSDT", "direction", silver=silver)
+    return settings, silver, data, folds_for(data, settings)
+
+
+def fingerprint(settings: Settings, data, folds, family: str = "logistic") -> str:
+    return study_fingerprint(data_digest(data), folds, family, settings)
+
+
+def test_every_ignored_setting_is_a_setting():
+    assert SETTINGS_IGNORED <= set(Settings.model_fields)
+
+
+def test_the_fingerprint_moves_with_what_changes_a_study_and_only_with_that(study):
+    settings, silver, data, folds = study
+    same = fingerprint(settings, data, folds)
+    assert fingerprint(Settings(wf_folds=3), training_data(settings, "TESTUSDT", "direction", silver=silver), folds) == same
+    # Settings a study does not read, and the budget of another kind of family, leave it alone.
+    for unrelated in ({"torch_trials": 7}, {"symbols": ["SOLUSDT"]}, {"families": ["logistic"]}, {"api_tokens": ["t"]},
+                      {"promotion_alpha": 0.01}, {"rsi_period": 9}, {"drift_psi_warn": 0.2}):
+        assert fingerprint(settings.model_copy(update=unrelated), data, folds) == same, unrelated
+    # What can change its result does not.
+    for relevant in ({"trials": 4}, {"fees_bps": 5.0}, {"seed": 1}, {"calibration_rows": 0}, {"max_ece": 0.05},
+                     {"label_horizon": 6}):
+        assert fingerprint(settings.model_copy(update=relevant), data, folds) != same, relevant
+    assert fingerprint(settings, data, folds, family="boosting") != same
+    assert fingerprint(settings, data, folds[:-1]) != same
+    moved = training_data(settings, "TESTUSDT", "direction", silver=silver.head(silver.height - 24))
+    assert fingerprint(settings, moved, folds_for(moved, settings)) != same
