@@ -271,10 +271,21 @@ def run_maintenance() -> bool:
     from itff_platform.defs.cli_runs import execute_job
 
     result = execute_job("lake_maintenance_job", DagsterInstance.get(), tags={"itff/trigger": "run"}, run_config=_log_level(True))
-    meta = next((e.materialization.metadata for e in result.get_asset_materialization_events()), {})
-    reclaimed = f"{meta['bytes_reclaimed'].value} bytes reclaimed" if "bytes_reclaimed" in meta else "see the Dagster UI"
-    print(f"Lake maintenance {'done' if result.success else 'FAILED'} (lake_maintenance_job): {reclaimed}")
+    meta = {k: v.value for e in result.get_asset_materialization_events() for k, v in e.materialization.metadata.items()}
+    print(f"Lake maintenance {'done' if result.success else 'FAILED'} (lake_maintenance_job): {maintenance_outcome(meta)}")
     return result.success
+
+
+def maintenance_outcome(meta: dict) -> str:
+    """What lake_maintenance did, in words. Right after a build it reclaims nothing: compaction and checkpoints add
+    files, and the files they supersede are only vacuumed once older than the retention, so the lake grows a little."""
+    if "bytes_reclaimed" not in meta:
+        return "see the Dagster UI"
+    reclaimed, vacuumed = meta["bytes_reclaimed"], meta.get("files_vacuumed", 0)
+    if reclaimed >= 0:
+        return f"{reclaimed:,} bytes reclaimed, {vacuumed} superseded file(s) vacuumed"
+    return (f"nothing reclaimed yet: checkpoints and compacted files added {-reclaimed:,} bytes; the files they "
+            f"supersede are vacuumed once older than ITFF_LAKE_VACUUM_RETENTION_HOURS ({meta.get('retention_hours')} h)")
 
 
 def _use_project_instance(settings) -> None:

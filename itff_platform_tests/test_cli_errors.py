@@ -270,3 +270,13 @@ def test_train_and_promote_refuse_an_unconfigured_symbol_or_a_bad_trial_count(tm
     both = one_line_error(itff("promote", "--symbol", "BTCUSDT", "--target", "direction", "--trials", "3", "--force", "1",
                                env=env, cwd=tmp_path))
     assert "give one of them" in both
+
+
+def test_lake_maintenance_never_reports_negative_bytes_reclaimed():
+    """After a fresh `itff run` maintenance added 185,920 bytes (checkpoints, compaction) and the CLI printed
+    "-185920 bytes reclaimed"."""
+    from itff_platform.cli import maintenance_outcome
+
+    grew = maintenance_outcome({"bytes_reclaimed": -185920, "files_vacuumed": 0, "retention_hours": 168})
+    assert "-" not in grew.split(":")[0] and "185,920 bytes" in grew and "168 h" in grew and "reclaimed yet" in grew
+    assert maintenance_outcome({"bytes_reclaimed": 4096, "files_vacuumed": 3}) == "4,096 bytes reclaimed, 3 superseded file(s) vacuumed"
