@@ -273,6 +273,16 @@ def test_readyz_details_need_a_token_and_the_probe_says_nothing(service):
     assert details.status_code == 200 and "itff-PROMOUSDT-direction" in details.json()["models"]
 
 
+def test_only_the_public_set_answers_without_a_token(service):
+    """Deny by default: a path the guard does not list, such as BentoML's own /schema.json, needs a token."""
+    url, _, _ = service
+    schema = httpx.get(f"{url}/schema.json", timeout=10)
+    assert schema.status_code == 401 and schema.json()["field"] == "X-API-Token", schema.text
+    assert httpx.get(f"{url}/schema.json", headers={"X-API-Token": TOKEN}, timeout=10).status_code == 200
+    for path in ("/", "/docs.json", "/healthz", "/livez", "/readyz", "/metrics", "/static_content/swagger-ui.css"):
+        assert httpx.get(f"{url}{path}", timeout=30).status_code == 200, path
+
+
 def test_a_client_error_is_one_info_line_not_an_error_traceback(service):
     url, _, _ = service
     before = len(server_log())
