@@ -7,8 +7,8 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from itff_platform.features.regime import REGIMES
 from itff_platform.monitoring.prediction_log import input_hash
+from itff_platform.rules import REGIMES
 from itff_platform.training.backtest import served_signals
 
 OOD_Z = 6.0  # a scaled feature this many training standard deviations out is outside what the model saw

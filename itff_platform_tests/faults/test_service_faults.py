@@ -17,8 +17,8 @@ import httpx
 import polars as pl
 import pytest
 
-from itff_platform.features.regime import REGIMES
 from itff_platform.features.silver import feature_columns
+from itff_platform.rules import REGIMES
 from itff_platform.serving.guard import body_signature
 from itff_platform_tests.conftest import free_port
 from itff_platform_tests.faults.conftest import (
