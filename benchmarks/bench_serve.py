@@ -117,7 +117,7 @@ def main() -> None:
         server.wait(timeout=30)
     result = {
         "machine": f"{platform.node()} | {os.cpu_count()} CPUs | {platform.machine()} | Python {sys.version.split()[0]}",
-        "model": f"itff-{symbol}-{target} v{model.version} ({model.family})", "duration_s_per_level": DURATION_S,
+        "model": f"{model.name} v{model.version} ({model.family})", "duration_s_per_level": DURATION_S,
         "in_process_model_call": in_process, "predict": levels,
         "batch_rows": BATCH_ROWS, "batch_best_of_3_s": round(batch_s, 3), "batch_rows_per_s": round(BATCH_ROWS / batch_s),
     }

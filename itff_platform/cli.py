@@ -158,6 +158,7 @@ def run_training(quiet: bool = True, only: list[str] | None = None) -> bool:
 def run_promotion(only: list[str] | None = None) -> bool:
     """Challenger vs champion for every symbol x target (or those chosen); print each decision, its reasons, and
     for a model left without a champion what to do."""
+    from itff_platform.rules import model_key, task_of
     from itff_platform.training.promotion import no_champion_remedy
 
     print("\nPromotion (serve a challenger only if it beats the better baseline, and the champion, with 95 % confidence "
@@ -168,15 +169,15 @@ def run_promotion(only: list[str] | None = None) -> bool:
     rows = {row["model"]: row for result in results for event in result.get_asset_materialization_events()
             for row in event.materialization.metadata["summary"].value}
     for row in rows.values():
+        symbol, target = model_key(row["model"])
         after = f"champion v{row['champion_after']}" if row["champion_after"] else "no champion"
-        bands = row["model"].endswith("-forward_return")
+        bands = task_of(target) == "regression"
         trading = "" if bands or not row["champion_after"] else (", tradable" if row.get("tradable") else ", served flat (not tradable)")
         judged = f"v{row['challenger']} vs {row['compared_with']}" if row["challenger"] else "no new version"
         print(f"  {row['model']:30s} {row['decision']:8s} {judged}: {after}{trading}")
         for reason in row["reasons"]:
             print(f"      - {reason}")
         if not row["champion_after"]:
-            _, symbol, target = row["model"].split("-", 2)
             print(f"      what to do: {no_champion_remedy(symbol, target, row['challenger'])}")
     served = [r for r in rows.values() if r["champion_after"]]
     print(f"\nServed: {len(served)} of {len(rows)} models; tradable: {sum(bool(r.get('tradable')) for r in served)}. "
@@ -318,7 +319,7 @@ def _registered_models(settings) -> list[str]:
 
 
 def _require_model(settings, symbol: str, target: str) -> str:
-    from itff_platform.training.study import registered_name
+    from itff_platform.rules import registered_name
 
     name = registered_name(symbol, target)
     known = _registered_models(settings)
@@ -333,13 +334,13 @@ def rollback(symbol: str, target: str) -> int:
     from itff_platform.training.promotion import rollback_champion
 
     settings = get_settings()
-    _require_model(settings, symbol.upper(), target)
+    name = _require_model(settings, symbol.upper(), target)
     try:
         current, previous = rollback_champion(settings, symbol.upper(), target)
     except LookupError as error:
         print(f"rollback: {error}", file=sys.stderr)
         return 1
-    print(f"itff-{symbol.upper()}-{target}: champion alias moved from v{current} back to v{previous}")
+    print(f"{name}: champion alias moved from v{current} back to v{previous}")
     return 0
 
 

@@ -6,6 +6,7 @@ import polars as pl
 
 from itff_platform.lake.delta import read_rows
 from itff_platform.lake.layers import LakeTables
+from itff_platform.rules import registered_name, task_of
 from itff_platform.settings import Settings
 
 
@@ -120,14 +121,14 @@ def print_training_summary(settings: Settings, rows: list[dict], seconds: float 
         print("\n" + training_skip_line(rows, seconds))
     with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_formatting="ASCII_MARKDOWN",
                    tbl_rows=200, tbl_cols=30, tbl_width_chars=250):
-        for task, targets in (("classification", ["direction", "level_up"]), ("regression", ["forward_return"])):
+        for task in ("classification", "regression"):
             # One frame per task, so its columns come in a study row's own order whichever task's rows came first;
             # symbol and target in order (the run's partitions finish in any order), families as they were trained.
-            mine = [row for row in rows if row["target"] in targets]
+            mine = [row for row in rows if task_of(row["target"]) == task]
             if mine:
                 part = pl.DataFrame(mine).drop("run_id", "reused", strict=False).sort("symbol", "target", maintain_order=True)
                 print(f"\nOut-of-sample results, {task} (walk-forward, {settings.fees_bps:g} bps per side):")
                 print(part.select([c for c in part.columns if part[c].null_count() < part.height]))
-    names = sorted({f"itff-{r['symbol']}-{r['target']}" for r in rows})
+    names = sorted({registered_name(r["symbol"], r["target"]) for r in rows})
     print(f"\nRegistered models: {', '.join(names)}")
     print(f"Compare them in the MLflow UI: make dev, then {settings.mlflow_ui_url}")

@@ -15,6 +15,8 @@ import re
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from itff_platform.rules import next_month
+
 # Durations the platform understands, in seconds. Binance's interval names.
 INTERVAL_SECONDS = {
     "1m": 60,
@@ -269,8 +271,7 @@ class Settings(BaseSettings):
             return self.end_date
         if self.source == "sample":
             return date(2024, 10, 1)
-        today = date.today()
-        return date(today.year + today.month // 12, today.month % 12 + 1, 1)
+        return next_month(date.today())
 
 
 _AUTHORITY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<authority>[^/?#]*)")

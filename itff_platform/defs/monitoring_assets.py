@@ -1,6 +1,6 @@
 """prediction_outcomes -> drift_monitor: the feedback loop, thin over monitoring.evaluation."""
 
-from datetime import datetime, timezone
+from datetime import datetime
 
 import polars as pl
 from dagster import (
@@ -17,6 +17,7 @@ from dagster import (
 from itff_platform.defs.checks import markdown_table
 from itff_platform.defs.metadata import OWNERS
 from itff_platform.defs.resources import ItffSettingsResource
+from itff_platform.rules import as_utc
 
 DRIFT_CHECKS = {
     "feature_drift": "PSI and KS of each feature, recent days vs the training window, within thresholds calibrated "
@@ -39,8 +40,7 @@ def _live_status(logged: int, realized: int, pending: int) -> str:
 def _as_of(itff: ItffSettingsResource):
     if not itff.evaluation_as_of:
         return None
-    as_of = datetime.fromisoformat(itff.evaluation_as_of)
-    return as_of if as_of.tzinfo else as_of.replace(tzinfo=timezone.utc)  # the log's times are UTC
+    return as_utc(datetime.fromisoformat(itff.evaluation_as_of))  # the log's times are UTC
 
 
 def _plots(figures: dict, prefix: str) -> dict:

@@ -21,6 +21,7 @@ from itff_platform.defs.checks import markdown_table
 from itff_platform.defs.metadata import OWNERS
 from itff_platform.defs.resources import ItffSettingsResource
 from itff_platform.models import CLASSIFICATION_BASELINES, REGRESSION_BASELINES
+from itff_platform.rules import task_of
 from itff_platform.settings import Settings
 
 SUMMARY_COLUMNS = {
@@ -77,7 +78,7 @@ def study_metadata(cfg: Settings, symbol: str, target: str, outcomes: list) -> d
 
     from itff_platform.training.study import experiment_id
 
-    task = "regression" if target == "forward_return" else "classification"
+    task = task_of(target)
     summaries, by_fold, by_regime, plots, links, reused = [], [], [], {}, [], []
     experiment = experiment_id(cfg, symbol, target)
     for outcome in outcomes:

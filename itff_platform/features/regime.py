@@ -6,6 +6,8 @@
     trending_down  ADX >= trend threshold and the EMA slope is negative
     range_bound    ADX < range threshold
     neutral        everything else
+
+The names themselves are rules.REGIMES, which the schemas, metrics and the API enumerate.
 """
 
 from __future__ import annotations
@@ -15,9 +17,6 @@ import polars as pl
 from itff_platform.features.indicators import rolling_after_warmup
 
 from itff_platform.settings import Settings
-
-REGIMES = ["trending_up", "trending_down", "range_bound", "volatile", "neutral", "unknown"]
-
 
 SLOPE_BARS = 5
 

@@ -11,13 +11,14 @@ round differently depending on the row they start from (differences of ~1e-13, b
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 
 import polars as pl
 
 from itff_platform.features import indicators as ind
 from itff_platform.features.labels import label_columns
 from itff_platform.features.regime import regime, trend_slope, volatility_ceiling
+from itff_platform.rules import next_month
 from itff_platform.settings import Settings
 
 KEY_COLUMNS = ["interval", "symbol", "month", "timestamp"]
@@ -118,7 +119,7 @@ def month_windows(months: list[datetime], settings: Settings) -> list[tuple[date
     """(read_from, start, end, read_to) for each month start given."""
     windows = []
     for start in months:
-        end = datetime(start.year + start.month // 12, start.month % 12 + 1, 1, tzinfo=start.tzinfo)
+        end = datetime.combine(next_month(start), time(), start.tzinfo)
         read_from, read_to = read_span(settings, start, end)
         windows.append((read_from, start, end, read_to))
     return windows

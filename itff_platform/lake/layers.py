@@ -18,6 +18,7 @@ from itff_platform.lake.delta import read_rows, replace_partitions, replace_part
 from itff_platform.lake.incremental import bronze_fingerprints, raw_fingerprints, silver_fingerprints, unchanged_months
 from itff_platform.market.candles import CandleSource
 from itff_platform.market.files import FilesCandleSource, RejectedFile
+from itff_platform.rules import next_month, previous_month
 from itff_platform.settings import Settings
 
 
@@ -43,15 +44,13 @@ class LakeTables:
 
 
 def month_start(day: date) -> datetime:
+    """The first instant of `day`'s month, in UTC: where a month partition begins."""
     return datetime(day.year, day.month, 1, tzinfo=timezone.utc)
 
 
-def next_month(start: datetime) -> datetime:
-    return datetime(start.year + start.month // 12, start.month % 12 + 1, 1, tzinfo=timezone.utc)
-
-
-def previous_month(start: datetime) -> datetime:
-    return datetime(start.year - (start.month == 1), (start.month - 2) % 12 + 1, 1, tzinfo=timezone.utc)
+def month_end(day: date) -> datetime:
+    """The first instant after `day`'s month, in UTC: where its month partition ends."""
+    return month_start(next_month(day))
 
 
 def lake_months(settings: Settings) -> tuple[date, date]:
@@ -94,7 +93,7 @@ def ingest_raw(source: CandleSource, settings: Settings, symbol: str, months: li
     if isinstance(source, FilesCandleSource):
         candles = source.read(symbol, settings.interval)
     else:
-        candles = source.fetch(symbol, settings.interval, months[0], next_month(months[-1])).with_columns(
+        candles = source.fetch(symbol, settings.interval, months[0], month_end(months[-1])).with_columns(
             pl.lit(None, dtype=pl.String).alias("file")
         )
     received = (
@@ -143,10 +142,10 @@ def unchanged_lake(settings: Settings, source: CandleSource, months_by_symbol: d
     for symbol, months in months_by_symbol.items():
         months = sorted(months)
         wanted = [m.date() for m in months]
-        received = with_month(source.fetch(symbol, settings.interval, months[0], next_month(months[-1])))
+        received = with_month(source.fetch(symbol, settings.interval, months[0], month_end(months[-1])))
         if not all_unchanged(tables.raw, raw_fingerprints(settings, source.name, received, wanted)):
             return False
-        raw = read_rows(tables.raw, settings.interval, symbol, months[0], next_month(months[-1])).filter(pl.col("month").is_in(wanted))
+        raw = read_rows(tables.raw, settings.interval, symbol, months[0], month_end(months[-1])).filter(pl.col("month").is_in(wanted))
         if not all_unchanged(tables.bronze, bronze_fingerprints(settings, raw, wanted)):
             return False
         windows = month_windows(months, settings)
@@ -173,7 +172,7 @@ def build_bronze(settings: Settings, symbol: str, months: list[datetime], skip_u
     months = sorted(months)
     wanted = [m.date() for m in months]
     # The read spans first..last month; a backfill of non-adjacent months must not touch the ones between.
-    raw = read_rows(tables.raw, settings.interval, symbol, months[0], next_month(months[-1])).filter(pl.col("month").is_in(wanted))
+    raw = read_rows(tables.raw, settings.interval, symbol, months[0], month_end(months[-1])).filter(pl.col("month").is_in(wanted))
     fingerprints = bronze_fingerprints(settings, raw, wanted)
     unchanged = unchanged_months(tables.bronze, settings.interval, symbol, fingerprints) if skip_unchanged else []
     build = [m for m in wanted if m not in unchanged]
@@ -182,7 +181,7 @@ def build_bronze(settings: Settings, symbol: str, months: list[datetime], skip_u
     replace_partitions(tables.quarantine, result.quarantine, settings.interval, symbol, build)
     # Continuity is judged on the months written and their neighbours in the lake: the previous month supplies
     # the ATR and the last close before the first bar, the next month's first bar closes the boundary after.
-    around = read_rows(tables.bronze, settings.interval, symbol, previous_month(months[0]), next_month(next_month(months[-1])))
+    around = read_rows(tables.bronze, settings.interval, symbol, month_start(previous_month(months[0])), month_end(next_month(months[-1])))
     breaks = continuity_breaks(around, settings.atr_period, settings.continuity_atr_multiple, wanted)
     if unchanged:
         result = with_lake_months(result, tables, settings.interval, symbol, raw, around, unchanged)
@@ -194,7 +193,7 @@ def with_lake_months(result: BronzeResult, tables: LakeTables, interval: str, sy
     """`result` plus what the lake holds for months that were not rebuilt: their raw rows, bronze rows and
     quarantined rows (their collapsed duplicates are what is left, as when they were built)."""
     in_months = pl.col("month").is_in(months)
-    start, end = month_start(months[0]), next_month(month_start(months[-1]))
+    start, end = month_start(months[0]), month_end(months[-1])
     try:
         quarantine = read_rows(tables.quarantine, interval, symbol, start, end).filter(in_months)
     except FileNotFoundError:  # nothing was ever quarantined
@@ -242,7 +241,7 @@ def refresh_silver(settings: Settings, symbol: str, months: list[datetime], sinc
     schema = build_features(bronze.head(0), settings).collect_schema()
     frames = replace_partitions_by_files(tables.silver, parts, settings.interval, symbol, schema, fingerprints)
     if unchanged:
-        start, end = month_start(unchanged[0]), next_month(month_start(unchanged[-1]))
+        start, end = month_start(unchanged[0]), month_end(unchanged[-1])
         frames.append(read_rows(tables.silver, settings.interval, symbol, start, end)
                       .filter(pl.col("month").is_in(unchanged)).select(list(schema)))
     return SilverRefresh(pl.concat(frames) if frames else pl.DataFrame(schema=schema), unchanged)

@@ -6,6 +6,8 @@ import pandera.polars as pa
 import polars as pl
 from pandera.engines import polars_engine as pe
 
+from itff_platform.rules import REGIMES
+
 UTC_MICROS = {"time_unit": "us", "time_zone": "UTC"}
 
 
@@ -66,7 +68,7 @@ class SilverFeatures(pa.DataFrameModel):
     rsi: float = pa.Field(ge=0, le=100, nullable=True)
     adx: float = pa.Field(ge=0, le=100, nullable=True)
     atr: float = pa.Field(ge=0, nullable=True)
-    regime: str = pa.Field(isin=["trending_up", "trending_down", "range_bound", "volatile", "neutral", "unknown"])
+    regime: str = pa.Field(isin=REGIMES)
     direction: pl.Int8 = pa.Field(isin=[0, 1], nullable=True)
     level_up: pl.Int8 = pa.Field(isin=[0, 1], nullable=True)
 

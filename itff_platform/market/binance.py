@@ -16,8 +16,9 @@ from datetime import date, datetime, timedelta, timezone
 
 import polars as pl
 
-from itff_platform.market.candles import CANDLE_SCHEMA, CandleFormatError, as_utc, empty_candles, within
+from itff_platform.market.candles import CANDLE_SCHEMA, CandleFormatError, empty_candles, within
 from itff_platform.market.parsing import read_table_bytes, to_candles
+from itff_platform.rules import as_utc, next_month
 from itff_platform.settings import INTERVAL_SECONDS
 
 log = logging.getLogger(__name__)
@@ -142,10 +143,10 @@ def _archive_periods(first: date, end: date) -> list[tuple[str, str]]:
     periods: list[tuple[str, str]] = []
     day = first
     while day < end:
-        next_month = date(day.year + day.month // 12, day.month % 12 + 1, 1)
-        if day.day == 1 and next_month <= end:
+        following = next_month(day)
+        if day.day == 1 and following <= end:
             periods.append(("monthly", f"{day:%Y-%m}"))
-            day = next_month
+            day = following
         else:
             periods.append(("daily", f"{day:%Y-%m-%d}"))
             day += timedelta(days=1)

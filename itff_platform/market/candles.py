@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Protocol
 
 import polars as pl
+
+from itff_platform.rules import as_utc
 
 CANDLE_SCHEMA: dict[str, pl.DataType] = {
     "timestamp": pl.Datetime("us", "UTC"),
@@ -32,10 +34,6 @@ class CandleSource(Protocol):
         Sources do not clean: a corrupt value arrives as null or as itself, and bronze quarantines it.
         """
         ...
-
-
-def as_utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
 def empty_candles() -> pl.DataFrame:

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 from scipy.stats import ks_2samp
 
-from itff_platform.features.regime import REGIMES
+from itff_platform.rules import REGIMES
 from itff_platform.settings import Settings
 
 Severity = Literal["ok", "warn", "error"]

@@ -13,9 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-from itff_platform.features.regime import REGIMES  # noqa: E402
 from itff_platform.monitoring.drift import grade  # noqa: E402
 from itff_platform.monitoring.quality import trade_return_after_fees  # noqa: E402
+from itff_platform.rules import REGIMES  # noqa: E402
 from itff_platform.training.plots import _finish, equity_plot, reliability_diagram  # noqa: E402
 
 STATUS_COLOURS = {"ok": "tab:green", "warn": "tab:orange", "error": "tab:red"}

@@ -17,8 +17,8 @@ from datetime import datetime, timedelta
 import numpy as np
 import polars as pl
 
-from itff_platform.features.regime import REGIMES
 from itff_platform.monitoring.drift import grade
+from itff_platform.rules import REGIMES, registered_name
 from itff_platform.settings import Settings
 from itff_platform.training.metrics import classification_metrics, regression_metrics
 
@@ -145,8 +145,6 @@ def version_backtests(settings: Settings, versions: pl.DataFrame) -> pl.DataFram
     the metrics of the run that registered the version. A version or run no longer in the registry gets nulls."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
-
-    from itff_platform.training.study import registered_name
 
     client = MlflowClient(settings.tracking_uri)
     rows = []

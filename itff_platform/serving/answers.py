@@ -7,9 +7,9 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from itff_platform.features.regime import REGIMES
 from itff_platform.monitoring.prediction_log import input_hash
-from itff_platform.training.backtest import served_signals
+from itff_platform.rules import REGIMES
+from itff_platform.training.backtest import answer_columns
 
 OOD_Z = 6.0  # a scaled feature this many training standard deviations out is outside what the model saw
 def trading_permission(meta: dict) -> dict:
@@ -44,16 +44,13 @@ def build_answer(model, x: np.ndarray, out: np.ndarray, spread: np.ndarray | Non
         "bar_time": bar_time.isoformat() if bar_time is not None else None,
         **model_age(model.meta, bar_time or served_at, max_age_days), **permission,
     }
+    # The last row, in float64 (a torch model answers in float32), as plain Python values for JSON.
+    fields = answer_columns(np.asarray(out[-1:], dtype=np.float64), model.meta, model.target)
+    answer.update({name: value[-1].item() if isinstance(value, np.ndarray) else value for name, value in fields.items()})
     if model.meta["task"] == "regression":
-        p10, p50, p90 = (float(v) for v in out[-1])
-        answer.update({"p10": p10, "p50": p50, "p90": p90, "signal": "flat"})
+        answer["signal"] = "flat"
     else:
-        prob, threshold = float(out[-1]), float(model.meta["threshold"])
-        confidence = max(prob, 1 - prob)
-        signal, allow = served_signals(prob, threshold, model.target, permission["tradable"])
-        answer.update({"signal": str(signal), "prob_up": prob, "confidence": confidence, "threshold": threshold,
-                       "allow": bool(allow),
-                       "uncertainty": float(spread[-1]) if spread is not None else None})
+        answer["uncertainty"] = float(spread[-1]) if spread is not None else None
     return answer
 
 

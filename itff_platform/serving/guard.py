@@ -1,5 +1,6 @@
-"""ASGI middleware in front of the service: media type, token auth with a per-IP failure budget, per-token rate
-limit, body size limit, and the TradingView signature (an HMAC over the raw body, inside a time window, once).
+"""ASGI middleware in front of the service: media type, token auth (deny by default) with a per-IP failure budget,
+per-token rate limit, body size limit, and the TradingView signature (an HMAC over the raw body, inside a time
+window, once).
 
 Plain ASGI so it sits under BentoML (Service.add_asgi_middleware) and can be tested on its own."""
 
@@ -16,7 +17,13 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 log = logging.getLogger("itff_platform.serving.guard")
-PROTECTED = ("/predict", "/consensus", "/tradingview", "/admin/")
+# Deny by default: every path needs a token (the admin token under /admin/) except these, which are read-only: GET
+# (and HEAD, its bodiless twin); another method gets 405 from the guard, so no code behind them runs for it. A new
+# endpoint, ours or one BentoML adds (such as /schema.json), is protected until it is named here.
+PUBLIC = frozenset({"/", "/docs", "/docs.json", "/healthz", "/livez", "/readyz", "/metrics"})
+# The Swagger page at / loads its scripts and styles from here (BentoML's static files; nothing else is under it).
+PUBLIC_PREFIXES = ("/static_content/",)
+READ_METHODS = ("GET", "HEAD")
 # GET /readyz without a token is BentoML's bare probe (what Kubernetes calls); with a token, the guard answers it
 # with every model's state, which only a token holder may see.
 DETAILS = "/readyz"
@@ -63,6 +70,13 @@ class TokenBuckets:
         with self._lock:
             level = self._level(key, now)
         return 0.0 if level >= 1 else (1 - level) / self.rate
+
+
+def is_public(path: str, headers: dict[str, str]) -> bool:
+    """Whether a request needs no token. /readyz with a token does: the token asks for the details."""
+    if path == DETAILS and "x-api-token" in headers:
+        return False
+    return path in PUBLIC or path.startswith(PUBLIC_PREFIXES)
 
 
 def token_matches(given: str, accepted: list[str]) -> bool:
@@ -136,7 +150,10 @@ class GuardMiddleware:
             media = headers.get("content-type", "").split(";")[0].strip().lower()
             if media.startswith(REFUSED_MEDIA_TYPES):
                 return await self._refuse(send, scope, 415, "Content-Type", f"{media!r:.60} is not accepted; send application/json")
-        if not (path.startswith(PROTECTED) or (path == DETAILS and "x-api-token" in headers)):
+        if is_public(path, headers):
+            if method not in READ_METHODS:
+                return await _reply(send, 405, {"error": f"method: {method:.10} is not served on {path:.60}; use GET",
+                                                "field": "method"}, {"allow": ", ".join(READ_METHODS)})
             if path == DOCUMENT and method == "GET" and self.openapi is not None:
                 return await _reply(send, 200, await self.openapi())
             return await self.app(scope, receive, send)

@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, Strict, field_validator
 
-from itff_platform.features.regime import REGIMES
+from itff_platform.rules import REGIMES, as_utc
 from itff_platform.settings import INTERVAL_SECONDS, Settings
 
 # A JSON number, never a boolean or a numeric string: lax pydantic would read `true` as 1.0 and "1.5" as 1.5.
@@ -49,7 +49,7 @@ class Candle(BaseModel):
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
         try:
-            return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+            return as_utc(value)
         except OverflowError:  # year 1 with a +01:00 offset: not a ValueError, so pydantic would not catch it
             raise ValueError("not representable in UTC") from None
 
@@ -175,8 +175,7 @@ def checked_output(out: np.ndarray, field: str) -> None:
 def parse_time(value: str, field: str) -> datetime:
     """ISO-8601, in UTC; without a timezone it is read as UTC."""
     try:
-        at = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        return at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+        return as_utc(datetime.fromisoformat(value.strip().replace("Z", "+00:00")))
     except (ValueError, OverflowError, AttributeError):
         raise RequestError(f"{field}: {value!r:.60} is not an ISO-8601 time such as {EXAMPLE_TIME}") from None
 

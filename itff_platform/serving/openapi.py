@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from itff_platform.features.regime import REGIMES
+from itff_platform.rules import REGIMES
 from itff_platform.settings import Settings
 
 Regime = Literal[tuple(REGIMES)]

@@ -22,9 +22,9 @@ import anyio
 import bentoml
 import numpy as np
 
-from itff_platform.features.regime import REGIMES
 from itff_platform.monitoring.outcomes import read_quality_summary
 from itff_platform.monitoring.prediction_log import PredictionLog
+from itff_platform.rules import REGIMES
 from itff_platform.serving.answers import OOD_Z, build_answer, log_record, model_age, trading_permission
 from itff_platform.serving.batching import RowBatcher
 from itff_platform.serving.errors import quiet_client_errors, refusal

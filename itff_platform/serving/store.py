@@ -4,7 +4,6 @@ whatever was serving before keeps serving."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import tempfile
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from itff_platform.manifests import manifest_problems
+from itff_platform.rules import registered_name
 from itff_platform.serving.online import RequestError
 from itff_platform.settings import Settings
 
@@ -84,7 +85,7 @@ class ChampionStore:
         changes = {}
         loaded = dict(self.models)
         for symbol, target in self.keys():
-            name = f"itff-{symbol}-{target}"
+            name = registered_name(symbol, target)
             status = self.status.setdefault(name, ModelStatus(name))
             try:
                 version = client.get_model_version_by_alias(name, "champion")
@@ -120,22 +121,12 @@ class ChampionStore:
         import mlflow
 
         from itff_platform.models import load_forecaster
-        from itff_platform.training.promotion import artifact_manifest
 
-        run_id = client.get_model_version(name, version).run_id
         with tempfile.TemporaryDirectory() as scratch:
             local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=f"{scratch}/model"))
-            if verify:
-                manifest_path = Path(client.download_artifacts(run_id, f"integrity/manifest-v{version}.json", scratch))
-                # The manifest sits beside the model, so it is itself checked against the hash in the registry tag.
-                tag = client.get_model_version(name, version).tags.get("manifest_sha256")
-                if tag is None or hashlib.sha256(json.dumps(json.loads(manifest_path.read_text()), sort_keys=True).encode()).hexdigest() != tag:
-                    raise IntegrityError("the manifest does not match the registry's manifest_sha256 tag")
-                recorded, actual = json.loads(manifest_path.read_text()), artifact_manifest(local)
-                changed = sorted(p for p, digest in recorded.items() if actual.get(p) != digest)
-                extra = sorted(set(actual) - set(recorded))
-                if changed or extra:
-                    raise IntegrityError(f"manifest mismatch: changed {changed}, unexpected {extra}")
+            problems = manifest_problems(client, name, version, local) if verify else []
+            if problems:
+                raise IntegrityError("; ".join(problems))
             folder = local / "artifacts" / "forecaster"
             meta = json.loads((folder / "meta.json").read_text())
             forecaster = load_forecaster(folder)
@@ -148,7 +139,7 @@ class ChampionStore:
         from mlflow import MlflowClient
 
         client = MlflowClient(self.settings.tracking_uri)
-        name = f"itff-{symbol}-{target}"
+        name = registered_name(symbol, target)
         latest: dict[str, object] = {}
         skipped: dict[str, str] = {}
         for version in client.search_model_versions(f"name = '{name}'"):
@@ -177,21 +168,21 @@ class ChampionStore:
     def ready(self) -> bool:
         """Every champion the registry names is loaded and verified. A model promotion never accepted has no
         champion to wait for: it is reported, and its predictions get a 4xx, but it does not hold readiness."""
-        statuses = [self.status.get(f"itff-{s}-{t}", ModelStatus("")) for s, t in self.keys()]
+        statuses = [self.status.get(registered_name(s, t), ModelStatus("")) for s, t in self.keys()]
         return any(st.healthy for st in statuses) and all(st.healthy or st.problem == NO_CHAMPION for st in statuses)
 
     def report(self) -> dict:
         """Every model's state; a model without a champion also says why and what to do."""
         report = {}
         for (symbol, target) in self.keys():
-            status = self.status.get(f"itff-{symbol}-{target}")
+            status = self.status.get(registered_name(symbol, target))
             if status is not None:
                 report[status.name] = {**vars(status), "remedy": self.remedy(symbol, target)}
         return dict(sorted(report.items()))
 
     def missing(self, symbol: str, target: str) -> RequestError:
         """The 400 a prediction for a model with no loaded champion gets: why, and what to do."""
-        status = self.status.get(f"itff-{symbol}-{target}", ModelStatus(""))
+        status = self.status.get(registered_name(symbol, target), ModelStatus(""))
         if status.problem != NO_CHAMPION:  # there is a champion, but it is refused or not loaded (yet)
             return RequestError(f"symbol/target: no verified champion is loaded for {symbol} {target}: "
                                 f"{status.problem or 'not loaded yet'}")
@@ -201,7 +192,7 @@ class ChampionStore:
 
     def remedy(self, symbol: str, target: str) -> str | None:
         """What to do about a model without a champion; None for one that has one."""
-        status = self.status.get(f"itff-{symbol}-{target}")
+        status = self.status.get(registered_name(symbol, target))
         if status is None or status.problem != NO_CHAMPION:
             return None
         promote = f"itff promote --symbol {symbol} --target {target}"

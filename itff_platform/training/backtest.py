@@ -43,6 +43,21 @@ def served_signals(prob, threshold: float, target: str, tradable: bool = True) -
     return signal_names(prob, threshold, target), np.maximum(prob, 1 - prob) >= threshold
 
 
+BANDS = ("p10", "p50", "p90")
+
+
+def answer_columns(out: np.ndarray, meta: dict, target: str) -> dict:
+    """The fields a served answer holds for a model's outputs, a value per row: quantile bands for regression,
+    else P(up) with its confidence, threshold and trade decision. The MLflow pyfunc answers with these columns,
+    and the service with their last row, so the two cannot drift apart."""
+    if meta["task"] == "regression":
+        return {name: out[:, i] for i, name in enumerate(BANDS)}
+    threshold = float(meta["threshold"])
+    # Models registered before the trade decision existed carry no `tradable`: they trade as they always did.
+    signal, allow = served_signals(out, threshold, target, meta.get("tradable", True))
+    return {"prob_up": out, "confidence": np.maximum(out, 1 - out), "threshold": threshold, "allow": allow, "signal": signal}
+
+
 def max_drawdown(equity: np.ndarray) -> float:
     peaks = np.maximum.accumulate(np.r_[1.0, equity])[1:]
     return float(np.max(1 - equity / peaks)) if len(equity) else 0.0

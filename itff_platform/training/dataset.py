@@ -11,6 +11,7 @@ import polars as pl
 from itff_platform.features.silver import feature_columns
 from itff_platform.lake.delta import read_rows
 from itff_platform.lake.layers import LakeTables
+from itff_platform.rules import task_of
 from itff_platform.settings import Settings
 
 TARGET_COLUMNS = {"direction": "direction", "level_up": "level_up", "forward_return": "forward_return"}
@@ -31,7 +32,7 @@ class TrainingData:
 
     @property
     def task(self) -> str:
-        return "regression" if self.target == "forward_return" else "classification"
+        return task_of(self.target)
 
     def __len__(self) -> int:
         return len(self.y)

@@ -11,6 +11,7 @@ import polars as pl
 
 from itff_platform.models.base import Forecaster, balanced_weights
 from itff_platform.models.calibration import Calibrated
+from itff_platform.rules import REGIMES
 from itff_platform.training import metrics as m
 from itff_platform.training import plots
 from itff_platform.training.backtest import allows_short, backtest, combine_backtests, trading_metrics
@@ -203,7 +204,7 @@ def _fold_table(fold_results: dict, rule: np.ndarray, sizes: list[int], folds: l
 def _regime_trading(traded, decision_regimes: np.ndarray, periods_per_year: float) -> pl.DataFrame:
     """The deployed rule's walk-forward trading figures split by the regime of the bar each decision was made on."""
     rows = []
-    for regime in m.REGIMES:
+    for regime in REGIMES:
         mine = decision_regimes == regime
         if mine.any():
             figures = trading_metrics(traded.net_returns[mine], traded.positions[mine] != 0, periods_per_year)

@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 from sklearn.metrics import brier_score_loss, f1_score, log_loss, precision_score, recall_score, roc_auc_score
 
-REGIMES = ["trending_up", "trending_down", "range_bound", "volatile", "neutral", "unknown"]
+from itff_platform.rules import REGIMES
 
 
 def expected_calibration_error(labels: np.ndarray, prob: np.ndarray, bins: int = 10) -> float:

@@ -16,7 +16,6 @@ kept out of that choice, so the serve test on it is not biased by picking the fa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -28,9 +27,10 @@ import numpy as np
 import polars as pl
 from mlflow import MlflowClient
 
+from itff_platform.manifests import DIGEST_TAG, artifact_manifest, manifest_artifact, manifest_digest, manifest_problems
+from itff_platform.rules import registered_name, task_of
 from itff_platform.settings import Settings
 from itff_platform.training.metrics import row_losses
-from itff_platform.training.study import registered_name
 
 CHAMPION = "champion"
 HISTORY_TAG = "champion_history"
@@ -73,10 +73,6 @@ def _candidate(client: MlflowClient, version) -> Candidate:
     run = client.get_run(version.run_id)
     return Candidate(str(version.version), version.run_id, version.tags.get("family", "?"), run.data.metrics, run.data.tags,
                      int(version.tags.get("complexity", 9)))
-
-
-def task_of(target: str) -> str:
-    return "regression" if target == "forward_return" else "classification"
 
 
 def loss_key(task: str) -> str:
@@ -346,10 +342,6 @@ def rollback_champion(settings: Settings, symbol: str, target: str) -> tuple[str
 
 
 # --- integrity
-def artifact_manifest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def model_manifest(name: str, version: str) -> dict[str, str]:
     with tempfile.TemporaryDirectory() as scratch:
         local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=scratch))
@@ -363,14 +355,10 @@ def model_storage(client: MlflowClient, name: str, version: str) -> str:
 
 
 def verify_model(client: MlflowClient, name: str, version: str) -> list[str]:
-    """Files whose bytes no longer match the manifest recorded at promotion; empty when intact."""
-    run_id = client.get_model_version(name, version).run_id
+    """What no longer matches the manifest recorded at promotion (the service's own check); empty when intact."""
     with tempfile.TemporaryDirectory() as scratch:
-        recorded = json.loads(Path(client.download_artifacts(run_id, f"integrity/manifest-v{version}.json", scratch)).read_text())
-    actual = model_manifest(name, version)
-    problems = [f"{path}: sha256 differs" for path, digest in recorded.items() if actual.get(path) != digest]
-    problems += [f"{path}: not in the manifest" for path in actual if path not in recorded]
-    return problems
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=scratch))
+        return manifest_problems(client, name, version, local)
 
 
 def champion_versions(settings: Settings) -> dict[tuple[str, str], object]:
@@ -400,9 +388,8 @@ def _history(client: MlflowClient, name: str) -> list[str]:
 def _set_champion(client: MlflowClient, name: str, version: str) -> None:
     manifest = model_manifest(name, version)
     run_id = client.get_model_version(name, version).run_id
-    client.log_dict(run_id, manifest, f"integrity/manifest-v{version}.json")
-    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
-    client.set_model_version_tag(name, version, "manifest_sha256", digest)
+    client.log_dict(run_id, manifest, manifest_artifact(version))
+    client.set_model_version_tag(name, version, DIGEST_TAG, manifest_digest(manifest))
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*_history(client, name), version][-50:]))
     client.set_registered_model_alias(name, CHAMPION, version)
 

@@ -10,7 +10,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from itff_platform.training.backtest import served_signals
+from itff_platform.training.backtest import answer_columns
 
 
 class ItffForecastModel(mlflow.pyfunc.PythonModel):
@@ -33,20 +33,13 @@ class ItffForecastModel(mlflow.pyfunc.PythonModel):
         regime = model_input["regime"].astype(str).to_numpy() if "regime" in model_input else np.full(len(x), "unknown")
         # Sequence families read the `context_rows` rows before each one; earlier rows are padded, so say so.
         warm = np.arange(len(x)) >= self.meta.get("context_rows", 0)
-        if self.meta["task"] == "regression":
-            bands = self.forecaster.predict_proba(x)
-            return pd.DataFrame({"p10": bands[:, 0], "p50": bands[:, 1], "p90": bands[:, 2], "regime": regime, "warm": warm})
-        # The same probability either way: MC dropout only adds its spread as `uncertainty`.
-        prob, spread = self.forecaster.predict_with_uncertainty(x) if params and params.get("uncertainty") else (
-            self.forecaster.predict_proba(x), None)
-        threshold = self.meta["threshold"]
-        # Models registered before the trade decision existed carry no `tradable`: they trade as they always did.
-        signal, allow = served_signals(prob, threshold, self.meta["target"], self.meta.get("tradable", True))
-        out = pd.DataFrame({"prob_up": prob, "confidence": np.maximum(prob, 1 - prob), "threshold": threshold,
-                            "allow": allow, "signal": signal, "regime": regime, "warm": warm})
+        # The same output either way: MC dropout (classifiers only) just adds its spread as `uncertainty`.
+        uncertainty = self.meta["task"] != "regression" and params and params.get("uncertainty")
+        out, spread = self.forecaster.predict_with_uncertainty(x) if uncertainty else (self.forecaster.predict_proba(x), None)
+        frame = pd.DataFrame({**answer_columns(out, self.meta, self.meta["target"]), "regime": regime, "warm": warm})
         if spread is not None:
-            out["uncertainty"] = spread
-        return out
+            frame["uncertainty"] = spread
+        return frame
 
 
 # Models-from-code: MLflow stores this file with the model and runs it on load, instead of unpickling an object.

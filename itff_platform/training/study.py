@@ -22,6 +22,7 @@ import pandas as pd
 import polars as pl
 
 from itff_platform.models import forecaster_class, is_baseline, make_forecaster
+from itff_platform.rules import registered_name
 from itff_platform.settings import Settings
 from itff_platform.training.dataset import TrainingData
 from itff_platform.training.evaluation import Evaluation, evaluate, out_of_sample, sample_weights
@@ -60,10 +61,6 @@ class StudyOutcome:
         # The figure logged to MLflow, so a reused study reports exactly what its run did.
         logged = self.metrics.get("trials_per_minute")
         return logged if logged is not None else (self.trials_completed + self.trials_pruned) / max(self.seconds, 1e-9) * 60
-
-
-def registered_name(symbol: str, target: str) -> str:
-    return f"itff-{symbol}-{target}"
 
 
 # MLflow 3 opens an experiment by its kind; untagged, it may guess GenAI and open on an empty traces page.
@@ -197,7 +194,7 @@ def run_study(
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # before create_study, which logs at INFO
         study = optuna.create_study(
-            study_name=f"itff-{data.symbol}-{data.target}-{family}-{stamp}",
+            study_name=f"{registered_name(data.symbol, data.target)}-{family}-{stamp}",
             storage=settings.study_storage,
             direction="minimize",
             sampler=optuna.samplers.TPESampler(seed=settings.seed),

@@ -14,8 +14,8 @@ from collections import Counter
 import httpx
 import pytest
 
-from itff_platform.features.regime import REGIMES
 from itff_platform.features.silver import feature_columns
+from itff_platform.rules import REGIMES
 from itff_platform_tests.faults.conftest import ADMIN, TOKEN, serve
 
 BOUNDED_CASES = 300

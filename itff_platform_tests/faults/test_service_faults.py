@@ -17,8 +17,8 @@ import httpx
 import polars as pl
 import pytest
 
-from itff_platform.features.regime import REGIMES
 from itff_platform.features.silver import feature_columns
+from itff_platform.rules import REGIMES
 from itff_platform.serving.guard import body_signature
 from itff_platform_tests.conftest import free_port
 from itff_platform_tests.faults.conftest import (
@@ -271,6 +271,16 @@ def test_readyz_details_need_a_token_and_the_probe_says_nothing(service):
     assert httpx.get(f"{url}/readyz", headers={"X-API-Token": "guess"}, timeout=10).status_code == 401
     details = httpx.get(f"{url}/readyz", headers={"X-API-Token": TOKEN}, timeout=10)
     assert details.status_code == 200 and "itff-PROMOUSDT-direction" in details.json()["models"]
+
+
+def test_only_the_public_set_answers_without_a_token(service):
+    """Deny by default: a path the guard does not list, such as BentoML's own /schema.json, needs a token."""
+    url, _, _ = service
+    schema = httpx.get(f"{url}/schema.json", timeout=10)
+    assert schema.status_code == 401 and schema.json()["field"] == "X-API-Token", schema.text
+    assert httpx.get(f"{url}/schema.json", headers={"X-API-Token": TOKEN}, timeout=10).status_code == 200
+    for path in ("/", "/docs.json", "/healthz", "/livez", "/readyz", "/metrics", "/static_content/swagger-ui.css"):
+        assert httpx.get(f"{url}{path}", timeout=30).status_code == 200, path
 
 
 def log_after(before: int, text: str, count: int) -> str:

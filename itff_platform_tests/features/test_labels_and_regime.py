@@ -3,8 +3,8 @@ import math
 import polars as pl
 
 from itff_platform.features.labels import label_columns
-from itff_platform.features.regime import REGIMES
 from itff_platform.features.silver import build_features
+from itff_platform.rules import REGIMES
 from itff_platform.settings import Settings
 from itff_platform_tests.conftest import utc
 

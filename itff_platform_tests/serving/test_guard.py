@@ -34,7 +34,7 @@ def call(path="/predict", headers=(), chunks=(b"{}",), query=b""):
     return sent[0]["status"], sent[1]["body"]
 
 
-def test_tokens_are_required_on_prediction_paths_only():
+def test_tokens_are_required_on_prediction_paths():
     assert call(headers=[("x-api-token", "good")])[0] == 200
     assert call()[0] == 401 and call(headers=[("x-api-token", "bad")])[0] == 401
     assert call(path="/healthz")[0] == 200
@@ -92,6 +92,18 @@ def ask(guard, path="/predict", headers=(), body=b"{}", query=b"", client="10.0.
              "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]}
     asyncio.run(guard(scope, receive, send))
     return sent[0]["status"], json.loads(sent[1]["body"]) if sent[0]["status"] != 200 else sent[1]["body"]
+
+
+def test_auth_is_deny_by_default_with_an_explicit_public_set():
+    # Paths nobody listed: a new endpoint, BentoML's own /schema.json, near-misses of public paths.
+    for path in ("/new_endpoint", "/schema.json", "/healthz/", "/docs.json.bak", "/static_content", "/admin"):
+        status, body = ask(guarded(), path=path, method="GET")
+        assert status == 401 and body["field"] == "X-API-Token", path
+        assert ask(guarded(), path=path, method="GET", headers=[("x-api-token", "good")])[0] == 200, path
+    for path in ("/", "/docs", "/docs.json", "/healthz", "/livez", "/readyz", "/metrics", "/static_content/swagger-ui.css"):
+        assert ask(guarded(), path=path, method="GET")[0] == 200, path
+        assert ask(guarded(), path=path, method="HEAD")[0] == 200, path
+        assert ask(guarded(), path=path, method="POST")[0] == 405, path  # public to read only
 
 
 def test_two_tokens_are_refused_not_the_last_one_taken():

@@ -13,12 +13,12 @@ import polars as pl
 import pytest
 from mlflow import MlflowClient
 
-from itff_platform.features.regime import REGIMES
 from itff_platform.features.silver import feature_columns
 from itff_platform.lake.delta import read_rows
 from itff_platform.lake.layers import LakeTables, build_bronze, build_silver, ingest_raw
 from itff_platform.market.files import FilesCandleSource
 from itff_platform.market.synthetic import random_walk_candles
+from itff_platform.rules import REGIMES
 from itff_platform.settings import Settings
 from itff_platform.training.promotion import model_storage, promote_champion
 from itff_platform_tests.conftest import utc

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from itff_platform.features.regime import REGIMES
 from itff_platform.features.silver import build_features
 from itff_platform.market.synthetic import random_walk_candles
+from itff_platform.rules import REGIMES
 from itff_platform.settings import Settings
 from itff_platform.training.dataset import training_data
 from itff_platform.training.train import train_symbol_target

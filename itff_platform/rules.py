@@ -1,0 +1,43 @@
+"""Rules that several packages share, each written once: the registered model's name, a target's task, the regime
+names, month arithmetic and UTC normalisation.
+
+A leaf: it imports the standard library only, so the lake, training, monitoring, the service and the CLI all use
+it without import cycles, and the service's start-up does not grow."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+
+# What features.regime labels a bar; `unknown` while its inputs warm up. Metrics, schemas and the API enumerate these.
+REGIMES = ["trending_up", "trending_down", "range_bound", "volatile", "neutral", "unknown"]
+
+
+def registered_name(symbol: str, target: str) -> str:
+    """The MLflow registered model of a symbol x target: every family's versions, and the `champion` alias."""
+    return f"itff-{symbol}-{target}"
+
+
+def model_key(name: str) -> tuple[str, str]:
+    """(symbol, target) of a registered_name. No target holds a '-', so the last one splits them."""
+    symbol, target = name.removeprefix("itff-").rsplit("-", 1)
+    return symbol, target
+
+
+def task_of(target: str) -> str:
+    """forward_return is forecast as P10/P50/P90 bands (regression); direction and level_up as P(up)."""
+    return "regression" if target == "forward_return" else "classification"
+
+
+def next_month(day: date) -> date:
+    """The first day of the month after `day`'s (a datetime counts by its date)."""
+    return date(day.year + day.month // 12, day.month % 12 + 1, 1)
+
+
+def previous_month(day: date) -> date:
+    """The first day of the month before `day`'s."""
+    return date(day.year - (day.month == 1), (day.month - 2) % 12 + 1, 1)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """`moment` in UTC; a time without a timezone is read as UTC, as the lake stores every time."""
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
