@@ -45,8 +45,15 @@ def frame_digest(frame: pl.DataFrame) -> str:
 
 @lru_cache(maxsize=None)
 def code_digest(*packages: str, libraries: tuple[str, ...] = ()) -> str:
-    """The Python sources under the given itff_platform subpackages (e.g. "lake"), and the installed versions of
-    `libraries`: what decides how inputs become a result. Read once per process."""
-    files = sorted(p for package in packages for p in (PACKAGE_ROOT / package).rglob("*.py"))
+    """The Python sources under the given itff_platform subpackages (e.g. "lake") or single modules (e.g.
+    "rules.py"), and the installed versions of `libraries`: what decides how inputs become a result. Read once per
+    process."""
+    paths = [PACKAGE_ROOT / package for package in packages]
+    files = sorted(p for path in paths for p in ([path] if path.suffix == ".py" else path.rglob("*.py")))
     versions = {name: metadata.version(name) for name in libraries}
     return digest(versions, *(f"{p.relative_to(PACKAGE_ROOT)}\n{p.read_text()}" for p in files))
+
+
+# Top-level modules every layer's results depend on (month arithmetic, names, tasks, bar lengths, these digests):
+# a change in them must count as a change of the code that uses them.
+SHARED_MODULES = ("rules.py", "settings.py", "fingerprints.py")

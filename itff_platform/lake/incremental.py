@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from itff_platform.features.silver import month_windows
-from itff_platform.fingerprints import code_digest, digest, frame_digest
+from itff_platform.fingerprints import SHARED_MODULES, code_digest, digest, frame_digest
 from itff_platform.lake.delta import partition_id, recorded_fingerprints
 from itff_platform.market.candles import CANDLE_COLUMNS
 from itff_platform.settings import Settings
@@ -34,7 +34,7 @@ SILVER_SETTINGS = (
 
 
 def lake_code() -> str:
-    return code_digest("market", "lake", "features", libraries=("polars",))
+    return code_digest("market", "lake", "features", *SHARED_MODULES, libraries=("polars",))
 
 
 def by_month(rows: pl.DataFrame, months: list[date]) -> dict[date, pl.DataFrame]:

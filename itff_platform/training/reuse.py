@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 from mlflow import MlflowClient
 
-from itff_platform.fingerprints import code_digest, digest
+from itff_platform.fingerprints import SHARED_MODULES, code_digest, digest
 from itff_platform.lake.incremental import SILVER_SETTINGS
 from itff_platform.models import is_baseline
 from itff_platform.settings import Settings
@@ -65,7 +65,7 @@ def study_fingerprint(data_fingerprint: str, folds: list[Fold], family: str, set
     chosen = settings.model_dump(mode="json", exclude=set(SETTINGS_IGNORED))
     fold_rows = [(fold.number, fold.train, fold.test) for fold in folds]
     return digest("study", data_fingerprint, *(part for row in fold_rows for part in row), family,
-                  study_trials(family, settings, n_trials), chosen, code_digest("training", "models", libraries=LIBRARIES))
+                  study_trials(family, settings, n_trials), chosen, code_digest("training", "models", *SHARED_MODULES, libraries=LIBRARIES))
 
 
 def earlier_outcome(settings: Settings, data: TrainingData, family: str, fingerprint: str) -> StudyOutcome | None:

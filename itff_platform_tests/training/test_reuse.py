@@ -43,3 +43,24 @@ def test_the_fingerprint_moves_with_what_changes_a_study_and_only_with_that(stud
     assert fingerprint(settings, data, folds[:-1]) != same
     moved = training_data(settings, "TESTUSDT", "direction", silver=silver.head(silver.height - 24))
     assert fingerprint(settings, moved, folds_for(moved, settings)) != same
+
+
+def test_an_edit_of_a_shared_module_changes_the_lake_and_study_fingerprints(study):
+    """The month arithmetic, names and tasks moved to itff_platform/rules.py (and bar lengths live in settings.py):
+    an edit there changes what the lake and the studies compute, yet neither fingerprint read those files."""
+    from itff_platform.fingerprints import PACKAGE_ROOT, code_digest
+    from itff_platform.lake.incremental import lake_code
+
+    settings, _, data, folds = study
+    code_digest.cache_clear()
+    before = lake_code(), fingerprint(settings, data, folds)
+    rules = PACKAGE_ROOT / "rules.py"
+    text = rules.read_text()
+    try:
+        rules.write_text(text + "\n# an edit\n")
+        code_digest.cache_clear()
+        after = lake_code(), fingerprint(settings, data, folds)
+    finally:
+        rules.write_text(text)
+        code_digest.cache_clear()
+    assert after[0] != before[0] and after[1] != before[1]
