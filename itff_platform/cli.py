@@ -159,7 +159,7 @@ def run_promotion(only: list[str] | None = None) -> bool:
     """Challenger vs champion for every symbol x target (or those chosen); print each decision, its reasons, and
     for a model left without a champion what to do."""
     from itff_platform.rules import model_key, task_of
-    from itff_platform.training.promotion import no_champion_remedy
+    from itff_platform.rules import no_champion_remedy
 
     print("\nPromotion (serve a challenger only if it beats the better baseline, and the champion, with 95 % confidence "
           "on the holdout window; trade its rule only if its walk-forward edge after fees is significant):", flush=True)

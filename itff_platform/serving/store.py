@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from itff_platform.manifests import manifest_problems
-from itff_platform.rules import registered_name
+from itff_platform.rules import no_champion_remedy, registered_name
 from itff_platform.serving.online import RequestError
 from itff_platform.settings import Settings
 
@@ -200,9 +200,6 @@ class ChampionStore:
             return f"to get one: train it (itff train --symbol {symbol} --target {target}), then {promote}"
         if status.reason.startswith(NOT_JUDGED):
             return f"to get one: let promotion judge it ({promote})"
-        # Imported here, as _load_verified does, not at module import: it pulls in sklearn, optuna and matplotlib (~1.4 s).
-        from itff_platform.training.promotion import no_champion_remedy
-
         return no_champion_remedy(symbol, target, status.judged_version)
 
 

@@ -291,13 +291,6 @@ def _trained_before(holder: Candidate, window_start: str, settings: Settings) ->
     return known <= datetime.fromisoformat(window_start)
 
 
-def no_champion_remedy(symbol: str, target: str, version: str | None = None) -> str:
-    """What to do when a model has no champion (the decision's reasons say why)."""
-    force = f"itff promote --symbol {symbol} --target {target} --force {version or 'VERSION'}"
-    return (f"to get one: raise ITFF_TRIALS and retrain (itff train --symbol {symbol} --target {target} --trials 20), "
-            f"or serve a version that did not pass anyway: {force}")
-
-
 def force_champion(settings: Settings, symbol: str, target: str, version: str) -> Decision:
     """Make `version` the champion without the promotion test, as `itff promote --force VERSION` does: the manifest
     is written and the alias moved exactly as for a promotion (_set_champion), and the decision is recorded as forced

@@ -40,3 +40,24 @@ def test_readyz_with_a_token_gives_each_model_without_a_champion_its_reason_and_
     assert noise["reason"].startswith(f"promotion rejected v{rejected.challenger}") and "--force" in noise["remedy"]
     assert models["itff-NOISEUSDT-level_up"]["reason"] == "no version is registered: it has not been trained"
     assert httpx.get(f"{url}/readyz", headers={"X-API-Token": "guess"}, timeout=10).status_code == 401
+
+
+def test_the_remedy_does_not_import_promotion_on_the_event_loop():
+    """The first 400 for a rejected model imported training.promotion (mlflow, sklearn, optuna: ~1.4 s) inside the
+    request, blocking the worker's event loop; the remedy is a string and needs none of it."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from itff_platform.serving.store import ChampionStore, ModelStatus, NO_CHAMPION\n"
+        "from itff_platform.settings import Settings\n"
+        "store = ChampionStore.__new__(ChampionStore)\n"
+        "store.status = {'itff-BTCUSDT-direction': ModelStatus('itff-BTCUSDT-direction', problem=NO_CHAMPION,"
+        " reason='rejected', judged_version='3')}\n"
+        "print(store.remedy('BTCUSDT', 'direction'))\n"
+        "assert 'itff_platform.training.promotion' not in sys.modules and 'mlflow' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--force 3" in done.stdout
