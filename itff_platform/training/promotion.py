@@ -176,7 +176,8 @@ def promote_champion(settings: Settings, symbol: str, target: str) -> Decision:
     if not newer:
         return Decision(name, False, None, str(champion.version), "-", ["no version newer than the champion"], unchanged=True,
                         tradable=champion.tags.get("tradable") == "true")
-    judged = _judged_before(client, name, newer, champion)
+    basis = decision_basis(settings)
+    judged = _judged_before(client, name, newer, champion, basis)
     if judged is not None:
         return judged
     candidates = [c for c in (_candidate(client, v) for v in newer) if all(c.window) and loss_key(task) in c.metrics]
@@ -198,16 +199,26 @@ def promote_champion(settings: Settings, symbol: str, target: str) -> Decision:
         _set_champion(client, name, challenger.version)
     # Whether what is served after this decision trades: the new champion's rule, or the kept one's.
     decision.tradable = tradable if decision.promoted else (champion.tags.get("tradable") == "true" if champion else None)
-    return _record(client, decision)
+    return _record(client, decision, basis)
 
 
-def _judged_before(client: MlflowClient, name: str, newer: list, champion) -> Decision | None:
-    """The decision to keep things as they are when the last recorded decision already saw every version there is
-    and left the champion that is still in place: judging again would decide the same. A retrain (a new version),
-    a rollback or a forced champion changes that, and the versions are judged again."""
+def decision_basis(settings: Settings) -> str:
+    """What a serve decision depends on besides the versions: the settings promotion reads and its own code."""
+    from itff_platform.fingerprints import SHARED_MODULES, code_digest, digest
+
+    read = {name: getattr(settings, name) for name in ("promotion_alpha", "label_horizon", "max_ece", "interval")}
+    return digest(read, code_digest("training/promotion.py", "training/significance.py", *SHARED_MODULES))
+
+
+def _judged_before(client: MlflowClient, name: str, newer: list, champion, basis: str) -> Decision | None:
+    """The decision to keep things as they are when the last recorded decision already saw every version there is,
+    on the same settings and code (`basis`), and left the champion that is still in place: judging again would decide
+    the same. A retrain (a new version), a rollback, a forced champion, a changed ITFF_PROMOTION_ALPHA or changed
+    promotion code changes that, and the versions are judged again."""
     last = json.loads(client.get_registered_model(name).tags.get(LAST_DECISION_TAG, "{}"))
     current = str(champion.version) if champion else None
-    if not last or last["champion_after"] != current or last["latest_version"] < max(int(v.version) for v in newer):
+    if (not last or last["champion_after"] != current or last.get("basis") != basis
+            or last["latest_version"] < max(int(v.version) for v in newer)):
         return None
     try:
         tags = client.get_model_version(name, last["version"]).tags
@@ -400,7 +411,7 @@ def _baselines_on(client: MlflowClient, name: str, window: tuple[str, str]) -> d
     return found
 
 
-def _record(client: MlflowClient, decision: Decision) -> Decision:
+def _record(client: MlflowClient, decision: Decision, basis: str | None = None) -> Decision:
     if decision.challenger is not None:
         tags = {
             "promotion_decision": "promoted" if decision.promoted else "rejected",
@@ -414,5 +425,6 @@ def _record(client: MlflowClient, decision: Decision) -> Decision:
         # What this decision saw and left: a later run with no newer version and the same champion keeps it (_judged_before).
         latest = max(int(v.version) for v in client.search_model_versions(f"name = '{decision.name}'"))
         client.set_registered_model_tag(decision.name, LAST_DECISION_TAG, json.dumps(
-            {"version": decision.challenger, "latest_version": latest, "champion_after": decision.champion_after}))
+            {"version": decision.challenger, "latest_version": latest, "champion_after": decision.champion_after,
+             "basis": basis}))
     return decision

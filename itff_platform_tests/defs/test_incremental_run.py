@@ -102,3 +102,19 @@ def test_a_changed_label_setting_rebuilds_silver_and_retrains_only_the_target_it
     decisions = partition_metadata(changed["training"], "champion_models")
     assert decisions["BTCUSDT|direction"]["summary"][0]["decision"] == "kept"
     assert decisions["BTCUSDT|level_up"]["summary"][0]["decision"] in ("promoted", "rejected")  # a new version, judged
+
+
+def test_a_changed_promotion_alpha_judges_again_without_retraining(project):
+    """Promotion kept its last decision whenever no version was newer: a changed ITFF_PROMOTION_ALPHA (which the
+    study fingerprint rightly ignores) printed "kept" with the old alpha's reasons."""
+    run, runs, client = project
+    registered = versions(client)
+    changed = run(ITFF_LABEL_BARRIER_ATR="1.5", ITFF_PROMOTION_ALPHA="0.01")  # the barrier as the test before left it
+
+    assert all(r["reused"] for r in summary_rows(changed["training"]))
+    assert versions(client) == registered
+    decisions = partition_metadata(changed["training"], "champion_models")
+    # direction's version was judged (and left without a champion) under alpha 0.05: it is judged again under 0.01.
+    # (A model whose champion is its newest version has nothing to judge, whatever the alpha.)
+    direction = decisions["BTCUSDT|direction"]["summary"][0]
+    assert direction["decision"] != "kept" and "alpha 0.01" in " ".join(direction["reasons"]), direction
