@@ -29,7 +29,7 @@ from itff_platform.defs.checks import (
     silver_freshness_check_result,
 )
 from itff_platform.defs.metadata import OWNERS, in_partition, partition_table_metadata, rows_in, table_schema
-from itff_platform.defs.partitions import lake_partitions, months_by_symbol
+from itff_platform.defs.partitions import lake_partitions, months_by_symbol, symbol_and_month
 from itff_platform.defs.resources import ItffSettingsResource
 from itff_platform.lake.schemas import BronzeCandles, RawCandles, SilverFeatures
 from itff_platform.settings import Settings
@@ -243,8 +243,8 @@ def maintenance_assets(settings: Settings) -> list:
 def mark_unchanged(context: AssetExecutionContext, by_symbol: dict) -> None:
     """Each partition says whether it was left as it was (lake.incremental: the same inputs, settings and code)."""
     for key in context.partition_keys:
-        ((symbol, (month,)),) = months_by_symbol([key]).items()
-        context.add_asset_metadata({"unchanged": month.date() in by_symbol[symbol].unchanged}, partition_key=key)
+        symbol, month = symbol_and_month(key)
+        context.add_asset_metadata({"unchanged": month in by_symbol[symbol].unchanged}, partition_key=key)
 
 
 def partition_metadata(context: AssetExecutionContext, table: str, interval: str) -> dict:

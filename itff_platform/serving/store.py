@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from itff_platform.manifests import manifest_problems
+from itff_platform.manifests import DIGEST_TAG, manifest_problems
 from itff_platform.rules import no_champion_remedy, registered_name
 from itff_platform.serving.online import RequestError
 from itff_platform.settings import Settings
@@ -144,7 +144,7 @@ class ChampionStore:
         skipped: dict[str, str] = {}
         for version in client.search_model_versions(f"name = '{name}'"):
             family = version.tags.get("family", "?")
-            if "manifest_sha256" not in version.tags:
+            if DIGEST_TAG not in version.tags:
                 skipped.setdefault(family, "no verified version (never promoted)")
                 continue
             if family not in latest or int(version.version) > int(latest[family].version):
