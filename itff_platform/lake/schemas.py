@@ -81,8 +81,9 @@ def schema_failures(schema: type[pa.DataFrameModel], frame: pl.DataFrame) -> pl.
     try:
         schema.validate(frame, lazy=True)
     except pa.errors.SchemaErrors as errors:
+        failure_cases: pl.DataFrame = errors.failure_cases
         return (
-            errors.failure_cases.group_by("column", "check")
+            failure_cases.group_by("column", "check")
             .agg(pl.len().alias("failed_rows"), pl.col("failure_case").first().alias("example"))
             .sort("column", "check")
         )
