@@ -39,7 +39,7 @@ def training_partitions(settings: Settings) -> MultiPartitionsDefinition:
 
 def symbol_and_target(key) -> tuple[str, str]:
     """A symbol x target partition key: a MultiPartitionKey, or its string form 'SYMBOL|target'."""
-    dims = key.keys_by_dimension if isinstance(key, MultiPartitionKey) else dict(zip(("symbol", "target"), key.split("|")))
+    dims = key.keys_by_dimension if isinstance(key, MultiPartitionKey) else dict(zip(("symbol", "target"), key.split("|"), strict=True))
     return dims["symbol"], dims["target"]
 
 
