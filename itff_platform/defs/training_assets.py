@@ -157,7 +157,7 @@ def training_assets(settings: Settings) -> list:
 
 def summary_rows(result) -> list[dict]:
     """The per-family rows a training run reported, for the CLI's table."""
-    rows = []
+    rows: list[dict] = []
     for event in result.get_asset_materialization_events():
         if event.asset_key.to_user_string() == "trained_models":
             value = event.materialization.metadata.get("summary")
