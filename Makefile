@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install browser run test dev serve fuzz replay mlflow-ui bench-lake bench-training bench-serve clean-lake
+.PHONY: help install browser run lint test dev serve fuzz replay mlflow-ui bench-lake bench-training bench-serve clean-lake
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required, found " + sys.version.split()[0])'
@@ -33,7 +33,13 @@ run: install
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
-## test: install, then run the suite
+## lint: ruff check, ruff format --check and mypy (configured in pyproject.toml); the suite runs the same three
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## test: install, then run the suite (test_lint.py runs the lint: a finding fails the suite)
 test: install browser
 	$(BIN)/pytest
 

@@ -480,9 +480,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return replay(args.start, args.end)
     if args.command in ("train", "promote"):
         only = _chosen_partitions(settings, args.symbol, args.target)
-        if args.command == "train" or args.trials:
-            if not run_training(only=only):
-                return 1
+        if (args.command == "train" or args.trials) and not run_training(only=only):
+            return 1
         if args.command == "train":
             return 0
         return 0 if run_promotion(only=only) else 1

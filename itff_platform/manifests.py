@@ -9,6 +9,15 @@ import hashlib
 import json
 import tempfile
 from pathlib import Path
+from typing import Any, Protocol
+
+
+class RegistryClient(Protocol):
+    """What of MlflowClient the check calls, named here so this leaf need not import mlflow, not even for types."""
+
+    def get_model_version(self, name: str, version: str) -> Any: ...
+
+    def download_artifacts(self, run_id: str, path: str, dst_path: str | None = None) -> str: ...
 
 DIGEST_TAG = "manifest_sha256"  # the registry's version tag: the manifest's own hash
 
@@ -27,7 +36,7 @@ def manifest_digest(manifest: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 
-def manifest_problems(client, name: str, version: str, folder: Path) -> list[str]:
+def manifest_problems(client: RegistryClient, name: str, version: str, folder: Path) -> list[str]:
     """What is wrong with `folder`, the downloaded files of `name` v`version`; empty when intact. The manifest is
     logged beside the model, so it is itself checked against the hash in the registry's tag first."""
     model_version = client.get_model_version(name, version)

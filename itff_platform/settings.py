@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import re
 
@@ -236,7 +236,7 @@ class Settings(BaseSettings):
                 setattr(self, name, self.home / path)
         return self
 
-    def for_display(self) -> dict:
+    def for_display(self) -> dict[str, Any]:
         """The settings as JSON-ready values with every secret hidden: tokens masked, passwords in URIs redacted."""
         shown = self.model_dump(mode="json")  # SecretStr dumps as "**********"
         for name in ("mlflow_tracking_uri", "optuna_storage", "service_url", "mlflow_ui_url", "binance_base_url",
@@ -281,7 +281,7 @@ def redact_uri(uri: str) -> str:
     """`postgresql://user:pass@host/db` -> `postgresql://user:***@host/db`, and a bare token as user
     (`https://token@host`) -> `https://***@host`: a URI safe to print or log."""
 
-    def hide(match: re.Match) -> str:
+    def hide(match: re.Match[str]) -> str:
         authority = match["authority"]
         if "@" not in authority:
             return match[0]

@@ -4,6 +4,7 @@ Checked inline, on the rows in memory, so a check costs no second read of the ta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timezone
 
 import polars as pl
@@ -39,7 +40,7 @@ CHECK_DESCRIPTIONS = {
 }
 
 
-def check_specs(asset: str, blocking: list[str], warning: list[str] = ()) -> list[AssetCheckSpec]:
+def check_specs(asset: str, blocking: list[str], warning: Sequence[str] = ()) -> list[AssetCheckSpec]:
     return [AssetCheckSpec(name, asset=asset, blocking=True, description=CHECK_DESCRIPTIONS[name]) for name in blocking] + [
         AssetCheckSpec(name, asset=asset, description=CHECK_DESCRIPTIONS[name]) for name in warning
     ]

@@ -26,7 +26,7 @@ CODE_LOCATION = "itff_platform"
 MODULE = "itff_platform.definitions"
 REPOSITORY = "__repository__"  # what Dagster names the repository of a Definitions object
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # where workspace.yaml sits (its working_directory: .)
-IN_PROCESS = {"execution": {"config": {"in_process": {}}}}  # one process, as `itff` always ran: no worker per step
+IN_PROCESS: dict[str, object] = {"execution": {"config": {"in_process": {}}}}  # one process, as `itff` always ran: no worker per step
 
 
 def remote_origin(job_name: str) -> RemoteJobOrigin:

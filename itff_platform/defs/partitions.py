@@ -34,7 +34,7 @@ def months_by_symbol(partition_keys: list[str]) -> dict[str, list[datetime]]:
     grouped: dict[str, list[datetime]] = defaultdict(list)
     for key in partition_keys:
         dims = key.keys_by_dimension if isinstance(key, MultiPartitionKey) else dict(
-            zip(("month", "symbol"), str(key).split("|"))
+            zip(("month", "symbol"), str(key).split("|"), strict=True)
         )
         month = datetime.strptime(dims["month"], "%Y-%m-%d").replace(tzinfo=timezone.utc)
         grouped[dims["symbol"]].append(month)

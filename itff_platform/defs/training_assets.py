@@ -39,7 +39,7 @@ def training_partitions(settings: Settings) -> MultiPartitionsDefinition:
 
 def symbol_and_target(key) -> tuple[str, str]:
     """A symbol x target partition key: a MultiPartitionKey, or its string form 'SYMBOL|target'."""
-    dims = key.keys_by_dimension if isinstance(key, MultiPartitionKey) else dict(zip(("symbol", "target"), key.split("|")))
+    dims = key.keys_by_dimension if isinstance(key, MultiPartitionKey) else dict(zip(("symbol", "target"), key.split("|"), strict=True))
     return dims["symbol"], dims["target"]
 
 
@@ -157,7 +157,7 @@ def training_assets(settings: Settings) -> list:
 
 def summary_rows(result) -> list[dict]:
     """The per-family rows a training run reported, for the CLI's table."""
-    rows = []
+    rows: list[dict] = []
     for event in result.get_asset_materialization_events():
         if event.asset_key.to_user_string() == "trained_models":
             value = event.materialization.metadata.get("summary")

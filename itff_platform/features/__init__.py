@@ -1,0 +1,1 @@
+"""Features as polars expressions: indicators, regimes, labels and the silver frame builder."""

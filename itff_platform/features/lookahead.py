@@ -18,7 +18,7 @@ def lookahead_violations(build: Callable[[pl.DataFrame], pl.DataFrame], candles:
     rng = np.random.default_rng(seed)
 
     def future_factors() -> np.ndarray:
-        return np.r_[np.ones(cut + 1), rng.uniform(0.5, 1.5, candles.height - cut - 1)]
+        return np.concatenate([np.ones(cut + 1), rng.uniform(0.5, 1.5, candles.height - cut - 1)])
 
     price, volume = future_factors(), future_factors()
     changed = candles.with_columns(*(pl.col(c) * price for c in ("open", "high", "low", "close")), pl.col("volume") * volume)

@@ -49,7 +49,7 @@ class BronzeResult:
 
     def rule_counts(self) -> dict[str, int]:
         counts = self.quarantine.group_by("rule").len().sort("rule")
-        return dict(zip(counts["rule"], counts["len"]))
+        return dict(zip(counts["rule"], counts["len"], strict=True))
 
 
 def clean_raw(raw: pl.DataFrame, interval_seconds: int) -> BronzeResult:

@@ -124,8 +124,8 @@ def write_partition_file(path: str | Path, frame: pl.DataFrame, interval: str, s
     stamps = frame["timestamp"]
     stats = {
         "numRecords": frame.height,
-        "minValues": {"timestamp": f"{stamps.min():%Y-%m-%dT%H:%M:%S.%fZ}"},
-        "maxValues": {"timestamp": f"{stamps.max():%Y-%m-%dT%H:%M:%S.%fZ}"},
+        "minValues": {"timestamp": f"{stamps.dt.min():%Y-%m-%dT%H:%M:%S.%fZ}"},
+        "maxValues": {"timestamp": f"{stamps.dt.max():%Y-%m-%dT%H:%M:%S.%fZ}"},
         "nullCount": {"timestamp": stamps.null_count()},
     }
     return AddAction(relative, target.stat().st_size, partition_values, int(time.time() * 1000), True, json.dumps(stats))

@@ -18,8 +18,8 @@ FINGERPRINT = ["rows", "first_bar", "last_bar", "close_sum"]
 
 def partition_fingerprints(path: str | Path, interval: str) -> pl.DataFrame:
     """One row per (symbol, month): rows, first_bar, last_bar, close_sum. Reads four columns, not the table."""
-    schema = {"symbol": pl.String, "month": pl.Date, "rows": pl.UInt32, "first_bar": pl.Datetime("us", "UTC"),
-              "last_bar": pl.Datetime("us", "UTC"), "close_sum": pl.Float64}
+    schema = pl.Schema({"symbol": pl.String(), "month": pl.Date(), "rows": pl.UInt32(), "first_bar": pl.Datetime("us", "UTC"),
+                        "last_bar": pl.Datetime("us", "UTC"), "close_sum": pl.Float64()})
     if not DeltaTable.is_deltatable(str(path)):
         return pl.DataFrame(schema=schema)
     return (
@@ -35,7 +35,7 @@ def partition_fingerprints(path: str | Path, interval: str) -> pl.DataFrame:
             pl.col("close").sort_by("timestamp").sum().alias("close_sum"),
         )
         .collect()
-        .cast(schema)  # type: ignore[arg-type]
+        .cast(schema)
         .sort("symbol", "month")
     )
 
@@ -45,7 +45,11 @@ def stale_silver(bronze_path: str | Path, silver_path: str | Path, interval: str
     bronze = partition_fingerprints(bronze_path, interval)
     silver = partition_fingerprints(silver_path, interval)
     joined = bronze.join(silver, on=["symbol", "month"], how="full", coalesce=True, suffix="_silver")
-    b, s = pl.col, lambda name: pl.col(f"{name}_silver")
+    b = pl.col
+
+    def s(name: str) -> pl.Expr:
+        return pl.col(f"{name}_silver")
+
     reason = (
         pl.when(b("rows").is_null()).then(pl.lit("silver has rows bronze no longer holds"))
         .when(s("rows").is_null()).then(pl.lit("bronze rows have no silver"))

@@ -237,9 +237,9 @@ def refresh_silver(settings: Settings, symbol: str, months: list[datetime], sinc
     fingerprints = silver_fingerprints(settings, bronze, months)
     unchanged = unchanged_months(tables.silver, settings.interval, symbol, fingerprints) if skip_unchanged else []
     build = [m for m in months if m.date() not in unchanged]
-    parts = [(month.date(), rows) for month, rows in window_frames(bronze, settings, build)]
+    month_parts = [(month.date(), rows) for month, rows in window_frames(bronze, settings, build)]
     schema = build_features(bronze.head(0), settings).collect_schema()
-    frames = replace_partitions_by_files(tables.silver, parts, settings.interval, symbol, schema, fingerprints)
+    frames = replace_partitions_by_files(tables.silver, month_parts, settings.interval, symbol, schema, fingerprints)
     if unchanged:
         start, end = month_start(unchanged[0]), month_end(unchanged[-1])
         frames.append(read_rows(tables.silver, settings.interval, symbol, start, end)

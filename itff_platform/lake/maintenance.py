@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from deltalake import DeltaTable
 
@@ -30,7 +31,7 @@ class TableMaintenance:
     def bytes_reclaimed(self) -> int:
         return self.bytes_before - self.bytes_after
 
-    def as_row(self) -> dict:
+    def as_row(self) -> dict[str, Any]:
         return {**asdict(self), "bytes_reclaimed": self.bytes_reclaimed}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pandera.polars as pa
 import polars as pl
 from pandera.engines import polars_engine as pe
@@ -42,7 +44,7 @@ class BronzeCandles(CandleColumns):
     volume: float = pa.Field(gt=0)
 
     class Config:
-        unique = ["interval", "symbol", "timestamp"]
+        unique: ClassVar[list[str]] = ["interval", "symbol", "timestamp"]
 
     @pa.dataframe_check(name="high_at_least_low")
     def high_at_least_low(cls, data: pa.PolarsData) -> pl.LazyFrame:
@@ -73,7 +75,7 @@ class SilverFeatures(pa.DataFrameModel):
     level_up: pl.Int8 = pa.Field(isin=[0, 1], nullable=True)
 
     class Config:
-        unique = ["interval", "symbol", "timestamp"]
+        unique: ClassVar[list[str]] = ["interval", "symbol", "timestamp"]
 
 
 def schema_failures(schema: type[pa.DataFrameModel], frame: pl.DataFrame) -> pl.DataFrame:
@@ -81,8 +83,9 @@ def schema_failures(schema: type[pa.DataFrameModel], frame: pl.DataFrame) -> pl.
     try:
         schema.validate(frame, lazy=True)
     except pa.errors.SchemaErrors as errors:
+        failure_cases: pl.DataFrame = errors.failure_cases
         return (
-            errors.failure_cases.group_by("column", "check")
+            failure_cases.group_by("column", "check")
             .agg(pl.len().alias("failed_rows"), pl.col("failure_case").first().alias("example"))
             .sort("column", "check")
         )

@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
+from typing import Any
 
 import polars as pl
 
@@ -93,7 +94,7 @@ class BinanceCandleSource:
         step_ms = INTERVAL_SECONDS[interval] * 1000
         cursor = int(as_utc(start).timestamp() * 1000)
         end_ms = int(as_utc(end).timestamp() * 1000)
-        pages: list[list[list]] = []
+        pages: list[list[list[Any]]] = []
         while cursor < end_ms:
             url = (
                 f"{self.base_url}/api/v3/klines?symbol={symbol}&interval={interval}"

@@ -92,6 +92,7 @@ class FilesCandleSource:
             if rejected is not None:
                 self.rejected.append(rejected)
                 continue
+            assert candles is not None  # read_drop_file returns one of the two
             frames.append(candles.with_columns(pl.lit(str(path.relative_to(self.folder))).alias("file")))
         if not frames:
             return pl.DataFrame(schema={**CANDLE_SCHEMA, "file": pl.String})

@@ -20,7 +20,9 @@ BINANCE_SPOT_OUTAGES = [
 
 
 def known_outages() -> pl.DataFrame:
-    parse = lambda text: datetime.strptime(text, "%Y-%m-%d %H:%M").replace(tzinfo=timezone.utc)  # noqa: E731
+    def parse(text: str) -> datetime:
+        return datetime.strptime(text, "%Y-%m-%d %H:%M").replace(tzinfo=timezone.utc)
+
     return pl.DataFrame(
         {"outage_first": [parse(a) for a, _ in BINANCE_SPOT_OUTAGES], "outage_last": [parse(b) for _, b in BINANCE_SPOT_OUTAGES]},
         schema={"outage_first": pl.Datetime("us", "UTC"), "outage_last": pl.Datetime("us", "UTC")},

@@ -110,7 +110,7 @@ def _read_table_bytes(payload: bytes, name: str) -> pl.DataFrame:
                 name, "columns", "binance_kline_columns",
                 f"a headerless file needs Binance's kline columns (>= 6), found {frame.width}",
             )
-        frame = frame.select(frame.columns[:12]).rename(dict(zip(frame.columns, BINANCE_KLINE_COLUMNS)))
+        frame = frame.select(frame.columns[:12]).rename(dict(zip(frame.columns, BINANCE_KLINE_COLUMNS, strict=False)))
     return frame
 
 

@@ -15,6 +15,7 @@ REGRESSION_BASELINES = ["baseline_climatology"]
 
 
 def forecaster_class(family: str) -> "type[Forecaster]":
+    """The Forecaster class of a family name; a ValueError naming the known families for any other."""
     if family in ("lstm", "transformer"):
         from itff_platform.models.sequence import LSTMForecaster, TransformerForecaster
 
@@ -39,6 +40,7 @@ def forecaster_class(family: str) -> "type[Forecaster]":
 
 
 def is_baseline(family: str) -> bool:
+    """Whether a family is a reference point (majority, persistence, climatology) rather than a trained model."""
     return family in CLASSIFICATION_BASELINES or family in REGRESSION_BASELINES
 
 

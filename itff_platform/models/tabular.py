@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.linear_model import LogisticRegression, Ridge
@@ -75,7 +77,7 @@ class BoostingQuantileForecaster(Forecaster):
         return tree_space(trial)
 
     # Quantile trees with scikit-learn's default 20-row leaves overfit the tails: bands came out too narrow.
-    DEFAULTS = {"learning_rate": 0.05, "max_leaf_nodes": 15, "min_samples_leaf": 200}
+    DEFAULTS: ClassVar[dict[str, float | int]] = {"learning_rate": 0.05, "max_leaf_nodes": 15, "min_samples_leaf": 200}
 
     def fit(self, features, labels, sample_weight=None):
         scaled = self.fit_scaler(features)

@@ -181,8 +181,8 @@ def regime_shift(reference_regimes, recent_regimes, settings: Settings, threshol
         "status": grade(mix_psi, thresholds["warn"], thresholds["threshold"]),
         "warn": thresholds["warn"], "threshold": thresholds["threshold"],
         "calibration_windows": thresholds["calibration_windows"],
-        "reference_shares": dict(zip(categories, category_shares(before, categories).tolist())),
-        "recent_shares": dict(zip(categories, category_shares(after, categories).tolist())),
+        "reference_shares": dict(zip(categories, category_shares(before, categories).tolist(), strict=True)),
+        "recent_shares": dict(zip(categories, category_shares(after, categories).tolist(), strict=True)),
     }
 
 

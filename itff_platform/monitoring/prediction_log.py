@@ -32,6 +32,7 @@ import numpy as np
 import polars as pl
 
 from itff_platform.settings import Settings
+import contextlib
 
 log = logging.getLogger(__name__)
 
@@ -316,10 +317,8 @@ class WriteAhead:
 
     def release(self, segments: list[tuple[Path, int]]) -> None:
         for path, fd in segments:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-            except FileNotFoundError:
-                pass
             os.close(fd)
         with self._lock:
             self._sealed = [s for s in self._sealed if s not in segments]

@@ -121,7 +121,7 @@ def live_quality(realized: pl.DataFrame, fees_bps: float, horizon: int = 1, back
     realized = realized.with_columns(pl.col("regime").fill_null("unknown"), pl.col("model_version").cast(pl.String))
     scoped = _scopes(realized)
     counts = scoped.group_by(KEYS).agg(n=pl.len().cast(pl.Int64), latency_p95_ms=pl.col("latency_ms").quantile(0.95, "linear"))
-    scores = pl.DataFrame([{**dict(zip(KEYS, key)), **_scored(group)} for key, group in scoped.partition_by(KEYS, as_dict=True).items()],
+    scores = pl.DataFrame([{**dict(zip(KEYS, key, strict=True)), **_scored(group)} for key, group in scoped.partition_by(KEYS, as_dict=True).items()],
                           schema=SCORE_SCHEMA)
     trading = _trading(_scopes(_trade_schedule(realized, horizon)), fees_bps)
     latest = realized.group_by(VERSION).agg(last_bar=pl.col("bar_time").max())

@@ -161,7 +161,7 @@ def predict_day(settings: Settings, model, day: date) -> list[dict]:
     per_row_ms = (datetime.now() - started).total_seconds() * 1000 / len(x)
     bar = timedelta(seconds=settings.interval_seconds)
     records = []
-    for i, (stamp, regime) in enumerate(zip(rows["timestamp"], rows["regime"])):
+    for i, (stamp, regime) in enumerate(zip(rows["timestamp"], rows["regime"], strict=True)):
         if stamp < start:
             continue  # context for the sequence models, not a bar of this day
         answer = build_answer(model, x[: i + 1], out[: i + 1], None if spread is None else spread[: i + 1], regime, stamp,

@@ -116,7 +116,7 @@ def features_from_candles(candles: list[Candle], settings: Settings, rows: int, 
     silver = build_features(frame, settings).collect(engine="in-memory").tail(rows)
     x = silver.select(names).to_numpy()
     if not np.isfinite(x).all():  # every row a sequence model reads, not only the last
-        bad = sorted({n for row in x for n, v in zip(names, row) if not math.isfinite(v)})
+        bad = sorted({n for row in x for n, v in zip(names, row, strict=True) if not math.isfinite(v)})
         raise RequestError(f"candles: features {bad} are undefined over the last {rows} bar(s); send a longer window")
     return x, silver["regime"][-1], silver["timestamp"][-1]
 
@@ -132,10 +132,10 @@ def features_from_row(features: dict[str, float] | list[float], expected: list[s
         if missing or unexpected:
             raise RequestError(f"features: missing {missing}, unexpected {unexpected}; expected {expected}")
         values = [features[f] for f in expected]
-    not_numbers = [name for name, v in zip(expected, values) if isinstance(v, bool) or not isinstance(v, (int, float))]
+    not_numbers = [name for name, v in zip(expected, values, strict=True) if isinstance(v, bool) or not isinstance(v, (int, float))]
     if not_numbers:
         raise RequestError(f"features: {not_numbers} must be numbers (not booleans or strings)")
-    bad = [name for name, v in zip(expected, values) if not math.isfinite(v)]
+    bad = [name for name, v in zip(expected, values, strict=True) if not math.isfinite(v)]
     if bad:
         raise RequestError(f"features: {bad} must be finite numbers (NaN and infinity are refused)")
     x = np.asarray([values], dtype=np.float64)

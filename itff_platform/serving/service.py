@@ -122,14 +122,14 @@ class ItffService:
     def _report(self, changes: dict[str, str]) -> None:
         for name, change in changes.items():
             log.info("%s: %s", name, change)
-        for (symbol, target), model in self.store.models.items():
+        for model in self.store.models.values():
             SERVED_VERSION.labels(model=model.name).set(float(model.version))
         evaluated = set()
         for row in read_quality_summary(self.settings):
             QUALITY.labels(symbol=row["symbol"], target=row["target"], metric=row["metric"]).set(row["value"])
             evaluated.add((row["symbol"], row["target"]))
         # From the start, every served model has a series, so an alert on "no data for too long" can fire.
-        for symbol, target in self.store.keys():
+        for symbol, target in self.store.keys():  # noqa: SIM118  (a ChampionStore, not a dict)
             QUALITY.labels(symbol=symbol, target=target, metric="has_data").set(float((symbol, target) in evaluated))
         self._report_regimes()
 

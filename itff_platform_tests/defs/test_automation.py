@@ -5,6 +5,7 @@ import os
 import threading
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import ClassVar
 
 import mlflow
 import pytest
@@ -104,7 +105,7 @@ def test_the_drift_sensor_requests_retraining_of_what_drift_monitor_flagged_once
 
 
 class ReloadRecorder(BaseHTTPRequestHandler):
-    calls: list = []
+    calls: ClassVar[list[tuple[str, str | None]]] = []
 
     def do_POST(self):
         ReloadRecorder.calls.append((self.path, self.headers.get("X-API-Token")))

@@ -89,7 +89,7 @@ def test_a_second_run_on_unchanged_inputs_skips_the_lake_reuses_every_study_and_
 
 
 def test_a_changed_label_setting_rebuilds_silver_and_retrains_only_the_target_it_labels(project):
-    run, runs, client = project
+    run, _runs, client = project
     registered = versions(client)
     changed = run(ITFF_LABEL_BARRIER_ATR="1.5")  # the level_up barrier: direction's labels do not move
 
@@ -107,7 +107,7 @@ def test_a_changed_label_setting_rebuilds_silver_and_retrains_only_the_target_it
 def test_a_changed_promotion_alpha_judges_again_without_retraining(project):
     """Promotion kept its last decision whenever no version was newer: a changed ITFF_PROMOTION_ALPHA (which the
     study fingerprint rightly ignores) printed "kept" with the old alpha's reasons."""
-    run, runs, client = project
+    run, _runs, client = project
     registered = versions(client)
     changed = run(ITFF_LABEL_BARRIER_ATR="1.5", ITFF_PROMOTION_ALPHA="0.01")  # the barrier as the test before left it
 

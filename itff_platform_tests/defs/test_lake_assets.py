@@ -93,7 +93,7 @@ def test_files_source_quarantines_corrupt_rows_and_counts_reconcile(tmp_path, bt
     text = january.with_columns(pl.col("timestamp").dt.strftime("%Y-%m-%d %H:%M:%S")).write_csv()
     lines = text.splitlines()
     lines[5] = lines[5].rsplit(",", 2)[0] + ",not-a-price,12.5"  # close corrupt
-    lines[9] = ",".join(lines[9].split(",")[:2] + ["1.0", "2.0"] + lines[9].split(",")[4:])  # high < low
+    lines[9] = ",".join([*lines[9].split(",")[:2], "1.0", "2.0", *lines[9].split(",")[4:]])  # high < low
     lines.append(lines[20])  # an exact duplicate
     (drop / "BTCUSDT-1h-2024-01.csv").write_text("\n".join(lines) + "\n")
 
@@ -128,7 +128,7 @@ def test_a_failing_blocking_check_stops_silver(tmp_path, monkeypatch):
 
 
 def test_each_silver_partition_of_a_backfill_reports_its_own_rows(backfilled):
-    lake_dir, instance, result = backfilled
+    lake_dir, instance, _result = backfilled
     from dagster import AssetKey, AssetRecordsFilter
 
     silver = read_rows(LakeTables.under(Settings(lake_dir=lake_dir)).silver, "1h")

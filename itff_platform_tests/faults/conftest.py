@@ -23,6 +23,7 @@ from itff_platform.training.promotion import promote_champion
 from itff_platform_tests.conftest import utc
 from itff_platform_tests.serving.test_service import start_service
 from itff_platform_tests.training.test_promotion import train
+import contextlib
 
 TOKEN, ADMIN = "fault-token", "fault-admin"
 QUARANTINED_BAR = 5990  # index of the candle given high < low: the lake quarantines it
@@ -93,17 +94,15 @@ def wait_for_workers(arbiter: int, count: int, timeout: float = 120) -> list[int
 
 def alive(pid: int) -> bool:
     try:
-        return not Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
 
 
 def kill9(*pids: int) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def metric_lines(url: str, name: str) -> list[str]:

@@ -176,7 +176,7 @@ def test_an_alert_close_far_from_the_bar_close_is_refused(service, close):
 
 
 def test_a_quarantined_bar_is_refused_not_answered_from_the_bar_before(service):
-    url, settings, silver = service
+    url, _settings, silver = service
     quarantined = datetime(2024, 1, 1, tzinfo=timezone.utc) + timedelta(hours=QUARANTINED_BAR)
     assert quarantined not in silver["timestamp"].to_list()
     before = silver.filter(pl.col("timestamp") < quarantined).row(-1, named=True)

@@ -87,7 +87,7 @@ def test_bollinger_volume_zscore_and_average_daily_range(sample):
 
 
 def test_time_of_day_and_day_of_week_encodings(sample):
-    candles, features, _ = sample
+    _candles, features, _ = sample
     for ts, hs, hc, ws, wc in features.select("timestamp", "hour_sin", "hour_cos", "weekday_sin", "weekday_cos").iter_rows():
         day = (ts.hour * 3600 + ts.minute * 60) / 86400
         assert hs == pytest.approx(math.sin(2 * math.pi * day)) and hc == pytest.approx(math.cos(2 * math.pi * day))

@@ -50,7 +50,7 @@ def test_pauses_for_the_next_minute_when_the_weight_budget_is_nearly_spent(excha
 
 
 def test_an_unknown_symbol_is_a_clear_error_not_a_retry(exchange):
-    with pytest.raises(BinanceError, match="answered 400.*Invalid symbol"):
+    with pytest.raises(BinanceError, match=r"answered 400.*Invalid symbol"):
         source_for(exchange, []).fetch("NOPEUSDT", "1h", utc(2024, 1, 1), utc(2024, 1, 2))
 
 

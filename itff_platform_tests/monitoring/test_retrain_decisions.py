@@ -24,6 +24,7 @@ from itff_platform.training.dataset import training_data
 from itff_platform.training.promotion import promote_champion
 from itff_platform.training.train import train_symbol_target
 from itff_platform_tests.conftest import utc
+import itertools
 
 SYMBOL, START = "PROMOUSDT", utc(2023, 10, 1)
 MONTHS = [utc(2023, month, 1) for month in range(10, 13)] + [utc(2024, month, 1) for month in range(1, 6)]
@@ -88,11 +89,11 @@ def retrain_times(decisions: pl.DataFrame) -> dict[tuple[str, str], list[datetim
 
 
 def test_a_stable_period_sends_no_champion_for_retraining_twice_in_30_days(stable):
-    settings, summary, lines = stable
+    settings, summary, _lines = stable
     decisions = read_decisions(replay_settings(settings))
     assert decisions.height == REPLAY_DAYS and summary.days == REPLAY_DAYS
     for model, times in retrain_times(decisions).items():
-        gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
         assert all(gap >= timedelta(days=30) for gap in gaps), f"{model} sent for retraining at {times}"
     # Calibrated, the wander of the volatility features is not drift: drift itself asks at most once in the
     # replay (the cooldown, not the thresholds, is what holds back anything else).

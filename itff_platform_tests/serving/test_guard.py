@@ -154,8 +154,9 @@ def test_tradingview_alerts_are_signed_over_the_raw_body_recent_and_accepted_onc
     guard = guarded(tradingview_secret="s", tradingview_window_s=60, seen_signatures=tmp_path / "seen")
     body = json.dumps({"ticker": "BINANCE:BTCUSDT", "close": 1.0, "time": "2024-01-01T00:00:00Z", "sent_at": time.time()}).encode()
     signature = body_signature("s", body)
-    post = lambda payload, sig, **kw: ask(guard, path="/tradingview", body=payload, query=b"token=good",  # noqa: E731
-                                          headers=[("x-signature", sig)] if sig else [], **kw)
+    def post(payload, sig, **kw):
+        return ask(guard, path="/tradingview", body=payload, query=b"token=good", headers=[("x-signature", sig)] if sig else [], **kw)
+
     assert post(body, signature) == (200, body)  # the body reaches the service intact
     status, answer = post(body, signature)
     assert status == 409 and "replay" in answer["error"]

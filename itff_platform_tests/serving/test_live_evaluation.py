@@ -167,7 +167,7 @@ def test_tradingview_and_consensus_carry_the_models_age_as_of_the_bar(live):
 
 def test_an_alert_after_the_lakes_newest_bar_or_far_from_its_close_is_refused(live):
     """ITFF_TRADINGVIEW_STALE defaults to refuse: an alert is never answered from an older bar without saying so."""
-    url, settings, silver, _ = live
+    url, _settings, silver, _ = live
     newest = silver.row(-1, named=True)
     alert = {"ticker": "BINANCE:PROMOUSDT", "close": newest["close"], "time": newest["timestamp"].isoformat()}
     assert post(url, f"/tradingview?token={TOKEN}", alert).status_code == 200

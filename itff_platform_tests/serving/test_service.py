@@ -54,7 +54,7 @@ def start_service(folder: Path, extra_env: dict[str, str], port: int | None = No
            **extra_env}
     # To a file, not a pipe: nobody drains a pipe during the tests, and a full one blocks the server.
     log_path = folder / "bentoml-serve.log"
-    log_file = open(log_path, "w")
+    log_file = open(log_path, "w")  # noqa: SIM115  (the server writes it after this returns)
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "bentoml"), "serve", "itff_platform.serving.service:ItffService",
          "--host", "127.0.0.1", "--port", str(port)],
@@ -118,7 +118,7 @@ def test_a_row_unlike_anything_in_training_is_flagged_out_of_distribution(servic
 
 
 def test_predict_from_candles_computes_features_and_the_regime_like_the_lake(service):
-    url, settings = service
+    url, _settings = service
     candles = SampleCandleSource().fetch("BTCUSDT", "1h", utc(2024, 1, 1), utc(2024, 3, 1))
     window = [dict(zip(candles.columns, (r[0].isoformat(), *r[1:]))) for r in candles.tail(800).iter_rows()]
     answer = post(url, "/predict", {"symbol": "PROMOUSDT", "candles": window})

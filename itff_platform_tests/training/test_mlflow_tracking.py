@@ -72,7 +72,7 @@ def test_artifacts_and_reproducibility_tags(tracked):
 
 
 def test_refit_models_are_registered_with_family_and_headline_metrics(tracked):
-    settings, outcomes, _ = tracked
+    settings, _outcomes, _ = tracked
     client = MlflowClient(settings.tracking_uri)
     versions = client.search_model_versions("name = 'itff-TESTUSDT-direction'")
     assert sorted(v.tags["family"] for v in versions) == ["logistic", "lstm"]  # baselines are not registered
@@ -81,7 +81,7 @@ def test_refit_models_are_registered_with_family_and_headline_metrics(tracked):
 
 
 def test_the_registered_pyfunc_predicts_from_feature_rows(tracked):
-    settings, outcomes, data = tracked
+    _settings, outcomes, data = tracked
     for outcome in outcomes:
         if outcome.model_version is None:
             continue

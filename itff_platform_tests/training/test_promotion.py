@@ -84,7 +84,7 @@ def test_a_better_challenger_takes_over_and_rollback_restores_the_previous_champ
 
 
 def test_a_tampered_model_fails_verification_naming_the_file(registry):
-    settings, client = registry
+    _settings, client = registry
     version = client.get_model_version_by_alias(NAME, "champion")
     target = Path(model_storage(client, NAME, version.version).removeprefix("file://")) / "artifacts" / "forecaster" / "state.pkl"
     assert target.exists()

@@ -1,6 +1,7 @@
 import pytest
 
 from itff_platform.training.splits import walk_forward_splits
+import itertools
 
 
 def test_folds_never_overlap_and_step_forward():
@@ -8,7 +9,7 @@ def test_folds_never_overlap_and_step_forward():
     tests = [f.test for f in folds]
     for fold in folds:
         assert not set(fold.train) & set(fold.test)
-    for earlier, later in zip(tests, tests[1:]):
+    for earlier, later in itertools.pairwise(tests):
         assert later[0] == earlier[-1] + 1 + 24  # an embargo gap follows each test window
     assert tests[-1][-1] == 4999
 

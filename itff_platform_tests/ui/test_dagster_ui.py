@@ -31,7 +31,7 @@ def webserver(tmp_path_factory):
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
     env = {**os.environ, "DAGSTER_HOME": str(home), "ITFF_HOME": str(folder / "itff")}
     log_path = folder / "dagster-webserver.log"
-    log_file = open(log_path, "w")  # a file, not a pipe: nobody drains a pipe, and a full one blocks the server
+    log_file = open(log_path, "w")  # noqa: SIM115  a file, not a pipe: nobody drains a pipe, and a full one blocks the server
     port = free_port()
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
