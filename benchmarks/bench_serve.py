@@ -39,7 +39,7 @@ def free_port() -> int:
 def champion_row(symbol: str, target: str) -> tuple[dict, object]:
     from itff_platform.features.silver import build_features, feature_columns
     from itff_platform.market.sample import SampleCandleSource
-    from itff_platform.serving.store import ChampionStore
+    from itff_platform.contracts.champions import ChampionStore
     from itff_platform.settings import Settings
     from datetime import datetime, timezone
 

@@ -86,7 +86,7 @@ def _materialize(assets_selection: str, quiet: bool, only: list[str] | None = No
     from dagster import DagsterInstance
 
     from itff_platform.definitions import lake, promotion, training
-    from itff_platform.defs.cli_runs import execute_job
+    from itff_platform.cli_runs import execute_job
 
     job, assets = CLI_JOBS[assets_selection]
     keys = {"lake": lake, "training": training, "promotion": promotion}[assets_selection][0].partitions_def.get_partition_keys()
@@ -244,7 +244,7 @@ def _materialize_monitoring(as_of: str | None = None, settings=None, trigger: st
     """evaluation_job: prediction_outcomes and drift_monitor; as of a replay's last day, on its own log, or now."""
     from dagster import DagsterInstance
 
-    from itff_platform.defs.cli_runs import execute_job
+    from itff_platform.cli_runs import execute_job
 
     config = {} if settings is None else {"evaluation_as_of": as_of, "monitoring_dir": str(settings.monitoring_dir),
                                           "reports_dir": str(settings.reports_dir)}
@@ -269,7 +269,7 @@ def run_maintenance() -> bool:
     After a fresh run it finds nothing to rewrite, so the table versions the run recorded stay current."""
     from dagster import DagsterInstance
 
-    from itff_platform.defs.cli_runs import execute_job
+    from itff_platform.cli_runs import execute_job
 
     result = execute_job("lake_maintenance_job", DagsterInstance.get(), tags={"itff/trigger": "run"}, run_config=_log_level(True))
     meta = {k: v.value for e in result.get_asset_materialization_events() for k, v in e.materialization.metadata.items()}

@@ -27,7 +27,7 @@ def job(name: str, selection, description: str):
     return define_asset_job(name, selection=selection, description=description, owners=OWNERS)
 
 
-# Every run has one of these names, in the UI as from the CLI (itff_platform/defs/cli_runs.py): never
+# Every run has one of these names, in the UI as from the CLI (itff_platform/cli_runs.py): never
 # __ephemeral_asset_job__.
 lake_job = job("lake_job", ["raw_candles", "bronze_candles", "silver_features"],
                "raw -> bronze -> silver for the chosen (symbol, month) partitions, with their checks: `itff run` "

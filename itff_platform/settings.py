@@ -103,10 +103,9 @@ class Settings(BaseSettings):
 
     # --- training
     targets: list[Literal["direction", "level_up", "forward_return"]] = ["direction", "level_up", "forward_return"]
-    families: list[Literal["logistic", "boosting", "lstm", "transformer", "lorentzian"]] = [
-        "logistic", "boosting", "lstm", "transformer", "lorentzian",
-    ]
-    regression_families: list[Literal["boosting_quantile", "linear_quantile"]] = ["boosting_quantile", "linear_quantile"]
+    # Names from the model-family registry (models.registry), checked against it below.
+    families: list[str] = ["logistic", "boosting", "lstm", "transformer", "lorentzian"]
+    regression_families: list[str] = ["boosting_quantile", "linear_quantile"]
     seed: int = 42
     trials: int = Field(3, ge=1, description="Optuna trials per study (scikit-learn and k-NN families).")
     torch_trials: int = Field(2, ge=1, description="Optuna trials per study for the torch families.")
@@ -227,6 +226,14 @@ class Settings(BaseSettings):
         if interval not in INTERVAL_SECONDS:
             raise ValueError(f"interval: {interval!r} is not one of {sorted(INTERVAL_SECONDS)}")
         return interval
+
+    @field_validator("families", "regression_families")
+    @classmethod
+    def _registered_families(cls, chosen: list[str], info) -> list[str]:
+        from itff_platform.models.registry import check_families
+
+        task = "regression" if info.field_name == "regression_families" else "classification"
+        return check_families(chosen, task, info.field_name)
 
     @model_validator(mode="after")
     def _anchor_paths(self) -> "Settings":

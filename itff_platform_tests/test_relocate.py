@@ -13,7 +13,7 @@ import pytest
 
 from itff_platform import cli
 from itff_platform.registry_paths import LOCATION_COLUMNS, SOURCE_COLUMNS
-from itff_platform.serving.store import ChampionStore
+from itff_platform.contracts.champions import ChampionStore
 from itff_platform.settings import Settings, get_settings
 from itff_platform.training.promotion import promote_champion, verify_model
 from itff_platform_tests.serving.test_service import feature_row

@@ -20,7 +20,7 @@ from dagster import (
 from itff_platform.defs.checks import markdown_table
 from itff_platform.defs.metadata import OWNERS
 from itff_platform.defs.resources import ItffSettingsResource
-from itff_platform.models import CLASSIFICATION_BASELINES, REGRESSION_BASELINES
+from itff_platform.models.registry import baselines
 from itff_platform.rules import task_of
 from itff_platform.settings import Settings
 
@@ -113,7 +113,7 @@ def study_metadata(cfg: Settings, symbol: str, target: str, outcomes: list) -> d
     }
     if reused:  # what this partition did not retrain, and the run each study's figures come from
         metadata["unchanged_since"] = MetadataValue.md("\n".join(reused))
-    classifiers = table.filter(~pl.col("family").is_in([*CLASSIFICATION_BASELINES, *REGRESSION_BASELINES]))
+    classifiers = table.filter(~pl.col("family").is_in(baselines()))
     if task == "classification" and classifiers.height:
         best = classifiers.sort("log_loss").row(0, named=True)
         metadata.update({"best_family": best["family"], "best_log_loss": best["log_loss"], "best_roc_auc": best["roc_auc"]})

@@ -1,47 +1,25 @@
-"""Model families by name. Imports are lazy: torch takes seconds to import and only two families need it."""
+"""Model families, as the registry (models.registry) declares them: build one for training, load a saved one.
+Imports are lazy: torch takes seconds to import and only the torch families need it."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from itff_platform.models.registry import spec
+
 if TYPE_CHECKING:
     from itff_platform.models.base import Forecaster
     from itff_platform.settings import Settings
 
-CLASSIFIERS = ["logistic", "boosting", "lstm", "transformer", "lorentzian"]
-REGRESSORS = ["boosting_quantile", "linear_quantile"]
-CLASSIFICATION_BASELINES = ["baseline_majority", "baseline_persistence"]
-REGRESSION_BASELINES = ["baseline_climatology"]
-
 
 def forecaster_class(family: str) -> "type[Forecaster]":
-    """The Forecaster class of a family name; a ValueError naming the known families for any other."""
-    if family in ("lstm", "transformer"):
-        from itff_platform.models.sequence import LSTMForecaster, TransformerForecaster
-
-        return {"lstm": LSTMForecaster, "transformer": TransformerForecaster}[family]
-    from itff_platform.models.baselines import ClimatologyForecaster, MajorityForecaster, PersistenceForecaster
-    from itff_platform.models.lorentzian import LorentzianKNNForecaster
-    from itff_platform.models.tabular import (
-        BoostingForecaster,
-        BoostingQuantileForecaster,
-        LinearQuantileForecaster,
-        LogisticForecaster,
-    )
-
-    classes = {
-        c.family: c
-        for c in (LogisticForecaster, BoostingForecaster, LorentzianKNNForecaster, BoostingQuantileForecaster,
-                  LinearQuantileForecaster, MajorityForecaster, PersistenceForecaster, ClimatologyForecaster)
-    }
-    if family not in classes:
-        raise ValueError(f"family: {family!r} is not one of {sorted([*classes, 'lstm', 'transformer'])}")
-    return classes[family]
+    """The family's Forecaster class; a ValueError naming the registered families for an unknown one."""
+    return spec(family).forecaster_class()
 
 
 def is_baseline(family: str) -> bool:
     """Whether a family is a reference point (majority, persistence, climatology) rather than a trained model."""
-    return family in CLASSIFICATION_BASELINES or family in REGRESSION_BASELINES
+    return spec(family).baseline
 
 
 def make_forecaster(family: str, params: dict, settings: "Settings") -> "Forecaster":
@@ -49,13 +27,7 @@ def make_forecaster(family: str, params: dict, settings: "Settings") -> "Forecas
     (Platt for probabilities, conformal for bands), except the baselines, which are reference points."""
     from itff_platform.models.calibration import Calibrated
 
-    cls = forecaster_class(family)
-    if family in ("lstm", "transformer"):
-        model = cls(params, settings.seed, length=settings.sequence_length, epochs=settings.torch_epochs,
-                    device=settings.torch_device, mc_samples=settings.mc_dropout_samples,
-                    max_train_rows=settings.torch_max_train_rows)
-    else:
-        model = cls(params, settings.seed)
+    model = forecaster_class(family).from_settings(params, settings)
     if is_baseline(family) or not settings.calibration_rows:
         return model
     return Calibrated(model, slice_rows=settings.calibration_rows, horizon=settings.label_horizon)

@@ -7,10 +7,29 @@ import json
 import pickle
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 from sklearn.preprocessing import StandardScaler
+
+if TYPE_CHECKING:
+    from itff_platform.settings import Settings
+
+
+class ServedForecaster(Protocol):
+    """What serving and replay call on a loaded model: a Forecaster, or the Calibrated one wrapping it."""
+
+    family: str
+    context_rows: int
+
+    @property
+    def scaler(self) -> StandardScaler | None: ...
+
+    def scale(self, features: np.ndarray) -> np.ndarray: ...
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray: ...
+
+    def predict_with_uncertainty(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]: ...
 
 
 class Forecaster(ABC):
@@ -26,6 +45,11 @@ class Forecaster(ABC):
         self.params = dict(params or {})
         self.seed = seed
         self.scaler: StandardScaler | None = None
+
+    @classmethod
+    def from_settings(cls, params: dict[str, Any], settings: "Settings") -> "Forecaster":
+        """A fresh model with these hyperparameters; a family that reads more settings overrides this."""
+        return cls(params, settings.seed)
 
     @classmethod
     def search_space(cls, trial) -> dict[str, Any]:

@@ -63,6 +63,12 @@ class SequenceForecaster(Forecaster):
         self.max_train_rows = max_train_rows
         self.context_rows = length - 1
 
+    @classmethod
+    def from_settings(cls, params, settings):
+        return cls(params, settings.seed, length=settings.sequence_length, epochs=settings.torch_epochs,
+                   device=settings.torch_device, mc_samples=settings.mc_dropout_samples,
+                   max_train_rows=settings.torch_max_train_rows)
+
     def build(self, features: int) -> nn.Module:
         raise NotImplementedError
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -53,11 +52,6 @@ def prediction_log_path(settings: Settings) -> Path:
 def write_ahead_path(settings: Settings) -> Path:
     """Beside the table, not in it: Delta's vacuum deletes files it does not know inside a table's folder."""
     return settings.monitoring_dir / "predictions-wal"
-
-
-def input_hash(symbol: str, target: str, row: np.ndarray) -> str:
-    """Same inputs, same hash: the feature row as float64 bytes, with what it was asked about."""
-    return hashlib.sha256(f"{symbol}|{target}|".encode() + np.ascontiguousarray(row, dtype=np.float64).tobytes()).hexdigest()
 
 
 def records_frame(records: list[dict]) -> pl.DataFrame:

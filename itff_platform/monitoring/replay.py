@@ -66,10 +66,10 @@ def day_range(start: date, end: date) -> list[date]:
 
 def replay(settings: Settings, start: date, end: date, progress: Callable[[str], None] = print,
            report_every_days: int = 7) -> ReplaySummary:
+    from itff_platform.contracts.champions import ChampionStore
     from itff_platform.market import candle_source
     from itff_platform.monitoring.evaluation import evaluate, forget_decisions_from, record_decisions
     from itff_platform.monitoring.prediction_log import PredictionLog
-    from itff_platform.serving.store import ChampionStore
 
     settings = replay_settings(settings)
     store = ChampionStore(settings)
@@ -144,9 +144,9 @@ def restore_month(settings: Settings, source, day: date) -> int:
 
 def predict_day(settings: Settings, model, day: date) -> list[dict]:
     """The champion's answers for every bar of `day`, as the service would have given them when each bar closed."""
+    from itff_platform.contracts.answers import build_answer, log_record
     from itff_platform.lake.delta import read_rows
     from itff_platform.lake.layers import LakeTables
-    from itff_platform.serving.answers import build_answer, log_record
 
     start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
     context = timedelta(seconds=settings.interval_seconds * model.forecaster.context_rows)

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import anyio
 import numpy as np
+
+if TYPE_CHECKING:
+    from itff_platform.contracts.champions import LoadedModel
 
 Scored = tuple[np.ndarray, np.ndarray | None]
 
@@ -24,7 +28,7 @@ class RowBatcher:
         self.on_batch = on_batch  # observes each batch size (a metric)
         self._pending: dict[tuple[str, str], list[tuple[np.ndarray, asyncio.Future]]] = {}
 
-    async def predict(self, model, x: np.ndarray) -> Scored:
+    async def predict(self, model: LoadedModel, x: np.ndarray) -> Scored:
         """model.predict(x) for one request. Models that read a window of rows (LSTM, Transformer) are scored
         on their own: their rows are one sequence, not independent requests."""
         if model.forecaster.context_rows or len(x) != 1:
@@ -41,7 +45,7 @@ class RowBatcher:
             loop.call_soon(self._flush, key, model)
         return await future
 
-    def _flush(self, key: tuple[str, str], model) -> None:
+    def _flush(self, key: tuple[str, str], model: LoadedModel) -> None:
         queue = self._pending.pop(key, [])
         if not queue:
             return

@@ -22,10 +22,11 @@ import anyio
 import bentoml
 import numpy as np
 
+from itff_platform.contracts.answers import OOD_Z, build_answer, log_record, model_age, trading_permission
+from itff_platform.contracts.signals import served_signals
 from itff_platform.monitoring.outcomes import read_quality_summary
 from itff_platform.monitoring.prediction_log import PredictionLog
 from itff_platform.rules import REGIMES
-from itff_platform.serving.answers import OOD_Z, build_answer, log_record, model_age, trading_permission
 from itff_platform.serving.batching import RowBatcher
 from itff_platform.serving.errors import quiet_client_errors, refusal
 from itff_platform.serving.guard import GuardMiddleware
@@ -48,7 +49,6 @@ from itff_platform.serving.online import (
     tradingview_symbol,
 )
 from itff_platform.settings import Settings, get_settings
-from itff_platform.training.backtest import served_signals
 
 log = logging.getLogger(__name__)
 SETTINGS = get_settings()
@@ -89,7 +89,7 @@ def state_dir(settings: Settings) -> Path:
 class ItffService:
     def __init__(self) -> None:
         from itff_platform.serving.lifeline import exit_with_parent
-        from itff_platform.serving.store import ChampionStore
+        from itff_platform.contracts.champions import ChampionStore
 
         exit_with_parent()  # an arbiter killed with SIGKILL must not leave this worker holding the port
         quiet_client_errors()
@@ -176,7 +176,8 @@ class ItffService:
             raise RequestError(f"target: {target!r:.40} is not one of {self.settings.targets}")
         model = self.store.get(symbol, target)
         if model is None:
-            raise self.store.missing(symbol, target)
+            message, details = self.store.why_missing(symbol, target)
+            raise RequestError(message, **details)
         return model
 
     async def _inputs(self, symbol, target, features, candles, regime, bar_time):

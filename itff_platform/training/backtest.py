@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from itff_platform.contracts.signals import signals
+
 
 @dataclass(frozen=True)
 class BacktestResult:
@@ -17,45 +19,6 @@ class BacktestResult:
     buy_and_hold_equity: np.ndarray
     net_returns: np.ndarray | None = None  # per decision bar (every `horizon` bars): log return after fees, 0 when flat
     positions: np.ndarray | None = None    # per decision bar: +1 long, -1 short, 0 flat
-
-
-def allows_short(target: str) -> bool:
-    """level_up = 0 also means "neither barrier touched": a low probability is no reason to short."""
-    return target == "direction"
-
-
-def signals(prob: np.ndarray, threshold: float | np.ndarray, allow_short: bool = True) -> np.ndarray:
-    """+1 long at P(up) >= threshold, -1 short at P(up) <= 1 - threshold (where shorting makes sense), else 0."""
-    return np.where(prob >= threshold, 1, np.where(allow_short & (prob <= 1 - threshold), -1, 0))
-
-
-def signal_names(prob, threshold: float, target: str) -> np.ndarray:
-    """The same rule as `signals`, as the words the service answers with."""
-    return np.array(["short", "flat", "long"])[signals(np.asarray(prob), threshold, allows_short(target)) + 1]
-
-
-def served_signals(prob, threshold: float, target: str, tradable: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """What a served answer says: the signal words and `allow`. A model whose rule has no significant edge
-    (tradable False) still serves its probability, but its signal is flat and nothing is allowed."""
-    prob = np.asarray(prob, dtype=np.float64)
-    if not tradable:
-        return np.full(prob.shape, "flat"), np.zeros(prob.shape, dtype=bool)
-    return signal_names(prob, threshold, target), np.maximum(prob, 1 - prob) >= threshold
-
-
-BANDS = ("p10", "p50", "p90")
-
-
-def answer_columns(out: np.ndarray, meta: dict, target: str) -> dict:
-    """The fields a served answer holds for a model's outputs, a value per row: quantile bands for regression,
-    else P(up) with its confidence, threshold and trade decision. The MLflow pyfunc answers with these columns,
-    and the service with their last row, so the two cannot drift apart."""
-    if meta["task"] == "regression":
-        return {name: out[:, i] for i, name in enumerate(BANDS)}
-    threshold = float(meta["threshold"])
-    # Models registered before the trade decision existed carry no `tradable`: they trade as they always did.
-    signal, allow = served_signals(out, threshold, target, meta.get("tradable", True))
-    return {"prob_up": out, "confidence": np.maximum(out, 1 - out), "threshold": threshold, "allow": allow, "signal": signal}
 
 
 def max_drawdown(equity: np.ndarray) -> float:

@@ -28,9 +28,11 @@ import polars as pl
 from mlflow import MlflowClient
 
 from itff_platform.manifests import DIGEST_TAG, artifact_manifest, manifest_artifact, manifest_digest, manifest_problems
+from itff_platform.models.registry import baselines
 from itff_platform.rules import registered_name, task_of
 from itff_platform.settings import Settings
 from itff_platform.training.metrics import row_losses
+from itff_platform.training.tracking import quiet_mlflow
 
 CHAMPION = "champion"
 HISTORY_TAG = "champion_history"
@@ -163,6 +165,7 @@ def _champion_holdout_losses(client, oos: OutOfSample, settings, symbol, target,
 
 
 def promote_champion(settings: Settings, symbol: str, target: str) -> Decision:
+    quiet_mlflow()
     mlflow.set_tracking_uri(settings.tracking_uri)
     client = MlflowClient(settings.tracking_uri)
     name = registered_name(symbol, target)
@@ -401,13 +404,13 @@ def _set_champion(client: MlflowClient, name: str, version: str) -> None:
 def _baselines_on(client: MlflowClient, name: str, window: tuple[str, str]) -> dict[str, str]:
     """The newest run of each baseline family on this holdout window: family -> run id."""
     experiment = client.get_experiment_by_name(name)
-    runs = client.search_runs([experiment.experiment_id], "tags.family LIKE 'baseline_%'", order_by=["start_time DESC"])
     found: dict[str, str] = {}
-    for run in runs:
-        family = run.data.tags["family"]
-        same = (run.data.tags.get("recent_window_start"), run.data.tags.get("recent_window_end")) == window
-        if same and family not in found:
-            found[family] = run.info.run_id
+    for family in baselines():  # MLflow's filter has no IN for tags: a query per baseline family
+        runs = client.search_runs([experiment.experiment_id], f"tags.family = '{family}'", order_by=["start_time DESC"])
+        for run in runs:
+            if (run.data.tags.get("recent_window_start"), run.data.tags.get("recent_window_end")) == window:
+                found[family] = run.info.run_id
+                break
     return found
 
 

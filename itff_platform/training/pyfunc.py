@@ -10,7 +10,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from itff_platform.training.backtest import answer_columns
+from itff_platform.contracts.signals import answer_columns
 
 
 class ItffForecastModel(mlflow.pyfunc.PythonModel):

@@ -25,6 +25,7 @@ from itff_platform.settings import Settings
 from itff_platform.training.dataset import TrainingData
 from itff_platform.training.splits import Fold
 from itff_platform.training.study import EXACT_METRICS_TAG, FINGERPRINT_TAG, StudyOutcome, experiment_id, figure_path, study_trials
+from itff_platform.training.tracking import quiet_mlflow
 
 LIBRARIES = ("numpy", "scipy", "scikit-learn", "torch", "optuna")
 
@@ -65,12 +66,13 @@ def study_fingerprint(data_fingerprint: str, folds: list[Fold], family: str, set
     chosen = settings.model_dump(mode="json", exclude=set(SETTINGS_IGNORED))
     fold_rows = [(fold.number, fold.train, fold.test) for fold in folds]
     return digest("study", data_fingerprint, *(part for row in fold_rows for part in row), family,
-                  study_trials(family, settings, n_trials), chosen, code_digest("training", "models", *SHARED_MODULES, libraries=LIBRARIES))
+                  study_trials(family, settings, n_trials), chosen, code_digest("training", "models", "contracts", *SHARED_MODULES, libraries=LIBRARIES))
 
 
 def earlier_outcome(settings: Settings, data: TrainingData, family: str, fingerprint: str) -> StudyOutcome | None:
     """The outcome of the newest finished study run with this fingerprint whose registered version (if it registered
     one) is still in the registry; None when there is none and the study must run."""
+    quiet_mlflow()
     client = MlflowClient(settings.tracking_uri)
     experiment = experiment_id(settings, data.symbol, data.target)
     runs = client.search_runs([experiment], f"tags.{FINGERPRINT_TAG} = '{fingerprint}' AND attributes.status = 'FINISHED'",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import tempfile
 import time
 import warnings
@@ -21,17 +20,16 @@ import optuna
 import pandas as pd
 import polars as pl
 
-from itff_platform.models import forecaster_class, is_baseline, make_forecaster
+from itff_platform.models import make_forecaster
+from itff_platform.models.registry import FamilySpec, spec
 from itff_platform.rules import registered_name
 from itff_platform.settings import Settings
 from itff_platform.training.dataset import TrainingData
 from itff_platform.training.evaluation import Evaluation, evaluate, out_of_sample, sample_weights
 from itff_platform.training.splits import Fold
+from itff_platform.training.tracking import quiet_mlflow
 
 log = logging.getLogger(__name__)
-# MLflow prints a progress bar per artifact download and INFO lines per model; a study's own log line is enough.
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-logging.getLogger("mlflow").setLevel(logging.WARNING)
 FINGERPRINT_TAG = "study_fingerprint"  # what the study depends on (training.reuse); equal means reusable
 # Metrics a float would change (counts) or MLflow drops (NaN, inf), as JSON: a reused study (training.reuse) then
 # reports exactly what this one did (2268 trades, not 2268.0; a profit factor of inf, not a missing one).
@@ -124,14 +122,31 @@ _DATASETS: dict[tuple, object] = {}  # the last symbol x target's dataset record
 
 def study_trials(family: str, settings: Settings, n_trials: int | None = None) -> int:
     """The trials a study of `family` runs: one for a baseline (nothing to search), else the budget for its kind."""
-    if is_baseline(family):
+    budget = spec(family).trials_setting
+    if budget is None:
         return 1
-    return n_trials or (settings.torch_trials if family in ("lstm", "transformer") else settings.trials)
+    return n_trials or getattr(settings, budget)
 
 
 def figure_path(settings: Settings, data: TrainingData, family: str, name: str) -> Path:
     """Where a study's figure is kept for Dagster's metadata once its scratch folder is gone."""
     return settings.mlflow_dir / "figures" / f"{data.symbol}-{data.target}-{family}-{name}.png"
+
+
+@dataclass
+class Search:
+    """What the hyperparameter search found: the Optuna study, and each trial's out-of-sample predictions."""
+
+    study: optuna.Study
+    predictions: dict[int, tuple[np.ndarray, list[float], np.ndarray]]
+
+    @property
+    def completed(self) -> int:
+        return sum(t.state == optuna.trial.TrialState.COMPLETE for t in self.study.trials)
+
+    @property
+    def pruned(self) -> int:
+        return sum(t.state == optuna.trial.TrialState.PRUNED for t in self.study.trials)
 
 
 def run_study(
@@ -143,107 +158,148 @@ def run_study(
     n_trials: int | None = None,
     fingerprint: str | None = None,
 ) -> StudyOutcome:
-    """`fingerprint` (training.reuse) is tagged on the parent run, so a later study with the same one reuses it."""
-    cls = forecaster_class(family)
-    baseline = is_baseline(family)
+    """Search, score the best trial on the holdout, evaluate, register (unless refused) and keep the figures.
+    `fingerprint` (training.reuse) is tagged on the parent run, so a later study with the same one reuses it."""
+    quiet_mlflow()
+    family_spec = spec(family)
     n_trials = study_trials(family, settings, n_trials)
     started = time.perf_counter()
-    extra = {"last_return_column": data.features.index("log_return_1")} if family == "baseline_persistence" else {}
+    fixed = family_spec.fixed_params(data.features)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    predictions: dict[int, tuple[np.ndarray, list[float]]] = {}
     # The last fold is a holdout: the search never scores on it, so the figures reported for it (the recent_*
     # metrics promotion relies on) carry no selection bias from the hyperparameter search.
     search_folds, holdout = folds[:-1], folds[-1:]
 
     experiment = experiment_id(settings, data.symbol, data.target)
     with mlflow.start_run(experiment_id=experiment, run_name=f"{family}-{stamp}") as parent:
-        mlflow.set_tags({"family": family, "symbol": data.symbol, "target": data.target, "task": data.task,
-                         "seed": settings.seed, **{f"delta_version.{k}": v for k, v in data.table_versions.items()},
-                         **({FINGERPRINT_TAG: fingerprint} if fingerprint else {})})
-        # The same keys on every family's parent run, so MLflow's compare view lines the families up row by row.
-        mlflow.log_params({"family": family, "symbol": data.symbol, "target": data.target, "task": data.task,
-                           "trials": n_trials, "seed": settings.seed})
-        mlflow.log_params({"folds": len(folds), "search_folds": len(folds) - 1, "wf_mode": settings.wf_mode, "embargo_bars": settings.wf_embargo_bars,
-                           "label_horizon": settings.label_horizon, "fees_bps": settings.fees_bps, "rows": len(data),
-                           "features": len(data.features)})
-        log_training_dataset(data, settings)
-
-        def objective(trial: optuna.Trial) -> float:
-            params = {**cls.search_space(trial), **extra}
-            weighting = trial.suggest_categorical("class_weight", ["balanced", "none"]) if data.task == "classification" and not baseline else "none"
-            trial_started = time.perf_counter()
-            # A nested run does not inherit its parent's experiment; without it trials land in "Default".
-            with mlflow.start_run(experiment_id=experiment, run_name=f"trial-{trial.number}", nested=True):
-                mlflow.log_params({**params, "class_weight": weighting})
-
-                def on_fold(number: int, loss: float) -> None:
-                    mlflow.log_metric("fold_loss", loss, step=number)
-                    trial.report(loss, number)
-                    if trial.should_prune():
-                        mlflow.set_tag("state", "pruned")
-                        raise optuna.TrialPruned(f"fold {number} loss {loss:.4f}")
-
-                prediction, losses, uncalibrated = out_of_sample(
-                    lambda: make_forecaster(family, params, settings), data, search_folds, weighting, on_fold)
-                mean_loss = float(np.mean(losses))
-                mlflow.log_metric("mean_fold_loss", mean_loss)
-            predictions[trial.number] = (prediction, losses, uncalibrated)
-            progress(f"[{data.symbol} {data.target} {family}] trial {trial.number + 1}/{n_trials}: loss {mean_loss:.5f} "
-                     f"in {time.perf_counter() - trial_started:.1f}s {params | {'class_weight': weighting}}")
-            return mean_loss
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)  # before create_study, which logs at INFO
-        study = optuna.create_study(
-            study_name=f"{registered_name(data.symbol, data.target)}-{family}-{stamp}",
-            storage=settings.study_storage,
-            direction="minimize",
-            sampler=optuna.samplers.TPESampler(seed=settings.seed),
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
-        )
-        study.optimize(objective, n_trials=n_trials, timeout=settings.study_timeout_s, show_progress_bar=settings.progress_bar)
-        completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
-        best = study.best_trial
-        params = {k: v for k, v in best.params.items() if k != "class_weight"} | extra
+        _log_study_inputs(data, family, folds, settings, n_trials, fingerprint)
+        search = _search(data, family_spec, search_folds, settings, n_trials, fixed, experiment, stamp, progress)
+        best = search.study.best_trial
+        params = {k: v for k, v in best.params.items() if k != "class_weight"} | fixed
         weighting = best.params.get("class_weight", "none")
-        searched, search_losses, searched_raw = predictions[best.number]
-        held_out, holdout_losses, held_out_raw = out_of_sample(lambda: make_forecaster(family, params, settings), data, holdout, weighting)
-        prediction, losses = np.concatenate([searched, held_out]), [*search_losses, *holdout_losses]
-        uncalibrated = np.concatenate([searched_raw, held_out_raw])
-
+        prediction, losses, uncalibrated = _with_holdout(data, family, params, weighting, search.predictions[best.number],
+                                                         holdout, settings)
         with tempfile.TemporaryDirectory() as scratch:
             folder = Path(scratch)
             evaluation = evaluate(data, folds, prediction, losses, settings, family, folder / "evaluation", uncalibrated)
             seconds = time.perf_counter() - started
-            metrics = {**evaluation.metrics, "trials_completed": len(completed), "trials_pruned": pruned,
-                       "study_seconds": seconds, "trials_per_minute": (len(completed) + pruned) / seconds * 60}
-            mlflow.log_metrics(_clean(metrics))
-            mlflow.set_tag(EXACT_METRICS_TAG, json.dumps(_not_float(metrics)))
-            mlflow.set_tags({**evaluation.recent_window, "tradable": str(evaluation.tradable).lower(),
-                             "tradable_reason": evaluation.tradable_reason[:5000]})
-            # Hyperparameters differ per family: namespaced by family, so a name shared by two families (dropout)
-            # never reads as one comparable column; the class weighting is common to all and stays plain.
-            mlflow.log_params({"class_weight": weighting, **{f"{family}.{k}": v for k, v in params.items()}})
-            mlflow.log_artifacts(str(folder / "evaluation"), artifact_path="evaluation")
-            # The figures again at the artifact root under fixed names (reliability.png, threshold_sweep.png,
-            # equity.png, quantile_bands.png): the same path on every family's run is what "compare" sets side by side.
-            for path in evaluation.figures.values():
-                mlflow.log_artifact(str(path))
-            refused = None if baseline else registration_refusal(metrics, settings)
-            if refused:
-                mlflow.set_tag("not_registered", refused)
-                progress(f"[{data.symbol} {data.target} {family}] not registered: {refused}")
-            version = None if baseline or refused else _refit_and_register(data, family, params, weighting, evaluation, settings,
-                                                                              folder, metrics)
-            mlflow.set_tag("mlflow.note.content", run_summary(family, data, metrics, version, refused))
-            figures = {}
-            for name, path in evaluation.figures.items():  # kept for Dagster metadata after the scratch folder goes
-                figures[name] = figure_path(settings, data, family, name)
-                figures[name].parent.mkdir(parents=True, exist_ok=True)
-                figures[name].write_bytes(path.read_bytes())
-    return StudyOutcome(family, parent.info.run_id, metrics, best.params, version, len(completed), pruned,
+            metrics = {**evaluation.metrics, "trials_completed": search.completed, "trials_pruned": search.pruned,
+                       "study_seconds": seconds, "trials_per_minute": (search.completed + search.pruned) / seconds * 60}
+            _log_evaluation(family, metrics, evaluation, params, weighting, folder)
+            version = _register_unless_refused(data, family_spec, params, weighting, evaluation, settings, folder,
+                                               metrics, progress)
+            figures = _keep_figures(settings, data, family, evaluation)
+    return StudyOutcome(family, parent.info.run_id, metrics, best.params, version, search.completed, search.pruned,
                         time.perf_counter() - started, figures, evaluation.tradable, evaluation.tradable_reason,
                         evaluation.fold_table, evaluation.regime_table)
+
+
+def _log_study_inputs(data: TrainingData, family: str, folds: list[Fold], settings: Settings, n_trials: int,
+                      fingerprint: str | None) -> None:
+    """The parent run's tags, params and dataset: what the study trains on, and with which budget."""
+    mlflow.set_tags({"family": family, "symbol": data.symbol, "target": data.target, "task": data.task,
+                     "seed": settings.seed, **{f"delta_version.{k}": v for k, v in data.table_versions.items()},
+                     **({FINGERPRINT_TAG: fingerprint} if fingerprint else {})})
+    # The same keys on every family's parent run, so MLflow's compare view lines the families up row by row.
+    mlflow.log_params({"family": family, "symbol": data.symbol, "target": data.target, "task": data.task,
+                       "trials": n_trials, "seed": settings.seed})
+    mlflow.log_params({"folds": len(folds), "search_folds": len(folds) - 1, "wf_mode": settings.wf_mode, "embargo_bars": settings.wf_embargo_bars,
+                       "label_horizon": settings.label_horizon, "fees_bps": settings.fees_bps, "rows": len(data),
+                       "features": len(data.features)})
+    log_training_dataset(data, settings)
+
+
+def _search(data: TrainingData, family_spec: FamilySpec, search_folds: list[Fold], settings: Settings, n_trials: int,
+            fixed: dict, experiment: str, stamp: str, progress: Callable[[str], None]) -> Search:
+    """The Optuna search over the family's space, a nested MLflow run per trial, scored on the search folds only."""
+    family, cls = family_spec.name, family_spec.forecaster_class()
+    predictions: dict[int, tuple[np.ndarray, list[float], np.ndarray]] = {}
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {**cls.search_space(trial), **fixed}
+        weighting = (trial.suggest_categorical("class_weight", ["balanced", "none"])
+                     if data.task == "classification" and not family_spec.baseline else "none")
+        trial_started = time.perf_counter()
+        # A nested run does not inherit its parent's experiment; without it trials land in "Default".
+        with mlflow.start_run(experiment_id=experiment, run_name=f"trial-{trial.number}", nested=True):
+            mlflow.log_params({**params, "class_weight": weighting})
+
+            def on_fold(number: int, loss: float) -> None:
+                mlflow.log_metric("fold_loss", loss, step=number)
+                trial.report(loss, number)
+                if trial.should_prune():
+                    mlflow.set_tag("state", "pruned")
+                    raise optuna.TrialPruned(f"fold {number} loss {loss:.4f}")
+
+            prediction, losses, uncalibrated = out_of_sample(
+                lambda: make_forecaster(family, params, settings), data, search_folds, weighting, on_fold)
+            mean_loss = float(np.mean(losses))
+            mlflow.log_metric("mean_fold_loss", mean_loss)
+        predictions[trial.number] = (prediction, losses, uncalibrated)
+        progress(f"[{data.symbol} {data.target} {family}] trial {trial.number + 1}/{n_trials}: loss {mean_loss:.5f} "
+                 f"in {time.perf_counter() - trial_started:.1f}s {params | {'class_weight': weighting}}")
+        return mean_loss
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # before create_study, which logs at INFO
+    study = optuna.create_study(
+        study_name=f"{registered_name(data.symbol, data.target)}-{family}-{stamp}",
+        storage=settings.study_storage,
+        direction="minimize",
+        sampler=optuna.samplers.TPESampler(seed=settings.seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+    )
+    study.optimize(objective, n_trials=n_trials, timeout=settings.study_timeout_s, show_progress_bar=settings.progress_bar)
+    return Search(study, predictions)
+
+
+def _with_holdout(data: TrainingData, family: str, params: dict, weighting: str,
+                  searched: tuple[np.ndarray, list[float], np.ndarray], holdout: list[Fold],
+                  settings: Settings) -> tuple[np.ndarray, list[float], np.ndarray]:
+    """The best trial's search-fold predictions followed by the same configuration's predictions on the holdout."""
+    searched_prediction, search_losses, searched_raw = searched
+    held_out, holdout_losses, held_out_raw = out_of_sample(lambda: make_forecaster(family, params, settings), data, holdout, weighting)
+    return (np.concatenate([searched_prediction, held_out]), [*search_losses, *holdout_losses],
+            np.concatenate([searched_raw, held_out_raw]))
+
+
+def _log_evaluation(family: str, metrics: dict, evaluation: Evaluation, params: dict, weighting: str, folder: Path) -> None:
+    mlflow.log_metrics(_clean(metrics))
+    mlflow.set_tag(EXACT_METRICS_TAG, json.dumps(_not_float(metrics)))
+    mlflow.set_tags({**evaluation.recent_window, "tradable": str(evaluation.tradable).lower(),
+                     "tradable_reason": evaluation.tradable_reason[:5000]})
+    # Hyperparameters differ per family: namespaced by family, so a name shared by two families (dropout)
+    # never reads as one comparable column; the class weighting is common to all and stays plain.
+    mlflow.log_params({"class_weight": weighting, **{f"{family}.{k}": v for k, v in params.items()}})
+    mlflow.log_artifacts(str(folder / "evaluation"), artifact_path="evaluation")
+    # The figures again at the artifact root under fixed names (reliability.png, threshold_sweep.png,
+    # equity.png, quantile_bands.png): the same path on every family's run is what "compare" sets side by side.
+    for path in evaluation.figures.values():
+        mlflow.log_artifact(str(path))
+
+
+def _register_unless_refused(data: TrainingData, family_spec: FamilySpec, params: dict, weighting: str,
+                             evaluation: Evaluation, settings: Settings, folder: Path, metrics: dict[str, float],
+                             progress: Callable[[str], None]) -> str | None:
+    """The registered version, or None for a baseline or a model registration refuses (tagged with why)."""
+    family = family_spec.name
+    refused = None if family_spec.baseline else registration_refusal(metrics, settings)
+    if refused:
+        mlflow.set_tag("not_registered", refused)
+        progress(f"[{data.symbol} {data.target} {family}] not registered: {refused}")
+    version = None if family_spec.baseline or refused else _refit_and_register(
+        data, family, params, weighting, evaluation, settings, folder, metrics)
+    mlflow.set_tag("mlflow.note.content", run_summary(family, data, metrics, version, refused))
+    return version
+
+
+def _keep_figures(settings: Settings, data: TrainingData, family: str, evaluation: Evaluation) -> dict[str, Path]:
+    """Copies of the evaluation's figures for Dagster's metadata, kept after the scratch folder goes."""
+    figures = {}
+    for name, path in evaluation.figures.items():
+        figures[name] = figure_path(settings, data, family, name)
+        figures[name].parent.mkdir(parents=True, exist_ok=True)
+        figures[name].write_bytes(path.read_bytes())
+    return figures
 
 
 def registration_refusal(metrics: dict[str, float], settings: Settings) -> str | None:

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from itff_platform.models import CLASSIFICATION_BASELINES, REGRESSION_BASELINES
+from itff_platform.models.registry import names
 from itff_platform.settings import Settings
 from itff_platform.training.dataset import TrainingData, training_data
 from itff_platform.training.reuse import data_digest, earlier_outcome, study_fingerprint
@@ -29,9 +29,10 @@ def folds_for(data: TrainingData, settings: Settings) -> list[Fold]:
 
 
 def families_for(target: str, settings: Settings) -> list[str]:
+    """The task's baselines, then the families the settings choose for it."""
     if target == "forward_return":
-        return [*REGRESSION_BASELINES, *settings.regression_families]
-    return [*CLASSIFICATION_BASELINES, *settings.families]
+        return [*names("regression", baseline=True), *settings.regression_families]
+    return [*names("classification", baseline=True), *settings.families]
 
 
 def train_symbol_target(

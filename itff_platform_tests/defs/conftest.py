@@ -3,7 +3,7 @@
 import pytest
 from dagster import DagsterInstance
 
-from itff_platform.defs.cli_runs import execute_job
+from itff_platform.cli_runs import execute_job
 from itff_platform.settings import Settings
 from itff_platform_tests.conftest import free_port
 

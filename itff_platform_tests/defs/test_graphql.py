@@ -12,7 +12,7 @@ from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 from dagster_graphql.test.utils import execute_dagster_graphql
 
-from itff_platform.defs.cli_runs import CODE_LOCATION, MODULE, PROJECT_ROOT
+from itff_platform.cli_runs import CODE_LOCATION, MODULE, PROJECT_ROOT
 from itff_platform.lake.delta import read_rows
 from itff_platform.lake.layers import LakeTables
 from itff_platform_tests.defs.conftest import PARTITIONS

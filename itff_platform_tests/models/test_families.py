@@ -2,9 +2,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from itff_platform.models import CLASSIFIERS, REGRESSORS, forecaster_class, load_forecaster, make_forecaster
+from itff_platform.models import forecaster_class, load_forecaster, make_forecaster
+from itff_platform.models.registry import names
 from itff_platform.models.lorentzian import lorentzian_distances
 from itff_platform.settings import Settings
+
+CLASSIFIERS = names("classification", baseline=False)
+REGRESSORS = names("regression", baseline=False)
 
 SETTINGS = Settings(torch_epochs=4, sequence_length=8, mc_dropout_samples=10, torch_max_train_rows=3000)
 

@@ -6,7 +6,8 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import polars as pl
 
-from itff_platform.monitoring.prediction_log import PredictionLog, input_hash, records_frame
+from itff_platform.contracts.answers import input_hash
+from itff_platform.monitoring.prediction_log import PredictionLog, records_frame
 
 
 def record(i: int) -> dict:

@@ -16,7 +16,8 @@ from itff_platform.monitoring.plots import (
 )
 from itff_platform.monitoring.drift import feature_drift
 from itff_platform.monitoring.quality import BACKTEST_METRICS, in_window, live_quality, live_quality_for, quality_degradation
-from itff_platform.training.backtest import backtest, signal_names
+from itff_platform.contracts.signals import signal_names
+from itff_platform.training.backtest import backtest
 
 FEES_BPS = 10.0
 COST = 2 * FEES_BPS / 1e4

@@ -7,7 +7,7 @@ import pytest
 
 from itff_platform.models import make_forecaster
 from itff_platform.serving.batching import RowBatcher
-from itff_platform.serving.store import LoadedModel
+from itff_platform.contracts.champions import LoadedModel
 from itff_platform.settings import Settings
 
 
@@ -84,7 +84,7 @@ def test_a_row_that_breaks_the_model_fails_alone_and_its_batch_mates_still_get_a
 def test_a_torch_model_serves_its_deterministic_probability_and_mc_dropout_only_as_uncertainty():
     """Thresholds, backtests and promotion use the deterministic forward pass; the service must answer with
     the same number. MC dropout (heavy here, so its mean would visibly differ) only fills `uncertainty`."""
-    from itff_platform.serving.answers import build_answer
+    from itff_platform.contracts.answers import build_answer
 
     settings = Settings(torch_epochs=1, sequence_length=4, mc_dropout_samples=8, torch_device="cpu")
     rng = np.random.default_rng(1)

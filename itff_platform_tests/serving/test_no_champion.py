@@ -50,7 +50,7 @@ def test_the_remedy_does_not_import_promotion_on_the_event_loop():
 
     probe = (
         "import sys\n"
-        "from itff_platform.serving.store import ChampionStore, ModelStatus, NO_CHAMPION\n"
+        "from itff_platform.contracts.champions import ChampionStore, ModelStatus, NO_CHAMPION\n"
         "from itff_platform.settings import Settings\n"
         "store = ChampionStore.__new__(ChampionStore)\n"
         "store.status = {'itff-BTCUSDT-direction': ModelStatus('itff-BTCUSDT-direction', problem=NO_CHAMPION,"

@@ -74,7 +74,7 @@ def test_a_rule_with_no_edge_is_not_tradable_however_many_trades():
 def test_torch_families_serve_the_probability_they_were_evaluated_on():
     """Issue 9: the service served the MC-dropout mean while thresholds and promotion used the deterministic
     output (up to 0.06 apart). The probability is now always predict_proba's; MC dropout is only its spread."""
-    from itff_platform.serving.store import LoadedModel
+    from itff_platform.contracts.champions import LoadedModel
     from itff_platform.training.pyfunc import ItffForecastModel
 
     rng = np.random.default_rng(4)

@@ -8,7 +8,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from itff_platform.serving.store import ChampionStore
+from itff_platform.contracts.champions import ChampionStore
 from itff_platform.training import promotion
 from itff_platform.training.promotion import artifact_manifest, promote_champion, verify_model
 from itff_platform_tests.serving.test_live_evaluation import lake_and_champion, trained_through

@@ -10,13 +10,16 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from itff_platform.manifests import DIGEST_TAG, manifest_problems
 from itff_platform.rules import no_champion_remedy, registered_name
-from itff_platform.serving.online import RequestError
 from itff_platform.settings import Settings
+
+if TYPE_CHECKING:
+    from itff_platform.models.base import ServedForecaster
 
 log = logging.getLogger(__name__)
 NO_CHAMPION = "no champion in the registry (no version has passed promotion yet)"
@@ -36,7 +39,7 @@ class LoadedModel:
     version: str
     family: str
     meta: dict
-    forecaster: object
+    forecaster: ServedForecaster
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(the probability or bands that were evaluated and promoted, MC-dropout spread or None)."""
@@ -180,15 +183,16 @@ class ChampionStore:
                 report[status.name] = {**vars(status), "remedy": self.remedy(symbol, target)}
         return dict(sorted(report.items()))
 
-    def missing(self, symbol: str, target: str) -> RequestError:
-        """The 400 a prediction for a model with no loaded champion gets: why, and what to do."""
+    def why_missing(self, symbol: str, target: str) -> tuple[str, dict[str, str | None]]:
+        """(the message, the extra answer fields) of the 400 a prediction for a model with no loaded champion
+        gets: why, and what to do. The service raises it as its RequestError."""
         status = self.status.get(registered_name(symbol, target), ModelStatus(""))
         if status.problem != NO_CHAMPION:  # there is a champion, but it is refused or not loaded (yet)
-            return RequestError(f"symbol/target: no verified champion is loaded for {symbol} {target}: "
-                                f"{status.problem or 'not loaded yet'}")
+            return (f"symbol/target: no verified champion is loaded for {symbol} {target}: "
+                    f"{status.problem or 'not loaded yet'}"), {}
         remedy = self.remedy(symbol, target)
-        return RequestError(f"symbol/target: {symbol} {target} has no champion: {status.reason}; {remedy}",
-                            reason=status.reason, remedy=remedy)
+        return (f"symbol/target: {symbol} {target} has no champion: {status.reason}; {remedy}",
+                {"reason": status.reason, "remedy": remedy})
 
     def remedy(self, symbol: str, target: str) -> str | None:
         """What to do about a model without a champion; None for one that has one."""

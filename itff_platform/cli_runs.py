@@ -25,7 +25,7 @@ from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 CODE_LOCATION = "itff_platform"
 MODULE = "itff_platform.definitions"
 REPOSITORY = "__repository__"  # what Dagster names the repository of a Definitions object
-PROJECT_ROOT = Path(__file__).resolve().parents[2]  # where workspace.yaml sits (its working_directory: .)
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where workspace.yaml sits (its working_directory: .)
 IN_PROCESS: dict[str, object] = {"execution": {"config": {"in_process": {}}}}  # one process, as `itff` always ran: no worker per step
 
 

@@ -1,15 +1,20 @@
-"""What a prediction answer holds, built from a model's output. One function for the service and for replay,
-so a replayed prediction is exactly what the service would have answered."""
+"""What a prediction answer holds, built from a model's output, and the prediction log's record of it. One
+function for the service and for replay, so a replayed prediction is exactly what the service would have
+answered and logged."""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from itff_platform.monitoring.prediction_log import input_hash
+from itff_platform.contracts.signals import answer_columns
 from itff_platform.rules import REGIMES
-from itff_platform.training.backtest import answer_columns
+
+if TYPE_CHECKING:
+    from itff_platform.contracts.champions import LoadedModel
 
 OOD_Z = 6.0  # a scaled feature this many training standard deviations out is outside what the model saw
 def trading_permission(meta: dict) -> dict:
@@ -30,7 +35,7 @@ def model_age(meta: dict, as_of: datetime, max_age_days: float) -> dict:
     return {"model_age_days": round(age, 3), "expired": age > max_age_days}
 
 
-def build_answer(model, x: np.ndarray, out: np.ndarray, spread: np.ndarray | None, regime: str | None,
+def build_answer(model: LoadedModel, x: np.ndarray, out: np.ndarray, spread: np.ndarray | None, regime: str | None,
                  bar_time: datetime | None, *, max_age_days: float, served_at: datetime | None = None) -> dict:
     scaled = model.forecaster.scale(x[-1:]) if model.forecaster.scaler is not None else np.zeros((1, 1))
     served_at = served_at or datetime.now(timezone.utc)
@@ -65,3 +70,8 @@ def log_record(answer: dict, x: np.ndarray, request_id: str, endpoint: str, late
         "bar_time": datetime.fromisoformat(answer["bar_time"]) if answer["bar_time"] else None,
     })
     return record
+
+
+def input_hash(symbol: str, target: str, row: np.ndarray) -> str:
+    """Same inputs, same hash: the feature row as float64 bytes, with what it was asked about."""
+    return hashlib.sha256(f"{symbol}|{target}|".encode() + np.ascontiguousarray(row, dtype=np.float64).tobytes()).hexdigest()
