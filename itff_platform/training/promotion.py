@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 from mlflow import MlflowClient
 
-from itff_platform.manifests import DIGEST_TAG, artifact_manifest, manifest_artifact, manifest_digest, manifest_problems
+from itff_platform.manifests import DIGEST_TAG, artifact_manifest, manifest_artifact, manifest_digest
 from itff_platform.rules import registered_name, task_of
 from itff_platform.settings import Settings
 from itff_platform.training.metrics import row_losses
@@ -350,19 +350,6 @@ def model_manifest(name: str, version: str) -> dict[str, str]:
     with tempfile.TemporaryDirectory() as scratch:
         local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=scratch))
         return artifact_manifest(local)
-
-
-def model_storage(client: MlflowClient, name: str, version: str) -> str:
-    """Where the registry keeps a version's files (its logged model's artifact location)."""
-    source = client.get_model_version(name, version).source  # "models:/m-<id>" in MLflow 3
-    return client.get_logged_model(source.rsplit("/", 1)[-1]).artifact_location
-
-
-def verify_model(client: MlflowClient, name: str, version: str) -> list[str]:
-    """What no longer matches the manifest recorded at promotion (the service's own check); empty when intact."""
-    with tempfile.TemporaryDirectory() as scratch:
-        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=scratch))
-        return manifest_problems(client, name, version, local)
 
 
 def champion_versions(settings: Settings) -> dict[tuple[str, str], object]:
