@@ -20,6 +20,12 @@ def model_files(client, name: str, version: str) -> Path:
     return Path(client.get_logged_model(source.rsplit("/", 1)[-1]).artifact_location.removeprefix("file://"))
 
 
+def markdown_rows(text: str) -> list[list[str]]:
+    """A Markdown table's data rows (itff_platform.markdown.table), each cell stripped of its padding."""
+    lines = [line for line in text.splitlines() if line.startswith("|")][2:]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
 def free_port() -> int:
     """A loopback port nobody listens on, for servers the tests start."""
     import socket
