@@ -31,11 +31,13 @@ log = logging.getLogger(__name__)
 KLINES_PAGE = 1000  # the most klines one REST request returns
 # Binance allows 6000 weight per minute per IP; stay well under it and wait out the minute when close.
 WEIGHT_BUDGET_PER_MINUTE = 4800
+SECONDS_PER_MINUTE = 60  # the weight counter resets with each clock minute
 # 418 (IP banned for ignoring 429s) and 429 are rate limits; 5xx are the exchange's own trouble. Others are ours.
 RETRY_STATUSES = {418, 429, 500, 502, 503, 504}
 # Backoff without a Retry-After: 1, 2, 4 ... s, capped at the one-minute window Binance counts request weight in.
 MAX_BACKOFF_S = 60.0
 ERROR_BODY_SHOWN = 300  # characters of an error answer quoted in the exception
+MS_PER_SECOND = 1000  # REST klines speak epoch milliseconds
 
 
 class BinanceError(RuntimeError):
@@ -143,7 +145,7 @@ class BinanceCandleSource:
     def _respect_weight(self, headers: httpx.Headers) -> None:
         used = headers.get("x-mbx-used-weight-1m")
         if used is not None and int(used) >= WEIGHT_BUDGET_PER_MINUTE:
-            wait = 60 - self.now().second + 1
+            wait = SECONDS_PER_MINUTE - self.now().second + 1  # one second into the next minute
             log.warning("Binance weight %s/min used; pausing %ss", used, wait)
             self.sleep(wait)
 
@@ -176,9 +178,9 @@ class BinanceCandleSource:
 
     def fetch_klines(self, symbol: str, interval: str, start: datetime, end: datetime) -> pl.DataFrame:
         """Closed candles in [start, end) from the REST klines endpoint, KLINES_PAGE at a time."""
-        step_ms = INTERVAL_SECONDS[interval] * 1000
-        cursor = int(as_utc(start).timestamp() * 1000)
-        end_ms = int(as_utc(end).timestamp() * 1000)
+        step_ms = INTERVAL_SECONDS[interval] * MS_PER_SECOND
+        cursor = int(as_utc(start).timestamp() * MS_PER_SECOND)
+        end_ms = int(as_utc(end).timestamp() * MS_PER_SECOND)
         pages: list[list[list]] = []
         while cursor < end_ms:
             url = (
@@ -190,7 +192,7 @@ class BinanceCandleSource:
                 raise BinanceError(f"GET {url} answered 404: is the base URL right?")
             rows = json.loads(answer)
             if not isinstance(rows, list):
-                raise CandleFormatError(f"klines: expected a JSON list of arrays, got {str(rows)[:200]}")
+                raise CandleFormatError(f"klines: expected a JSON list of arrays, got {str(rows)[:ERROR_BODY_SHOWN]}")
             if not rows:
                 break
             pages.append(rows)
