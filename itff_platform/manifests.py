@@ -1,5 +1,5 @@
 """SHA-256 manifests of a model version's files: written when promotion makes it champion, checked by the service
-before it loads one and by `verify_model`, with one rule for what counts as intact.
+before it loads one (contracts.champions), with one rule for what counts as intact.
 
 A leaf: the standard library only. The MLflow client is passed in, so the service's start-up imports nothing more."""
 

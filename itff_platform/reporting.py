@@ -1,9 +1,13 @@
-"""Console summaries of what a run left in the lake."""
+"""Summaries for people: the console's after a run, and each training partition's studies for the Dagster UI."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
+
 import polars as pl
 
+from itff_platform import markdown
 from itff_platform.lake.delta import read_rows
 from itff_platform.lake.layers import LakeTables
 from itff_platform.rules import registered_name, task_of
@@ -132,3 +136,87 @@ def print_training_summary(settings: Settings, rows: list[dict], seconds: float 
     names = sorted({registered_name(r["symbol"], r["target"]) for r in rows})
     print(f"\nRegistered models: {', '.join(names)}")
     print(f"Compare them in the MLflow UI: make dev, then {settings.mlflow_ui_url}")
+
+
+SUMMARY_COLUMNS = {
+    "classification": ["log_loss", "roc_auc", "brier", "ece", "ece_before_calibration", "backtest_profit_factor",
+                       "backtest_trades", "backtest_max_drawdown", "threshold"],
+    "regression": ["pinball_loss", "mae", "mape", "band_coverage"],
+}
+TRADING = ["threshold", "trades", "profit_factor", "max_drawdown", "sharpe", "hit_rate_trades"]
+# The figures a study may produce, in reading order: the evaluation names them, the report labels them.
+STUDY_FIGURES = ("reliability", "threshold_sweep", "equity", "quantile_bands")
+METRIC_DIGITS, TRADING_DIGITS = 4, 3  # rounded for reading; MLflow keeps the full figures
+TRADING_ROWS_SHOWN = 300  # every fold and regime of a partition's studies: 8 families x 5 folds fit with room
+
+
+@dataclass(frozen=True)
+class StudyReport:
+    """One symbol x target's studies as people read them: Markdown tables and links, figures by label."""
+
+    summary: list[dict]  # one row per family, metrics rounded: the CLI's table reads these back
+    studies: str
+    trading_by_fold: str
+    trading_by_regime: str
+    experiment_url: str
+    runs: str  # a Markdown list: each family's MLflow run
+    reused: str  # a Markdown list of the studies not retrained, and the run they come from; empty when none
+    studies_reused: int
+    figures: dict[str, Path] = field(default_factory=dict)  # "plot: {family} {figure}" -> PNG
+    best: dict | None = None  # the classifier (not a baseline) with the lowest log loss
+
+
+def mlflow_run_url(ui_url: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI's page for a run; its router needs the experiment id, /#/experiments/runs/<id> is a 404."""
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def trading_table(parts: list[pl.DataFrame], by: str) -> pl.DataFrame:
+    """One row per study and fold (or regime), rounded for reading."""
+    if not parts:
+        return pl.DataFrame({"symbol": []})
+    frame = pl.concat(parts, how="diagonal_relaxed")
+    columns = ["symbol", "target", "family", by, *[c for c in TRADING if c in frame.columns]]
+    return frame.select(columns).with_columns(pl.col(pl.Float64).round(TRADING_DIGITS))
+
+
+def study_report(settings: Settings, symbol: str, target: str, outcomes: list) -> StudyReport:
+    """What one symbol x target's studies found (training.train's outcomes), for the trained_models page."""
+    from itff_platform.models.registry import baselines
+    from itff_platform.training.study import experiment_id
+
+    task = task_of(target)
+    summaries, by_fold, by_regime, figures, links, reused = [], [], [], {}, [], []
+    experiment = experiment_id(settings, symbol, target)
+    for outcome in outcomes:
+        summaries.append(
+            {"symbol": symbol, "target": target, "family": outcome.family, "version": outcome.model_version or "-",
+             **{k: round(outcome.metrics.get(k, float("nan")), METRIC_DIGITS) for k in SUMMARY_COLUMNS[task]},
+             "tradable": outcome.tradable if task == "classification" else None,
+             "trials_per_min": round(outcome.trials_per_minute, 1), "run_id": outcome.run_id, "reused": outcome.reused}
+        )
+        study = {"symbol": symbol, "target": target, "family": outcome.family}
+        if outcome.fold_table is not None and "profit_factor" in outcome.fold_table.columns:
+            by_fold.append(outcome.fold_table.select("fold", *TRADING).with_columns(**{k: pl.lit(v) for k, v in study.items()}))
+        if outcome.regime_table is not None:
+            by_regime.append(outcome.regime_table.with_columns(**{k: pl.lit(v) for k, v in study.items()}))
+        link = f"[{outcome.run_id}]({mlflow_run_url(settings.mlflow_ui_url, experiment, outcome.run_id)})"
+        links.append(f"{outcome.family}: {link}")
+        if outcome.reused:
+            reused.append(f"{outcome.family}: unchanged since run {link} (same data, settings and code)")
+        figures.update({f"plot: {outcome.family} {name}": outcome.figures[name] for name in STUDY_FIGURES if name in outcome.figures})
+    table = pl.DataFrame(summaries)
+    classifiers = table.filter(~pl.col("family").is_in(baselines()))
+    best = classifiers.sort("log_loss").row(0, named=True) if task == "classification" and classifiers.height else None
+    return StudyReport(
+        summary=summaries,
+        studies=markdown.table(table.drop("run_id")),
+        trading_by_fold=markdown.table(trading_table(by_fold, "fold"), TRADING_ROWS_SHOWN),
+        trading_by_regime=markdown.table(trading_table(by_regime, "regime"), TRADING_ROWS_SHOWN),
+        experiment_url=f"{settings.mlflow_ui_url.rstrip('/')}/#/experiments/{experiment}",
+        runs=markdown.bullets(links),
+        reused=markdown.bullets(reused),
+        studies_reused=len(reused),
+        figures=figures,
+        best=best,
+    )

@@ -1,5 +1,6 @@
 import warnings
 from datetime import datetime, timezone
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -11,6 +12,18 @@ from itff_platform.settings import Settings
 warnings.filterwarnings("ignore", message=".*is currently in beta.*")
 
 UTC = timezone.utc
+
+
+def model_files(client, name: str, version: str) -> Path:
+    """Where the registry keeps a version's files (its logged model's artifact location): what a tampering test edits."""
+    source = client.get_model_version(name, version).source  # "models:/m-<id>" in MLflow 3
+    return Path(client.get_logged_model(source.rsplit("/", 1)[-1]).artifact_location.removeprefix("file://"))
+
+
+def markdown_rows(text: str) -> list[list[str]]:
+    """A Markdown table's data rows (itff_platform.markdown.table), each cell stripped of its padding."""
+    lines = [line for line in text.splitlines() if line.startswith("|")][2:]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
 
 
 def free_port() -> int:

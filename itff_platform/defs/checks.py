@@ -10,6 +10,8 @@ from datetime import datetime, timezone
 import polars as pl
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue
 
+from itff_platform import markdown
+
 # pandera check name -> the Dagster check it feeds.
 BRONZE_CHECK_OF = {
     "multiple_fields_uniqueness": "no_duplicate_timestamps",
@@ -46,14 +48,8 @@ def check_specs(asset: str, blocking: list[str], warning: Sequence[str] = ()) ->
     ]
 
 
-def markdown_table(frame: pl.DataFrame, max_rows: int = 50) -> MetadataValue:
-    if frame.is_empty():
-        return MetadataValue.md("none")
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * frame.width]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.head(max_rows).iter_rows()]
-    if frame.height > max_rows:
-        lines.append(f"\n{frame.height - max_rows} more row(s) not shown")
-    return MetadataValue.md("\n".join(lines))
+def markdown_table(frame: pl.DataFrame, max_rows: int = markdown.TABLE_ROWS_SHOWN) -> MetadataValue:
+    return MetadataValue.md(markdown.table(frame, max_rows))
 
 
 def schema_check_results(failures: pl.DataFrame, names: list[str], catch_all: str, mapping: dict[str, str]) -> list[AssetCheckResult]:

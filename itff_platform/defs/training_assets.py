@@ -17,18 +17,11 @@ from dagster import (
     asset,
 )
 
+from itff_platform import markdown
 from itff_platform.defs.checks import markdown_table
 from itff_platform.defs.metadata import OWNERS
 from itff_platform.defs.resources import ItffSettingsResource
-from itff_platform.models.registry import baselines
-from itff_platform.rules import task_of
 from itff_platform.settings import Settings
-
-SUMMARY_COLUMNS = {
-    "classification": ["log_loss", "roc_auc", "brier", "ece", "ece_before_calibration", "backtest_profit_factor",
-                       "backtest_trades", "backtest_max_drawdown", "threshold"],
-    "regression": ["pinball_loss", "mae", "mape", "band_coverage"],
-}
 
 
 def training_partitions(settings: Settings) -> MultiPartitionsDefinition:
@@ -43,79 +36,28 @@ def symbol_and_target(key) -> tuple[str, str]:
     return dims["symbol"], dims["target"]
 
 
-TRADING = ["threshold", "trades", "profit_factor", "max_drawdown", "sharpe", "hit_rate_trades"]
-
-
-def trading_table(parts: list, by: str):
-    """One row per study and fold (or regime), rounded for reading."""
-    import polars as pl
-
-    if not parts:
-        return pl.DataFrame({"symbol": []})
-    frame = pl.concat(parts, how="diagonal_relaxed")
-    columns = ["symbol", "target", "family", by, *[c for c in TRADING if c in frame.columns]]
-    return frame.select(columns).with_columns(pl.col(pl.Float64).round(3))
-
-
-def png_markdown(path) -> MetadataValue:
-    from itff_platform.monitoring.plots import embed_png
-
-    return MetadataValue.md(embed_png(path))
-
-
-def mlflow_run_url(ui_url: str, experiment_id: str, run_id: str) -> str:
-    """The MLflow UI's page for a run; its router needs the experiment id, /#/experiments/runs/<id> is a 404."""
-    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-
-
-# The figures a study may produce, in reading order: the evaluation names them, the metadata labels them.
-STUDY_FIGURES = ("reliability", "threshold_sweep", "equity", "quantile_bands")
-
-
 def study_metadata(cfg: Settings, symbol: str, target: str, outcomes: list) -> dict:
-    """One symbol x target partition's metadata: its studies, trading figures, every study's plots and MLflow links."""
-    import polars as pl
+    """One symbol x target partition's metadata, from reporting.study_report: its studies, trading figures, every
+    study's plots and MLflow links."""
+    from itff_platform.monitoring.plots import embed_png
+    from itff_platform.reporting import study_report
 
-    from itff_platform.training.study import experiment_id
-
-    task = task_of(target)
-    summaries, by_fold, by_regime, plots, links, reused = [], [], [], {}, [], []
-    experiment = experiment_id(cfg, symbol, target)
-    for outcome in outcomes:
-        summaries.append(
-            {"symbol": symbol, "target": target, "family": outcome.family, "version": outcome.model_version or "-",
-             **{k: round(outcome.metrics.get(k, float("nan")), 4) for k in SUMMARY_COLUMNS[task]},
-             "tradable": outcome.tradable if task == "classification" else None,
-             "trials_per_min": round(outcome.trials_per_minute, 1), "run_id": outcome.run_id, "reused": outcome.reused}
-        )
-        study = {"symbol": symbol, "target": target, "family": outcome.family}
-        if outcome.fold_table is not None and "profit_factor" in outcome.fold_table.columns:
-            by_fold.append(outcome.fold_table.select("fold", *TRADING).with_columns(**{k: pl.lit(v) for k, v in study.items()}))
-        if outcome.regime_table is not None:
-            by_regime.append(outcome.regime_table.with_columns(**{k: pl.lit(v) for k, v in study.items()}))
-        link = f"[{outcome.run_id}]({mlflow_run_url(cfg.mlflow_ui_url, experiment, outcome.run_id)})"
-        links.append(f"- {outcome.family}: {link}")
-        if outcome.reused:
-            reused.append(f"- {outcome.family}: unchanged since run {link} (same data, settings and code)")
-        for name in STUDY_FIGURES:
-            if name in outcome.figures:
-                plots[f"plot: {outcome.family} {name}"] = png_markdown(outcome.figures[name])
-    table = pl.DataFrame(summaries)
+    report = study_report(cfg, symbol, target, outcomes)
+    plots = {label: MetadataValue.md(embed_png(path)) for label, path in report.figures.items()}
     metadata = {
-        "studies": markdown_table(table.drop("run_id")),
+        "studies": MetadataValue.md(report.studies),
         # The deployed threshold rule replayed walk-forward, after fees: per fold it traded, and per regime.
-        "trading_by_fold": markdown_table(trading_table(by_fold, "fold"), max_rows=300),
-        "trading_by_regime": markdown_table(trading_table(by_regime, "regime"), max_rows=300),
-        "summary": MetadataValue.json(summaries),
-        "mlflow_experiment": MetadataValue.url(f"{cfg.mlflow_ui_url.rstrip('/')}/#/experiments/{experiment}"),
-        "mlflow_runs": MetadataValue.md("\n".join(links)),
-        "studies_reused": len(reused),
+        "trading_by_fold": MetadataValue.md(report.trading_by_fold),
+        "trading_by_regime": MetadataValue.md(report.trading_by_regime),
+        "summary": MetadataValue.json(report.summary),
+        "mlflow_experiment": MetadataValue.url(report.experiment_url),
+        "mlflow_runs": MetadataValue.md(report.runs),
+        "studies_reused": report.studies_reused,
     }
-    if reused:  # what this partition did not retrain, and the run each study's figures come from
-        metadata["unchanged_since"] = MetadataValue.md("\n".join(reused))
-    classifiers = table.filter(~pl.col("family").is_in(baselines()))
-    if task == "classification" and classifiers.height:
-        best = classifiers.sort("log_loss").row(0, named=True)
+    if report.reused:  # what this partition did not retrain, and the run each study's figures come from
+        metadata["unchanged_since"] = MetadataValue.md(report.reused)
+    if report.best is not None:
+        best = report.best
         metadata.update({"best_family": best["family"], "best_log_loss": best["log_loss"], "best_roc_auc": best["roc_auc"]})
         best_plot = f"plot: {best['family']} reliability"
         if best_plot in plots:
@@ -179,7 +121,7 @@ def decision_metadata(decision) -> dict:
            "tradable": decision.tradable, "reasons": decision.reasons}
     return {
         "decisions": markdown_table(pl.DataFrame([row]).drop("reasons")),
-        "reasons": MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons) or "none"),
+        "reasons": MetadataValue.md(markdown.bullets(decision.reasons) or "none"),
         "summary": MetadataValue.json([row]),
         "promoted": int(decision.promoted),
     }

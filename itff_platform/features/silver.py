@@ -142,13 +142,3 @@ def window_frames(
         frames.append((start, rows))
     return frames
 
-
-def silver_months(bronze: pl.DataFrame, settings: Settings, months: list[datetime], since: datetime | None = None) -> pl.DataFrame:
-    """Silver rows for the given months of one symbol (from `since` on, for a daily update).
-
-    Rows from `since` are still computed from the month's anchored window, so they equal the rebuild."""
-    bronze = bronze.sort("timestamp").rechunk()
-    queries = [rows for _, rows in window_frames(bronze, settings, months, since)]
-    if not queries:
-        return build_features(bronze.head(0), settings).collect(engine="in-memory")
-    return pl.concat(pl.collect_all(queries, engine="in-memory"), how="vertical")

@@ -43,13 +43,25 @@ class BronzeResult:
     raw_rows: int
     collapsed_duplicates: int
 
+    @classmethod
+    def combined(cls, results: Iterable[BronzeResult]) -> BronzeResult:
+        """Several results (one per symbol of a run) as one: their rows together, their counts summed."""
+        results = list(results)
+        return cls(
+            bronze=pl.concat([r.bronze for r in results]),
+            quarantine=pl.concat([r.quarantine for r in results]),
+            raw_rows=sum(r.raw_rows for r in results),
+            collapsed_duplicates=sum(r.collapsed_duplicates for r in results),
+        )
+
     @property
     def reconciles(self) -> bool:
         return self.raw_rows == self.bronze.height + self.quarantine.height + self.collapsed_duplicates
 
-    def rule_counts(self) -> dict[str, int]:
-        counts = self.quarantine.group_by("rule").len().sort("rule")
-        return dict(zip(counts["rule"], counts["len"], strict=True))
+    def rule_counts(self, month: date | None = None) -> pl.DataFrame:
+        """rule, len: the quarantined rows per rule broken (of one month's rows, given `month`)."""
+        rows = self.quarantine if month is None else self.quarantine.filter(pl.col("month") == month)
+        return rows.group_by("rule").len().sort("rule")
 
 
 def clean_raw(raw: pl.DataFrame, interval_seconds: int) -> BronzeResult:

@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 from mlflow import MlflowClient
 
-from itff_platform.manifests import DIGEST_TAG, artifact_manifest, manifest_artifact, manifest_digest, manifest_problems
+from itff_platform.manifests import DIGEST_TAG, artifact_manifest, manifest_artifact, manifest_digest
 from itff_platform.models.registry import baselines
 from itff_platform.rules import registered_name, task_of
 from itff_platform.settings import Settings
@@ -240,11 +240,11 @@ def _serve_decision(client, oos: OutOfSample, settings: Settings, symbol: str, t
     alpha, horizon = settings.promotion_alpha, settings.label_horizon
     before = str(champion.version) if champion else None
     mine = oos.losses(challenger.run_id, holdout=True)
-    baselines = {family: oos.losses(run_id, holdout=True) for family, run_id in _baselines_on(client, name, challenger.window).items()}
-    baselines = {family: losses for family, losses in baselines.items() if losses is not None}
-    if not baselines:
+    baseline_losses = {family: oos.losses(run_id, holdout=True) for family, run_id in _baselines_on(client, name, challenger.window).items()}
+    baseline_losses = {family: losses for family, losses in baseline_losses.items() if losses is not None}
+    if not baseline_losses:
         return Decision(name, False, challenger.version, before, "baselines", [*notes, "no baseline run on the same window to compare with"])
-    best_name, best = min(baselines.items(), key=lambda kv: kv[1]["loss"].mean())
+    best_name, best = min(baseline_losses.items(), key=lambda kv: kv[1]["loss"].mean())
     skill = compare(mine, best, horizon)
     reasons = [*notes, skill_reason(f"{challenger.family} v{challenger.version}", skill, f"the better baseline {best_name}", alpha)]
     figures = {"p_value_vs_baseline": skill.p_value, "holdout_loss": float(mine["loss"].mean()),
@@ -353,19 +353,6 @@ def model_manifest(name: str, version: str) -> dict[str, str]:
     with tempfile.TemporaryDirectory() as scratch:
         local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=scratch))
         return artifact_manifest(local)
-
-
-def model_storage(client: MlflowClient, name: str, version: str) -> str:
-    """Where the registry keeps a version's files (its logged model's artifact location)."""
-    source = client.get_model_version(name, version).source  # "models:/m-<id>" in MLflow 3
-    return client.get_logged_model(source.rsplit("/", 1)[-1]).artifact_location
-
-
-def verify_model(client: MlflowClient, name: str, version: str) -> list[str]:
-    """What no longer matches the manifest recorded at promotion (the service's own check); empty when intact."""
-    with tempfile.TemporaryDirectory() as scratch:
-        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=scratch))
-        return manifest_problems(client, name, version, local)
 
 
 def champion_versions(settings: Settings) -> dict[tuple[str, str], object]:

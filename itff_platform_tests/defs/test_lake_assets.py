@@ -10,6 +10,7 @@ from itff_platform.defs.resources import ItffSettingsResource
 from itff_platform.lake.delta import read_rows
 from itff_platform.lake.layers import LakeTables
 from itff_platform.settings import Settings
+from itff_platform_tests.conftest import markdown_rows
 
 
 def key(symbol: str, month: str) -> MultiPartitionKey:
@@ -70,7 +71,7 @@ def test_metadata_reconciles_counts_per_partition_and_checks_pass(backfilled):
     # The 2023-03-24 outage is a gap on record: it passes, and is listed, rather than reading as a failure.
     gaps = checks[("bronze_candles", "no_unexpected_gaps")].metadata
     assert (gaps["gap_count"].value, gaps["known_outage_gaps"].value, gaps["unexpected_gaps"].value) == (2, 2, 0)
-    assert "2023-03-24 11:00 | 2023-03-24 14:00 | 2 | exchange outage on record" in gaps["gaps"].value
+    assert ["ETHUSDT", "2023-03-24 11:00", "2023-03-24 14:00", "2", "exchange outage on record"] in markdown_rows(gaps["gaps"].value)
 
 
 def test_rematerializing_one_partition_leaves_all_others_byte_identical(backfilled):

@@ -2,9 +2,14 @@ from datetime import timedelta
 
 import polars as pl
 
-from itff_platform.features.silver import history_bars_needed, read_span, silver_months
+from itff_platform.features.silver import history_bars_needed, read_span, window_frames
 from itff_platform.settings import Settings
 from itff_platform_tests.conftest import random_walk_candles, utc
+
+
+def silver_months(bronze, settings, months, since=None) -> pl.DataFrame:
+    """The months' silver rows as refresh_silver computes them: each month's anchored window (window_frames)."""
+    return pl.concat(pl.collect_all([rows for _, rows in window_frames(bronze, settings, months, since)], engine="in-memory"))
 
 
 def test_one_month_alone_is_bit_identical_to_a_full_rebuild(btc_hourly):

@@ -60,7 +60,7 @@ def test_exact_duplicates_collapse_and_conflicting_ones_keep_the_last_received()
     assert result.quarantine["close"][0] == clean["close"][3]  # the earlier row is the one set aside
     assert result.bronze.filter(pl.col("timestamp") == clean["timestamp"][3])["close"][0] == changed["close"][0]
     assert result.bronze.height == 10 and result.reconciles
-    assert result.rule_counts() == {"timestamp: duplicate with different values; the last received row was kept": 1}
+    assert dict(result.rule_counts().iter_rows()) == {"timestamp: duplicate with different values; the last received row was kept": 1}
 
 
 def test_real_sample_gaps_are_the_known_binance_outages(btc_hourly):

@@ -15,14 +15,25 @@ import polars as pl
 from itff_platform.settings import INTERVAL_SECONDS
 
 
+# Binance's spot archives switched open/close times from milliseconds to microseconds with January 2025.
+MICROSECOND_ARCHIVES_FROM = datetime(2025, 1, 1, tzinfo=timezone.utc)
+
+
 class FakeBinance:
     def __init__(self, candles: dict[str, pl.DataFrame]) -> None:
         self.candles = candles
         self.requests: list[str] = []
         self.scripted_failures: list[tuple[int, dict[str, str]]] = []  # served before any real answer
         self.used_weight = 10
+        self.unpublished: set[str] = set()  # "YYYY-MM" archives that answer 404, as a month not published yet does
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def archive_requests(self) -> list[str]:
+        return [r.rsplit("/", 1)[-1] for r in self.requests if r.startswith("/data/spot/monthly/klines/")]
+
+    def kline_requests(self) -> list[str]:
+        return [r for r in self.requests if r.startswith("/api/v3/klines")]
 
     @property
     def url(self) -> str:
@@ -47,17 +58,20 @@ class FakeBinance:
         ]
 
     def archive_zip(self, symbol: str, interval: str, stamp: str) -> bytes | None:
-        fmt = "%Y-%m-%d" if len(stamp) == 10 else "%Y-%m"
-        start = datetime.strptime(stamp, fmt).replace(tzinfo=timezone.utc)
+        """A monthly archive as data.binance.vision publishes it: a zip holding one header-less CSV of the 12 kline
+        columns. Spot archives stamp open and close times in ms up to 2024, in µs from 2025 on."""
+        start = datetime.strptime(stamp, "%Y-%m").replace(tzinfo=timezone.utc)
         end = datetime(start.year + start.month // 12, start.month % 12 + 1, 1, tzinfo=timezone.utc)
-        if len(stamp) == 10:
-            end = start.replace(hour=23, minute=59, second=59)
+        if stamp in self.unpublished:
+            return None
         # kline_rows is inclusive at both ends, as Binance's startTime/endTime are.
         rows = self.kline_rows(symbol, interval, int(start.timestamp() * 1000), int(end.timestamp() * 1000) - 1, 10**9)
         if not rows:
             return None
+        scale = 1000 if start >= MICROSECOND_ARCHIVES_FROM else 1
+        rows = [[r[0] * scale, *r[1:6], r[6] * scale, *r[7:]] for r in rows]
         buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w") as archive:
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             archive.writestr(f"{symbol}-{interval}-{stamp}.csv", "\n".join(",".join(map(str, r)) for r in rows) + "\n")
         return buffer.getvalue()
 
@@ -94,7 +108,7 @@ class FakeBinance:
                     self._send(200, json.dumps(rows).encode(), {"X-MBX-USED-WEIGHT-1M": str(fake.used_weight)})
                     return
                 parts = url.path.strip("/").split("/")
-                if len(parts) == 7 and parts[:3] == ["data", "spot", parts[2]] and parts[3] == "klines":
+                if len(parts) == 7 and parts[:3] == ["data", "spot", "monthly"] and parts[3] == "klines":
                     symbol, interval, name = parts[4], parts[5], parts[6]
                     stamp = name.removeprefix(f"{symbol}-{interval}-").removesuffix(".zip")
                     payload = fake.archive_zip(symbol, interval, stamp) if symbol in fake.candles else None

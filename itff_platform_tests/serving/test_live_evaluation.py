@@ -20,8 +20,8 @@ from itff_platform.market.files import FilesCandleSource
 from itff_platform.market.synthetic import random_walk_candles
 from itff_platform.rules import REGIMES
 from itff_platform.settings import Settings
-from itff_platform.training.promotion import model_storage, promote_champion
-from itff_platform_tests.conftest import utc
+from itff_platform.training.promotion import promote_champion
+from itff_platform_tests.conftest import model_files, utc
 from itff_platform_tests.serving.test_service import start_service
 from itff_platform_tests.training.test_promotion import NAME, train
 
@@ -50,8 +50,7 @@ def trained_through(settings: Settings, version: str) -> datetime:
 
 
 def meta_path(settings: Settings, version: str) -> Path:
-    storage = model_storage(MlflowClient(settings.tracking_uri), NAME, version).removeprefix("file://")
-    return Path(storage) / "artifacts" / "forecaster" / "meta.json"
+    return model_files(MlflowClient(settings.tracking_uri), NAME, version) / "artifacts" / "forecaster" / "meta.json"
 
 
 def lake_and_champion(folder: Path) -> tuple[Settings, pl.DataFrame, str]:

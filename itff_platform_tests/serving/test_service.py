@@ -15,8 +15,8 @@ from mlflow import MlflowClient
 from itff_platform.market.sample import SampleCandleSource
 from itff_platform.serving.online import minimum_candles
 from itff_platform.settings import Settings
-from itff_platform.training.promotion import model_storage, promote_champion
-from itff_platform_tests.conftest import free_port, utc
+from itff_platform.training.promotion import promote_champion
+from itff_platform_tests.conftest import free_port, model_files, utc
 from itff_platform_tests.training.test_promotion import train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -265,7 +265,7 @@ def test_hot_reload_switches_to_a_new_champion_and_refuses_a_tampered_one(servic
     decision = promote_champion(settings, "PROMOUSDT", "direction")
     assert decision.promoted
     # Tamper with the new champion's weights before the service sees it.
-    weights = Path(model_storage(client, "itff-PROMOUSDT-direction", decision.challenger).removeprefix("file://"))
+    weights = model_files(client, "itff-PROMOUSDT-direction", decision.challenger)
     state = weights / "artifacts" / "forecaster" / "state.pkl"
     state.write_bytes(state.read_bytes() + b"x")
     reloaded = post(url, "/admin/reload", {}, token=ADMIN).json()

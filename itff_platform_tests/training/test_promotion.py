@@ -1,7 +1,5 @@
 """Promotion against a real MLflow registry: baselines first, then champion vs challenger, rollback, integrity."""
 
-from pathlib import Path
-
 import mlflow
 import numpy as np
 import polars as pl
@@ -12,8 +10,10 @@ from itff_platform.features.silver import build_features
 from itff_platform.market.synthetic import random_walk_candles
 from itff_platform.settings import Settings
 from itff_platform.training.dataset import training_data
-from itff_platform.training.promotion import model_storage, promote_champion, rollback_champion, verify_model
+from itff_platform.contracts.champions import ChampionStore
+from itff_platform.training.promotion import promote_champion, rollback_champion
 from itff_platform.training.train import train_symbol_target
+from itff_platform_tests.conftest import model_files
 
 NAME = "itff-PROMOUSDT-direction"
 
@@ -35,6 +35,13 @@ def train(settings: Settings, families: list[str], noise: float) -> None:
     train_symbol_target(settings, "PROMOUSDT", "direction", families=["baseline_majority", "baseline_persistence", *families], data=data)
 
 
+def served(settings: Settings) -> ChampionStore:
+    """A fresh ChampionStore, as the service starts, after one refresh of this test's model."""
+    store = ChampionStore(settings.model_copy(update={"symbols": ["PROMOUSDT"], "targets": ["direction"]}))
+    store.refresh()
+    return store
+
+
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     folder = tmp_path_factory.mktemp("promotion")
@@ -53,7 +60,8 @@ def test_the_first_version_is_promoted_only_if_it_beats_the_baselines(registry):
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == decision.challenger
     tags = client.get_model_version(NAME, decision.challenger).tags
     assert tags["promotion_decision"] == "promoted" and len(tags["manifest_sha256"]) == 64
-    assert verify_model(client, NAME, decision.challenger) == []
+    store = served(settings)  # the service's load: downloaded and checked against the manifest promotion recorded
+    assert store.status[NAME].healthy and store.status[NAME].serving_version == decision.challenger, store.report()
 
 
 def test_a_challenger_that_does_not_beat_the_champion_is_recorded_and_rejected(registry):
@@ -86,8 +94,9 @@ def test_a_better_challenger_takes_over_and_rollback_restores_the_previous_champ
 def test_a_tampered_model_fails_verification_naming_the_file(registry):
     _settings, client = registry
     version = client.get_model_version_by_alias(NAME, "champion")
-    target = Path(model_storage(client, NAME, version.version).removeprefix("file://")) / "artifacts" / "forecaster" / "state.pkl"
+    target = model_files(client, NAME, version.version) / "artifacts" / "forecaster" / "state.pkl"
     assert target.exists()
     target.write_bytes(target.read_bytes() + b"tampered")
-    problems = verify_model(client, NAME, version.version)
-    assert problems == ["artifacts/forecaster/state.pkl: sha256 differs"]
+    status = served(settings).status[NAME]
+    assert not status.healthy and status.refused_versions == [str(version.version)]
+    assert status.problem == f"v{version.version} refused: artifacts/forecaster/state.pkl: sha256 differs"
