@@ -43,8 +43,9 @@ def service(tmp_path_factory):
     log_file.close()
 
 
-def start_service(folder: Path, extra_env: dict[str, str], port: int | None = None):
-    """`bentoml serve` on a (free) loopback port over the registry under `folder`; returns once it answers."""
+def start_service(folder: Path, extra_env: dict[str, str], port: int | None = None, code: Path = ROOT):
+    """`bentoml serve` on a (free) loopback port over the registry under `folder`; returns once it answers.
+    `code`: the folder whose itff_platform it serves (a scratch copy, in the docs' recipe tests)."""
     port = port or free_port()
     # Not inherited: mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which would hide a service
     # that forgot to point MLflow at its own store.
@@ -58,7 +59,7 @@ def start_service(folder: Path, extra_env: dict[str, str], port: int | None = No
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "bentoml"), "serve", "itff_platform.serving.service:ItffService",
          "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True,
+        cwd=code, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
