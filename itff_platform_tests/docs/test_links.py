@@ -8,7 +8,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
-FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
+FENCE = re.compile(r"^(```|~~~).*?^\1", re.DOTALL | re.MULTILINE)
 # Written on other branches of the same issue (the settings and model-family helpers): checked once they exist here.
 WRITTEN_ELSEWHERE = {"docs/configuration.md", "docs/extend-model-family.md"}
 
@@ -21,7 +21,7 @@ def slug(heading: str) -> str:
 def anchors(page: Path) -> set[str]:
     seen: dict[str, int] = {}
     found = set()
-    for heading in re.findall(r"^#{1,6} (.+)$", FENCE.sub("", page.read_text()), re.M):
+    for heading in re.findall(r"^#{1,6} (.+)$", FENCE.sub("", page.read_text()), re.MULTILINE):
         base = slug(heading)
         found.add(f"{base}-{seen[base]}" if base in seen else base)  # GitHub numbers repeats: name, name-1, ...
         seen[base] = seen.get(base, 0) + 1

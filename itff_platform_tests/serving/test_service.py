@@ -27,10 +27,7 @@ SERVER: dict = {}
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serving")
-    settings = Settings(home=folder, trials=1, wf_folds=3)
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    train(settings, ["logistic"], noise=0.2)
-    assert promote_champion(settings, "PROMOUSDT", "direction").promoted
+    settings = promoted_registry(folder)
     env = {"ITFF_API_TOKENS": json.dumps([TOKEN, "other-token"]), "ITFF_ADMIN_TOKEN": ADMIN, "ITFF_RATE_LIMIT_BURST": "40",
            "ITFF_RATE_LIMIT_PER_MINUTE": "60", "ITFF_SERVE_WORKERS": "1", "ITFF_TRADINGVIEW_SECRET": "tv-secret",
            # Nothing is written while the tests run: the last test proves the shutdown flush writes it all.
@@ -41,6 +38,15 @@ def service(tmp_path_factory):
     process.terminate()
     process.wait(timeout=30)
     log_file.close()
+
+
+def promoted_registry(folder: Path) -> Settings:
+    """An MLflow registry under `folder` whose PROMOUSDT direction model (logistic, one trial) has a champion."""
+    settings = Settings(home=folder, trials=1, wf_folds=3)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    train(settings, ["logistic"], noise=0.2)
+    assert promote_champion(settings, "PROMOUSDT", "direction").promoted
+    return settings
 
 
 def start_service(folder: Path, extra_env: dict[str, str], port: int | None = None, code: Path = ROOT):

@@ -17,11 +17,9 @@ import pytest
 from dagster import DagsterInstance
 
 from itff_platform.defs.cli_runs import execute_job
-from itff_platform.settings import Settings
-from itff_platform.training.promotion import promote_champion
 from itff_platform_tests.conftest import free_port
-from itff_platform_tests.serving.test_service import TOKEN, start_service
-from itff_platform_tests.training.test_promotion import train
+from itff_platform_tests.faults.test_service_faults import wait_ready
+from itff_platform_tests.serving.test_service import TOKEN, promoted_registry, start_service
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -139,10 +137,7 @@ def test_a_partitioned_assets_page_shows_its_materialized_partitions(browser, we
 def registry_uis(tmp_path_factory):
     """One training run with a promoted champion, shown by `mlflow ui` and served by `bentoml serve`: (mlflow url, service url)."""
     folder = tmp_path_factory.mktemp("registry-uis")
-    settings = Settings(home=folder, trials=1, wf_folds=3)
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    train(settings, ["logistic"], noise=0.2)
-    assert promote_champion(settings, "PROMOUSDT", "direction").promoted
+    settings = promoted_registry(folder)
     port = free_port()
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     log_file = open(folder / "mlflow-ui.log", "w")  # a file, not a pipe: nobody drains a pipe
@@ -154,20 +149,12 @@ def registry_uis(tmp_path_factory):
     service, service_url, service_log = start_service(folder, {"ITFF_API_TOKENS": f'["{TOKEN}"]', "ITFF_SERVE_WORKERS": "1"})
     mlflow_url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{mlflow_url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        else:
-            pytest.fail("mlflow ui did not start:\n" + (folder / "mlflow-ui.log").read_text()[-3000:])
-        yield mlflow_url, service_url, settings
+        wait_ready(mlflow_url, ui, folder / "mlflow-ui.log", probe="/health", what="mlflow ui")
+        yield mlflow_url, service_url
     finally:
+        os.killpg(ui.pid, signal.SIGTERM)  # its group: mlflow ui runs its server in a child process
+        service.terminate()
         for process in (ui, service):
-            process.terminate()
             process.wait(timeout=30)
         log_file.close()
         service_log.close()
@@ -175,7 +162,7 @@ def registry_uis(tmp_path_factory):
 
 @pytest.mark.timeout(300)
 def test_mlflow_shows_the_studies_and_the_champion_and_the_service_its_swagger_page(browser, registry_uis):
-    mlflow_url, service_url, settings = registry_uis
+    mlflow_url, service_url = registry_uis
     experiment = mlflow.get_experiment_by_name("itff-PROMOUSDT-direction")  # one experiment per symbol x target
     # The runs page, not the experiment's overview: MLflow 3.17 opens an experiment on its GenAI traces overview.
     runs = f"{mlflow_url}/#/experiments/{experiment.experiment_id}/runs"
