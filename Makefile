@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install browser run lint test dev serve fuzz replay mlflow-ui bench-lake bench-training bench-serve clean-lake
+.PHONY: help install browser run lint test dev serve fuzz replay mlflow-ui bench-lake bench-training bench-serve clean-lake screenshots
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required, found " + sys.version.split()[0])'
@@ -42,6 +42,13 @@ lint: install
 ## test: install, then run the suite (test_lint.py runs the lint: a finding fails the suite)
 test: install browser
 	$(BIN)/pytest
+
+## screenshots: copy the UI test's screenshots (test-artifacts/*.png) into docs/images/, where the README shows them.
+## Take them first with `.venv/bin/pytest itff_platform_tests/ui` (make test runs it too), then commit docs/images/.
+screenshots:
+	@ls test-artifacts/*.png >/dev/null 2>&1 || { echo "no screenshots in test-artifacts/: run .venv/bin/pytest itff_platform_tests/ui first"; exit 1; }
+	mkdir -p docs/images
+	cp test-artifacts/*.png docs/images/
 
 ## dev: Dagster UI (webserver + daemon) on http://127.0.0.1:3001, MLflow UI on :5000, the BentoML service on :3000,
 ## optuna-dashboard on :8080. Ports from DAGSTER_PORT, MLFLOW_PORT, PORT, OPTUNA_DASHBOARD_PORT. The API token is

@@ -159,7 +159,7 @@ def test_sample_request_takes_the_target_positionally_or_as_an_option_and_refuse
     assert line == "itff sample-request: TARGET 'levelup' is not one of direction, level_up, forward_return"
 
 
-def test_the_readme_states_the_regime_warm_up_the_code_has_and_no_build_machine_paths():
+def test_the_docs_state_the_regime_warm_up_the_code_has_and_no_build_machine_paths():
     from datetime import datetime, timezone
 
     import polars as pl
@@ -173,10 +173,12 @@ def test_the_readme_states_the_regime_warm_up_the_code_has_and_no_build_machine_
     regimes = build_features(candles, Settings()).collect().with_row_index().filter(pl.col("regime") != "unknown")
     warm_up = regimes["index"][0] + 1  # bars needed before the first known regime
     assert warm_up == 744
-    readme = (ROOT / "README.md").read_text()
-    assert f"It stays `unknown` below {warm_up} bars" in readme and "745 bars" not in readme
+    serving = (ROOT / "docs" / "serving.md").read_text()  # the README's serving section moved there
+    assert f"It stays `unknown` below {warm_up} bars" in serving and "745 bars" not in serving
     assert f"{warm_up}-bar warm-up" in itff("sample-request", "--help").stdout
-    assert "/work/" not in readme and "/home/" not in readme
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = page.read_text()
+        assert "/work/" not in text and "/home/" not in text, page.name
 
 
 def test_without_dagster_home_runs_land_in_the_project_instance_or_are_refused(tmp_path, monkeypatch):

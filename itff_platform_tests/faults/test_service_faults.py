@@ -320,16 +320,17 @@ def make_serve(folder: Path, port: int, log_path: Path) -> subprocess.Popen:
                             stdout=open(log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def wait_ready(url: str, process: subprocess.Popen, log_path: Path) -> None:
+def wait_ready(url: str, process: subprocess.Popen, log_path: Path, probe: str = "/readyz", what: str = "make serve") -> None:
+    """Until GET url+probe answers 200; fails with the log's tail if the process exits or 180 s pass first."""
     deadline = time.time() + 180
     while time.time() < deadline and process.poll() is None:
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{probe}", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(1)
-    pytest.fail(f"make serve did not start:\n{log_path.read_text()[-3000:]}")
+    pytest.fail(f"{what} did not start:\n{log_path.read_text()[-3000:]}")
 
 
 @pytest.mark.timeout(600)

@@ -27,10 +27,7 @@ SERVER: dict = {}
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serving")
-    settings = Settings(home=folder, trials=1, wf_folds=3)
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    train(settings, ["logistic"], noise=0.2)
-    assert promote_champion(settings, "PROMOUSDT", "direction").promoted
+    settings = promoted_registry(folder)
     env = {"ITFF_API_TOKENS": json.dumps([TOKEN, "other-token"]), "ITFF_ADMIN_TOKEN": ADMIN, "ITFF_RATE_LIMIT_BURST": "40",
            "ITFF_RATE_LIMIT_PER_MINUTE": "60", "ITFF_SERVE_WORKERS": "1", "ITFF_TRADINGVIEW_SECRET": "tv-secret",
            # Nothing is written while the tests run: the last test proves the shutdown flush writes it all.
@@ -43,8 +40,18 @@ def service(tmp_path_factory):
     log_file.close()
 
 
-def start_service(folder: Path, extra_env: dict[str, str], port: int | None = None):
-    """`bentoml serve` on a (free) loopback port over the registry under `folder`; returns once it answers."""
+def promoted_registry(folder: Path) -> Settings:
+    """An MLflow registry under `folder` whose PROMOUSDT direction model (logistic, one trial) has a champion."""
+    settings = Settings(home=folder, trials=1, wf_folds=3)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    train(settings, ["logistic"], noise=0.2)
+    assert promote_champion(settings, "PROMOUSDT", "direction").promoted
+    return settings
+
+
+def start_service(folder: Path, extra_env: dict[str, str], port: int | None = None, code: Path = ROOT):
+    """`bentoml serve` on a (free) loopback port over the registry under `folder`; returns once it answers.
+    `code`: the folder whose itff_platform it serves (a scratch copy, in the docs' recipe tests)."""
     port = port or free_port()
     # Not inherited: mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which would hide a service
     # that forgot to point MLflow at its own store.
@@ -58,7 +65,7 @@ def start_service(folder: Path, extra_env: dict[str, str], port: int | None = No
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "bentoml"), "serve", "itff_platform.serving.service:ItffService",
          "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True,
+        cwd=code, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
