@@ -9,14 +9,28 @@ from sklearn.metrics import brier_score_loss, f1_score, log_loss, precision_scor
 from itff_platform.rules import REGIMES
 
 
-def expected_calibration_error(labels: np.ndarray, prob: np.ndarray, bins: int = 10) -> float:
-    edges = np.minimum((prob * bins).astype(int), bins - 1)
-    error = 0.0
-    for b in range(bins):
-        in_bin = edges == b
-        if in_bin.any():
-            error += in_bin.mean() * abs(prob[in_bin].mean() - labels[in_bin].mean())
-    return float(error)
+RELIABILITY_BINS = 10  # equal-width bins of 0.1, the usual ECE: coarse enough that a month of hourly rows fills them
+
+
+def reliability_bins(labels: np.ndarray, prob: np.ndarray, bins: int = RELIABILITY_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows in each of `bins` equal-width bins, and for the non-empty ones (in order) the mean predicted
+    probability and the observed frequency of 1. sklearn's calibration_curve gives the means but not the counts,
+    so they are counted here with its own binning: bins closed on the right, (0.1, 0.2], the first one [0, 0.1]."""
+    from sklearn.calibration import calibration_curve
+
+    counts = np.bincount(np.searchsorted(np.linspace(0.0, 1.0, bins + 1)[1:-1], prob), minlength=bins)
+    if not len(prob):
+        return counts, np.empty(0), np.empty(0)
+    rate, mean_p = calibration_curve(labels, prob, n_bins=bins, strategy="uniform")
+    return counts, mean_p, rate
+
+
+def expected_calibration_error(labels: np.ndarray, prob: np.ndarray, bins: int = RELIABILITY_BINS) -> float:
+    """The gap between predicted probability and observed frequency, averaged over equal-width bins weighted
+    by their rows."""
+    counts, mean_p, rate = reliability_bins(labels, prob, bins)
+    filled = counts[counts > 0]
+    return float(np.sum(filled * np.abs(mean_p - rate)) / max(len(prob), 1))
 
 
 def safe_auc(labels: np.ndarray, prob: np.ndarray) -> float:
