@@ -10,6 +10,12 @@ from itff_platform.rules import REGIMES
 
 
 RELIABILITY_BINS = 10  # equal-width bins of 0.1, the usual ECE: coarse enough that a month of hourly rows fills them
+EVEN_ODDS = 0.5  # accuracy and hit rate call "up" above even odds, whatever threshold the trading rule uses
+MIN_REGIME_ROWS = 20  # a regime with fewer out-of-sample rows gets no AUC or hit rate: too few to mean anything
+QUANTILES = (0.1, 0.5, 0.9)  # the regression families' P10/P50/P90, scored by pinball loss
+LOG_LOSS_EPS = 1e-15  # as sklearn's log_loss clips: a certain, wrong answer costs a large but finite loss
+THRESHOLDS = np.round(np.arange(0.50, 0.705, 0.01), 2)  # the trading thresholds swept: 0.50 .. 0.70 by 0.01
+TIE = 1e-12  # returns closer than this are a tie, which goes to the lower threshold
 
 
 def reliability_bins(labels: np.ndarray, prob: np.ndarray, bins: int = RELIABILITY_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -43,7 +49,7 @@ def classification_metrics(labels: np.ndarray, prob: np.ndarray, threshold: floa
     return {
         "log_loss": float(log_loss(labels, prob, labels=[0, 1])),
         "roc_auc": safe_auc(labels, prob),
-        "accuracy": float(((prob >= 0.5).astype(int) == labels).mean()),
+        "accuracy": float(((prob >= EVEN_ODDS).astype(int) == labels).mean()),
         "brier": float(brier_score_loss(labels, prob)),
         "ece": expected_calibration_error(labels, prob),
         "precision": float(precision_score(labels, called, zero_division=0)),
@@ -56,9 +62,9 @@ def regime_metrics(labels: np.ndarray, prob: np.ndarray, regimes: np.ndarray) ->
     out = {}
     for regime in REGIMES:
         mine = regimes == regime
-        if mine.sum() >= 20:
+        if mine.sum() >= MIN_REGIME_ROWS:
             out[f"auc_{regime}"] = safe_auc(labels[mine], prob[mine])
-            out[f"hit_rate_{regime}"] = float(((prob[mine] >= 0.5).astype(int) == labels[mine]).mean())
+            out[f"hit_rate_{regime}"] = float(((prob[mine] >= EVEN_ODDS).astype(int) == labels[mine]).mean())
     return out
 
 
@@ -67,13 +73,13 @@ def row_losses(task: str, actual: np.ndarray, prediction: np.ndarray) -> np.ndar
     significance tests compare row for row. Their means are the fold losses the studies optimise."""
     if task == "regression":
         diff = actual[:, None] - prediction
-        q = np.array([0.1, 0.5, 0.9])
+        q = np.array(QUANTILES)
         return np.maximum(q * diff, (q - 1) * diff).mean(axis=1)
-    p = np.clip(prediction, 1e-15, 1 - 1e-15)  # as sklearn's log_loss clips
+    p = np.clip(prediction, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
     return -(actual * np.log(p) + (1 - actual) * np.log(1 - p))
 
 
-def pinball_loss(actual: np.ndarray, bands: np.ndarray, quantiles=(0.1, 0.5, 0.9)) -> float:
+def pinball_loss(actual: np.ndarray, bands: np.ndarray, quantiles=QUANTILES) -> float:
     losses = []
     for i, q in enumerate(quantiles):
         diff = actual - bands[:, i]
@@ -98,7 +104,7 @@ def threshold_sweep(labels: np.ndarray, prob: np.ndarray, forward_return: np.nda
     from itff_platform.training.backtest import backtest
 
     rows = []
-    for threshold in np.round(np.arange(0.50, 0.705, 0.01), 2):
+    for threshold in THRESHOLDS:
         bt = backtest(prob, forward_return, threshold, fees_bps, horizon, periods_per_year=1, allow_short=allow_short).metrics
         rows.append({"threshold": float(threshold), **calls_at(labels, prob, threshold),
                      "profit_factor": bt["profit_factor"], "trades": bt["trades"], "strategy_return": bt["strategy_return"]})
@@ -123,7 +129,7 @@ def choose_threshold(labels: np.ndarray, prob: np.ndarray, forward_return: np.nd
     sweep = threshold_sweep(labels, prob, forward_return, horizon, fees_bps, allow_short)
     best, best_return = default, -np.inf
     for threshold, earned in sweep.filter(pl.col("trades") >= min_trades).select("threshold", "strategy_return").iter_rows():
-        if earned > best_return + 1e-12:
+        if earned > best_return + TIE:
             best, best_return = float(threshold), earned
     return best
 
