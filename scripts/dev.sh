@@ -4,12 +4,6 @@
 # the ports, the stores, the token. Each service logs to .dev-logs/<name>.log, and this terminal follows them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=${VENV_BIN:-.venv/bin}
-export BIN DAGSTER_PORT=${DAGSTER_PORT:-3001} MLFLOW_PORT=${MLFLOW_PORT:-5000} DEV_BENTOML_PORT=${PORT:-3000}
-export OPTUNA_DASHBOARD_PORT=${OPTUNA_DASHBOARD_PORT:-8080}
-home=${ITFF_HOME:-$PWD}
-export DEV_LOGS=$home/.dev-logs
-
 banner() {
     echo
     echo "  Dagster  http://127.0.0.1:$DAGSTER_PORT   (webserver + daemon)"
@@ -19,7 +13,9 @@ banner() {
     echo "  $1 Logs in .dev-logs/; Ctrl-C stops them all."
     echo
 }
-if [ "${1:-}" = --when-up ]; then  # Procfile.dev's `ready`: by the time all listen, start-up logs have scrolled the banner away
+# Procfile.dev's `ready`: once all listen, say so again, since the start-up logs have scrolled the first banner away.
+# It reads the ports from the environment this script exported (not PORT: honcho gives every process its own).
+if [ "${1:-}" = --when-up ]; then
     listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
     for port in "$DAGSTER_PORT" "$MLFLOW_PORT" "$DEV_BENTOML_PORT" "$OPTUNA_DASHBOARD_PORT"; do
         until listening "$port"; do sleep 1; done
@@ -28,6 +24,11 @@ if [ "${1:-}" = --when-up ]; then  # Procfile.dev's `ready`: by the time all lis
     exec sleep infinity  # honcho stops everything when one process ends
 fi
 
+BIN=${VENV_BIN:-.venv/bin}
+export BIN DAGSTER_PORT=${DAGSTER_PORT:-3001} MLFLOW_PORT=${MLFLOW_PORT:-5000} DEV_BENTOML_PORT=${PORT:-3000}
+export OPTUNA_DASHBOARD_PORT=${OPTUNA_DASHBOARD_PORT:-8080}
+home=${ITFF_HOME:-$PWD}
+export DEV_LOGS=$home/.dev-logs
 export DAGSTER_HOME=${DAGSTER_HOME:-$PWD}
 mkdir -p "$DEV_LOGS"
 # Create the MLflow and Optuna stores before four services race to (a fresh MLflow store's migration fails when
