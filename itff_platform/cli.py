@@ -9,6 +9,11 @@ import time
 
 # Settings whose values are never echoed back in an error message.
 SECRET_SETTINGS = {"api_tokens", "admin_token", "tradingview_secret", "mlflow_tracking_uri", "optuna_storage"}
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for Ctrl-C
+REGISTRY_PAGE = 1000  # registered models read in one page: far more than symbols x targets ever make
+# The regime is `unknown` for its first 744 bars (ITFF_REGIME_VOLATILITY_LOOKBACK 720 + a 24-bar volatility window).
+SAMPLE_REQUEST_BARS = 800
+SAMPLE_SPAN = ("2021-01-01", "2025-01-01")  # brackets the packaged sample (2021-04 .. 2024-09): the last bars are its end
 
 
 class CliError(Exception):
@@ -315,7 +320,7 @@ def _registered_models(settings) -> list[str]:
                        "or point ITFF_HOME / ITFF_MLFLOW_TRACKING_URI at the project")
     from mlflow import MlflowClient
 
-    return sorted(m.name for m in MlflowClient(uri).search_registered_models(max_results=1000))
+    return sorted(m.name for m in MlflowClient(uri).search_registered_models(max_results=REGISTRY_PAGE))
 
 
 def _require_model(settings, symbol: str, target: str) -> str:
@@ -366,16 +371,17 @@ def sample_request(symbol: str, target: str, bars: int) -> int:
     import json
     from datetime import datetime, timezone
 
-    from itff_platform.market.sample import SampleCandleSource, sample_symbols
+    from itff_platform.market.sample import SAMPLE_INTERVAL, SampleCandleSource, sample_symbols
 
     if target not in TARGETS:
         raise CliError(f"TARGET {target!r} is not one of {', '.join(TARGETS)}")
     if symbol.upper() not in sample_symbols():
         raise CliError(f"SYMBOL {symbol!r}: the packaged sample has {', '.join(sample_symbols())}")
     if bars < 1:
-        raise CliError(f"--bars {bars}: give at least 1 (800 covers the regime's 744-bar warm-up)")
+        raise CliError(f"--bars {bars}: give at least 1 ({SAMPLE_REQUEST_BARS} covers the regime's 744-bar warm-up)")
 
-    candles = SampleCandleSource().fetch(symbol.upper(), "1h", datetime(2021, 1, 1, tzinfo=timezone.utc), datetime(2025, 1, 1, tzinfo=timezone.utc))
+    start, end = (datetime.fromisoformat(day).replace(tzinfo=timezone.utc) for day in SAMPLE_SPAN)
+    candles = SampleCandleSource().fetch(symbol.upper(), SAMPLE_INTERVAL, start, end)
     rows = [{"timestamp": r[0].isoformat(), "open": r[1], "high": r[2], "low": r[3], "close": r[4], "volume": r[5]}
             for r in candles.tail(bars).iter_rows()]
     print(json.dumps({"symbol": symbol.upper(), "target": target, "candles": rows}))
@@ -391,10 +397,13 @@ def _parser() -> argparse.ArgumentParser:
                                      description="ITFF Platform: lake, training and serving for market forecasts.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, text: str) -> argparse.ArgumentParser:
-        return commands.add_parser(name, help=text, description=text, parents=[verbose])
+    def command(name: str, text: str, func) -> argparse.ArgumentParser:
+        """A subcommand; `func(args)` runs it and returns the exit code."""
+        sub = commands.add_parser(name, help=text, description=text, parents=[verbose])
+        sub.set_defaults(func=func)
+        return sub
 
-    run = command("run", "the main job: build the lake on the configured source, train, promote champions")
+    run = command("run", "the main job: build the lake on the configured source, train, promote champions", _cmd_run)
     run.add_argument("--lake-only", action="store_true", help="stop after the lake")
     def positive(text: str) -> int:
         if not text.isdigit() or int(text) < 1:
@@ -406,29 +415,32 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--target", choices=TARGETS, help="only this target (one of ITFF_TARGETS)")
         sub.add_argument("--trials", type=positive, help=trials_help)
 
-    choose(command("train", "train every family for every symbol x target on the current lake (or those chosen)"),
-           "Optuna trials per study, instead of ITFF_TRIALS")
+    train = command("train", "train every family for every symbol x target on the current lake (or those chosen)",
+                    _cmd_train_or_promote)
+    choose(train, "Optuna trials per study, instead of ITFF_TRIALS")
     promote = command("promote", "challenger vs champion for every symbol x target (or those chosen); "
-                      "--force VERSION serves a version without the test")
+                      "--force VERSION serves a version without the test", _cmd_train_or_promote)
     choose(promote, "retrain with this many trials per study first (ITFF_TRIALS), then promote")
     promote.add_argument("--force", metavar="VERSION", type=positive,
                          help="make VERSION the champion of --symbol/--target without the promotion test: the manifest "
                          "is written, the alias moved, and the decision recorded as forced (rollback undoes it)")
-    back = command("rollback", "restore the previous champion of one model")
+    back = command("rollback", "restore the previous champion of one model", _cmd_rollback)
     back.add_argument("symbol")
     back.add_argument("target", choices=TARGETS)
-    example = command("sample-request", "print a /predict body with the sample's last candles")
+    example = command("sample-request", "print a /predict body with the sample's last candles", _cmd_sample_request)
     example.add_argument("symbol", help="a symbol of the packaged sample: BTCUSDT or ETHUSDT")
     example.add_argument("target", nargs="?", help=f"one of {', '.join(TARGETS)} (default direction; or --target)")
     example.add_argument("--target", dest="target_option", metavar="TARGET", help="the same as the positional TARGET")
-    example.add_argument("--bars", type=int, default=800, help="800 covers the regime's 744-bar warm-up")
+    example.add_argument("--bars", type=int, default=SAMPLE_REQUEST_BARS,
+                         help=f"{SAMPLE_REQUEST_BARS} covers the regime's 744-bar warm-up")
     again = command("replay", "step through START..END (YYYY-MM-DD) day by day: ingest, features, "
-                    "logged predictions, outcomes, drift and retrain decisions")
+                    "logged predictions, outcomes, drift and retrain decisions", _cmd_replay)
     again.add_argument("start")
     again.add_argument("end")
-    command("settings", "print the effective settings (ITFF_* environment applied; secrets hidden)")
+    command("settings", "print the effective settings (ITFF_* environment applied; secrets hidden)", _cmd_settings)
     command("relocate", "after moving or copying the project folder: point the MLflow registry's recorded artifact "
-            "paths at the current folder (run, train, promote, rollback, replay, make dev and make serve do it themselves)")
+            "paths at the current folder (run, train, promote, rollback, replay, make dev and make serve do it themselves)",
+            _cmd_relocate)
     return parser
 
 
@@ -436,9 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.verbose = getattr(args, "verbose", False)
     try:
-        return _dispatch(args)
+        return args.func(args)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as error:
         if args.verbose:
             raise
@@ -446,13 +458,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "sample-request":
-        if args.target and args.target_option and args.target != args.target_option:
-            raise CliError(f"TARGET given twice: {args.target!r} and --target {args.target_option!r}; give one")
-        return sample_request(args.symbol, args.target or args.target_option or "direction", args.bars)
-    if args.command in ("train", "promote", "run"):
-        # A progress bar per Optuna study; set before the settings are first read.
+# --- the commands, each set as its subparser's func. The steps they share, in the order they run: the settings
+# (validated up front, so a bad ITFF_* value is one line naming it), the registry's paths rebased onto the project
+# folder, then the Dagster instance the UI shows, for commands that record runs.
+
+def _settings(args: argparse.Namespace, progress_bar: bool = False):
+    if progress_bar:  # a progress bar per Optuna study; set before the settings are first read
         os.environ.setdefault("ITFF_PROGRESS_BAR", "true" if sys.stderr.isatty() else "false")
     if getattr(args, "trials", None):
         if getattr(args, "force", None):
@@ -460,43 +471,73 @@ def _dispatch(args: argparse.Namespace) -> int:
         os.environ["ITFF_TRIALS"] = str(args.trials)
     from itff_platform.settings import get_settings
 
-    settings = get_settings()  # validated up front: a bad ITFF_* value is one line naming it
-    if args.command == "settings":
-        import json
+    return get_settings()
 
-        print(json.dumps(settings.for_display(), indent=2))
-        return 0
-    if args.command == "relocate":
-        return relocate_registry(settings, explicit=True)
-    if args.command in ("run", "train", "promote", "rollback", "replay") and settings.mlflow_tracking_uri is None:
-        relocate_registry(settings)  # the project's own store follows the project folder
-    if args.command == "rollback":
-        return rollback(args.symbol, args.target)
+
+def _project_settings(args: argparse.Namespace, progress_bar: bool = False):
+    """The settings, with the project's own MLflow store following the project folder."""
+    settings = _settings(args, progress_bar)
+    if settings.mlflow_tracking_uri is None:
+        relocate_registry(settings)
+    return settings
+
+
+def _cmd_sample_request(args: argparse.Namespace) -> int:
+    if args.target and args.target_option and args.target != args.target_option:
+        raise CliError(f"TARGET given twice: {args.target!r} and --target {args.target_option!r}; give one")
+    return sample_request(args.symbol, args.target or args.target_option or "direction", args.bars)
+
+
+def _cmd_settings(args: argparse.Namespace) -> int:
+    import json
+
+    print(json.dumps(_settings(args).for_display(), indent=2))
+    return 0
+
+
+def _cmd_relocate(args: argparse.Namespace) -> int:
+    return relocate_registry(_settings(args), explicit=True)
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    _project_settings(args)
+    return rollback(args.symbol, args.target)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    settings = _project_settings(args)
+    _use_project_instance(settings)
+    _preflight(settings)
+    return replay(args.start, args.end)
+
+
+def _cmd_train_or_promote(args: argparse.Namespace) -> int:
+    settings = _project_settings(args, progress_bar=True)
     if args.command == "promote" and args.force:  # the registry only: no Dagster run
         return force_promotion(settings, args.symbol, args.target, str(args.force))
-    _use_project_instance(settings)  # every command below records Dagster runs
-    if args.command == "replay":
-        _preflight(settings)
-        return replay(args.start, args.end)
-    if args.command in ("train", "promote"):
-        only = _chosen_partitions(settings, args.symbol, args.target)
-        if (args.command == "train" or args.trials) and not run_training(only=only):
+    _use_project_instance(settings)  # what follows records Dagster runs
+    only = _chosen_partitions(settings, args.symbol, args.target)
+    if args.command == "train" or args.trials:
+        if not run_training(only=only):
             return 1
-        if args.command == "train":
-            return 0
-        return 0 if run_promotion(only=only) else 1
-    if args.command == "run":
-        _preflight(settings)
-        started = time.perf_counter()
-        if not run_lake(quiet=not args.verbose):
-            return 1
-        if args.lake_only:
-            return 0
-        succeeded = run_training() and run_promotion() and run_monitoring() and run_maintenance()
-        print(f"\nitff run: {time.perf_counter() - started:.1f} s in all (lake, training, promotion, monitoring and "
-              "maintenance; what was unchanged is skipped, see the Lake, Training and Promotion lines)")
-        return 0 if succeeded else 1
-    return 2
+    if args.command == "train":
+        return 0
+    return 0 if run_promotion(only=only) else 1
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    settings = _project_settings(args, progress_bar=True)
+    _use_project_instance(settings)
+    _preflight(settings)
+    started = time.perf_counter()
+    if not run_lake(quiet=not args.verbose):
+        return 1
+    if args.lake_only:
+        return 0
+    succeeded = run_training() and run_promotion() and run_monitoring() and run_maintenance()
+    print(f"\nitff run: {time.perf_counter() - started:.1f} s in all (lake, training, promotion, monitoring and "
+          "maintenance; what was unchanged is skipped, see the Lake, Training and Promotion lines)")
+    return 0 if succeeded else 1
 
 
 if __name__ == "__main__":

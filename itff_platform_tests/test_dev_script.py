@@ -112,6 +112,12 @@ def test_make_dev_serves_the_studies_and_one_token_and_stops_within_5_s_on_sigte
     assert httpx.post(predict, json={}, headers={"X-API-Token": "not-the-token"}, timeout=10).status_code == 401
     assert httpx.post(predict, json={}, headers={"X-API-Token": token}, timeout=10).status_code not in (401, 403, 429)
 
+    # Once all four listen, the addresses again (Procfile.dev's `ready`), waiting on the ports make dev was given.
+    deadline = time.time() + 60
+    while "All four are up." not in output.read_text() and time.time() < deadline:
+        time.sleep(0.5)
+    assert "All four are up." in output.read_text(), output.read_text()[-3000:]
+
     running = marked(marker)
     assert len(running) >= 5, running  # dagster dev, its webserver, daemon and code server, the others
     started = time.monotonic()

@@ -23,6 +23,9 @@ from itff_platform.models.base import Forecaster, clip_probability
 
 CALIBRATION_FILE = "calibration.json"
 BAND_QUANTILES = (0.1, 0.9)  # the band CQR conformalises: nominal 80 % coverage
+PLATT_C = 1e6  # a large C: this is maximum likelihood on one feature, not a regularised model
+SLICE_FRACTION = 0.25  # at most this share of the training window is held out: the model keeps most of its history
+MIN_ROWS = 200  # fewer than this in the slice (or left to learn on) and Platt's two parameters would be noise
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -35,8 +38,7 @@ def fit_platt(prob: np.ndarray, labels: np.ndarray) -> dict:
 
     if len(np.unique(labels)) < 2:
         return {"method": "identity"}
-    # A large C: this is maximum likelihood on one feature, not a regularised model.
-    fitted = LogisticRegression(C=1e6, max_iter=1000).fit(logit(prob)[:, None], labels.astype(int))
+    fitted = LogisticRegression(C=PLATT_C, max_iter=1000).fit(logit(prob)[:, None], labels.astype(int))
     return {"method": "platt", "slope": float(fitted.coef_[0, 0]), "intercept": float(fitted.intercept_[0])}
 
 
@@ -62,8 +64,8 @@ class Calibrated(Forecaster):
     """A family's forecaster plus its calibration map. It answers as the family it wraps (family, task,
     context rows, scaler), so the service, the pyfunc and the evaluation need not know it is there."""
 
-    def __init__(self, base: Forecaster, slice_rows: int = 2000, slice_fraction: float = 0.25, horizon: int = 0,
-                 min_rows: int = 200) -> None:
+    def __init__(self, base: Forecaster, slice_rows: int = 2000, slice_fraction: float = SLICE_FRACTION, horizon: int = 0,
+                 min_rows: int = MIN_ROWS) -> None:
         self.base, self.slice_rows, self.slice_fraction, self.horizon, self.min_rows = base, slice_rows, slice_fraction, horizon, min_rows
         self.calibration: dict = {"method": "identity"}
 

@@ -27,6 +27,7 @@ _RANK = {OK: 0, WARN: 1, ERROR: 2}
 
 # A bin one side leaves empty would make ln(a/e) infinite; flooring the shares keeps PSI finite and still large.
 SHARE_FLOOR = 1e-4
+PSI_BINS = 10  # deciles of the reference, the usual PSI cut: each bin holds a tenth of the training rows
 
 
 def grade(value: float, warn: float, error: float) -> str:
@@ -54,7 +55,7 @@ def psi_from_shares(expected: np.ndarray, actual: np.ndarray) -> np.ndarray | fl
     return np.sum((actual - expected) * np.log(actual / expected), axis=-1)
 
 
-def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float:
+def psi(expected: np.ndarray, actual: np.ndarray, bins: int = PSI_BINS) -> float:
     """PSI of `actual` against `expected`, bins at the quantiles of `expected` (deciles by default).
 
     The outer edges are -inf/+inf so values beyond the reference range still land in a bin; repeated edges

@@ -20,7 +20,7 @@ import polars as pl
 from itff_platform.monitoring.drift import grade
 from itff_platform.rules import REGIMES, registered_name
 from itff_platform.settings import Settings
-from itff_platform.training.metrics import classification_metrics, regression_metrics
+from itff_platform.training.metrics import EVEN_ODDS, classification_metrics, regression_metrics
 
 INSUFFICIENT = "insufficient"
 VERSION = ["symbol", "target", "model_version"]
@@ -35,14 +35,16 @@ QUALITY_SCHEMA = {
 }
 SCORE_SCHEMA = {**{k: pl.String for k in KEYS}, "brier": pl.Float64, "log_loss": pl.Float64, "ece": pl.Float64,
                 "mape": pl.Float64}
+BPS_PER_UNIT = 1e4  # fees_bps are basis points of the traded amount (paid on entry and on exit: twice a trade)
+SHORT_FLOOR = 1e-6  # a short's 2 - exp(r) reaches 0 when the price doubles: it loses everything, not log(0)
 
 
 def trade_return_after_fees(fees_bps: float) -> pl.Expr:
     """Log return of each row's trade after a round trip of fees; null when flat. Same convention as the
     backtest: a short earns log(2 - exp(r)), what a short position actually makes, rather than -r."""
-    cost = 2 * fees_bps / 1e4
+    cost = 2 * fees_bps / BPS_PER_UNIT
     move, signal = pl.col("forward_return"), pl.col("signal")
-    short = (2 - move.exp()).clip(lower_bound=1e-6).log()
+    short = (2 - move.exp()).clip(lower_bound=SHORT_FLOOR).log()
     return pl.when(signal == "long").then(move - cost).when(signal == "short").then(short - cost).otherwise(None)
 
 
@@ -84,7 +86,7 @@ def _scored(group: pl.DataFrame) -> dict[str, float | None]:
     classified = group.filter(pl.col("prob_up").is_not_null() & pl.col("label").is_not_null())
     if classified.height:
         labels, prob = classified["label"].cast(pl.Int64).to_numpy(), classified["prob_up"].to_numpy()
-        scores = classification_metrics(labels, prob, threshold=0.5)
+        scores = classification_metrics(labels, prob, threshold=EVEN_ODDS)  # the threshold-free scores are kept
         out.update(brier=scores["brier"], log_loss=scores["log_loss"], ece=scores["ece"])
     regressed = group.filter(pl.col("p50").is_not_null() & pl.col("close").is_not_null())
     if regressed.height:

@@ -31,6 +31,9 @@ DOCUMENT = "/docs.json"  # the OpenAPI document, answered by the guard with the 
 # The API speaks JSON. TradingView posts JSON as text/plain; BentoML reads any other type as JSON too, except
 # these, which it parses as forms or pickles (a multipart body without a boundary made it answer 500).
 REFUSED_MEDIA_TYPES = ("multipart/", "application/x-www-form-urlencoded", "application/vnd.bentoml")
+MAX_BUCKETS = 100_000  # keys are client addresses too: past this many, full buckets are forgotten, never an unbounded map
+SIGNATURE_CHARS = 64  # a hex HMAC-SHA256 is 64 characters: the file that records one is named by no more
+SWEEP_AFTER_WINDOWS = 2  # a seen signature older than this many windows is refused by its timestamp anyway
 
 
 class TokenBuckets:
@@ -54,7 +57,7 @@ class TokenBuckets:
                 self._state[key] = (level - 1, now)
                 return 0.0
             self._state[key] = (level, now)
-            if len(self._state) > 100_000:  # keys are client addresses too: never an unbounded map
+            if len(self._state) > MAX_BUCKETS:
                 self._state = {k: v for k, v in self._state.items() if self._level(k, now) < self.burst}
             return (1 - level) / self.rate
 
@@ -107,7 +110,7 @@ class SeenSignatures:
         if now - self._swept > self.window_s:
             self._sweep(now)
         try:
-            os.close(os.open(self.folder / signature[:64], os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            os.close(os.open(self.folder / signature[:SIGNATURE_CHARS], os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
             return True
         except FileExistsError:
             return False
@@ -116,7 +119,7 @@ class SeenSignatures:
         self._swept = now
         for path in self.folder.iterdir():
             try:
-                if now - path.stat().st_mtime > 2 * self.window_s:
+                if now - path.stat().st_mtime > SWEEP_AFTER_WINDOWS * self.window_s:
                     path.unlink()
             except OSError:
                 pass  # another worker swept it first

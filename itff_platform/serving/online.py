@@ -19,6 +19,7 @@ from itff_platform.settings import INTERVAL_SECONDS, Settings
 Number = Annotated[float, Strict()]
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # the models compute in float32: anything larger becomes inf
 EXAMPLE_TIME = "2024-09-30T23:00:00Z"
+LAKE_LOOKBACK_BARS = 48  # how far back an alert's bar is looked for in the lake; older, and the caller sends candles
 # TradingView's exchange prefixes and what they mean. The models are trained on Binance spot candles; any other
 # market (another exchange, a perpetual future) has other prices, so it is refused rather than guessed at.
 EXCHANGES = {"BINANCE": "Binance spot"}
@@ -262,7 +263,7 @@ class LakeBar:
     age_bars: int  # bars between that bar and the one asked about: 0 when the lake holds the bar asked about
 
 
-def features_from_lake(settings: Settings, symbol: str, at: datetime, max_age_bars: int = 48) -> LakeBar:
+def features_from_lake(settings: Settings, symbol: str, at: datetime, max_age_bars: int = LAKE_LOOKBACK_BARS) -> LakeBar:
     """The silver row of the bar at `at` (floored to the bar's open), or else of the newest bar before it, with
     how many bars older that is. A bar the lake quarantined is refused, never answered from the bar before it."""
     from itff_platform.features.silver import feature_columns

@@ -9,14 +9,34 @@ from sklearn.metrics import brier_score_loss, f1_score, log_loss, precision_scor
 from itff_platform.rules import REGIMES
 
 
-def expected_calibration_error(labels: np.ndarray, prob: np.ndarray, bins: int = 10) -> float:
-    edges = np.minimum((prob * bins).astype(int), bins - 1)
-    error = 0.0
-    for b in range(bins):
-        in_bin = edges == b
-        if in_bin.any():
-            error += in_bin.mean() * abs(prob[in_bin].mean() - labels[in_bin].mean())
-    return float(error)
+RELIABILITY_BINS = 10  # equal-width bins of 0.1, the usual ECE: coarse enough that a month of hourly rows fills them
+EVEN_ODDS = 0.5  # accuracy and hit rate call "up" above even odds, whatever threshold the trading rule uses
+MIN_REGIME_ROWS = 20  # a regime with fewer out-of-sample rows gets no AUC or hit rate: too few to mean anything
+QUANTILES = (0.1, 0.5, 0.9)  # the regression families' P10/P50/P90, scored by pinball loss
+LOG_LOSS_EPS = 1e-15  # as sklearn's log_loss clips: a certain, wrong answer costs a large but finite loss
+THRESHOLDS = np.round(np.arange(0.50, 0.705, 0.01), 2)  # the trading thresholds swept: 0.50 .. 0.70 by 0.01
+TIE = 1e-12  # returns closer than this are a tie, which goes to the lower threshold
+
+
+def reliability_bins(labels: np.ndarray, prob: np.ndarray, bins: int = RELIABILITY_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows in each of `bins` equal-width bins, and for the non-empty ones (in order) the mean predicted
+    probability and the observed frequency of 1. sklearn's calibration_curve gives the means but not the counts,
+    so they are counted here with its own binning: bins closed on the right, (0.1, 0.2], the first one [0, 0.1]."""
+    from sklearn.calibration import calibration_curve
+
+    counts = np.bincount(np.searchsorted(np.linspace(0.0, 1.0, bins + 1)[1:-1], prob), minlength=bins)
+    if not len(prob):
+        return counts, np.empty(0), np.empty(0)
+    rate, mean_p = calibration_curve(labels, prob, n_bins=bins, strategy="uniform")
+    return counts, mean_p, rate
+
+
+def expected_calibration_error(labels: np.ndarray, prob: np.ndarray, bins: int = RELIABILITY_BINS) -> float:
+    """The gap between predicted probability and observed frequency, averaged over equal-width bins weighted
+    by their rows."""
+    counts, mean_p, rate = reliability_bins(labels, prob, bins)
+    filled = counts[counts > 0]
+    return float(np.sum(filled * np.abs(mean_p - rate)) / max(len(prob), 1))
 
 
 def safe_auc(labels: np.ndarray, prob: np.ndarray) -> float:
@@ -29,7 +49,7 @@ def classification_metrics(labels: np.ndarray, prob: np.ndarray, threshold: floa
     return {
         "log_loss": float(log_loss(labels, prob, labels=[0, 1])),
         "roc_auc": safe_auc(labels, prob),
-        "accuracy": float(((prob >= 0.5).astype(int) == labels).mean()),
+        "accuracy": float(((prob >= EVEN_ODDS).astype(int) == labels).mean()),
         "brier": float(brier_score_loss(labels, prob)),
         "ece": expected_calibration_error(labels, prob),
         "precision": float(precision_score(labels, called, zero_division=0)),
@@ -42,9 +62,9 @@ def regime_metrics(labels: np.ndarray, prob: np.ndarray, regimes: np.ndarray) ->
     out = {}
     for regime in REGIMES:
         mine = regimes == regime
-        if mine.sum() >= 20:
+        if mine.sum() >= MIN_REGIME_ROWS:
             out[f"auc_{regime}"] = safe_auc(labels[mine], prob[mine])
-            out[f"hit_rate_{regime}"] = float(((prob[mine] >= 0.5).astype(int) == labels[mine]).mean())
+            out[f"hit_rate_{regime}"] = float(((prob[mine] >= EVEN_ODDS).astype(int) == labels[mine]).mean())
     return out
 
 
@@ -53,13 +73,13 @@ def row_losses(task: str, actual: np.ndarray, prediction: np.ndarray) -> np.ndar
     significance tests compare row for row. Their means are the fold losses the studies optimise."""
     if task == "regression":
         diff = actual[:, None] - prediction
-        q = np.array([0.1, 0.5, 0.9])
+        q = np.array(QUANTILES)
         return np.maximum(q * diff, (q - 1) * diff).mean(axis=1)
-    p = np.clip(prediction, 1e-15, 1 - 1e-15)  # as sklearn's log_loss clips
+    p = np.clip(prediction, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
     return -(actual * np.log(p) + (1 - actual) * np.log(1 - p))
 
 
-def pinball_loss(actual: np.ndarray, bands: np.ndarray, quantiles=(0.1, 0.5, 0.9)) -> float:
+def pinball_loss(actual: np.ndarray, bands: np.ndarray, quantiles=QUANTILES) -> float:
     losses = []
     for i, q in enumerate(quantiles):
         diff = actual - bands[:, i]
@@ -84,7 +104,7 @@ def threshold_sweep(labels: np.ndarray, prob: np.ndarray, forward_return: np.nda
     from itff_platform.training.backtest import backtest
 
     rows = []
-    for threshold in np.round(np.arange(0.50, 0.705, 0.01), 2):
+    for threshold in THRESHOLDS:
         bt = backtest(prob, forward_return, threshold, fees_bps, horizon, periods_per_year=1, allow_short=allow_short).metrics
         rows.append({"threshold": float(threshold), **calls_at(labels, prob, threshold),
                      "profit_factor": bt["profit_factor"], "trades": bt["trades"], "strategy_return": bt["strategy_return"]})
@@ -109,7 +129,7 @@ def choose_threshold(labels: np.ndarray, prob: np.ndarray, forward_return: np.nd
     sweep = threshold_sweep(labels, prob, forward_return, horizon, fees_bps, allow_short)
     best, best_return = default, -np.inf
     for threshold, earned in sweep.filter(pl.col("trades") >= min_trades).select("threshold", "strategy_return").iter_rows():
-        if earned > best_return + 1e-12:
+        if earned > best_return + TIE:
             best, best_return = float(threshold), earned
     return best
 

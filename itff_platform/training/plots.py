@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
+from itff_platform.training.metrics import RELIABILITY_BINS, expected_calibration_error, reliability_bins  # noqa: E402
+
 
 def _finish(fig, axis, title: str, path: Path, dates: bool = False) -> Path:
     axis.set_title(title)
@@ -23,18 +25,17 @@ def _finish(fig, axis, title: str, path: Path, dates: bool = False) -> Path:
     return path
 
 
-def _reliability_curve(labels: np.ndarray, prob: np.ndarray, bins: int) -> tuple[list, list, list]:
-    which = np.minimum((prob * bins).astype(int), bins - 1)
-    mean_p = [prob[which == b].mean() if (which == b).any() else np.nan for b in range(bins)]
-    rate = [labels[which == b].mean() if (which == b).any() else np.nan for b in range(bins)]
-    return mean_p, rate, [(which == b).sum() for b in range(bins)]
+def _reliability_curve(labels: np.ndarray, prob: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each bin's mean probability and observed frequency, NaN where it is empty (a gap in the line), and rows."""
+    counts, filled_p, filled_rate = reliability_bins(labels, prob, bins)
+    mean_p, rate = np.full(bins, np.nan), np.full(bins, np.nan)
+    mean_p[counts > 0], rate[counts > 0] = filled_p, filled_rate
+    return mean_p, rate, counts
 
 
-def reliability_diagram(labels: np.ndarray, prob: np.ndarray, title: str, path: Path, bins: int = 10,
+def reliability_diagram(labels: np.ndarray, prob: np.ndarray, title: str, path: Path, bins: int = RELIABILITY_BINS,
                         before: np.ndarray | None = None) -> Path:
     """Observed frequency against predicted probability; with `before`, the uncalibrated model's curve too."""
-    from itff_platform.training.metrics import expected_calibration_error
-
     edges = np.linspace(0, 1, bins + 1)
     mean_p, rate, counts = _reliability_curve(labels, prob, bins)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)

@@ -13,6 +13,29 @@ def test_expected_calibration_error_is_small_when_calibrated_and_large_when_not(
     assert m.expected_calibration_error(labels, np.clip(prob * 0.5 + 0.5, 0, 1)) > 0.2
 
 
+def reference_ece(labels: np.ndarray, prob: np.ndarray, bins: int) -> float:
+    """ECE written out bin by bin, as the platform computed it before calibration_curve."""
+    which = np.minimum((prob * bins).astype(int), bins - 1)
+    return float(sum((which == b).mean() * abs(prob[which == b].mean() - labels[which == b].mean())
+                     for b in range(bins) if (which == b).any()))
+
+
+@pytest.mark.parametrize("bins", [5, 10, 20])
+@pytest.mark.parametrize("seed", range(5))
+def test_expected_calibration_error_matches_the_bin_by_bin_reference_even_with_empty_bins(seed, bins):
+    rng = np.random.default_rng(seed)
+    # a wide spread, and a narrow one that leaves most bins empty (calibration_curve drops those)
+    for prob in (rng.uniform(0, 1, 5_000), rng.uniform(0.42, 0.61, 700), rng.beta(8, 3, 300)):
+        labels = (rng.uniform(0, 1, len(prob)) < prob ** 1.3).astype(int)
+        assert m.expected_calibration_error(labels, prob, bins) == pytest.approx(reference_ece(labels, prob, bins), abs=1e-12)
+        counts, mean_p, rate = m.reliability_bins(labels, prob, bins)
+        assert counts.sum() == len(prob) and len(mean_p) == len(rate) == (counts > 0).sum()
+
+
+def test_expected_calibration_error_of_no_rows_is_zero():
+    assert m.expected_calibration_error(np.array([], int), np.array([])) == 0.0
+
+
 def test_backtest_trades_every_horizon_bars_and_pays_fees_per_side():
     prob = np.array([0.9, 0.9, 0.1, 0.1, 0.5, 0.5, 0.9, 0.9])
     forward = np.array([0.01, 9.0, 0.02, 9.0, 0.05, 9.0, -0.03, 9.0])  # odd rows would overlap: never read
