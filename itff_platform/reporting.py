@@ -127,8 +127,8 @@ def print_training_summary(settings: Settings, rows: list[dict], seconds: float 
             mine = [row for row in rows if task_of(row["target"]) == task]
             if mine:
                 part = pl.DataFrame(mine).drop("run_id", "reused", strict=False).sort("symbol", "target", maintain_order=True)
-                print(f"\nOut-of-sample results, {task} (walk-forward, {settings.fees_bps:g} bps per side):")
+                print(f"\nOut-of-sample results, {task} (walk-forward, {settings.trading.fees_bps:g} bps per side):")
                 print(part.select([c for c in part.columns if part[c].null_count() < part.height]))
     names = sorted({registered_name(r["symbol"], r["target"]) for r in rows})
     print(f"\nRegistered models: {', '.join(names)}")
-    print(f"Compare them in the MLflow UI: make dev, then {settings.mlflow_ui_url}")
+    print(f"Compare them in the MLflow UI: make dev, then {settings.tracking.mlflow_ui_url}")

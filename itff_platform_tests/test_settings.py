@@ -8,7 +8,7 @@ def test_every_setting_has_a_working_default(tmp_path):
     settings = Settings(home=tmp_path)
     assert settings.source == "sample"
     assert settings.symbols == ["BTCUSDT", "ETHUSDT"]
-    assert settings.lake_dir == tmp_path / "data_lake"
+    assert settings.lake.root == tmp_path / "data_lake"
     assert settings.interval_seconds == 3600 and settings.bars_per_day == 24
 
 
@@ -19,7 +19,7 @@ def test_environment_overrides_with_the_itff_prefix(monkeypatch):
     settings = Settings()
     assert settings.symbols == ["SOLUSDT"]
     assert settings.interval_seconds == 900
-    assert settings.label_horizon == 8
+    assert settings.features.label_horizon == 8
 
 
 def test_a_bad_value_names_the_field_and_the_rule():

@@ -33,7 +33,7 @@ SUMMARY_COLUMNS = {
 
 def training_partitions(settings: Settings) -> MultiPartitionsDefinition:
     return MultiPartitionsDefinition(
-        {"symbol": StaticPartitionsDefinition(settings.symbols), "target": StaticPartitionsDefinition(settings.targets)}
+        {"symbol": StaticPartitionsDefinition(settings.symbols), "target": StaticPartitionsDefinition(settings.training.targets)}
     )
 
 
@@ -93,7 +93,7 @@ def study_metadata(cfg: Settings, symbol: str, target: str, outcomes: list) -> d
             by_fold.append(outcome.fold_table.select("fold", *TRADING).with_columns(**{k: pl.lit(v) for k, v in study.items()}))
         if outcome.regime_table is not None:
             by_regime.append(outcome.regime_table.with_columns(**{k: pl.lit(v) for k, v in study.items()}))
-        link = f"[{outcome.run_id}]({mlflow_run_url(cfg.mlflow_ui_url, experiment, outcome.run_id)})"
+        link = f"[{outcome.run_id}]({mlflow_run_url(cfg.tracking.mlflow_ui_url, experiment, outcome.run_id)})"
         links.append(f"- {outcome.family}: {link}")
         if outcome.reused:
             reused.append(f"- {outcome.family}: unchanged since run {link} (same data, settings and code)")
@@ -107,7 +107,7 @@ def study_metadata(cfg: Settings, symbol: str, target: str, outcomes: list) -> d
         "trading_by_fold": markdown_table(trading_table(by_fold, "fold"), max_rows=300),
         "trading_by_regime": markdown_table(trading_table(by_regime, "regime"), max_rows=300),
         "summary": MetadataValue.json(summaries),
-        "mlflow_experiment": MetadataValue.url(f"{cfg.mlflow_ui_url.rstrip('/')}/#/experiments/{experiment}"),
+        "mlflow_experiment": MetadataValue.url(f"{cfg.tracking.mlflow_ui_url.rstrip('/')}/#/experiments/{experiment}"),
         "mlflow_runs": MetadataValue.md("\n".join(links)),
         "studies_reused": len(reused),
     }

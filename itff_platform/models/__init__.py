@@ -49,14 +49,14 @@ def make_forecaster(family: str, params: dict, settings: "Settings") -> "Forecas
 
     cls = forecaster_class(family)
     if family in ("lstm", "transformer"):
-        model = cls(params, settings.seed, length=settings.sequence_length, epochs=settings.torch_epochs,
-                    device=settings.torch_device, mc_samples=settings.mc_dropout_samples,
-                    max_train_rows=settings.torch_max_train_rows)
+        model = cls(params, settings.training.seed, length=settings.training.sequence_length, epochs=settings.training.torch_epochs,
+                    device=settings.training.torch_device, mc_samples=settings.training.mc_dropout_samples,
+                    max_train_rows=settings.training.torch_max_train_rows)
     else:
-        model = cls(params, settings.seed)
-    if is_baseline(family) or not settings.calibration_rows:
+        model = cls(params, settings.training.seed)
+    if is_baseline(family) or not settings.training.calibration_rows:
         return model
-    return Calibrated(model, slice_rows=settings.calibration_rows, horizon=settings.label_horizon)
+    return Calibrated(model, slice_rows=settings.training.calibration_rows, horizon=settings.features.label_horizon)
 
 
 def load_forecaster(folder, settings: "Settings | None" = None) -> "Forecaster":
