@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install browser run lint test dev serve fuzz replay mlflow-ui bench-lake bench-training bench-serve clean-lake screenshots
+.PHONY: help install browser run lint test dev serve fuzz replay docs mlflow-ui bench-lake bench-training bench-serve clean-lake screenshots
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required, found " + sys.version.split()[0])'
@@ -74,6 +74,10 @@ serve: install
 ## fuzz: 5,000 schemathesis cases against a real service's /docs.json; prints the status counts (0 x 5xx expected)
 fuzz: install
 	ITFF_FUZZ_CASES=$${ITFF_FUZZ_CASES:-5000} $(BIN)/pytest -q -s itff_platform_tests/faults/test_fuzz.py -k full
+
+## docs: regenerate docs/configuration.md from the settings schema (a test fails when it is out of date)
+docs: install
+	$(BIN)/python -m itff_platform.settings_docs
 
 ## mlflow-ui: only the MLflow UI (compare studies, browse the registry), on the store the settings name
 mlflow-ui: install

@@ -32,7 +32,7 @@ def main() -> None:
         candles = SampleCandleSource().fetch("BTCUSDT", "1h", datetime(2021, 1, 1, tzinfo=timezone.utc), datetime(2025, 1, 1, tzinfo=timezone.utc))
         silver = build_features(candles.filter(pl.col("volume") > 0), settings).collect()
         rows = []
-        for target, families in (("direction", settings.families), ("forward_return", settings.regression_families)):
+        for target, families in (("direction", settings.training.families), ("forward_return", settings.training.regression_families)):
             data = training_data(settings, "BTCUSDT", target, silver=silver)
             for outcome in train_symbol_target(settings, "BTCUSDT", target, families=families, data=data, progress=print):
                 trials = outcome.trials_completed + outcome.trials_pruned
@@ -40,8 +40,8 @@ def main() -> None:
                              "study_s": round(outcome.seconds, 1), "trials_per_minute": round(outcome.trials_per_minute, 1)})
     result = {
         "machine": f"{platform.node()} | {os.cpu_count()} CPUs | {platform.machine()} | Python {sys.version.split()[0]}",
-        "rows": len(silver), "folds": settings.wf_folds, "torch_epochs": settings.torch_epochs,
-        "torch_max_train_rows": settings.torch_max_train_rows, "studies": rows,
+        "rows": len(silver), "folds": settings.training.wf_folds, "torch_epochs": settings.training.torch_epochs,
+        "torch_max_train_rows": settings.training.torch_max_train_rows, "studies": rows,
     }
     out = ROOT / "benchmarks" / "results" / "training.json"
     out.parent.mkdir(parents=True, exist_ok=True)

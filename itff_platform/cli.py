@@ -22,14 +22,15 @@ class CliError(Exception):
 
 def _settings_problem(error) -> str:
     """A pydantic ValidationError on Settings as one line: ITFF_NAME, what was given, the rule, the fix."""
-    from itff_platform.settings import Settings
+    from itff_platform.settings import leaf_at
 
     problems = []
     for item in error.errors():
-        field = str(item["loc"][0]) if item["loc"] else "?"
+        leaf = leaf_at(item["loc"])
+        field = leaf.name if leaf else str(item["loc"][0]) if item["loc"] else "?"
         given = "" if field in SECRET_SETTINGS else f"={item['input']!r}"
         hint = " (a date is YYYY-MM-DD)" if "date" in item["type"] else ""
-        info = Settings.model_fields.get(field)
+        info = leaf.info if leaf else None
         default = "" if info is None or info.default_factory is not None else f", or unset it for the default {info.default if not isinstance(info.default, str) else repr(info.default)}"
         problems.append(f"ITFF_{field.upper()}{given} is invalid: {item['msg']}{hint}: fix it{default}")
     return "; ".join(problems)
@@ -65,8 +66,8 @@ def _preflight(settings) -> None:
         import socket
         from urllib.parse import urlsplit
 
-        for setting, url in (("ITFF_BINANCE_BASE_URL", settings.binance_base_url),
-                             ("ITFF_BINANCE_ARCHIVE_URL", settings.binance_archive_url)):
+        for setting, url in (("ITFF_BINANCE_BASE_URL", settings.sources.binance.base_url),
+                             ("ITFF_BINANCE_ARCHIVE_URL", settings.sources.binance.archive_url)):
             host = urlsplit(url).hostname or url
             try:
                 socket.getaddrinfo(host, 443)
@@ -110,7 +111,7 @@ def run_lake(quiet: bool = True) -> bool:
     settings = get_settings()
     print(
         f"Materializing raw -> bronze -> silver for {', '.join(settings.symbols)} {settings.interval} "
-        f"from source '{settings.source}', lake at {settings.lake_dir}",
+        f"from source '{settings.source}', lake at {settings.lake.root}",
         flush=True,
     )
     started = time.perf_counter()
@@ -148,10 +149,10 @@ def run_training(quiet: bool = True, only: list[str] | None = None) -> bool:
     from itff_platform.settings import get_settings, redact_uri
 
     settings = get_settings()
-    chosen = only or [f"{s}|{t}" for s in settings.symbols for t in settings.targets]
+    chosen = only or [f"{s}|{t}" for s in settings.symbols for t in settings.training.targets]
     print(
-        f"\nTraining {', '.join(settings.families)} (+ baselines) for {', '.join(chosen)}: {settings.trials} trials per study ({settings.torch_trials} for torch), "
-        f"{settings.wf_folds} walk-forward folds. MLflow: {redact_uri(settings.tracking_uri)}",
+        f"\nTraining {', '.join(settings.training.families)} (+ baselines) for {', '.join(chosen)}: {settings.training.trials} trials per study ({settings.training.torch_trials} for torch), "
+        f"{settings.training.wf_folds} walk-forward folds. MLflow: {redact_uri(settings.tracking_uri)}",
         flush=True,
     )
     started = time.perf_counter()
@@ -212,9 +213,9 @@ def _chosen_partitions(settings, symbol: str | None, target: str | None) -> list
         return None
     if symbol is not None and symbol not in settings.symbols:
         raise CliError(f"--symbol {symbol}: not among the configured symbols (ITFF_SYMBOLS): {', '.join(settings.symbols)}")
-    if target is not None and target not in settings.targets:
-        raise CliError(f"--target {target}: not among the configured targets (ITFF_TARGETS): {', '.join(settings.targets)}")
-    return [f"{s}|{t}" for s in settings.symbols for t in settings.targets
+    if target is not None and target not in settings.training.targets:
+        raise CliError(f"--target {target}: not among the configured targets (ITFF_TARGETS): {', '.join(settings.training.targets)}")
+    return [f"{s}|{t}" for s in settings.symbols for t in settings.training.targets
             if symbol in (None, s) and target in (None, t)]
 
 
@@ -251,7 +252,7 @@ def _materialize_monitoring(as_of: str | None = None, settings=None, trigger: st
 
     from itff_platform.cli_runs import execute_job
 
-    config = {} if settings is None else {"evaluation_as_of": as_of, "monitoring_dir": str(settings.monitoring_dir),
+    config = {} if settings is None else {"evaluation_as_of": as_of, "monitoring_dir": str(settings.monitoring.root),
                                           "reports_dir": str(settings.reports_dir)}
     return execute_job("evaluation_job", DagsterInstance.get(), tags={"itff/trigger": trigger},
                        run_config={"resources": {"itff": {"config": config}}, **_log_level(True)})
@@ -359,7 +360,7 @@ def relocate_registry(settings, explicit: bool = False) -> int:
     elif explicit and sqlite_file(settings) is None:
         print("the MLflow store is not a local SQLite file: it records no local paths")
     elif explicit:
-        print(f"nothing to rewrite: the registry's recorded paths already point at {settings.mlflow_dir / 'artifacts'}")
+        print(f"nothing to rewrite: the registry's recorded paths already point at {settings.tracking.mlflow_dir / 'artifacts'}")
     return 0
 
 
@@ -477,7 +478,7 @@ def _settings(args: argparse.Namespace, progress_bar: bool = False):
 def _project_settings(args: argparse.Namespace, progress_bar: bool = False):
     """The settings, with the project's own MLflow store following the project folder."""
     settings = _settings(args, progress_bar)
-    if settings.mlflow_tracking_uri is None:
+    if settings.tracking.mlflow_tracking_uri is None:
         relocate_registry(settings)
     return settings
 

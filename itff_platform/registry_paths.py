@@ -55,7 +55,7 @@ def planned_moves(settings: Settings, roots: set[str]) -> list[tuple[str, str]]:
     place inside the project (mlflow/artifacts), the whole project folder moves, which also carries the Default
     experiment's folder and the lake paths in dataset records along."""
     # absolute(), not resolve(): the store records the folder as the settings name it, symlinks and all.
-    new_root, home = str((settings.mlflow_dir / "artifacts").absolute()), str(settings.home.absolute())
+    new_root, home = str((settings.tracking.mlflow_dir / "artifacts").absolute()), str(settings.home.absolute())
     inside = new_root.removeprefix(home) if new_root.startswith(home + "/") else None
     moves = []
     for old_root in sorted(roots - {new_root}):
@@ -119,7 +119,7 @@ def main() -> None:
     moves = prepare_stores(settings)
     if moves:
         print(describe(moves), file=sys.stderr)
-    for name, value in (("tracking_uri", settings.tracking_uri), ("artifact_root", str(settings.mlflow_dir / "artifacts")),
+    for name, value in (("tracking_uri", settings.tracking_uri), ("artifact_root", str(settings.tracking.mlflow_dir / "artifacts")),
                         ("study_storage", settings.study_storage)):
         print(f"{name}={shlex.quote(value)}")
 

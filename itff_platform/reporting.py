@@ -131,11 +131,11 @@ def print_training_summary(settings: Settings, rows: list[dict], seconds: float 
             mine = [row for row in rows if task_of(row["target"]) == task]
             if mine:
                 part = pl.DataFrame(mine).drop("run_id", "reused", strict=False).sort("symbol", "target", maintain_order=True)
-                print(f"\nOut-of-sample results, {task} (walk-forward, {settings.fees_bps:g} bps per side):")
+                print(f"\nOut-of-sample results, {task} (walk-forward, {settings.trading.fees_bps:g} bps per side):")
                 print(part.select([c for c in part.columns if part[c].null_count() < part.height]))
     names = sorted({registered_name(r["symbol"], r["target"]) for r in rows})
     print(f"\nRegistered models: {', '.join(names)}")
-    print(f"Compare them in the MLflow UI: make dev, then {settings.mlflow_ui_url}")
+    print(f"Compare them in the MLflow UI: make dev, then {settings.tracking.mlflow_ui_url}")
 
 
 SUMMARY_COLUMNS = {
@@ -200,7 +200,7 @@ def study_report(settings: Settings, symbol: str, target: str, outcomes: list) -
             by_fold.append(outcome.fold_table.select("fold", *TRADING).with_columns(**{k: pl.lit(v) for k, v in study.items()}))
         if outcome.regime_table is not None:
             by_regime.append(outcome.regime_table.with_columns(**{k: pl.lit(v) for k, v in study.items()}))
-        link = f"[{outcome.run_id}]({mlflow_run_url(settings.mlflow_ui_url, experiment, outcome.run_id)})"
+        link = f"[{outcome.run_id}]({mlflow_run_url(settings.tracking.mlflow_ui_url, experiment, outcome.run_id)})"
         links.append(f"{outcome.family}: {link}")
         if outcome.reused:
             reused.append(f"{outcome.family}: unchanged since run {link} (same data, settings and code)")
@@ -213,7 +213,7 @@ def study_report(settings: Settings, symbol: str, target: str, outcomes: list) -
         studies=markdown.table(table.drop("run_id")),
         trading_by_fold=markdown.table(trading_table(by_fold, "fold"), TRADING_ROWS_SHOWN),
         trading_by_regime=markdown.table(trading_table(by_regime, "regime"), TRADING_ROWS_SHOWN),
-        experiment_url=f"{settings.mlflow_ui_url.rstrip('/')}/#/experiments/{experiment}",
+        experiment_url=f"{settings.tracking.mlflow_ui_url.rstrip('/')}/#/experiments/{experiment}",
         runs=markdown.bullets(links),
         reused=markdown.bullets(reused),
         studies_reused=len(reused),

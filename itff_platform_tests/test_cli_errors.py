@@ -34,10 +34,11 @@ def test_itff_settings_hides_tokens_and_passwords_in_uris(tmp_path):
                    "pg-password-1122", "my-password-3344"):
         assert secret not in printed
     shown = json.loads(result.stdout)
-    assert shown["api_tokens"] == ["**********", "**********"]  # two tokens are configured, both hidden
-    assert shown["admin_token"] == "**********" and shown["tradingview_secret"] == "**********"
-    assert shown["mlflow_tracking_uri"] == "postgresql://mlflow:***@db.internal:5432/mlflow"  # still says where
-    assert shown["optuna_storage"] == "mysql+pymysql://optuna:***@db.internal/optuna"
+    serving, tracking = shown["serving"], shown["tracking"]  # printed by section, as the settings are read
+    assert serving["api_tokens"] == ["**********", "**********"]  # two tokens are configured, both hidden
+    assert serving["admin_token"] == "**********" and serving["tradingview_secret"] == "**********"
+    assert tracking["mlflow_tracking_uri"] == "postgresql://mlflow:***@db.internal:5432/mlflow"  # still says where
+    assert tracking["optuna_storage"] == "mysql+pymysql://optuna:***@db.internal/optuna"
 
 
 def test_secret_settings_still_read_from_the_itff_environment(monkeypatch, tmp_path):
@@ -46,9 +47,9 @@ def test_secret_settings_still_read_from_the_itff_environment(monkeypatch, tmp_p
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)
     settings = Settings(home=tmp_path)
-    assert [t.get_secret_value() for t in settings.api_tokens] == ["tok-alpha-1234567", "tok-beta-7654321"]
-    assert settings.admin_token.get_secret_value() == "adm-secret-99887766"
-    assert settings.tradingview_secret.get_secret_value() == "tv-hmac-secret-55443322"
+    assert [t.get_secret_value() for t in settings.serving.api_tokens] == ["tok-alpha-1234567", "tok-beta-7654321"]
+    assert settings.serving.admin_token.get_secret_value() == "adm-secret-99887766"
+    assert settings.serving.tradingview_secret.get_secret_value() == "tv-hmac-secret-55443322"
     assert settings.tracking_uri == SECRETS["ITFF_MLFLOW_TRACKING_URI"]  # the real URI still reaches MLflow
     assert "adm-secret" not in repr(settings)
     assert redact_uri("https://ghp_token@host/x") == "https://***@host/x"

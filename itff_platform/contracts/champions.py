@@ -69,7 +69,7 @@ class ChampionStore:
         self._lock = threading.Lock()
 
     def keys(self) -> list[tuple[str, str]]:
-        return [(s, t) for s in self.settings.symbols for t in self.settings.targets]
+        return [(s, t) for s in self.settings.symbols for t in self.settings.training.targets]
 
     def refresh(self) -> dict[str, str]:
         """Check every champion alias; load, verify and swap in any that moved. Returns what changed."""

@@ -35,7 +35,7 @@ BATCH = "itff/refresh"  # what one refresh is: a day of the schedule, or one ver
 
 
 def _budget(settings: Settings) -> dict:
-    return {"resources": {"itff": {"config": {"trials": settings.daily_trials, "torch_trials": settings.daily_torch_trials}}}}
+    return {"resources": {"itff": {"config": {"trials": settings.automation.daily_trials, "torch_trials": settings.automation.daily_torch_trials}}}}
 
 
 def newest_month_keys(settings: Settings, at: datetime) -> list[str]:
@@ -46,20 +46,20 @@ def newest_month_keys(settings: Settings, at: datetime) -> list[str]:
 
     months = lake_partitions(settings).get_partitions_def_for_dimension("month")
     known = months.get_partition_keys(current_time=at)
-    lookback = timedelta(days=1, seconds=settings.interval_seconds * (settings.label_horizon + 1))
+    lookback = timedelta(days=1, seconds=settings.interval_seconds * (settings.features.label_horizon + 1))
     wanted = sorted({day.strftime("%Y-%m-01") for day in (at - lookback, at)} & set(known)) or known[-1:]
     return [f"{month}|{symbol}" for month in wanted for symbol in settings.symbols]
 
 
 def training_keys(settings: Settings, symbols: list[str]) -> list[str]:
-    return [f"{symbol}|{target}" for symbol in symbols for target in settings.targets]
+    return [f"{symbol}|{target}" for symbol in symbols for target in settings.training.targets]
 
 
 def automation(settings: Settings, lake_job, training_job, evaluation_job) -> tuple[list, list]:
-    on = settings.automation_on
+    on = settings.automation.enabled
     schedule_status = DefaultScheduleStatus.RUNNING if on else DefaultScheduleStatus.STOPPED
     sensor_status = DefaultSensorStatus.RUNNING if on else DefaultSensorStatus.STOPPED
-    hour, minute = settings.daily_run_utc.split(":")
+    hour, minute = settings.automation.daily_run_utc.split(":")
 
     @schedule(job=lake_job, cron_schedule=f"{int(minute)} {int(hour)} * * *", execution_timezone="UTC",
               default_status=schedule_status, description="Ingest the newest data for every symbol; training follows.")
@@ -82,7 +82,7 @@ def automation(settings: Settings, lake_job, training_job, evaluation_job) -> tu
         return [RunRequest(run_key=f"retrain-{batch}-{key}", partition_key=key, run_config=_budget(settings),
                            tags={TRIGGER: "daily"}) for key in training_keys(settings, [symbol])]
 
-    @schedule(job=evaluation_job, cron_schedule=settings.weekly_evaluation_cron, execution_timezone="UTC",
+    @schedule(job=evaluation_job, cron_schedule=settings.automation.weekly_evaluation_cron, execution_timezone="UTC",
               default_status=schedule_status, description="Live quality and drift of the champions, with reports.")
     def weekly_evaluation(context):
         return RunRequest(run_key=f"weekly-{context.scheduled_execution_time:%Y-%m-%d}", tags={TRIGGER: "weekly"})
@@ -93,7 +93,7 @@ def automation(settings: Settings, lake_job, training_job, evaluation_job) -> tu
         return drift_retrain_requests(context, settings)
 
     @sensor(job=lake_job, minimum_interval_seconds=30, default_status=sensor_status,
-            description=f"Ingest new or changed candle files in the drop folder ({settings.drop_dir}); each version once.")
+            description=f"Ingest new or changed candle files in the drop folder ({settings.sources.files.drop_dir}); each version once.")
     def drop_folder(context):
         return drop_folder_requests(context, settings)
 
@@ -106,9 +106,9 @@ def automation(settings: Settings, lake_job, training_job, evaluation_job) -> tu
 
 
 def maintenance_schedule(settings: Settings, maintenance_job):
-    status = DefaultScheduleStatus.RUNNING if settings.automation_on else DefaultScheduleStatus.STOPPED
+    status = DefaultScheduleStatus.RUNNING if settings.automation.enabled else DefaultScheduleStatus.STOPPED
 
-    @schedule(job=maintenance_job, cron_schedule=settings.lake_maintenance_cron, execution_timezone="UTC", default_status=status,
+    @schedule(job=maintenance_job, cron_schedule=settings.lake.maintenance_cron, execution_timezone="UTC", default_status=status,
               name="lake_maintenance",
               description="Compact small Delta files, vacuum files older than the retention, check silver against bronze.")
     def lake_maintenance_schedule(context):
@@ -148,7 +148,7 @@ def drop_folder_requests(context, settings: Settings):
     from itff_platform.market.parsing import CandleFileError
 
     seen = json.loads(context.cursor) if context.cursor else {}
-    source, months = FilesCandleSource(settings.drop_dir), lake_partitions(settings).get_partitions_def_for_dimension("month")
+    source, months = FilesCandleSource(settings.sources.files.drop_dir), lake_partitions(settings).get_partitions_def_for_dimension("month")
     valid_months = set(months.get_partition_keys())
     first, end = lake_months(settings)
     requests, problems = [], []
@@ -156,13 +156,13 @@ def drop_folder_requests(context, settings: Settings):
         for path in source.files_for(symbol, settings.interval):
             stat = path.stat()
             version = f"{stat.st_mtime_ns}:{stat.st_size}"
-            name = str(path.relative_to(settings.drop_dir))
+            name = str(path.relative_to(settings.sources.files.drop_dir))
             if seen.get(name) == version:
                 continue
             seen[name] = version
-            candles, rejected = read_drop_file(settings.drop_dir, path)
+            candles, rejected = read_drop_file(settings.sources.files.drop_dir, path)
             if rejected is None and candles.height and not (set(_file_months(candles)) & valid_months):
-                rejected = set_aside(settings.drop_dir, path, CandleFileError(
+                rejected = set_aside(settings.sources.files.drop_dir, path, CandleFileError(
                     name, "timestamp", "out_of_range",
                     f"every row ({candles.height}) is outside the lake's months [{first}, {end}); the rule is a month the lake holds"))
             if rejected is not None:
@@ -175,7 +175,7 @@ def drop_folder_requests(context, settings: Settings):
                     continue
                 requests.append(RunRequest(
                     run_key=f"drop-{name}-{version}-{month}", partition_key=f"{month}|{symbol}",
-                    run_config={"resources": {"itff": {"config": {"source": "files", "drop_dir": str(settings.drop_dir)}}}},
+                    run_config={"resources": {"itff": {"config": {"source": "files", "drop_dir": str(settings.sources.files.drop_dir)}}}},
                     tags={TRIGGER: "drop_folder", "itff/file": name, BATCH: f"{name}:{version}"}))
     return SensorResult(run_requests=requests, cursor=json.dumps(seen, sort_keys=True),
                         skip_reason=None if requests else SkipReason("; ".join(problems) or "no new or changed files"))
@@ -207,10 +207,10 @@ def reload_service(settings: Settings) -> str:
     """POST /admin/reload on the service; an absent service is reported, not fatal (it polls the alias itself)."""
     import httpx
 
-    if not settings.admin_token:
+    if not settings.serving.admin_token:
         return "skipped: ITFF_ADMIN_TOKEN is not set (the service still picks the champion up by polling)"
     try:
-        answer = httpx.post(f"{settings.service_url}/admin/reload", headers={"X-API-Token": settings.admin_token.get_secret_value()}, timeout=10)
+        answer = httpx.post(f"{settings.serving.service_url}/admin/reload", headers={"X-API-Token": settings.serving.admin_token.get_secret_value()}, timeout=10)
     except httpx.HTTPError as error:
-        return f"service unreachable at {settings.service_url}: {error.__class__.__name__} (it will poll the alias itself)"
+        return f"service unreachable at {settings.serving.service_url}: {error.__class__.__name__} (it will poll the alias itself)"
     return "reloaded" if answer.status_code == 200 else f"service answered {answer.status_code}: {answer.text[:200]}"

@@ -197,8 +197,8 @@ def bronze_check_results(cfg: Settings, result: BronzeResult, gaps: pl.DataFrame
                       "collapsed_duplicates": result.collapsed_duplicates},
         )
     )
-    checks.append(gap_check_result(gaps, cfg.gap_tolerance_bars))
-    checks.append(continuity_check_result(breaks, cfg.continuity_atr_multiple, gaps))
+    checks.append(gap_check_result(gaps, cfg.lake.gap_tolerance_bars))
+    checks.append(continuity_check_result(breaks, cfg.lake.continuity_atr_multiple, gaps))
     return checks
 
 
@@ -232,7 +232,7 @@ def silver_features_asset(partitions: MultiPartitionsDefinition):
         mark_unchanged(context, refreshed)
         return MaterializeResult(
             metadata={"dagster/column_schema": table_schema(SilverFeatures, silver.schema),
-                      "features": MetadataValue.json(feature_columns(cfg)), "label_horizon_bars": cfg.label_horizon},
+                      "features": MetadataValue.json(feature_columns(cfg)), "label_horizon_bars": cfg.features.label_horizon},
             check_results=schema_check_results(schema_failures(SilverFeatures, silver), ["silver_schema"], "silver_schema", {}),
         )
 
@@ -261,7 +261,7 @@ def maintenance_assets(settings: Settings) -> list:
         kinds={"delta"},
         owners=OWNERS,
         description=f"Compacts small files, deletes Parquet files the lake stopped using once older than "
-                    f"ITFF_LAKE_VACUUM_RETENTION_HOURS ({settings.lake_vacuum_retention_hours} h), checkpoints. "
+                    f"ITFF_LAKE_VACUUM_RETENTION_HOURS ({settings.lake.vacuum_retention_hours} h), checkpoints. "
                     "Reports bytes before, after and reclaimed per table.",
     )
     def lake_maintenance(context: AssetExecutionContext, itff: ItffSettingsResource) -> MaterializeResult:
@@ -269,13 +269,13 @@ def maintenance_assets(settings: Settings) -> list:
         from itff_platform.lake.maintenance import maintain_tables
 
         cfg = itff.settings()
-        done = maintain_tables(vars(LakeTables.under(cfg)), cfg.lake_vacuum_retention_hours)
+        done = maintain_tables(vars(LakeTables.under(cfg)), cfg.lake.vacuum_retention_hours)
         rows = pl.DataFrame([{"table": name, **{k: v for k, v in r.as_row().items() if k != "table"}} for name, r in done.items()])
         for name, r in done.items():
             context.log.info(f"{name}: {r.bytes_before} -> {r.bytes_after} bytes, {r.files_vacuumed} file(s) vacuumed, "
                              f"{r.files_compacted} compacted into {r.files_added_by_compaction}")
         return MaterializeResult(metadata={
-            "retention_hours": cfg.lake_vacuum_retention_hours,
+            "retention_hours": cfg.lake.vacuum_retention_hours,
             "bytes_before": sum(r.bytes_before for r in done.values()),
             "bytes_after": sum(r.bytes_after for r in done.values()),
             "bytes_reclaimed": sum(r.bytes_reclaimed for r in done.values()),

@@ -76,7 +76,7 @@ def monitoring_assets() -> list:
         context.log.info(f"{result.logged} predictions logged, {result.realized.height} realized, {result.pending} waiting for their horizon")
         metadata = {
             "status": _live_status(result.logged, result.realized.height, result.pending),
-            "as_of": result.as_of.isoformat(), "live_window_days": cfg.live_quality_window_days, "predictions_logged": result.logged,
+            "as_of": result.as_of.isoformat(), "live_window_days": cfg.monitoring.live_quality_window_days, "predictions_logged": result.logged,
             "outcomes_realized": result.realized.height, "outcomes_pending": result.pending,
             "live_quality": markdown_table(_rounded(result.quality)),
             "live_vs_backtest": markdown_table(_rounded(pl.DataFrame(result.degradation))) if result.degradation else "no champion yet",
@@ -116,7 +116,7 @@ def monitoring_assets() -> list:
                 # With no champion yet there is no training window to compare with: "none", not an error.
                 "drift_thresholds": markdown_table(_rounded(drift.select(
                     "symbol", "feature", "psi_threshold", "ks_threshold", "calibration_windows")) if drift.height else drift),
-                "false_alarm_rate": cfg.drift_false_alarm_rate, "cooldown_days": cfg.drift_cooldown_days,
+                "false_alarm_rate": cfg.monitoring.drift_false_alarm_rate, "cooldown_days": cfg.monitoring.drift_cooldown_days,
                 **_plots(result.figures, "drift"), **_plots(result.figures, "regimes"),
             },
             check_results=_check_results(cfg, result, drift),
@@ -134,17 +134,17 @@ def _check_results(cfg, result, drift: pl.DataFrame) -> list[AssetCheckResult]:
     quality_status = worst(*(d["status"] for d in graded)) if graded else "ok"
     return [
         _graded("feature_drift", feature_status, f"PSI and KS past each feature's threshold, calibrated to a "
-                f"{cfg.drift_false_alarm_rate:g} false-alarm rate on the reference period and floored at PSI warn "
-                f"{cfg.drift_psi_warn} / error {cfg.drift_psi_error}, KS warn {cfg.drift_ks_warn} / error {cfg.drift_ks_error}",
+                f"{cfg.monitoring.drift_false_alarm_rate:g} false-alarm rate on the reference period and floored at PSI warn "
+                f"{cfg.monitoring.drift_psi_warn} / error {cfg.monitoring.drift_psi_error}, KS warn {cfg.monitoring.drift_ks_warn} / error {cfg.monitoring.drift_ks_error}",
                 {"drifted_features": int(drift.filter(pl.col("status") != "ok").height) if drift.height else 0}),
         _graded("regime_shift", regime_status, f"PSI of the regime mix past its calibrated threshold (floors warn "
-                f"{cfg.regime_shift_warn} / error {cfg.regime_shift_error})",
+                f"{cfg.monitoring.regime_shift_warn} / error {cfg.monitoring.regime_shift_error})",
                 {s: round(r["psi"], 4) for s, r in result.regime.items()}
                 | {f"{s} threshold": round(r["threshold"], 4) for s, r in result.regime.items()}),
-        _graded("live_quality", quality_status, f"live log loss over the backtest's: warn +{cfg.quality_log_loss_warn} / error "
-                f"+{cfg.quality_log_loss_error}; forward_return MAPE above {cfg.drift_mape_error:.0%}; precision or recall of the "
-                f"last {cfg.drift_precision_recall_days} days more than {cfg.drift_precision_recall_max:g} from the backtest's; "
-                f"judged from {cfg.min_live_outcomes} outcomes",
+        _graded("live_quality", quality_status, f"live log loss over the backtest's: warn +{cfg.monitoring.quality_log_loss_warn} / error "
+                f"+{cfg.monitoring.quality_log_loss_error}; forward_return MAPE above {cfg.monitoring.drift_mape_error:.0%}; precision or recall of the "
+                f"last {cfg.monitoring.drift_precision_recall_days} days more than {cfg.monitoring.drift_precision_recall_max:g} from the backtest's; "
+                f"judged from {cfg.monitoring.min_live_outcomes} outcomes",
                 {"judgements": len(graded), "models_waiting_for_outcomes": sum(d["status"] == "insufficient" for d in result.degradation)}),
     ]
 

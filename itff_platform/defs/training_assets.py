@@ -26,7 +26,7 @@ from itff_platform.settings import Settings
 
 def training_partitions(settings: Settings) -> MultiPartitionsDefinition:
     return MultiPartitionsDefinition(
-        {"symbol": StaticPartitionsDefinition(settings.symbols), "target": StaticPartitionsDefinition(settings.targets)}
+        {"symbol": StaticPartitionsDefinition(settings.symbols), "target": StaticPartitionsDefinition(settings.training.targets)}
     )
 
 

@@ -10,7 +10,7 @@ LABEL_COLUMNS = ["forward_return", "direction", "direction_neutral", "level_up"]
 
 
 def label_columns(settings: Settings) -> list[pl.Expr]:
-    h, k = settings.label_horizon, settings.label_barrier_atr
+    h, k = settings.features.label_horizon, settings.features.label_barrier_atr
     close, atr = pl.col("close"), pl.col("atr")
     # A label spanning a gap in the data would mix horizons, so it is left null instead.
     complete = (pl.col("timestamp").shift(-h) - pl.col("timestamp")) == pl.duration(seconds=h * settings.interval_seconds)
@@ -25,6 +25,6 @@ def label_columns(settings: Settings) -> list[pl.Expr]:
     return [
         forward.alias("forward_return"),
         (forward > 0).cast(pl.Int8).alias("direction"),
-        (forward.abs() < settings.label_neutral_zone).alias("direction_neutral"),
+        (forward.abs() < settings.features.label_neutral_zone).alias("direction_neutral"),
         level_up.alias("level_up"),
     ]

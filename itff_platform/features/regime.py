@@ -30,9 +30,9 @@ def trend_slope(ema_column: str) -> pl.Expr:
 def volatility_ceiling(settings: Settings) -> pl.Expr:
     return rolling_after_warmup(
         pl.col("realized_vol"),
-        settings.regime_volatility_lookback,
+        settings.features.regime_volatility_lookback,
         "rolling_quantile",
-        quantile=settings.regime_volatility_quantile,
+        quantile=settings.features.regime_volatility_quantile,
         interpolation="linear",
     )
 
@@ -42,8 +42,8 @@ def regime(settings: Settings) -> pl.Expr:
     return (
         pl.when(pl.any_horizontal(adx.is_null(), slope.is_null(), pl.col("_volatility_ceiling").is_null())).then(pl.lit("unknown"))
         .when(pl.col("realized_vol") >= pl.col("_volatility_ceiling")).then(pl.lit("volatile"))
-        .when((adx >= settings.regime_adx_trend) & (slope > 0)).then(pl.lit("trending_up"))
-        .when((adx >= settings.regime_adx_trend) & (slope < 0)).then(pl.lit("trending_down"))
-        .when(adx < settings.regime_adx_range).then(pl.lit("range_bound"))
+        .when((adx >= settings.features.regime_adx_trend) & (slope > 0)).then(pl.lit("trending_up"))
+        .when((adx >= settings.features.regime_adx_trend) & (slope < 0)).then(pl.lit("trending_down"))
+        .when(adx < settings.features.regime_adx_range).then(pl.lit("range_bound"))
         .otherwise(pl.lit("neutral"))
     )

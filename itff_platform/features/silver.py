@@ -28,7 +28,7 @@ CANDLE_FIELDS = ["open", "high", "low", "close", "volume"]
 def feature_columns(settings: Settings) -> list[str]:
     """The model inputs, in a fixed order. Scale-free where the raw indicator is in price units."""
     return [
-        *(f"log_return_{lag}" for lag in settings.return_lags),
+        *(f"log_return_{lag}" for lag in settings.features.return_lags),
         "realized_vol", "rsi", "atr_pct", "adx", "plus_di", "minus_di", "cci", "wavetrend", "wavetrend_signal",
         "macd_pct", "macd_signal_pct", "macd_hist_pct", "bollinger_pct_b", "volume_zscore", "average_daily_range",
         "hour_sin", "hour_cos", "weekday_sin", "weekday_cos",
@@ -39,11 +39,11 @@ def history_bars_needed(settings: Settings) -> int:
     """Bars of warm-up before a window: the longest rolling window, or the horizon over which the recursive
     indicators forget their seed to float precision, whichever is longer."""
     rolling = max(
-        settings.regime_volatility_lookback + settings.volatility_window,
-        (settings.daily_range_days + 1) * settings.bars_per_day,
-        settings.cci_period * 2,
+        settings.features.regime_volatility_lookback + settings.features.volatility_window,
+        (settings.features.daily_range_days + 1) * settings.bars_per_day,
+        settings.features.cci_period * 2,
     )
-    return max(settings.warmup_bars, rolling) + 1
+    return max(settings.features.warmup_bars, rolling) + 1
 
 
 def build_features(candles: pl.LazyFrame | pl.DataFrame, settings: Settings) -> pl.LazyFrame:
@@ -52,41 +52,41 @@ def build_features(candles: pl.LazyFrame | pl.DataFrame, settings: Settings) -> 
     gain, loss = ind.gains_and_losses()
     plus_dm, minus_dm = ind.directional_movement()
     stage1 = candles.lazy().with_columns(
-        *(ind.log_return(lag).alias(f"log_return_{lag}") for lag in s.return_lags),
+        *(ind.log_return(lag).alias(f"log_return_{lag}") for lag in s.features.return_lags),
         ind.true_range().alias("_tr"),
         gain.alias("_gain"),
         loss.alias("_loss"),
         plus_dm.alias("_plus_dm"),
         minus_dm.alias("_minus_dm"),
         ind.typical_price().alias("_tp"),
-        ind.typical_price().rolling_mean(s.cci_period).alias("_tp_mean"),
-        ind.ema("close", s.macd_fast).alias("_ema_fast"),
-        ind.ema("close", s.macd_slow).alias("_ema_slow"),
-        ind.ema("close", s.regime_slope_period).alias("_ema_trend"),
+        ind.typical_price().rolling_mean(s.features.cci_period).alias("_tp_mean"),
+        ind.ema("close", s.features.macd_fast).alias("_ema_fast"),
+        ind.ema("close", s.features.macd_slow).alias("_ema_slow"),
+        ind.ema("close", s.features.regime_slope_period).alias("_ema_trend"),
         ind.trailing_day_range(s.bars_per_day).alias("_day_range"),
-        ind.bollinger_percent_b(s.bollinger_period, s.bollinger_width).alias("bollinger_pct_b"),
-        ind.volume_zscore(s.volume_zscore_window).alias("volume_zscore"),
+        ind.bollinger_percent_b(s.features.bollinger_period, s.features.bollinger_width).alias("bollinger_pct_b"),
+        ind.volume_zscore(s.features.volume_zscore_window).alias("volume_zscore"),
         *ind.calendar_encodings(),
     )
     stage2 = stage1.with_columns(
-        ind.realized_volatility("log_return_1", s.volatility_window).alias("realized_vol"),
-        ind.wilder("_tr", s.atr_period).alias("atr"),
-        ind.wilder("_tr", s.adx_period).alias("_sm_tr"),
-        ind.wilder("_gain", s.rsi_period).alias("_avg_gain"),
-        ind.wilder("_loss", s.rsi_period).alias("_avg_loss"),
-        ind.wilder("_plus_dm", s.adx_period).alias("_sm_plus_dm"),
-        ind.wilder("_minus_dm", s.adx_period).alias("_sm_minus_dm"),
-        ind.ema("_tp", s.wavetrend_channel).alias("_esa"),
+        ind.realized_volatility("log_return_1", s.features.volatility_window).alias("realized_vol"),
+        ind.wilder("_tr", s.features.atr_period).alias("atr"),
+        ind.wilder("_tr", s.features.adx_period).alias("_sm_tr"),
+        ind.wilder("_gain", s.features.rsi_period).alias("_avg_gain"),
+        ind.wilder("_loss", s.features.rsi_period).alias("_avg_loss"),
+        ind.wilder("_plus_dm", s.features.adx_period).alias("_sm_plus_dm"),
+        ind.wilder("_minus_dm", s.features.adx_period).alias("_sm_minus_dm"),
+        ind.ema("_tp", s.features.wavetrend_channel).alias("_esa"),
         (pl.col("_ema_fast") - pl.col("_ema_slow")).alias("macd"),
-        ind.cci("_tp", "_tp_mean", s.cci_period).alias("cci"),
-        ind.average_daily_range("_day_range", s.daily_range_days, s.bars_per_day).alias("average_daily_range"),
+        ind.cci("_tp", "_tp_mean", s.features.cci_period).alias("cci"),
+        ind.average_daily_range("_day_range", s.features.daily_range_days, s.bars_per_day).alias("average_daily_range"),
     )
     stage3 = stage2.with_columns(
         ind.rsi("_avg_gain", "_avg_loss").alias("rsi"),
         ind.directional_index("_sm_plus_dm", "_sm_tr").alias("plus_di"),
         ind.directional_index("_sm_minus_dm", "_sm_tr").alias("minus_di"),
-        (pl.col("_tp") - pl.col("_esa")).abs().ewm_mean(span=s.wavetrend_channel, adjust=False).alias("_wt_deviation"),
-        ind.ema("macd", s.macd_signal).alias("macd_signal"),
+        (pl.col("_tp") - pl.col("_esa")).abs().ewm_mean(span=s.features.wavetrend_channel, adjust=False).alias("_wt_deviation"),
+        ind.ema("macd", s.features.macd_signal).alias("macd_signal"),
         (pl.col("atr") / pl.col("close")).alias("atr_pct"),
         trend_slope("_ema_trend").alias("trend_slope"),
         volatility_ceiling(s).alias("_volatility_ceiling"),
@@ -97,8 +97,8 @@ def build_features(candles: pl.LazyFrame | pl.DataFrame, settings: Settings) -> 
         (pl.col("macd") - pl.col("macd_signal")).alias("macd_hist"),
     )
     stage5 = stage4.with_columns(
-        ind.wilder("_dx", s.adx_period).alias("adx"),
-        ind.ema("_wt_ci", s.wavetrend_average).alias("wavetrend"),
+        ind.wilder("_dx", s.features.adx_period).alias("adx"),
+        ind.ema("_wt_ci", s.features.wavetrend_average).alias("wavetrend"),
         *((pl.col(c) / pl.col("close")).alias(f"{c}_pct") for c in ("macd", "macd_signal", "macd_hist")),
     )
     return (
@@ -112,7 +112,7 @@ def build_features(candles: pl.LazyFrame | pl.DataFrame, settings: Settings) -> 
 def read_span(settings: Settings, start: datetime, end: datetime) -> tuple[datetime, datetime]:
     """The bronze time span that silver rows in [start, end) are computed from."""
     bar = timedelta(seconds=settings.interval_seconds)
-    return start - history_bars_needed(settings) * bar, end + settings.label_horizon * bar
+    return start - history_bars_needed(settings) * bar, end + settings.features.label_horizon * bar
 
 
 def month_windows(months: list[datetime], settings: Settings) -> list[tuple[datetime, datetime, datetime, datetime]]:

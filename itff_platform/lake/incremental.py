@@ -20,17 +20,12 @@ from itff_platform.features.silver import month_windows
 from itff_platform.fingerprints import SHARED_MODULES, code_digest, digest, frame_digest
 from itff_platform.lake.delta import partition_id, recorded_fingerprints
 from itff_platform.market.candles import CANDLE_COLUMNS
-from itff_platform.settings import Settings
+from itff_platform.settings import FeatureSettings, Settings
 
-# The settings the silver frame reads (features, regime, labels; interval for bars per day). A test checks this
-# list against every setting the features package names, so a new feature setting cannot be left out.
-SILVER_SETTINGS = (
-    "interval", "return_lags", "volatility_window", "rsi_period", "atr_period", "adx_period", "cci_period",
-    "wavetrend_channel", "wavetrend_average", "macd_fast", "macd_slow", "macd_signal", "bollinger_period",
-    "bollinger_width", "volume_zscore_window", "daily_range_days", "warmup_bars", "regime_adx_trend", "regime_adx_range",
-    "regime_slope_period", "regime_volatility_quantile", "regime_volatility_lookback", "label_horizon",
-    "label_neutral_zone", "label_barrier_atr",
-)
+# The settings the silver frame reads, by flat name: the features section (features, regime, labels) and interval
+# for bars per day. A test checks that the features package reads no other setting, so a new feature setting, added
+# to the section, cannot be left out.
+SILVER_SETTINGS = ("interval", *FeatureSettings.model_fields)
 
 
 def lake_code() -> str:
@@ -57,7 +52,7 @@ def bronze_fingerprints(settings: Settings, raw: pl.DataFrame, months: list[date
 
 def silver_fingerprints(settings: Settings, bronze: pl.DataFrame, months: list[datetime]) -> dict[date, str]:
     """`bronze`: one symbol's bronze rows sorted by timestamp, covering every month's read span that exists."""
-    chosen = {name: getattr(settings, name) for name in SILVER_SETTINGS}
+    chosen = {"interval": settings.interval, **settings.features.model_dump()}  # SILVER_SETTINGS, by flat name
     stamps = bronze["timestamp"]
     found = {}
     for read_from, start, _, read_to in month_windows(months, settings):

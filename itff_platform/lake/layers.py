@@ -31,7 +31,7 @@ class LakeTables:
 
     @classmethod
     def under(cls, settings: Settings) -> "LakeTables":
-        root = settings.lake_dir
+        root = settings.lake.root
         return cls(
             raw=str(root / "raw" / "candles"),
             bronze=str(root / "bronze" / "candles"),
@@ -182,10 +182,10 @@ def build_bronze(settings: Settings, symbol: str, months: list[datetime], skip_u
     # Continuity is judged on the months written and their neighbours in the lake: the previous month supplies
     # the ATR and the last close before the first bar, the next month's first bar closes the boundary after.
     around = read_rows(tables.bronze, settings.interval, symbol, month_start(previous_month(months[0])), month_end(next_month(months[-1])))
-    breaks = continuity_breaks(around, settings.atr_period, settings.continuity_atr_multiple, wanted)
+    breaks = continuity_breaks(around, settings.features.atr_period, settings.lake.continuity_atr_multiple, wanted)
     if unchanged:
         result = with_lake_months(result, tables, settings.interval, symbol, raw, around, unchanged)
-    return BronzeReport(result, find_gaps(result.bronze, settings.interval_seconds, settings.gap_tolerance_bars), breaks, unchanged)
+    return BronzeReport(result, find_gaps(result.bronze, settings.interval_seconds, settings.lake.gap_tolerance_bars), breaks, unchanged)
 
 
 def with_lake_months(result: BronzeResult, tables: LakeTables, interval: str, symbol: str, raw: pl.DataFrame,

@@ -18,12 +18,12 @@ def candle_source(settings: "Settings") -> "CandleSource":
     if settings.source == "files":
         from itff_platform.market.files import FilesCandleSource
 
-        return FilesCandleSource(settings.drop_dir)
+        return FilesCandleSource(settings.sources.files.drop_dir)
     from itff_platform.market.binance import BinanceCandleSource
 
     return BinanceCandleSource(
-        settings.binance_base_url,
-        settings.binance_archive_url,
-        settings.binance_max_retries,
-        settings.http_timeout_s,
+        settings.sources.binance.base_url,
+        settings.sources.binance.archive_url,
+        settings.sources.binance.max_retries,
+        settings.sources.binance.http_timeout_s,
     )

@@ -28,9 +28,9 @@ def make_forecaster(family: str, params: dict, settings: "Settings") -> "Forecas
     from itff_platform.models.calibration import Calibrated
 
     model = forecaster_class(family).from_settings(params, settings)
-    if is_baseline(family) or not settings.calibration_rows:
+    if is_baseline(family) or not settings.training.calibration_rows:
         return model
-    return Calibrated(model, slice_rows=settings.calibration_rows, horizon=settings.label_horizon)
+    return Calibrated(model, slice_rows=settings.training.calibration_rows, horizon=settings.features.label_horizon)
 
 
 def load_forecaster(folder, settings: "Settings | None" = None) -> "Forecaster":

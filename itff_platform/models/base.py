@@ -49,7 +49,7 @@ class Forecaster(ABC):
     @classmethod
     def from_settings(cls, params: dict[str, Any], settings: "Settings") -> "Forecaster":
         """A fresh model with these hyperparameters; a family that reads more settings overrides this."""
-        return cls(params, settings.seed)
+        return cls(params, settings.training.seed)
 
     @classmethod
     def search_space(cls, trial) -> dict[str, Any]:

@@ -65,9 +65,9 @@ class SequenceForecaster(Forecaster):
 
     @classmethod
     def from_settings(cls, params, settings):
-        return cls(params, settings.seed, length=settings.sequence_length, epochs=settings.torch_epochs,
-                   device=settings.torch_device, mc_samples=settings.mc_dropout_samples,
-                   max_train_rows=settings.torch_max_train_rows)
+        return cls(params, settings.training.seed, length=settings.training.sequence_length, epochs=settings.training.torch_epochs,
+                   device=settings.training.torch_device, mc_samples=settings.training.mc_dropout_samples,
+                   max_train_rows=settings.training.torch_max_train_rows)
 
     def build(self, features: int) -> nn.Module:
         raise NotImplementedError

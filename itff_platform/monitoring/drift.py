@@ -113,9 +113,9 @@ def fixed_thresholds(features: list[str], settings: Settings) -> pl.DataFrame:
     """The configured PSI/KS thresholds for every feature, calibrated on no window: what grading uses when there
     is no reference period to calibrate on (see monitoring.drift_calibration)."""
     count = len(features)
-    return pl.DataFrame({"feature": features, "psi_warn": [settings.drift_psi_warn] * count,
-                         "psi_threshold": [settings.drift_psi_error] * count, "ks_warn": [settings.drift_ks_warn] * count,
-                         "ks_threshold": [settings.drift_ks_error] * count, "calibration_windows": [0] * count},
+    return pl.DataFrame({"feature": features, "psi_warn": [settings.monitoring.drift_psi_warn] * count,
+                         "psi_threshold": [settings.monitoring.drift_psi_error] * count, "ks_warn": [settings.monitoring.drift_ks_warn] * count,
+                         "ks_threshold": [settings.monitoring.drift_ks_error] * count, "calibration_windows": [0] * count},
                         schema=THRESHOLD_SCHEMA)
 
 
@@ -172,7 +172,7 @@ def regime_shift(reference_regimes, recent_regimes, settings: Settings, threshol
     Returns {"psi", "status", "warn", "threshold", "calibration_windows", "reference_shares": {regime: share},
     "recent_shares": {regime: share}}; the shares cover every known regime (and any unexpected label seen), so
     the two dicts line up for plotting."""
-    thresholds = thresholds or {"warn": settings.regime_shift_warn, "threshold": settings.regime_shift_error,
+    thresholds = thresholds or {"warn": settings.monitoring.regime_shift_warn, "threshold": settings.monitoring.regime_shift_error,
                                 "calibration_windows": 0}
     before, after = regime_labels(reference_regimes), regime_labels(recent_regimes)
     categories = regime_categories(before, after)

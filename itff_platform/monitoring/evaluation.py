@@ -87,7 +87,7 @@ def evaluate_outcomes(settings: Settings, as_of: datetime | None = None, reports
     realized, pending = realized_from_lake(settings, log)
     asked = realized.height + pending
     # An outcome is known only once the bar `label_horizon` bars later has closed, as of this evaluation.
-    horizon = timedelta(seconds=settings.interval_seconds * (settings.label_horizon + 1))
+    horizon = timedelta(seconds=settings.interval_seconds * (settings.features.label_horizon + 1))
     realized = realized.filter(pl.col("bar_time") + horizon <= as_of)
     result = Evaluation(as_of=as_of, logged=log.height, pending=asked - realized.height, realized=realized)
     result.quality = live_quality_for(settings, realized, as_of)
@@ -100,8 +100,8 @@ def evaluate_outcomes(settings: Settings, as_of: datetime | None = None, reports
             result.figures[f"reliability {symbol} {target}"] = live_reliability_plot(
                 rows, f"{symbol} {target}: live reliability ({rows.height} outcomes)", folder / f"reliability-{symbol}-{target}.png")
         result.figures[f"equity {symbol} {target}"] = live_equity_plot(
-            rows, settings.fees_bps, f"{symbol} {target}: served signals vs buy and hold, after fees",
-            folder / f"equity-{symbol}-{target}.png", horizon=settings.label_horizon)
+            rows, settings.trading.fees_bps, f"{symbol} {target}: served signals vs buy and hold, after fees",
+            folder / f"equity-{symbol}-{target}.png", horizon=settings.features.label_horizon)
     return result
 
 
@@ -114,8 +114,8 @@ def evaluate_drift(settings: Settings, result: Evaluation, reports_dir: Path | N
     result.decisions = decide_retraining(settings, result)
     for symbol, drift in (result.drift.items() if with_plots else []):
         result.figures[f"drift {symbol}"] = drift_plot(
-            drift, f"{symbol}: feature drift (PSI), last {settings.drift_recent_days} days vs training",
-            folder / f"drift-{symbol}.png", settings.drift_psi_warn, settings.drift_psi_error)
+            drift, f"{symbol}: feature drift (PSI), last {settings.monitoring.drift_recent_days} days vs training",
+            folder / f"drift-{symbol}.png", settings.monitoring.drift_psi_warn, settings.monitoring.drift_psi_error)
         shift = result.regime[symbol]
         result.figures[f"regimes {symbol}"] = regime_mix_plot(
             shift["reference_shares"], shift["recent_shares"], f"{symbol}: regime mix, training vs recent", folder / f"regimes-{symbol}.png")
@@ -155,9 +155,9 @@ def mape_status(live: dict, settings: Settings) -> dict:
     """Runbook 001's prediction-drift trigger: live MAPE (a fraction) above drift_mape_error is an error.
     'insufficient' below min_live_outcomes outcomes or with no MAPE."""
     n, mape = int(live.get("n") or 0), live.get("mape")
-    if n < settings.min_live_outcomes or mape is None:
+    if n < settings.monitoring.min_live_outcomes or mape is None:
         return {"status": "insufficient", "n": n}
-    return {"status": "error" if mape > settings.drift_mape_error else "ok", "n": n}
+    return {"status": "error" if mape > settings.monitoring.drift_mape_error else "ok", "n": n}
 
 
 PRECISION_RECALL_SCHEMA = {"symbol": pl.String, "target": pl.String, "model_version": pl.String, "n": pl.Int64,
@@ -210,7 +210,7 @@ def _rate_drift(hits: int, trials: int, expected: float | None, settings: Settin
         return {"gap": None, "p_value": None, "drifted": False}
     gap = hits / trials - expected
     p_value = float(binomtest(hits, trials, min(max(expected, 0.0), 1.0)).pvalue)
-    drifted = abs(gap) > settings.drift_precision_recall_max and p_value < settings.drift_precision_recall_alpha
+    drifted = abs(gap) > settings.monitoring.drift_precision_recall_max and p_value < settings.monitoring.drift_precision_recall_alpha
     return {"gap": gap, "p_value": p_value, "drifted": drifted}
 
 
@@ -218,7 +218,7 @@ def precision_recall_drift(settings: Settings, realized: pl.DataFrame, expectati
     """Each classification champion's live precision and recall over the last drift_precision_recall_days
     against its backtest's (MLflow `precision`/`recall`): status 'error' when either drifted (_rate_drift),
     'insufficient' below min_live_outcomes outcomes of that version, 'not graded' when the backtest logged neither."""
-    live = live_precision_recall(realized, as_of - timedelta(days=settings.drift_precision_recall_days))
+    live = live_precision_recall(realized, as_of - timedelta(days=settings.monitoring.drift_precision_recall_days))
     by_version = {(r["symbol"], r["target"], r["model_version"]): r for r in live.iter_rows(named=True)}
     rows = []
     for (symbol, target), expected in expectations.items():
@@ -235,7 +235,7 @@ def precision_recall_drift(settings: Settings, realized: pl.DataFrame, expectati
         row["largest_gap"] = max(gaps, default=None)
         if expected.get("precision") is None and expected.get("recall") is None:
             row["status"] = "not graded"
-        elif found["n"] < settings.min_live_outcomes or not gaps:
+        elif found["n"] < settings.monitoring.min_live_outcomes or not gaps:
             row["status"] = "insufficient"
         else:
             row["status"] = "error" if any(d["drifted"] for d in drifts.values()) else "ok"
@@ -251,13 +251,13 @@ def _drift(settings: Settings, result: Evaluation, expectations: dict) -> None:
     from itff_platform.monitoring.drift_calibration import calibrated_thresholds, regime_thresholds
 
     silver = LakeTables.under(settings).silver
-    recent_start = result.as_of - timedelta(days=settings.drift_recent_days)
+    recent_start = result.as_of - timedelta(days=settings.monitoring.drift_recent_days)
     features = feature_columns(settings)
     for symbol in settings.symbols:
         trained = [e["trained_through"] for (s, _), e in expectations.items() if s == symbol and e.get("trained_through")]
         # The newest bar the champions learned from closes the training window; with no champion, the recent window does.
         reference_end = min(datetime.fromisoformat(max(trained)).replace(tzinfo=timezone.utc), recent_start) if trained else recent_start
-        reference = read_rows(silver, settings.interval, symbol, reference_end - timedelta(days=settings.drift_reference_days), reference_end)
+        reference = read_rows(silver, settings.interval, symbol, reference_end - timedelta(days=settings.monitoring.drift_reference_days), reference_end)
         recent = read_rows(silver, settings.interval, symbol, recent_start, result.as_of)
         if reference.is_empty() or recent.is_empty():
             continue
@@ -269,7 +269,7 @@ def _drift_reasons(settings: Settings, drift: pl.DataFrame | None, shift: dict) 
     """Why the symbol's data says retrain, shared by its models: enough features at error, or the regime mix."""
     reasons = []
     drifted = drift.filter(pl.col("status") == "error") if drift is not None else pl.DataFrame()
-    if drifted.height >= settings.drift_features_for_retrain:
+    if drifted.height >= settings.monitoring.drift_features_for_retrain:
         named = ", ".join(f"{r['feature']} (PSI {r['psi']:.3f}/{r['psi_threshold']:.3f}, KS {r['ks']:.3f}/{r['ks_threshold']:.3f})"
                           for r in drifted.head(5).iter_rows(named=True))
         reasons.append(f"{drifted.height} features drifted past their calibrated error thresholds: {named}")
@@ -285,18 +285,18 @@ def _model_reasons(settings: Settings, result: Evaluation, symbol: str, target: 
         if (d["symbol"], d["target"]) != (symbol, target) or d["status"] != "error":
             continue
         if target == "forward_return":
-            reasons.append(f"live MAPE {d['live_mape']:.2%} > {settings.drift_mape_error:.0%} (runbook 001) on {d['n']} outcomes")
+            reasons.append(f"live MAPE {d['live_mape']:.2%} > {settings.monitoring.drift_mape_error:.0%} (runbook 001) on {d['n']} outcomes")
         else:
             reasons.append(f"live log loss {d['live_log_loss']:.4f} is {d['delta_log_loss']:+.4f} over the backtest's "
                            f"{d['expected_log_loss']:.4f} on {d['n']} outcomes")
     for d in result.precision_recall:
         if (d["symbol"], d["target"]) == (symbol, target) and d["status"] == "error":
             reasons.append(
-                f"precision/recall drift over the last {settings.drift_precision_recall_days} days ({d['n']} outcomes): "
+                f"precision/recall drift over the last {settings.monitoring.drift_precision_recall_days} days ({d['n']} outcomes): "
                 f"precision {_share(d['live_precision'])} vs the backtest's {_share(d['expected_precision'])} "
                 f"(p {_share(d['precision_p_value'])}), recall {_share(d['live_recall'])} vs {_share(d['expected_recall'])} "
-                f"(p {_share(d['recall_p_value'])}), beyond ±{settings.drift_precision_recall_max:g} at p < "
-                f"{settings.drift_precision_recall_alpha:g}: retraining re-selects the threshold walk-forward")
+                f"(p {_share(d['recall_p_value'])}), beyond ±{settings.monitoring.drift_precision_recall_max:g} at p < "
+                f"{settings.monitoring.drift_precision_recall_alpha:g}: retraining re-selects the threshold walk-forward")
     return reasons
 
 
@@ -314,13 +314,13 @@ def last_retrain_decisions(settings: Settings, before: datetime) -> dict[tuple[s
 
 def _cooldown_reason(settings: Settings, last_retrain: datetime | None, as_of: datetime, reasons: list[str]) -> str | None:
     """The reason to keep a model that would be retrained, when it was sent for retraining too recently."""
-    if last_retrain is None or not settings.drift_cooldown_days:
+    if last_retrain is None or not settings.monitoring.drift_cooldown_days:
         return None
-    ends = last_retrain + timedelta(days=settings.drift_cooldown_days)
+    ends = last_retrain + timedelta(days=settings.monitoring.drift_cooldown_days)
     if as_of >= ends:
         return None
     return (f"cooldown: sent for retraining as of {last_retrain:%Y-%m-%d %H:%M}, not again before {ends:%Y-%m-%d %H:%M} "
-            f"(ITFF_DRIFT_COOLDOWN_DAYS={settings.drift_cooldown_days}); would retrain for: {'; '.join(reasons)}")
+            f"(ITFF_DRIFT_COOLDOWN_DAYS={settings.monitoring.drift_cooldown_days}); would retrain for: {'; '.join(reasons)}")
 
 
 def decide_retraining(settings: Settings, result: Evaluation) -> pl.DataFrame:
@@ -330,7 +330,7 @@ def decide_retraining(settings: Settings, result: Evaluation) -> pl.DataFrame:
     last_retrain = last_retrain_decisions(settings, result.as_of)
     for symbol in settings.symbols:
         data_reasons = _drift_reasons(settings, result.drift.get(symbol), result.regime.get(symbol, {}))
-        for target in settings.targets:
+        for target in settings.training.targets:
             if (symbol, target) not in result.expectations:
                 continue  # no champion: nothing served, nothing to keep or retrain
             reasons = data_reasons + _model_reasons(settings, result, symbol, target)
@@ -342,7 +342,7 @@ def decide_retraining(settings: Settings, result: Evaluation) -> pl.DataFrame:
 
 
 def decisions_path(settings: Settings) -> Path:
-    return settings.monitoring_dir / "decisions"
+    return settings.monitoring.root / "decisions"
 
 
 def record_decisions(settings: Settings, decisions: pl.DataFrame) -> None:

@@ -42,7 +42,7 @@ def realized_from_lake(settings: Settings, log: pl.DataFrame) -> tuple[pl.DataFr
     if dated.is_empty():
         return realized_predictions(log, _empty_silver())
     start = dated["bar_time"].min()
-    end = dated["bar_time"].max() + timedelta(seconds=settings.interval_seconds * (settings.label_horizon + 1))
+    end = dated["bar_time"].max() + timedelta(seconds=settings.interval_seconds * (settings.features.label_horizon + 1))
     silver = read_rows(LakeTables.under(settings).silver, settings.interval, start=start, end=end)
     return realized_predictions(log, silver.filter(pl.col("symbol").is_in(dated["symbol"].unique().to_list())))
 

@@ -46,12 +46,12 @@ SCHEMA = {
 
 
 def prediction_log_path(settings: Settings) -> Path:
-    return settings.monitoring_dir / "predictions"
+    return settings.monitoring.root / "predictions"
 
 
 def write_ahead_path(settings: Settings) -> Path:
     """Beside the table, not in it: Delta's vacuum deletes files it does not know inside a table's folder."""
-    return settings.monitoring_dir / "predictions-wal"
+    return settings.monitoring.root / "predictions-wal"
 
 
 def records_frame(records: list[dict]) -> pl.DataFrame:
@@ -107,7 +107,7 @@ class PredictionLog:
 
     @classmethod
     def for_settings(cls, settings: Settings, write_ahead: bool = False) -> "PredictionLog":
-        return cls(prediction_log_path(settings), settings.prediction_log_flush_rows, settings.prediction_log_flush_s,
+        return cls(prediction_log_path(settings), settings.serving.prediction_log_flush_rows, settings.serving.prediction_log_flush_s,
                    write_ahead=write_ahead_path(settings) if write_ahead else None)
 
     def append(self, record: dict) -> None:

@@ -163,9 +163,9 @@ def version_backtests(settings: Settings, versions: pl.DataFrame) -> pl.DataFram
 def live_quality_for(settings: Settings, realized: pl.DataFrame, as_of: datetime) -> pl.DataFrame:
     """live_quality over the `live_quality_window_days` before `as_of`, with the settings' fees and horizon,
     each version beside its own backtest."""
-    recent = in_window(realized.filter(pl.col("forward_return").is_not_null()), as_of, settings.live_quality_window_days)
+    recent = in_window(realized.filter(pl.col("forward_return").is_not_null()), as_of, settings.monitoring.live_quality_window_days)
     backtest = version_backtests(settings, recent) if recent.height else None
-    return live_quality(recent, settings.fees_bps, settings.label_horizon, backtest)
+    return live_quality(recent, settings.trading.fees_bps, settings.features.label_horizon, backtest)
 
 
 def quality_degradation(live: dict[str, float], expected: dict[str, float], settings: Settings) -> dict:
@@ -178,7 +178,7 @@ def quality_degradation(live: dict[str, float], expected: dict[str, float], sett
     live_loss, expected_loss = live.get("log_loss"), expected.get("log_loss")
     known = all(v is not None and np.isfinite(v) for v in (live_loss, expected_loss))
     delta = float(live_loss - expected_loss) if known else None
-    if n < settings.min_live_outcomes or delta is None:
+    if n < settings.monitoring.min_live_outcomes or delta is None:
         return {"delta_log_loss": delta, "status": INSUFFICIENT, "n": n}
-    return {"delta_log_loss": delta, "status": grade(delta, settings.quality_log_loss_warn, settings.quality_log_loss_error),
+    return {"delta_log_loss": delta, "status": grade(delta, settings.monitoring.quality_log_loss_warn, settings.monitoring.quality_log_loss_error),
             "n": n}

@@ -52,9 +52,9 @@ class ReplaySummary:
 def replay_settings(settings: Settings) -> Settings:
     """Replay logs, decides and reports into its own folders: its (possibly in-sample) answers must never mix
     with the live prediction log, the decisions the drift sensor acts on, or the service's quality gauge."""
-    if settings.monitoring_dir.name == "replay":
+    if settings.monitoring.root.name == "replay":
         return settings
-    return settings.model_copy(update={"monitoring_dir": settings.monitoring_dir / "replay",
+    return settings.model_copy(update={"monitoring_dir": settings.monitoring.root / "replay",
                                        "reports_dir": settings.reports_dir / "replay"})
 
 
@@ -118,7 +118,7 @@ def update_lake(settings: Settings, source: KnownBy, day: date) -> int:
     from itff_platform.lake.layers import build_bronze, build_silver, ingest_raw, month_start
 
     month = month_start(day)
-    since = datetime(day.year, day.month, day.day, tzinfo=timezone.utc) - timedelta(seconds=settings.label_horizon * settings.interval_seconds)
+    since = datetime(day.year, day.month, day.day, tzinfo=timezone.utc) - timedelta(seconds=settings.features.label_horizon * settings.interval_seconds)
     written = 0
     for symbol in settings.symbols:
         ingest_raw(source, settings, symbol, [month])
@@ -165,6 +165,6 @@ def predict_day(settings: Settings, model, day: date) -> list[dict]:
         if stamp < start:
             continue  # context for the sequence models, not a bar of this day
         answer = build_answer(model, x[: i + 1], out[: i + 1], None if spread is None else spread[: i + 1], regime, stamp,
-                              max_age_days=settings.model_max_age_days, served_at=stamp + bar)
+                              max_age_days=settings.serving.model_max_age_days, served_at=stamp + bar)
         records.append(log_record(answer, x[: i + 1], uuid.uuid4().hex, "replay", per_row_ms))
     return records

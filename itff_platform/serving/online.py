@@ -57,7 +57,7 @@ class Candle(BaseModel):
 
 def minimum_candles(settings: Settings) -> int:
     """Bars after which every model feature is defined (the 14-day average daily range is the longest)."""
-    return (settings.daily_range_days + 1) * settings.bars_per_day
+    return (settings.features.daily_range_days + 1) * settings.bars_per_day
 
 
 def model_interval(model, settings: Settings) -> str:

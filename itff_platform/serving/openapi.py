@@ -174,7 +174,7 @@ def document_operation(path: str, operation: dict, settings: Settings, examples:
     if "symbol" in properties:
         properties["symbol"].update(enum=settings.symbols, description="one of the configured symbols (ITFF_SYMBOLS)")
     if "target" in properties:
-        properties["target"].update(enum=list(settings.targets))
+        properties["target"].update(enum=list(settings.training.targets))
     if "regime" in properties:
         properties["regime"] = {"type": "string", "enum": REGIMES, "nullable": True, "default": None,
                                 "description": "used only when the lake does not hold the bar"}
@@ -241,7 +241,7 @@ class Examples:
 
     def named(self) -> dict:
         """components.examples: request bodies, by name."""
-        head = {"symbol": self.settings.symbols[0], "target": self.settings.targets[0]}
+        head = {"symbol": self.settings.symbols[0], "target": self.settings.training.targets[0]}
         last = self.candles[-1]
         alert = {"ticker": f"BINANCE:{head['symbol']}", "close": last["close"], "time": last["timestamp"],
                  "target": head["target"], "candles": self.candles}

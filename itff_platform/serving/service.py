@@ -80,12 +80,12 @@ SERVED_VERSION = bentoml.metrics.Gauge(
 
 
 def state_dir(settings: Settings) -> Path:
-    folder = settings.serve_state_dir
+    folder = settings.serving.state_dir
     return folder if folder.is_absolute() else settings.home / folder
 
 
-@bentoml.service(name="itff-prediction-service", traffic={"timeout": 30}, workers=SETTINGS.serve_workers,
-                  logging={"access": {"enabled": SETTINGS.serve_access_log}})
+@bentoml.service(name="itff-prediction-service", traffic={"timeout": 30}, workers=SETTINGS.serving.workers,
+                  logging={"access": {"enabled": SETTINGS.serving.access_log}})
 class ItffService:
     def __init__(self) -> None:
         from itff_platform.serving.lifeline import exit_with_parent
@@ -95,11 +95,11 @@ class ItffService:
         quiet_client_errors()
         self.settings = SETTINGS
         self.store = ChampionStore(self.settings)
-        self.batcher = RowBatcher(SETTINGS.batch_max_size, on_batch=BATCH_SIZE.observe)
-        self.prediction_log = PredictionLog.for_settings(self.settings, write_ahead=self.settings.prediction_log_write_ahead)
+        self.batcher = RowBatcher(SETTINGS.serving.batch_max_size, on_batch=BATCH_SIZE.observe)
+        self.prediction_log = PredictionLog.for_settings(self.settings, write_ahead=self.settings.serving.prediction_log_write_ahead)
         self._lake_regimes: dict[tuple[str, datetime], str] = {}
         self._report(self.store.refresh())
-        if self.settings.reload_interval_s > 0:
+        if self.settings.serving.reload_interval_s > 0:
             threading.Thread(target=self._poll, daemon=True, name="champion-poller").start()
 
     @bentoml.on_shutdown
@@ -113,7 +113,7 @@ class ItffService:
 
     def _poll(self) -> None:
         while True:
-            time.sleep(self.settings.reload_interval_s)
+            time.sleep(self.settings.serving.reload_interval_s)
             try:
                 self._report(self.store.refresh())
             except Exception:  # the registry being briefly unreachable must not kill the poller
@@ -172,8 +172,8 @@ class ItffService:
     def _champion(self, symbol: str, target: str):
         if symbol not in self.settings.symbols:
             raise RequestError(f"symbol: {symbol!r:.40} is not served; served symbols are {self.settings.symbols}")
-        if target not in self.settings.targets:
-            raise RequestError(f"target: {target!r:.40} is not one of {self.settings.targets}")
+        if target not in self.settings.training.targets:
+            raise RequestError(f"target: {target!r:.40} is not one of {self.settings.training.targets}")
         model = self.store.get(symbol, target)
         if model is None:
             message, details = self.store.why_missing(symbol, target)
@@ -223,7 +223,7 @@ class ItffService:
         out, spread = await self.batcher.predict(model, x)
         LATENCY.labels(target=model.target).observe(perf_counter() - started)
         checked_output(out, "features")
-        answer = build_answer(model, x, out, spread, regime, bar_time, max_age_days=self.settings.model_max_age_days)
+        answer = build_answer(model, x, out, spread, regime, bar_time, max_age_days=self.settings.serving.model_max_age_days)
         answer["request_id"] = request_id = uuid.uuid4().hex
         PREDICTIONS.labels(symbol=model.symbol, target=model.target, regime=answer["regime"], signal=answer["signal"]).inc()
         # On disk before the 200: a crash after this cannot lose the prediction the client was told about.
@@ -251,7 +251,7 @@ class ItffService:
         if len(x) and model.forecaster.scaler is not None:
             ood = (np.abs(model.forecaster.scale(x)).max(axis=1) > OOD_Z).tolist()
         about = {"model_version": model.version, "family": model.family, **trading_permission(model.meta),
-                 **model_age(model.meta, datetime.now(timezone.utc), self.settings.model_max_age_days),
+                 **model_age(model.meta, datetime.now(timezone.utc), self.settings.serving.model_max_age_days),
                  "out_of_distribution": ood}
         if model.meta["task"] == "regression":
             return {**about, "bands": np.asarray(out).tolist()}
@@ -293,14 +293,14 @@ class ItffService:
             else:
                 found = await anyio.to_thread.run_sync(features_from_lake, self.settings, symbol, at)
                 x, regime, bar_time, bar_close, age = found.x, found.regime, found.bar_time, found.close, found.age_bars
-                if age and self.settings.tradingview_stale == "refuse":
+                if age and self.settings.serving.tradingview_stale == "refuse":
                     raise RequestError(f"time: the lake's newest {symbol} bar ({bar_time:%Y-%m-%d %H:%M}) is {age} bar(s) "
                                        f"older than the alert's; it is not answered from an older bar "
                                        "(ITFF_TRADINGVIEW_STALE=refuse): send candles, or wait for the lake")
             deviation = abs(close - bar_close) / bar_close
-            if deviation > self.settings.tradingview_max_close_deviation:
+            if deviation > self.settings.serving.tradingview_max_close_deviation:
                 raise RequestError(f"close: {close:g} is {deviation:.2%} from the {symbol} bar's close {bar_close:g} at "
-                                   f"{bar_time:%Y-%m-%d %H:%M}; at most {self.settings.tradingview_max_close_deviation:.2%} "
+                                   f"{bar_time:%Y-%m-%d %H:%M}; at most {self.settings.serving.tradingview_max_close_deviation:.2%} "
                                    "is accepted (another market's price, or the wrong bar)")
             checked_model_input(model, x, "candles" if candles is not None else "time")
             answer = await self._answer(model, x, regime, bar_time, received, "/tradingview")
@@ -357,7 +357,7 @@ class ItffService:
         checked_output(out, "features")
         return {"family": model.family, "model_version": model.version, "prob_up": float(out[-1]),
                 "threshold": float(model.meta["threshold"]), **trading_permission(model.meta),
-                **model_age(model.meta, at or datetime.now(timezone.utc), self.settings.model_max_age_days)}
+                **model_age(model.meta, at or datetime.now(timezone.utc), self.settings.serving.model_max_age_days)}
 
     # No /healthz or /readyz APIs: a BentoML API is a POST, beside BentoML's own GET /healthz, /livez and /readyz.
     # GET /readyz with a token lists the models (the guard answers it from readiness()).
@@ -392,16 +392,16 @@ def _openapi_document() -> dict:
 
 ItffService.add_asgi_middleware(
     GuardMiddleware,
-    tokens=[token.get_secret_value() for token in SETTINGS.api_tokens],
-    admin_token=SETTINGS.admin_token.get_secret_value() if SETTINGS.admin_token else None,
-    per_minute=SETTINGS.rate_limit_per_minute,
-    burst=SETTINGS.rate_limit_burst,
-    workers=SETTINGS.serve_workers,
-    max_bytes=SETTINGS.max_request_bytes,
-    auth_failures_per_minute=SETTINGS.auth_failures_per_minute,
-    auth_failure_burst=SETTINGS.auth_failure_burst,
-    tradingview_secret=SETTINGS.tradingview_secret.get_secret_value() if SETTINGS.tradingview_secret else None,
-    tradingview_window_s=SETTINGS.tradingview_window_s,
+    tokens=[token.get_secret_value() for token in SETTINGS.serving.api_tokens],
+    admin_token=SETTINGS.serving.admin_token.get_secret_value() if SETTINGS.serving.admin_token else None,
+    per_minute=SETTINGS.serving.rate_limit_per_minute,
+    burst=SETTINGS.serving.rate_limit_burst,
+    workers=SETTINGS.serving.workers,
+    max_bytes=SETTINGS.serving.max_request_bytes,
+    auth_failures_per_minute=SETTINGS.serving.auth_failures_per_minute,
+    auth_failure_burst=SETTINGS.serving.auth_failure_burst,
+    tradingview_secret=SETTINGS.serving.tradingview_secret.get_secret_value() if SETTINGS.serving.tradingview_secret else None,
+    tradingview_window_s=SETTINGS.serving.tradingview_window_s,
     seen_signatures=state_dir(SETTINGS) / "tradingview-signatures",
     readiness=readiness_details,
     openapi=openapi_document,

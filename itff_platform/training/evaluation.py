@@ -123,7 +123,7 @@ def _evaluate_classifier(data: TrainingData, folds: list[Fold], prediction: np.n
     test_rows = np.concatenate([f.test for f in folds])
     truth, stamps, regimes = data.y[test_rows], data.timestamps[test_rows], data.regimes[test_rows]
     forward = data.forward_return[test_rows]
-    h, fees = settings.label_horizon, settings.fees_bps
+    h, fees = settings.features.label_horizon, settings.trading.fees_bps
     shorts = allows_short(data.target)
     periods_per_year = 365 * settings.bars_per_day / h
     sizes = [len(f.test) for f in folds]
@@ -131,8 +131,8 @@ def _evaluate_classifier(data: TrainingData, folds: list[Fold], prediction: np.n
     sweep.write_csv(folder / "threshold_sweep.csv")
     # The deployed threshold is chosen on every fold. What is reported is that same rule replayed forward: each
     # fold traded at the threshold chosen from the folds before it (so the first fold does not trade).
-    threshold = m.choose_threshold(truth, prediction, forward, h, fees, settings.min_trades, settings.default_threshold, shorts)
-    rule = m.walk_forward_thresholds(truth, prediction, forward, sizes, h, fees, settings.min_trades, settings.default_threshold, shorts)
+    threshold = m.choose_threshold(truth, prediction, forward, h, fees, settings.trading.min_trades, settings.trading.default_threshold, shorts)
+    rule = m.walk_forward_thresholds(truth, prediction, forward, sizes, h, fees, settings.trading.min_trades, settings.trading.default_threshold, shorts)
     ruled = ~np.isnan(rule)
     # Each fold trades from its own first bar, every h bars; the whole is those trades end to end.
     fold_results = _fold_backtests(folds, prediction, forward, rule, settings, shorts, periods_per_year)
@@ -189,8 +189,8 @@ def _fold_backtests(folds: list[Fold], prediction, forward, rule, settings, shor
     for i, fold in enumerate(folds):
         part = _fold_slice(sizes, i)
         if not np.isnan(rule[part]).all():
-            results[fold.number] = backtest(prediction[part], forward[part], rule[part], settings.fees_bps,
-                                            settings.label_horizon, periods_per_year, shorts)
+            results[fold.number] = backtest(prediction[part], forward[part], rule[part], settings.trading.fees_bps,
+                                            settings.features.label_horizon, periods_per_year, shorts)
     return results
 
 
@@ -222,14 +222,14 @@ def tradability(traded, settings) -> tuple[bool, str, float]:
     trades = traded.net_returns[traded.positions != 0]
     p_value = mean_above_zero_p_value(trades)
     failed = []
-    if figures["trades"] < settings.tradable_min_trades:
-        failed.append(f"{figures['trades']} trades < {settings.tradable_min_trades}")
+    if figures["trades"] < settings.trading.tradable_min_trades:
+        failed.append(f"{figures['trades']} trades < {settings.trading.tradable_min_trades}")
     if not figures["profit_factor"] > 1:
         failed.append(f"profit factor {figures['profit_factor']:.2f} <= 1")
-    if figures["max_drawdown"] > settings.tradable_max_drawdown:
-        failed.append(f"drawdown {figures['max_drawdown']:.2f} > {settings.tradable_max_drawdown}")
-    if not p_value < settings.tradable_alpha:
-        failed.append(f"no significant edge (bootstrap p={p_value:.3f} >= {settings.tradable_alpha})")
-    summary = (f"deployed rule walk-forward after {settings.fees_bps:g} bps/side: {figures['trades']} trades, "
+    if figures["max_drawdown"] > settings.trading.tradable_max_drawdown:
+        failed.append(f"drawdown {figures['max_drawdown']:.2f} > {settings.trading.tradable_max_drawdown}")
+    if not p_value < settings.trading.tradable_alpha:
+        failed.append(f"no significant edge (bootstrap p={p_value:.3f} >= {settings.trading.tradable_alpha})")
+    summary = (f"deployed rule walk-forward after {settings.trading.fees_bps:g} bps/side: {figures['trades']} trades, "
                f"PF {figures['profit_factor']:.2f}, drawdown {figures['max_drawdown']:.2f}, p={p_value:.3f}")
     return (not failed, summary + (": " + "; ".join(failed) if failed else ": significant edge"), p_value)

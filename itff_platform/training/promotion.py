@@ -122,8 +122,8 @@ def choose_challenger(pool: list[Candidate], oos: OutOfSample, settings: Setting
     notes, scored = [], []
     for candidate in pool:
         ece = candidate.metrics.get("ece")
-        if ece is not None and ece > settings.max_ece:
-            notes.append(f"{candidate.family} v{candidate.version} refused: walk-forward ECE {ece:.4f} > {settings.max_ece}")
+        if ece is not None and ece > settings.promotion.max_ece:
+            notes.append(f"{candidate.family} v{candidate.version} refused: walk-forward ECE {ece:.4f} > {settings.promotion.max_ece}")
             continue
         losses = oos.losses(candidate.run_id, holdout=False)
         if losses is None or losses.is_empty():
@@ -136,8 +136,8 @@ def choose_challenger(pool: list[Candidate], oos: OutOfSample, settings: Setting
     within = [(leader, 1.0)]
     for candidate, losses in scored:
         if candidate is not leader:
-            p_value = compare(leader_losses, losses, settings.label_horizon).p_value  # is the leader really better?
-            if p_value >= settings.promotion_alpha:
+            p_value = compare(leader_losses, losses, settings.features.label_horizon).p_value  # is the leader really better?
+            if p_value >= settings.promotion.alpha:
                 within.append((candidate, p_value))
     chosen = min((c for c, _ in within), key=lambda c: (c.complexity, c.metrics.get("ece", 1.0), c.version))
     noise = ", ".join(f"{c.family} (p={p:.2f})" for c, p in within if c is not leader) or "none"
@@ -209,7 +209,8 @@ def decision_basis(settings: Settings) -> str:
     """What a serve decision depends on besides the versions: the settings promotion reads and its own code."""
     from itff_platform.fingerprints import SHARED_MODULES, code_digest, digest
 
-    read = {name: getattr(settings, name) for name in ("promotion_alpha", "label_horizon", "max_ece", "interval")}
+    read = {"promotion_alpha": settings.promotion.alpha, "label_horizon": settings.features.label_horizon,
+            "max_ece": settings.promotion.max_ece, "interval": settings.interval}
     return digest(read, code_digest("training/promotion.py", "training/significance.py", *SHARED_MODULES))
 
 
@@ -237,7 +238,7 @@ def _judged_before(client: MlflowClient, name: str, newer: list, champion, basis
 
 def _serve_decision(client, oos: OutOfSample, settings: Settings, symbol: str, target: str, name: str, challenger: Candidate,
                     champion, notes: list[str]) -> Decision:
-    alpha, horizon = settings.promotion_alpha, settings.label_horizon
+    alpha, horizon = settings.promotion.alpha, settings.features.label_horizon
     before = str(champion.version) if champion else None
     mine = oos.losses(challenger.run_id, holdout=True)
     baseline_losses = {family: oos.losses(run_id, holdout=True) for family, run_id in _baselines_on(client, name, challenger.window).items()}
@@ -301,7 +302,7 @@ def _trained_before(holder: Candidate, window_start: str, settings: Settings) ->
     last = holder.tags.get("trained_through")
     if not last:
         return False
-    known = datetime.fromisoformat(last) + timedelta(seconds=(settings.label_horizon + 1) * settings.interval_seconds)
+    known = datetime.fromisoformat(last) + timedelta(seconds=(settings.features.label_horizon + 1) * settings.interval_seconds)
     return known <= datetime.fromisoformat(window_start)
 
 
@@ -360,7 +361,7 @@ def champion_versions(settings: Settings) -> dict[tuple[str, str], object]:
     client = MlflowClient(settings.tracking_uri)
     found = {}
     for symbol in settings.symbols:
-        for target in settings.targets:
+        for target in settings.training.targets:
             version = _current_champion(client, registered_name(symbol, target))
             if version is not None:
                 found[(symbol, target)] = version

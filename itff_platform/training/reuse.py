@@ -3,7 +3,7 @@
 A study's fingerprint covers the rows it trains on (features, labels, times, regimes, prices: the arrays themselves,
 so another symbol's new data or a label the target does not use leaves it alone), its walk-forward folds, every
 setting that can change what it trains or reports (derived from the Settings model: all fields but those listed in
-SETTINGS_IGNORED), its family and trial budget, and the code: the training/ and models/ sources and the versions of
+SETTINGS_IGNORED, by flat name), its family and trial budget, and the code: the training/ and models/ sources and the versions of
 the libraries that fit the models. The parent run of every study carries it as the tag `study_fingerprint`; a later
 study with the same fingerprint finds that run and returns its outcome, read back from MLflow (metrics, tags,
 tables, figures and registered version), so nothing is trained and no version is registered twice."""
@@ -38,7 +38,7 @@ SILVER_ONLY = set(SILVER_SETTINGS) - {"interval", "label_horizon"}  # these two 
 SETTINGS_IGNORED = frozenset(SILVER_ONLY | {
     "home", "lake_dir", "mlflow_dir", "drop_dir", "reports_dir", "monitoring_dir", "serve_state_dir",
     "mlflow_tracking_uri", "mlflow_ui_url", "optuna_storage", "progress_bar",
-    "source", "symbols", "start_date", "end_date", "binance_base_url", "binance_archive_url", "binance_max_retries",
+    "source", "symbols", "start_date", "end_date", "sample_end_date", "binance_base_url", "binance_archive_url", "binance_max_retries",
     "http_timeout_s", "gap_tolerance_bars", "continuity_atr_multiple", "lake_vacuum_retention_hours",
     "lake_maintenance_cron",
     "targets", "families", "regression_families", "trials", "torch_trials", "promotion_alpha",
@@ -63,7 +63,7 @@ def data_digest(data: TrainingData) -> str:
 
 def study_fingerprint(data_fingerprint: str, folds: list[Fold], family: str, settings: Settings,
                       n_trials: int | None = None) -> str:
-    chosen = settings.model_dump(mode="json", exclude=set(SETTINGS_IGNORED))
+    chosen = settings.flat_dump(mode="json", exclude=SETTINGS_IGNORED)
     fold_rows = [(fold.number, fold.train, fold.test) for fold in folds]
     return digest("study", data_fingerprint, *(part for row in fold_rows for part in row), family,
                   study_trials(family, settings, n_trials), chosen, code_digest("training", "models", "contracts", *SHARED_MODULES, libraries=LIBRARIES))

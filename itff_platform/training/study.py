@@ -125,12 +125,12 @@ def study_trials(family: str, settings: Settings, n_trials: int | None = None) -
     budget = spec(family).trials_setting
     if budget is None:
         return 1
-    return n_trials or getattr(settings, budget)
+    return n_trials or getattr(settings.training, budget)  # trials or torch_trials
 
 
 def figure_path(settings: Settings, data: TrainingData, family: str, name: str) -> Path:
     """Where a study's figure is kept for Dagster's metadata once its scratch folder is gone."""
-    return settings.mlflow_dir / "figures" / f"{data.symbol}-{data.target}-{family}-{name}.png"
+    return settings.tracking.mlflow_dir / "figures" / f"{data.symbol}-{data.target}-{family}-{name}.png"
 
 
 @dataclass
@@ -198,13 +198,13 @@ def _log_study_inputs(data: TrainingData, family: str, folds: list[Fold], settin
                       fingerprint: str | None) -> None:
     """The parent run's tags, params and dataset: what the study trains on, and with which budget."""
     mlflow.set_tags({"family": family, "symbol": data.symbol, "target": data.target, "task": data.task,
-                     "seed": settings.seed, **{f"delta_version.{k}": v for k, v in data.table_versions.items()},
+                     "seed": settings.training.seed, **{f"delta_version.{k}": v for k, v in data.table_versions.items()},
                      **({FINGERPRINT_TAG: fingerprint} if fingerprint else {})})
     # The same keys on every family's parent run, so MLflow's compare view lines the families up row by row.
     mlflow.log_params({"family": family, "symbol": data.symbol, "target": data.target, "task": data.task,
-                       "trials": n_trials, "seed": settings.seed})
-    mlflow.log_params({"folds": len(folds), "search_folds": len(folds) - 1, "wf_mode": settings.wf_mode, "embargo_bars": settings.wf_embargo_bars,
-                       "label_horizon": settings.label_horizon, "fees_bps": settings.fees_bps, "rows": len(data),
+                       "trials": n_trials, "seed": settings.training.seed})
+    mlflow.log_params({"folds": len(folds), "search_folds": len(folds) - 1, "wf_mode": settings.training.wf_mode, "embargo_bars": settings.training.wf_embargo_bars,
+                       "label_horizon": settings.features.label_horizon, "fees_bps": settings.trading.fees_bps, "rows": len(data),
                        "features": len(data.features)})
     log_training_dataset(data, settings)
 
@@ -245,10 +245,10 @@ def _search(data: TrainingData, family_spec: FamilySpec, search_folds: list[Fold
         study_name=f"{registered_name(data.symbol, data.target)}-{family}-{stamp}",
         storage=settings.study_storage,
         direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=settings.seed),
+        sampler=optuna.samplers.TPESampler(seed=settings.training.seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
     )
-    study.optimize(objective, n_trials=n_trials, timeout=settings.study_timeout_s, show_progress_bar=settings.progress_bar)
+    study.optimize(objective, n_trials=n_trials, timeout=settings.training.study_timeout_s, show_progress_bar=settings.training.progress_bar)
     return Search(study, predictions)
 
 
@@ -306,8 +306,8 @@ def registration_refusal(metrics: dict[str, float], settings: Settings) -> str |
     """Why a study's model must not enter the registry, or None: a probability model whose walk-forward ECE is
     above `max_ece` would serve probabilities that do not mean what they say."""
     ece = metrics.get("ece")
-    if ece is not None and ece > settings.max_ece:
-        return f"walk-forward ECE {ece:.4f} > max_ece {settings.max_ece}"
+    if ece is not None and ece > settings.promotion.max_ece:
+        return f"walk-forward ECE {ece:.4f} > max_ece {settings.promotion.max_ece}"
     return None
 
 
@@ -324,7 +324,7 @@ def _refit_and_register(data: TrainingData, family: str, params: dict, weighting
     saved = folder / "forecaster"
     model.save(saved)
     meta = {"family": family, "symbol": data.symbol, "target": data.target, "task": data.task, "features": data.features,
-            "threshold": evaluation.threshold, "label_horizon": settings.label_horizon,
+            "threshold": evaluation.threshold, "label_horizon": settings.features.label_horizon,
             "tradable": evaluation.tradable, "tradable_reason": evaluation.tradable_reason, "interval": settings.interval,
             "trained_through": str(data.timestamps[-1]), "table_versions": data.table_versions, "params": params,
             "context_rows": model.context_rows,

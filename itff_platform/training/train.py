@@ -19,20 +19,20 @@ log = logging.getLogger(__name__)
 def folds_for(data: TrainingData, settings: Settings) -> list[Fold]:
     return walk_forward_splits(
         n_rows=len(data),
-        n_folds=settings.wf_folds,
-        test_rows=int(len(data) * settings.wf_test_fraction),
-        horizon=settings.label_horizon,
-        embargo=settings.wf_embargo_bars,
-        mode=settings.wf_mode,
-        train_rows=settings.wf_train_bars,
+        n_folds=settings.training.wf_folds,
+        test_rows=int(len(data) * settings.training.wf_test_fraction),
+        horizon=settings.features.label_horizon,
+        embargo=settings.training.wf_embargo_bars,
+        mode=settings.training.wf_mode,
+        train_rows=settings.training.wf_train_bars,
     )
 
 
 def families_for(target: str, settings: Settings) -> list[str]:
     """The task's baselines, then the families the settings choose for it."""
     if target == "forward_return":
-        return [*names("regression", baseline=True), *settings.regression_families]
-    return [*names("classification", baseline=True), *settings.families]
+        return [*names("regression", baseline=True), *settings.training.regression_families]
+    return [*names("classification", baseline=True), *settings.training.families]
 
 
 def train_symbol_target(

@@ -99,7 +99,7 @@ def test_the_drift_sensor_requests_retraining_of_what_drift_monitor_flagged_once
         "drift_monitor", metadata={"retrain": MetadataValue.json(["BTCUSDT|direction", "ETHUSDT|level_up"])}))
     result = sensor(build_sensor_context(instance=instance, repository_def=REPOSITORY))
     assert sorted(r.partition_key for r in result.run_requests) == ["BTCUSDT|direction", "ETHUSDT|level_up"]
-    assert all(r.run_config["resources"]["itff"]["config"]["trials"] == Settings().daily_trials for r in result.run_requests)
+    assert all(r.run_config["resources"]["itff"]["config"]["trials"] == Settings().automation.daily_trials for r in result.run_requests)
     repeat = sensor(build_sensor_context(instance=instance, repository_def=REPOSITORY, cursor=result.cursor))
     assert isinstance(repeat, SkipReason)
 
@@ -173,8 +173,8 @@ def test_a_successful_daily_lake_run_retrains_and_promotes_that_symbol_on_the_da
     context = build_run_status_sensor_context(sensor_name="retrain_after_daily_lake", dagster_instance=instance,
                                               dagster_run=run.dagster_run, dagster_event=success, repository_def=REPOSITORY)
     requests = sensors["retrain_after_daily_lake"](context)
-    assert sorted(r.partition_key for r in requests) == [f"ETHUSDT|{t}" for t in sorted(Settings().targets)]
-    assert all(r.run_config["resources"]["itff"]["config"]["trials"] == Settings().daily_trials for r in requests)
+    assert sorted(r.partition_key for r in requests) == [f"ETHUSDT|{t}" for t in sorted(Settings().training.targets)]
+    assert all(r.run_config["resources"]["itff"]["config"]["trials"] == Settings().automation.daily_trials for r in requests)
 
     manual = job.execute_in_process(partition_key="2024-09-01|ETHUSDT", instance=instance,
                                     run_config={"resources": {"itff": {"config": {"lake_dir": str(tmp_path / "lake")}}}})

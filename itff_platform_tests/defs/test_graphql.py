@@ -69,7 +69,7 @@ def test_each_partition_of_a_single_run_backfill_carries_its_own_figures_through
     assert {p: latest[p]["dagster/row_count"] for p in LAKE_PARTITIONS} == {p: rows[p] for p in LAKE_PARTITIONS}
     assert len({latest[p]["dagster/row_count"] for p in LAKE_PARTITIONS}) > 1  # a run-wide figure could not pass
     assert len({latest[p]["run_id"] for p in LAKE_PARTITIONS}) == 1  # and they all came from one run
-    assert all(latest[p]["dagster/uri"] == Path(settings.lake_dir / "silver" / "features").resolve().as_uri() for p in LAKE_PARTITIONS)
+    assert all(latest[p]["dagster/uri"] == Path(settings.lake.root / "silver" / "features").resolve().as_uri() for p in LAKE_PARTITIONS)
 
     bronze = latest_by_partition(graphql, "bronze_candles", LAKE_PARTITIONS)
     for p in LAKE_PARTITIONS:

@@ -38,14 +38,14 @@ def build_lake_and_champion(folder: Path) -> tuple[Settings, pl.DataFrame]:
     """6,000 hourly bars (2024-01-01 .. 2024-09-06 23:00) through the files source into raw, bronze and silver,
     one of them broken (high < low) so bronze quarantines it; and a promoted logistic champion."""
     settings = lake_settings(folder)
-    settings.drop_dir.mkdir(parents=True)
+    settings.sources.files.drop_dir.mkdir(parents=True)
     candles = random_walk_candles(6000, seed=3)
     broken = pl.int_range(pl.len()) == QUARANTINED_BAR
     candles = candles.with_columns(high=pl.when(broken).then(pl.col("low") * 0.99).otherwise(pl.col("high")))
-    candles.write_parquet(settings.drop_dir / "PROMOUSDT-1h.parquet")
+    candles.write_parquet(settings.sources.files.drop_dir / "PROMOUSDT-1h.parquet")
     months = [utc(2024, m, 1) for m in range(1, 10)]
     for month in months:
-        ingest_raw(FilesCandleSource(settings.drop_dir), settings, "PROMOUSDT", [month])
+        ingest_raw(FilesCandleSource(settings.sources.files.drop_dir), settings, "PROMOUSDT", [month])
         build_bronze(settings, "PROMOUSDT", [month])
     build_silver(settings, "PROMOUSDT", months)
     mlflow.set_tracking_uri(settings.tracking_uri)

@@ -59,7 +59,7 @@ def sharpened(raw: dict, settings, silver) -> dict:
         raw["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["required"] = ["symbol", "features"]
         props = body(path)
         props["symbol"] = {"type": "string", "enum": settings.symbols}
-        props["target"] = {"type": "string", "enum": settings.targets}
+        props["target"] = {"type": "string", "enum": settings.training.targets}
         props["features"] = features
         props["bar_time"] = {"anyOf": [{"type": "string", "enum": times}, {"type": "null"}]}
         props["candles"] = few_candles
@@ -67,7 +67,7 @@ def sharpened(raw: dict, settings, silver) -> dict:
             props["regime"] = {"anyOf": [{"type": "string", "enum": REGIMES}, {"type": "null"}]}
     batch = body("/predict_batch")
     batch["symbol"] = {"type": "string", "enum": settings.symbols}
-    batch["target"] = {"type": "string", "enum": settings.targets}
+    batch["target"] = {"type": "string", "enum": settings.training.targets}
     batch["rows"] = {"type": "array", "maxItems": 8, "items": {"type": "array", "items": number,
                                                                "minItems": len(names), "maxItems": len(names)}}
     alert = body("/tradingview")

@@ -39,9 +39,9 @@ def test_one_new_day_on_one_minute_bars_is_bit_identical_to_a_full_rebuild():
 def test_the_warm_up_covers_every_rolling_window():
     settings = Settings()
     needed = history_bars_needed(settings)
-    assert needed > settings.regime_volatility_lookback + settings.volatility_window
-    assert needed > settings.daily_range_days * settings.bars_per_day
+    assert needed > settings.features.regime_volatility_lookback + settings.features.volatility_window
+    assert needed > settings.features.daily_range_days * settings.bars_per_day
     start, end = utc(2024, 3, 1), utc(2024, 4, 1)
     read_from, read_to = read_span(settings, start, end)
     assert start - read_from == needed * timedelta(hours=1)
-    assert read_to - end == settings.label_horizon * timedelta(hours=1)
+    assert read_to - end == settings.features.label_horizon * timedelta(hours=1)

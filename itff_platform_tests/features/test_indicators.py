@@ -37,32 +37,32 @@ def columns(candles):
 def test_log_returns_and_realized_volatility(sample):
     candles, features, settings = sample
     close = candles["close"].to_list()
-    for lag in settings.return_lags:
+    for lag in settings.features.return_lags:
         assert_matches(features[f"log_return_{lag}"], ref.log_return(close, lag), f"log_return_{lag}")
-    assert_matches(features["realized_vol"], ref.realized_vol(close, settings.volatility_window), "realized_vol")
+    assert_matches(features["realized_vol"], ref.realized_vol(close, settings.features.volatility_window), "realized_vol")
 
 
 def test_rsi_atr_adx_use_wilder_smoothing(sample):
     candles, features, settings = sample
     high, low, close, _ = columns(candles)
-    assert_matches(features["rsi"], ref.rsi(close, settings.rsi_period), "rsi")
-    atr = ref.atr(high, low, close, settings.atr_period)
+    assert_matches(features["rsi"], ref.rsi(close, settings.features.rsi_period), "rsi")
+    atr = ref.atr(high, low, close, settings.features.atr_period)
     assert_matches(features["atr"], atr, "atr")
     assert_matches(features["atr_pct"], [None if a is None else a / c for a, c in zip(atr, close)], "atr_pct")
-    adx, plus_di, minus_di = ref.adx(high, low, close, settings.adx_period)
+    adx, plus_di, minus_di = ref.adx(high, low, close, settings.features.adx_period)
     assert_matches(features["adx"], adx, "adx")
     assert_matches(features["plus_di"], plus_di, "plus_di")
     assert_matches(features["minus_di"], minus_di, "minus_di")
     # Wilder's seeding: RSI and ATR first exist on bar n, ADX on bar 2n - 1.
-    assert features["rsi"].null_count() == settings.rsi_period
-    assert features["adx"].null_count() == 2 * settings.adx_period - 1
+    assert features["rsi"].null_count() == settings.features.rsi_period
+    assert features["adx"].null_count() == 2 * settings.features.adx_period - 1
 
 
 def test_cci_and_wavetrend(sample):
     candles, features, settings = sample
     high, low, close, _ = columns(candles)
-    assert_matches(features["cci"], ref.cci(high, low, close, settings.cci_period), "cci")
-    wt1, wt2 = ref.wavetrend(high, low, close, settings.wavetrend_channel, settings.wavetrend_average)
+    assert_matches(features["cci"], ref.cci(high, low, close, settings.features.cci_period), "cci")
+    wt1, wt2 = ref.wavetrend(high, low, close, settings.features.wavetrend_channel, settings.features.wavetrend_average)
     assert_matches(features["wavetrend"], wt1, "wavetrend")
     assert_matches(features["wavetrend_signal"], wt2, "wavetrend_signal")
 
@@ -70,7 +70,7 @@ def test_cci_and_wavetrend(sample):
 def test_macd(sample):
     candles, features, settings = sample
     close = candles["close"].to_list()
-    line, signal, hist = ref.macd(close, settings.macd_fast, settings.macd_slow, settings.macd_signal)
+    line, signal, hist = ref.macd(close, settings.features.macd_fast, settings.features.macd_slow, settings.features.macd_signal)
     assert_matches(features["macd"], line, "macd")
     assert_matches(features["macd_signal"], signal, "macd_signal")
     assert_matches(features["macd_hist"], hist, "macd_hist")
@@ -80,9 +80,9 @@ def test_macd(sample):
 def test_bollinger_volume_zscore_and_average_daily_range(sample):
     candles, features, settings = sample
     high, low, close, volume = columns(candles)
-    assert_matches(features["bollinger_pct_b"], ref.percent_b(close, settings.bollinger_period, settings.bollinger_width), "%b")
-    assert_matches(features["volume_zscore"], ref.volume_zscore(volume, settings.volume_zscore_window), "volume_zscore")
-    adr = ref.average_daily_range(high, low, close, settings.daily_range_days, settings.bars_per_day)
+    assert_matches(features["bollinger_pct_b"], ref.percent_b(close, settings.features.bollinger_period, settings.features.bollinger_width), "%b")
+    assert_matches(features["volume_zscore"], ref.volume_zscore(volume, settings.features.volume_zscore_window), "volume_zscore")
+    adr = ref.average_daily_range(high, low, close, settings.features.daily_range_days, settings.bars_per_day)
     assert_matches(features["average_daily_range"], adr, "average_daily_range")
 
 

@@ -58,12 +58,12 @@ def test_regime_follows_its_rules_on_the_real_sample(btc_hourly):
     assert set(silver["regime"].unique()) == set(REGIMES)
     warm = silver.filter(pl.col("regime") != "unknown")
     first_known = silver.with_row_index().filter(pl.col("regime") != "unknown")["index"][0]
-    assert first_known == settings.regime_volatility_lookback + settings.volatility_window - 1
+    assert first_known == settings.features.regime_volatility_lookback + settings.features.volatility_window - 1
     trending = warm.filter(pl.col("regime").str.starts_with("trending"))
-    assert (trending["adx"] >= settings.regime_adx_trend).all()
+    assert (trending["adx"] >= settings.features.regime_adx_trend).all()
     assert (warm.filter(pl.col("regime") == "trending_up")["trend_slope"] > 0).all()
     assert (warm.filter(pl.col("regime") == "trending_down")["trend_slope"] < 0).all()
-    assert (warm.filter(pl.col("regime") == "range_bound")["adx"] < settings.regime_adx_range).all()
+    assert (warm.filter(pl.col("regime") == "range_bound")["adx"] < settings.features.regime_adx_range).all()
     shares = warm["regime"].value_counts(normalize=True)
     volatile_share = shares.filter(pl.col("regime") == "volatile")["proportion"][0]
     assert 0.05 < volatile_share < 0.2  # a trailing 90th percentile flags roughly a tenth of bars

@@ -28,5 +28,5 @@ def test_real_btc_and_eth_hourly_history_has_no_break_at_the_default_multiple(bt
 
     eth = SampleCandleSource().fetch("ETHUSDT", "1h", utc(2021, 1, 1), utc(2025, 1, 1))
     both = pl.concat([keyed(btc_hourly.filter(pl.col("volume") > 0), "BTCUSDT"), keyed(eth.filter(pl.col("volume") > 0))])
-    assert continuity_breaks(both, 14, Settings().continuity_atr_multiple).is_empty()
+    assert continuity_breaks(both, 14, Settings().lake.continuity_atr_multiple).is_empty()
     assert continuity_breaks(both, 14, 15).height >= 1  # the 2023-08-29 BTC bar moved 19 ATRs: the margin is real

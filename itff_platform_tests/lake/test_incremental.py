@@ -17,7 +17,7 @@ from itff_platform.lake.incremental import SILVER_SETTINGS
 from itff_platform.lake.layers import LakeTables, build_bronze, ingest_raw, refresh_silver, unchanged_lake
 from itff_platform.market.files import FilesCandleSource
 from itff_platform.market.sample import SampleCandleSource
-from itff_platform.settings import Settings
+from itff_platform.settings import BY_PATH, LEAVES, Settings
 from itff_platform_tests.conftest import utc
 
 MONTHS = [utc(2023, m, 1) for m in (1, 2, 3, 4)]
@@ -33,7 +33,7 @@ def write_month_files(drop: Path, candles: pl.DataFrame) -> None:
 
 def build(settings: Settings) -> dict[str, list[date]]:
     """One incremental run over the four months, as the lake assets make it: the months each layer left unchanged."""
-    source = FilesCandleSource(settings.drop_dir)
+    source = FilesCandleSource(settings.sources.files.drop_dir)
     raw = ingest_raw(source, settings, "BTCUSDT", MONTHS, skip_unchanged=True)
     bronze = build_bronze(settings, "BTCUSDT", MONTHS, skip_unchanged=True)
     silver = refresh_silver(settings, "BTCUSDT", MONTHS, skip_unchanged=True)
@@ -87,20 +87,20 @@ def test_a_corrected_file_rebuilds_its_month_and_the_silver_months_whose_warm_up
     # Mid-February: February's bronze, and the silver of February and March (whose 745-bar warm-up covers all of
     # February); not January (its labels read only February's first 4 bars) and not April (its warm-up starts
     # on 28 February).
-    edit_csv(lake.drop_dir / "BTCUSDT-1h-2023-02.csv", "2023-02-14 10:00:00", 30_000.0)
+    edit_csv(lake.sources.files.drop_dir / "BTCUSDT-1h-2023-02.csv", "2023-02-14 10:00:00", 30_000.0)
     assert rebuilt(build(lake)) == {"raw": {FEB}, "bronze": {FEB}, "silver": {FEB, MAR}}
     assert silver_rows(lake).equals(from_scratch(lake, tmp_path))
 
 
 def test_a_change_in_the_first_bars_of_a_month_rebuilds_the_previous_months_labels(lake, tmp_path):
-    edit_csv(lake.drop_dir / "BTCUSDT-1h-2023-02.csv", "2023-02-01 01:00:00", 30_000.0)
+    edit_csv(lake.sources.files.drop_dir / "BTCUSDT-1h-2023-02.csv", "2023-02-01 01:00:00", 30_000.0)
     assert rebuilt(build(lake)) == {"raw": {FEB}, "bronze": {FEB}, "silver": {JAN, FEB, MAR}}
     assert silver_rows(lake).equals(from_scratch(lake, tmp_path))
 
 
 def test_a_change_late_in_a_month_reaches_the_next_but_one_months_warm_up(lake, tmp_path):
     # 28 February 23:00 is within 745 bars of 1 April: April's features read it, as do March's.
-    edit_csv(lake.drop_dir / "BTCUSDT-1h-2023-02.csv", "2023-02-28 23:00:00", 30_000.0)
+    edit_csv(lake.sources.files.drop_dir / "BTCUSDT-1h-2023-02.csv", "2023-02-28 23:00:00", 30_000.0)
     assert rebuilt(build(lake)) == {"raw": {FEB}, "bronze": {FEB}, "silver": {FEB, MAR, APR}}
     assert silver_rows(lake).equals(from_scratch(lake, tmp_path))
 
@@ -146,8 +146,11 @@ def test_unchanged_lake_sees_a_change_in_any_layer(tmp_path):
 def test_silver_fingerprints_cover_every_setting_the_features_read():
     """A feature setting left out of SILVER_SETTINGS would let a changed setting keep stale silver."""
     package = Path(__file__).resolve().parents[2] / "itff_platform" / "features"
-    named = {m for p in package.glob("*.py") for m in re.findall(r"\b(?:s|settings)\.([a-z_]+)", p.read_text())}
-    derived = {"bars_per_day": "interval", "interval_seconds": "interval"}  # properties of the interval
-    fields = {derived.get(name, name) for name in named} & {*Settings.model_fields, "interval"}
-    assert fields - set(SILVER_SETTINGS) == set()
-    assert set(SILVER_SETTINGS) <= set(Settings.model_fields)
+    named = {tuple(m.split(".")) for p in package.glob("*.py")
+             for m in re.findall(r"\b(?:s|settings)\.([a-z_]+(?:\.[a-z_]+)*)", p.read_text())}
+    derived = {("bars_per_day",): "interval", ("interval_seconds",): "interval"}  # properties of the interval
+    # settings.features.rsi_period -> rsi_period: the longest leading part of each access that is a setting
+    fields = {derived.get(path) or next((BY_PATH[path[:n]].name for n in range(len(path), 0, -1) if path[:n] in BY_PATH), None)
+              for path in named} - {None}
+    assert fields and fields - set(SILVER_SETTINGS) == set()
+    assert set(SILVER_SETTINGS) <= set(LEAVES)

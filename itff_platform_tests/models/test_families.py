@@ -42,7 +42,7 @@ def test_the_scaler_is_fitted_on_the_training_rows_only(family):
     shifted[2000:] += 50.0  # the future looks nothing like the past
     model = make_forecaster(family, {}, SETTINGS).fit(shifted[:2000], y[:2000])
     # The family learns on the training rows before its calibration slice (purged by the label horizon).
-    learnt = 2000 - model.calibration["rows"] - SETTINGS.label_horizon
+    learnt = 2000 - model.calibration["rows"] - SETTINGS.features.label_horizon
     assert np.allclose(model.scaler.mean_, shifted[:learnt].mean(axis=0))
 
 

@@ -30,8 +30,8 @@ def test_the_baselines_and_budgets_come_from_the_registry():
     from itff_platform.training.train import families_for
 
     settings = Settings(trials=3, torch_trials=2)
-    assert families_for("direction", settings) == ["baseline_majority", "baseline_persistence", *settings.families]
-    assert families_for("forward_return", settings) == ["baseline_climatology", *settings.regression_families]
+    assert families_for("direction", settings) == ["baseline_majority", "baseline_persistence", *settings.training.families]
+    assert families_for("forward_return", settings) == ["baseline_climatology", *settings.training.regression_families]
     assert [study_trials(f, settings) for f in ("baseline_majority", "logistic", "lstm")] == [1, 3, 2]
     assert spec("baseline_persistence").fixed_params(["close", "log_return_1"]) == {"last_return_column": 1}
 

@@ -22,7 +22,7 @@ def test_one_sd_mean_shift_is_an_error(rng, settings):
     a, b = rng.normal(size=5000), rng.normal(loc=1.0, size=5000)
     assert psi(a, b) > 0.25
     assert ks_statistic(a, b) > 0.3
-    assert grade(psi(a, b), settings.drift_psi_warn, settings.drift_psi_error) == "error"
+    assert grade(psi(a, b), settings.monitoring.drift_psi_warn, settings.monitoring.drift_psi_error) == "error"
 
 
 def test_grade_and_worst():
@@ -67,7 +67,7 @@ def test_regime_shift_flags_range_bound_to_volatile(settings):
     before = pl.Series(["range_bound"] * 80 + ["trending_up"] * 10 + ["volatile"] * 10)
     after = pl.Series(["range_bound"] * 10 + ["trending_up"] * 10 + ["volatile"] * 80)
     shift = regime_shift(before, after, settings)
-    assert shift["status"] == "error" and shift["psi"] > settings.regime_shift_error
+    assert shift["status"] == "error" and shift["psi"] > settings.monitoring.regime_shift_error
     assert shift["reference_shares"]["range_bound"] == pytest.approx(0.8)
     assert shift["recent_shares"]["volatile"] == pytest.approx(0.8)
     assert sum(shift["recent_shares"].values()) == pytest.approx(1.0)
@@ -86,7 +86,7 @@ def test_feature_drift_frame(rng, settings):
     assert drift.columns == ["feature", "psi", "ks", "psi_warn", "psi_threshold", "ks_warn", "ks_threshold",
                              "calibration_windows", "psi_status", "ks_status", "status"]
     # No thresholds given: every feature is graded by the settings' fixed ones, calibrated on no window.
-    assert set(drift["psi_threshold"]) == {settings.drift_psi_error} and set(drift["calibration_windows"]) == {0}
+    assert set(drift["psi_threshold"]) == {settings.monitoring.drift_psi_error} and set(drift["calibration_windows"]) == {0}
     assert drift["feature"][0] == "shifted"
     assert drift["psi"].to_list() == sorted(drift["psi"].to_list(), reverse=True)
     status = dict(drift.select("feature", "status").iter_rows())

@@ -92,7 +92,7 @@ def test_the_calibrated_threshold_keeps_its_false_alarm_rate_on_fresh_stationary
             drift = feature_drift(reference, window, ["x"], settings, thresholds)
             for column in errors:
                 errors[column] += drift[column][0] == "error"
-            fixed_errors += drift["psi"][0] >= fixed.drift_psi_error or drift["ks"][0] >= fixed.drift_ks_error
+            fixed_errors += drift["psi"][0] >= fixed.monitoring.drift_psi_error or drift["ks"][0] >= fixed.monitoring.drift_ks_error
             draws += 1
     # 1 % asked for; a year of windows estimates a 1 % tail only roughly, so up to 3 % passes.
     assert errors["psi_status"] / draws <= 0.03 and errors["ks_status"] / draws <= 0.03
@@ -114,10 +114,10 @@ def test_a_degenerate_reference_keeps_the_floors(settings):
     flat = hourly(np.full(90 * DAY_BARS, 3.0))
     thresholds = calibrated_thresholds(flat, ["x"], settings).row(0, named=True)
     assert thresholds["calibration_windows"] > 5
-    assert (thresholds["psi_warn"], thresholds["psi_threshold"]) == (settings.drift_psi_warn, settings.drift_psi_error)
-    assert (thresholds["ks_warn"], thresholds["ks_threshold"]) == (settings.drift_ks_warn, settings.drift_ks_error)
+    assert (thresholds["psi_warn"], thresholds["psi_threshold"]) == (settings.monitoring.drift_psi_warn, settings.monitoring.drift_psi_error)
+    assert (thresholds["ks_warn"], thresholds["ks_threshold"]) == (settings.monitoring.drift_ks_warn, settings.monitoring.drift_ks_error)
     short = calibrated_thresholds(flat.head(5 * DAY_BARS), ["x"], settings).row(0, named=True)
-    assert short["calibration_windows"] == 0 and short["psi_threshold"] == settings.drift_psi_error
+    assert short["calibration_windows"] == 0 and short["psi_threshold"] == settings.monitoring.drift_psi_error
 
 
 def test_regime_spells_raise_the_regime_mix_threshold_and_a_new_regime_still_errors(settings):
@@ -126,7 +126,7 @@ def test_regime_spells_raise_the_regime_mix_threshold_and_a_new_regime_still_err
     spells = rng.choice(["range_bound", "trending_up", "trending_down", "volatile"], p=[0.5, 0.2, 0.2, 0.1], size=80)
     reference = hourly(np.zeros(400 * DAY_BARS), regime=np.repeat(spells, 5 * DAY_BARS))
     calibrated = regime_thresholds(reference, settings)
-    assert calibrated["threshold"] > settings.regime_shift_error and calibrated["warn"] <= calibrated["threshold"]
+    assert calibrated["threshold"] > settings.monitoring.regime_shift_error and calibrated["warn"] <= calibrated["threshold"]
     assert calibrated["calibration_windows"] == (400 - 30) // 3 + 1
     same_mix = reference.tail(30 * DAY_BARS)
     assert regime_shift(reference["regime"], same_mix["regime"], settings, calibrated)["status"] != "error"

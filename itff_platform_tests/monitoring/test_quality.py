@@ -100,12 +100,12 @@ def test_live_quality_empty(realized):
 
 def test_quality_degradation(settings):
     expected = {"log_loss": 0.69}
-    few = quality_degradation({"n": settings.min_live_outcomes - 1, "log_loss": 2.0}, expected, settings)
-    assert few["status"] == "insufficient" and few["n"] == settings.min_live_outcomes - 1
-    n = settings.min_live_outcomes
-    worse = quality_degradation({"n": n, "log_loss": 0.69 + settings.quality_log_loss_error + 0.01}, expected, settings)
-    assert worse["status"] == "error" and worse["delta_log_loss"] == pytest.approx(settings.quality_log_loss_error + 0.01)
-    middling = (settings.quality_log_loss_warn + settings.quality_log_loss_error) / 2
+    few = quality_degradation({"n": settings.monitoring.min_live_outcomes - 1, "log_loss": 2.0}, expected, settings)
+    assert few["status"] == "insufficient" and few["n"] == settings.monitoring.min_live_outcomes - 1
+    n = settings.monitoring.min_live_outcomes
+    worse = quality_degradation({"n": n, "log_loss": 0.69 + settings.monitoring.quality_log_loss_error + 0.01}, expected, settings)
+    assert worse["status"] == "error" and worse["delta_log_loss"] == pytest.approx(settings.monitoring.quality_log_loss_error + 0.01)
+    middling = (settings.monitoring.quality_log_loss_warn + settings.monitoring.quality_log_loss_error) / 2
     assert quality_degradation({"n": n, "log_loss": 0.69 + middling}, expected, settings)["status"] == "warn"
     assert quality_degradation({"n": n, "log_loss": 0.60}, expected, settings)["status"] == "ok"
     assert quality_degradation({"n": n, "log_loss": None}, expected, settings)["status"] == "insufficient"
@@ -203,7 +203,7 @@ def test_plots_are_written(tmp_path, settings):
     reference = pl.DataFrame({"a": rng.normal(size=500), "b": rng.normal(size=500)})
     recent = pl.DataFrame({"a": rng.normal(size=500), "b": rng.normal(loc=1, size=500)})
     drift = feature_drift(reference, recent, ["a", "b"], settings)
-    assert _is_png(drift_plot(drift, "drift", tmp_path / "drift.png", settings.drift_psi_warn, settings.drift_psi_error))
+    assert _is_png(drift_plot(drift, "drift", tmp_path / "drift.png", settings.monitoring.drift_psi_warn, settings.monitoring.drift_psi_error))
     assert _is_png(regime_mix_plot({"range_bound": 0.8, "volatile": 0.2}, {"range_bound": 0.1, "volatile": 0.9},
                                    "mix", tmp_path / "mix.png"))
 

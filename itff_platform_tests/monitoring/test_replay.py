@@ -56,8 +56,8 @@ def test_each_day_sees_only_what_was_known_and_the_month_is_whole_again_after(re
 
 def test_replay_keeps_its_log_and_decisions_apart_from_the_live_ones(replayed):
     settings, _, _ = replayed
-    assert settings.monitoring_dir.name == "replay" and settings.reports_dir.name == "replay"
-    live = settings.model_copy(update={"monitoring_dir": settings.monitoring_dir.parent})
+    assert settings.monitoring.root.name == "replay" and settings.reports_dir.name == "replay"
+    live = settings.model_copy(update={"monitoring_dir": settings.monitoring.root.parent})
     assert read_prediction_log(live).is_empty() and read_decisions(live).is_empty()
 
 
@@ -68,7 +68,7 @@ def test_every_bar_is_predicted_once_and_outcomes_are_realized(replayed):
     assert log["bar_time"].n_unique() == 96 and (log["endpoint"] == "replay").all()
     assert (log["logged_at"] > log["bar_time"]).all()  # served when the bar closed, never before
     last = summary.last_evaluation
-    assert last.realized.height == 96 - settings.label_horizon and last.pending == settings.label_horizon
+    assert last.realized.height == 96 - settings.features.label_horizon and last.pending == settings.features.label_horizon
     overall = last.quality.filter(pl.col("scope") == "all").row(0, named=True)
     assert overall["n"] == last.realized.height and 0 <= overall["brier"] <= 1
     # The synthetic training walk runs past 2024-07-10, so the replay must say its figures are in-sample.
@@ -95,7 +95,7 @@ def test_the_monitoring_assets_materialize_with_checks(replayed, monkeypatch):
 
     settings, _, _ = replayed
     for name in ("home", "source", "drop_dir", "monitoring_dir", "reports_dir"):
-        monkeypatch.setenv(f"ITFF_{name.upper()}", str(getattr(settings, name)))
+        monkeypatch.setenv(f"ITFF_{name.upper()}", str(settings.flat_dump()[name]))
     monkeypatch.setenv("ITFF_SYMBOLS", '["PROMOUSDT"]')
     monkeypatch.setenv("ITFF_TARGETS", '["direction"]')
     instance = DagsterInstance.ephemeral()
@@ -103,7 +103,7 @@ def test_the_monitoring_assets_materialize_with_checks(replayed, monkeypatch):
                          resources={"itff": ItffSettingsResource(evaluation_as_of=datetime(2024, 7, 14, tzinfo=timezone.utc).isoformat())})
     assert result.success
     outcomes = result.asset_materializations_for_node("prediction_outcomes")[0].metadata
-    assert outcomes["outcomes_realized"].value == 96 - settings.label_horizon
+    assert outcomes["outcomes_realized"].value == 96 - settings.features.label_horizon
     assert any(k.startswith("plot: reliability") for k in outcomes)
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert set(checks) == {"feature_drift", "regime_shift", "live_quality"}

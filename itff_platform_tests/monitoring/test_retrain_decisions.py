@@ -55,9 +55,9 @@ def wandering_volatility_candles(days: int, seed: int = SEED, jump_at: datetime 
 
 
 def build_lake(settings: Settings, candles: pl.DataFrame, known_by: datetime) -> None:
-    settings.drop_dir.mkdir(parents=True, exist_ok=True)
-    candles.write_parquet(settings.drop_dir / f"{SYMBOL}-1h.parquet")
-    source = KnownBy(FilesCandleSource(settings.drop_dir), known_by)
+    settings.sources.files.drop_dir.mkdir(parents=True, exist_ok=True)
+    candles.write_parquet(settings.sources.files.drop_dir / f"{SYMBOL}-1h.parquet")
+    source = KnownBy(FilesCandleSource(settings.sources.files.drop_dir), known_by)
     for month in MONTHS:
         ingest_raw(source, settings, SYMBOL, [month])
         build_bronze(settings, SYMBOL, [month])
@@ -101,8 +101,8 @@ def test_a_stable_period_sends_no_champion_for_retraining_twice_in_30_days(stabl
     assert drift_asks.height <= 1
     # The drift frame reports the calibrated thresholds, above the fixed floors for the wandering features.
     drift = summary.last_evaluation.drift[SYMBOL]
-    assert (drift["psi_threshold"] >= settings.drift_psi_error).all() and (drift["calibration_windows"] > 40).all()
-    assert drift.filter(pl.col("feature") == "atr_pct")["psi_threshold"][0] > 2 * settings.drift_psi_error
+    assert (drift["psi_threshold"] >= settings.monitoring.drift_psi_error).all() and (drift["calibration_windows"] > 40).all()
+    assert drift.filter(pl.col("feature") == "atr_pct")["psi_threshold"][0] > 2 * settings.monitoring.drift_psi_error
 
 
 def test_a_planted_volatility_shift_triggers_retraining_within_its_window(stable):
@@ -113,13 +113,13 @@ def test_a_planted_volatility_shift_triggers_retraining_within_its_window(stable
     # The same market, the same champion; from JUMP on its volatility is five times what it was.
     build_lake(planted, wandering_volatility_candles(DAYS, jump_at=JUMP, jump=5.0), utc(2024, 6, 1))
     decided = []
-    for day in range(settings.drift_recent_days + 1):  # as of the jump, then each day of the window after it
+    for day in range(settings.monitoring.drift_recent_days + 1):  # as of the jump, then each day of the window after it
         evaluation = evaluate(planted, JUMP + timedelta(days=day), with_plots=False)
         record_decisions(planted, evaluation.decisions)
         decided.append(evaluation.decisions.row(0, named=True))
     assert decided[0]["decision"] == "keep", "as of the jump, the recent window has not seen it yet"
     first = next(d for d in decided if d["decision"] == "retrain")
-    assert first["as_of"] <= JUMP + timedelta(days=settings.drift_recent_days)
+    assert first["as_of"] <= JUMP + timedelta(days=settings.monitoring.drift_recent_days)
     assert "features drifted past their calibrated error thresholds" in first["reasons"]
     # Once sent, the cooldown holds it for the rest of the window, and says until when.
     after = [d for d in decided if d["as_of"] > first["as_of"]]

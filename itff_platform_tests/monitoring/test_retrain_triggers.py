@@ -38,7 +38,7 @@ def realized(target: str, signal: list[str], label: list[float | None], version:
 
 
 def decide(settings: Settings, expectations: dict, rows: pl.DataFrame, as_of: datetime = AS_OF) -> Evaluation:
-    quality = live_quality(rows, settings.fees_bps, settings.label_horizon)
+    quality = live_quality(rows, settings.trading.fees_bps, settings.features.label_horizon)
     result = Evaluation(as_of=as_of, realized=rows, quality=quality, expectations=expectations)
     judge_live(settings, result)
     result.decisions = decide_retraining(settings, result)

@@ -34,11 +34,11 @@ ASKED: dict[str, str] = {}  # request id -> the bar_time it was asked about (or 
 def build_lake(settings: Settings) -> pl.DataFrame:
     """A synthetic walk through the files source into raw, bronze and silver: it runs past the champion's
     training data (the first 5000 bars of the same kind of walk), so bars after trained_through exist."""
-    settings.drop_dir.mkdir(parents=True)
-    random_walk_candles(6000, seed=3).write_parquet(settings.drop_dir / "PROMOUSDT-1h.parquet")
+    settings.sources.files.drop_dir.mkdir(parents=True)
+    random_walk_candles(6000, seed=3).write_parquet(settings.sources.files.drop_dir / "PROMOUSDT-1h.parquet")
     months = [utc(2024, m, 1) for m in range(1, 10)]
     for month in months:
-        ingest_raw(FilesCandleSource(settings.drop_dir), settings, "PROMOUSDT", [month])
+        ingest_raw(FilesCandleSource(settings.sources.files.drop_dir), settings, "PROMOUSDT", [month])
         build_bronze(settings, "PROMOUSDT", [month])
     build_silver(settings, "PROMOUSDT", months)
     return read_rows(LakeTables.under(settings).silver, settings.interval, "PROMOUSDT")

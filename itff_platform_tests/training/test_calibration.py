@@ -68,7 +68,7 @@ def test_the_calibration_slice_is_purged_and_never_reaches_the_test_fold(real):
     train = np.arange(10_000)
     model.fit(data.x[train], data.y[train])
     # The model learnt from rows [0, 10000 - 2000 - horizon); the slice [8000, 10000) only calibrates it.
-    assert model.calibration["method"] == "platt" and model.calibration["rows"] == settings.calibration_rows
+    assert model.calibration["method"] == "platt" and model.calibration["rows"] == settings.training.calibration_rows
     learnt = make_forecaster("logistic", {"C": 1.0}, settings.model_copy(update={"calibration_rows": 0}))
-    learnt.fit(data.x[: 10_000 - 2000 - settings.label_horizon], data.y[: 10_000 - 2000 - settings.label_horizon])
+    learnt.fit(data.x[: 10_000 - 2000 - settings.features.label_horizon], data.y[: 10_000 - 2000 - settings.features.label_horizon])
     np.testing.assert_array_equal(model.base.predict_proba(data.x[:50]), learnt.predict_proba(data.x[:50]))

@@ -16,7 +16,7 @@ def test_as_of_keeps_only_rows_whose_label_was_known_by_then():
     data = training_data(settings, "X", "direction", as_of=as_of, silver=silver)
     last = data.timestamps[-1].astype("datetime64[us]").item().replace(tzinfo=as_of.tzinfo)
     # The label at t needs the close of bar t+h, known when that bar ends: t + (h+1) bars.
-    assert last + (settings.label_horizon + 1) * timedelta(hours=1) == as_of
+    assert last + (settings.features.label_horizon + 1) * timedelta(hours=1) == as_of
 
 
 def test_features_are_in_the_fixed_order_and_rows_are_complete():

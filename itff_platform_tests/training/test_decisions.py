@@ -46,8 +46,8 @@ def test_the_reported_trades_are_the_deployed_rule_replayed_forward():
     forward = data.forward_return[np.concatenate([f.test for f in folds])]
     for k in (1, 2, 3):
         past = slice(0, 500 * k)
-        expected = m.choose_threshold(truth[past], prob[past], forward[past], settings.label_horizon, settings.fees_bps,
-                                      settings.min_trades, settings.default_threshold)
+        expected = m.choose_threshold(truth[past], prob[past], forward[past], settings.features.label_horizon, settings.trading.fees_bps,
+                                      settings.trading.min_trades, settings.trading.default_threshold)
         assert table.filter(pl.col("fold") == k)["threshold"].item() == expected
         assert result.metrics[f"fold{k}_trades"] == table.filter(pl.col("fold") == k)["trades"].item()
     assert result.metrics["backtest_trades"] == sum(result.metrics[f"fold{k}_trades"] for k in (1, 2, 3))
@@ -56,8 +56,8 @@ def test_the_reported_trades_are_the_deployed_rule_replayed_forward():
     assert {"backtest_profit_factor_trending_up", "backtest_max_drawdown_range_bound", "backtest_sharpe_trending_up",
             "backtest_hit_rate_trades_range_bound"} <= set(result.metrics)
     # The deployed threshold looks at every fold; the holdout's figures use the rule chosen before it.
-    assert result.threshold == m.choose_threshold(truth, prob, forward, settings.label_horizon, settings.fees_bps,
-                                                  settings.min_trades, settings.default_threshold)
+    assert result.threshold == m.choose_threshold(truth, prob, forward, settings.features.label_horizon, settings.trading.fees_bps,
+                                                  settings.trading.min_trades, settings.trading.default_threshold)
     assert result.tradable and "significant edge" in result.tradable_reason
 
 
@@ -68,7 +68,7 @@ def test_a_rule_with_no_edge_is_not_tradable_however_many_trades():
     with tempfile.TemporaryDirectory() as scratch:
         result = evaluate(data, folds, coin, [0.69] * 4, settings, "logistic", Path(scratch))
     assert not result.tradable and "no significant edge" in result.tradable_reason
-    assert result.metrics["tradable_p_value"] >= settings.tradable_alpha
+    assert result.metrics["tradable_p_value"] >= settings.trading.tradable_alpha
 
 
 def test_torch_families_serve_the_probability_they_were_evaluated_on():

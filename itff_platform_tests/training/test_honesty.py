@@ -56,12 +56,12 @@ def test_on_a_random_walk_nothing_is_tradable_and_nothing_is_promoted(random_wal
     outcomes, settings, _ = random_walk_results
     for outcome in outcomes:
         assert not outcome.tradable, (outcome.family, outcome.tradable_reason)
-        assert outcome.metrics["tradable_p_value"] >= settings.tradable_alpha, outcome.family
+        assert outcome.metrics["tradable_p_value"] >= settings.trading.tradable_alpha, outcome.family
     decision = promote_champion(settings, "RANDOMWALK", "direction")
     assert not decision.promoted, decision.reasons
     assert any("does not significantly beat" in reason for reason in decision.reasons)
     tags = MlflowClient(settings.tracking_uri).get_model_version("itff-RANDOMWALK-direction", decision.challenger).tags
-    assert tags["promotion_decision"] == "rejected" and float(tags["promotion_p_value_vs_baseline"]) >= settings.promotion_alpha
+    assert tags["promotion_decision"] == "rejected" and float(tags["promotion_p_value_vs_baseline"]) >= settings.promotion.alpha
 
 
 def test_a_leaking_feature_breaks_the_random_walk_check(random_walk_results):

@@ -68,7 +68,7 @@ def test_artifacts_and_reproducibility_tags(tracked):
     files = {a.path for a in client.list_artifacts(logistic.run_id, "evaluation")}
     assert {"evaluation/reliability.png", "evaluation/threshold_sweep.png", "evaluation/equity.png", "evaluation/folds.csv"} <= files
     tags = client.get_run(logistic.run_id).data.tags
-    assert tags["family"] == "logistic" and tags["seed"] == str(settings.seed)
+    assert tags["family"] == "logistic" and tags["seed"] == str(settings.training.seed)
 
 
 def test_refit_models_are_registered_with_family_and_headline_metrics(tracked):
@@ -108,7 +108,7 @@ def test_each_study_logs_the_silver_table_it_trained_on_as_a_dataset(tracked):
     for outcome in outcomes:
         (logged,) = client.get_run(outcome.run_id).inputs.dataset_inputs
         assert logged.dataset.name == "silver-TESTUSDT-direction" and logged.dataset.source_type == "delta_table"
-        assert json.loads(logged.dataset.source)["path"] == str(settings.lake_dir / "silver" / "features")
+        assert json.loads(logged.dataset.source)["path"] == str(settings.lake.root / "silver" / "features")
         assert json.loads(logged.dataset.profile)["num_rows"] == len(data)
         tags = {t.key: t.value for t in logged.tags}
         assert tags["mlflow.data.context"] == "training" and tags["rows"] == str(len(data))

@@ -21,7 +21,7 @@ def registry(tmp_path_factory):
 
 def test_scoring_loading_and_verifying_a_champion_leave_its_artifacts_untouched(registry):
     settings, _silver, version = registry
-    tree = settings.mlflow_dir / "artifacts"
+    tree = settings.tracking.mlflow_dir / "artifacts"
     before = artifact_manifest(tree)
     # The champion scored on a later window through its pyfunc, as promotion does for a champion trained on older data.
     start = trained_through(settings, version) + timedelta(days=5)
