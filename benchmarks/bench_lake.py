@@ -17,7 +17,7 @@ import statistics
 import sys
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -44,7 +44,7 @@ class PeakRss:
         with open("/proc/self/statm") as statm:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> PeakRss:
         self.peak = self.current()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -78,11 +78,11 @@ def main() -> None:
     tables = LakeTables.under(settings)
 
     # Setup (not timed): full history in bronze, less the last day, which arrives later as the update.
-    start = datetime(2006, 1, 1, tzinfo=timezone.utc)
+    start = datetime(2006, 1, 1, tzinfo=UTC)
     history = synthetic_minutes(rows + 1440, start)
     last_day = history.tail(1440)
     bronze = history.head(rows)
-    months = [datetime(m.year, m.month, 1, tzinfo=timezone.utc) for m in bronze["month"].unique().sort()]
+    months = [datetime(m.year, m.month, 1, tzinfo=UTC) for m in bronze["month"].unique().sort()]
     replace_partitions(tables.bronze, bronze, "1m", SYMBOL, [m.date() for m in months])
     print(f"bronze: {rows:,} rows of 1-minute candles in {len(months)} monthly partitions", flush=True)
 

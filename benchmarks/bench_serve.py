@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC
 from pathlib import Path
 
 import httpx
@@ -37,11 +38,12 @@ def free_port() -> int:
 
 
 def champion_row(symbol: str, target: str) -> tuple[dict, object]:
+    from datetime import datetime
+
+    from itff_platform.contracts.champions import ChampionStore
     from itff_platform.features.silver import build_features, feature_columns
     from itff_platform.market.sample import SampleCandleSource
-    from itff_platform.contracts.champions import ChampionStore
     from itff_platform.settings import Settings
-    from datetime import datetime, timezone
 
     settings = Settings(symbols=[symbol], targets=[target])
     store = ChampionStore(settings)
@@ -49,7 +51,7 @@ def champion_row(symbol: str, target: str) -> tuple[dict, object]:
     model = store.get(symbol, target)
     if model is None:
         sys.exit(f"no champion for {symbol} {target}: run `make run` first")
-    candles = SampleCandleSource().fetch(symbol, "1h", datetime(2024, 8, 1, tzinfo=timezone.utc), datetime(2024, 10, 1, tzinfo=timezone.utc))
+    candles = SampleCandleSource().fetch(symbol, "1h", datetime(2024, 8, 1, tzinfo=UTC), datetime(2024, 10, 1, tzinfo=UTC))
     row = build_features(candles, settings).collect().select(feature_columns(settings)).row(-1, named=True)
     return row, model
 

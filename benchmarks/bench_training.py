@@ -12,7 +12,7 @@ import os
 import platform
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         settings = Settings(mlflow_dir=Path(scratch) / "mlflow")
-        candles = SampleCandleSource().fetch("BTCUSDT", "1h", datetime(2021, 1, 1, tzinfo=timezone.utc), datetime(2025, 1, 1, tzinfo=timezone.utc))
+        candles = SampleCandleSource().fetch("BTCUSDT", "1h", datetime(2021, 1, 1, tzinfo=UTC), datetime(2025, 1, 1, tzinfo=UTC))
         silver = build_features(candles.filter(pl.col("volume") > 0), settings).collect()
         rows = []
         for target, families in (("direction", settings.training.families), ("forward_return", settings.training.regression_families)):

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from datetime import UTC
 
 # Settings whose values are never echoed back in an error message.
 SECRET_SETTINGS = {"api_tokens", "admin_token", "tradingview_secret", "mlflow_tracking_uri", "optuna_storage"}
@@ -91,8 +92,8 @@ def _materialize(assets_selection: str, quiet: bool, only: list[str] | None = No
     per chosen partition."""
     from dagster import DagsterInstance
 
-    from itff_platform.definitions import lake, promotion, training
     from itff_platform.cli_runs import execute_job
+    from itff_platform.definitions import lake, promotion, training
 
     job, assets = CLI_JOBS[assets_selection]
     keys = {"lake": lake, "training": training, "promotion": promotion}[assets_selection][0].partitions_def.get_partition_keys()
@@ -164,8 +165,7 @@ def run_training(quiet: bool = True, only: list[str] | None = None) -> bool:
 def run_promotion(only: list[str] | None = None) -> bool:
     """Challenger vs champion for every symbol x target (or those chosen); print each decision, its reasons, and
     for a model left without a champion what to do."""
-    from itff_platform.rules import model_key, task_of
-    from itff_platform.rules import no_champion_remedy
+    from itff_platform.rules import model_key, no_champion_remedy, task_of
 
     print("\nPromotion (serve a challenger only if it beats the better baseline, and the champion, with 95 % confidence "
           "on the holdout window; trade its rule only if its walk-forward edge after fees is significant):", flush=True)
@@ -221,7 +221,7 @@ def _chosen_partitions(settings, symbol: str | None, target: str | None) -> list
 
 def replay(start: str, end: str) -> int:
     """Replay START..END day by day, then materialize the monitoring assets so the UI shows the outcome."""
-    from datetime import date, datetime, timedelta, timezone
+    from datetime import date, datetime, timedelta
 
     from itff_platform.monitoring.replay import replay as replay_days
     from itff_platform.monitoring.replay import replay_settings
@@ -239,7 +239,7 @@ def replay(start: str, end: str) -> int:
     retrains = decisions.filter(decisions["decision"] == "retrain")
     print(f"\n{summary.days} days, {summary.predictions} predictions logged, {summary.silver_rows_written} silver rows rewritten; "
           f"{retrains.height} retrain decision(s) over {decisions.height} (model x day). Reports: {replay_settings(settings).reports_dir}")
-    as_of = datetime(last.year, last.month, last.day, tzinfo=timezone.utc) + timedelta(days=1)
+    as_of = datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1)
     result = _materialize_monitoring(as_of.isoformat(), replay_settings(settings))
     print("Dagster: prediction_outcomes and drift_monitor materialized as of " + as_of.isoformat()
           + ("" if result.success else " (FAILED: see the Dagster UI)"))
@@ -370,7 +370,7 @@ TARGETS = ("direction", "level_up", "forward_return")
 def sample_request(symbol: str, target: str, bars: int) -> int:
     """A /predict body holding the last `bars` candles of the packaged sample, for curl and smoke tests."""
     import json
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from itff_platform.market.sample import SAMPLE_INTERVAL, SampleCandleSource, sample_symbols
 
@@ -381,7 +381,7 @@ def sample_request(symbol: str, target: str, bars: int) -> int:
     if bars < 1:
         raise CliError(f"--bars {bars}: give at least 1 ({SAMPLE_REQUEST_BARS} covers the regime's 744-bar warm-up)")
 
-    start, end = (datetime.fromisoformat(day).replace(tzinfo=timezone.utc) for day in SAMPLE_SPAN)
+    start, end = (datetime.fromisoformat(day).replace(tzinfo=UTC) for day in SAMPLE_SPAN)
     candles = SampleCandleSource().fetch(symbol.upper(), SAMPLE_INTERVAL, start, end)
     rows = [{"timestamp": r[0].isoformat(), "open": r[1], "high": r[2], "low": r[3], "close": r[4], "volume": r[5]}
             for r in candles.tail(bars).iter_rows()]
@@ -518,9 +518,8 @@ def _cmd_train_or_promote(args: argparse.Namespace) -> int:
         return force_promotion(settings, args.symbol, args.target, str(args.force))
     _use_project_instance(settings)  # what follows records Dagster runs
     only = _chosen_partitions(settings, args.symbol, args.target)
-    if args.command == "train" or args.trials:
-        if not run_training(only=only):
-            return 1
+    if (args.command == "train" or args.trials) and not run_training(only=only):
+        return 1
     if args.command == "train":
         return 0
     return 0 if run_promotion(only=only) else 1

@@ -8,11 +8,11 @@ from dagster import AssetCheckKey, AssetSelection, Definitions, define_asset_job
 warnings.filterwarnings("ignore", message=".*is currently in beta.*")
 
 from itff_platform.defs.automation import automation, maintenance_schedule
-from itff_platform.defs.metadata import OWNERS
 from itff_platform.defs.lake_assets import lake_assets, maintenance_assets
+from itff_platform.defs.metadata import OWNERS
 from itff_platform.defs.monitoring_assets import monitoring_assets
-from itff_platform.defs.training_assets import promotion_assets, training_assets
 from itff_platform.defs.resources import ItffSettingsResource
+from itff_platform.defs.training_assets import promotion_assets, training_assets
 from itff_platform.settings import get_settings
 
 settings = get_settings()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from functools import lru_cache
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 
@@ -43,7 +43,7 @@ def frame_digest(frame: pl.DataFrame) -> str:
     return digest(str(frame.schema), canonical.hash_rows(seed=0).to_numpy())
 
 
-@lru_cache(maxsize=None)
+@cache
 def code_digest(*packages: str, libraries: tuple[str, ...] = ()) -> str:
     """The Python sources under the given itff_platform subpackages (e.g. "lake") or single modules (e.g.
     "rules.py"), and the installed versions of `libraries`: what decides how inputs become a result. Read once per

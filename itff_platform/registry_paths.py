@@ -98,8 +98,9 @@ def relocate(settings: Settings) -> list[Move]:
 def prepare_stores(settings: Settings) -> list[Move]:
     """Before services start on the stores: create the MLflow and Optuna schemas once (services starting together
     on an empty store race each other's migrations, and optuna-dashboard never creates one), then relocate."""
-    import mlflow
     import optuna
+
+    import mlflow
 
     mlflow.MlflowClient(settings.tracking_uri).search_experiments(max_results=1)
     optuna.storages.RDBStorage(settings.study_storage)

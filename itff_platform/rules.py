@@ -6,7 +6,7 @@ it without import cycles, and the service's start-up does not grow."""
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 # What features.regime labels a bar; `unknown` while its inputs warm up. Metrics, schemas and the API enumerate these.
 REGIMES = ["trending_up", "trending_down", "range_bound", "volatile", "neutral", "unknown"]
@@ -40,7 +40,7 @@ def previous_month(day: date) -> date:
 
 def as_utc(moment: datetime) -> datetime:
     """`moment` in UTC; a time without a timezone is read as UTC, as the lake stores every time."""
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def no_champion_remedy(symbol: str, target: str, version: str | None = None) -> str:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
 from itff_platform.rules import next_month
@@ -356,7 +356,7 @@ class Settings(BaseSettings):
         return interval
 
     @model_validator(mode="after")
-    def _anchor_paths(self) -> "Settings":
+    def _anchor_paths(self) -> Settings:
         for name in ANCHORED_PATHS:
             *sections, leaf = LEAVES[name].path
             owner = self
@@ -366,7 +366,7 @@ class Settings(BaseSettings):
                 setattr(owner, leaf, self.home / getattr(owner, leaf))
         return self
 
-    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> "Settings":
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Settings:
         """A copy with `update` applied, by flat name ({"trials": 1}) or by section ({"training": {"trials": 1}}).
         Like pydantic's, it does not validate; the sections it leaves alone are shared with the original."""
         if not update:
@@ -479,7 +479,7 @@ def leaf_at(loc: tuple[str | int, ...]) -> Leaf | None:
         if not all(isinstance(part, str) for part in loc[:size]):
             continue
         leaf = BY_PATH.get((*sections, last)) or next(
-            (l for l in LEAVES.values() if l.path[:-1] == tuple(sections) and l.name == last), None)
+            (known for known in LEAVES.values() if known.path[:-1] == tuple(sections) and known.name == last), None)
         if leaf is not None:
             return leaf
     return None

@@ -1,5 +1,5 @@
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
@@ -11,7 +11,7 @@ from itff_platform.settings import Settings
 
 warnings.filterwarnings("ignore", message=".*is currently in beta.*")
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def model_files(client, name: str, version: str) -> Path:

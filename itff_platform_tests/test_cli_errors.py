@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,9 +104,9 @@ def test_rollback_of_an_unknown_model_names_it_and_lists_the_registered_ones(tmp
 
 def test_binance_without_dns_fails_fast_naming_the_alternatives(tmp_path):
     import time
+    from datetime import datetime
 
     from itff_platform.market.binance import BinanceCandleSource, BinanceError
-    from datetime import datetime, timezone
 
     env = {"ITFF_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path), "ITFF_SOURCE": "binance",
            "ITFF_BINANCE_BASE_URL": "https://nonexistent.invalid"}
@@ -119,7 +120,7 @@ def test_binance_without_dns_fails_fast_naming_the_alternatives(tmp_path):
     waits: list[float] = []
     source = BinanceCandleSource("https://nonexistent.invalid", "https://nonexistent.invalid", sleep=waits.append)
     try:
-        source.fetch("BTCUSDT", "1h", datetime(2024, 1, 1, tzinfo=timezone.utc), datetime(2024, 1, 2, tzinfo=timezone.utc))
+        source.fetch("BTCUSDT", "1h", datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC))
     except BinanceError as error:
         assert "cannot resolve" in str(error) and "ITFF_SOURCE=sample" in str(error)
     else:
@@ -161,7 +162,7 @@ def test_sample_request_takes_the_target_positionally_or_as_an_option_and_refuse
 
 
 def test_the_docs_state_the_regime_warm_up_the_code_has_and_no_build_machine_paths():
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     import polars as pl
 
@@ -169,8 +170,8 @@ def test_the_docs_state_the_regime_warm_up_the_code_has_and_no_build_machine_pat
     from itff_platform.market.sample import SampleCandleSource
     from itff_platform.settings import Settings
 
-    candles = SampleCandleSource().fetch("BTCUSDT", "1h", datetime(2021, 5, 1, tzinfo=timezone.utc),
-                                         datetime(2021, 7, 1, tzinfo=timezone.utc))
+    candles = SampleCandleSource().fetch("BTCUSDT", "1h", datetime(2021, 5, 1, tzinfo=UTC),
+                                         datetime(2021, 7, 1, tzinfo=UTC))
     regimes = build_features(candles, Settings()).collect().with_row_index().filter(pl.col("regime") != "unknown")
     warm_up = regimes["index"][0] + 1  # bars needed before the first known regime
     assert warm_up == 744
@@ -207,8 +208,9 @@ def test_without_dagster_home_runs_land_in_the_project_instance_or_are_refused(t
 
 def register_versions(tmp_path: Path, name: str, count: int) -> str:
     """A real MLflow SQLite registry under ITFF_HOME holding `count` versions of a trivial pyfunc model."""
-    import mlflow
     import mlflow.pyfunc
+
+    import mlflow
 
     class Constant(mlflow.pyfunc.PythonModel):
         def predict(self, context, model_input, params=None):

@@ -14,10 +14,10 @@ import uuid
 from pathlib import Path
 
 import httpx
-import mlflow
 import optuna
 import pytest
 
+import mlflow
 from itff_platform.settings import Settings
 from itff_platform_tests.conftest import free_port
 from itff_platform_tests.training.test_promotion import train

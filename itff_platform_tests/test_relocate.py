@@ -6,14 +6,14 @@ import shutil
 import sqlite3
 from contextlib import closing
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 
+import mlflow
 from itff_platform import cli
-from itff_platform.registry_paths import LOCATION_COLUMNS, SOURCE_COLUMNS
 from itff_platform.contracts.champions import ChampionStore
+from itff_platform.registry_paths import LOCATION_COLUMNS, SOURCE_COLUMNS
 from itff_platform.settings import Settings, get_settings
 from itff_platform.training.promotion import promote_champion
 from itff_platform_tests.serving.test_service import feature_row

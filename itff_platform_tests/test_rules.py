@@ -3,7 +3,7 @@ every package can import without a cycle or start-up cost."""
 
 import ast
 import sys
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -24,13 +24,13 @@ def test_the_shared_rules_import_the_standard_library_only(module):
 def test_month_arithmetic_wraps_the_year_and_ignores_the_day_and_time():
     assert next_month(date(2024, 12, 31)) == date(2025, 1, 1) and next_month(date(2024, 2, 1)) == date(2024, 3, 1)
     assert previous_month(date(2024, 1, 15)) == date(2023, 12, 1) and previous_month(date(2024, 3, 1)) == date(2024, 2, 1)
-    assert next_month(datetime(2024, 6, 30, 23, 59, tzinfo=timezone.utc)) == date(2024, 7, 1)
+    assert next_month(datetime(2024, 6, 30, 23, 59, tzinfo=UTC)) == date(2024, 7, 1)
 
 
 def test_times_are_normalised_to_utc_and_a_naive_time_is_read_as_utc():
-    assert as_utc(datetime(2024, 1, 1, 12)) == datetime(2024, 1, 1, 12, tzinfo=timezone.utc)
+    assert as_utc(datetime(2024, 1, 1, 12)) == datetime(2024, 1, 1, 12, tzinfo=UTC)
     paris = datetime(2024, 1, 1, 13, tzinfo=timezone(timedelta(hours=1)))
-    assert as_utc(paris).tzinfo is timezone.utc and as_utc(paris).hour == 12
+    assert as_utc(paris).tzinfo is UTC and as_utc(paris).hour == 12
 
 
 def test_names_and_tasks():

@@ -1,5 +1,5 @@
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -81,8 +81,8 @@ def test_every_setting_is_described():
 def test_the_sample_end_date_is_the_month_after_the_packaged_data():
     from itff_platform.market.sample import SAMPLE_INTERVAL, SampleCandleSource, sample_symbols
 
-    far = datetime(2100, 1, 1, tzinfo=timezone.utc)
-    last = max(SampleCandleSource().fetch(symbol, SAMPLE_INTERVAL, datetime(2000, 1, 1, tzinfo=timezone.utc), far)
+    far = datetime(2100, 1, 1, tzinfo=UTC)
+    last = max(SampleCandleSource().fetch(symbol, SAMPLE_INTERVAL, datetime(2000, 1, 1, tzinfo=UTC), far)
                ["timestamp"].max() for symbol in sample_symbols())
     assert Settings().sources.sample.end_date == next_month(last.date())
     assert Settings(source="sample").effective_end_date() == next_month(last.date())

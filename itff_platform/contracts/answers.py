@@ -5,7 +5,7 @@ answered and logged."""
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,7 +30,7 @@ def model_age(meta: dict, as_of: datetime, max_age_days: float) -> dict:
     if not trained:
         return {"model_age_days": None, "expired": False}
     # Stored as str(timestamp): "2024-07-27 19:00:00+00:00" or "2024-07-27T19:00:00.000000"; the bars are UTC.
-    through = datetime.fromisoformat(str(trained)[:19]).replace(tzinfo=timezone.utc)
+    through = datetime.fromisoformat(str(trained)[:19]).replace(tzinfo=UTC)
     age = (as_of - through).total_seconds() / 86400
     return {"model_age_days": round(age, 3), "expired": age > max_age_days}
 
@@ -38,7 +38,7 @@ def model_age(meta: dict, as_of: datetime, max_age_days: float) -> dict:
 def build_answer(model: LoadedModel, x: np.ndarray, out: np.ndarray, spread: np.ndarray | None, regime: str | None,
                  bar_time: datetime | None, *, max_age_days: float, served_at: datetime | None = None) -> dict:
     scaled = model.forecaster.scale(x[-1:]) if model.forecaster.scaler is not None else np.zeros((1, 1))
-    served_at = served_at or datetime.now(timezone.utc)
+    served_at = served_at or datetime.now(UTC)
     permission = trading_permission(model.meta)
     answer = {
         # Anything else would be an unbounded Prometheus label: callers validate, this is the last guard.

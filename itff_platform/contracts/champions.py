@@ -73,9 +73,10 @@ class ChampionStore:
 
     def refresh(self) -> dict[str, str]:
         """Check every champion alias; load, verify and swap in any that moved. Returns what changed."""
+        from mlflow.exceptions import MlflowException
+
         import mlflow
         from mlflow import MlflowClient
-        from mlflow.exceptions import MlflowException
 
         # Artifact downloads ("models:/...") go through the global URI, not the client's: set both.
         mlflow.set_tracking_uri(self.settings.tracking_uri)
@@ -122,7 +123,6 @@ class ChampionStore:
 
     def _load_verified(self, client, name: str, symbol: str, target: str, version: str, verify: bool = True) -> LoadedModel:
         import mlflow
-
         from itff_platform.models import load_forecaster
 
         with tempfile.TemporaryDirectory() as scratch:

@@ -186,8 +186,8 @@ def _file_months(candles) -> list[str]:
 
 
 def champion_alias_result(context, settings: Settings):
-    from itff_platform.training.promotion import champion_versions
     from itff_platform.rules import registered_name
+    from itff_platform.training.promotion import champion_versions
 
     seen = json.loads(context.cursor) if context.cursor else {}  # {registered model name: champion version}
     champions = {registered_name(*key): (key, str(v.version)) for key, v in champion_versions(settings).items()}

@@ -5,7 +5,7 @@ Checked inline, on the rows in memory, so a check costs no second read of the ta
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import polars as pl
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue
@@ -112,11 +112,11 @@ def rejected_files_check_result(rejected: list[dict]) -> AssetCheckResult:
 def out_of_range_check_result(out_of_range: pl.DataFrame, first_month: str, end: str) -> AssetCheckResult:
     """Rows outside the lake's months are quarantined as designed (a vendor's file may hold years the lake does not):
     that passes, with counts per file. Rows stamped in the future cannot be candles: they warn."""
-    future = out_of_range.filter(pl.col("timestamp") > datetime.now(timezone.utc))
+    future = out_of_range.filter(pl.col("timestamp") > datetime.now(UTC))
     by_file = (
         out_of_range.group_by("symbol", "file").agg(
             pl.len().alias("rows"),
-            (pl.col("timestamp") > datetime.now(timezone.utc)).sum().alias("in_the_future"),
+            (pl.col("timestamp") > datetime.now(UTC)).sum().alias("in_the_future"),
             pl.col("timestamp").min().dt.to_string("%Y-%m-%d %H:%M").alias("first"),
             pl.col("timestamp").max().dt.to_string("%Y-%m-%d %H:%M").alias("last"),
         ).sort("symbol", "file", nulls_last=True)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
-from dagster import MonthlyPartitionsDefinition, MultiPartitionKey, MultiPartitionsDefinition, StaticPartitionsDefinition
+from dagster import (
+    MonthlyPartitionsDefinition,
+    MultiPartitionKey,
+    MultiPartitionsDefinition,
+    StaticPartitionsDefinition,
+)
 
 from itff_platform.settings import Settings
 
@@ -36,7 +41,7 @@ def months_by_symbol(partition_keys: list[str]) -> dict[str, list[datetime]]:
         dims = key.keys_by_dimension if isinstance(key, MultiPartitionKey) else dict(
             zip(("month", "symbol"), str(key).split("|"), strict=True)
         )
-        month = datetime.strptime(dims["month"], "%Y-%m-%d").replace(tzinfo=timezone.utc)
+        month = datetime.strptime(dims["month"], "%Y-%m-%d").replace(tzinfo=UTC)
         grouped[dims["symbol"]].append(month)
     return {symbol: sorted(months) for symbol, months in sorted(grouped.items())}
 

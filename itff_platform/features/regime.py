@@ -15,7 +15,6 @@ from __future__ import annotations
 import polars as pl
 
 from itff_platform.features.indicators import rolling_after_warmup
-
 from itff_platform.settings import Settings
 
 SLOPE_BARS = 5

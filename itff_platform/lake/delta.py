@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import polars as pl
@@ -77,7 +77,7 @@ def partition_predicate(interval: str, symbol: str, months: Iterable[date], sinc
         # Rows from `since` on, within those months: a daily update rewrites one day, not the month.
         # The literal must match the column's exact Arrow type (us, UTC); a plain TIMESTAMP is ns, naive.
         predicate += (
-            f" AND \"timestamp\" >= arrow_cast('{since.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%S.%f}Z', "
+            f" AND \"timestamp\" >= arrow_cast('{since.astimezone(UTC):%Y-%m-%dT%H:%M:%S.%f}Z', "
             "'Timestamp(Microsecond, Some(\"UTC\"))')"
         )
     return predicate
@@ -132,7 +132,7 @@ def write_partition_file(path: str | Path, frame: pl.DataFrame, interval: str, s
 
 
 def replace_partitions_by_files(
-    path: str | Path, parts: Iterable[tuple[date, "pl.LazyFrame"]], interval: str, symbol: str, schema: pl.Schema,
+    path: str | Path, parts: Iterable[tuple[date, pl.LazyFrame]], interval: str, symbol: str, schema: pl.Schema,
     fingerprints: Mapping[date, str] | None = None,
 ) -> list[pl.DataFrame]:
     """Collect each (month, lazy rows), write it as its own file (two at a time), then replace exactly those

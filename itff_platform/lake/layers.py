@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import polars as pl
 
 from itff_platform.features.silver import build_features, month_windows, window_frames
 from itff_platform.lake.cleaning import BronzeResult, clean_raw, continuity_breaks, find_gaps
-from itff_platform.lake.delta import read_rows, replace_partitions, replace_partitions_by_files, table_version, with_month
+from itff_platform.lake.delta import (
+    read_rows,
+    replace_partitions,
+    replace_partitions_by_files,
+    table_version,
+    with_month,
+)
 from itff_platform.lake.incremental import bronze_fingerprints, raw_fingerprints, silver_fingerprints, unchanged_months
 from itff_platform.market.candles import CandleSource
 from itff_platform.market.files import FilesCandleSource, RejectedFile
@@ -30,7 +36,7 @@ class LakeTables:
     silver: str
 
     @classmethod
-    def under(cls, settings: Settings) -> "LakeTables":
+    def under(cls, settings: Settings) -> LakeTables:
         root = settings.lake.root
         return cls(
             raw=str(root / "raw" / "candles"),
@@ -45,7 +51,7 @@ class LakeTables:
 
 def month_start(day: date) -> datetime:
     """The first instant of `day`'s month, in UTC: where a month partition begins."""
-    return datetime(day.year, day.month, 1, tzinfo=timezone.utc)
+    return datetime(day.year, day.month, 1, tzinfo=UTC)
 
 
 def month_end(day: date) -> datetime:
@@ -102,7 +108,7 @@ def ingest_raw(source: CandleSource, settings: Settings, symbol: str, months: li
             pl.lit(settings.interval).alias("interval"),
             pl.lit(symbol).alias("symbol"),
             pl.lit(source.name).alias("source"),
-            pl.lit(datetime.now(timezone.utc)).cast(pl.Datetime("us", "UTC")).alias("ingested_at"),
+            pl.lit(datetime.now(UTC)).cast(pl.Datetime("us", "UTC")).alias("ingested_at"),
             pl.lit(uuid.uuid4().hex).alias("batch_id"),
         )
     )

@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from itff_platform.settings import Settings
 
 
-def candle_source(settings: "Settings") -> "CandleSource":
+def candle_source(settings: Settings) -> CandleSource:
     """The source `settings.source` names: the packaged sample, a folder of drop files, or Binance."""
     if settings.source == "sample":
         from itff_platform.market.sample import SampleCandleSource

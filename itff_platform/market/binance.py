@@ -15,7 +15,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -69,7 +69,7 @@ def unresolvable(error: httpx.TransportError) -> socket.gaierror | None:
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class BinanceCandleSource:
@@ -215,12 +215,12 @@ class BinanceCandleSource:
 
 def month_after(month: datetime) -> datetime:
     following = next_month(month)
-    return datetime(following.year, following.month, 1, tzinfo=timezone.utc)
+    return datetime(following.year, following.month, 1, tzinfo=UTC)
 
 
 def archived_months(start: datetime, end: datetime, now: datetime) -> list[datetime]:
     """The month starts whose whole month lies in [start, end) and has ended by `now`: what a monthly archive serves."""
-    first = datetime(start.year, start.month, 1, tzinfo=timezone.utc)
+    first = datetime(start.year, start.month, 1, tzinfo=UTC)
     month = first if first == start else month_after(first)
     months = []
     while month_after(month) <= min(end, now):

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
@@ -51,7 +51,7 @@ def set_aside(folder: Path, path: Path, error: CandleFileError) -> RejectedFile:
     reason = target.with_name(target.name + REASON_SUFFIX)
     reason.write_text(
         f"file: {relative}\nfield: {error.field}\nrule: {error.rule}\n"
-        f"set aside at: {datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}\n\n{error}\n"
+        f"set aside at: {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}\n\n{error}\n"
     )
     os.replace(path, target)  # atomic on one filesystem; a re-sent bad file replaces the older one
     log.warning("drop folder: set %s aside into %s: %s", relative, target.parent, error)

@@ -5,7 +5,7 @@ trading was down. `no_unexpected_gaps` passes on gaps inside them and lists them
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import polars as pl
 
@@ -21,7 +21,7 @@ BINANCE_SPOT_OUTAGES = [
 
 def known_outages() -> pl.DataFrame:
     def parse(text: str) -> datetime:
-        return datetime.strptime(text, "%Y-%m-%d %H:%M").replace(tzinfo=timezone.utc)
+        return datetime.strptime(text, "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
 
     return pl.DataFrame(
         {"outage_first": [parse(a) for a, _ in BINANCE_SPOT_OUTAGES], "outage_last": [parse(b) for _, b in BINANCE_SPOT_OUTAGES]},

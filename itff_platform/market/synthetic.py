@@ -3,7 +3,7 @@ honesty check that a model scores as random on data with nothing to learn."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import polars as pl
@@ -12,7 +12,7 @@ import polars as pl
 def random_walk_candles(
     n: int,
     seed: int = 0,
-    start: datetime = datetime(2024, 1, 1, tzinfo=timezone.utc),
+    start: datetime = datetime(2024, 1, 1, tzinfo=UTC),
     step_s: int = 3600,
     start_price: float = 100.0,
     volatility: float = 0.002,

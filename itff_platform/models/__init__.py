@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from itff_platform.settings import Settings
 
 
-def forecaster_class(family: str) -> "type[Forecaster]":
+def forecaster_class(family: str) -> type[Forecaster]:
     """The family's Forecaster class; a ValueError naming the registered families for an unknown one."""
     return spec(family).forecaster_class()
 
@@ -22,7 +22,7 @@ def is_baseline(family: str) -> bool:
     return spec(family).baseline
 
 
-def make_forecaster(family: str, params: dict, settings: "Settings") -> "Forecaster":
+def make_forecaster(family: str, params: dict, settings: Settings) -> Forecaster:
     """The family's forecaster as it is trained and deployed: calibrated on the end of its training window
     (Platt for probabilities, conformal for bands), except the baselines, which are reference points."""
     from itff_platform.models.calibration import Calibrated
@@ -33,7 +33,7 @@ def make_forecaster(family: str, params: dict, settings: "Settings") -> "Forecas
     return Calibrated(model, slice_rows=settings.training.calibration_rows, horizon=settings.features.label_horizon)
 
 
-def load_forecaster(folder, settings: "Settings | None" = None) -> "Forecaster":
+def load_forecaster(folder, settings: Settings | None = None) -> Forecaster:
     """Rebuild a saved forecaster from its folder (forecaster.json + state.pkl)."""
     import json
     import pickle

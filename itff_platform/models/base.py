@@ -47,7 +47,7 @@ class Forecaster(ABC):
         self.scaler: StandardScaler | None = None
 
     @classmethod
-    def from_settings(cls, params: dict[str, Any], settings: "Settings") -> "Forecaster":
+    def from_settings(cls, params: dict[str, Any], settings: Settings) -> Forecaster:
         """A fresh model with these hyperparameters; a family that reads more settings overrides this."""
         return cls(params, settings.training.seed)
 
@@ -68,7 +68,7 @@ class Forecaster(ABC):
         return ((np.asarray(features, dtype=np.float64) - self.scaler.mean_) / self.scaler.scale_).astype(np.float32)
 
     @abstractmethod
-    def fit(self, features: np.ndarray, labels: np.ndarray, sample_weight: np.ndarray | None = None) -> "Forecaster": ...
+    def fit(self, features: np.ndarray, labels: np.ndarray, sample_weight: np.ndarray | None = None) -> Forecaster: ...
 
     @abstractmethod
     def predict_proba(self, features: np.ndarray) -> np.ndarray:

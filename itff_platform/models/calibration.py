@@ -137,7 +137,7 @@ class Calibrated(Forecaster):
         (folder / CALIBRATION_FILE).write_text(json.dumps(self.calibration, indent=2))
 
     @classmethod
-    def restore(cls, base: Forecaster, folder: Path) -> "Calibrated":
+    def restore(cls, base: Forecaster, folder: Path) -> Calibrated:
         instance = cls(base)
         instance.calibration = json.loads((Path(folder) / CALIBRATION_FILE).read_text())
         return instance

@@ -45,7 +45,7 @@ class FamilySpec:
             return None
         return "torch_trials" if self.torch else "trials"
 
-    def forecaster_class(self) -> "type[Forecaster]":
+    def forecaster_class(self) -> type[Forecaster]:
         module, _, name = self.forecaster.partition(":")
         return getattr(importlib.import_module(module), name)
 

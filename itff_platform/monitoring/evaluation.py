@@ -15,7 +15,7 @@ until when. The history is the decisions table, which a replay keeps apart, so t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -48,9 +48,8 @@ class Evaluation:
 def champion_expectations(settings: Settings) -> dict[tuple[str, str], dict]:
     """What each champion's walk-forward backtest promised (its out-of-sample metrics), its version and its
     last training bar."""
-    from mlflow import MlflowClient
-
     from itff_platform.training.promotion import champion_versions
+    from mlflow import MlflowClient
 
     client = MlflowClient(settings.tracking_uri)
     found = {}
@@ -81,7 +80,7 @@ def evaluate_outcomes(settings: Settings, as_of: datetime | None = None, reports
     from itff_platform.monitoring.prediction_log import read_prediction_log
     from itff_platform.monitoring.quality import live_quality_for
 
-    as_of = as_of or datetime.now(timezone.utc)
+    as_of = as_of or datetime.now(UTC)
     folder = report_folder(settings, as_of, reports_dir, with_plots)
     log = read_prediction_log(settings).filter(pl.col("logged_at") <= as_of)
     realized, pending = realized_from_lake(settings, log)
@@ -256,7 +255,7 @@ def _drift(settings: Settings, result: Evaluation, expectations: dict) -> None:
     for symbol in settings.symbols:
         trained = [e["trained_through"] for (s, _), e in expectations.items() if s == symbol and e.get("trained_through")]
         # The newest bar the champions learned from closes the training window; with no champion, the recent window does.
-        reference_end = min(datetime.fromisoformat(max(trained)).replace(tzinfo=timezone.utc), recent_start) if trained else recent_start
+        reference_end = min(datetime.fromisoformat(max(trained)).replace(tzinfo=UTC), recent_start) if trained else recent_start
         reference = read_rows(silver, settings.interval, symbol, reference_end - timedelta(days=settings.monitoring.drift_reference_days), reference_end)
         recent = read_rows(silver, settings.interval, symbol, recent_start, result.as_of)
         if reference.is_empty() or recent.is_empty():
@@ -336,7 +335,7 @@ def decide_retraining(settings: Settings, result: Evaluation) -> pl.DataFrame:
             reasons = data_reasons + _model_reasons(settings, result, symbol, target)
             cooldown = _cooldown_reason(settings, last_retrain.get((symbol, target)), result.as_of, reasons) if reasons else None
             decision = "retrain" if reasons and not cooldown else "keep"
-            rows.append({"decided_at": datetime.now(timezone.utc), "as_of": result.as_of, "symbol": symbol, "target": target,
+            rows.append({"decided_at": datetime.now(UTC), "as_of": result.as_of, "symbol": symbol, "target": target,
                          "decision": decision, "reasons": cooldown or "; ".join(reasons) or "within thresholds"})
     return pl.DataFrame(rows, schema=DECISION_SCHEMA)
 

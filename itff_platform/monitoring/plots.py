@@ -9,14 +9,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # no display here, and none needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import polars as pl
 
-from itff_platform.monitoring.drift import grade  # noqa: E402
-from itff_platform.monitoring.quality import trade_return_after_fees  # noqa: E402
-from itff_platform.rules import REGIMES  # noqa: E402
-from itff_platform.training.plots import _finish, equity_plot, reliability_diagram  # noqa: E402
+from itff_platform.monitoring.drift import grade
+from itff_platform.monitoring.quality import trade_return_after_fees
+from itff_platform.rules import REGIMES
+from itff_platform.training.plots import _finish, equity_plot, reliability_diagram
 
 STATUS_COLOURS = {"ok": "tab:green", "warn": "tab:orange", "error": "tab:red"}
 

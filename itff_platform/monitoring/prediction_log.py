@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import fcntl
 import json
 import logging
@@ -24,14 +25,13 @@ import os
 import threading
 import time
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from itff_platform.settings import Settings
-import contextlib
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +106,13 @@ class PredictionLog:
         atexit.register(self.close)
 
     @classmethod
-    def for_settings(cls, settings: Settings, write_ahead: bool = False) -> "PredictionLog":
+    def for_settings(cls, settings: Settings, write_ahead: bool = False) -> PredictionLog:
         return cls(prediction_log_path(settings), settings.serving.prediction_log_flush_rows, settings.serving.prediction_log_flush_s,
                    write_ahead=write_ahead_path(settings) if write_ahead else None)
 
     def append(self, record: dict) -> None:
         """Never blocks on I/O and never raises into the request."""
-        record.setdefault("logged_at", datetime.now(timezone.utc))
+        record.setdefault("logged_at", datetime.now(UTC))
         with self._wake:
             self._buffer(record)
             closed = self._closed
@@ -124,7 +124,7 @@ class PredictionLog:
         Raises OSError when the segment cannot be written: the caller must not acknowledge the prediction."""
         if self.wal is None:
             return self.append(record)
-        record.setdefault("logged_at", datetime.now(timezone.utc))
+        record.setdefault("logged_at", datetime.now(UTC))
         line = json.dumps(record, default=_json_value).encode() + b"\n"
         with self._wake:
             seq = self.wal.write(line)  # under the buffer's lock: the segment and the buffer hold the same rows

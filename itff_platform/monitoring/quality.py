@@ -145,8 +145,9 @@ def live_quality(realized: pl.DataFrame, fees_bps: float, horizon: int = 1, back
 def version_backtests(settings: Settings, versions: pl.DataFrame) -> pl.DataFrame:
     """The walk-forward backtest figures MLflow holds for each (symbol, target, model_version) in `versions`:
     the metrics of the run that registered the version. A version or run no longer in the registry gets nulls."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
+
+    from mlflow import MlflowClient
 
     client = MlflowClient(settings.tracking_uri)
     rows = []

@@ -19,7 +19,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -81,7 +81,7 @@ def replay(settings: Settings, start: date, end: date, progress: Callable[[str],
         if trained and trained[:10] >= start.isoformat():
             progress(f"note: {model.name} v{model.version} was trained on data through {trained[:10]}, after {start}: "
                      "its live figures in this replay are in-sample (train with ITFF_END_DATE before START for honest ones)")
-    forgotten = forget_decisions_from(settings, datetime(start.year, start.month, start.day, tzinfo=timezone.utc))
+    forgotten = forget_decisions_from(settings, datetime(start.year, start.month, start.day, tzinfo=UTC))
     if forgotten:
         progress(f"note: {forgotten} decision(s) of an earlier replay from {start} on are replaced by this one's")
     log = PredictionLog.for_settings(settings)
@@ -89,7 +89,7 @@ def replay(settings: Settings, start: date, end: date, progress: Callable[[str],
     days = day_range(start, end)
     try:
         for i, day in enumerate(days):
-            cutoff = datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + timedelta(days=1)
+            cutoff = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
             summary.silver_rows_written += update_lake(settings, KnownBy(source, cutoff), day)
             for model in store.models.values():
                 for record in predict_day(settings, model, day):
@@ -118,7 +118,7 @@ def update_lake(settings: Settings, source: KnownBy, day: date) -> int:
     from itff_platform.lake.layers import build_bronze, build_silver, ingest_raw, month_start
 
     month = month_start(day)
-    since = datetime(day.year, day.month, day.day, tzinfo=timezone.utc) - timedelta(seconds=settings.features.label_horizon * settings.interval_seconds)
+    since = datetime(day.year, day.month, day.day, tzinfo=UTC) - timedelta(seconds=settings.features.label_horizon * settings.interval_seconds)
     written = 0
     for symbol in settings.symbols:
         ingest_raw(source, settings, symbol, [month])
@@ -148,7 +148,7 @@ def predict_day(settings: Settings, model, day: date) -> list[dict]:
     from itff_platform.lake.delta import read_rows
     from itff_platform.lake.layers import LakeTables
 
-    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     context = timedelta(seconds=settings.interval_seconds * model.forecaster.context_rows)
     rows = read_rows(LakeTables.under(settings).silver, settings.interval, model.symbol, start - context, start + timedelta(days=1))
     names = model.meta["features"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import numpy as np
@@ -90,7 +90,7 @@ def checked_candles(candles: list[Candle], settings: Settings, interval: str, no
     if median != seconds:
         raise RequestError(f"candles.timestamp: the candles are {_duration(median)} apart; this model is trained on "
                            f"{interval} bars ({seconds} s apart)")
-    latest = (now or datetime.now(timezone.utc)) + timedelta(seconds=seconds)
+    latest = (now or datetime.now(UTC)) + timedelta(seconds=seconds)
     if frame["timestamp"][-1] > latest:
         raise RequestError(f"candles[{frame.height - 1}].timestamp: {frame['timestamp'][-1].isoformat()} is in the future; "
                            f"a bar opens at most one {interval} bar after now")
@@ -191,7 +191,7 @@ def parse_bar_time(value: str, settings: Settings, now: datetime | None = None, 
     if at.timestamp() % settings.interval_seconds:
         raise RequestError(f"{field}: {at.isoformat()} is not on a {settings.interval} bar boundary (a bar's open time, "
                            f"such as {EXAMPLE_TIME})")
-    latest = (now or datetime.now(timezone.utc)).timestamp() + settings.interval_seconds
+    latest = (now or datetime.now(UTC)).timestamp() + settings.interval_seconds
     if at.timestamp() > latest:
         raise RequestError(f"{field}: {at.isoformat()} is in the future; at most one {settings.interval} bar after now is accepted")
     return at
@@ -234,7 +234,7 @@ def newest_lake_regime(settings: Settings, symbol: str) -> tuple[str, datetime] 
     if months.is_empty():
         return None
     newest = months["partition.month"].max()
-    start = datetime(newest.year, newest.month, 1, tzinfo=timezone.utc)
+    start = datetime(newest.year, newest.month, 1, tzinfo=UTC)
     rows = read_rows(path, settings.interval, symbol, start).filter(pl.col("regime").is_in(REGIMES))
     return (rows["regime"][-1], rows["timestamp"][-1]) if rows.height else None
 
@@ -271,7 +271,7 @@ def features_from_lake(settings: Settings, symbol: str, at: datetime, max_age_ba
     from itff_platform.lake.layers import LakeTables
 
     bar = timedelta(seconds=settings.interval_seconds)
-    asked = datetime.fromtimestamp(at.timestamp() // settings.interval_seconds * settings.interval_seconds, timezone.utc)
+    asked = datetime.fromtimestamp(at.timestamp() // settings.interval_seconds * settings.interval_seconds, UTC)
     tables = LakeTables.under(settings)
     try:
         start = asked - max_age_bars * bar

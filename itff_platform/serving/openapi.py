@@ -11,7 +11,7 @@ Built once per worker, on the first request for the document."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -232,8 +232,8 @@ class Examples:
 
         self.settings, self.fewest = settings, minimum_candles(settings)
         source = settings.symbols[0] if settings.symbols[0] in sample_symbols() else sample_symbols()[0]
-        frame = SampleCandleSource().fetch(source, SAMPLE_INTERVAL, datetime(2024, 1, 1, tzinfo=timezone.utc),
-                                           datetime(2025, 1, 1, tzinfo=timezone.utc)).tail(800)
+        frame = SampleCandleSource().fetch(source, SAMPLE_INTERVAL, datetime(2024, 1, 1, tzinfo=UTC),
+                                           datetime(2025, 1, 1, tzinfo=UTC)).tail(800)
         self.names = feature_columns(settings)
         self.row = {k: round(v, 6) for k, v in build_features(frame, settings).collect().select(self.names).row(-1, named=True).items()}
         self.candles = [{"timestamp": r[0].isoformat(), "open": r[1], "high": r[2], "low": r[3], "close": r[4], "volume": r[5]}

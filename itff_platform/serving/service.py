@@ -13,10 +13,10 @@ import logging
 import math
 import threading
 import time
-from time import perf_counter  # a handler parameter is called `time` (the TradingView field)
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from time import perf_counter  # a handler parameter is called `time` (the TradingView field)
 
 import anyio
 import bentoml
@@ -88,8 +88,8 @@ def state_dir(settings: Settings) -> Path:
                   logging={"access": {"enabled": SETTINGS.serving.access_log}})
 class ItffService:
     def __init__(self) -> None:
-        from itff_platform.serving.lifeline import exit_with_parent
         from itff_platform.contracts.champions import ChampionStore
+        from itff_platform.serving.lifeline import exit_with_parent
 
         exit_with_parent()  # an arbiter killed with SIGKILL must not leave this worker holding the port
         quiet_client_errors()
@@ -251,7 +251,7 @@ class ItffService:
         if len(x) and model.forecaster.scaler is not None:
             ood = (np.abs(model.forecaster.scale(x)).max(axis=1) > OOD_Z).tolist()
         about = {"model_version": model.version, "family": model.family, **trading_permission(model.meta),
-                 **model_age(model.meta, datetime.now(timezone.utc), self.settings.serving.model_max_age_days),
+                 **model_age(model.meta, datetime.now(UTC), self.settings.serving.model_max_age_days),
                  "out_of_distribution": ood}
         if model.meta["task"] == "regression":
             return {**about, "bands": np.asarray(out).tolist()}
@@ -281,7 +281,7 @@ class ItffService:
             model = self._champion(symbol, target)
             at = parse_time(time, "time")
             bar = timedelta(seconds=self.settings.interval_seconds)
-            if at > datetime.now(timezone.utc) + bar:
+            if at > datetime.now(UTC) + bar:
                 raise RequestError(f"time: {at.isoformat()} is in the future; an alert's bar opens at most one "
                                    f"{self.settings.interval} bar after now")
             age = 0
@@ -349,7 +349,7 @@ class ItffService:
                 "regime": regime or "unknown", "bar_time": at.isoformat() if at is not None else None, **permission,
                 "model_age_days": max(ages) if ages else None, "expired": any(b["expired"] for b in breakdown),
                 "families": breakdown, "skipped_families": skipped,
-                "served_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+                "served_at": datetime.now(UTC).isoformat(timespec="milliseconds")}
 
     def _vote(self, model, x, at) -> dict:
         # The deterministic probability, as /predict serves it; no MC dropout, whose spread a vote does not use.
@@ -357,7 +357,7 @@ class ItffService:
         checked_output(out, "features")
         return {"family": model.family, "model_version": model.version, "prob_up": float(out[-1]),
                 "threshold": float(model.meta["threshold"]), **trading_permission(model.meta),
-                **model_age(model.meta, at or datetime.now(timezone.utc), self.settings.serving.model_max_age_days)}
+                **model_age(model.meta, at or datetime.now(UTC), self.settings.serving.model_max_age_days)}
 
     # No /healthz or /readyz APIs: a BentoML API is a POST, beside BentoML's own GET /healthz, /livez and /readyz.
     # GET /readyz with a token lists the models (the guard answers it from readiness()).

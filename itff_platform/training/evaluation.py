@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from itff_platform.contracts.signals import allows_short
 from itff_platform.models.base import Forecaster, balanced_weights
 from itff_platform.models.calibration import Calibrated
 from itff_platform.rules import REGIMES
 from itff_platform.training import metrics as m
 from itff_platform.training import plots
-from itff_platform.contracts.signals import allows_short
 from itff_platform.training.backtest import backtest, combine_backtests, trading_metrics
-from itff_platform.training.significance import mean_above_zero_p_value
 from itff_platform.training.dataset import TrainingData
+from itff_platform.training.significance import mean_above_zero_p_value
 from itff_platform.training.splits import Fold
 
 

@@ -8,7 +8,6 @@ from sklearn.metrics import brier_score_loss, f1_score, log_loss, precision_scor
 
 from itff_platform.rules import REGIMES
 
-
 RELIABILITY_BINS = 10  # equal-width bins of 0.1, the usual ECE: coarse enough that a month of hourly rows fills them
 EVEN_ODDS = 0.5  # accuracy and hit rate call "up" above even odds, whatever threshold the trading rule uses
 MIN_REGIME_ROWS = 20  # a regime with fewer out-of-sample rows gets no AUC or hit rate: too few to mean anything

@@ -7,11 +7,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # no display here, and none needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import polars as pl
 
-from itff_platform.training.metrics import RELIABILITY_BINS, expected_calibration_error, reliability_bins  # noqa: E402
+from itff_platform.training.metrics import RELIABILITY_BINS, expected_calibration_error, reliability_bins
 
 
 def _finish(fig, axis, title: str, path: Path, dates: bool = False) -> Path:

@@ -19,20 +19,20 @@ from __future__ import annotations
 import json
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import polars as pl
-from mlflow import MlflowClient
 
+import mlflow
 from itff_platform.manifests import DIGEST_TAG, artifact_manifest, manifest_artifact, manifest_digest
 from itff_platform.models.registry import baselines
 from itff_platform.rules import registered_name, task_of
 from itff_platform.settings import Settings
 from itff_platform.training.metrics import row_losses
 from itff_platform.training.tracking import quiet_mlflow
+from mlflow import MlflowClient
 
 CHAMPION = "champion"
 HISTORY_TAG = "champion_history"
@@ -320,7 +320,7 @@ def force_champion(settings: Settings, symbol: str, target: str, version: str) -
     before = str(champion.version) if champion else None
     if before == str(version):
         raise LookupError(f"{name}: v{version} is already the champion")
-    forced_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    forced_at = datetime.now(UTC).isoformat(timespec="seconds")
     decision = Decision(name, True, str(version), before, "forced",
                         [f"forced by itff promote --force at {forced_at}: v{version} is served without passing the "
                          f"promotion test (champion before: {'v' + before if before else 'none'})"])
@@ -345,7 +345,7 @@ def rollback_champion(settings: Settings, symbol: str, target: str) -> tuple[str
                           f"of {HISTORY_TAG} (v{current}); set the alias by hand or promote again")
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[:-1]))  # history first: it drives rollback
     client.set_registered_model_alias(name, CHAMPION, previous)
-    client.set_model_version_tag(name, current, "rolled_back_at", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    client.set_model_version_tag(name, current, "rolled_back_at", datetime.now(UTC).isoformat(timespec="seconds"))
     return current, previous
 
 
@@ -408,7 +408,7 @@ def _record(client: MlflowClient, decision: Decision, basis: str | None = None) 
             "promotion_decision": "promoted" if decision.promoted else "rejected",
             "promotion_compared_with": decision.compared_with,
             "promotion_reasons": " | ".join(decision.reasons)[:5000],
-            "promotion_decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "promotion_decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
             **{f"promotion_{k}": f"{v:.6g}" for k, v in decision.figures.items()},
         }
         for key, value in tags.items():

@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 
 import polars as pl
-from mlflow import MlflowClient
 
 from itff_platform.fingerprints import SHARED_MODULES, code_digest, digest
 from itff_platform.lake.incremental import SILVER_SETTINGS
@@ -24,8 +23,16 @@ from itff_platform.models import is_baseline
 from itff_platform.settings import Settings
 from itff_platform.training.dataset import TrainingData
 from itff_platform.training.splits import Fold
-from itff_platform.training.study import EXACT_METRICS_TAG, FINGERPRINT_TAG, StudyOutcome, experiment_id, figure_path, study_trials
+from itff_platform.training.study import (
+    EXACT_METRICS_TAG,
+    FINGERPRINT_TAG,
+    StudyOutcome,
+    experiment_id,
+    figure_path,
+    study_trials,
+)
 from itff_platform.training.tracking import quiet_mlflow
+from mlflow import MlflowClient
 
 LIBRARIES = ("numpy", "scipy", "scikit-learn", "torch", "optuna")
 

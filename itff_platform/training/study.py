@@ -11,15 +11,15 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import optuna
 import pandas as pd
 import polars as pl
 
+import mlflow
 from itff_platform.models import make_forecaster
 from itff_platform.models.registry import FamilySpec, spec
 from itff_platform.rules import registered_name
@@ -165,7 +165,7 @@ def run_study(
     n_trials = study_trials(family, settings, n_trials)
     started = time.perf_counter()
     fixed = family_spec.fixed_params(data.features)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     # The last fold is a holdout: the search never scores on it, so the figures reported for it (the recent_*
     # metrics promotion relies on) carry no selection bias from the hyperparameter search.
     search_folds, holdout = folds[:-1], folds[-1:]
@@ -313,11 +313,11 @@ def registration_refusal(metrics: dict[str, float], settings: Settings) -> str |
 
 def _refit_and_register(data: TrainingData, family: str, params: dict, weighting: str, evaluation: Evaluation,
                         settings: Settings, folder: Path, metrics: dict[str, float]) -> str:
-    from mlflow import MlflowClient
     from mlflow.models import infer_signature
 
     from itff_platform.training import pyfunc
     from itff_platform.training.pyfunc import ItffForecastModel
+    from mlflow import MlflowClient
 
     every_row = np.arange(len(data))
     model = make_forecaster(family, params, settings).fit(data.x, data.y, sample_weights(data, every_row, weighting))

@@ -1,13 +1,11 @@
 """Schedules and sensors, evaluated with Dagster's own test contexts against real instances, files and registries."""
 
 import json
-import os
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import ClassVar
 
-import mlflow
 import pytest
 from dagster import (
     AssetKey,
@@ -19,11 +17,12 @@ from dagster import (
     build_schedule_context,
     build_sensor_context,
 )
-from mlflow import MlflowClient
 
+import mlflow
 from itff_platform.definitions import defs, evaluation_job, lake_job, training_job
 from itff_platform.defs.automation import automation
 from itff_platform.settings import Settings
+from mlflow import MlflowClient
 
 REPOSITORY = defs.get_repository_def()
 # build_run_status_sensor_context(repository_def=...) is marked beta; it is the documented way to test these sensors.
@@ -49,7 +48,7 @@ def test_schedules_and_sensors_are_registered_and_stopped_by_default():
 
 def test_the_daily_refresh_ingests_every_symbols_newest_month():
     schedules, _ = jobs_and_sensors(Settings(source="sample"))
-    context = build_schedule_context(scheduled_execution_time=datetime(2024, 9, 30, 2, 15, tzinfo=timezone.utc), repository_def=REPOSITORY)
+    context = build_schedule_context(scheduled_execution_time=datetime(2024, 9, 30, 2, 15, tzinfo=UTC), repository_def=REPOSITORY)
     requests = list(schedules["daily_refresh"].evaluate_tick(context).run_requests)
     assert sorted(r.partition_key for r in requests) == ["2024-09-01|BTCUSDT", "2024-09-01|ETHUSDT"]
     assert all(r.tags["itff/trigger"] == "daily" and r.run_key.startswith("daily-2024-09-30") for r in requests)
@@ -188,9 +187,9 @@ def test_on_the_first_of_a_month_the_daily_refresh_also_completes_the_month_befo
     from itff_platform.defs.automation import newest_month_keys
 
     live = Settings(source="binance", symbols=["BTCUSDT"])
-    assert newest_month_keys(live, datetime(2026, 12, 1, 2, 15, tzinfo=timezone.utc)) == ["2026-11-01|BTCUSDT", "2026-12-01|BTCUSDT"]
-    assert newest_month_keys(live, datetime(2026, 12, 9, 2, 15, tzinfo=timezone.utc)) == ["2026-12-01|BTCUSDT"]
-    assert newest_month_keys(Settings(symbols=["BTCUSDT"]), datetime(2026, 12, 1, tzinfo=timezone.utc)) == ["2024-09-01|BTCUSDT"]
+    assert newest_month_keys(live, datetime(2026, 12, 1, 2, 15, tzinfo=UTC)) == ["2026-11-01|BTCUSDT", "2026-12-01|BTCUSDT"]
+    assert newest_month_keys(live, datetime(2026, 12, 9, 2, 15, tzinfo=UTC)) == ["2026-12-01|BTCUSDT"]
+    assert newest_month_keys(Settings(symbols=["BTCUSDT"]), datetime(2026, 12, 1, tzinfo=UTC)) == ["2024-09-01|BTCUSDT"]
 
 
 def test_the_drift_sensor_ignores_what_a_replay_materialized():

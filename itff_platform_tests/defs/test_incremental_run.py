@@ -7,12 +7,12 @@ import math
 
 import pytest
 from dagster import DagsterInstance, materialize
-from mlflow import MlflowClient
 
 from itff_platform.definitions import lake, promotion, training
 from itff_platform.defs.resources import ItffSettingsResource
 from itff_platform.defs.training_assets import summary_rows
 from itff_platform.settings import Settings
+from mlflow import MlflowClient
 
 PARTITIONS = ["BTCUSDT|direction", "BTCUSDT|level_up"]
 ENV = {"ITFF_FAMILIES": '["logistic"]', "ITFF_TRIALS": "1", "ITFF_WF_FOLDS": "2",

@@ -11,9 +11,10 @@ import time
 import httpx
 import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
-from mlflow import MlflowClient
 
 from itff_platform_tests.defs.conftest import PARTITIONS
+from mlflow import MlflowClient
+
 LINK = re.compile(r"\[(\w+)\]\((http://[^/]+)/#/experiments/(\d+)/runs/(\w+)\)")
 
 

@@ -1,6 +1,7 @@
 """What the fault tests share: a real lake (raw -> bronze -> silver, with one quarantined bar) and a real MLflow
 registry with a promoted champion, and helpers to start, inspect and kill a real `bentoml serve`."""
 
+import contextlib
 import json
 import os
 import re
@@ -10,10 +11,10 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import httpx
-import mlflow
 import polars as pl
 import pytest
 
+import mlflow
 from itff_platform.lake.delta import read_rows
 from itff_platform.lake.layers import LakeTables, build_bronze, build_silver, ingest_raw
 from itff_platform.market.files import FilesCandleSource
@@ -23,7 +24,6 @@ from itff_platform.training.promotion import promote_champion
 from itff_platform_tests.conftest import utc
 from itff_platform_tests.serving.test_service import start_service
 from itff_platform_tests.training.test_promotion import train
-import contextlib
 
 TOKEN, ADMIN = "fault-token", "fault-admin"
 QUARANTINED_BAR = 5990  # index of the candle given high < low: the lake quarantines it

@@ -80,7 +80,8 @@ def sharpened(raw: dict, settings, silver) -> dict:
 def fuzz(url: str, raw: dict, cases: int) -> tuple[Counter, list[str]]:
     """Run about `cases` requests, split over the operations and both modes; (status counts, 5xx examples)."""
     import schemathesis
-    from hypothesis import HealthCheck, Phase, Verbosity, given, settings as hypothesis_settings
+    from hypothesis import HealthCheck, Phase, Verbosity, given
+    from hypothesis import settings as hypothesis_settings
     from hypothesis.errors import Unsatisfiable
 
     schema = schemathesis.openapi.from_dict(raw)

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -22,7 +22,14 @@ from itff_platform.rules import REGIMES
 from itff_platform.serving.guard import body_signature
 from itff_platform_tests.conftest import free_port
 from itff_platform_tests.faults.conftest import (
-    ADMIN, QUARANTINED_BAR, TOKEN, kill9, metric_lines, serve, wait_for_workers, worker_pids,
+    ADMIN,
+    QUARANTINED_BAR,
+    TOKEN,
+    kill9,
+    metric_lines,
+    serve,
+    wait_for_workers,
+    worker_pids,
 )
 
 SECRET = "fault-secret"
@@ -177,7 +184,7 @@ def test_an_alert_close_far_from_the_bar_close_is_refused(service, close):
 
 def test_a_quarantined_bar_is_refused_not_answered_from_the_bar_before(service):
     url, _settings, silver = service
-    quarantined = datetime(2024, 1, 1, tzinfo=timezone.utc) + timedelta(hours=QUARANTINED_BAR)
+    quarantined = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(hours=QUARANTINED_BAR)
     assert quarantined not in silver["timestamp"].to_list()
     before = silver.filter(pl.col("timestamp") < quarantined).row(-1, named=True)
     answer = send(url, alert_for(silver, close=before["close"], time=quarantined.strftime("%Y-%m-%dT%H:%M:%SZ")))

@@ -1,4 +1,4 @@
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import polars as pl
 
@@ -13,7 +13,7 @@ def as_raw(candles: pl.DataFrame, symbol: str = "BTCUSDT", batch: str = "b1") ->
         pl.lit("1h").alias("interval"),
         pl.lit(symbol).alias("symbol"),
         pl.lit("test").alias("source"),
-        pl.lit(datetime(2024, 6, 1, tzinfo=timezone.utc)).cast(pl.Datetime("us", "UTC")).alias("ingested_at"),
+        pl.lit(datetime(2024, 6, 1, tzinfo=UTC)).cast(pl.Datetime("us", "UTC")).alias("ingested_at"),
         pl.lit(batch).alias("batch_id"),
     )
 

@@ -6,7 +6,7 @@ import io
 import json
 import threading
 import zipfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -14,9 +14,8 @@ import polars as pl
 
 from itff_platform.settings import INTERVAL_SECONDS
 
-
 # Binance's spot archives switched open/close times from milliseconds to microseconds with January 2025.
-MICROSECOND_ARCHIVES_FROM = datetime(2025, 1, 1, tzinfo=timezone.utc)
+MICROSECOND_ARCHIVES_FROM = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 class FakeBinance:
@@ -39,7 +38,7 @@ class FakeBinance:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def __enter__(self) -> "FakeBinance":
+    def __enter__(self) -> FakeBinance:
         self.thread.start()
         return self
 
@@ -60,8 +59,8 @@ class FakeBinance:
     def archive_zip(self, symbol: str, interval: str, stamp: str) -> bytes | None:
         """A monthly archive as data.binance.vision publishes it: a zip holding one header-less CSV of the 12 kline
         columns. Spot archives stamp open and close times in ms up to 2024, in µs from 2025 on."""
-        start = datetime.strptime(stamp, "%Y-%m").replace(tzinfo=timezone.utc)
-        end = datetime(start.year + start.month // 12, start.month % 12 + 1, 1, tzinfo=timezone.utc)
+        start = datetime.strptime(stamp, "%Y-%m").replace(tzinfo=UTC)
+        end = datetime(start.year + start.month // 12, start.month % 12 + 1, 1, tzinfo=UTC)
         if stamp in self.unpublished:
             return None
         # kline_rows is inclusive at both ends, as Binance's startTime/endTime are.

@@ -1,4 +1,4 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 import pytest
@@ -99,7 +99,7 @@ def test_archived_months_are_the_whole_months_that_have_ended():
 
 
 def test_the_candle_still_forming_is_left_out():
-    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     stamps = [now - timedelta(hours=h) for h in (2, 1, 0)]  # the last one opened this hour: not closed yet
     live = pl.DataFrame({"timestamp": stamps, "open": [1.0] * 3, "high": [2.0] * 3, "low": [0.5] * 3, "close": [1.5] * 3,
                          "volume": [10.0] * 3}).with_columns(pl.col("timestamp").dt.cast_time_unit("us"))

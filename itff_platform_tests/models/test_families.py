@@ -3,8 +3,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from itff_platform.models import forecaster_class, load_forecaster, make_forecaster
-from itff_platform.models.registry import names
 from itff_platform.models.lorentzian import lorentzian_distances
+from itff_platform.models.registry import names
 from itff_platform.settings import Settings
 
 CLASSIFIERS = names("classification", baseline=False)

@@ -85,7 +85,7 @@ def test_the_recipe_adds_a_family_with_one_file(scratch_family, tmp_path):
     import mlflow
 
     mlflow.set_tracking_uri(settings.tracking_uri)
-    folder = Path(mlflow.artifacts.download_artifacts(f"models:/itff-TESTUSDT-direction/1", dst_path=str(tmp_path / "m")))
+    folder = Path(mlflow.artifacts.download_artifacts("models:/itff-TESTUSDT-direction/1", dst_path=str(tmp_path / "m")))
     model = load_forecaster(folder / "artifacts" / "forecaster")
     assert model.family == scratch_family
     prob = model.predict_proba(data.x[-5:])

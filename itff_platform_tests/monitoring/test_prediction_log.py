@@ -1,7 +1,7 @@
 """The prediction log writes real Delta tables, in batches, off the caller's thread, and loses nothing on close."""
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -11,7 +11,7 @@ from itff_platform.monitoring.prediction_log import PredictionLog, records_frame
 
 
 def record(i: int) -> dict:
-    at = datetime(2024, 9, 1, tzinfo=timezone.utc) + timedelta(hours=i)
+    at = datetime(2024, 9, 1, tzinfo=UTC) + timedelta(hours=i)
     return {"request_id": f"r{i}", "logged_at": at, "endpoint": "/predict", "symbol": "BTCUSDT", "target": "direction",
             "bar_time": at, "model_version": "3", "family": "logistic", "regime": "neutral", "signal": "long",
             "prob_up": 0.6, "threshold": 0.55, "allow": True, "latency_ms": 1.5, "out_of_distribution": False,

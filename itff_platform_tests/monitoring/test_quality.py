@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
 import pytest
 
+from itff_platform.contracts.signals import signal_names
+from itff_platform.monitoring.drift import feature_drift
 from itff_platform.monitoring.plots import (
     drift_plot,
     embed_png,
@@ -14,14 +16,18 @@ from itff_platform.monitoring.plots import (
     live_reliability_plot,
     regime_mix_plot,
 )
-from itff_platform.monitoring.drift import feature_drift
-from itff_platform.monitoring.quality import BACKTEST_METRICS, in_window, live_quality, live_quality_for, quality_degradation
-from itff_platform.contracts.signals import signal_names
+from itff_platform.monitoring.quality import (
+    BACKTEST_METRICS,
+    in_window,
+    live_quality,
+    live_quality_for,
+    quality_degradation,
+)
 from itff_platform.training.backtest import backtest
 
 FEES_BPS = 10.0
 COST = 2 * FEES_BPS / 1e4
-AS_OF = datetime(2024, 9, 30, tzinfo=timezone.utc)
+AS_OF = datetime(2024, 9, 30, tzinfo=UTC)
 SCHEMA = {"symbol": pl.String, "target": pl.String, "regime": pl.String, "prob_up": pl.Float64, "signal": pl.String,
           "label": pl.Int8, "forward_return": pl.Float64, "p50": pl.Float64, "close": pl.Float64}
 
@@ -160,10 +166,9 @@ def test_only_the_window_before_as_of_is_judged():
 
 def test_live_quality_for_sets_each_version_beside_its_own_backtest(tmp_path):
     import mlflow
-    from mlflow import MlflowClient
-
     from itff_platform.monitoring.outcomes import read_quality_summary, write_quality_summary
     from itff_platform.settings import Settings
+    from mlflow import MlflowClient
 
     settings = Settings(home=tmp_path, label_horizon=2)
     client = MlflowClient(settings.tracking_uri)
@@ -209,7 +214,7 @@ def test_plots_are_written(tmp_path, settings):
 
     n = 200
     prob = rng.random(n)
-    start = datetime(2024, 9, 1, tzinfo=timezone.utc)
+    start = datetime(2024, 9, 1, tzinfo=UTC)
     realized = pl.DataFrame({
         "bar_time": [start + timedelta(hours=i) for i in range(n)], "symbol": "BTCUSDT", "target": "direction",
         "regime": "neutral", "prob_up": prob, "signal": np.where(prob > 0.6, "long", np.where(prob < 0.4, "short", "flat")),

@@ -1,12 +1,12 @@
 """`itff replay` on a real lake and a real registry: incremental lake updates, logged predictions with their
 outcomes, drift and decisions; then the monitoring assets materialized by Dagster over what it left."""
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
-import mlflow
 import polars as pl
 import pytest
 
+import mlflow
 from itff_platform.lake.layers import LakeTables, build_bronze, build_silver, ingest_raw
 from itff_platform.market.files import FilesCandleSource
 from itff_platform.monitoring.evaluation import read_decisions
@@ -100,7 +100,7 @@ def test_the_monitoring_assets_materialize_with_checks(replayed, monkeypatch):
     monkeypatch.setenv("ITFF_TARGETS", '["direction"]')
     instance = DagsterInstance.ephemeral()
     result = materialize(monitoring, instance=instance,
-                         resources={"itff": ItffSettingsResource(evaluation_as_of=datetime(2024, 7, 14, tzinfo=timezone.utc).isoformat())})
+                         resources={"itff": ItffSettingsResource(evaluation_as_of=datetime(2024, 7, 14, tzinfo=UTC).isoformat())})
     assert result.success
     outcomes = result.asset_materializations_for_node("prediction_outcomes")[0].metadata
     assert outcomes["outcomes_realized"].value == 96 - settings.features.label_horizon

@@ -7,14 +7,15 @@ level. Fixed drift thresholds call that wander drift every day; thresholds calib
 
 from __future__ import annotations
 
+import itertools
 from datetime import date, datetime, timedelta
 
-import mlflow
 import numpy as np
 import polars as pl
 import pytest
 from scipy.signal import lfilter
 
+import mlflow
 from itff_platform.lake.layers import build_bronze, build_silver, ingest_raw
 from itff_platform.market.files import FilesCandleSource
 from itff_platform.monitoring.evaluation import evaluate, read_decisions, record_decisions
@@ -24,7 +25,6 @@ from itff_platform.training.dataset import training_data
 from itff_platform.training.promotion import promote_champion
 from itff_platform.training.train import train_symbol_target
 from itff_platform_tests.conftest import utc
-import itertools
 
 SYMBOL, START = "PROMOUSDT", utc(2023, 10, 1)
 MONTHS = [utc(2023, month, 1) for month in range(10, 13)] + [utc(2024, month, 1) for month in range(1, 6)]

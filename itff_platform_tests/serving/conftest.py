@@ -3,9 +3,9 @@ client is told: the no-champion refusals and the OpenAPI document (Swagger's "Tr
 
 import json
 
-import mlflow
 import pytest
 
+import mlflow
 from itff_platform.settings import Settings
 from itff_platform.training.dataset import training_data
 from itff_platform.training.promotion import promote_champion

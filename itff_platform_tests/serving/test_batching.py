@@ -5,9 +5,9 @@ import asyncio
 import numpy as np
 import pytest
 
+from itff_platform.contracts.champions import LoadedModel
 from itff_platform.models import make_forecaster
 from itff_platform.serving.batching import RowBatcher
-from itff_platform.contracts.champions import LoadedModel
 from itff_platform.settings import Settings
 
 

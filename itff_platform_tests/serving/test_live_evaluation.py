@@ -4,15 +4,14 @@ Feature rows sent with their bar's time are logged with it and evaluated; the re
 validated name); every answer says how old its model is and whether it may be traded."""
 
 import json
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import httpx
-import mlflow
 import polars as pl
 import pytest
-from mlflow import MlflowClient
 
+import mlflow
 from itff_platform.features.silver import feature_columns
 from itff_platform.lake.delta import read_rows
 from itff_platform.lake.layers import LakeTables, build_bronze, build_silver, ingest_raw
@@ -24,6 +23,7 @@ from itff_platform.training.promotion import promote_champion
 from itff_platform_tests.conftest import model_files, utc
 from itff_platform_tests.serving.test_service import start_service
 from itff_platform_tests.training.test_promotion import NAME, train
+from mlflow import MlflowClient
 
 TOKEN, ADMIN = "live-token", "live-admin"
 MAX_AGE_DAYS = 20
@@ -46,7 +46,7 @@ def build_lake(settings: Settings) -> pl.DataFrame:
 
 def trained_through(settings: Settings, version: str) -> datetime:
     meta = json.loads(meta_path(settings, version).read_text())
-    return datetime.fromisoformat(meta["trained_through"][:19]).replace(tzinfo=timezone.utc)
+    return datetime.fromisoformat(meta["trained_through"][:19]).replace(tzinfo=UTC)
 
 
 def meta_path(settings: Settings, version: str) -> Path:
@@ -118,7 +118,7 @@ def test_a_feature_row_with_its_bar_time_gets_the_lakes_regime_and_the_models_ag
     ASKED[stale.json()["request_id"]] = later.isoformat()
 
     undated = post(url, "/predict", {"symbol": "PROMOUSDT", "features": features(row, settings), "regime": "neutral"}).json()
-    age_now = (datetime.now(timezone.utc) - through).total_seconds() / 86400
+    age_now = (datetime.now(UTC) - through).total_seconds() / 86400
     assert undated["bar_time"] is None and undated["regime"] == "neutral"  # the lake cannot say: the client's, validated
     assert undated["model_age_days"] == pytest.approx(age_now, abs=0.01) and undated["expired"] is True
     ASKED[undated["request_id"]] = "none"
@@ -127,7 +127,7 @@ def test_a_feature_row_with_its_bar_time_gets_the_lakes_regime_and_the_models_ag
 @pytest.mark.parametrize("bar_time, message", [
     ("yesterday", "bar_time: 'yesterday' is not an ISO-8601 time"),
     ("2024-08-10T12:34:00Z", "is not on a 1h bar boundary"),
-    ((datetime.now(timezone.utc) + timedelta(days=2)).strftime("%Y-%m-%dT%H:00:00Z"), "is in the future"),
+    ((datetime.now(UTC) + timedelta(days=2)).strftime("%Y-%m-%dT%H:00:00Z"), "is in the future"),
 ])
 def test_a_bad_bar_time_gets_a_400_naming_the_field_and_the_rule(live, bar_time, message):
     url, settings, silver, _ = live

@@ -8,16 +8,16 @@ import time
 from pathlib import Path
 
 import httpx
-import mlflow
 import pytest
-from mlflow import MlflowClient
 
+import mlflow
 from itff_platform.market.sample import SampleCandleSource
 from itff_platform.serving.online import minimum_candles
 from itff_platform.settings import Settings
 from itff_platform.training.promotion import promote_champion
 from itff_platform_tests.conftest import free_port, model_files, utc
 from itff_platform_tests.training.test_promotion import train
+from mlflow import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN, ADMIN = "test-token-1", "admin-token-1"

@@ -4,10 +4,10 @@ appending to one Delta table. Every answered request must be in the log after a 
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import mlflow
 import polars as pl
 import pytest
 
+import mlflow
 from itff_platform.monitoring.prediction_log import prediction_log_path
 from itff_platform.settings import Settings
 from itff_platform.training.promotion import promote_champion

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import polars as pl
-import pytest
 
 from itff_platform.models import make_forecaster
 from itff_platform.settings import Settings

@@ -49,9 +49,8 @@ def test_random_walk_trades_at_a_profit_factor_near_one_after_fees(random_walk_r
 
 
 def test_on_a_random_walk_nothing_is_tradable_and_nothing_is_promoted(random_walk_results):
-    from mlflow import MlflowClient
-
     from itff_platform.training.promotion import promote_champion
+    from mlflow import MlflowClient
 
     outcomes, settings, _ = random_walk_results
     for outcome in outcomes:

@@ -2,17 +2,17 @@
 
 import json
 
-import mlflow
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
 
+import mlflow
 from itff_platform.features.silver import build_features
 from itff_platform.market.synthetic import random_walk_candles
 from itff_platform.rules import REGIMES
 from itff_platform.settings import Settings
 from itff_platform.training.dataset import training_data
 from itff_platform.training.train import train_symbol_target
+from mlflow import MlflowClient
 
 FAMILIES = ["baseline_majority", "logistic", "lstm"]
 

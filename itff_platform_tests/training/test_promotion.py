@@ -1,19 +1,19 @@
 """Promotion against a real MLflow registry: baselines first, then champion vs challenger, rollback, integrity."""
 
-import mlflow
 import numpy as np
 import polars as pl
 import pytest
-from mlflow import MlflowClient
 
+import mlflow
+from itff_platform.contracts.champions import ChampionStore
 from itff_platform.features.silver import build_features
 from itff_platform.market.synthetic import random_walk_candles
 from itff_platform.settings import Settings
 from itff_platform.training.dataset import training_data
-from itff_platform.contracts.champions import ChampionStore
 from itff_platform.training.promotion import promote_champion, rollback_champion
 from itff_platform.training.train import train_symbol_target
 from itff_platform_tests.conftest import model_files
+from mlflow import MlflowClient
 
 NAME = "itff-PROMOUSDT-direction"
 
@@ -92,7 +92,7 @@ def test_a_better_challenger_takes_over_and_rollback_restores_the_previous_champ
 
 
 def test_a_tampered_model_fails_verification_naming_the_file(registry):
-    _settings, client = registry
+    settings, client = registry
     version = client.get_model_version_by_alias(NAME, "champion")
     target = model_files(client, NAME, version.version) / "artifacts" / "forecaster" / "state.pkl"
     assert target.exists()

@@ -1,7 +1,8 @@
+import itertools
+
 import pytest
 
 from itff_platform.training.splits import walk_forward_splits
-import itertools
 
 
 def test_folds_never_overlap_and_step_forward():

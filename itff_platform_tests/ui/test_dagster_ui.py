@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import httpx
-import mlflow
 import pytest
 from dagster import DagsterInstance
 
+import mlflow
 from itff_platform.defs.cli_runs import execute_job
 from itff_platform_tests.conftest import free_port
 from itff_platform_tests.faults.test_service_faults import wait_ready
@@ -140,7 +140,7 @@ def registry_uis(tmp_path_factory):
     settings = promoted_registry(folder)
     port = free_port()
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    log_file = open(folder / "mlflow-ui.log", "w")  # a file, not a pipe: nobody drains a pipe
+    log_file = open(folder / "mlflow-ui.log", "w")  # noqa: SIM115 (a file, not a pipe: nobody drains a pipe; closed at teardown)
     ui = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "ui", "--workers", "1", "--backend-store-uri", settings.tracking_uri,
          "--default-artifact-root", settings.artifact_location, "--host", "127.0.0.1", "--port", str(port)],
