@@ -60,7 +60,9 @@ class PeakRss:
 
 
 def synthetic_minutes(n: int, start: datetime, seed: int = 0) -> pl.DataFrame:
-    frame = random_walk_candles(n, seed=seed, start=start, step_s=60, start_price=30_000, volatility=0.0008, wick=0.0003)
+    frame = random_walk_candles(
+        n, seed=seed, start=start, step_s=60, start_price=30_000, volatility=0.0008, wick=0.0003
+    )
     return with_month(frame).with_columns(pl.lit("1m").alias("interval"), pl.lit(SYMBOL).alias("symbol"))
 
 
@@ -96,7 +98,9 @@ def main() -> None:
     del silver
     windows = month_windows(months, settings)
     read, t_read = timed(lambda: read_rows(tables.bronze, "1m", SYMBOL, windows[0][0], windows[-1][3]))
-    _, t_compute = timed(lambda: pl.collect_all([rows for _, rows in window_frames(read, settings, months)], engine="in-memory"))
+    _, t_compute = timed(
+        lambda: pl.collect_all([rows for _, rows in window_frames(read, settings, months)], engine="in-memory")
+    )
     print(f"rebuild: {rebuild_s:.2f}s (alone: read {t_read:.2f}s, compute {t_compute:.2f}s)", flush=True)
 
     # One new day, five times over fresh days: bronze append, then the silver update for that day.
@@ -105,13 +109,13 @@ def main() -> None:
     for _ in range(5):
         day = day_rows["timestamp"][0]
         day_month = day.replace(day=1, hour=0, minute=0)
-        _, t_append = timed(lambda: replace_partitions(tables.bronze, day_rows, "1m", SYMBOL, [day_month.date()], since=day))
+        _, t_append = timed(
+            lambda: replace_partitions(tables.bronze, day_rows, "1m", SYMBOL, [day_month.date()], since=day)
+        )
         _, t_update = timed(lambda: build_silver(settings, SYMBOL, [day_month], since=day))
         appends.append(t_append)
         updates.append(t_update)
-        day_rows = day_rows.with_columns(
-            pl.col("timestamp") + timedelta(days=1)
-        ).pipe(with_month)
+        day_rows = day_rows.with_columns(pl.col("timestamp") + timedelta(days=1)).pipe(with_month)
         if day_rows["month"][0] != day_month.date() or day_rows["month"][-1] != day_month.date():
             break
     update_s = statistics.median(updates)

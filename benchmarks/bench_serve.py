@@ -51,19 +51,45 @@ def champion_row(symbol: str, target: str) -> tuple[dict, object]:
     model = store.get(symbol, target)
     if model is None:
         sys.exit(f"no champion for {symbol} {target}: run `make run` first")
-    candles = SampleCandleSource().fetch(symbol, "1h", datetime(2024, 8, 1, tzinfo=UTC), datetime(2024, 10, 1, tzinfo=UTC))
+    candles = SampleCandleSource().fetch(
+        symbol, "1h", datetime(2024, 8, 1, tzinfo=UTC), datetime(2024, 10, 1, tzinfo=UTC)
+    )
     row = build_features(candles, settings).collect().select(feature_columns(settings)).row(-1, named=True)
     return row, model
 
 
 def hey(url: str, body: Path, concurrency: int) -> dict:
-    out = subprocess.run(["hey", "-z", f"{DURATION_S}s", "-c", str(concurrency), "-m", "POST", "-T", "application/json",
-                          "-H", f"X-API-Token: {TOKEN}", "-D", str(body), url], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [
+            "hey",
+            "-z",
+            f"{DURATION_S}s",
+            "-c",
+            str(concurrency),
+            "-m",
+            "POST",
+            "-T",
+            "application/json",
+            "-H",
+            f"X-API-Token: {TOKEN}",
+            "-D",
+            str(body),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout
     pct = {p: round(float(v) * 1000, 1) for p, v in re.findall(r"\s+(\d+)% in ([\d.]+) secs", out)}
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     codes = dict(re.findall(r"\[(\d+)\]\s+(\d+) responses", out))
-    return {"concurrency": concurrency, "requests_per_s": round(rps), "p50_ms": pct.get("50"), "p95_ms": pct.get("95"),
-            "p99_ms": pct.get("99"), "status_codes": codes}
+    return {
+        "concurrency": concurrency,
+        "requests_per_s": round(rps),
+        "p50_ms": pct.get("50"),
+        "p95_ms": pct.get("95"),
+        "p99_ms": pct.get("99"),
+        "status_codes": codes,
+    }
 
 
 def main() -> None:
@@ -77,23 +103,47 @@ def main() -> None:
         started = time.perf_counter()
         model.predict(x)
         calls.append(time.perf_counter() - started)
-    in_process = {"p50_ms": round(statistics.median(calls) * 1000, 3), "p95_ms": round(float(np.percentile(calls, 95)) * 1000, 3)}
+    in_process = {
+        "p50_ms": round(statistics.median(calls) * 1000, 3),
+        "p95_ms": round(float(np.percentile(calls, 95)) * 1000, 3),
+    }
 
     port = free_port()
-    env = {**os.environ, "ITFF_API_TOKENS": json.dumps([TOKEN]), "ITFF_SYMBOLS": json.dumps([symbol]),
-           "ITFF_TARGETS": json.dumps([target]), "ITFF_RATE_LIMIT_PER_MINUTE": "100000000", "ITFF_RATE_LIMIT_BURST": "100000000",
-           "ITFF_RELOAD_INTERVAL_S": "0", "BENTOML_DO_NOT_TRACK": "true",
-           "ITFF_MAX_REQUEST_BYTES": str(50_000_000),  # the 10,000-row batch is ~5 MB of JSON
-           # Its own BENTOML_HOME, as make serve gives each port: a shared one would wipe a running service's metrics.
-           "BENTOML_HOME": str(ROOT / ".bentoml" / str(port))}
-    server = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", "itff_platform.serving.service:ItffService",
-                               "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "ITFF_API_TOKENS": json.dumps([TOKEN]),
+        "ITFF_SYMBOLS": json.dumps([symbol]),
+        "ITFF_TARGETS": json.dumps([target]),
+        "ITFF_RATE_LIMIT_PER_MINUTE": "100000000",
+        "ITFF_RATE_LIMIT_BURST": "100000000",
+        "ITFF_RELOAD_INTERVAL_S": "0",
+        "BENTOML_DO_NOT_TRACK": "true",
+        "ITFF_MAX_REQUEST_BYTES": str(50_000_000),  # the 10,000-row batch is ~5 MB of JSON
+        # Its own BENTOML_HOME, as make serve gives each port: a shared one would wipe a running service's metrics.
+        "BENTOML_HOME": str(ROOT / ".bentoml" / str(port)),
+    }
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "bentoml"),
+            "serve",
+            "itff_platform.serving.service:ItffService",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):
             try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:  # the bare probe; POST lists models, with a token
+                if (
+                    httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+                ):  # the bare probe; POST lists models, with a token
                     break
             except httpx.HTTPError:
                 pass
@@ -108,8 +158,12 @@ def main() -> None:
         batch_s = []
         for _ in range(3):
             started = time.perf_counter()
-            answer = httpx.post(f"{url}/predict_batch", content=body, timeout=60,
-                                headers={"X-API-Token": TOKEN, "Content-Type": "application/json"})
+            answer = httpx.post(
+                f"{url}/predict_batch",
+                content=body,
+                timeout=60,
+                headers={"X-API-Token": TOKEN, "Content-Type": "application/json"},
+            )
             batch_s.append(time.perf_counter() - started)
             if answer.status_code != 200 or len(answer.json()["prob_up"]) != BATCH_ROWS:
                 raise RuntimeError(f"/predict_batch answered {answer.status_code}: {answer.text[:300]}")
@@ -119,9 +173,13 @@ def main() -> None:
         server.wait(timeout=30)
     result = {
         "machine": f"{platform.node()} | {os.cpu_count()} CPUs | {platform.machine()} | Python {sys.version.split()[0]}",
-        "model": f"{model.name} v{model.version} ({model.family})", "duration_s_per_level": DURATION_S,
-        "in_process_model_call": in_process, "predict": levels,
-        "batch_rows": BATCH_ROWS, "batch_best_of_3_s": round(batch_s, 3), "batch_rows_per_s": round(BATCH_ROWS / batch_s),
+        "model": f"{model.name} v{model.version} ({model.family})",
+        "duration_s_per_level": DURATION_S,
+        "in_process_model_call": in_process,
+        "predict": levels,
+        "batch_rows": BATCH_ROWS,
+        "batch_best_of_3_s": round(batch_s, 3),
+        "batch_rows_per_s": round(BATCH_ROWS / batch_s),
     }
     out = ROOT / "benchmarks" / "results" / "serve.json"
     out.parent.mkdir(parents=True, exist_ok=True)

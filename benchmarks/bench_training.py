@@ -29,19 +29,37 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         settings = Settings(mlflow_dir=Path(scratch) / "mlflow")
-        candles = SampleCandleSource().fetch("BTCUSDT", "1h", datetime(2021, 1, 1, tzinfo=UTC), datetime(2025, 1, 1, tzinfo=UTC))
+        candles = SampleCandleSource().fetch(
+            "BTCUSDT", "1h", datetime(2021, 1, 1, tzinfo=UTC), datetime(2025, 1, 1, tzinfo=UTC)
+        )
         silver = build_features(candles.filter(pl.col("volume") > 0), settings).collect()
         rows = []
-        for target, families in (("direction", settings.training.families), ("forward_return", settings.training.regression_families)):
+        for target, families in (
+            ("direction", settings.training.families),
+            ("forward_return", settings.training.regression_families),
+        ):
             data = training_data(settings, "BTCUSDT", target, silver=silver)
-            for outcome in train_symbol_target(settings, "BTCUSDT", target, families=families, data=data, progress=print):
+            for outcome in train_symbol_target(
+                settings, "BTCUSDT", target, families=families, data=data, progress=print
+            ):
                 trials = outcome.trials_completed + outcome.trials_pruned
-                rows.append({"family": outcome.family, "target": target, "trials": trials, "pruned": outcome.trials_pruned,
-                             "study_s": round(outcome.seconds, 1), "trials_per_minute": round(outcome.trials_per_minute, 1)})
+                rows.append(
+                    {
+                        "family": outcome.family,
+                        "target": target,
+                        "trials": trials,
+                        "pruned": outcome.trials_pruned,
+                        "study_s": round(outcome.seconds, 1),
+                        "trials_per_minute": round(outcome.trials_per_minute, 1),
+                    }
+                )
     result = {
         "machine": f"{platform.node()} | {os.cpu_count()} CPUs | {platform.machine()} | Python {sys.version.split()[0]}",
-        "rows": len(silver), "folds": settings.training.wf_folds, "torch_epochs": settings.training.torch_epochs,
-        "torch_max_train_rows": settings.training.torch_max_train_rows, "studies": rows,
+        "rows": len(silver),
+        "folds": settings.training.wf_folds,
+        "torch_epochs": settings.training.torch_epochs,
+        "torch_max_train_rows": settings.training.torch_max_train_rows,
+        "studies": rows,
     }
     out = ROOT / "benchmarks" / "results" / "training.json"
     out.parent.mkdir(parents=True, exist_ok=True)

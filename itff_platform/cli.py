@@ -14,7 +14,10 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for Ctrl-C
 REGISTRY_PAGE = 1000  # registered models read in one page: far more than symbols x targets ever make
 # The regime is `unknown` for its first 744 bars (ITFF_REGIME_VOLATILITY_LOOKBACK 720 + a 24-bar volatility window).
 SAMPLE_REQUEST_BARS = 800
-SAMPLE_SPAN = ("2021-01-01", "2025-01-01")  # brackets the packaged sample (2021-04 .. 2024-09): the last bars are its end
+SAMPLE_SPAN = (
+    "2021-01-01",
+    "2025-01-01",
+)  # brackets the packaged sample (2021-04 .. 2024-09): the last bars are its end
 
 
 class CliError(Exception):
@@ -32,7 +35,11 @@ def _settings_problem(error) -> str:
         given = "" if field in SECRET_SETTINGS else f"={item['input']!r}"
         hint = " (a date is YYYY-MM-DD)" if "date" in item["type"] else ""
         info = leaf.info if leaf else None
-        default = "" if info is None or info.default_factory is not None else f", or unset it for the default {info.default if not isinstance(info.default, str) else repr(info.default)}"
+        default = (
+            ""
+            if info is None or info.default_factory is not None
+            else f", or unset it for the default {info.default if not isinstance(info.default, str) else repr(info.default)}"
+        )
         problems.append(f"ITFF_{field.upper()}{given} is invalid: {item['msg']}{hint}: fix it{default}")
     return "; ".join(problems)
 
@@ -59,27 +66,39 @@ def _preflight(settings) -> None:
 
         unknown = [s for s in settings.symbols if s not in sample_symbols()]
         if unknown:
-            raise CliError(f"ITFF_SYMBOLS: the packaged sample has {', '.join(sample_symbols())}, not {', '.join(unknown)}: "
-                           "fix the symbol, or set ITFF_SOURCE=binance or files for other markets")
+            raise CliError(
+                f"ITFF_SYMBOLS: the packaged sample has {', '.join(sample_symbols())}, not {', '.join(unknown)}: "
+                "fix the symbol, or set ITFF_SOURCE=binance or files for other markets"
+            )
         if settings.interval != SAMPLE_INTERVAL:
-            raise CliError(f"ITFF_INTERVAL: the packaged sample holds {SAMPLE_INTERVAL} candles, not {settings.interval!r}")
+            raise CliError(
+                f"ITFF_INTERVAL: the packaged sample holds {SAMPLE_INTERVAL} candles, not {settings.interval!r}"
+            )
     if settings.source == "binance":
         import socket
         from urllib.parse import urlsplit
 
-        for setting, url in (("ITFF_BINANCE_BASE_URL", settings.sources.binance.base_url),
-                             ("ITFF_BINANCE_ARCHIVE_URL", settings.sources.binance.archive_url)):
+        for setting, url in (
+            ("ITFF_BINANCE_BASE_URL", settings.sources.binance.base_url),
+            ("ITFF_BINANCE_ARCHIVE_URL", settings.sources.binance.archive_url),
+        ):
             host = urlsplit(url).hostname or url
             try:
                 socket.getaddrinfo(host, 443)
             except OSError as error:
-                raise CliError(f"ITFF_SOURCE=binance: cannot resolve {host} ({setting}): {error.strerror or error}. Without "
-                               "network use ITFF_SOURCE=sample (the packaged BTCUSDT/ETHUSDT candles) or ITFF_SOURCE=files "
-                               "(CSV/Parquet candles in ITFF_DROP_DIR)") from error
+                raise CliError(
+                    f"ITFF_SOURCE=binance: cannot resolve {host} ({setting}): {error.strerror or error}. Without "
+                    "network use ITFF_SOURCE=sample (the packaged BTCUSDT/ETHUSDT candles) or ITFF_SOURCE=files "
+                    "(CSV/Parquet candles in ITFF_DROP_DIR)"
+                ) from error
 
 
 # The CLI's steps, each a named job of the Definitions (and the assets of it the step runs, where not all).
-CLI_JOBS = {"lake": ("lake_job", None), "training": ("training_job", ["trained_models"]), "promotion": ("promotion_job", None)}
+CLI_JOBS = {
+    "lake": ("lake_job", None),
+    "training": ("training_job", ["trained_models"]),
+    "promotion": ("promotion_job", None),
+}
 
 
 def _log_level(quiet: bool) -> dict:
@@ -96,7 +115,9 @@ def _materialize(assets_selection: str, quiet: bool, only: list[str] | None = No
     from itff_platform.definitions import lake, promotion, training
 
     job, assets = CLI_JOBS[assets_selection]
-    keys = {"lake": lake, "training": training, "promotion": promotion}[assets_selection][0].partitions_def.get_partition_keys()
+    keys = {"lake": lake, "training": training, "promotion": promotion}[assets_selection][
+        0
+    ].partitions_def.get_partition_keys()
     instance = DagsterInstance.get()  # DAGSTER_HOME is the project's (see _use_project_instance)
     options = dict(assets=assets, run_config=_log_level(quiet))
     if only is not None and set(only) != set(keys):
@@ -118,8 +139,10 @@ def run_lake(quiet: bool = True) -> bool:
     started = time.perf_counter()
     unchanged = _unchanged_lake_partitions(settings)
     if unchanged:
-        print(f"Lake: {unchanged} of {unchanged} partitions unchanged (same source rows, settings and code), skipped: "
-              f"no Dagster run needed ({time.perf_counter() - started:.1f} s)")
+        print(
+            f"Lake: {unchanged} of {unchanged} partitions unchanged (same source rows, settings and code), skipped: "
+            f"no Dagster run needed ({time.perf_counter() - started:.1f} s)"
+        )
         print_lake_summary(settings, None)
         return True
     result = _materialize("lake", quiet)[0]
@@ -158,7 +181,9 @@ def run_training(quiet: bool = True, only: list[str] | None = None) -> bool:
     )
     started = time.perf_counter()
     results = _materialize("training", quiet=False, only=only)
-    print_training_summary(settings, [row for result in results for row in summary_rows(result)], time.perf_counter() - started)
+    print_training_summary(
+        settings, [row for result in results for row in summary_rows(result)], time.perf_counter() - started
+    )
     return all(result.success for result in results)
 
 
@@ -167,18 +192,29 @@ def run_promotion(only: list[str] | None = None) -> bool:
     for a model left without a champion what to do."""
     from itff_platform.rules import model_key, no_champion_remedy, task_of
 
-    print("\nPromotion (serve a challenger only if it beats the better baseline, and the champion, with 95 % confidence "
-          "on the holdout window; trade its rule only if its walk-forward edge after fees is significant):", flush=True)
+    print(
+        "\nPromotion (serve a challenger only if it beats the better baseline, and the champion, with 95 % confidence "
+        "on the holdout window; trade its rule only if its walk-forward edge after fees is significant):",
+        flush=True,
+    )
     started = time.perf_counter()
     results = _materialize("promotion", quiet=True, only=only)
     # Each partition's event carries its own decision (and only it); keyed by model, each is printed once.
-    rows = {row["model"]: row for result in results for event in result.get_asset_materialization_events()
-            for row in event.materialization.metadata["summary"].value}
+    rows = {
+        row["model"]: row
+        for result in results
+        for event in result.get_asset_materialization_events()
+        for row in event.materialization.metadata["summary"].value
+    }
     for row in rows.values():
         symbol, target = model_key(row["model"])
         after = f"champion v{row['champion_after']}" if row["champion_after"] else "no champion"
         bands = task_of(target) == "regression"
-        trading = "" if bands or not row["champion_after"] else (", tradable" if row.get("tradable") else ", served flat (not tradable)")
+        trading = (
+            ""
+            if bands or not row["champion_after"]
+            else (", tradable" if row.get("tradable") else ", served flat (not tradable)")
+        )
         judged = f"v{row['challenger']} vs {row['compared_with']}" if row["challenger"] else "no new version"
         print(f"  {row['model']:30s} {row['decision']:8s} {judged}: {after}{trading}")
         for reason in row["reasons"]:
@@ -186,11 +222,15 @@ def run_promotion(only: list[str] | None = None) -> bool:
         if not row["champion_after"]:
             print(f"      what to do: {no_champion_remedy(symbol, target, row['challenger'])}")
     served = [r for r in rows.values() if r["champion_after"]]
-    print(f"\nServed: {len(served)} of {len(rows)} models; tradable: {sum(bool(r.get('tradable')) for r in served)}. "
-          "Models without a champion get a 400 that names the reason above.")
+    print(
+        f"\nServed: {len(served)} of {len(rows)} models; tradable: {sum(bool(r.get('tradable')) for r in served)}. "
+        "Models without a champion get a 400 that names the reason above."
+    )
     kept = sum(r["decision"] == "kept" for r in rows.values())
-    print(f"Promotion: {kept} of {len(rows)} models had no new version to judge and kept their champion (or none), "
-          f"{len(rows) - kept} judged ({time.perf_counter() - started:.1f} s)")
+    print(
+        f"Promotion: {kept} of {len(rows)} models had no new version to judge and kept their champion (or none), "
+        f"{len(rows) - kept} judged ({time.perf_counter() - started:.1f} s)"
+    )
     return all(result.success for result in results)
 
 
@@ -202,8 +242,10 @@ def force_promotion(settings, symbol: str | None, target: str | None, version: s
     _require_model(settings, symbol, target)
     decision = force_champion(settings, symbol, target, version)
     before = f"v{decision.champion_before}" if decision.champion_before else "none"
-    print(f"{decision.name}: champion forced to v{version} (was {before}), manifest written, recorded as forced; "
-          f"`itff rollback {symbol} {target}` undoes it")
+    print(
+        f"{decision.name}: champion forced to v{version} (was {before}), manifest written, recorded as forced; "
+        f"`itff rollback {symbol} {target}` undoes it"
+    )
     return 0
 
 
@@ -212,11 +254,19 @@ def _chosen_partitions(settings, symbol: str | None, target: str | None) -> list
     if symbol is None and target is None:
         return None
     if symbol is not None and symbol not in settings.symbols:
-        raise CliError(f"--symbol {symbol}: not among the configured symbols (ITFF_SYMBOLS): {', '.join(settings.symbols)}")
+        raise CliError(
+            f"--symbol {symbol}: not among the configured symbols (ITFF_SYMBOLS): {', '.join(settings.symbols)}"
+        )
     if target is not None and target not in settings.training.targets:
-        raise CliError(f"--target {target}: not among the configured targets (ITFF_TARGETS): {', '.join(settings.training.targets)}")
-    return [f"{s}|{t}" for s in settings.symbols for t in settings.training.targets
-            if symbol in (None, s) and target in (None, t)]
+        raise CliError(
+            f"--target {target}: not among the configured targets (ITFF_TARGETS): {', '.join(settings.training.targets)}"
+        )
+    return [
+        f"{s}|{t}"
+        for s in settings.symbols
+        for t in settings.training.targets
+        if symbol in (None, s) and target in (None, t)
+    ]
 
 
 def replay(start: str, end: str) -> int:
@@ -230,19 +280,27 @@ def replay(start: str, end: str) -> int:
     settings = get_settings()
     try:
         first, last = date.fromisoformat(start), date.fromisoformat(end)
-        print(f"Replaying {first}..{last} for {', '.join(settings.symbols)}: ingest, features, predictions, outcomes, drift", flush=True)
+        print(
+            f"Replaying {first}..{last} for {', '.join(settings.symbols)}: ingest, features, predictions, outcomes, drift",
+            flush=True,
+        )
         summary = replay_days(settings, first, last, progress=lambda line: print(f"  {line}", flush=True))
     except (ValueError, LookupError) as error:
         print(f"replay: {error}", file=sys.stderr)
         return 1
     decisions = summary.decision_table()
     retrains = decisions.filter(decisions["decision"] == "retrain")
-    print(f"\n{summary.days} days, {summary.predictions} predictions logged, {summary.silver_rows_written} silver rows rewritten; "
-          f"{retrains.height} retrain decision(s) over {decisions.height} (model x day). Reports: {replay_settings(settings).reports_dir}")
+    print(
+        f"\n{summary.days} days, {summary.predictions} predictions logged, {summary.silver_rows_written} silver rows rewritten; "
+        f"{retrains.height} retrain decision(s) over {decisions.height} (model x day). Reports: {replay_settings(settings).reports_dir}"
+    )
     as_of = datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1)
     result = _materialize_monitoring(as_of.isoformat(), replay_settings(settings))
-    print("Dagster: prediction_outcomes and drift_monitor materialized as of " + as_of.isoformat()
-          + ("" if result.success else " (FAILED: see the Dagster UI)"))
+    print(
+        "Dagster: prediction_outcomes and drift_monitor materialized as of "
+        + as_of.isoformat()
+        + ("" if result.success else " (FAILED: see the Dagster UI)")
+    )
     return 0 if result.success else 1
 
 
@@ -252,21 +310,40 @@ def _materialize_monitoring(as_of: str | None = None, settings=None, trigger: st
 
     from itff_platform.cli_runs import execute_job
 
-    config = {} if settings is None else {"evaluation_as_of": as_of, "monitoring_dir": str(settings.monitoring.root),
-                                          "reports_dir": str(settings.reports_dir)}
-    return execute_job("evaluation_job", DagsterInstance.get(), tags={"itff/trigger": trigger},
-                       run_config={"resources": {"itff": {"config": config}}, **_log_level(True)})
+    config = (
+        {}
+        if settings is None
+        else {
+            "evaluation_as_of": as_of,
+            "monitoring_dir": str(settings.monitoring.root),
+            "reports_dir": str(settings.reports_dir),
+        }
+    )
+    return execute_job(
+        "evaluation_job",
+        DagsterInstance.get(),
+        tags={"itff/trigger": trigger},
+        run_config={"resources": {"itff": {"config": config}}, **_log_level(True)},
+    )
 
 
 def run_monitoring() -> bool:
     """After `itff run`: materialize the monitoring assets too, so the UI shows every asset materialized. Without
     live predictions yet they say so; drift needs none."""
     result = _materialize_monitoring(trigger="run")
-    outcomes = next((e.materialization.metadata for e in result.get_asset_materialization_events()
-                     if e.asset_key.to_user_string() == "prediction_outcomes"), {})
+    outcomes = next(
+        (
+            e.materialization.metadata
+            for e in result.get_asset_materialization_events()
+            if e.asset_key.to_user_string() == "prediction_outcomes"
+        ),
+        {},
+    )
     status = outcomes["status"].value if "status" in outcomes else "see the Dagster UI"
-    print(f"\nMonitoring: prediction_outcomes and drift_monitor {'materialized' if result.success else 'FAILED'} "
-          f"(evaluation_job): {status}")
+    print(
+        f"\nMonitoring: prediction_outcomes and drift_monitor {'materialized' if result.success else 'FAILED'} "
+        f"(evaluation_job): {status}"
+    )
     return result.success
 
 
@@ -277,9 +354,15 @@ def run_maintenance() -> bool:
 
     from itff_platform.cli_runs import execute_job
 
-    result = execute_job("lake_maintenance_job", DagsterInstance.get(), tags={"itff/trigger": "run"}, run_config=_log_level(True))
-    meta = {k: v.value for e in result.get_asset_materialization_events() for k, v in e.materialization.metadata.items()}
-    print(f"Lake maintenance {'done' if result.success else 'FAILED'} (lake_maintenance_job): {maintenance_outcome(meta)}")
+    result = execute_job(
+        "lake_maintenance_job", DagsterInstance.get(), tags={"itff/trigger": "run"}, run_config=_log_level(True)
+    )
+    meta = {
+        k: v.value for e in result.get_asset_materialization_events() for k, v in e.materialization.metadata.items()
+    }
+    print(
+        f"Lake maintenance {'done' if result.success else 'FAILED'} (lake_maintenance_job): {maintenance_outcome(meta)}"
+    )
     return result.success
 
 
@@ -291,8 +374,10 @@ def maintenance_outcome(meta: dict) -> str:
     reclaimed, vacuumed = meta["bytes_reclaimed"], meta.get("files_vacuumed", 0)
     if reclaimed >= 0:
         return f"{reclaimed:,} bytes reclaimed, {vacuumed} superseded file(s) vacuumed"
-    return (f"nothing reclaimed yet: checkpoints and compacted files added {-reclaimed:,} bytes; the files they "
-            f"supersede are vacuumed once older than ITFF_LAKE_VACUUM_RETENTION_HOURS ({meta.get('retention_hours')} h)")
+    return (
+        f"nothing reclaimed yet: checkpoints and compacted files added {-reclaimed:,} bytes; the files they "
+        f"supersede are vacuumed once older than ITFF_LAKE_VACUUM_RETENTION_HOURS ({meta.get('retention_hours')} h)"
+    )
 
 
 def _use_project_instance(settings) -> None:
@@ -302,8 +387,10 @@ def _use_project_instance(settings) -> None:
         return
     home = settings.home.resolve()
     if not (home / "dagster.yaml").is_file():
-        raise CliError(f"DAGSTER_HOME is not set and {home} holds no dagster.yaml: run itff from the project root, "
-                       "or set ITFF_HOME (or DAGSTER_HOME) to it, so the runs land in the instance the Dagster UI shows")
+        raise CliError(
+            f"DAGSTER_HOME is not set and {home} holds no dagster.yaml: run itff from the project root, "
+            "or set ITFF_HOME (or DAGSTER_HOME) to it, so the runs land in the instance the Dagster UI shows"
+        )
     os.environ["DAGSTER_HOME"] = str(home)
     # dagster.yaml's storage folders (.dagster/...) are relative, and Dagster resolves them against the working
     # directory: work from the project root, as `make` does, with ITFF_HOME pinned for every Settings() made later.
@@ -317,8 +404,10 @@ def _registered_models(settings) -> list[str]:
 
     uri = settings.tracking_uri
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        raise CliError(f"no MLflow registry at {uri.removeprefix('sqlite:///')}: run `itff train` (or `itff run`) first, "
-                       "or point ITFF_HOME / ITFF_MLFLOW_TRACKING_URI at the project")
+        raise CliError(
+            f"no MLflow registry at {uri.removeprefix('sqlite:///')}: run `itff train` (or `itff run`) first, "
+            "or point ITFF_HOME / ITFF_MLFLOW_TRACKING_URI at the project"
+        )
     from mlflow import MlflowClient
 
     return sorted(m.name for m in MlflowClient(uri).search_registered_models(max_results=REGISTRY_PAGE))
@@ -330,8 +419,10 @@ def _require_model(settings, symbol: str, target: str) -> str:
     name = registered_name(symbol, target)
     known = _registered_models(settings)
     if name not in known:
-        raise CliError(f"{name} is not a registered model. Registered: {', '.join(known) or 'none (run itff train first)'}; "
-                       f"configured symbols (ITFF_SYMBOLS): {', '.join(settings.symbols)}")
+        raise CliError(
+            f"{name} is not a registered model. Registered: {', '.join(known) or 'none (run itff train first)'}; "
+            f"configured symbols (ITFF_SYMBOLS): {', '.join(settings.symbols)}"
+        )
     return name
 
 
@@ -360,7 +451,9 @@ def relocate_registry(settings, explicit: bool = False) -> int:
     elif explicit and sqlite_file(settings) is None:
         print("the MLflow store is not a local SQLite file: it records no local paths")
     elif explicit:
-        print(f"nothing to rewrite: the registry's recorded paths already point at {settings.tracking.mlflow_dir / 'artifacts'}")
+        print(
+            f"nothing to rewrite: the registry's recorded paths already point at {settings.tracking.mlflow_dir / 'artifacts'}"
+        )
     return 0
 
 
@@ -383,8 +476,10 @@ def sample_request(symbol: str, target: str, bars: int) -> int:
 
     start, end = (datetime.fromisoformat(day).replace(tzinfo=UTC) for day in SAMPLE_SPAN)
     candles = SampleCandleSource().fetch(symbol.upper(), SAMPLE_INTERVAL, start, end)
-    rows = [{"timestamp": r[0].isoformat(), "open": r[1], "high": r[2], "low": r[3], "close": r[4], "volume": r[5]}
-            for r in candles.tail(bars).iter_rows()]
+    rows = [
+        {"timestamp": r[0].isoformat(), "open": r[1], "high": r[2], "low": r[3], "close": r[4], "volume": r[5]}
+        for r in candles.tail(bars).iter_rows()
+    ]
     print(json.dumps({"symbol": symbol.upper(), "target": target, "candles": rows}))
     return 0
 
@@ -392,10 +487,16 @@ def sample_request(symbol: str, target: str, bars: int) -> int:
 def _parser() -> argparse.ArgumentParser:
     # --verbose is accepted before or after the command; SUPPRESS keeps a subcommand's default from hiding the global one.
     verbose = argparse.ArgumentParser(add_help=False)
-    verbose.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
-                         help="full tracebacks on errors (and, for run, Dagster's step logs)")
-    parser = argparse.ArgumentParser(prog="itff", parents=[verbose],
-                                     description="ITFF Platform: lake, training and serving for market forecasts.")
+    verbose.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="full tracebacks on errors (and, for run, Dagster's step logs)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="itff", parents=[verbose], description="ITFF Platform: lake, training and serving for market forecasts."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, text: str, func) -> argparse.ArgumentParser:
@@ -406,6 +507,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = command("run", "the main job: build the lake on the configured source, train, promote champions", _cmd_run)
     run.add_argument("--lake-only", action="store_true", help="stop after the lake")
+
     def positive(text: str) -> int:
         if not text.isdigit() or int(text) < 1:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
@@ -416,15 +518,26 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--target", choices=TARGETS, help="only this target (one of ITFF_TARGETS)")
         sub.add_argument("--trials", type=positive, help=trials_help)
 
-    train = command("train", "train every family for every symbol x target on the current lake (or those chosen)",
-                    _cmd_train_or_promote)
+    train = command(
+        "train",
+        "train every family for every symbol x target on the current lake (or those chosen)",
+        _cmd_train_or_promote,
+    )
     choose(train, "Optuna trials per study, instead of ITFF_TRIALS")
-    promote = command("promote", "challenger vs champion for every symbol x target (or those chosen); "
-                      "--force VERSION serves a version without the test", _cmd_train_or_promote)
+    promote = command(
+        "promote",
+        "challenger vs champion for every symbol x target (or those chosen); "
+        "--force VERSION serves a version without the test",
+        _cmd_train_or_promote,
+    )
     choose(promote, "retrain with this many trials per study first (ITFF_TRIALS), then promote")
-    promote.add_argument("--force", metavar="VERSION", type=positive,
-                         help="make VERSION the champion of --symbol/--target without the promotion test: the manifest "
-                         "is written, the alias moved, and the decision recorded as forced (rollback undoes it)")
+    promote.add_argument(
+        "--force",
+        metavar="VERSION",
+        type=positive,
+        help="make VERSION the champion of --symbol/--target without the promotion test: the manifest "
+        "is written, the alias moved, and the decision recorded as forced (rollback undoes it)",
+    )
     back = command("rollback", "restore the previous champion of one model", _cmd_rollback)
     back.add_argument("symbol")
     back.add_argument("target", choices=TARGETS)
@@ -432,16 +545,27 @@ def _parser() -> argparse.ArgumentParser:
     example.add_argument("symbol", help="a symbol of the packaged sample: BTCUSDT or ETHUSDT")
     example.add_argument("target", nargs="?", help=f"one of {', '.join(TARGETS)} (default direction; or --target)")
     example.add_argument("--target", dest="target_option", metavar="TARGET", help="the same as the positional TARGET")
-    example.add_argument("--bars", type=int, default=SAMPLE_REQUEST_BARS,
-                         help=f"{SAMPLE_REQUEST_BARS} covers the regime's 744-bar warm-up")
-    again = command("replay", "step through START..END (YYYY-MM-DD) day by day: ingest, features, "
-                    "logged predictions, outcomes, drift and retrain decisions", _cmd_replay)
+    example.add_argument(
+        "--bars",
+        type=int,
+        default=SAMPLE_REQUEST_BARS,
+        help=f"{SAMPLE_REQUEST_BARS} covers the regime's 744-bar warm-up",
+    )
+    again = command(
+        "replay",
+        "step through START..END (YYYY-MM-DD) day by day: ingest, features, "
+        "logged predictions, outcomes, drift and retrain decisions",
+        _cmd_replay,
+    )
     again.add_argument("start")
     again.add_argument("end")
     command("settings", "print the effective settings (ITFF_* environment applied; secrets hidden)", _cmd_settings)
-    command("relocate", "after moving or copying the project folder: point the MLflow registry's recorded artifact "
-            "paths at the current folder (run, train, promote, rollback, replay, make dev and make serve do it themselves)",
-            _cmd_relocate)
+    command(
+        "relocate",
+        "after moving or copying the project folder: point the MLflow registry's recorded artifact "
+        "paths at the current folder (run, train, promote, rollback, replay, make dev and make serve do it themselves)",
+        _cmd_relocate,
+    )
     return parser
 
 
@@ -462,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
 # --- the commands, each set as its subparser's func. The steps they share, in the order they run: the settings
 # (validated up front, so a bad ITFF_* value is one line naming it), the registry's paths rebased onto the project
 # folder, then the Dagster instance the UI shows, for commands that record runs.
+
 
 def _settings(args: argparse.Namespace, progress_bar: bool = False):
     if progress_bar:  # a progress bar per Optuna study; set before the settings are first read
@@ -535,8 +660,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.lake_only:
         return 0
     succeeded = run_training() and run_promotion() and run_monitoring() and run_maintenance()
-    print(f"\nitff run: {time.perf_counter() - started:.1f} s in all (lake, training, promotion, monitoring and "
-          "maintenance; what was unchanged is skipped, see the Lake, Training and Promotion lines)")
+    print(
+        f"\nitff run: {time.perf_counter() - started:.1f} s in all (lake, training, promotion, monitoring and "
+        "maintenance; what was unchanged is skipped, see the Lake, Training and Promotion lines)"
+    )
     return 0 if succeeded else 1
 
 

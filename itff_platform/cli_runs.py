@@ -26,12 +26,16 @@ CODE_LOCATION = "itff_platform"
 MODULE = "itff_platform.definitions"
 REPOSITORY = "__repository__"  # what Dagster names the repository of a Definitions object
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where workspace.yaml sits (its working_directory: .)
-IN_PROCESS: dict[str, object] = {"execution": {"config": {"in_process": {}}}}  # one process, as `itff` always ran: no worker per step
+IN_PROCESS: dict[str, object] = {
+    "execution": {"config": {"in_process": {}}}
+}  # one process, as `itff` always ran: no worker per step
 
 
 def remote_origin(job_name: str) -> RemoteJobOrigin:
     """The origin workspace.yaml gives the job: a python_module location named CODE_LOCATION."""
-    target = LoadableTargetOrigin(executable_path=sys.executable, module_name=MODULE, working_directory=str(PROJECT_ROOT))
+    target = LoadableTargetOrigin(
+        executable_path=sys.executable, module_name=MODULE, working_directory=str(PROJECT_ROOT)
+    )
     location = ManagedGrpcPythonEnvCodeLocationOrigin(target, CODE_LOCATION)
     return RemoteJobOrigin(RemoteRepositoryOrigin(location, REPOSITORY), job_name)
 
@@ -54,10 +58,19 @@ def execute_job(
     selection = {AssetKey(name) for name in assets} if assets else None
     tags = dict(tags or {})
     if partition_range is not None:
-        tags |= {"dagster/asset_partition_range_start": partition_range[0], "dagster/asset_partition_range_end": partition_range[1]}
+        tags |= {
+            "dagster/asset_partition_range_start": partition_range[0],
+            "dagster/asset_partition_range_end": partition_range[1],
+        }
     tags = merge_run_tags(job, partition_key, tags, list(selection) if selection else None, instance, None)
     config = {**IN_PROCESS, **(run_config or {})}
     recon = ReconstructableRepository.for_module(MODULE, "defs", str(PROJECT_ROOT)).get_reconstructable_job(job_name)
-    run = instance.create_run_for_job(job_def=job, run_config=config, tags=tags, asset_selection=selection,
-                                      remote_job_origin=remote_origin(job_name), job_code_origin=recon.get_python_origin())
+    run = instance.create_run_for_job(
+        job_def=job,
+        run_config=config,
+        tags=tags,
+        asset_selection=selection,
+        remote_job_origin=remote_origin(job_name),
+        job_code_origin=recon.get_python_origin(),
+    )
     return execute_run(recon, run, instance, raise_on_error=False)

@@ -29,24 +29,39 @@ def job(name: str, selection, description: str):
 
 # Every run has one of these names, in the UI as from the CLI (itff_platform/cli_runs.py): never
 # __ephemeral_asset_job__.
-lake_job = job("lake_job", ["raw_candles", "bronze_candles", "silver_features"],
-               "raw -> bronze -> silver for the chosen (symbol, month) partitions, with their checks: `itff run` "
-               "(all partitions, one run), the daily refresh and the drop-folder sensor.")
-training_job = job("training_job", ["trained_models", "champion_models"],
-                   "Train every family for the chosen symbol x target partitions, then decide the champions: the retrain "
-                   "sensors run it whole; `itff train` runs its trained_models only.")
-promotion_job = job("promotion_job", ["champion_models"],
-                    "Challenger vs champion for the chosen symbol x target partitions, without retraining: `itff promote` "
-                    "and the promotion step of `itff run`.")
-evaluation_job = job("evaluation_job", ["prediction_outcomes", "drift_monitor"],
-                     "Live quality of the logged predictions and drift of every champion: weekly, after `itff run`, and "
-                     "after `itff replay`.")
+lake_job = job(
+    "lake_job",
+    ["raw_candles", "bronze_candles", "silver_features"],
+    "raw -> bronze -> silver for the chosen (symbol, month) partitions, with their checks: `itff run` "
+    "(all partitions, one run), the daily refresh and the drop-folder sensor.",
+)
+training_job = job(
+    "training_job",
+    ["trained_models", "champion_models"],
+    "Train every family for the chosen symbol x target partitions, then decide the champions: the retrain "
+    "sensors run it whole; `itff train` runs its trained_models only.",
+)
+promotion_job = job(
+    "promotion_job",
+    ["champion_models"],
+    "Challenger vs champion for the chosen symbol x target partitions, without retraining: `itff promote` "
+    "and the promotion step of `itff run`.",
+)
+evaluation_job = job(
+    "evaluation_job",
+    ["prediction_outcomes", "drift_monitor"],
+    "Live quality of the logged predictions and drift of every champion: weekly, after `itff run`, and "
+    "after `itff replay`.",
+)
 # Housekeeping apart from lake_job, so a backfill or a daily refresh never vacuums mid-way: compaction, vacuum, and the
 # check that silver holds what bronze holds (which also runs with every lake_job). `itff run` runs it last.
-maintenance_job = job("lake_maintenance_job", AssetSelection.assets("lake_maintenance")
-                      | AssetSelection.checks(AssetCheckKey(lake[2].key, "silver_matches_bronze")),
-                      "Compact, vacuum and checkpoint every lake table, and check silver against bronze: on its schedule, "
-                      "and as the last step of `itff run`.")
+maintenance_job = job(
+    "lake_maintenance_job",
+    AssetSelection.assets("lake_maintenance")
+    | AssetSelection.checks(AssetCheckKey(lake[2].key, "silver_matches_bronze")),
+    "Compact, vacuum and checkpoint every lake table, and check silver against bronze: on its schedule, "
+    "and as the last step of `itff run`.",
+)
 schedules, sensors = automation(settings, lake_job, training_job, evaluation_job)
 schedules.append(maintenance_schedule(settings, maintenance_job))
 

@@ -19,6 +19,7 @@ class RegistryClient(Protocol):
 
     def download_artifacts(self, run_id: str, path: str, dst_path: str | None = None) -> str: ...
 
+
 DIGEST_TAG = "manifest_sha256"  # the registry's version tag: the manifest's own hash
 
 
@@ -29,7 +30,11 @@ def manifest_artifact(version: str) -> str:
 
 def artifact_manifest(folder: Path) -> dict[str, str]:
     """{path relative to `folder`: SHA-256 of its bytes} for every file under it."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def manifest_digest(manifest: dict[str, str]) -> str:
@@ -41,7 +46,9 @@ def manifest_problems(client: RegistryClient, name: str, version: str, folder: P
     logged beside the model, so it is itself checked against the hash in the registry's tag first."""
     model_version = client.get_model_version(name, version)
     with tempfile.TemporaryDirectory() as scratch:
-        recorded = json.loads(Path(client.download_artifacts(model_version.run_id, manifest_artifact(version), scratch)).read_text())
+        recorded = json.loads(
+            Path(client.download_artifacts(model_version.run_id, manifest_artifact(version), scratch)).read_text()
+        )
     tag = model_version.tags.get(DIGEST_TAG)
     if tag is None or manifest_digest(recorded) != tag:
         return [f"the manifest does not match the registry's {DIGEST_TAG} tag"]

@@ -14,8 +14,9 @@ def table(frame: pl.DataFrame, max_rows: int = TABLE_ROWS_SHOWN) -> str:
     """`frame` as a Markdown table, cells as Python prints them (no number reformatting); 'none' when empty."""
     if frame.is_empty():
         return "none"
-    text = tabulate(frame.head(max_rows).rows(), headers=frame.columns, tablefmt="github", disable_numparse=True,
-                    missingval="None")
+    text = tabulate(
+        frame.head(max_rows).rows(), headers=frame.columns, tablefmt="github", disable_numparse=True, missingval="None"
+    )
     if frame.height > max_rows:
         text += f"\n\n{frame.height - max_rows} more row(s) not shown"
     return text
@@ -23,4 +24,3 @@ def table(frame: pl.DataFrame, max_rows: int = TABLE_ROWS_SHOWN) -> str:
 
 def bullets(lines: list[str]) -> str:
     return "\n".join(f"- {line}" for line in lines)
-

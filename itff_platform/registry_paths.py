@@ -22,8 +22,13 @@ from urllib.parse import unquote, urlsplit
 from itff_platform.settings import Settings
 
 # (table, column) holding an artifact location, and the dataset records whose JSON source names a lake path.
-LOCATION_COLUMNS = [("experiments", "artifact_location"), ("runs", "artifact_uri"), ("logged_models", "artifact_location"),
-                    ("model_versions", "source"), ("model_versions", "storage_location")]
+LOCATION_COLUMNS = [
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+]
 SOURCE_COLUMNS = [("datasets", "dataset_source")]
 
 
@@ -75,10 +80,13 @@ def _rewrite(db: sqlite3.Connection, old: str, new: str) -> int:
             # substr, not LIKE: a path's "_" and "%" are not wildcards. The "/" keeps /a/b from matching /a/bc.
             changed += db.execute(
                 f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE {column} = ? OR substr({column}, 1, ?) = ?",
-                (after, len(before) + 1, before, len(before) + 1, before + "/")).rowcount
+                (after, len(before) + 1, before, len(before) + 1, before + "/"),
+            ).rowcount
     for table, column in SOURCE_COLUMNS:  # JSON: the path is a quoted string, e.g. {"path": "/old/data_lake/silver"}
-        changed += db.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?) WHERE instr({column}, ?) > 0",
-                              (f'"{old}/', f'"{new}/', f'"{old}/')).rowcount
+        changed += db.execute(
+            f"UPDATE {table} SET {column} = replace({column}, ?, ?) WHERE instr({column}, ?) > 0",
+            (f'"{old}/', f'"{new}/', f'"{old}/'),
+        ).rowcount
     return changed
 
 
@@ -120,8 +128,11 @@ def main() -> None:
     moves = prepare_stores(settings)
     if moves:
         print(describe(moves), file=sys.stderr)
-    for name, value in (("tracking_uri", settings.tracking_uri), ("artifact_root", str(settings.tracking.mlflow_dir / "artifacts")),
-                        ("study_storage", settings.study_storage)):
+    for name, value in (
+        ("tracking_uri", settings.tracking_uri),
+        ("artifact_root", str(settings.tracking.mlflow_dir / "artifacts")),
+        ("study_storage", settings.study_storage),
+    ):
         print(f"{name}={shlex.quote(value)}")
 
 

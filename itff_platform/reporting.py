@@ -26,12 +26,7 @@ def layer_counts(settings: Settings) -> pl.DataFrame:
         counts.append(frame.group_by("symbol").len().with_columns(pl.lit(layer).alias("layer")))
     if not counts:
         return pl.DataFrame(schema={"symbol": pl.String})
-    return (
-        pl.concat(counts)
-        .pivot(on="layer", index="symbol", values="len")
-        .fill_null(0)
-        .sort("symbol")
-    )
+    return pl.concat(counts).pivot(on="layer", index="symbol", values="len").fill_null(0).sort("symbol")
 
 
 QUARANTINE_ROWS_SHOWN = 20
@@ -74,7 +69,8 @@ def lake_skip_line(result, seconds: float) -> str:
         text = f"{layers[0][2] if layers else 0} partitions built in {len(layers)} layer(s), none unchanged"
     else:
         text = "unchanged partitions skipped, the others rebuilt: " + ", ".join(
-            f"{name} {kept} of {total} unchanged" for name, kept, total in layers)
+            f"{name} {kept} of {total} unchanged" for name, kept, total in layers
+        )
     return f"Lake: {text} ({seconds:.1f} s)"
 
 
@@ -100,7 +96,11 @@ def print_lake_summary(settings: Settings, result) -> None:
         return
     for evaluation in result.get_asset_check_evaluations():
         status = "PASS" if evaluation.passed else ("WARN" if evaluation.severity.value == "WARN" else "FAIL")
-        detail = "" if evaluation.passed else check_detail(evaluation.check_name, {k: v.value for k, v in evaluation.metadata.items()})
+        detail = (
+            ""
+            if evaluation.passed
+            else check_detail(evaluation.check_name, {k: v.value for k, v in evaluation.metadata.items()})
+        )
         print(f"  {status:4s} {evaluation.asset_key.to_user_string()}.{evaluation.check_name}{detail}")
     print(f"\nRun {'succeeded' if result.success else 'FAILED'}: {result.run_id}")
 
@@ -110,10 +110,14 @@ def training_skip_line(rows: list[dict], seconds: float) -> str:
     reused = sum(bool(row.get("reused")) for row in rows)
     registered = sum(row.get("version", "-") != "-" and not row.get("reused") for row in rows)
     if rows and reused == len(rows):
-        text = f"{reused} of {len(rows)} studies unchanged (same data, settings and code), reused; no version registered"
+        text = (
+            f"{reused} of {len(rows)} studies unchanged (same data, settings and code), reused; no version registered"
+        )
     else:
-        text = (f"{len(rows) - reused} of {len(rows)} studies trained ({registered} version(s) registered), {reused} "
-                "unchanged (same data, settings and code) and reused")
+        text = (
+            f"{len(rows) - reused} of {len(rows)} studies trained ({registered} version(s) registered), {reused} "
+            "unchanged (same data, settings and code) and reused"
+        )
     return f"Training: {text} ({seconds:.1f} s)"
 
 
@@ -123,14 +127,24 @@ def print_training_summary(settings: Settings, rows: list[dict], seconds: float 
         return
     if seconds is not None:
         print("\n" + training_skip_line(rows, seconds))
-    with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_formatting="ASCII_MARKDOWN",
-                   tbl_rows=200, tbl_cols=30, tbl_width_chars=250):
+    with pl.Config(
+        tbl_hide_dataframe_shape=True,
+        tbl_hide_column_data_types=True,
+        tbl_formatting="ASCII_MARKDOWN",
+        tbl_rows=200,
+        tbl_cols=30,
+        tbl_width_chars=250,
+    ):
         for task in ("classification", "regression"):
             # One frame per task, so its columns come in a study row's own order whichever task's rows came first;
             # symbol and target in order (the run's partitions finish in any order), families as they were trained.
             mine = [row for row in rows if task_of(row["target"]) == task]
             if mine:
-                part = pl.DataFrame(mine).drop("run_id", "reused", strict=False).sort("symbol", "target", maintain_order=True)
+                part = (
+                    pl.DataFrame(mine)
+                    .drop("run_id", "reused", strict=False)
+                    .sort("symbol", "target", maintain_order=True)
+                )
                 print(f"\nOut-of-sample results, {task} (walk-forward, {settings.trading.fees_bps:g} bps per side):")
                 print(part.select([c for c in part.columns if part[c].null_count() < part.height]))
     names = sorted({registered_name(r["symbol"], r["target"]) for r in rows})
@@ -139,8 +153,17 @@ def print_training_summary(settings: Settings, rows: list[dict], seconds: float 
 
 
 SUMMARY_COLUMNS = {
-    "classification": ["log_loss", "roc_auc", "brier", "ece", "ece_before_calibration", "backtest_profit_factor",
-                       "backtest_trades", "backtest_max_drawdown", "threshold"],
+    "classification": [
+        "log_loss",
+        "roc_auc",
+        "brier",
+        "ece",
+        "ece_before_calibration",
+        "backtest_profit_factor",
+        "backtest_trades",
+        "backtest_max_drawdown",
+        "threshold",
+    ],
     "regression": ["pinball_loss", "mae", "mape", "band_coverage"],
 }
 TRADING = ["threshold", "trades", "profit_factor", "max_drawdown", "sharpe", "hit_rate_trades"]
@@ -190,21 +213,36 @@ def study_report(settings: Settings, symbol: str, target: str, outcomes: list) -
     experiment = experiment_id(settings, symbol, target)
     for outcome in outcomes:
         summaries.append(
-            {"symbol": symbol, "target": target, "family": outcome.family, "version": outcome.model_version or "-",
-             **{k: round(outcome.metrics.get(k, float("nan")), METRIC_DIGITS) for k in SUMMARY_COLUMNS[task]},
-             "tradable": outcome.tradable if task == "classification" else None,
-             "trials_per_min": round(outcome.trials_per_minute, 1), "run_id": outcome.run_id, "reused": outcome.reused}
+            {
+                "symbol": symbol,
+                "target": target,
+                "family": outcome.family,
+                "version": outcome.model_version or "-",
+                **{k: round(outcome.metrics.get(k, float("nan")), METRIC_DIGITS) for k in SUMMARY_COLUMNS[task]},
+                "tradable": outcome.tradable if task == "classification" else None,
+                "trials_per_min": round(outcome.trials_per_minute, 1),
+                "run_id": outcome.run_id,
+                "reused": outcome.reused,
+            }
         )
         study = {"symbol": symbol, "target": target, "family": outcome.family}
         if outcome.fold_table is not None and "profit_factor" in outcome.fold_table.columns:
-            by_fold.append(outcome.fold_table.select("fold", *TRADING).with_columns(**{k: pl.lit(v) for k, v in study.items()}))
+            by_fold.append(
+                outcome.fold_table.select("fold", *TRADING).with_columns(**{k: pl.lit(v) for k, v in study.items()})
+            )
         if outcome.regime_table is not None:
             by_regime.append(outcome.regime_table.with_columns(**{k: pl.lit(v) for k, v in study.items()}))
         link = f"[{outcome.run_id}]({mlflow_run_url(settings.tracking.mlflow_ui_url, experiment, outcome.run_id)})"
         links.append(f"{outcome.family}: {link}")
         if outcome.reused:
             reused.append(f"{outcome.family}: unchanged since run {link} (same data, settings and code)")
-        figures.update({f"plot: {outcome.family} {name}": outcome.figures[name] for name in STUDY_FIGURES if name in outcome.figures})
+        figures.update(
+            {
+                f"plot: {outcome.family} {name}": outcome.figures[name]
+                for name in STUDY_FIGURES
+                if name in outcome.figures
+            }
+        )
     table = pl.DataFrame(summaries)
     classifiers = table.filter(~pl.col("family").is_in(baselines()))
     best = classifiers.sort("log_loss").row(0, named=True) if task == "classification" and classifiers.height else None

@@ -47,5 +47,7 @@ def no_champion_remedy(symbol: str, target: str, version: str | None = None) -> 
     """What to do when a model has no champion (the decision's reasons say why). Here, not in training.promotion,
     so the service can say it without importing promotion (mlflow, sklearn, optuna: ~1.4 s, on the event loop)."""
     force = f"itff promote --symbol {symbol} --target {target} --force {version or 'VERSION'}"
-    return (f"to get one: raise ITFF_TRIALS and retrain (itff train --symbol {symbol} --target {target} --trials 20), "
-            f"or serve a version that did not pass anyway: {force}")
+    return (
+        f"to get one: raise ITFF_TRIALS and retrain (itff train --symbol {symbol} --target {target} --trials 20), "
+        f"or serve a version that did not pass anyway: {force}"
+    )

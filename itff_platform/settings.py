@@ -59,46 +59,74 @@ class Section(BaseModel):
 class LakeSettings(Section):
     """The Delta lake: where it lives, the data-quality rules bronze applies, and its upkeep."""
 
-    root: Path = Field(Path("data_lake"), validation_alias=flat("root", "lake_dir"),
-                       description="The lake's folder (raw, bronze, silver, quarantine), under home when relative.")
+    root: Path = Field(
+        Path("data_lake"),
+        validation_alias=flat("root", "lake_dir"),
+        description="The lake's folder (raw, bronze, silver, quarantine), under home when relative.",
+    )
     gap_tolerance_bars: int = Field(0, ge=0, description="Missing bars in a row tolerated before a gap is reported.")
-    continuity_atr_multiple: float = Field(25.0, gt=0, description="A bar whose open or close is more than this many ATRs "
-                                           "from the previous close is named by the price_continuity check (a wrong "
-                                           "symbol's file). Real BTC/ETH hourly bars peaked at 19 ATRs in 2021-2024.")
-    vacuum_retention_hours: int = Field(168, ge=0, validation_alias=flat("vacuum_retention_hours", "lake_vacuum_retention_hours"),
-                                        description="lake_maintenance deletes Parquet files the lake stopped "
-                                        "using (replaced, compacted, or left by a killed write) once they are this "
-                                        "old. Also the time travel kept: a training run's logged Delta versions stay "
-                                        "readable this long.")
-    maintenance_cron: str = Field("45 3 * * *", validation_alias=flat("maintenance_cron", "lake_maintenance_cron"),
-                                  description="Cron (UTC) of the lake_maintenance schedule: compact small files, vacuum, "
-                                  "and check that silver matches bronze.")
+    continuity_atr_multiple: float = Field(
+        25.0,
+        gt=0,
+        description="A bar whose open or close is more than this many ATRs "
+        "from the previous close is named by the price_continuity check (a wrong "
+        "symbol's file). Real BTC/ETH hourly bars peaked at 19 ATRs in 2021-2024.",
+    )
+    vacuum_retention_hours: int = Field(
+        168,
+        ge=0,
+        validation_alias=flat("vacuum_retention_hours", "lake_vacuum_retention_hours"),
+        description="lake_maintenance deletes Parquet files the lake stopped "
+        "using (replaced, compacted, or left by a killed write) once they are this "
+        "old. Also the time travel kept: a training run's logged Delta versions stay "
+        "readable this long.",
+    )
+    maintenance_cron: str = Field(
+        "45 3 * * *",
+        validation_alias=flat("maintenance_cron", "lake_maintenance_cron"),
+        description="Cron (UTC) of the lake_maintenance schedule: compact small files, vacuum, "
+        "and check that silver matches bronze.",
+    )
 
 
 class SampleSourceSettings(Section):
     """The packaged sample (market/sample_data)."""
 
-    end_date: date = Field(date(2024, 10, 1), validation_alias=flat("end_date", "sample_end_date"),
-                           description="First day after the packaged sample's last month (it holds 2021-04 .. 2024-09): "
-                           "the end of the partitions when ITFF_END_DATE is unset. A test checks it against the data.")
+    end_date: date = Field(
+        date(2024, 10, 1),
+        validation_alias=flat("end_date", "sample_end_date"),
+        description="First day after the packaged sample's last month (it holds 2021-04 .. 2024-09): "
+        "the end of the partitions when ITFF_END_DATE is unset. A test checks it against the data.",
+    )
 
 
 class FilesSourceSettings(Section):
     """A vendor's candle files dropped in a folder."""
 
-    drop_dir: Path = Field(Path("data_lake/drop"), description="Folder the files source reads and the drop sensor "
-                           "watches, under home when relative.")
+    drop_dir: Path = Field(
+        Path("data_lake/drop"),
+        description="Folder the files source reads and the drop sensor watches, under home when relative.",
+    )
 
 
 class BinanceSourceSettings(Section):
     """Binance's public REST API and its monthly archives."""
 
-    base_url: str = Field("https://api.binance.com", validation_alias=flat("base_url", "binance_base_url"),
-                          description="Binance REST API.")
-    archive_url: str = Field("https://data.binance.vision", validation_alias=flat("archive_url", "binance_archive_url"),
-                             description="Binance's monthly candle archives.")
-    max_retries: int = Field(6, validation_alias=flat("max_retries", "binance_max_retries"),
-                             description="Retries (with backoff) of a failed or rate-limited Binance request.")
+    base_url: str = Field(
+        "https://api.binance.com",
+        validation_alias=flat("base_url", "binance_base_url"),
+        description="Binance REST API.",
+    )
+    archive_url: str = Field(
+        "https://data.binance.vision",
+        validation_alias=flat("archive_url", "binance_archive_url"),
+        description="Binance's monthly candle archives.",
+    )
+    max_retries: int = Field(
+        6,
+        validation_alias=flat("max_retries", "binance_max_retries"),
+        description="Retries (with backoff) of a failed or rate-limited Binance request.",
+    )
     http_timeout_s: float = Field(30.0, description="Timeout of one HTTP request to Binance, in seconds.")
 
 
@@ -129,12 +157,19 @@ class FeatureSettings(Section):
     volume_zscore_window: int = Field(20, description="Bars of the volume z-score.")
     daily_range_days: int = Field(14, description="Days of the daily-range feature.")
     # (1 - 1/14) ** 600 < 1e-19
-    warmup_bars: int = Field(600, description="Bars of history read before a window so recursive indicators (Wilder, "
-                             "EMA) have converged to float precision.")
+    warmup_bars: int = Field(
+        600,
+        description="Bars of history read before a window so recursive indicators (Wilder, "
+        "EMA) have converged to float precision.",
+    )
     regime_adx_trend: float = Field(25.0, description="ADX at or above which a bar trends.")
     regime_adx_range: float = Field(20.0, description="ADX below which a bar ranges.")
-    regime_slope_period: int = Field(50, description="Bars of the moving average whose slope gives a trend's direction.")
-    regime_volatility_quantile: float = Field(0.9, description="Volatility quantile above which a bar is high-volatility.")
+    regime_slope_period: int = Field(
+        50, description="Bars of the moving average whose slope gives a trend's direction."
+    )
+    regime_volatility_quantile: float = Field(
+        0.9, description="Volatility quantile above which a bar is high-volatility."
+    )
     regime_volatility_lookback: int = Field(720, description="Bars over which that quantile is taken.")
     label_horizon: int = Field(4, ge=1, description="Bars ahead for direction, forward return and barrier.")
     label_neutral_zone: float = Field(0.001, ge=0, description="|forward log return| below this is flagged neutral.")
@@ -145,29 +180,45 @@ class TrainingSettings(Section):
     """What is trained and how: targets, families, the Optuna budget, walk-forward folds, the torch families."""
 
     targets: list[Literal["direction", "level_up", "forward_return"]] = Field(
-        ["direction", "level_up", "forward_return"], description="Targets trained per symbol.")
+        ["direction", "level_up", "forward_return"], description="Targets trained per symbol."
+    )
     # Names from the model-family registry (models.registry), checked against it below.
     families: list[str] = Field(
-        ["logistic", "boosting", "lstm", "transformer", "lorentzian"], description="Model families of the classification targets (registered classifiers).")
+        ["logistic", "boosting", "lstm", "transformer", "lorentzian"],
+        description="Model families of the classification targets (registered classifiers).",
+    )
     regression_families: list[str] = Field(
-        ["boosting_quantile", "linear_quantile"], description="Model families of forward_return (registered regressors).")
+        ["boosting_quantile", "linear_quantile"],
+        description="Model families of forward_return (registered regressors).",
+    )
     seed: int = Field(42, description="Seed of the samplers and the models.")
     trials: int = Field(3, ge=1, description="Optuna trials per study (scikit-learn and k-NN families).")
     torch_trials: int = Field(2, ge=1, description="Optuna trials per study for the torch families.")
     study_timeout_s: float = Field(240, gt=0, description="Wall-clock budget per study; trials stop once it is spent.")
     wf_folds: int = Field(4, ge=2, description="Walk-forward folds.")
-    wf_test_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of the rows in each walk-forward test window.")
-    wf_mode: Literal["expanding", "sliding"] = Field("expanding", description="Walk-forward training windows: expanding "
-                                                      "from the start, or sliding of wf_train_bars.")
+    wf_test_fraction: float = Field(
+        0.1, gt=0, lt=0.5, description="Share of the rows in each walk-forward test window."
+    )
+    wf_mode: Literal["expanding", "sliding"] = Field(
+        "expanding", description="Walk-forward training windows: expanding from the start, or sliding of wf_train_bars."
+    )
     wf_train_bars: int = Field(8760, ge=100, description="Training window length in sliding mode.")
     wf_embargo_bars: int = Field(24, ge=0, description="Bars after each test window never used for training.")
-    torch_max_train_rows: int = Field(6000, ge=500, description="Most recent rows of a training window the torch families fit on.")
+    torch_max_train_rows: int = Field(
+        6000, ge=500, description="Most recent rows of a training window the torch families fit on."
+    )
     sequence_length: int = Field(24, ge=2, description="Bars of feature history an LSTM/Transformer sees.")
     torch_epochs: int = Field(3, ge=1, description="Epochs the torch families train.")
     torch_device: str = Field("auto", description="auto (cuda when present), cpu or cuda.")
-    mc_dropout_samples: int = Field(20, ge=2, description="Stochastic passes whose spread is reported as `uncertainty`.")
-    calibration_rows: int = Field(2000, ge=0, description="Most recent rows of each training window held out to calibrate "
-                                  "the model on (Platt for probabilities, conformal for bands); 0 turns calibration off.")
+    mc_dropout_samples: int = Field(
+        20, ge=2, description="Stochastic passes whose spread is reported as `uncertainty`."
+    )
+    calibration_rows: int = Field(
+        2000,
+        ge=0,
+        description="Most recent rows of each training window held out to calibrate "
+        "the model on (Platt for probabilities, conformal for bands); 0 turns calibration off.",
+    )
     progress_bar: bool = Field(False, description="Optuna's progress bar per study (the CLI turns it on).")
 
     @field_validator("families", "regression_families")
@@ -183,23 +234,42 @@ class TradingSettings(Section):
     """The threshold rule a classifier's P(up) is traded by, its backtest costs, and when it counts as tradable."""
 
     fees_bps: float = Field(10.0, ge=0, description="Cost per side, in basis points, charged by the backtest.")
-    default_threshold: float = Field(0.55, ge=0.5, lt=1, description="Threshold on P(up) before any fold can choose one.")
+    default_threshold: float = Field(
+        0.55, ge=0.5, lt=1, description="Threshold on P(up) before any fold can choose one."
+    )
     min_trades: int = Field(20, ge=1, description="Trades a threshold must make to be chosen.")
-    tradable_alpha: float = Field(0.05, gt=0, lt=0.5, description="Significance level of the trade decision: the deployed "
-                                  "threshold rule's walk-forward trades must earn more than zero after fees with p below this.")
-    tradable_min_trades: int = Field(30, ge=0, description="Walk-forward trades the deployed rule must make to be tradable.")
-    tradable_max_drawdown: float = Field(0.35, gt=0, le=1, description="Largest walk-forward drawdown a tradable rule may have.")
+    tradable_alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=0.5,
+        description="Significance level of the trade decision: the deployed "
+        "threshold rule's walk-forward trades must earn more than zero after fees with p below this.",
+    )
+    tradable_min_trades: int = Field(
+        30, ge=0, description="Walk-forward trades the deployed rule must make to be tradable."
+    )
+    tradable_max_drawdown: float = Field(
+        0.35, gt=0, le=1, description="Largest walk-forward drawdown a tradable rule may have."
+    )
 
 
 class PromotionSettings(Section):
     """When a version is served: only on significant skill."""
 
-    alpha: float = Field(0.05, gt=0, lt=0.5, validation_alias=flat("alpha", "promotion_alpha"),
-                         description="Significance level of the serve decision: a version becomes "
-                         "champion when a one-sided Diebold-Mariano test says its loss beats the better baseline's "
-                         "(and the champion's) on the holdout window with p below this.")
-    max_ece: float = Field(0.03, gt=0, description="Walk-forward expected calibration error above which a version is neither "
-                           "registered nor promoted.")
+    alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=0.5,
+        validation_alias=flat("alpha", "promotion_alpha"),
+        description="Significance level of the serve decision: a version becomes "
+        "champion when a one-sided Diebold-Mariano test says its loss beats the better baseline's "
+        "(and the champion's) on the holdout window with p below this.",
+    )
+    max_ece: float = Field(
+        0.03,
+        gt=0,
+        description="Walk-forward expected calibration error above which a version is neither registered nor promoted.",
+    )
 
 
 class ServingSettings(Section):
@@ -208,89 +278,189 @@ class ServingSettings(Section):
     Tokens are secrets: set ITFF_API_TOKENS in the environment, never in the repo. SecretStr keeps them out of
     `itff settings`, reprs and logs; readers call .get_secret_value()."""
 
-    api_tokens: list[SecretStr] = Field(default_factory=list, description="Accepted X-API-Token values; empty refuses every prediction.")
+    api_tokens: list[SecretStr] = Field(
+        default_factory=list, description="Accepted X-API-Token values; empty refuses every prediction."
+    )
     admin_token: SecretStr | None = Field(None, description="Token for /admin/reload; unset disables the endpoint.")
     rate_limit_per_minute: int = Field(600, ge=1, description="Requests per minute per token (bucket refill rate).")
     rate_limit_burst: int = Field(60, ge=1, description="Requests a token may make at once before the rate applies.")
     max_request_bytes: int = Field(2_000_000, ge=1024, description="Larger request bodies are refused with 413.")
-    tradingview_secret: SecretStr | None = Field(None, description="When set, /tradingview requires X-Signature = "
-                                           "HMAC-SHA256(secret, raw body), a recent sent_at, and a signature not seen before.")
-    workers: int = Field(2, ge=1, validation_alias=flat("workers", "serve_workers"),
-                         description="BentoML worker processes (one per core). Each enforces 1/N of a token's rate limit.")
-    access_log: bool = Field(False, validation_alias=flat("access_log", "serve_access_log"),
-                             description="BentoML's per-request access log; off because it costs ~25% of throughput.")
-    batch_max_size: int = Field(64, ge=2, description="Most /predict rows the adaptive batcher scores in one model call.")
-    reload_interval_s: float = Field(30.0, ge=0, description="How often the service checks the champion alias; 0 disables.")
-    model_max_age_days: float = Field(30.0, gt=0, description="Days after its last training bar that a model's answers are "
-                                      "flagged expired (they are still given).")
-    tradingview_window_s: float = Field(300.0, gt=0, description="With ITFF_TRADINGVIEW_SECRET set, a signed alert's `sent_at` "
-                                        "must be within this many seconds of the server's clock; each signature is accepted once.")
-    tradingview_stale: Literal["refuse", "flag"] = Field("refuse", description="An alert (without candles) whose bar the lake "
-                                                         "does not hold yet: refuse it, or answer from the newest older bar "
-                                                         "with stale: true and age_bars.")
-    tradingview_max_close_deviation: float = Field(0.01, gt=0, description="An alert's close further than this fraction "
-                                                   "from the answering bar's close is refused.")
-    auth_failure_burst: int = Field(20, ge=1, description="Failed authentications an address may make before its requests "
-                                    "get 429 (split across the workers, like the rate limit).")
-    auth_failures_per_minute: int = Field(10, ge=1, description="Rate at which an address's failed-authentication budget refills.")
-    prediction_log_write_ahead: bool = Field(True, description="Fsync every answered prediction to a local segment before "
-                                             "its 200 (replayed into Delta at the next start), so a crash loses none.")
-    prediction_log_flush_rows: int = Field(500, ge=1, description="The prediction log writes to Delta once this many rows wait...")
+    tradingview_secret: SecretStr | None = Field(
+        None,
+        description="When set, /tradingview requires X-Signature = "
+        "HMAC-SHA256(secret, raw body), a recent sent_at, and a signature not seen before.",
+    )
+    workers: int = Field(
+        2,
+        ge=1,
+        validation_alias=flat("workers", "serve_workers"),
+        description="BentoML worker processes (one per core). Each enforces 1/N of a token's rate limit.",
+    )
+    access_log: bool = Field(
+        False,
+        validation_alias=flat("access_log", "serve_access_log"),
+        description="BentoML's per-request access log; off because it costs ~25% of throughput.",
+    )
+    batch_max_size: int = Field(
+        64, ge=2, description="Most /predict rows the adaptive batcher scores in one model call."
+    )
+    reload_interval_s: float = Field(
+        30.0, ge=0, description="How often the service checks the champion alias; 0 disables."
+    )
+    model_max_age_days: float = Field(
+        30.0,
+        gt=0,
+        description="Days after its last training bar that a model's answers are "
+        "flagged expired (they are still given).",
+    )
+    tradingview_window_s: float = Field(
+        300.0,
+        gt=0,
+        description="With ITFF_TRADINGVIEW_SECRET set, a signed alert's `sent_at` "
+        "must be within this many seconds of the server's clock; each signature is accepted once.",
+    )
+    tradingview_stale: Literal["refuse", "flag"] = Field(
+        "refuse",
+        description="An alert (without candles) whose bar the lake "
+        "does not hold yet: refuse it, or answer from the newest older bar "
+        "with stale: true and age_bars.",
+    )
+    tradingview_max_close_deviation: float = Field(
+        0.01, gt=0, description="An alert's close further than this fraction from the answering bar's close is refused."
+    )
+    auth_failure_burst: int = Field(
+        20,
+        ge=1,
+        description="Failed authentications an address may make before its requests "
+        "get 429 (split across the workers, like the rate limit).",
+    )
+    auth_failures_per_minute: int = Field(
+        10, ge=1, description="Rate at which an address's failed-authentication budget refills."
+    )
+    prediction_log_write_ahead: bool = Field(
+        True,
+        description="Fsync every answered prediction to a local segment before "
+        "its 200 (replayed into Delta at the next start), so a crash loses none.",
+    )
+    prediction_log_flush_rows: int = Field(
+        500, ge=1, description="The prediction log writes to Delta once this many rows wait..."
+    )
     prediction_log_flush_s: float = Field(2.0, gt=0, description="...or once the oldest waiting row is this old.")
-    state_dir: Path = Field(Path(".bentoml"), validation_alias=flat("state_dir", "serve_state_dir"),
-                            description="The service's local state, under ITFF_HOME when relative: "
-                            "<port>/ is each service's BENTOML_HOME (make serve), tradingview-signatures/ the replay cache.")
-    service_url: str = Field("http://127.0.0.1:3000", description="The BentoML service the champion sensor tells to reload.")
+    state_dir: Path = Field(
+        Path(".bentoml"),
+        validation_alias=flat("state_dir", "serve_state_dir"),
+        description="The service's local state, under ITFF_HOME when relative: "
+        "<port>/ is each service's BENTOML_HOME (make serve), tradingview-signatures/ the replay cache.",
+    )
+    service_url: str = Field(
+        "http://127.0.0.1:3000", description="The BentoML service the champion sensor tells to reload."
+    )
 
 
 class MonitoringSettings(Section):
     """The prediction log's outcomes, drift and live quality, and when they request a retrain."""
 
-    root: Path = Field(Path("data_lake/monitoring"), validation_alias=flat("root", "monitoring_dir"),
-                       description="Delta tables of the prediction log and decisions, under home when relative.")
-    live_quality_window_days: int = Field(30, ge=1, description="Days of realized predictions, before an evaluation's as_of, "
-                                          "that live quality per model version is computed over.")
+    root: Path = Field(
+        Path("data_lake/monitoring"),
+        validation_alias=flat("root", "monitoring_dir"),
+        description="Delta tables of the prediction log and decisions, under home when relative.",
+    )
+    live_quality_window_days: int = Field(
+        30,
+        ge=1,
+        description="Days of realized predictions, before an evaluation's as_of, "
+        "that live quality per model version is computed over.",
+    )
     drift_recent_days: int = Field(30, ge=1, description="Days of recent data compared with the training window.")
-    drift_reference_days: int = Field(365, ge=7, description="Days of the training window (up to the champion's last training bar) drift compares against.")
+    drift_reference_days: int = Field(
+        365,
+        ge=7,
+        description="Days of the training window (up to the champion's last training bar) drift compares against.",
+    )
     drift_psi_warn: float = Field(0.1, gt=0, description="Population stability index at which a feature drift warns.")
-    drift_psi_error: float = Field(0.25, gt=0, description="PSI at which drift is an error and retraining is requested.")
-    drift_ks_warn: float = Field(0.1, gt=0, le=1, description="Kolmogorov-Smirnov statistic at which a feature drift warns.")
-    drift_ks_error: float = Field(0.2, gt=0, le=1, description="Kolmogorov-Smirnov statistic at which drift is an error.")
-    drift_features_for_retrain: int = Field(3, ge=1, description="Features drifting at the error level before drift alone "
-                                            "requests retraining: one volatility-level feature moving with the market is normal.")
+    drift_psi_error: float = Field(
+        0.25, gt=0, description="PSI at which drift is an error and retraining is requested."
+    )
+    drift_ks_warn: float = Field(
+        0.1, gt=0, le=1, description="Kolmogorov-Smirnov statistic at which a feature drift warns."
+    )
+    drift_ks_error: float = Field(
+        0.2, gt=0, le=1, description="Kolmogorov-Smirnov statistic at which drift is an error."
+    )
+    drift_features_for_retrain: int = Field(
+        3,
+        ge=1,
+        description="Features drifting at the error level before drift alone "
+        "requests retraining: one volatility-level feature moving with the market is normal.",
+    )
     regime_shift_warn: float = Field(0.1, gt=0, description="PSI of the regime mix (training vs recent) that warns.")
     regime_shift_error: float = Field(0.25, gt=0, description="PSI of the regime mix that is an error.")
     quality_log_loss_warn: float = Field(0.02, gt=0, description="Live log loss this far above the backtest's warns.")
     quality_log_loss_error: float = Field(0.05, gt=0, description="...and this far above it requests retraining.")
     min_live_outcomes: int = Field(24, ge=1, description="Realized predictions needed before live quality is judged.")
-    drift_false_alarm_rate: float = Field(0.01, gt=0, lt=0.5, description="Share of stable windows allowed to reach a "
-                                          "drift error: each feature's PSI/KS error threshold (and the regime mix's) is the "
-                                          "statistic's (1 - rate) quantile over windows of the reference period, floored by "
-                                          "the fixed *_ERROR thresholds.")
-    drift_warn_false_alarm_rate: float = Field(0.1, gt=0, lt=0.5, description="The same for the warn thresholds, floored "
-                                               "by the fixed *_WARN ones.")
-    drift_calibration_step_days: int = Field(3, ge=1, description="Days between the starts of the reference windows whose "
-                                             "drift, against the rest of the reference, calibrates the thresholds.")
-    drift_cooldown_days: int = Field(30, ge=0, description="A model sent for retraining is not sent again until this many "
-                                     "days after that decision (its as-of time); 0 switches the cooldown off.")
-    drift_mape_error: float = Field(0.08, gt=0, description="Live forward_return MAPE (a fraction, as live quality reports "
-                                    "it) above which that champion is retrained: runbook 001's 8 %.")
-    drift_precision_recall_max: float = Field(0.05, gt=0, le=1, description="Live precision or recall of the served long "
-                                              "calls this far (absolute) from the backtest's retrains a classification "
-                                              "champion, which re-selects its threshold: runbooks 000/002's weekly 5 %.")
-    drift_precision_recall_days: int = Field(7, ge=1, description="Days of realized outcomes the precision/recall check reads.")
-    drift_precision_recall_alpha: float = Field(0.05, gt=0, le=1, description="A precision/recall gap past the maximum "
-                                                "retrains only if a binomial test against the backtest's rate also gives p "
-                                                "below this: a week's few dozen calls carry a standard error above 5 points. "
-                                                "1 judges the gap alone.")
+    drift_false_alarm_rate: float = Field(
+        0.01,
+        gt=0,
+        lt=0.5,
+        description="Share of stable windows allowed to reach a "
+        "drift error: each feature's PSI/KS error threshold (and the regime mix's) is the "
+        "statistic's (1 - rate) quantile over windows of the reference period, floored by "
+        "the fixed *_ERROR thresholds.",
+    )
+    drift_warn_false_alarm_rate: float = Field(
+        0.1, gt=0, lt=0.5, description="The same for the warn thresholds, floored by the fixed *_WARN ones."
+    )
+    drift_calibration_step_days: int = Field(
+        3,
+        ge=1,
+        description="Days between the starts of the reference windows whose "
+        "drift, against the rest of the reference, calibrates the thresholds.",
+    )
+    drift_cooldown_days: int = Field(
+        30,
+        ge=0,
+        description="A model sent for retraining is not sent again until this many "
+        "days after that decision (its as-of time); 0 switches the cooldown off.",
+    )
+    drift_mape_error: float = Field(
+        0.08,
+        gt=0,
+        description="Live forward_return MAPE (a fraction, as live quality reports "
+        "it) above which that champion is retrained: runbook 001's 8 %.",
+    )
+    drift_precision_recall_max: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="Live precision or recall of the served long "
+        "calls this far (absolute) from the backtest's retrains a classification "
+        "champion, which re-selects its threshold: runbooks 000/002's weekly 5 %.",
+    )
+    drift_precision_recall_days: int = Field(
+        7, ge=1, description="Days of realized outcomes the precision/recall check reads."
+    )
+    drift_precision_recall_alpha: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="A precision/recall gap past the maximum "
+        "retrains only if a binomial test against the backtest's rate also gives p "
+        "below this: a week's few dozen calls carry a standard error above 5 points. "
+        "1 judges the gap alone.",
+    )
 
 
 class AutomationSettings(Section):
     """The daily refresh and weekly evaluation: Dagster schedules and sensors."""
 
-    enabled: bool = Field(False, validation_alias=flat("enabled", "automation_on"),
-                          description="Schedules and sensors start switched on (else: switch them on in the Dagster UI).")
-    daily_run_utc: str = Field("02:15", pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM (UTC) the daily refresh starts.")
+    enabled: bool = Field(
+        False,
+        validation_alias=flat("enabled", "automation_on"),
+        description="Schedules and sensors start switched on (else: switch them on in the Dagster UI).",
+    )
+    daily_run_utc: str = Field(
+        "02:15", pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM (UTC) the daily refresh starts."
+    )
     daily_trials: int = Field(2, ge=1, description="Optuna trials per family in the daily retrain (the budget).")
     daily_torch_trials: int = Field(1, ge=1, description="Trials for the torch families in the daily retrain.")
     weekly_evaluation_cron: str = Field("0 6 * * 1", description="Cron (UTC) of the weekly evaluation job.")
@@ -299,10 +469,14 @@ class AutomationSettings(Section):
 class TrackingSettings(Section):
     """MLflow (runs, registry) and Optuna (studies) storage."""
 
-    mlflow_dir: Path = Field(Path("mlflow"), description="MLflow's SQLite store, artifacts and Optuna's study store, "
-                             "under home when relative.")
+    mlflow_dir: Path = Field(
+        Path("mlflow"),
+        description="MLflow's SQLite store, artifacts and Optuna's study store, under home when relative.",
+    )
     mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking URI; unset: SQLite in mlflow_dir.")
-    mlflow_ui_url: str = Field("http://127.0.0.1:5000", description="Where `make dev` serves the MLflow UI; used in links.")
+    mlflow_ui_url: str = Field(
+        "http://127.0.0.1:5000", description="Where `make dev` serves the MLflow UI; used in links."
+    )
     optuna_storage: str | None = Field(None, description="Optuna storage URL; unset: SQLite in mlflow_dir.")
 
 
@@ -311,13 +485,17 @@ class Settings(BaseSettings):
 
     # --- what the platform covers, read by every section
     home: Path = Field(default_factory=Path.cwd, description="Project root; relative paths hang off it.")
-    source: Literal["sample", "files", "binance"] = Field("sample", description="Where candles come from (its own "
-                                                          "settings are under sources).")
+    source: Literal["sample", "files", "binance"] = Field(
+        "sample", description="Where candles come from (its own settings are under sources)."
+    )
     symbols: list[str] = Field(["BTCUSDT", "ETHUSDT"], description="Symbols ingested, trained and served.")
     interval: str = Field("1h", description=f"Bar length, one of {', '.join(INTERVAL_SECONDS)}.")
     start_date: date = Field(date(2021, 4, 1), description="First day ingested (its month is the first partition).")
-    end_date: date | None = Field(None, description="First day not ingested; unset: through the current month, or the "
-                                  "packaged sample's end (sources.sample.end_date) with ITFF_SOURCE=sample.")
+    end_date: date | None = Field(
+        None,
+        description="First day not ingested; unset: through the current month, or the "
+        "packaged sample's end (sources.sample.end_date) with ITFF_SOURCE=sample.",
+    )
     reports_dir: Path = Field(Path("reports"), description="Markdown and figure reports, under home when relative.")
 
     lake: LakeSettings = Field(default_factory=LakeSettings, description=LakeSettings.__doc__)
@@ -332,7 +510,9 @@ class Settings(BaseSettings):
     tracking: TrackingSettings = Field(default_factory=TrackingSettings, description=TrackingSettings.__doc__)
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
         # After the ordinary environment (ITFF_SYMBOLS, ITFF_TRAINING__TRIALS), the flat names of section fields.
         return init_settings, env_settings, FlatEnvSource(settings_cls), dotenv_settings, file_secret_settings
 
@@ -397,8 +577,14 @@ class Settings(BaseSettings):
     def for_display(self) -> dict[str, Any]:
         """The settings as JSON-ready values with every secret hidden: tokens masked, passwords in URIs redacted."""
         shown = self.model_dump(mode="json")  # SecretStr dumps as "**********"
-        for name in ("mlflow_tracking_uri", "optuna_storage", "service_url", "mlflow_ui_url", "binance_base_url",
-                     "binance_archive_url"):
+        for name in (
+            "mlflow_tracking_uri",
+            "optuna_storage",
+            "service_url",
+            "mlflow_ui_url",
+            "binance_base_url",
+            "binance_archive_url",
+        ):
             *sections, field = LEAVES[name].path
             owner = shown
             for section in sections:
@@ -465,8 +651,11 @@ def _leaves(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> Iterator[Le
 # Every setting by flat name, in schema order: the one map from flat names to sections, derived from the classes.
 LEAVES: dict[str, Leaf] = {leaf.name: leaf for leaf in _leaves(Settings)}
 BY_PATH: dict[tuple[str, ...], Leaf] = {leaf.path: leaf for leaf in LEAVES.values()}
-SECTIONS = tuple(name for name, info in Settings.model_fields.items()
-                 if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel))
+SECTIONS = tuple(
+    name
+    for name, info in Settings.model_fields.items()
+    if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)
+)
 assert len(LEAVES) == len(BY_PATH) and not set(LEAVES) & set(SECTIONS), "flat names must be unique"
 # Paths taken relative to home.
 ANCHORED_PATHS = ("reports_dir", "lake_dir", "drop_dir", "mlflow_dir", "monitoring_dir")
@@ -479,7 +668,8 @@ def leaf_at(loc: tuple[str | int, ...]) -> Leaf | None:
         if not all(isinstance(part, str) for part in loc[:size]):
             continue
         leaf = BY_PATH.get((*sections, last)) or next(
-            (known for known in LEAVES.values() if known.path[:-1] == tuple(sections) and known.name == last), None)
+            (known for known in LEAVES.values() if known.path[:-1] == tuple(sections) and known.name == last), None
+        )
         if leaf is not None:
             return leaf
     return None
@@ -506,7 +696,9 @@ def _copy_with(model: BaseModel, changes: Mapping[str, Any], deep: bool) -> Any:
     resolved = {}
     for key, value in changes.items():
         current = getattr(model, key, None)
-        resolved[key] = _copy_with(current, value, deep) if isinstance(current, BaseModel) and isinstance(value, Mapping) else value
+        resolved[key] = (
+            _copy_with(current, value, deep) if isinstance(current, BaseModel) and isinstance(value, Mapping) else value
+        )
     return BaseModel.model_copy(model, update=resolved, deep=deep)
 
 
@@ -519,13 +711,17 @@ class FlatEnvSource(EnvSettingsSource):
         for name, leaf in LEAVES.items():
             if len(leaf.path) == 1:
                 continue  # a top-level field: the ordinary source reads it
-            raw = self.env_vars.get(f"{self.env_prefix}{name}" if self.case_sensitive else f"{self.env_prefix}{name}".lower())
+            raw = self.env_vars.get(
+                f"{self.env_prefix}{name}" if self.case_sensitive else f"{self.env_prefix}{name}".lower()
+            )
             if raw is None:
                 continue
             try:
                 value = self.prepare_field_value(name, leaf.info, raw, self._field_is_complex(leaf.info)[0])
             except ValueError as e:
-                raise SettingsError(f'error parsing value for field "{name}" from source "{type(self).__name__}"') from e
+                raise SettingsError(
+                    f'error parsing value for field "{name}" from source "{type(self).__name__}"'
+                ) from e
             found[name] = value
         return nest(found)
 

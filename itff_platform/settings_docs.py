@@ -38,8 +38,12 @@ def _type(leaf: Leaf) -> str:
     annotation = leaf.info.annotation
     text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
     text = re.sub(r"\b(typing|pathlib|datetime|pydantic\.types)\.", "", text).replace("NoneType", "None")
-    rules = [f"{sign} {getattr(m, bound)}" for m in leaf.info.metadata for bound, sign in BOUNDS.items()
-             if getattr(m, bound, None) is not None]
+    rules = [
+        f"{sign} {getattr(m, bound)}"
+        for m in leaf.info.metadata
+        for bound, sign in BOUNDS.items()
+        if getattr(m, bound, None) is not None
+    ]
     rules += [f"matches `{m.pattern}`" for m in leaf.info.metadata if getattr(m, "pattern", None)]
     return _cell(f"`{text}`" + (f" ({', '.join(rules)})" if rules else ""))
 
@@ -66,11 +70,15 @@ def _section_doc(path: tuple[str, ...]) -> str:
 def render() -> str:
     parts = [INTRO.format(regenerate=REGENERATE)]
     for path, leaves in groupby(LEAVES.values(), key=lambda leaf: leaf.path[:-1]):
-        parts.append(f"\n## {'.'.join(path) or 'General (top level)'}\n\n{_section_doc(path)}\n\n"
-                     "| Environment | Type | Default | Description |\n|---|---|---|---|\n")
+        parts.append(
+            f"\n## {'.'.join(path) or 'General (top level)'}\n\n{_section_doc(path)}\n\n"
+            "| Environment | Type | Default | Description |\n|---|---|---|---|\n"
+        )
         for leaf in leaves:
             names = "<br>".join(f"`{name}`" for name in leaf.env_names)
-            parts.append(f"| {names} | {_type(leaf)} | {_cell(_default(leaf))} | {_cell(leaf.info.description or '')} |\n")
+            parts.append(
+                f"| {names} | {_type(leaf)} | {_cell(_default(leaf))} | {_cell(leaf.info.description or '')} |\n"
+            )
     return "".join(parts)
 
 

@@ -14,8 +14,14 @@ def test_itff_run_materializes_the_sample_lake_trains_and_prints_summaries(tmp_p
     """The main job end to end, as `make run` runs it (real Dagster instance, Delta tables, MLflow store),
     on a training budget of one family, one target and one trial so the suite stays quick."""
     (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
-    env = {**os.environ, "ITFF_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path), "ITFF_FAMILIES": '["logistic"]',
-           "ITFF_TARGETS": '["direction"]', "ITFF_TRIALS": "1"}
+    env = {
+        **os.environ,
+        "ITFF_HOME": str(tmp_path),
+        "DAGSTER_HOME": str(tmp_path),
+        "ITFF_FAMILIES": '["logistic"]',
+        "ITFF_TARGETS": '["direction"]',
+        "ITFF_TRIALS": "1",
+    }
 
     def itff_run() -> str:
         result = subprocess.run([ITFF, "run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -39,12 +45,17 @@ def test_itff_run_materializes_the_sample_lake_trains_and_prints_summaries(tmp_p
     assert "Promotion (serve a challenger only if it beats the better baseline" in out
     assert out.count("itff-BTCUSDT-direction") >= 2 and "vs baseline_" in out  # first promotion: against baselines
     assert "Diebold-Mariano p=" in out and "Served: " in out and " of 2 models; tradable: " in out  # says why, for each
-    assert "Monitoring: prediction_outcomes and drift_monitor materialized (evaluation_job): no predictions logged yet" in out
+    assert (
+        "Monitoring: prediction_outcomes and drift_monitor materialized (evaluation_job): no predictions logged yet"
+        in out
+    )
     assert "Lake maintenance done (lake_maintenance_job)" in out
     assert_runs_are_named_jobs_of_the_code_location_and_every_asset_is_materialized(tmp_path)
 
     # Nothing to roll back to after a single promotion: a clear message, exit code 1.
-    back = subprocess.run([ITFF, "rollback", "BTCUSDT", "direction"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    back = subprocess.run(
+        [ITFF, "rollback", "BTCUSDT", "direction"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert back.returncode == 1 and "no previous champion to roll back to" in back.stderr
 
     # A second run on unchanged inputs redoes nothing, says so per layer, prints the same figures and registers nothing.
@@ -60,7 +71,10 @@ def test_itff_run_materializes_the_sample_lake_trains_and_prints_summaries(tmp_p
     from mlflow import MlflowClient
 
     registry = MlflowClient(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
-    assert [len(registry.search_model_versions(f"name = '{name}'")) for name in ("itff-BTCUSDT-direction", "itff-ETHUSDT-direction")] == [1, 1]
+    assert [
+        len(registry.search_model_versions(f"name = '{name}'"))
+        for name in ("itff-BTCUSDT-direction", "itff-ETHUSDT-direction")
+    ] == [1, 1]
 
 
 def test_itff_settings_prints_the_effective_configuration(tmp_path):
@@ -78,9 +92,19 @@ def assert_runs_are_named_jobs_of_the_code_location_and_every_asset_is_materiali
     # dagster.yaml's storage folders are relative to the working directory, as `make` runs it from the project root.
     with contextlib.chdir(home), DagsterInstance.from_config(str(home)) as instance:
         runs = instance.get_runs()
-        assert sorted(r.job_name for r in runs) == ["evaluation_job", "lake_job", "lake_maintenance_job", "promotion_job", "training_job"]
-        assert {(r.remote_job_origin.location_name, r.remote_job_origin.repository_origin.repository_name) for r in runs} == {
-            ("itff_platform", "__repository__")}
-        never = [key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()
-                 if not instance.fetch_materializations(AssetKey(key.path), limit=1).records]
+        assert sorted(r.job_name for r in runs) == [
+            "evaluation_job",
+            "lake_job",
+            "lake_maintenance_job",
+            "promotion_job",
+            "training_job",
+        ]
+        assert {
+            (r.remote_job_origin.location_name, r.remote_job_origin.repository_origin.repository_name) for r in runs
+        } == {("itff_platform", "__repository__")}
+        never = [
+            key.to_user_string()
+            for key in defs.resolve_asset_graph().get_all_asset_keys()
+            if not instance.fetch_materializations(AssetKey(key.path), limit=1).records
+        ]
         assert never == []

@@ -10,12 +10,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def itff(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def itff(
+    *args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
     """`python -m itff_platform.cli` on this checkout, as the `itff` script runs it."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("ITFF_") and k != "DAGSTER_HOME"}
     full = {**base, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "itff_platform.cli", *args], cwd=cwd or ROOT, env=full,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "itff_platform.cli", *args],
+        cwd=cwd or ROOT,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 SECRETS = {
@@ -31,8 +39,14 @@ def test_itff_settings_hides_tokens_and_passwords_in_uris(tmp_path):
     result = itff("settings", env={"ITFF_HOME": str(tmp_path), **SECRETS}, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     printed = result.stdout + result.stderr
-    for secret in ("tok-alpha-1234567", "tok-beta-7654321", "adm-secret-99887766", "tv-hmac-secret-55443322",
-                   "pg-password-1122", "my-password-3344"):
+    for secret in (
+        "tok-alpha-1234567",
+        "tok-beta-7654321",
+        "adm-secret-99887766",
+        "tv-hmac-secret-55443322",
+        "pg-password-1122",
+        "my-password-3344",
+    ):
         assert secret not in printed
     shown = json.loads(result.stdout)
     serving, tracking = shown["serving"], shown["tracking"]  # printed by section, as the settings are read
@@ -73,8 +87,9 @@ def test_a_bad_setting_is_one_line_naming_it_and_the_fix_and_verbose_shows_the_t
     # Validated up front, whatever the command.
     assert "ITFF_START_DATE" in one_line_error(itff("train", env=env, cwd=tmp_path))
     # A secret's value is never echoed, even when invalid.
-    secret = one_line_error(itff("settings", env={"ITFF_HOME": str(tmp_path), "ITFF_API_TOKENS": '"tok-not-a-list-9911"'},
-                                 cwd=tmp_path))
+    secret = one_line_error(
+        itff("settings", env={"ITFF_HOME": str(tmp_path), "ITFF_API_TOKENS": '"tok-not-a-list-9911"'}, cwd=tmp_path)
+    )
     assert "ITFF_API_TOKENS" in secret and "tok-not-a-list-9911" not in secret
     verbose = itff("--verbose", "settings", env=env, cwd=tmp_path)
     assert verbose.returncode == 1 and "Traceback" in verbose.stderr and "ValidationError" in verbose.stderr
@@ -108,8 +123,12 @@ def test_binance_without_dns_fails_fast_naming_the_alternatives(tmp_path):
 
     from itff_platform.market.binance import BinanceCandleSource, BinanceError
 
-    env = {"ITFF_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path), "ITFF_SOURCE": "binance",
-           "ITFF_BINANCE_BASE_URL": "https://nonexistent.invalid"}
+    env = {
+        "ITFF_HOME": str(tmp_path),
+        "DAGSTER_HOME": str(tmp_path),
+        "ITFF_SOURCE": "binance",
+        "ITFF_BINANCE_BASE_URL": "https://nonexistent.invalid",
+    }
     started = time.monotonic()
     line = one_line_error(itff("run", env=env, cwd=tmp_path))
     assert time.monotonic() - started < 30
@@ -131,7 +150,9 @@ def test_binance_without_dns_fails_fast_naming_the_alternatives(tmp_path):
 def test_make_help_lists_every_target_with_its_description():
     result = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
-    phony = next(line for line in (ROOT / "Makefile").read_text().splitlines() if line.startswith(".PHONY:")).split()[1:]
+    phony = next(line for line in (ROOT / "Makefile").read_text().splitlines() if line.startswith(".PHONY:")).split()[
+        1:
+    ]
     described = {line.split(":")[0] for line in result.stdout.splitlines() if not line.startswith(" ")}
     assert set(phony) <= described, set(phony) - described
     assert "run: install, materialize raw -> bronze -> silver" in result.stdout and "##" not in result.stdout
@@ -170,8 +191,9 @@ def test_the_docs_state_the_regime_warm_up_the_code_has_and_no_build_machine_pat
     from itff_platform.market.sample import SampleCandleSource
     from itff_platform.settings import Settings
 
-    candles = SampleCandleSource().fetch("BTCUSDT", "1h", datetime(2021, 5, 1, tzinfo=UTC),
-                                         datetime(2021, 7, 1, tzinfo=UTC))
+    candles = SampleCandleSource().fetch(
+        "BTCUSDT", "1h", datetime(2021, 5, 1, tzinfo=UTC), datetime(2021, 7, 1, tzinfo=UTC)
+    )
     regimes = build_features(candles, Settings()).collect().with_row_index().filter(pl.col("regime") != "unknown")
     warm_up = regimes["index"][0] + 1  # bars needed before the first known regime
     assert warm_up == 744
@@ -226,7 +248,9 @@ def register_versions(tmp_path: Path, name: str, count: int) -> str:
     return uri
 
 
-def test_promote_without_a_champion_says_what_to_do_and_force_serves_a_version_recorded_as_forced(tmp_path, monkeypatch):
+def test_promote_without_a_champion_says_what_to_do_and_force_serves_a_version_recorded_as_forced(
+    tmp_path, monkeypatch
+):
     from mlflow import MlflowClient
 
     monkeypatch.chdir(tmp_path)  # mlflow writes an mlruns/ folder in the working directory otherwise
@@ -239,13 +263,19 @@ def test_promote_without_a_champion_says_what_to_do_and_force_serves_a_version_r
     assert result.returncode == 0, result.stdout + result.stderr
     assert "itff-BTCUSDT-direction" in result.stdout and "no champion" in result.stdout
     assert "itff-ETHUSDT" not in result.stdout  # --symbol/--target chose one model
-    assert ("what to do: to get one: raise ITFF_TRIALS and retrain (itff train --symbol BTCUSDT --target direction "
-            "--trials 20), or serve a version that did not pass anyway: itff promote --symbol BTCUSDT --target "
-            "direction --force") in result.stdout
+    assert (
+        "what to do: to get one: raise ITFF_TRIALS and retrain (itff train --symbol BTCUSDT --target direction "
+        "--trials 20), or serve a version that did not pass anyway: itff promote --symbol BTCUSDT --target "
+        "direction --force"
+    ) in result.stdout
 
     # --force needs the model named, and an existing version.
-    assert "--force VERSION needs --symbol and --target" in one_line_error(itff("promote", "--force", "1", env=env, cwd=tmp_path))
-    missing = one_line_error(itff("promote", "--symbol", "BTCUSDT", "--target", "direction", "--force", "7", env=env, cwd=tmp_path))
+    assert "--force VERSION needs --symbol and --target" in one_line_error(
+        itff("promote", "--force", "1", env=env, cwd=tmp_path)
+    )
+    missing = one_line_error(
+        itff("promote", "--symbol", "BTCUSDT", "--target", "direction", "--force", "7", env=env, cwd=tmp_path)
+    )
     assert "itff-BTCUSDT-direction has no version 7; its versions: 1, 2" in missing
 
     forced = itff("promote", "--symbol", "BTCUSDT", "--target", "direction", "--force", "1", env=env, cwd=tmp_path)
@@ -254,13 +284,21 @@ def test_promote_without_a_champion_says_what_to_do_and_force_serves_a_version_r
     client = MlflowClient(uri)
     version = client.get_model_version_by_alias("itff-BTCUSDT-direction", "champion")
     assert str(version.version) == "1"
-    assert version.tags["promotion_decision"] == "forced" and "forced by itff promote --force" in version.tags["promotion_reasons"]
+    assert (
+        version.tags["promotion_decision"] == "forced"
+        and "forced by itff promote --force" in version.tags["promotion_reasons"]
+    )
     assert version.tags["manifest_sha256"]  # written by the same _set_champion a promotion uses
     run_files = [f.path for f in client.list_artifacts(version.run_id, "integrity")]
     assert run_files == ["integrity/manifest-v1.json"]
 
     # Forcing v2 over it keeps the history, so rollback goes back to v1.
-    assert itff("promote", "--symbol", "BTCUSDT", "--target", "direction", "--force", "2", env=env, cwd=tmp_path).returncode == 0
+    assert (
+        itff(
+            "promote", "--symbol", "BTCUSDT", "--target", "direction", "--force", "2", env=env, cwd=tmp_path
+        ).returncode
+        == 0
+    )
     back = itff("rollback", "BTCUSDT", "direction", env=env, cwd=tmp_path)
     assert back.returncode == 0 and "from v2 back to v1" in back.stdout, back.stderr
 
@@ -272,8 +310,21 @@ def test_train_and_promote_refuse_an_unconfigured_symbol_or_a_bad_trial_count(tm
     assert line == "itff train: --symbol SOLUSDT: not among the configured symbols (ITFF_SYMBOLS): BTCUSDT, ETHUSDT"
     bad = itff("train", "--trials", "0", env=env, cwd=tmp_path)
     assert bad.returncode == 2 and "'0' is not a whole number of at least 1" in bad.stderr
-    both = one_line_error(itff("promote", "--symbol", "BTCUSDT", "--target", "direction", "--trials", "3", "--force", "1",
-                               env=env, cwd=tmp_path))
+    both = one_line_error(
+        itff(
+            "promote",
+            "--symbol",
+            "BTCUSDT",
+            "--target",
+            "direction",
+            "--trials",
+            "3",
+            "--force",
+            "1",
+            env=env,
+            cwd=tmp_path,
+        )
+    )
     assert "give one of them" in both
 
 
@@ -284,4 +335,7 @@ def test_lake_maintenance_never_reports_negative_bytes_reclaimed():
 
     grew = maintenance_outcome({"bytes_reclaimed": -185920, "files_vacuumed": 0, "retention_hours": 168})
     assert "-" not in grew.split(":")[0] and "185,920 bytes" in grew and "168 h" in grew and "reclaimed yet" in grew
-    assert maintenance_outcome({"bytes_reclaimed": 4096, "files_vacuumed": 3}) == "4,096 bytes reclaimed, 3 superseded file(s) vacuumed"
+    assert (
+        maintenance_outcome({"bytes_reclaimed": 4096, "files_vacuumed": 3})
+        == "4,096 bytes reclaimed, 3 superseded file(s) vacuumed"
+    )

@@ -69,18 +69,33 @@ def dev(tmp_path):
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir()
     (dagster_home / "dagster.yaml").write_text(
-        (ROOT / "dagster.yaml").read_text().replace("base_dir: .dagster", f"base_dir: {dagster_home}/.dagster"))
+        (ROOT / "dagster.yaml").read_text().replace("base_dir: .dagster", f"base_dir: {dagster_home}/.dagster")
+    )
     ports = {name: free_port() for name in SERVICES}
     marker = f"ITFF_DEV_TEST={uuid.uuid4().hex}"
     inherited = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ITFF_"))}
-    env = {**inherited, **{k: str(v) for k, v in ports.items()}, "ITFF_HOME": str(home), "DAGSTER_HOME": str(dagster_home),
-           "ITFF_SYMBOLS": '["PROMOUSDT"]', "ITFF_TARGETS": '["direction"]', "VENV_BIN": str(Path(sys.executable).parent),
-           "ITFF_DEV_TEST": marker.split("=")[1]}
+    env = {
+        **inherited,
+        **{k: str(v) for k, v in ports.items()},
+        "ITFF_HOME": str(home),
+        "DAGSTER_HOME": str(dagster_home),
+        "ITFF_SYMBOLS": '["PROMOUSDT"]',
+        "ITFF_TARGETS": '["direction"]',
+        "VENV_BIN": str(Path(sys.executable).parent),
+        "ITFF_DEV_TEST": marker.split("=")[1],
+    }
     output = tmp_path / "make-dev.out"
     with open(output, "w") as out:  # a file, not a pipe: nobody drains a pipe, and a full one blocks the script
         # Its own session, as a terminal gives `make dev`; the signal goes to the script alone, as `kill PID` does.
-        process = subprocess.Popen(["bash", "scripts/dev.sh"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            ["bash", "scripts/dev.sh"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.time() + 240  # dagster dev, the MLflow UI and BentoML start together on a shared CPU
         while not (all(listening(port) for port in ports.values()) and dagster_loaded(ports["DAGSTER_PORT"])):

@@ -36,7 +36,8 @@ PACKAGE = Path(itff_platform.__file__).parent
 def _type_checking_only(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(tree: ast.AST):
@@ -123,8 +124,13 @@ def layers(graph: dict[str, dict[str, list[str]]]) -> list[list[str]]:
 def test_no_cycles_between_top_level_packages():
     graph = import_graph()
     knots = cycles(graph)
-    detail = [f"{source} -> {target} ({', '.join(files)})"
-              for knot in knots for source in knot for target, files in graph[source].items() if target in knot]
+    detail = [
+        f"{source} -> {target} ({', '.join(files)})"
+        for knot in knots
+        for source in knot
+        for target, files in graph[source].items()
+        if target in knot
+    ]
     assert not knots, f"import cycles between top-level packages: {knots}\n" + "\n".join(detail)
     print("\nlayers, top first:\n" + "\n".join(", ".join(layer) for layer in reversed(layers(graph))))
 
@@ -140,7 +146,9 @@ def test_the_check_sees_a_cycle_hidden_in_a_function(tmp_path):
     (tmp_path / "beta").mkdir()
     (tmp_path / "alpha" / "a.py").write_text("from itff_platform.beta.b import thing\n")
     (tmp_path / "beta" / "b.py").write_text("def later():\n    from itff_platform.alpha import a\n")
-    (tmp_path / "gamma.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from itff_platform.alpha import a\n")
+    (tmp_path / "gamma.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from itff_platform.alpha import a\n"
+    )
     (tmp_path / "alpha" / "c.py").write_text("import itff_platform.gamma\n")
     graph = import_graph(tmp_path)
     assert cycles(graph) == [["alpha", "beta"]]

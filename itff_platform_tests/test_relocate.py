@@ -39,8 +39,12 @@ def moved(tmp_path_factory):
 def recorded(settings: Settings) -> list[str]:
     """Every path-bearing value the MLflow store holds."""
     with closing(sqlite3.connect(settings.tracking.mlflow_dir / "mlflow.db")) as db:
-        return [value for table, column in LOCATION_COLUMNS + SOURCE_COLUMNS
-                for (value,) in db.execute(f"SELECT {column} FROM {table}") if value]
+        return [
+            value
+            for table, column in LOCATION_COLUMNS + SOURCE_COLUMNS
+            for (value,) in db.execute(f"SELECT {column} FROM {table}")
+            if value
+        ]
 
 
 def test_a_moved_project_serves_its_champion_after_itff_relocate(moved, monkeypatch, capsys, tmp_path):

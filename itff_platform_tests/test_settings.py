@@ -46,8 +46,14 @@ def test_every_field_has_a_flat_and_a_path_environment_name_and_the_path_wins(mo
     monkeypatch.setenv("ITFF_TRAINING__TORCH_TRIALS", "5")
     monkeypatch.setenv("ITFF_MONITORING__DRIFT_COOLDOWN_DAYS", "3")
     settings = Settings(home=tmp_path)
-    assert (settings.training.trials, settings.training.torch_trials, settings.monitoring.drift_cooldown_days) == (7, 5, 3)
-    assert settings.lake.root == tmp_path / "lake" and settings.promotion.alpha == 0.01 and settings.serving.workers == 3
+    assert (settings.training.trials, settings.training.torch_trials, settings.monitoring.drift_cooldown_days) == (
+        7,
+        5,
+        3,
+    )
+    assert (
+        settings.lake.root == tmp_path / "lake" and settings.promotion.alpha == 0.01 and settings.serving.workers == 3
+    )
     assert settings.automation.enabled and [t.get_secret_value() for t in settings.serving.api_tokens] == ["tok-1"]
     assert settings.sources.binance.base_url == "http://binance.test"
     assert Settings(home=tmp_path, trials=2).training.trials == 2  # a keyword beats the environment
@@ -67,9 +73,19 @@ def test_every_flat_name_in_the_repository_is_still_a_setting():
     """Makefile, scripts, benchmarks, docs and tests set ITFF_<NAME>: each must still reach a field."""
     root = Path(__file__).resolve().parents[1]
     known = {name for leaf in LEAVES.values() for name in leaf.env_names}
-    files = [root / "Makefile", *root.glob("scripts/*"), *root.glob("docs/*.md"), *root.glob("benchmarks/**/*.py"),
-             *root.glob("itff_platform_tests/**/*.py")]
-    used = {name for path in files if path.is_file() for name in re.findall(r"\bITFF_[A-Z][A-Z0-9_]*[A-Z0-9]\b", path.read_text())}
+    files = [
+        root / "Makefile",
+        *root.glob("scripts/*"),
+        *root.glob("docs/*.md"),
+        *root.glob("benchmarks/**/*.py"),
+        *root.glob("itff_platform_tests/**/*.py"),
+    ]
+    used = {
+        name
+        for path in files
+        if path.is_file()
+        for name in re.findall(r"\bITFF_[A-Z][A-Z0-9_]*[A-Z0-9]\b", path.read_text())
+    }
     not_settings = {name for name in used if name.startswith(("ITFF_FUZZ_", "ITFF_BENCH_", "ITFF_DEV_"))}
     assert used - not_settings - known == set()
 
@@ -82,8 +98,10 @@ def test_the_sample_end_date_is_the_month_after_the_packaged_data():
     from itff_platform.market.sample import SAMPLE_INTERVAL, SampleCandleSource, sample_symbols
 
     far = datetime(2100, 1, 1, tzinfo=UTC)
-    last = max(SampleCandleSource().fetch(symbol, SAMPLE_INTERVAL, datetime(2000, 1, 1, tzinfo=UTC), far)
-               ["timestamp"].max() for symbol in sample_symbols())
+    last = max(
+        SampleCandleSource().fetch(symbol, SAMPLE_INTERVAL, datetime(2000, 1, 1, tzinfo=UTC), far)["timestamp"].max()
+        for symbol in sample_symbols()
+    )
     assert Settings().sources.sample.end_date == next_month(last.date())
     assert Settings(source="sample").effective_end_date() == next_month(last.date())
 

@@ -1,6 +1,6 @@
 """Rebuild the packaged sample from the shared Binance exports (run once; the output is committed).
 
-    .venv/bin/python scripts/build_sample.py ../shared/data/binance-spot
+.venv/bin/python scripts/build_sample.py ../shared/data/binance-spot
 """
 
 import sys

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from itff_platform.contracts.champions import LoadedModel
 
 OOD_Z = 6.0  # a scaled feature this many training standard deviations out is outside what the model saw
+
+
 def trading_permission(meta: dict) -> dict:
     """{"tradable", "tradable_reason"} from the model's meta.json. Models trained before training judged the
     trading rule carry neither: they trade, as they always did."""
@@ -35,23 +37,38 @@ def model_age(meta: dict, as_of: datetime, max_age_days: float) -> dict:
     return {"model_age_days": round(age, 3), "expired": age > max_age_days}
 
 
-def build_answer(model: LoadedModel, x: np.ndarray, out: np.ndarray, spread: np.ndarray | None, regime: str | None,
-                 bar_time: datetime | None, *, max_age_days: float, served_at: datetime | None = None) -> dict:
+def build_answer(
+    model: LoadedModel,
+    x: np.ndarray,
+    out: np.ndarray,
+    spread: np.ndarray | None,
+    regime: str | None,
+    bar_time: datetime | None,
+    *,
+    max_age_days: float,
+    served_at: datetime | None = None,
+) -> dict:
     scaled = model.forecaster.scale(x[-1:]) if model.forecaster.scaler is not None else np.zeros((1, 1))
     served_at = served_at or datetime.now(UTC)
     permission = trading_permission(model.meta)
     answer = {
         # Anything else would be an unbounded Prometheus label: callers validate, this is the last guard.
-        "symbol": model.symbol, "target": model.target, "regime": regime if regime in REGIMES else "unknown",
-        "model_version": model.version, "family": model.family,
+        "symbol": model.symbol,
+        "target": model.target,
+        "regime": regime if regime in REGIMES else "unknown",
+        "model_version": model.version,
+        "family": model.family,
         "out_of_distribution": bool(np.abs(scaled).max() > OOD_Z),
         "served_at": served_at.isoformat(timespec="milliseconds"),
         "bar_time": bar_time.isoformat() if bar_time is not None else None,
-        **model_age(model.meta, bar_time or served_at, max_age_days), **permission,
+        **model_age(model.meta, bar_time or served_at, max_age_days),
+        **permission,
     }
     # The last row, in float64 (a torch model answers in float32), as plain Python values for JSON.
     fields = answer_columns(np.asarray(out[-1:], dtype=np.float64), model.meta, model.target)
-    answer.update({name: value[-1].item() if isinstance(value, np.ndarray) else value for name, value in fields.items()})
+    answer.update(
+        {name: value[-1].item() if isinstance(value, np.ndarray) else value for name, value in fields.items()}
+    )
     if model.meta["task"] == "regression":
         answer["signal"] = "flat"
     else:
@@ -61,17 +78,40 @@ def build_answer(model: LoadedModel, x: np.ndarray, out: np.ndarray, spread: np.
 
 def log_record(answer: dict, x: np.ndarray, request_id: str, endpoint: str, latency_ms: float | None) -> dict:
     """The prediction log's row for an answer (see monitoring.prediction_log.SCHEMA)."""
-    record = {k: answer.get(k) for k in ("symbol", "target", "model_version", "family", "regime", "signal", "prob_up",
-                                         "threshold", "allow", "uncertainty", "p10", "p50", "p90", "out_of_distribution")}
-    record.update({
-        "request_id": request_id, "endpoint": endpoint, "latency_ms": latency_ms,
-        "input_sha256": input_hash(answer["symbol"], answer["target"], x[-1]),
-        "logged_at": datetime.fromisoformat(answer["served_at"]),
-        "bar_time": datetime.fromisoformat(answer["bar_time"]) if answer["bar_time"] else None,
-    })
+    record = {
+        k: answer.get(k)
+        for k in (
+            "symbol",
+            "target",
+            "model_version",
+            "family",
+            "regime",
+            "signal",
+            "prob_up",
+            "threshold",
+            "allow",
+            "uncertainty",
+            "p10",
+            "p50",
+            "p90",
+            "out_of_distribution",
+        )
+    }
+    record.update(
+        {
+            "request_id": request_id,
+            "endpoint": endpoint,
+            "latency_ms": latency_ms,
+            "input_sha256": input_hash(answer["symbol"], answer["target"], x[-1]),
+            "logged_at": datetime.fromisoformat(answer["served_at"]),
+            "bar_time": datetime.fromisoformat(answer["bar_time"]) if answer["bar_time"] else None,
+        }
+    )
     return record
 
 
 def input_hash(symbol: str, target: str, row: np.ndarray) -> str:
     """Same inputs, same hash: the feature row as float64 bytes, with what it was asked about."""
-    return hashlib.sha256(f"{symbol}|{target}|".encode() + np.ascontiguousarray(row, dtype=np.float64).tobytes()).hexdigest()
+    return hashlib.sha256(
+        f"{symbol}|{target}|".encode() + np.ascontiguousarray(row, dtype=np.float64).tobytes()
+    ).hexdigest()

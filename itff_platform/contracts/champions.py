@@ -121,7 +121,9 @@ class ChampionStore:
         self.models = loaded  # one assignment: a request sees the old set or the new one, never a mix
         return changes
 
-    def _load_verified(self, client, name: str, symbol: str, target: str, version: str, verify: bool = True) -> LoadedModel:
+    def _load_verified(
+        self, client, name: str, symbol: str, target: str, version: str, verify: bool = True
+    ) -> LoadedModel:
         import mlflow
         from itff_platform.models import load_forecaster
 
@@ -177,7 +179,7 @@ class ChampionStore:
     def report(self) -> dict:
         """Every model's state; a model without a champion also says why and what to do."""
         report = {}
-        for (symbol, target) in self.keys():
+        for symbol, target in self.keys():
             status = self.status.get(registered_name(symbol, target))
             if status is not None:
                 report[status.name] = {**vars(status), "remedy": self.remedy(symbol, target)}
@@ -188,11 +190,15 @@ class ChampionStore:
         gets: why, and what to do. The service raises it as its RequestError."""
         status = self.status.get(registered_name(symbol, target), ModelStatus(""))
         if status.problem != NO_CHAMPION:  # there is a champion, but it is refused or not loaded (yet)
-            return (f"symbol/target: no verified champion is loaded for {symbol} {target}: "
-                    f"{status.problem or 'not loaded yet'}"), {}
+            return (
+                f"symbol/target: no verified champion is loaded for {symbol} {target}: "
+                f"{status.problem or 'not loaded yet'}"
+            ), {}
         remedy = self.remedy(symbol, target)
-        return (f"symbol/target: {symbol} {target} has no champion: {status.reason}; {remedy}",
-                {"reason": status.reason, "remedy": remedy})
+        return (
+            f"symbol/target: {symbol} {target} has no champion: {status.reason}; {remedy}",
+            {"reason": status.reason, "remedy": remedy},
+        )
 
     def remedy(self, symbol: str, target: str) -> str | None:
         """What to do about a model without a champion; None for one that has one."""
@@ -218,5 +224,7 @@ def last_decision(client, name: str) -> tuple[str, str | None]:
         return f"{NOT_JUDGED} ({len(versions)} registered)", str(max(int(v.version) for v in versions))
     last = max(judged, key=lambda v: int(v.version))
     tags = last.tags
-    return (f"promotion {tags['promotion_decision']} v{last.version} at {tags.get('promotion_decided_at', '?')}: "
-            f"{tags.get('promotion_reasons', 'no reasons recorded')}"), str(last.version)
+    return (
+        f"promotion {tags['promotion_decision']} v{last.version} at {tags.get('promotion_decided_at', '?')}: "
+        f"{tags.get('promotion_reasons', 'no reasons recorded')}"
+    ), str(last.version)

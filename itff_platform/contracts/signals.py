@@ -42,4 +42,10 @@ def answer_columns(out: np.ndarray, meta: dict, target: str) -> dict:
     threshold = float(meta["threshold"])
     # Models registered before the trade decision existed carry no `tradable`: they trade as they always did.
     signal, allow = served_signals(out, threshold, target, meta.get("tradable", True))
-    return {"prob_up": out, "confidence": np.maximum(out, 1 - out), "threshold": threshold, "allow": allow, "signal": signal}
+    return {
+        "prob_up": out,
+        "confidence": np.maximum(out, 1 - out),
+        "threshold": threshold,
+        "allow": allow,
+        "signal": signal,
+    }

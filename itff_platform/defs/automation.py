@@ -35,7 +35,16 @@ BATCH = "itff/refresh"  # what one refresh is: a day of the schedule, or one ver
 
 
 def _budget(settings: Settings) -> dict:
-    return {"resources": {"itff": {"config": {"trials": settings.automation.daily_trials, "torch_trials": settings.automation.daily_torch_trials}}}}
+    return {
+        "resources": {
+            "itff": {
+                "config": {
+                    "trials": settings.automation.daily_trials,
+                    "torch_trials": settings.automation.daily_torch_trials,
+                }
+            }
+        }
+    }
 
 
 def newest_month_keys(settings: Settings, at: datetime) -> list[str]:
@@ -61,16 +70,26 @@ def automation(settings: Settings, lake_job, training_job, evaluation_job) -> tu
     sensor_status = DefaultSensorStatus.RUNNING if on else DefaultSensorStatus.STOPPED
     hour, minute = settings.automation.daily_run_utc.split(":")
 
-    @schedule(job=lake_job, cron_schedule=f"{int(minute)} {int(hour)} * * *", execution_timezone="UTC",
-              default_status=schedule_status, description="Ingest the newest data for every symbol; training follows.")
+    @schedule(
+        job=lake_job,
+        cron_schedule=f"{int(minute)} {int(hour)} * * *",
+        execution_timezone="UTC",
+        default_status=schedule_status,
+        description="Ingest the newest data for every symbol; training follows.",
+    )
     def daily_refresh(context):
         at = context.scheduled_execution_time
         day = at.strftime("%Y-%m-%d")
         for key in newest_month_keys(settings, at):
             yield RunRequest(run_key=f"daily-{day}-{key}", partition_key=key, tags={TRIGGER: "daily", BATCH: day})
 
-    @run_status_sensor(run_status=DagsterRunStatus.SUCCESS, monitored_jobs=[lake_job], request_job=training_job,
-                       default_status=sensor_status, description="After a daily or drop-folder lake run: retrain and promote that symbol, on the daily budget.")
+    @run_status_sensor(
+        run_status=DagsterRunStatus.SUCCESS,
+        monitored_jobs=[lake_job],
+        request_job=training_job,
+        default_status=sensor_status,
+        description="After a daily or drop-folder lake run: retrain and promote that symbol, on the daily budget.",
+    )
     def retrain_after_daily_lake(context):
         run = context.dagster_run
         if run.tags.get(TRIGGER) not in ("daily", "drop_folder"):
@@ -79,26 +98,50 @@ def automation(settings: Settings, lake_job, training_job, evaluation_job) -> tu
         # One retrain per symbol per refresh: a day or a file may span two months (two lake runs), and the run key,
         # which Dagster never launches twice, is the same for both.
         batch = run.tags.get(BATCH, run.run_id)
-        return [RunRequest(run_key=f"retrain-{batch}-{key}", partition_key=key, run_config=_budget(settings),
-                           tags={TRIGGER: "daily"}) for key in training_keys(settings, [symbol])]
+        return [
+            RunRequest(
+                run_key=f"retrain-{batch}-{key}",
+                partition_key=key,
+                run_config=_budget(settings),
+                tags={TRIGGER: "daily"},
+            )
+            for key in training_keys(settings, [symbol])
+        ]
 
-    @schedule(job=evaluation_job, cron_schedule=settings.automation.weekly_evaluation_cron, execution_timezone="UTC",
-              default_status=schedule_status, description="Live quality and drift of the champions, with reports.")
+    @schedule(
+        job=evaluation_job,
+        cron_schedule=settings.automation.weekly_evaluation_cron,
+        execution_timezone="UTC",
+        default_status=schedule_status,
+        description="Live quality and drift of the champions, with reports.",
+    )
     def weekly_evaluation(context):
         return RunRequest(run_key=f"weekly-{context.scheduled_execution_time:%Y-%m-%d}", tags={TRIGGER: "weekly"})
 
-    @sensor(job=training_job, minimum_interval_seconds=60, default_status=sensor_status,
-            description="Retrain (and re-run promotion for) every model the newest drift_monitor sent for retraining.")
+    @sensor(
+        job=training_job,
+        minimum_interval_seconds=60,
+        default_status=sensor_status,
+        description="Retrain (and re-run promotion for) every model the newest drift_monitor sent for retraining.",
+    )
     def drift_retrain(context):
         return drift_retrain_requests(context, settings)
 
-    @sensor(job=lake_job, minimum_interval_seconds=30, default_status=sensor_status,
-            description=f"Ingest new or changed candle files in the drop folder ({settings.sources.files.drop_dir}); each version once.")
+    @sensor(
+        job=lake_job,
+        minimum_interval_seconds=30,
+        default_status=sensor_status,
+        description=f"Ingest new or changed candle files in the drop folder ({settings.sources.files.drop_dir}); each version once.",
+    )
     def drop_folder(context):
         return drop_folder_requests(context, settings)
 
-    @sensor(minimum_interval_seconds=60, default_status=sensor_status, asset_selection=[AssetKey("champion_models")],
-            description="When a champion alias moves: tell the service to reload, and record the event on champion_models.")
+    @sensor(
+        minimum_interval_seconds=60,
+        default_status=sensor_status,
+        asset_selection=[AssetKey("champion_models")],
+        description="When a champion alias moves: tell the service to reload, and record the event on champion_models.",
+    )
     def champion_alias(context):
         return champion_alias_result(context, settings)
 
@@ -108,11 +151,18 @@ def automation(settings: Settings, lake_job, training_job, evaluation_job) -> tu
 def maintenance_schedule(settings: Settings, maintenance_job):
     status = DefaultScheduleStatus.RUNNING if settings.automation.enabled else DefaultScheduleStatus.STOPPED
 
-    @schedule(job=maintenance_job, cron_schedule=settings.lake.maintenance_cron, execution_timezone="UTC", default_status=status,
-              name="lake_maintenance",
-              description="Compact small Delta files, vacuum files older than the retention, check silver against bronze.")
+    @schedule(
+        job=maintenance_job,
+        cron_schedule=settings.lake.maintenance_cron,
+        execution_timezone="UTC",
+        default_status=status,
+        name="lake_maintenance",
+        description="Compact small Delta files, vacuum files older than the retention, check silver against bronze.",
+    )
     def lake_maintenance_schedule(context):
-        return RunRequest(run_key=f"maintenance-{context.scheduled_execution_time:%Y-%m-%d}", tags={TRIGGER: "maintenance"})
+        return RunRequest(
+            run_key=f"maintenance-{context.scheduled_execution_time:%Y-%m-%d}", tags={TRIGGER: "maintenance"}
+        )
 
     return lake_maintenance_schedule
 
@@ -126,13 +176,25 @@ def drift_retrain_requests(context, settings: Settings):
         return SkipReason(f"no drift_monitor result newer than {context.cursor}")
     run = context.instance.get_run_by_id(event.event_log_entry.run_id)
     if run is not None and run.tags.get(TRIGGER) == "replay":  # history being replayed is not a reason to retrain today
-        return SensorResult(cursor=str(event.storage_id), skip_reason=SkipReason("the newest drift_monitor came from a replay"))
+        return SensorResult(
+            cursor=str(event.storage_id), skip_reason=SkipReason("the newest drift_monitor came from a replay")
+        )
     value = event.event_log_entry.asset_materialization.metadata.get("retrain")
     retrain = value.value if value is not None else []
-    requests = [RunRequest(run_key=f"drift-{event.storage_id}-{key}", partition_key=key, run_config=_budget(settings),
-                           tags={TRIGGER: "drift"}) for key in retrain]
-    return SensorResult(run_requests=requests, cursor=str(event.storage_id),
-                        skip_reason=None if requests else SkipReason("the newest drift_monitor asked for no retraining"))
+    requests = [
+        RunRequest(
+            run_key=f"drift-{event.storage_id}-{key}",
+            partition_key=key,
+            run_config=_budget(settings),
+            tags={TRIGGER: "drift"},
+        )
+        for key in retrain
+    ]
+    return SensorResult(
+        run_requests=requests,
+        cursor=str(event.storage_id),
+        skip_reason=None if requests else SkipReason("the newest drift_monitor asked for no retraining"),
+    )
 
 
 def drop_folder_requests(context, settings: Settings):
@@ -148,7 +210,10 @@ def drop_folder_requests(context, settings: Settings):
     from itff_platform.market.parsing import CandleFileError
 
     seen = json.loads(context.cursor) if context.cursor else {}
-    source, months = FilesCandleSource(settings.sources.files.drop_dir), lake_partitions(settings).get_partitions_def_for_dimension("month")
+    source, months = (
+        FilesCandleSource(settings.sources.files.drop_dir),
+        lake_partitions(settings).get_partitions_def_for_dimension("month"),
+    )
     valid_months = set(months.get_partition_keys())
     first, end = lake_months(settings)
     requests, problems = [], []
@@ -162,23 +227,45 @@ def drop_folder_requests(context, settings: Settings):
             seen[name] = version
             candles, rejected = read_drop_file(settings.sources.files.drop_dir, path)
             if rejected is None and candles.height and not (set(_file_months(candles)) & valid_months):
-                rejected = set_aside(settings.sources.files.drop_dir, path, CandleFileError(
-                    name, "timestamp", "out_of_range",
-                    f"every row ({candles.height}) is outside the lake's months [{first}, {end}); the rule is a month the lake holds"))
+                rejected = set_aside(
+                    settings.sources.files.drop_dir,
+                    path,
+                    CandleFileError(
+                        name,
+                        "timestamp",
+                        "out_of_range",
+                        f"every row ({candles.height}) is outside the lake's months [{first}, {end}); the rule is a month the lake holds",
+                    ),
+                )
             if rejected is not None:
                 problems.append(f"{name} set aside into {rejected.moved_to}: {rejected.message}")
                 context.log.warning(f"drop folder: {problems[-1]}")
                 continue
             for month in _file_months(candles):
                 if month not in valid_months:
-                    problems.append(f"{name}: rows of {month} are outside the lake's months; the run quarantines them as out_of_range")
+                    problems.append(
+                        f"{name}: rows of {month} are outside the lake's months; the run quarantines them as out_of_range"
+                    )
                     continue
-                requests.append(RunRequest(
-                    run_key=f"drop-{name}-{version}-{month}", partition_key=f"{month}|{symbol}",
-                    run_config={"resources": {"itff": {"config": {"source": "files", "drop_dir": str(settings.sources.files.drop_dir)}}}},
-                    tags={TRIGGER: "drop_folder", "itff/file": name, BATCH: f"{name}:{version}"}))
-    return SensorResult(run_requests=requests, cursor=json.dumps(seen, sort_keys=True),
-                        skip_reason=None if requests else SkipReason("; ".join(problems) or "no new or changed files"))
+                requests.append(
+                    RunRequest(
+                        run_key=f"drop-{name}-{version}-{month}",
+                        partition_key=f"{month}|{symbol}",
+                        run_config={
+                            "resources": {
+                                "itff": {
+                                    "config": {"source": "files", "drop_dir": str(settings.sources.files.drop_dir)}
+                                }
+                            }
+                        },
+                        tags={TRIGGER: "drop_folder", "itff/file": name, BATCH: f"{name}:{version}"},
+                    )
+                )
+    return SensorResult(
+        run_requests=requests,
+        cursor=json.dumps(seen, sort_keys=True),
+        skip_reason=None if requests else SkipReason("; ".join(problems) or "no new or changed files"),
+    )
 
 
 def _file_months(candles) -> list[str]:
@@ -196,11 +283,21 @@ def champion_alias_result(context, settings: Settings):
         return SkipReason("no champion alias moved")
     reload_status = reload_service(settings)
     context.log.info(f"champion moved: {moved}; service reload: {reload_status}")
-    events = [AssetObservation(asset_key="champion_models", partition=f"{symbol}|{target}",
-                               metadata={"champion_version": version, "previous_version": seen.get(name) or "none",
-                                         "service_reload": reload_status})
-              for name, ((symbol, target), version) in moved.items()]
-    return SensorResult(asset_events=events, cursor=json.dumps({n: v for n, (_, v) in champions.items()}, sort_keys=True))
+    events = [
+        AssetObservation(
+            asset_key="champion_models",
+            partition=f"{symbol}|{target}",
+            metadata={
+                "champion_version": version,
+                "previous_version": seen.get(name) or "none",
+                "service_reload": reload_status,
+            },
+        )
+        for name, ((symbol, target), version) in moved.items()
+    ]
+    return SensorResult(
+        asset_events=events, cursor=json.dumps({n: v for n, (_, v) in champions.items()}, sort_keys=True)
+    )
 
 
 def reload_service(settings: Settings) -> str:
@@ -210,7 +307,11 @@ def reload_service(settings: Settings) -> str:
     if not settings.serving.admin_token:
         return "skipped: ITFF_ADMIN_TOKEN is not set (the service still picks the champion up by polling)"
     try:
-        answer = httpx.post(f"{settings.serving.service_url}/admin/reload", headers={"X-API-Token": settings.serving.admin_token.get_secret_value()}, timeout=10)
+        answer = httpx.post(
+            f"{settings.serving.service_url}/admin/reload",
+            headers={"X-API-Token": settings.serving.admin_token.get_secret_value()},
+            timeout=10,
+        )
     except httpx.HTTPError as error:
         return f"service unreachable at {settings.serving.service_url}: {error.__class__.__name__} (it will poll the alias itself)"
     return "reloaded" if answer.status_code == 200 else f"service answered {answer.status_code}: {answer.text[:200]}"

@@ -51,7 +51,8 @@ NEIGHBOURS = MultiPartitionMapping(
     {
         "symbol": DimensionPartitionMapping("symbol", IdentityPartitionMapping()),
         "month": DimensionPartitionMapping(
-            "month", TimeWindowPartitionMapping(start_offset=-1, end_offset=1, allow_nonexistent_upstream_partitions=True)
+            "month",
+            TimeWindowPartitionMapping(start_offset=-1, end_offset=1, allow_nonexistent_upstream_partitions=True),
         ),
     }
 )
@@ -59,8 +60,12 @@ NEIGHBOURS = MultiPartitionMapping(
 
 def lake_assets(settings: Settings) -> list:
     partitions = lake_partitions(settings)
-    return [raw_candles_asset(partitions), bronze_candles_asset(partitions), silver_features_asset(partitions),
-            silver_matches_bronze]
+    return [
+        raw_candles_asset(partitions),
+        bronze_candles_asset(partitions),
+        silver_features_asset(partitions),
+        silver_matches_bronze,
+    ]
 
 
 # --- raw_candles
@@ -74,7 +79,7 @@ def raw_candles_asset(partitions: MultiPartitionsDefinition):
         owners=OWNERS,
         metadata={"dagster/column_schema": table_schema(RawCandles)},
         description="Candles as received from the configured source, with source, ingested_at and batch_id. "
-                    "Unusable drop files are set aside into rejected/; rows outside the lake's months go to quarantine.",
+        "Unusable drop files are set aside into rejected/; rows outside the lake's months go to quarantine.",
     )
     def raw_candles(context: AssetExecutionContext, itff: ItffSettingsResource) -> MaterializeResult:
         from itff_platform.lake.layers import LakeTables
@@ -100,9 +105,13 @@ def ingest_symbols(context: AssetExecutionContext, cfg: Settings, source) -> dic
         for rejected in ingest.rejected:
             context.log.error(f"{symbol}: set aside {rejected.file} -> {rejected.moved_to}: {rejected.message}")
         if ingest.kept_months:
-            context.log.warning(f"{symbol}: kept the lake's raw rows for {ingest.kept_months}: their only files were rejected")
+            context.log.warning(
+                f"{symbol}: kept the lake's raw rows for {ingest.kept_months}: their only files were rejected"
+            )
         if ingest.out_of_range.height:
-            context.log.warning(f"{symbol}: {ingest.out_of_range.height} row(s) outside the lake's months quarantined as out_of_range")
+            context.log.warning(
+                f"{symbol}: {ingest.out_of_range.height} row(s) outside the lake's months quarantined as out_of_range"
+            )
     return ingests
 
 
@@ -157,8 +166,10 @@ def bronze_candles_asset(partitions: MultiPartitionsDefinition):
         from itff_platform.market.outages import explain_gaps
 
         cfg = itff.settings()
-        reports = {symbol: build_bronze(cfg, symbol, months, skip_unchanged=True)
-                   for symbol, months in months_by_symbol(context.partition_keys).items()}
+        reports = {
+            symbol: build_bronze(cfg, symbol, months, skip_unchanged=True)
+            for symbol, months in months_by_symbol(context.partition_keys).items()
+        }
         mark_unchanged(context, reports)
         for symbol, report in reports.items():
             context.log.info(
@@ -187,14 +198,19 @@ def bronze_check_results(cfg: Settings, result: BronzeResult, gaps: pl.DataFrame
     """The schema checks, raw = bronze + quarantined + collapsed duplicates, gaps and price continuity."""
     from itff_platform.lake.schemas import schema_failures
 
-    checks = schema_check_results(schema_failures(BronzeCandles, result.bronze), BRONZE_BLOCKING[:-1], "bronze_schema",
-                                  BRONZE_CHECK_OF)
+    checks = schema_check_results(
+        schema_failures(BronzeCandles, result.bronze), BRONZE_BLOCKING[:-1], "bronze_schema", BRONZE_CHECK_OF
+    )
     checks.append(
         AssetCheckResult(
             check_name="counts_reconcile",
             passed=result.reconciles,
-            metadata={"raw": result.raw_rows, "bronze": result.bronze.height, "quarantined": result.quarantine.height,
-                      "collapsed_duplicates": result.collapsed_duplicates},
+            metadata={
+                "raw": result.raw_rows,
+                "bronze": result.bronze.height,
+                "quarantined": result.quarantine.height,
+                "collapsed_duplicates": result.collapsed_duplicates,
+            },
         )
     )
     checks.append(gap_check_result(gaps, cfg.lake.gap_tolerance_bars))
@@ -224,16 +240,23 @@ def silver_features_asset(partitions: MultiPartitionsDefinition):
         refreshed = {}
         for symbol, months in months_by_symbol(context.partition_keys).items():
             refreshed[symbol] = refresh_silver(cfg, symbol, months, skip_unchanged=True)
-            context.log.info(f"{symbol}: {refreshed[symbol].rows.height} silver rows for {len(months)} month(s), "
-                             f"{len(refreshed[symbol].unchanged)} of them unchanged (same bronze, settings and code), not rebuilt")
+            context.log.info(
+                f"{symbol}: {refreshed[symbol].rows.height} silver rows for {len(months)} month(s), "
+                f"{len(refreshed[symbol].unchanged)} of them unchanged (same bronze, settings and code), not rebuilt"
+            )
         silver = pl.concat([r.rows for r in refreshed.values()])
         for key, meta in partition_metadata(context, LakeTables.under(cfg).silver, cfg.interval).items():
             context.add_asset_metadata(meta | _silver_partition_metadata(in_partition(silver, key)), partition_key=key)
         mark_unchanged(context, refreshed)
         return MaterializeResult(
-            metadata={"dagster/column_schema": table_schema(SilverFeatures, silver.schema),
-                      "features": MetadataValue.json(feature_columns(cfg)), "label_horizon_bars": cfg.features.label_horizon},
-            check_results=schema_check_results(schema_failures(SilverFeatures, silver), ["silver_schema"], "silver_schema", {}),
+            metadata={
+                "dagster/column_schema": table_schema(SilverFeatures, silver.schema),
+                "features": MetadataValue.json(feature_columns(cfg)),
+                "label_horizon_bars": cfg.features.label_horizon,
+            },
+            check_results=schema_check_results(
+                schema_failures(SilverFeatures, silver), ["silver_schema"], "silver_schema", {}
+            ),
         )
 
     return silver_features
@@ -242,7 +265,7 @@ def silver_features_asset(partitions: MultiPartitionsDefinition):
 @asset_check(
     asset="silver_features",
     description="Every (symbol, month) of silver holds the rows bronze holds: catches silver left behind by a run "
-                "stopped between bronze and silver. Runs with every lake_job and with lake_maintenance.",
+    "stopped between bronze and silver. Runs with every lake_job and with lake_maintenance.",
 )
 def silver_matches_bronze(itff: ItffSettingsResource) -> AssetCheckResult:
     from itff_platform.lake.freshness import stale_silver
@@ -261,8 +284,8 @@ def maintenance_assets(settings: Settings) -> list:
         kinds={"delta"},
         owners=OWNERS,
         description=f"Compacts small files, deletes Parquet files the lake stopped using once older than "
-                    f"ITFF_LAKE_VACUUM_RETENTION_HOURS ({settings.lake.vacuum_retention_hours} h), checkpoints. "
-                    "Reports bytes before, after and reclaimed per table.",
+        f"ITFF_LAKE_VACUUM_RETENTION_HOURS ({settings.lake.vacuum_retention_hours} h), checkpoints. "
+        "Reports bytes before, after and reclaimed per table.",
     )
     def lake_maintenance(context: AssetExecutionContext, itff: ItffSettingsResource) -> MaterializeResult:
         from itff_platform.lake.layers import LakeTables
@@ -270,18 +293,24 @@ def maintenance_assets(settings: Settings) -> list:
 
         cfg = itff.settings()
         done = maintain_tables(vars(LakeTables.under(cfg)), cfg.lake.vacuum_retention_hours)
-        rows = pl.DataFrame([{"table": name, **{k: v for k, v in r.as_row().items() if k != "table"}} for name, r in done.items()])
+        rows = pl.DataFrame(
+            [{"table": name, **{k: v for k, v in r.as_row().items() if k != "table"}} for name, r in done.items()]
+        )
         for name, r in done.items():
-            context.log.info(f"{name}: {r.bytes_before} -> {r.bytes_after} bytes, {r.files_vacuumed} file(s) vacuumed, "
-                             f"{r.files_compacted} compacted into {r.files_added_by_compaction}")
-        return MaterializeResult(metadata={
-            "retention_hours": cfg.lake.vacuum_retention_hours,
-            "bytes_before": sum(r.bytes_before for r in done.values()),
-            "bytes_after": sum(r.bytes_after for r in done.values()),
-            "bytes_reclaimed": sum(r.bytes_reclaimed for r in done.values()),
-            "files_vacuumed": sum(r.files_vacuumed for r in done.values()),
-            "tables": markdown_table(rows),
-        })
+            context.log.info(
+                f"{name}: {r.bytes_before} -> {r.bytes_after} bytes, {r.files_vacuumed} file(s) vacuumed, "
+                f"{r.files_compacted} compacted into {r.files_added_by_compaction}"
+            )
+        return MaterializeResult(
+            metadata={
+                "retention_hours": cfg.lake.vacuum_retention_hours,
+                "bytes_before": sum(r.bytes_before for r in done.values()),
+                "bytes_after": sum(r.bytes_after for r in done.values()),
+                "bytes_reclaimed": sum(r.bytes_reclaimed for r in done.values()),
+                "files_vacuumed": sum(r.files_vacuumed for r in done.values()),
+                "tables": markdown_table(rows),
+            }
+        )
 
     return [lake_maintenance]
 
@@ -303,8 +332,9 @@ def partition_metadata(context: AssetExecutionContext, table: str, interval: str
     return {key: partition_table_metadata(counts, key, uri, version) for key in context.partition_keys}
 
 
-def _bronze_partition_metadata(context: AssetExecutionContext, tables, interval: str, reports: dict,
-                               gaps: pl.DataFrame, breaks: pl.DataFrame) -> dict:
+def _bronze_partition_metadata(
+    context: AssetExecutionContext, tables, interval: str, reports: dict, gaps: pl.DataFrame, breaks: pl.DataFrame
+) -> dict:
     """Per partition: raw = bronze + quarantined + collapsed duplicates, from the tables as written, and the partition's
     quarantine rules, gaps and continuity breaks."""
     from itff_platform.lake.partition_stats import partition_rows

@@ -18,24 +18,31 @@ def table_schema(model: type[pa.DataFrameModel], written: pl.Schema | None = Non
     was written as: silver holds many feature columns its model does not validate, and says so."""
     declared = model.to_schema()
     columns = []
-    for name in (list(written) if written is not None else list(declared.columns)):
+    for name in list(written) if written is not None else list(declared.columns):
         column = declared.columns.get(name)
         dtype = str(written[name]) if written is not None else str(column.dtype)
         if column is None:
             columns.append(TableColumn(name, dtype, description="not validated by the pandera schema"))
             continue
-        constraints = TableColumnConstraints(nullable=column.nullable, unique=column.unique,
-                                             other=[check.error or check.name for check in column.checks])
+        constraints = TableColumnConstraints(
+            nullable=column.nullable, unique=column.unique, other=[check.error or check.name for check in column.checks]
+        )
         columns.append(TableColumn(name, dtype, constraints=constraints))
-    rules = ([f"unique together: {', '.join(declared.unique)}"] if declared.unique else []) + [c.name for c in declared.checks]
+    rules = ([f"unique together: {', '.join(declared.unique)}"] if declared.unique else []) + [
+        c.name for c in declared.checks
+    ]
     return TableSchema(columns, constraints=TableConstraints(other=rules))
 
 
 def partition_table_metadata(counts: pl.DataFrame, key, uri: str, version: int | None) -> dict:
     """One partition's row count (from `counts`: symbol, month, rows), the table's URI and the version written."""
     symbol, month = symbol_and_month(key)
-    return {"dagster/row_count": rows_in(counts, key), "dagster/uri": uri, "delta_version": version,
-            "delta_partition": f"symbol={symbol}/month={month:%Y-%m-%d}"}
+    return {
+        "dagster/row_count": rows_in(counts, key),
+        "dagster/uri": uri,
+        "delta_version": version,
+        "delta_partition": f"symbol={symbol}/month={month:%Y-%m-%d}",
+    }
 
 
 def rows_in(counts: pl.DataFrame, key) -> int:

@@ -38,8 +38,10 @@ def months_by_symbol(partition_keys: list[str]) -> dict[str, list[datetime]]:
     """Group a run's partition keys (one, or all of a single-run backfill) by symbol."""
     grouped: dict[str, list[datetime]] = defaultdict(list)
     for key in partition_keys:
-        dims = key.keys_by_dimension if isinstance(key, MultiPartitionKey) else dict(
-            zip(("month", "symbol"), str(key).split("|"), strict=True)
+        dims = (
+            key.keys_by_dimension
+            if isinstance(key, MultiPartitionKey)
+            else dict(zip(("month", "symbol"), str(key).split("|"), strict=True))
         )
         month = datetime.strptime(dims["month"], "%Y-%m-%d").replace(tzinfo=UTC)
         grouped[dims["symbol"]].append(month)

@@ -20,9 +20,19 @@ class ItffSettingsResource(ConfigurableResource):
     reports_dir: str | None = None
 
     def settings(self) -> Settings:
-        overrides = {k: v for k, v in {"lake_dir": self.lake_dir, "source": self.source, "drop_dir": self.drop_dir,
-                                       "trials": self.trials, "torch_trials": self.torch_trials,
-                                       "monitoring_dir": self.monitoring_dir, "reports_dir": self.reports_dir}.items() if v}
+        overrides = {
+            k: v
+            for k, v in {
+                "lake_dir": self.lake_dir,
+                "source": self.source,
+                "drop_dir": self.drop_dir,
+                "trials": self.trials,
+                "torch_trials": self.torch_trials,
+                "monitoring_dir": self.monitoring_dir,
+                "reports_dir": self.reports_dir,
+            }.items()
+            if v
+        }
         return Settings(**overrides) if overrides else Settings()
 
     def candle_source(self):

@@ -53,5 +53,6 @@ class LocalRunLauncher(DefaultRunLauncher):
             # STARTED is set by the RUN_START event itself, so this is a race with the event's write: wait.
             return CheckRunHealthResult(WorkerStatus.RUNNING, "no RUN_START with a pid yet")
         alive, why = worker_state(event.dagster_event.pid, event.timestamp)
-        return CheckRunHealthResult(WorkerStatus.RUNNING if alive else WorkerStatus.FAILED, why,
-                                    run_worker_id=str(event.dagster_event.pid))
+        return CheckRunHealthResult(
+            WorkerStatus.RUNNING if alive else WorkerStatus.FAILED, why, run_worker_id=str(event.dagster_event.pid)
+        )

@@ -26,13 +26,20 @@ from itff_platform.settings import Settings
 
 def training_partitions(settings: Settings) -> MultiPartitionsDefinition:
     return MultiPartitionsDefinition(
-        {"symbol": StaticPartitionsDefinition(settings.symbols), "target": StaticPartitionsDefinition(settings.training.targets)}
+        {
+            "symbol": StaticPartitionsDefinition(settings.symbols),
+            "target": StaticPartitionsDefinition(settings.training.targets),
+        }
     )
 
 
 def symbol_and_target(key) -> tuple[str, str]:
     """A symbol x target partition key: a MultiPartitionKey, or its string form 'SYMBOL|target'."""
-    dims = key.keys_by_dimension if isinstance(key, MultiPartitionKey) else dict(zip(("symbol", "target"), key.split("|"), strict=True))
+    dims = (
+        key.keys_by_dimension
+        if isinstance(key, MultiPartitionKey)
+        else dict(zip(("symbol", "target"), key.split("|"), strict=True))
+    )
     return dims["symbol"], dims["target"]
 
 
@@ -58,7 +65,9 @@ def study_metadata(cfg: Settings, symbol: str, target: str, outcomes: list) -> d
         metadata["unchanged_since"] = MetadataValue.md(report.reused)
     if report.best is not None:
         best = report.best
-        metadata.update({"best_family": best["family"], "best_log_loss": best["log_loss"], "best_roc_auc": best["roc_auc"]})
+        metadata.update(
+            {"best_family": best["family"], "best_log_loss": best["log_loss"], "best_roc_auc": best["roc_auc"]}
+        )
         best_plot = f"plot: {best['family']} reliability"
         if best_plot in plots:
             metadata["reliability_of_best"] = plots[best_plot]
@@ -92,7 +101,9 @@ def training_assets(settings: Settings) -> list:
             # A single-run backfill trains many partitions; each partition's page must show its own studies, not
             # the whole run's, so the figures are attached per partition key.
             context.add_asset_metadata(study_metadata(cfg, symbol, target, outcomes), partition_key=key)
-        return MaterializeResult(metadata={"mlflow_tracking_uri": redact_uri(cfg.tracking_uri)})  # a database URI may hold a password
+        return MaterializeResult(
+            metadata={"mlflow_tracking_uri": redact_uri(cfg.tracking_uri)}
+        )  # a database URI may hold a password
 
     return [trained_models]
 
@@ -114,11 +125,19 @@ def decision_metadata(decision) -> dict:
     import polars as pl
 
     verdict = "promoted" if decision.promoted else "kept" if decision.unchanged else "rejected"
-    row = {"model": decision.name, "decision": verdict,
-           "challenger": decision.challenger, "compared_with": decision.compared_with,
-           "champion_before": decision.champion_before, "champion_after": decision.champion_after,
-           "p_value_vs_baseline": round(decision.figures["p_value_vs_baseline"], 4) if "p_value_vs_baseline" in decision.figures else None,
-           "tradable": decision.tradable, "reasons": decision.reasons}
+    row = {
+        "model": decision.name,
+        "decision": verdict,
+        "challenger": decision.challenger,
+        "compared_with": decision.compared_with,
+        "champion_before": decision.champion_before,
+        "champion_after": decision.champion_after,
+        "p_value_vs_baseline": round(decision.figures["p_value_vs_baseline"], 4)
+        if "p_value_vs_baseline" in decision.figures
+        else None,
+        "tradable": decision.tradable,
+        "reasons": decision.reasons,
+    }
     return {
         "decisions": markdown_table(pl.DataFrame([row]).drop("reasons")),
         "reasons": MetadataValue.md(markdown.bullets(decision.reasons) or "none"),

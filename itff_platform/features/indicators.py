@@ -57,8 +57,10 @@ def realized_volatility(log_return_column: str, window: int) -> pl.Expr:
 def true_range() -> pl.Expr:
     previous = close.shift(1)
     # max_horizontal skips nulls; the first bar has no previous close, so its true range is undefined.
-    return pl.when(previous.is_null()).then(None).otherwise(
-        pl.max_horizontal(high - low, (high - previous).abs(), (low - previous).abs())
+    return (
+        pl.when(previous.is_null())
+        .then(None)
+        .otherwise(pl.max_horizontal(high - low, (high - previous).abs(), (low - previous).abs()))
     )
 
 
@@ -83,7 +85,9 @@ def typical_price() -> pl.Expr:
 # --- stage 2 and later: from materialized columns
 def rsi(avg_gain: str, avg_loss: str) -> pl.Expr:
     gain, loss = pl.col(avg_gain), pl.col(avg_loss)
-    return pl.when(loss == 0).then(pl.when(gain == 0).then(50.0).otherwise(100.0)).otherwise(100 - 100 / (1 + gain / loss))
+    return (
+        pl.when(loss == 0).then(pl.when(gain == 0).then(50.0).otherwise(100.0)).otherwise(100 - 100 / (1 + gain / loss))
+    )
 
 
 def directional_index(smoothed_dm: str, smoothed_tr: str) -> pl.Expr:
@@ -101,7 +105,11 @@ def cci(tp: str, tp_mean: str, period: int) -> pl.Expr:
     typical, mean = pl.col(tp), pl.col(tp_mean)
     # A chain of additions runs about twice as fast as sum_horizontal over the same terms.
     mean_deviation = reduce(operator.add, [(typical.shift(lag) - mean).abs() for lag in range(period)]) / period
-    return pl.when(mean.is_null() | (mean_deviation == 0)).then(None).otherwise((typical - mean) / (0.015 * mean_deviation))
+    return (
+        pl.when(mean.is_null() | (mean_deviation == 0))
+        .then(None)
+        .otherwise((typical - mean) / (0.015 * mean_deviation))
+    )
 
 
 def wavetrend_ci(tp: str, esa: str, deviation: str) -> pl.Expr:

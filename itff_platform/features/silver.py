@@ -29,9 +29,25 @@ def feature_columns(settings: Settings) -> list[str]:
     """The model inputs, in a fixed order. Scale-free where the raw indicator is in price units."""
     return [
         *(f"log_return_{lag}" for lag in settings.features.return_lags),
-        "realized_vol", "rsi", "atr_pct", "adx", "plus_di", "minus_di", "cci", "wavetrend", "wavetrend_signal",
-        "macd_pct", "macd_signal_pct", "macd_hist_pct", "bollinger_pct_b", "volume_zscore", "average_daily_range",
-        "hour_sin", "hour_cos", "weekday_sin", "weekday_cos",
+        "realized_vol",
+        "rsi",
+        "atr_pct",
+        "adx",
+        "plus_di",
+        "minus_di",
+        "cci",
+        "wavetrend",
+        "wavetrend_signal",
+        "macd_pct",
+        "macd_signal_pct",
+        "macd_hist_pct",
+        "bollinger_pct_b",
+        "volume_zscore",
+        "average_daily_range",
+        "hour_sin",
+        "hour_cos",
+        "weekday_sin",
+        "weekday_cos",
     ]
 
 
@@ -85,7 +101,10 @@ def build_features(candles: pl.LazyFrame | pl.DataFrame, settings: Settings) -> 
         ind.rsi("_avg_gain", "_avg_loss").alias("rsi"),
         ind.directional_index("_sm_plus_dm", "_sm_tr").alias("plus_di"),
         ind.directional_index("_sm_minus_dm", "_sm_tr").alias("minus_di"),
-        (pl.col("_tp") - pl.col("_esa")).abs().ewm_mean(span=s.features.wavetrend_channel, adjust=False).alias("_wt_deviation"),
+        (pl.col("_tp") - pl.col("_esa"))
+        .abs()
+        .ewm_mean(span=s.features.wavetrend_channel, adjust=False)
+        .alias("_wt_deviation"),
         ind.ema("macd", s.features.macd_signal).alias("macd_signal"),
         (pl.col("atr") / pl.col("close")).alias("atr_pct"),
         trend_slope("_ema_trend").alias("trend_slope"),
@@ -141,4 +160,3 @@ def window_frames(
         rows = build_features(bronze.slice(lo, hi - lo), settings).filter(ts.is_between(keep_from, end, closed="left"))
         frames.append((start, rows))
     return frames
-

@@ -97,9 +97,11 @@ def find_gaps(bronze: pl.DataFrame, interval_seconds: int, tolerance_bars: int =
     return (
         bronze.sort("symbol", "timestamp")
         .with_columns(pl.col("timestamp").shift(1).over("symbol").alias("gap_after"))
-        .with_columns((
-                (pl.col("timestamp").dt.epoch("s") - pl.col("gap_after").dt.epoch("s")) // interval_seconds - 1
-            ).alias("missing_bars"))
+        .with_columns(
+            ((pl.col("timestamp").dt.epoch("s") - pl.col("gap_after").dt.epoch("s")) // interval_seconds - 1).alias(
+                "missing_bars"
+            )
+        )
         .filter(pl.col("missing_bars") > tolerance_bars)
         .select("symbol", "gap_after", pl.col("timestamp").alias("gap_before"), "missing_bars")
     )
@@ -119,13 +121,26 @@ def continuity_breaks(
     )
     judged = (
         bronze.sort("symbol", "timestamp")
-        .with_columns(previous_close.alias("previous_close"), true_range.alias("_tr"), pl.col("month").shift(1).over("symbol").alias("_previous_month"))
         .with_columns(
-            pl.col("_tr").ewm_mean(alpha=1 / atr_period, adjust=False, min_samples=atr_period).shift(1).over("symbol").alias("atr_before")
+            previous_close.alias("previous_close"),
+            true_range.alias("_tr"),
+            pl.col("month").shift(1).over("symbol").alias("_previous_month"),
         )
         .with_columns(
-            (pl.max_horizontal((pl.col("open") - pl.col("previous_close")).abs(), (pl.col("close") - pl.col("previous_close")).abs())
-             / pl.col("atr_before")).alias("atr_multiple"),
+            pl.col("_tr")
+            .ewm_mean(alpha=1 / atr_period, adjust=False, min_samples=atr_period)
+            .shift(1)
+            .over("symbol")
+            .alias("atr_before")
+        )
+        .with_columns(
+            (
+                pl.max_horizontal(
+                    (pl.col("open") - pl.col("previous_close")).abs(),
+                    (pl.col("close") - pl.col("previous_close")).abs(),
+                )
+                / pl.col("atr_before")
+            ).alias("atr_multiple"),
             (pl.col("close") / pl.col("previous_close")).alias("ratio"),
         )
     )
@@ -133,4 +148,6 @@ def continuity_breaks(
     if months is not None:
         months = list(months)
         flagged = flagged.filter(pl.col("month").is_in(months) | pl.col("_previous_month").is_in(months))
-    return flagged.select("symbol", "timestamp", "previous_close", "open", "close", "ratio", "atr_before", "atr_multiple")
+    return flagged.select(
+        "symbol", "timestamp", "previous_close", "open", "close", "ratio", "atr_before", "atr_multiple"
+    )

@@ -26,7 +26,9 @@ PARTITION_COLUMNS = ["interval", "symbol", "month"]
 WRITER_PROPERTIES = WriterProperties(
     compression="LZ4_RAW",
     default_column_properties=ColumnProperties(dictionary_enabled=False),
-    column_properties={name: ColumnProperties(dictionary_enabled=True) for name in ("regime", "rule", "source", "batch_id")},
+    column_properties={
+        name: ColumnProperties(dictionary_enabled=True) for name in ("regime", "rule", "source", "batch_id")
+    },
 )
 
 
@@ -42,8 +44,9 @@ def partition_id(interval: str, symbol: str, month: date) -> str:
     return f"{interval}|{symbol}|{month:%Y-%m-%d}"
 
 
-def fingerprint_commit(interval: str, symbol: str, months: Iterable[date],
-                       fingerprints: Mapping[date, str] | None) -> CommitProperties:
+def fingerprint_commit(
+    interval: str, symbol: str, months: Iterable[date], fingerprints: Mapping[date, str] | None
+) -> CommitProperties:
     record = {partition_id(interval, symbol, m): (fingerprints or {}).get(m) for m in months}
     return CommitProperties(custom_metadata={FINGERPRINTS: json.dumps(record)})
 
@@ -72,7 +75,7 @@ def partition_predicate(interval: str, symbol: str, months: Iterable[date], sinc
     months = sorted(set(months))
     # Column names are quoted: `interval` is an SQL keyword. Months compare as DATE literals.
     month_list = ", ".join(f"DATE '{m:%Y-%m-%d}'" for m in months)
-    predicate = f"\"interval\" = '{interval}' AND \"symbol\" = '{symbol}' AND \"month\" IN ({month_list})"
+    predicate = f'"interval" = \'{interval}\' AND "symbol" = \'{symbol}\' AND "month" IN ({month_list})'
     if since is not None:
         # Rows from `since` on, within those months: a daily update rewrites one day, not the month.
         # The literal must match the column's exact Arrow type (us, UTC); a plain TIMESTAMP is ns, naive.
@@ -84,7 +87,12 @@ def partition_predicate(interval: str, symbol: str, months: Iterable[date], sinc
 
 
 def replace_partitions(
-    path: str | Path, frame: pl.DataFrame, interval: str, symbol: str, months: Iterable[date], since: datetime | None = None,
+    path: str | Path,
+    frame: pl.DataFrame,
+    interval: str,
+    symbol: str,
+    months: Iterable[date],
+    since: datetime | None = None,
     fingerprints: Mapping[date, str] | None = None,
 ) -> None:
     """Replace exactly the rows of (interval, symbol, months[, timestamp >= since]) with `frame`, in one commit that
@@ -99,15 +107,26 @@ def replace_partitions(
     if not DeltaTable.is_deltatable(str(path)):
         if frame.is_empty():
             return
-        write_deltalake(str(path), frame.to_arrow(), mode="append", partition_by=PARTITION_COLUMNS, writer_properties=WRITER_PROPERTIES,
-                        commit_properties=commit)
+        write_deltalake(
+            str(path),
+            frame.to_arrow(),
+            mode="append",
+            partition_by=PARTITION_COLUMNS,
+            writer_properties=WRITER_PROPERTIES,
+            commit_properties=commit,
+        )
         return
     if frame.is_empty():
         DeltaTable(str(path)).delete(predicate, commit_properties=commit)
         return
     write_deltalake(
-        str(path), frame.to_arrow(), mode="overwrite", predicate=predicate, partition_by=PARTITION_COLUMNS,
-        writer_properties=WRITER_PROPERTIES, commit_properties=commit,
+        str(path),
+        frame.to_arrow(),
+        mode="overwrite",
+        predicate=predicate,
+        partition_by=PARTITION_COLUMNS,
+        writer_properties=WRITER_PROPERTIES,
+        commit_properties=commit,
     )
 
 
@@ -128,11 +147,17 @@ def write_partition_file(path: str | Path, frame: pl.DataFrame, interval: str, s
         "maxValues": {"timestamp": f"{stamps.dt.max():%Y-%m-%dT%H:%M:%S.%fZ}"},
         "nullCount": {"timestamp": stamps.null_count()},
     }
-    return AddAction(relative, target.stat().st_size, partition_values, int(time.time() * 1000), True, json.dumps(stats))
+    return AddAction(
+        relative, target.stat().st_size, partition_values, int(time.time() * 1000), True, json.dumps(stats)
+    )
 
 
 def replace_partitions_by_files(
-    path: str | Path, parts: Iterable[tuple[date, pl.LazyFrame]], interval: str, symbol: str, schema: pl.Schema,
+    path: str | Path,
+    parts: Iterable[tuple[date, pl.LazyFrame]],
+    interval: str,
+    symbol: str,
+    schema: pl.Schema,
     fingerprints: Mapping[date, str] | None = None,
 ) -> list[pl.DataFrame]:
     """Collect each (month, lazy rows), write it as its own file (two at a time), then replace exactly those
@@ -142,8 +167,13 @@ def replace_partitions_by_files(
     if not parts:
         return []
     if not DeltaTable.is_deltatable(str(path)):
-        write_deltalake(str(path), pl.DataFrame(schema=schema).to_arrow(), mode="append", partition_by=PARTITION_COLUMNS,
-                        commit_properties=fingerprint_commit(interval, symbol, [], None))
+        write_deltalake(
+            str(path),
+            pl.DataFrame(schema=schema).to_arrow(),
+            mode="append",
+            partition_by=PARTITION_COLUMNS,
+            commit_properties=fingerprint_commit(interval, symbol, [], None),
+        )
 
     def write(part: tuple[date, pl.LazyFrame]) -> tuple[pl.DataFrame, AddAction | None]:
         month, rows = part
@@ -170,7 +200,11 @@ def replace_partitions_by_files(
 
 
 def read_rows(
-    path: str | Path, interval: str, symbol: str | None = None, start: datetime | None = None, end: datetime | None = None
+    path: str | Path,
+    interval: str,
+    symbol: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
 ) -> pl.DataFrame:
     """Rows of one interval (and symbol) with timestamp in [start, end); month filters prune files first."""
     if not DeltaTable.is_deltatable(str(path)):

@@ -18,8 +18,16 @@ FINGERPRINT = ["rows", "first_bar", "last_bar", "close_sum"]
 
 def partition_fingerprints(path: str | Path, interval: str) -> pl.DataFrame:
     """One row per (symbol, month): rows, first_bar, last_bar, close_sum. Reads four columns, not the table."""
-    schema = pl.Schema({"symbol": pl.String(), "month": pl.Date(), "rows": pl.UInt32(), "first_bar": pl.Datetime("us", "UTC"),
-                        "last_bar": pl.Datetime("us", "UTC"), "close_sum": pl.Float64()})
+    schema = pl.Schema(
+        {
+            "symbol": pl.String(),
+            "month": pl.Date(),
+            "rows": pl.UInt32(),
+            "first_bar": pl.Datetime("us", "UTC"),
+            "last_bar": pl.Datetime("us", "UTC"),
+            "close_sum": pl.Float64(),
+        }
+    )
     if not DeltaTable.is_deltatable(str(path)):
         return pl.DataFrame(schema=schema)
     return (
@@ -51,19 +59,27 @@ def stale_silver(bronze_path: str | Path, silver_path: str | Path, interval: str
         return pl.col(f"{name}_silver")
 
     reason = (
-        pl.when(b("rows").is_null()).then(pl.lit("silver has rows bronze no longer holds"))
-        .when(s("rows").is_null()).then(pl.lit("bronze rows have no silver"))
-        .when(b("rows") != s("rows")).then(pl.lit("row counts differ"))
-        .when((b("first_bar") != s("first_bar")) | (b("last_bar") != s("last_bar"))).then(pl.lit("bar ranges differ"))
-        .when((b("close_sum") - s("close_sum")).abs() > 1e-12 * b("close_sum").abs()).then(pl.lit("closes differ"))
+        pl.when(b("rows").is_null())
+        .then(pl.lit("silver has rows bronze no longer holds"))
+        .when(s("rows").is_null())
+        .then(pl.lit("bronze rows have no silver"))
+        .when(b("rows") != s("rows"))
+        .then(pl.lit("row counts differ"))
+        .when((b("first_bar") != s("first_bar")) | (b("last_bar") != s("last_bar")))
+        .then(pl.lit("bar ranges differ"))
+        .when((b("close_sum") - s("close_sum")).abs() > 1e-12 * b("close_sum").abs())
+        .then(pl.lit("closes differ"))
     )
     return (
         joined.with_columns(reason.alias("reason"))
         .filter(pl.col("reason").is_not_null())
         .select(
-            "symbol", "month",
-            pl.col("rows").alias("bronze_rows"), s("rows").alias("silver_rows"),
-            pl.col("last_bar").alias("bronze_last_bar"), s("last_bar").alias("silver_last_bar"),
+            "symbol",
+            "month",
+            pl.col("rows").alias("bronze_rows"),
+            s("rows").alias("silver_rows"),
+            pl.col("last_bar").alias("bronze_last_bar"),
+            s("last_bar").alias("silver_last_bar"),
             "reason",
         )
         .sort("symbol", "month")

@@ -40,14 +40,18 @@ def by_month(rows: pl.DataFrame, months: list[date]) -> dict[date, pl.DataFrame]
 
 def raw_fingerprints(settings: Settings, source: str, received: pl.DataFrame, months: list[date]) -> dict[date, str]:
     """`received`: the source's rows for the months, with a month column."""
-    return {month: digest("raw", source, settings.interval, frame_digest(rows.select(CANDLE_COLUMNS)), lake_code())
-            for month, rows in by_month(received, months).items()}
+    return {
+        month: digest("raw", source, settings.interval, frame_digest(rows.select(CANDLE_COLUMNS)), lake_code())
+        for month, rows in by_month(received, months).items()
+    }
 
 
 def bronze_fingerprints(settings: Settings, raw: pl.DataFrame, months: list[date]) -> dict[date, str]:
     """`raw`: the lake's raw rows of the months."""
-    return {month: digest("bronze", settings.interval, frame_digest(rows), lake_code())
-            for month, rows in by_month(raw, months).items()}
+    return {
+        month: digest("bronze", settings.interval, frame_digest(rows), lake_code())
+        for month, rows in by_month(raw, months).items()
+    }
 
 
 def silver_fingerprints(settings: Settings, bronze: pl.DataFrame, months: list[datetime]) -> dict[date, str]:
@@ -65,4 +69,6 @@ def unchanged_months(path: str | Path, interval: str, symbol: str, fingerprints:
     """The months whose recorded fingerprint in the table at `path` equals the one given: a rebuild would write
     exactly what they hold."""
     recorded = recorded_fingerprints(path)
-    return sorted(m for m, fingerprint in fingerprints.items() if recorded.get(partition_id(interval, symbol, m)) == fingerprint)
+    return sorted(
+        m for m, fingerprint in fingerprints.items() if recorded.get(partition_id(interval, symbol, m)) == fingerprint
+    )

@@ -86,8 +86,9 @@ class RawIngest:
         return self.received == self.raw.height + other + self.out_of_range.height
 
 
-def ingest_raw(source: CandleSource, settings: Settings, symbol: str, months: list[datetime],
-               skip_unchanged: bool = False) -> RawIngest:
+def ingest_raw(
+    source: CandleSource, settings: Settings, symbol: str, months: list[datetime], skip_unchanged: bool = False
+) -> RawIngest:
     """Fetch the months' candles as received and replace their raw partitions (with `skip_unchanged`, only those
     whose candles differ from what the lake ingested last time: see lake.incremental).
 
@@ -102,15 +103,12 @@ def ingest_raw(source: CandleSource, settings: Settings, symbol: str, months: li
         candles = source.fetch(symbol, settings.interval, months[0], month_end(months[-1])).with_columns(
             pl.lit(None, dtype=pl.String).alias("file")
         )
-    received = (
-        with_month(candles)
-        .with_columns(
-            pl.lit(settings.interval).alias("interval"),
-            pl.lit(symbol).alias("symbol"),
-            pl.lit(source.name).alias("source"),
-            pl.lit(datetime.now(UTC)).cast(pl.Datetime("us", "UTC")).alias("ingested_at"),
-            pl.lit(uuid.uuid4().hex).alias("batch_id"),
-        )
+    received = with_month(candles).with_columns(
+        pl.lit(settings.interval).alias("interval"),
+        pl.lit(symbol).alias("symbol"),
+        pl.lit(source.name).alias("source"),
+        pl.lit(datetime.now(UTC)).cast(pl.Datetime("us", "UTC")).alias("ingested_at"),
+        pl.lit(uuid.uuid4().hex).alias("batch_id"),
     )
     first, end = lake_months(settings)
     in_lake = pl.col("month").is_between(first, end, closed="left")
@@ -127,10 +125,21 @@ def ingest_raw(source: CandleSource, settings: Settings, symbol: str, months: li
     fingerprints = raw_fingerprints(settings, source.name, raw, sorted(wanted))
     unchanged = unchanged_months(tables.raw, settings.interval, symbol, fingerprints) if skip_unchanged else []
     write = sorted(wanted - set(kept) - set(unchanged))
-    replace_partitions(tables.raw, raw.filter(pl.col("month").is_in(write)), settings.interval, symbol, write, fingerprints=fingerprints)
+    replace_partitions(
+        tables.raw,
+        raw.filter(pl.col("month").is_in(write)),
+        settings.interval,
+        symbol,
+        write,
+        fingerprints=fingerprints,
+    )
     if out_of_range.height:
         replace_partitions(
-            tables.quarantine, out_of_range.drop("file"), settings.interval, symbol, out_of_range["month"].unique().to_list()
+            tables.quarantine,
+            out_of_range.drop("file"),
+            settings.interval,
+            symbol,
+            out_of_range["month"].unique().to_list(),
         )
     return RawIngest(raw, received.height, other, out_of_range, rejected, kept, [m for m in unchanged if m not in kept])
 
@@ -151,7 +160,9 @@ def unchanged_lake(settings: Settings, source: CandleSource, months_by_symbol: d
         received = with_month(source.fetch(symbol, settings.interval, months[0], month_end(months[-1])))
         if not all_unchanged(tables.raw, raw_fingerprints(settings, source.name, received, wanted)):
             return False
-        raw = read_rows(tables.raw, settings.interval, symbol, months[0], month_end(months[-1])).filter(pl.col("month").is_in(wanted))
+        raw = read_rows(tables.raw, settings.interval, symbol, months[0], month_end(months[-1])).filter(
+            pl.col("month").is_in(wanted)
+        )
         if not all_unchanged(tables.bronze, bronze_fingerprints(settings, raw, wanted)):
             return False
         windows = month_windows(months, settings)
@@ -178,7 +189,9 @@ def build_bronze(settings: Settings, symbol: str, months: list[datetime], skip_u
     months = sorted(months)
     wanted = [m.date() for m in months]
     # The read spans first..last month; a backfill of non-adjacent months must not touch the ones between.
-    raw = read_rows(tables.raw, settings.interval, symbol, months[0], month_end(months[-1])).filter(pl.col("month").is_in(wanted))
+    raw = read_rows(tables.raw, settings.interval, symbol, months[0], month_end(months[-1])).filter(
+        pl.col("month").is_in(wanted)
+    )
     fingerprints = bronze_fingerprints(settings, raw, wanted)
     unchanged = unchanged_months(tables.bronze, settings.interval, symbol, fingerprints) if skip_unchanged else []
     build = [m for m in wanted if m not in unchanged]
@@ -187,15 +200,30 @@ def build_bronze(settings: Settings, symbol: str, months: list[datetime], skip_u
     replace_partitions(tables.quarantine, result.quarantine, settings.interval, symbol, build)
     # Continuity is judged on the months written and their neighbours in the lake: the previous month supplies
     # the ATR and the last close before the first bar, the next month's first bar closes the boundary after.
-    around = read_rows(tables.bronze, settings.interval, symbol, month_start(previous_month(months[0])), month_end(next_month(months[-1])))
+    around = read_rows(
+        tables.bronze,
+        settings.interval,
+        symbol,
+        month_start(previous_month(months[0])),
+        month_end(next_month(months[-1])),
+    )
     breaks = continuity_breaks(around, settings.features.atr_period, settings.lake.continuity_atr_multiple, wanted)
     if unchanged:
         result = with_lake_months(result, tables, settings.interval, symbol, raw, around, unchanged)
-    return BronzeReport(result, find_gaps(result.bronze, settings.interval_seconds, settings.lake.gap_tolerance_bars), breaks, unchanged)
+    return BronzeReport(
+        result, find_gaps(result.bronze, settings.interval_seconds, settings.lake.gap_tolerance_bars), breaks, unchanged
+    )
 
 
-def with_lake_months(result: BronzeResult, tables: LakeTables, interval: str, symbol: str, raw: pl.DataFrame,
-                     bronze: pl.DataFrame, months: list[date]) -> BronzeResult:
+def with_lake_months(
+    result: BronzeResult,
+    tables: LakeTables,
+    interval: str,
+    symbol: str,
+    raw: pl.DataFrame,
+    bronze: pl.DataFrame,
+    months: list[date],
+) -> BronzeResult:
     """`result` plus what the lake holds for months that were not rebuilt: their raw rows, bronze rows and
     quarantined rows (their collapsed duplicates are what is left, as when they were built)."""
     in_months = pl.col("month").is_in(months)
@@ -208,14 +236,17 @@ def with_lake_months(result: BronzeResult, tables: LakeTables, interval: str, sy
     raw_rows = raw.filter(in_months).height
     return BronzeResult(
         bronze=pl.concat([result.bronze, kept_bronze], how="vertical_relaxed").sort(["symbol", "timestamp"]),
-        quarantine=pl.concat([result.quarantine, quarantine.select(result.quarantine.columns)], how="vertical_relaxed")
-        .sort(["symbol", "timestamp"], nulls_last=True),
+        quarantine=pl.concat(
+            [result.quarantine, quarantine.select(result.quarantine.columns)], how="vertical_relaxed"
+        ).sort(["symbol", "timestamp"], nulls_last=True),
         raw_rows=result.raw_rows + raw_rows,
         collapsed_duplicates=result.collapsed_duplicates + raw_rows - kept_bronze.height - quarantine.height,
     )
 
 
-def build_silver(settings: Settings, symbol: str, months: list[datetime], since: datetime | None = None) -> pl.DataFrame:
+def build_silver(
+    settings: Settings, symbol: str, months: list[datetime], since: datetime | None = None
+) -> pl.DataFrame:
     """Features, regime and labels for the months (from `since` on, for a daily update); returns the rows written."""
     return refresh_silver(settings, symbol, months, since).rows
 
@@ -226,8 +257,9 @@ class SilverRefresh:
     unchanged: list[date] = field(default_factory=list)  # not rebuilt: the same bronze read span, settings and code
 
 
-def refresh_silver(settings: Settings, symbol: str, months: list[datetime], since: datetime | None = None,
-                   skip_unchanged: bool = False) -> SilverRefresh:
+def refresh_silver(
+    settings: Settings, symbol: str, months: list[datetime], since: datetime | None = None, skip_unchanged: bool = False
+) -> SilverRefresh:
     """build_silver; with `skip_unchanged`, months whose bronze read span (warm-up and label horizon included)
     is the one their silver was built from are not rebuilt, and their rows are read back from the lake."""
     tables = LakeTables.under(settings)
@@ -248,6 +280,9 @@ def refresh_silver(settings: Settings, symbol: str, months: list[datetime], sinc
     frames = replace_partitions_by_files(tables.silver, month_parts, settings.interval, symbol, schema, fingerprints)
     if unchanged:
         start, end = month_start(unchanged[0]), month_end(unchanged[-1])
-        frames.append(read_rows(tables.silver, settings.interval, symbol, start, end)
-                      .filter(pl.col("month").is_in(unchanged)).select(list(schema)))
+        frames.append(
+            read_rows(tables.silver, settings.interval, symbol, start, end)
+            .filter(pl.col("month").is_in(unchanged))
+            .select(list(schema))
+        )
     return SilverRefresh(pl.concat(frames) if frames else pl.DataFrame(schema=schema), unchanged)

@@ -53,7 +53,8 @@ class BronzeCandles(CandleColumns):
     @pa.dataframe_check(name="body_within_range")
     def body_within_range(cls, data: pa.PolarsData) -> pl.LazyFrame:
         return data.lazyframe.select(
-            (pl.col("high") >= pl.max_horizontal("open", "close")) & (pl.col("low") <= pl.min_horizontal("open", "close"))
+            (pl.col("high") >= pl.max_horizontal("open", "close"))
+            & (pl.col("low") <= pl.min_horizontal("open", "close"))
         )
 
 
@@ -89,4 +90,6 @@ def schema_failures(schema: type[pa.DataFrameModel], frame: pl.DataFrame) -> pl.
             .agg(pl.len().alias("failed_rows"), pl.col("failure_case").first().alias("example"))
             .sort("column", "check")
         )
-    return pl.DataFrame(schema={"column": pl.String, "check": pl.String, "failed_rows": pl.UInt32, "example": pl.String})
+    return pl.DataFrame(
+        schema={"column": pl.String, "check": pl.String, "failed_rows": pl.UInt32, "example": pl.String}
+    )

@@ -117,8 +117,10 @@ class BinanceCandleSource:
         except httpx.TransportError as error:
             no_dns = unresolvable(error)
             if no_dns is not None:
-                raise BinanceError(f"GET {url}: cannot resolve the host ({no_dns.strerror}); without network "
-                                   "use ITFF_SOURCE=sample (the packaged candles) or ITFF_SOURCE=files") from error
+                raise BinanceError(
+                    f"GET {url}: cannot resolve the host ({no_dns.strerror}); without network "
+                    "use ITFF_SOURCE=sample (the packaged candles) or ITFF_SOURCE=files"
+                ) from error
             raise
         if response.status_code == httpx.codes.NOT_FOUND:
             return None
@@ -141,7 +143,9 @@ class BinanceCandleSource:
     def _log_retry(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         what = error.response.status_code if isinstance(error, RetryableAnswer) else repr(error)
-        log.warning("Binance answered %s; retrying in %.1fs (attempt %d)", what, state.upcoming_sleep, state.attempt_number)
+        log.warning(
+            "Binance answered %s; retrying in %.1fs (attempt %d)", what, state.upcoming_sleep, state.attempt_number
+        )
 
     def _respect_weight(self, headers: httpx.Headers) -> None:
         used = headers.get("x-mbx-used-weight-1m")
@@ -204,7 +208,10 @@ class BinanceCandleSource:
             return empty_candles()
         flat = [row[:6] for page in pages for row in page]
         frame = pl.DataFrame(
-            {name: [str(row[i]) for row in flat] for i, name in enumerate(["open_time", "open", "high", "low", "close", "volume"])}
+            {
+                name: [str(row[i]) for row in flat]
+                for i, name in enumerate(["open_time", "open", "high", "low", "close", "volume"])
+            }
         )
         candles = within(to_candles(frame, "klines"), start, end)
         # The newest kline is still forming until its interval has passed: its close would move, and with it the

@@ -40,7 +40,13 @@ class RejectedFile:
     moved_to: str
 
     def as_row(self) -> dict[str, str]:
-        return {"file": self.file, "field": self.field, "rule": self.rule, "moved_to": self.moved_to, "message": self.message}
+        return {
+            "file": self.file,
+            "field": self.field,
+            "rule": self.rule,
+            "moved_to": self.moved_to,
+            "message": self.message,
+        }
 
 
 def set_aside(folder: Path, path: Path, error: CandleFileError) -> RejectedFile:
@@ -79,7 +85,8 @@ class FilesCandleSource:
             return []
         rejected = self.folder / REJECTED_DIR
         return sorted(
-            p for p in self.folder.rglob("*")
+            p
+            for p in self.folder.rglob("*")
             if p.is_file() and p.name.lower().endswith(SUFFIXES) and pattern.match(p.name) and rejected not in p.parents
         )
 
@@ -100,4 +107,3 @@ class FilesCandleSource:
 
     def fetch(self, symbol: str, interval: str, start: datetime, end: datetime) -> pl.DataFrame:
         return within(self.read(symbol, interval).select(CANDLE_COLUMNS), start, end)
-

@@ -24,7 +24,10 @@ def known_outages() -> pl.DataFrame:
         return datetime.strptime(text, "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
 
     return pl.DataFrame(
-        {"outage_first": [parse(a) for a, _ in BINANCE_SPOT_OUTAGES], "outage_last": [parse(b) for _, b in BINANCE_SPOT_OUTAGES]},
+        {
+            "outage_first": [parse(a) for a, _ in BINANCE_SPOT_OUTAGES],
+            "outage_last": [parse(b) for _, b in BINANCE_SPOT_OUTAGES],
+        },
         schema={"outage_first": pl.Datetime("us", "UTC"), "outage_last": pl.Datetime("us", "UTC")},
     )
 
@@ -36,4 +39,8 @@ def explain_gaps(gaps: pl.DataFrame, interval_seconds: int) -> pl.DataFrame:
     first_missing, last_missing = pl.col("gap_after") + step, pl.col("gap_before") - step
     inside = (first_missing >= pl.col("outage_first")) & (last_missing <= pl.col("outage_last"))
     explained = gaps.with_row_index("_gap").join(known_outages(), how="cross").filter(inside)["_gap"]
-    return gaps.with_row_index("_gap").with_columns(pl.col("_gap").is_in(explained.implode()).alias("known_outage")).drop("_gap")
+    return (
+        gaps.with_row_index("_gap")
+        .with_columns(pl.col("_gap").is_in(explained.implode()).alias("known_outage"))
+        .drop("_gap")
+    )

@@ -28,13 +28,25 @@ OTHER_SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "pipes"}
 
 # Binance archive CSVs carry no header; these are its columns in order.
 BINANCE_KLINE_COLUMNS = [
-    "open_time", "open", "high", "low", "close", "volume", "close_time",
-    "quote_volume", "trades", "taker_buy_base", "taker_buy_quote", "ignore",
+    "open_time",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "close_time",
+    "quote_volume",
+    "trades",
+    "taker_buy_base",
+    "taker_buy_quote",
+    "ignore",
 ]
 
 # Normalised header (lower case, no spaces, dashes or underscores) -> canonical column.
 HEADER_ALIASES = {
-    **dict.fromkeys(["timestamp", "time", "date", "datetime", "opentime", "ts", "unix", "timeopen", "candletime"], "timestamp"),
+    **dict.fromkeys(
+        ["timestamp", "time", "date", "datetime", "opentime", "ts", "unix", "timeopen", "candletime"], "timestamp"
+    ),
     **dict.fromkeys(["open", "o", "openprice"], "open"),
     **dict.fromkeys(["high", "h", "highprice"], "high"),
     **dict.fromkeys(["low", "l", "lowprice"], "low"),
@@ -75,7 +87,9 @@ def read_table_bytes(payload: bytes, name: str) -> pl.DataFrame:
     except UNREADABLE as error:
         kind = next((k for k in (".csv.gz", ".gz", ".zip", ".parquet", ".csv") if name.lower().endswith(k)), "file")
         raise CandleFileError(
-            name, "file", "readable",
+            name,
+            "file",
+            "readable",
             f"cannot be read as {kind} ({type(error).__name__}: {error}); the rule is a complete, uncorrupted "
             f".csv, .csv.gz, .parquet or .zip of CSVs",
         ) from error
@@ -87,7 +101,9 @@ def _read_table_bytes(payload: bytes, name: str) -> pl.DataFrame:
         with zipfile.ZipFile(io.BytesIO(payload)) as archive:
             members = [m for m in archive.namelist() if m.lower().endswith(".csv")]
             if not members:
-                raise CandleFileError(name, "file", "zip_holds_csv", "the zip holds no .csv file; the rule is a zip of CSVs")
+                raise CandleFileError(
+                    name, "file", "zip_holds_csv", "the zip holds no .csv file; the rule is a zip of CSVs"
+                )
             return pl.concat([read_table_bytes(archive.read(m), f"{name}/{m}") for m in members], how="vertical")
     if lower.endswith(".parquet"):
         return pl.read_parquet(io.BytesIO(payload)).cast(pl.String)
@@ -98,7 +114,9 @@ def _read_table_bytes(payload: bytes, name: str) -> pl.DataFrame:
         found = next((label for sep, label in OTHER_SEPARATORS.items() if sep in first_line), None)
         if found:
             raise CandleFileError(
-                name, "separator", "comma_separated",
+                name,
+                "separator",
+                "comma_separated",
                 f"separator: the first line {first_line[:80]!r} is separated by {found}; the rule is comma-separated values",
             )
     first_field = first_line.split(",")[0].strip().strip('"')
@@ -107,7 +125,9 @@ def _read_table_bytes(payload: bytes, name: str) -> pl.DataFrame:
     if not has_header:
         if frame.width < 6:
             raise CandleFileError(
-                name, "columns", "binance_kline_columns",
+                name,
+                "columns",
+                "binance_kline_columns",
                 f"a headerless file needs Binance's kline columns (>= 6), found {frame.width}",
             )
         frame = frame.select(frame.columns[:12]).rename(dict(zip(frame.columns, BINANCE_KLINE_COLUMNS, strict=False)))
@@ -125,7 +145,9 @@ def to_candles(frame: pl.DataFrame, name: str) -> pl.DataFrame:
     missing = [c for c in CANDLE_COLUMNS if c not in mapping.values()]
     if missing:
         raise CandleFileError(
-            name, ",".join(missing), "required_columns",
+            name,
+            ",".join(missing),
+            "required_columns",
             f"missing column(s) {missing}; found {frame.columns}. Accepted names: {sorted(k for k in HEADER_ALIASES)}",
         )
     frame = frame.select(pl.col(src).cast(pl.String).str.strip_chars().alias(dst) for src, dst in mapping.items())
@@ -137,7 +159,9 @@ def to_candles(frame: pl.DataFrame, name: str) -> pl.DataFrame:
     if bad.height:
         row = bad.row(0, named=True)["row"]
         raise CandleFileError(
-            name, "timestamp", "parseable_timestamp",
+            name,
+            "timestamp",
+            "parseable_timestamp",
             f"timestamp on data row {row + 1} is {frame['timestamp'][row]!r}; the rule is epoch "
             f"seconds/ms/us/ns or a date-time like 2024-01-31 23:00:00, optionally with Z or a +HH:MM offset "
             f"({bad.height} such row(s))",
@@ -155,9 +179,12 @@ def parse_timestamp(text: pl.Expr) -> pl.Expr:
     number = text.cast(pl.Float64, strict=False)
     magnitude = number.abs()
     epoch_us = (
-        pl.when(magnitude < 1e11).then(number * 1e6)
-        .when(magnitude < 1e14).then(number * 1e3)
-        .when(magnitude < 1e17).then(number)
+        pl.when(magnitude < 1e11)
+        .then(number * 1e6)
+        .when(magnitude < 1e14)
+        .then(number * 1e3)
+        .when(magnitude < 1e17)
+        .then(number)
         .otherwise(number / 1e3)
     )
     from_epoch = epoch_us.round(0).cast(pl.Int64).cast(pl.Datetime("us", "UTC"))

@@ -30,7 +30,9 @@ def random_walk_candles(
     start_us = int(start.timestamp() * 1_000_000)
     return pl.DataFrame(
         {
-            "timestamp": pl.Series(np.arange(n, dtype=np.int64) * step_s * 1_000_000 + start_us).cast(pl.Datetime("us", "UTC")),
+            "timestamp": pl.Series(np.arange(n, dtype=np.int64) * step_s * 1_000_000 + start_us).cast(
+                pl.Datetime("us", "UTC")
+            ),
             "open": open_,
             "high": high,
             "low": low,
@@ -40,8 +42,9 @@ def random_walk_candles(
     )
 
 
-def garch_returns(rng: np.random.Generator, n: int, volatility: float, alpha: float = 0.08, beta: float = 0.9,
-                  dof: float = 4.0) -> np.ndarray:
+def garch_returns(
+    rng: np.random.Generator, n: int, volatility: float, alpha: float = 0.08, beta: float = 0.9, dof: float = 4.0
+) -> np.ndarray:
     """Log returns r_t = sigma_t z_t, sigma_t^2 = omega + alpha r_{t-1}^2 + beta sigma_{t-1}^2, z ~ t(dof) scaled to
     unit variance, omega chosen so the unconditional standard deviation is `volatility`. A martingale: a model can
     learn how large the next move will be, never which way it goes."""

@@ -64,9 +64,21 @@ class Calibrated(Forecaster):
     """A family's forecaster plus its calibration map. It answers as the family it wraps (family, task,
     context rows, scaler), so the service, the pyfunc and the evaluation need not know it is there."""
 
-    def __init__(self, base: Forecaster, slice_rows: int = 2000, slice_fraction: float = SLICE_FRACTION, horizon: int = 0,
-                 min_rows: int = MIN_ROWS) -> None:
-        self.base, self.slice_rows, self.slice_fraction, self.horizon, self.min_rows = base, slice_rows, slice_fraction, horizon, min_rows
+    def __init__(
+        self,
+        base: Forecaster,
+        slice_rows: int = 2000,
+        slice_fraction: float = SLICE_FRACTION,
+        horizon: int = 0,
+        min_rows: int = MIN_ROWS,
+    ) -> None:
+        self.base, self.slice_rows, self.slice_fraction, self.horizon, self.min_rows = (
+            base,
+            slice_rows,
+            slice_fraction,
+            horizon,
+            min_rows,
+        )
         self.calibration: dict = {"method": "identity"}
 
     # --- the wrapped family's identity

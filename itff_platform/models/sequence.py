@@ -31,7 +31,9 @@ def rolling_windows(rows: np.ndarray, length: int) -> np.ndarray:
 class LSTMNet(nn.Module):
     def __init__(self, features: int, hidden: int, layers: int, dropout: float) -> None:
         super().__init__()
-        self.lstm = nn.LSTM(features, hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+        self.lstm = nn.LSTM(
+            features, hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
+        )
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,8 +58,16 @@ class TransformerNet(nn.Module):
 class SequenceForecaster(Forecaster):
     """Shared training loop; subclasses build the network."""
 
-    def __init__(self, params=None, seed=42, length: int = 24, epochs: int = 3, device: str = "auto", mc_samples: int = 20,
-                 max_train_rows: int | None = None):
+    def __init__(
+        self,
+        params=None,
+        seed=42,
+        length: int = 24,
+        epochs: int = 3,
+        device: str = "auto",
+        mc_samples: int = 20,
+        max_train_rows: int | None = None,
+    ):
         super().__init__(params, seed)
         self.length, self.epochs, self.device_name, self.mc_samples = length, epochs, device, mc_samples
         self.max_train_rows = max_train_rows
@@ -65,9 +75,15 @@ class SequenceForecaster(Forecaster):
 
     @classmethod
     def from_settings(cls, params, settings):
-        return cls(params, settings.training.seed, length=settings.training.sequence_length, epochs=settings.training.torch_epochs,
-                   device=settings.training.torch_device, mc_samples=settings.training.mc_dropout_samples,
-                   max_train_rows=settings.training.torch_max_train_rows)
+        return cls(
+            params,
+            settings.training.seed,
+            length=settings.training.sequence_length,
+            epochs=settings.training.torch_epochs,
+            device=settings.training.torch_device,
+            mc_samples=settings.training.mc_dropout_samples,
+            max_train_rows=settings.training.torch_max_train_rows,
+        )
 
     def build(self, features: int) -> nn.Module:
         raise NotImplementedError
@@ -83,9 +99,13 @@ class SequenceForecaster(Forecaster):
         device = pick_device(self.device_name)
         windows = torch.from_numpy(rolling_windows(self.fit_scaler(features), self.length).copy())
         targets = torch.from_numpy(labels.astype(np.float32))
-        weights = torch.from_numpy((sample_weight if sample_weight is not None else np.ones(len(labels))).astype(np.float32))
+        weights = torch.from_numpy(
+            (sample_weight if sample_weight is not None else np.ones(len(labels))).astype(np.float32)
+        )
         self.net = self.build(features.shape[1]).to(device)
-        optimiser = torch.optim.AdamW(self.net.parameters(), lr=self.params.get("learning_rate", 1e-3), weight_decay=1e-4)
+        optimiser = torch.optim.AdamW(
+            self.net.parameters(), lr=self.params.get("learning_rate", 1e-3), weight_decay=1e-4
+        )
         loss_fn = nn.BCEWithLogitsLoss(reduction="none")
         batch = self.params.get("batch_size", 256)
         self.net.train()
@@ -115,7 +135,9 @@ class SequenceForecaster(Forecaster):
 
     def probability_samples(self, features):
         torch.manual_seed(self.seed)
-        return np.stack([clip_probability(self._probabilities(features, stochastic=True)) for _ in range(self.mc_samples)])
+        return np.stack(
+            [clip_probability(self._probabilities(features, stochastic=True)) for _ in range(self.mc_samples)]
+        )
 
     def _state(self):
         buffer = io.BytesIO()

@@ -31,7 +31,11 @@ class SklearnClassifier(Forecaster):
 
     def fit(self, features, labels, sample_weight=None):
         scaled, self.constant = self.fit_scaler(features), single_class_rate(labels)
-        self.model = None if self.constant is not None else self.make_estimator().fit(scaled, labels, sample_weight=sample_weight)
+        self.model = (
+            None
+            if self.constant is not None
+            else self.make_estimator().fit(scaled, labels, sample_weight=sample_weight)
+        )
         return self
 
     def predict_proba(self, features):
@@ -57,7 +61,10 @@ class BoostingForecaster(SklearnClassifier):
 
     @classmethod
     def search_space(cls, trial) -> dict:
-        return {**tree_space(trial), "l2_regularization": trial.suggest_float("l2_regularization", 1e-3, 10.0, log=True)}
+        return {
+            **tree_space(trial),
+            "l2_regularization": trial.suggest_float("l2_regularization", 1e-3, 10.0, log=True),
+        }
 
     def make_estimator(self):
         # Early stopping on an internal split would sample validation rows at random, i.e. from the future
@@ -83,8 +90,9 @@ class BoostingQuantileForecaster(Forecaster):
         scaled = self.fit_scaler(features)
         params = {**self.DEFAULTS, **self.params}
         self.models = [
-            HistGradientBoostingRegressor(loss="quantile", quantile=q, max_iter=100, early_stopping=False, random_state=self.seed, **params)
-            .fit(scaled, labels, sample_weight=sample_weight)
+            HistGradientBoostingRegressor(
+                loss="quantile", quantile=q, max_iter=100, early_stopping=False, random_state=self.seed, **params
+            ).fit(scaled, labels, sample_weight=sample_weight)
             for q in QUANTILES
         ]
         return self

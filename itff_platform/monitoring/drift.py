@@ -102,39 +102,70 @@ def _values(frame: pl.DataFrame, column: str) -> np.ndarray:
     return frame.get_column(column).cast(pl.Float64).fill_null(float("nan")).to_numpy()
 
 
-THRESHOLD_SCHEMA = {"feature": pl.String, "psi_warn": pl.Float64, "psi_threshold": pl.Float64, "ks_warn": pl.Float64,
-                    "ks_threshold": pl.Float64, "calibration_windows": pl.Int64}
-DRIFT_SCHEMA = {"feature": pl.String, "psi": pl.Float64, "ks": pl.Float64,
-                **{k: v for k, v in THRESHOLD_SCHEMA.items() if k != "feature"},
-                "psi_status": pl.String, "ks_status": pl.String, "status": pl.String}
+THRESHOLD_SCHEMA = {
+    "feature": pl.String,
+    "psi_warn": pl.Float64,
+    "psi_threshold": pl.Float64,
+    "ks_warn": pl.Float64,
+    "ks_threshold": pl.Float64,
+    "calibration_windows": pl.Int64,
+}
+DRIFT_SCHEMA = {
+    "feature": pl.String,
+    "psi": pl.Float64,
+    "ks": pl.Float64,
+    **{k: v for k, v in THRESHOLD_SCHEMA.items() if k != "feature"},
+    "psi_status": pl.String,
+    "ks_status": pl.String,
+    "status": pl.String,
+}
 
 
 def fixed_thresholds(features: list[str], settings: Settings) -> pl.DataFrame:
     """The configured PSI/KS thresholds for every feature, calibrated on no window: what grading uses when there
     is no reference period to calibrate on (see monitoring.drift_calibration)."""
     count = len(features)
-    return pl.DataFrame({"feature": features, "psi_warn": [settings.monitoring.drift_psi_warn] * count,
-                         "psi_threshold": [settings.monitoring.drift_psi_error] * count, "ks_warn": [settings.monitoring.drift_ks_warn] * count,
-                         "ks_threshold": [settings.monitoring.drift_ks_error] * count, "calibration_windows": [0] * count},
-                        schema=THRESHOLD_SCHEMA)
+    return pl.DataFrame(
+        {
+            "feature": features,
+            "psi_warn": [settings.monitoring.drift_psi_warn] * count,
+            "psi_threshold": [settings.monitoring.drift_psi_error] * count,
+            "ks_warn": [settings.monitoring.drift_ks_warn] * count,
+            "ks_threshold": [settings.monitoring.drift_ks_error] * count,
+            "calibration_windows": [0] * count,
+        },
+        schema=THRESHOLD_SCHEMA,
+    )
 
 
 def _graded(statistic: str, warn: str, error: str) -> pl.Expr:
     """grade() over columns, one threshold pair per row; a null statistic (nothing to compare) grades 'ok'."""
     value = pl.col(statistic)
-    return pl.when(value >= pl.col(error)).then(pl.lit(ERROR)).when(value >= pl.col(warn)).then(pl.lit(WARN)).otherwise(pl.lit(OK))
+    return (
+        pl.when(value >= pl.col(error))
+        .then(pl.lit(ERROR))
+        .when(value >= pl.col(warn))
+        .then(pl.lit(WARN))
+        .otherwise(pl.lit(OK))
+    )
 
 
 def _worse(left: str, right: str) -> pl.Expr:
     """worst() of two status columns."""
+
     def either(status: str) -> pl.Expr:
         return (pl.col(left) == status) | (pl.col(right) == status)
 
     return pl.when(either(ERROR)).then(pl.lit(ERROR)).when(either(WARN)).then(pl.lit(WARN)).otherwise(pl.lit(OK))
 
 
-def feature_drift(reference: pl.DataFrame, recent: pl.DataFrame, features: list[str], settings: Settings,
-                  thresholds: pl.DataFrame | None = None) -> pl.DataFrame:
+def feature_drift(
+    reference: pl.DataFrame,
+    recent: pl.DataFrame,
+    features: list[str],
+    settings: Settings,
+    thresholds: pl.DataFrame | None = None,
+) -> pl.DataFrame:
     """PSI and KS of each feature, recent window against the reference (training) window, graded by each
     feature's thresholds (a THRESHOLD_SCHEMA frame, e.g. from drift_calibration.calibrated_thresholds; the
     settings' fixed ones when None); `status` is the worse of the two. Most drifted first."""
@@ -148,10 +179,13 @@ def feature_drift(reference: pl.DataFrame, recent: pl.DataFrame, features: list[
         rows.append({"feature": feature, "psi": psi(before, after), "ks": ks_statistic(before, after)})
     # NaN compares above every number in polars and would sort first; nothing-to-compare rows are null instead.
     measured = pl.DataFrame(rows, schema={"feature": pl.String, "psi": pl.Float64, "ks": pl.Float64}).with_columns(
-        pl.col("psi", "ks").fill_nan(None))
+        pl.col("psi", "ks").fill_nan(None)
+    )
     return (
         measured.join(thresholds.select(list(THRESHOLD_SCHEMA)), on="feature", how="left")
-        .with_columns(psi_status=_graded("psi", "psi_warn", "psi_threshold"), ks_status=_graded("ks", "ks_warn", "ks_threshold"))
+        .with_columns(
+            psi_status=_graded("psi", "psi_warn", "psi_threshold"), ks_status=_graded("ks", "ks_warn", "ks_threshold")
+        )
         .with_columns(status=_worse("psi_status", "ks_status"))
         .select(list(DRIFT_SCHEMA))
         .sort("psi", descending=True, nulls_last=True)
@@ -172,15 +206,19 @@ def regime_shift(reference_regimes, recent_regimes, settings: Settings, threshol
     Returns {"psi", "status", "warn", "threshold", "calibration_windows", "reference_shares": {regime: share},
     "recent_shares": {regime: share}}; the shares cover every known regime (and any unexpected label seen), so
     the two dicts line up for plotting."""
-    thresholds = thresholds or {"warn": settings.monitoring.regime_shift_warn, "threshold": settings.monitoring.regime_shift_error,
-                                "calibration_windows": 0}
+    thresholds = thresholds or {
+        "warn": settings.monitoring.regime_shift_warn,
+        "threshold": settings.monitoring.regime_shift_error,
+        "calibration_windows": 0,
+    }
     before, after = regime_labels(reference_regimes), regime_labels(recent_regimes)
     categories = regime_categories(before, after)
     mix_psi = category_psi(before, after, categories)
     return {
         "psi": mix_psi,
         "status": grade(mix_psi, thresholds["warn"], thresholds["threshold"]),
-        "warn": thresholds["warn"], "threshold": thresholds["threshold"],
+        "warn": thresholds["warn"],
+        "threshold": thresholds["threshold"],
         "calibration_windows": thresholds["calibration_windows"],
         "reference_shares": dict(zip(categories, category_shares(before, categories).tolist(), strict=True)),
         "recent_shares": dict(zip(categories, category_shares(after, categories).tolist(), strict=True)),

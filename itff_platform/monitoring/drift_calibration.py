@@ -123,7 +123,7 @@ def leave_window_out_ks(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
         return np.full(len(bounds), np.nan)
     ordered = np.sort(values[finite])
     at_or_below = np.searchsorted(ordered, values, side="right") / total  # F_all(x) of each row's value
-    below = np.searchsorted(ordered, values, side="left") / total         # F_all just before it
+    below = np.searchsorted(ordered, values, side="left") / total  # F_all just before it
     width = int((bounds[:, 1] - bounds[:, 0]).max())
     rows = bounds[:, :1] + np.arange(width)[None, :]
     held = rows < bounds[:, 1:]
@@ -156,15 +156,22 @@ def calibrated_threshold(draws: np.ndarray, rate: float, floor: float, ceiling: 
 
 
 def _bounds(reference: pl.DataFrame, settings: Settings) -> np.ndarray:
-    return window_bounds(reference["timestamp"], timedelta(days=settings.monitoring.drift_recent_days),
-                         timedelta(days=settings.monitoring.drift_calibration_step_days), timedelta(seconds=settings.interval_seconds))
+    return window_bounds(
+        reference["timestamp"],
+        timedelta(days=settings.monitoring.drift_recent_days),
+        timedelta(days=settings.monitoring.drift_calibration_step_days),
+        timedelta(seconds=settings.interval_seconds),
+    )
 
 
-def _warn_and_error(draws: np.ndarray, settings: Settings, warn_floor: float, error_floor: float,
-                    ceiling: float) -> tuple[float, float]:
+def _warn_and_error(
+    draws: np.ndarray, settings: Settings, warn_floor: float, error_floor: float, ceiling: float
+) -> tuple[float, float]:
     error = calibrated_threshold(draws, settings.monitoring.drift_false_alarm_rate, error_floor, ceiling)
     # A warn above the error would never show: a warn floor set over a calibrated error is capped by it.
-    return min(calibrated_threshold(draws, settings.monitoring.drift_warn_false_alarm_rate, warn_floor, ceiling), error), error
+    return min(
+        calibrated_threshold(draws, settings.monitoring.drift_warn_false_alarm_rate, warn_floor, ceiling), error
+    ), error
 
 
 def calibrated_thresholds(reference: pl.DataFrame, features: list[str], settings: Settings) -> pl.DataFrame:
@@ -177,11 +184,26 @@ def calibrated_thresholds(reference: pl.DataFrame, features: list[str], settings
         values = reference.get_column(feature).cast(pl.Float64).fill_null(float("nan")).to_numpy()
         onehot = decile_onehot(values)
         psi_draws, ks_draws = _leave_window_out_psi(onehot, bounds), leave_window_out_ks(values, bounds)
-        psi_warn, psi_error = _warn_and_error(psi_draws, settings, settings.monitoring.drift_psi_warn, settings.monitoring.drift_psi_error,
-                                              one_bin_psi(onehot.sum(axis=0)))
-        ks_warn, ks_error = _warn_and_error(ks_draws, settings, settings.monitoring.drift_ks_warn, settings.monitoring.drift_ks_error, 1.0)
-        rows.append({"feature": feature, "psi_warn": psi_warn, "psi_threshold": psi_error, "ks_warn": ks_warn,
-                     "ks_threshold": ks_error, "calibration_windows": int(np.isfinite(psi_draws).sum())})
+        psi_warn, psi_error = _warn_and_error(
+            psi_draws,
+            settings,
+            settings.monitoring.drift_psi_warn,
+            settings.monitoring.drift_psi_error,
+            one_bin_psi(onehot.sum(axis=0)),
+        )
+        ks_warn, ks_error = _warn_and_error(
+            ks_draws, settings, settings.monitoring.drift_ks_warn, settings.monitoring.drift_ks_error, 1.0
+        )
+        rows.append(
+            {
+                "feature": feature,
+                "psi_warn": psi_warn,
+                "psi_threshold": psi_error,
+                "ks_warn": ks_warn,
+                "ks_threshold": ks_error,
+                "calibration_windows": int(np.isfinite(psi_draws).sum()),
+            }
+        )
     return pl.DataFrame(rows, schema=THRESHOLD_SCHEMA)
 
 
@@ -193,6 +215,11 @@ def regime_thresholds(reference: pl.DataFrame, settings: Settings) -> dict:
     categories = np.asarray(regime_categories(labels), dtype=object)
     onehot = (labels[:, None] == categories[None, :]).astype(np.float64)
     draws = _leave_window_out_psi(onehot, _bounds(reference, settings))
-    warn, error = _warn_and_error(draws, settings, settings.monitoring.regime_shift_warn, settings.monitoring.regime_shift_error,
-                                  one_bin_psi(onehot.sum(axis=0)))
+    warn, error = _warn_and_error(
+        draws,
+        settings,
+        settings.monitoring.regime_shift_warn,
+        settings.monitoring.regime_shift_error,
+        one_bin_psi(onehot.sum(axis=0)),
+    )
     return {"warn": warn, "threshold": error, "calibration_windows": int(np.isfinite(draws).sum())}

@@ -22,8 +22,14 @@ import polars as pl
 
 from itff_platform.settings import Settings
 
-DECISION_SCHEMA = {"decided_at": pl.Datetime("us", "UTC"), "as_of": pl.Datetime("us", "UTC"), "symbol": pl.String,
-                   "target": pl.String, "decision": pl.String, "reasons": pl.String}
+DECISION_SCHEMA = {
+    "decided_at": pl.Datetime("us", "UTC"),
+    "as_of": pl.Datetime("us", "UTC"),
+    "symbol": pl.String,
+    "target": pl.String,
+    "decision": pl.String,
+    "reasons": pl.String,
+}
 
 
 @dataclass
@@ -33,16 +39,23 @@ class Evaluation:
     pending: int = 0
     realized: pl.DataFrame = field(default_factory=pl.DataFrame)
     quality: pl.DataFrame = field(default_factory=pl.DataFrame)
-    degradation: list[dict] = field(default_factory=list)   # per model: symbol, target, expected and live log loss (MAPE), status
-    precision_recall: list[dict] = field(default_factory=list)  # per classification model: live vs backtest precision/recall
+    degradation: list[dict] = field(
+        default_factory=list
+    )  # per model: symbol, target, expected and live log loss (MAPE), status
+    precision_recall: list[dict] = field(
+        default_factory=list
+    )  # per classification model: live vs backtest precision/recall
     drift: dict[str, pl.DataFrame] = field(default_factory=dict)  # per symbol: feature_drift rows
-    regime: dict[str, dict] = field(default_factory=dict)         # per symbol: regime_shift result
+    regime: dict[str, dict] = field(default_factory=dict)  # per symbol: regime_shift result
     decisions: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=DECISION_SCHEMA))
     expectations: dict[tuple[str, str], dict] = field(default_factory=dict)
     figures: dict[str, Path] = field(default_factory=dict)
 
     def retrain(self) -> list[tuple[str, str]]:
-        return [(r["symbol"], r["target"]) for r in self.decisions.filter(pl.col("decision") == "retrain").iter_rows(named=True)]
+        return [
+            (r["symbol"], r["target"])
+            for r in self.decisions.filter(pl.col("decision") == "retrain").iter_rows(named=True)
+        ]
 
 
 def champion_expectations(settings: Settings) -> dict[tuple[str, str], dict]:
@@ -55,14 +68,21 @@ def champion_expectations(settings: Settings) -> dict[tuple[str, str], dict]:
     found = {}
     for key, version in champion_versions(settings).items():
         run = client.get_run(version.run_id)
-        found[key] = {"version": str(version.version), "trained_through": run.data.tags.get("trained_through"), **run.data.metrics}
+        found[key] = {
+            "version": str(version.version),
+            "trained_through": run.data.tags.get("trained_through"),
+            **run.data.metrics,
+        }
     return found
 
 
-def evaluate(settings: Settings, as_of: datetime | None = None, reports_dir: Path | None = None,
-             with_plots: bool = True) -> Evaluation:
+def evaluate(
+    settings: Settings, as_of: datetime | None = None, reports_dir: Path | None = None, with_plots: bool = True
+) -> Evaluation:
     """Outcomes, then drift and decisions: what the weekly evaluation job and each replay day run."""
-    return evaluate_drift(settings, evaluate_outcomes(settings, as_of, reports_dir, with_plots), reports_dir, with_plots)
+    return evaluate_drift(
+        settings, evaluate_outcomes(settings, as_of, reports_dir, with_plots), reports_dir, with_plots
+    )
 
 
 def report_folder(settings: Settings, as_of: datetime, reports_dir: Path | None, with_plots: bool = True) -> Path:
@@ -72,8 +92,9 @@ def report_folder(settings: Settings, as_of: datetime, reports_dir: Path | None,
     return folder
 
 
-def evaluate_outcomes(settings: Settings, as_of: datetime | None = None, reports_dir: Path | None = None,
-                      with_plots: bool = True) -> Evaluation:
+def evaluate_outcomes(
+    settings: Settings, as_of: datetime | None = None, reports_dir: Path | None = None, with_plots: bool = True
+) -> Evaluation:
     """Logged predictions joined with their outcomes; live quality against each champion's backtest."""
     from itff_platform.monitoring.outcomes import realized_from_lake, write_quality_summary
     from itff_platform.monitoring.plots import live_equity_plot, live_reliability_plot
@@ -94,30 +115,47 @@ def evaluate_outcomes(settings: Settings, as_of: datetime | None = None, reports
         write_quality_summary(settings, result.quality)
     result.expectations = champion_expectations(settings)
     judge_live(settings, result)
-    for (symbol, target), rows in (realized.group_by(["symbol", "target"]) if realized.height and with_plots else []):
+    for (symbol, target), rows in realized.group_by(["symbol", "target"]) if realized.height and with_plots else []:
         if target != "forward_return" and rows["prob_up"].drop_nulls().len() >= 2:
             result.figures[f"reliability {symbol} {target}"] = live_reliability_plot(
-                rows, f"{symbol} {target}: live reliability ({rows.height} outcomes)", folder / f"reliability-{symbol}-{target}.png")
+                rows,
+                f"{symbol} {target}: live reliability ({rows.height} outcomes)",
+                folder / f"reliability-{symbol}-{target}.png",
+            )
         result.figures[f"equity {symbol} {target}"] = live_equity_plot(
-            rows, settings.trading.fees_bps, f"{symbol} {target}: served signals vs buy and hold, after fees",
-            folder / f"equity-{symbol}-{target}.png", horizon=settings.features.label_horizon)
+            rows,
+            settings.trading.fees_bps,
+            f"{symbol} {target}: served signals vs buy and hold, after fees",
+            folder / f"equity-{symbol}-{target}.png",
+            horizon=settings.features.label_horizon,
+        )
     return result
 
 
-def evaluate_drift(settings: Settings, result: Evaluation, reports_dir: Path | None = None, with_plots: bool = True) -> Evaluation:
+def evaluate_drift(
+    settings: Settings, result: Evaluation, reports_dir: Path | None = None, with_plots: bool = True
+) -> Evaluation:
     """Feature and regime drift of each symbol, then a keep/retrain decision per model."""
     from itff_platform.monitoring.plots import drift_plot, regime_mix_plot
 
     folder = report_folder(settings, result.as_of, reports_dir, with_plots)
     _drift(settings, result, result.expectations)
     result.decisions = decide_retraining(settings, result)
-    for symbol, drift in (result.drift.items() if with_plots else []):
+    for symbol, drift in result.drift.items() if with_plots else []:
         result.figures[f"drift {symbol}"] = drift_plot(
-            drift, f"{symbol}: feature drift (PSI), last {settings.monitoring.drift_recent_days} days vs training",
-            folder / f"drift-{symbol}.png", settings.monitoring.drift_psi_warn, settings.monitoring.drift_psi_error)
+            drift,
+            f"{symbol}: feature drift (PSI), last {settings.monitoring.drift_recent_days} days vs training",
+            folder / f"drift-{symbol}.png",
+            settings.monitoring.drift_psi_warn,
+            settings.monitoring.drift_psi_error,
+        )
         shift = result.regime[symbol]
         result.figures[f"regimes {symbol}"] = regime_mix_plot(
-            shift["reference_shares"], shift["recent_shares"], f"{symbol}: regime mix, training vs recent", folder / f"regimes-{symbol}.png")
+            shift["reference_shares"],
+            shift["recent_shares"],
+            f"{symbol}: regime mix, training vs recent",
+            folder / f"regimes-{symbol}.png",
+        )
     return result
 
 
@@ -134,19 +172,45 @@ def _degradation(settings: Settings, quality: pl.DataFrame, expectations: dict) 
 
     rows = []
     # Each champion is judged on its own answers: quality rows are per model version.
-    overall = {(r["symbol"], r["target"], r["model_version"]): r
-               for r in quality.filter(pl.col("scope") == "all").iter_rows(named=True)} if quality.height else {}
+    overall = (
+        {
+            (r["symbol"], r["target"], r["model_version"]): r
+            for r in quality.filter(pl.col("scope") == "all").iter_rows(named=True)
+        }
+        if quality.height
+        else {}
+    )
     for (symbol, target), expected in expectations.items():
         live = overall.get((symbol, target, str(expected["version"])), {"n": 0})
-        if target == "forward_return":  # a quantile model has no log loss: its MAPE is graded, against runbook 001's bound
-            rows.append({"symbol": symbol, "target": target, "champion": expected["version"], "live_mape": live.get("mape"),
-                         "expected_mape": expected.get("mape"), **mape_status(live, settings)})
+        if (
+            target == "forward_return"
+        ):  # a quantile model has no log loss: its MAPE is graded, against runbook 001's bound
+            rows.append(
+                {
+                    "symbol": symbol,
+                    "target": target,
+                    "champion": expected["version"],
+                    "live_mape": live.get("mape"),
+                    "expected_mape": expected.get("mape"),
+                    **mape_status(live, settings),
+                }
+            )
             continue
         graded = quality_degradation(live, expected, settings)
-        rows.append({"symbol": symbol, "target": target, "champion": expected["version"],
-                     "expected_log_loss": expected.get("log_loss"), "live_log_loss": live.get("log_loss"),
-                     "live_hit_rate": live.get("hit_rate"), "expected_hit_rate": expected.get("backtest_hit_rate_trades"),
-                     "live_brier": live.get("brier"), "expected_brier": expected.get("brier"), **graded})
+        rows.append(
+            {
+                "symbol": symbol,
+                "target": target,
+                "champion": expected["version"],
+                "expected_log_loss": expected.get("log_loss"),
+                "live_log_loss": live.get("log_loss"),
+                "live_hit_rate": live.get("hit_rate"),
+                "expected_hit_rate": expected.get("backtest_hit_rate_trades"),
+                "live_brier": live.get("brier"),
+                "expected_brier": expected.get("brier"),
+                **graded,
+            }
+        )
     return rows
 
 
@@ -159,9 +223,17 @@ def mape_status(live: dict, settings: Settings) -> dict:
     return {"status": "error" if mape > settings.monitoring.drift_mape_error else "ok", "n": n}
 
 
-PRECISION_RECALL_SCHEMA = {"symbol": pl.String, "target": pl.String, "model_version": pl.String, "n": pl.Int64,
-                           "long_calls": pl.Int64, "positives": pl.Int64, "hits": pl.Int64, "precision": pl.Float64,
-                           "recall": pl.Float64}
+PRECISION_RECALL_SCHEMA = {
+    "symbol": pl.String,
+    "target": pl.String,
+    "model_version": pl.String,
+    "n": pl.Int64,
+    "long_calls": pl.Int64,
+    "positives": pl.Int64,
+    "hits": pl.Int64,
+    "precision": pl.Float64,
+    "recall": pl.Float64,
+}
 
 
 def _long_call(realized: pl.DataFrame) -> pl.Expr:
@@ -183,14 +255,20 @@ def live_precision_recall(realized: pl.DataFrame, since: datetime) -> pl.DataFra
         return pl.DataFrame(schema=PRECISION_RECALL_SCHEMA)
     called, positive = _long_call(realized), pl.col("label") == 1
     counts = (
-        realized.filter(pl.col("bar_time") >= since, pl.col("label").is_not_null(), pl.col("target") != "forward_return")
+        realized.filter(
+            pl.col("bar_time") >= since, pl.col("label").is_not_null(), pl.col("target") != "forward_return"
+        )
         .group_by("symbol", "target", "model_version")
         .agg(n=pl.len(), long_calls=called.sum(), positives=positive.sum(), hits=(called & positive).sum())
     )
-    return counts.with_columns(
-        precision=pl.when(pl.col("long_calls") > 0).then(pl.col("hits") / pl.col("long_calls")),
-        recall=pl.when(pl.col("positives") > 0).then(pl.col("hits") / pl.col("positives")),
-    ).select(list(PRECISION_RECALL_SCHEMA)).cast(PRECISION_RECALL_SCHEMA)
+    return (
+        counts.with_columns(
+            precision=pl.when(pl.col("long_calls") > 0).then(pl.col("hits") / pl.col("long_calls")),
+            recall=pl.when(pl.col("positives") > 0).then(pl.col("hits") / pl.col("positives")),
+        )
+        .select(list(PRECISION_RECALL_SCHEMA))
+        .cast(PRECISION_RECALL_SCHEMA)
+    )
 
 
 # Each rate, and the count it is a share of: precision of the long calls, recall of the up moves.
@@ -209,11 +287,16 @@ def _rate_drift(hits: int, trials: int, expected: float | None, settings: Settin
         return {"gap": None, "p_value": None, "drifted": False}
     gap = hits / trials - expected
     p_value = float(binomtest(hits, trials, min(max(expected, 0.0), 1.0)).pvalue)
-    drifted = abs(gap) > settings.monitoring.drift_precision_recall_max and p_value < settings.monitoring.drift_precision_recall_alpha
+    drifted = (
+        abs(gap) > settings.monitoring.drift_precision_recall_max
+        and p_value < settings.monitoring.drift_precision_recall_alpha
+    )
     return {"gap": gap, "p_value": p_value, "drifted": drifted}
 
 
-def precision_recall_drift(settings: Settings, realized: pl.DataFrame, expectations: dict, as_of: datetime) -> list[dict]:
+def precision_recall_drift(
+    settings: Settings, realized: pl.DataFrame, expectations: dict, as_of: datetime
+) -> list[dict]:
     """Each classification champion's live precision and recall over the last drift_precision_recall_days
     against its backtest's (MLflow `precision`/`recall`): status 'error' when either drifted (_rate_drift),
     'insufficient' below min_live_outcomes outcomes of that version, 'not graded' when the backtest logged neither."""
@@ -228,8 +311,11 @@ def precision_recall_drift(settings: Settings, realized: pl.DataFrame, expectati
         drifts = {}
         for rate, denominator in RATE_DENOMINATORS.items():
             drifts[rate] = _rate_drift(found.get("hits", 0), found.get(denominator, 0), expected.get(rate), settings)
-            row |= {f"live_{rate}": found.get(rate), f"expected_{rate}": expected.get(rate),
-                    f"{rate}_p_value": drifts[rate]["p_value"]}
+            row |= {
+                f"live_{rate}": found.get(rate),
+                f"expected_{rate}": expected.get(rate),
+                f"{rate}_p_value": drifts[rate]["p_value"],
+            }
         gaps = [abs(d["gap"]) for d in drifts.values() if d["gap"] is not None]
         row["largest_gap"] = max(gaps, default=None)
         if expected.get("precision") is None and expected.get("recall") is None:
@@ -253,15 +339,29 @@ def _drift(settings: Settings, result: Evaluation, expectations: dict) -> None:
     recent_start = result.as_of - timedelta(days=settings.monitoring.drift_recent_days)
     features = feature_columns(settings)
     for symbol in settings.symbols:
-        trained = [e["trained_through"] for (s, _), e in expectations.items() if s == symbol and e.get("trained_through")]
+        trained = [
+            e["trained_through"] for (s, _), e in expectations.items() if s == symbol and e.get("trained_through")
+        ]
         # The newest bar the champions learned from closes the training window; with no champion, the recent window does.
-        reference_end = min(datetime.fromisoformat(max(trained)).replace(tzinfo=UTC), recent_start) if trained else recent_start
-        reference = read_rows(silver, settings.interval, symbol, reference_end - timedelta(days=settings.monitoring.drift_reference_days), reference_end)
+        reference_end = (
+            min(datetime.fromisoformat(max(trained)).replace(tzinfo=UTC), recent_start) if trained else recent_start
+        )
+        reference = read_rows(
+            silver,
+            settings.interval,
+            symbol,
+            reference_end - timedelta(days=settings.monitoring.drift_reference_days),
+            reference_end,
+        )
         recent = read_rows(silver, settings.interval, symbol, recent_start, result.as_of)
         if reference.is_empty() or recent.is_empty():
             continue
-        result.drift[symbol] = feature_drift(reference, recent, features, settings, calibrated_thresholds(reference, features, settings))
-        result.regime[symbol] = regime_shift(reference["regime"], recent["regime"], settings, regime_thresholds(reference, settings))
+        result.drift[symbol] = feature_drift(
+            reference, recent, features, settings, calibrated_thresholds(reference, features, settings)
+        )
+        result.regime[symbol] = regime_shift(
+            reference["regime"], recent["regime"], settings, regime_thresholds(reference, settings)
+        )
 
 
 def _drift_reasons(settings: Settings, drift: pl.DataFrame | None, shift: dict) -> list[str]:
@@ -269,8 +369,10 @@ def _drift_reasons(settings: Settings, drift: pl.DataFrame | None, shift: dict) 
     reasons = []
     drifted = drift.filter(pl.col("status") == "error") if drift is not None else pl.DataFrame()
     if drifted.height >= settings.monitoring.drift_features_for_retrain:
-        named = ", ".join(f"{r['feature']} (PSI {r['psi']:.3f}/{r['psi_threshold']:.3f}, KS {r['ks']:.3f}/{r['ks_threshold']:.3f})"
-                          for r in drifted.head(5).iter_rows(named=True))
+        named = ", ".join(
+            f"{r['feature']} (PSI {r['psi']:.3f}/{r['psi_threshold']:.3f}, KS {r['ks']:.3f}/{r['ks_threshold']:.3f})"
+            for r in drifted.head(5).iter_rows(named=True)
+        )
         reasons.append(f"{drifted.height} features drifted past their calibrated error thresholds: {named}")
     if shift.get("status") == "error":
         reasons.append(f"regime mix shifted: PSI {shift['psi']:.3f} >= {shift['threshold']:.3f}")
@@ -284,10 +386,14 @@ def _model_reasons(settings: Settings, result: Evaluation, symbol: str, target: 
         if (d["symbol"], d["target"]) != (symbol, target) or d["status"] != "error":
             continue
         if target == "forward_return":
-            reasons.append(f"live MAPE {d['live_mape']:.2%} > {settings.monitoring.drift_mape_error:.0%} (runbook 001) on {d['n']} outcomes")
+            reasons.append(
+                f"live MAPE {d['live_mape']:.2%} > {settings.monitoring.drift_mape_error:.0%} (runbook 001) on {d['n']} outcomes"
+            )
         else:
-            reasons.append(f"live log loss {d['live_log_loss']:.4f} is {d['delta_log_loss']:+.4f} over the backtest's "
-                           f"{d['expected_log_loss']:.4f} on {d['n']} outcomes")
+            reasons.append(
+                f"live log loss {d['live_log_loss']:.4f} is {d['delta_log_loss']:+.4f} over the backtest's "
+                f"{d['expected_log_loss']:.4f} on {d['n']} outcomes"
+            )
     for d in result.precision_recall:
         if (d["symbol"], d["target"]) == (symbol, target) and d["status"] == "error":
             reasons.append(
@@ -295,7 +401,8 @@ def _model_reasons(settings: Settings, result: Evaluation, symbol: str, target: 
                 f"precision {_share(d['live_precision'])} vs the backtest's {_share(d['expected_precision'])} "
                 f"(p {_share(d['precision_p_value'])}), recall {_share(d['live_recall'])} vs {_share(d['expected_recall'])} "
                 f"(p {_share(d['recall_p_value'])}), beyond ±{settings.monitoring.drift_precision_recall_max:g} at p < "
-                f"{settings.monitoring.drift_precision_recall_alpha:g}: retraining re-selects the threshold walk-forward")
+                f"{settings.monitoring.drift_precision_recall_alpha:g}: retraining re-selects the threshold walk-forward"
+            )
     return reasons
 
 
@@ -306,20 +413,27 @@ def _share(value: float | None) -> str:
 def last_retrain_decisions(settings: Settings, before: datetime) -> dict[tuple[str, str], datetime]:
     """The as-of time of each model's latest retrain decision made before `before`, from the decisions table."""
     history = read_decisions(settings)
-    latest = (history.filter(pl.col("decision") == "retrain", pl.col("as_of") < before)
-              .group_by("symbol", "target").agg(pl.col("as_of").max()))
+    latest = (
+        history.filter(pl.col("decision") == "retrain", pl.col("as_of") < before)
+        .group_by("symbol", "target")
+        .agg(pl.col("as_of").max())
+    )
     return {(symbol, target): as_of for symbol, target, as_of in latest.iter_rows()}
 
 
-def _cooldown_reason(settings: Settings, last_retrain: datetime | None, as_of: datetime, reasons: list[str]) -> str | None:
+def _cooldown_reason(
+    settings: Settings, last_retrain: datetime | None, as_of: datetime, reasons: list[str]
+) -> str | None:
     """The reason to keep a model that would be retrained, when it was sent for retraining too recently."""
     if last_retrain is None or not settings.monitoring.drift_cooldown_days:
         return None
     ends = last_retrain + timedelta(days=settings.monitoring.drift_cooldown_days)
     if as_of >= ends:
         return None
-    return (f"cooldown: sent for retraining as of {last_retrain:%Y-%m-%d %H:%M}, not again before {ends:%Y-%m-%d %H:%M} "
-            f"(ITFF_DRIFT_COOLDOWN_DAYS={settings.monitoring.drift_cooldown_days}); would retrain for: {'; '.join(reasons)}")
+    return (
+        f"cooldown: sent for retraining as of {last_retrain:%Y-%m-%d %H:%M}, not again before {ends:%Y-%m-%d %H:%M} "
+        f"(ITFF_DRIFT_COOLDOWN_DAYS={settings.monitoring.drift_cooldown_days}); would retrain for: {'; '.join(reasons)}"
+    )
 
 
 def decide_retraining(settings: Settings, result: Evaluation) -> pl.DataFrame:
@@ -333,10 +447,22 @@ def decide_retraining(settings: Settings, result: Evaluation) -> pl.DataFrame:
             if (symbol, target) not in result.expectations:
                 continue  # no champion: nothing served, nothing to keep or retrain
             reasons = data_reasons + _model_reasons(settings, result, symbol, target)
-            cooldown = _cooldown_reason(settings, last_retrain.get((symbol, target)), result.as_of, reasons) if reasons else None
+            cooldown = (
+                _cooldown_reason(settings, last_retrain.get((symbol, target)), result.as_of, reasons)
+                if reasons
+                else None
+            )
             decision = "retrain" if reasons and not cooldown else "keep"
-            rows.append({"decided_at": datetime.now(UTC), "as_of": result.as_of, "symbol": symbol, "target": target,
-                         "decision": decision, "reasons": cooldown or "; ".join(reasons) or "within thresholds"})
+            rows.append(
+                {
+                    "decided_at": datetime.now(UTC),
+                    "as_of": result.as_of,
+                    "symbol": symbol,
+                    "target": target,
+                    "decision": decision,
+                    "reasons": cooldown or "; ".join(reasons) or "within thresholds",
+                }
+            )
     return pl.DataFrame(rows, schema=DECISION_SCHEMA)
 
 

@@ -13,23 +13,47 @@ import polars as pl
 
 from itff_platform.settings import Settings
 
-SUMMARY_METRICS = ("hit_rate", "brier", "log_loss", "ece", "mape", "n", "trades", "profit_factor", "max_drawdown",
-                   "latency_p95_ms")
+SUMMARY_METRICS = (
+    "hit_rate",
+    "brier",
+    "log_loss",
+    "ece",
+    "mape",
+    "n",
+    "trades",
+    "profit_factor",
+    "max_drawdown",
+    "latency_p95_ms",
+)
 
 
 def realized_predictions(log: pl.DataFrame, silver: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     """Predictions whose outcome is known, with label, forward_return and close; and how many still wait."""
-    asked = (log.filter(pl.col("bar_time").is_not_null())
-             .sort("logged_at")
-             .unique(["symbol", "target", "bar_time", "model_version"], keep="first", maintain_order=True))
-    outcomes = silver.select("symbol", pl.col("timestamp").alias("bar_time"), "close", "forward_return",
-                             pl.col("direction").cast(pl.Float64), pl.col("level_up").cast(pl.Float64))
+    asked = (
+        log.filter(pl.col("bar_time").is_not_null())
+        .sort("logged_at")
+        .unique(["symbol", "target", "bar_time", "model_version"], keep="first", maintain_order=True)
+    )
+    outcomes = silver.select(
+        "symbol",
+        pl.col("timestamp").alias("bar_time"),
+        "close",
+        "forward_return",
+        pl.col("direction").cast(pl.Float64),
+        pl.col("level_up").cast(pl.Float64),
+    )
     joined = asked.join(outcomes, on=["symbol", "bar_time"], how="left")
     # The realized class of each classification target; forward_return is judged on forward_return itself.
-    label = pl.when(pl.col("target") == "direction").then(pl.col("direction")).when(
-        pl.col("target") == "level_up").then(pl.col("level_up"))
+    label = (
+        pl.when(pl.col("target") == "direction")
+        .then(pl.col("direction"))
+        .when(pl.col("target") == "level_up")
+        .then(pl.col("level_up"))
+    )
     joined = joined.with_columns(label=label)
-    known = pl.col("forward_return").is_not_null() & ((pl.col("target") == "forward_return") | pl.col("label").is_not_null())
+    known = pl.col("forward_return").is_not_null() & (
+        (pl.col("target") == "forward_return") | pl.col("label").is_not_null()
+    )
     realized = joined.filter(known)
     return realized, joined.height - realized.height
 
@@ -48,8 +72,16 @@ def realized_from_lake(settings: Settings, log: pl.DataFrame) -> tuple[pl.DataFr
 
 
 def _empty_silver() -> pl.DataFrame:
-    return pl.DataFrame(schema={"symbol": pl.String, "timestamp": pl.Datetime("us", "UTC"), "close": pl.Float64,
-                                "forward_return": pl.Float64, "direction": pl.Int8, "level_up": pl.Int8})
+    return pl.DataFrame(
+        schema={
+            "symbol": pl.String,
+            "timestamp": pl.Datetime("us", "UTC"),
+            "close": pl.Float64,
+            "forward_return": pl.Float64,
+            "direction": pl.Int8,
+            "level_up": pl.Int8,
+        }
+    )
 
 
 def summary_path(settings: Settings):
@@ -65,8 +97,11 @@ def write_quality_summary(settings: Settings, quality: pl.DataFrame) -> None:
     rows = []
     for row in current.iter_rows(named=True):
         # JSON has no infinity (a profit factor with no losing trade): such a figure is left out, not faked.
-        rows += [{"symbol": row["symbol"], "target": row["target"], "metric": m, "value": float(row[m])}
-                 for m in SUMMARY_METRICS if row.get(m) is not None and np.isfinite(row[m])]
+        rows += [
+            {"symbol": row["symbol"], "target": row["target"], "metric": m, "value": float(row[m])}
+            for m in SUMMARY_METRICS
+            if row.get(m) is not None and np.isfinite(row[m])
+        ]
     path = summary_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rows, indent=1))

@@ -30,15 +30,28 @@ def drift_plot(drift: pl.DataFrame, title: str, path: Path, warn: float, error: 
     statuses = shown["psi_status"] if calibrated else [grade(value, warn, error) for value in shown["psi"]]
     axis.barh(shown["feature"].to_list(), shown["psi"].to_numpy(), color=[STATUS_COLOURS[s] for s in statuses])
     if calibrated:
-        axis.scatter(shown["psi_threshold"].to_numpy(), shown["feature"].to_list(), marker="|", s=120, color="black",
-                     zorder=3, label="calibrated error threshold")
-    axis.axvline(warn, color="tab:orange", linestyle="--", label=f"warn floor {warn:g}" if calibrated else f"warn {warn:g}")
-    axis.axvline(error, color="tab:red", linestyle="--", label=f"error floor {error:g}" if calibrated else f"error {error:g}")
+        axis.scatter(
+            shown["psi_threshold"].to_numpy(),
+            shown["feature"].to_list(),
+            marker="|",
+            s=120,
+            color="black",
+            zorder=3,
+            label="calibrated error threshold",
+        )
+    axis.axvline(
+        warn, color="tab:orange", linestyle="--", label=f"warn floor {warn:g}" if calibrated else f"warn {warn:g}"
+    )
+    axis.axvline(
+        error, color="tab:red", linestyle="--", label=f"error floor {error:g}" if calibrated else f"error {error:g}"
+    )
     axis.set_xlabel("population stability index (recent vs training)")
     return _finish(fig, axis, title, path)
 
 
-def regime_mix_plot(reference_shares: dict[str, float], recent_shares: dict[str, float], title: str, path: Path) -> Path:
+def regime_mix_plot(
+    reference_shares: dict[str, float], recent_shares: dict[str, float], title: str, path: Path
+) -> Path:
     """Grouped bars: each regime's share of bars in the reference window and in the recent one."""
     seen = set(reference_shares) | set(recent_shares)
     regimes = [r for r in REGIMES if r in seen] + sorted(seen - set(REGIMES))
@@ -54,11 +67,14 @@ def regime_mix_plot(reference_shares: dict[str, float], recent_shares: dict[str,
 def live_reliability_plot(realized: pl.DataFrame, title: str, path: Path, bins: int = 10) -> Path:
     """The training reliability diagram, on the realized classification predictions (prob_up against label)."""
     scored = realized.filter(pl.col("prob_up").is_not_null() & pl.col("label").is_not_null())
-    return reliability_diagram(scored["label"].cast(pl.Int64).to_numpy(), scored["prob_up"].to_numpy(), title, path, bins)
+    return reliability_diagram(
+        scored["label"].cast(pl.Int64).to_numpy(), scored["prob_up"].to_numpy(), title, path, bins
+    )
 
 
-def live_equity_plot(realized: pl.DataFrame, fees_bps: float, title: str, path: Path, horizon: int = 1,
-                     time_column: str = "bar_time") -> Path:
+def live_equity_plot(
+    realized: pl.DataFrame, fees_bps: float, title: str, path: Path, horizon: int = 1, time_column: str = "bar_time"
+) -> Path:
     """Equity of trading the served signals against buy-and-hold, for one symbol x target in time order.
 
     Like the backtest, only every `horizon`-th prediction is taken so holding periods never overlap (each

@@ -36,11 +36,25 @@ from itff_platform.settings import Settings
 log = logging.getLogger(__name__)
 
 SCHEMA = {
-    "request_id": pl.String, "logged_at": pl.Datetime("us", "UTC"), "endpoint": pl.String,
-    "symbol": pl.String, "target": pl.String, "bar_time": pl.Datetime("us", "UTC"), "input_sha256": pl.String,
-    "model_version": pl.String, "family": pl.String, "regime": pl.String, "signal": pl.String,
-    "prob_up": pl.Float64, "threshold": pl.Float64, "allow": pl.Boolean, "uncertainty": pl.Float64,
-    "p10": pl.Float64, "p50": pl.Float64, "p90": pl.Float64, "out_of_distribution": pl.Boolean,
+    "request_id": pl.String,
+    "logged_at": pl.Datetime("us", "UTC"),
+    "endpoint": pl.String,
+    "symbol": pl.String,
+    "target": pl.String,
+    "bar_time": pl.Datetime("us", "UTC"),
+    "input_sha256": pl.String,
+    "model_version": pl.String,
+    "family": pl.String,
+    "regime": pl.String,
+    "signal": pl.String,
+    "prob_up": pl.Float64,
+    "threshold": pl.Float64,
+    "allow": pl.Boolean,
+    "uncertainty": pl.Float64,
+    "p10": pl.Float64,
+    "p50": pl.Float64,
+    "p90": pl.Float64,
+    "out_of_distribution": pl.Boolean,
     "latency_ms": pl.Float64,
 }
 
@@ -84,12 +98,21 @@ def compact_prediction_log(settings: Settings) -> dict[str, int]:
     if not DeltaTable.is_deltatable(str(path)):
         return {"files_removed": 0, "files_added": 0}
     metrics = DeltaTable(str(path)).optimize.compact()
-    return {"files_removed": int(metrics.get("numFilesRemoved", 0)), "files_added": int(metrics.get("numFilesAdded", 0))}
+    return {
+        "files_removed": int(metrics.get("numFilesRemoved", 0)),
+        "files_added": int(metrics.get("numFilesAdded", 0)),
+    }
 
 
 class PredictionLog:
-    def __init__(self, path: Path, flush_rows: int = 500, flush_s: float = 2.0, max_pending: int = 50_000,
-                 write_ahead: Path | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        flush_rows: int = 500,
+        flush_s: float = 2.0,
+        max_pending: int = 50_000,
+        write_ahead: Path | None = None,
+    ) -> None:
         self.path, self.flush_rows, self.flush_s, self.max_pending = path, flush_rows, flush_s, max_pending
         self.written = self.dropped = self.failed_writes = self.replayed = 0
         self._pending: deque[dict] = deque()
@@ -107,8 +130,12 @@ class PredictionLog:
 
     @classmethod
     def for_settings(cls, settings: Settings, write_ahead: bool = False) -> PredictionLog:
-        return cls(prediction_log_path(settings), settings.serving.prediction_log_flush_rows, settings.serving.prediction_log_flush_s,
-                   write_ahead=write_ahead_path(settings) if write_ahead else None)
+        return cls(
+            prediction_log_path(settings),
+            settings.serving.prediction_log_flush_rows,
+            settings.serving.prediction_log_flush_s,
+            write_ahead=write_ahead_path(settings) if write_ahead else None,
+        )
 
     def append(self, record: dict) -> None:
         """Never blocks on I/O and never raises into the request."""
@@ -152,8 +179,9 @@ class PredictionLog:
     def _due(self) -> bool:
         """Call holding self._wake: flush() may empty the buffer (and clear _oldest) concurrently."""
         oldest = self._oldest
-        return bool(self._pending) and (len(self._pending) >= self.flush_rows
-                                        or (oldest is not None and time.monotonic() - oldest >= self.flush_s))
+        return bool(self._pending) and (
+            len(self._pending) >= self.flush_rows or (oldest is not None and time.monotonic() - oldest >= self.flush_s)
+        )
 
     def _run(self) -> None:
         while True:
@@ -185,7 +213,11 @@ class PredictionLog:
             try:
                 write_records(self.path, batch)
             except Exception:
-                log.exception("prediction log: writing %d rows to %s failed; keeping them for the next flush", len(batch), self.path)
+                log.exception(
+                    "prediction log: writing %d rows to %s failed; keeping them for the next flush",
+                    len(batch),
+                    self.path,
+                )
                 self.failed_writes += 1
                 with self._wake:
                     self._pending.extendleft(reversed(batch))
@@ -375,8 +407,12 @@ def replay_segments(table: Path, folder: Path) -> int:
                 write_records(table, fresh)
             replayed += len(fresh)
             path.unlink()
-            log.warning("prediction log: replayed %d of %d rows from %s, left by a writer that stopped without committing them",
-                        len(fresh), len(records), path.name)
+            log.warning(
+                "prediction log: replayed %d of %d rows from %s, left by a writer that stopped without committing them",
+                len(fresh),
+                len(records),
+                path.name,
+            )
         except Exception:
             log.exception("prediction log: replaying %s failed; it is kept for the next start", path)
         finally:
@@ -410,6 +446,11 @@ def _not_yet_logged(table: Path, records: list[dict]) -> list[dict]:
         return records
     days = sorted({r["logged_at"].date() for r in records})
     ids = [r["request_id"] for r in records]
-    present = set(pl.scan_delta(str(table)).filter(pl.col("day").is_in(days), pl.col("request_id").is_in(ids))
-                  .select("request_id").collect()["request_id"].to_list())
+    present = set(
+        pl.scan_delta(str(table))
+        .filter(pl.col("day").is_in(days), pl.col("request_id").is_in(ids))
+        .select("request_id")
+        .collect()["request_id"]
+        .to_list()
+    )
     return [r for r in records if r["request_id"] not in present]

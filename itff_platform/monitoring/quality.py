@@ -27,14 +27,31 @@ VERSION = ["symbol", "target", "model_version"]
 KEYS = [*VERSION, "scope"]
 BACKTEST_METRICS = ["backtest_hit_rate_trades", "backtest_profit_factor", "backtest_max_drawdown"]
 QUALITY_SCHEMA = {
-    "symbol": pl.String, "target": pl.String, "model_version": pl.String, "scope": pl.String, "n": pl.Int64,
-    "trades": pl.Int64, "hit_rate": pl.Float64, "profit_factor": pl.Float64, "max_drawdown": pl.Float64,
-    "mean_trade_return_after_fees": pl.Float64, "latency_p95_ms": pl.Float64, "brier": pl.Float64,
-    "log_loss": pl.Float64, "ece": pl.Float64, "mape": pl.Float64,
-    **{name: pl.Float64 for name in BACKTEST_METRICS}, "last_bar": pl.Datetime("us", "UTC"),
+    "symbol": pl.String,
+    "target": pl.String,
+    "model_version": pl.String,
+    "scope": pl.String,
+    "n": pl.Int64,
+    "trades": pl.Int64,
+    "hit_rate": pl.Float64,
+    "profit_factor": pl.Float64,
+    "max_drawdown": pl.Float64,
+    "mean_trade_return_after_fees": pl.Float64,
+    "latency_p95_ms": pl.Float64,
+    "brier": pl.Float64,
+    "log_loss": pl.Float64,
+    "ece": pl.Float64,
+    "mape": pl.Float64,
+    **{name: pl.Float64 for name in BACKTEST_METRICS},
+    "last_bar": pl.Datetime("us", "UTC"),
 }
-SCORE_SCHEMA = {**{k: pl.String for k in KEYS}, "brier": pl.Float64, "log_loss": pl.Float64, "ece": pl.Float64,
-                "mape": pl.Float64}
+SCORE_SCHEMA = {
+    **{k: pl.String for k in KEYS},
+    "brier": pl.Float64,
+    "log_loss": pl.Float64,
+    "ece": pl.Float64,
+    "mape": pl.Float64,
+}
 BPS_PER_UNIT = 1e4  # fees_bps are basis points of the traded amount (paid on entry and on exit: twice a trade)
 SHORT_FLOOR = 1e-6  # a short's 2 - exp(r) reaches 0 when the price doubles: it loses everything, not log(0)
 
@@ -70,8 +87,11 @@ def _trading(scheduled: pl.DataFrame, fees_bps: float) -> pl.DataFrame:
         trades=traded.sum().cast(pl.Int64),
         hit_rate=(net > 0).filter(traded).cast(pl.Float64).mean(),
         mean_trade_return_after_fees=net.filter(traded).mean(),
-        gains=net.filter(net > 0).sum(), losses=-net.filter(net < 0).sum(),
-        max_drawdown=(1 - equity / equity.cum_max().clip(lower_bound=1.0)).max(),  # peaks start at 1, as in the backtest
+        gains=net.filter(net > 0).sum(),
+        losses=-net.filter(net < 0).sum(),
+        max_drawdown=(
+            1 - equity / equity.cum_max().clip(lower_bound=1.0)
+        ).max(),  # peaks start at 1, as in the backtest
     )
     gains, losses, any_trade = pl.col("gains"), pl.col("losses"), pl.col("trades") > 0
     return summary.with_columns(
@@ -107,7 +127,9 @@ def _scopes(realized: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([realized.with_columns(scope=pl.lit("all")), realized.with_columns(scope=pl.col("regime"))])
 
 
-def live_quality(realized: pl.DataFrame, fees_bps: float, horizon: int = 1, backtest: pl.DataFrame | None = None) -> pl.DataFrame:
+def live_quality(
+    realized: pl.DataFrame, fees_bps: float, horizon: int = 1, backtest: pl.DataFrame | None = None
+) -> pl.DataFrame:
     """One row per (symbol, target, model_version, scope), scope 'all' or a regime: n (realized predictions),
     trades, hit_rate (share of trades that made money after fees), profit_factor, max_drawdown and
     mean_trade_return_after_fees (trades every `horizon` predictions, as in the backtest), latency_p95_ms,
@@ -122,21 +144,38 @@ def live_quality(realized: pl.DataFrame, fees_bps: float, horizon: int = 1, back
         return pl.DataFrame(schema=QUALITY_SCHEMA)
     realized = realized.with_columns(pl.col("regime").fill_null("unknown"), pl.col("model_version").cast(pl.String))
     scoped = _scopes(realized)
-    counts = scoped.group_by(KEYS).agg(n=pl.len().cast(pl.Int64), latency_p95_ms=pl.col("latency_ms").quantile(0.95, "linear"))
-    scores = pl.DataFrame([{**dict(zip(KEYS, key, strict=True)), **_scored(group)} for key, group in scoped.partition_by(KEYS, as_dict=True).items()],
-                          schema=SCORE_SCHEMA)
+    counts = scoped.group_by(KEYS).agg(
+        n=pl.len().cast(pl.Int64), latency_p95_ms=pl.col("latency_ms").quantile(0.95, "linear")
+    )
+    scores = pl.DataFrame(
+        [
+            {**dict(zip(KEYS, key, strict=True)), **_scored(group)}
+            for key, group in scoped.partition_by(KEYS, as_dict=True).items()
+        ],
+        schema=SCORE_SCHEMA,
+    )
     trading = _trading(_scopes(_trade_schedule(realized, horizon)), fees_bps)
     latest = realized.group_by(VERSION).agg(last_bar=pl.col("bar_time").max())
-    figures = (backtest if backtest is not None else pl.DataFrame(schema={**{k: pl.String for k in VERSION},
-                                                                           **{m: pl.Float64 for m in BACKTEST_METRICS}}))
+    figures = (
+        backtest
+        if backtest is not None
+        else pl.DataFrame(schema={**{k: pl.String for k in VERSION}, **{m: pl.Float64 for m in BACKTEST_METRICS}})
+    )
     return (
-        counts.join(trading, on=KEYS, how="left").join(scores, on=KEYS, how="left")
+        counts.join(trading, on=KEYS, how="left")
+        .join(scores, on=KEYS, how="left")
         .join(figures.select(*VERSION, *BACKTEST_METRICS), on=VERSION, how="left")
         # A regime row beside the version's overall backtest would compare unlike with unlike.
         .with_columns(pl.when(pl.col("scope") == "all").then(pl.col(m)).alias(m) for m in BACKTEST_METRICS)
         .join(latest, on=VERSION, how="left")
-        .sort(pl.col("symbol"), pl.col("target"), pl.col("last_bar"), pl.col("model_version").cast(pl.Int64, strict=False),
-              _scope_order(), pl.col("scope"))
+        .sort(
+            pl.col("symbol"),
+            pl.col("target"),
+            pl.col("last_bar"),
+            pl.col("model_version").cast(pl.Int64, strict=False),
+            _scope_order(),
+            pl.col("scope"),
+        )
         .select(list(QUALITY_SCHEMA))
         .cast(QUALITY_SCHEMA)
     )
@@ -153,18 +192,28 @@ def version_backtests(settings: Settings, versions: pl.DataFrame) -> pl.DataFram
     rows = []
     for symbol, target, version in versions.select(VERSION).unique().iter_rows():  # a handful of registry calls
         try:
-            metrics = client.get_run(client.get_model_version(registered_name(symbol, target), version).run_id).data.metrics
+            metrics = client.get_run(
+                client.get_model_version(registered_name(symbol, target), version).run_id
+            ).data.metrics
         except MlflowException:
             metrics = {}
-        rows.append({"symbol": symbol, "target": target, "model_version": version,
-                     **{m: metrics.get(m) for m in BACKTEST_METRICS}})
+        rows.append(
+            {
+                "symbol": symbol,
+                "target": target,
+                "model_version": version,
+                **{m: metrics.get(m) for m in BACKTEST_METRICS},
+            }
+        )
     return pl.DataFrame(rows, schema={**{k: pl.String for k in VERSION}, **{m: pl.Float64 for m in BACKTEST_METRICS}})
 
 
 def live_quality_for(settings: Settings, realized: pl.DataFrame, as_of: datetime) -> pl.DataFrame:
     """live_quality over the `live_quality_window_days` before `as_of`, with the settings' fees and horizon,
     each version beside its own backtest."""
-    recent = in_window(realized.filter(pl.col("forward_return").is_not_null()), as_of, settings.monitoring.live_quality_window_days)
+    recent = in_window(
+        realized.filter(pl.col("forward_return").is_not_null()), as_of, settings.monitoring.live_quality_window_days
+    )
     backtest = version_backtests(settings, recent) if recent.height else None
     return live_quality(recent, settings.trading.fees_bps, settings.features.label_horizon, backtest)
 
@@ -181,5 +230,8 @@ def quality_degradation(live: dict[str, float], expected: dict[str, float], sett
     delta = float(live_loss - expected_loss) if known else None
     if n < settings.monitoring.min_live_outcomes or delta is None:
         return {"delta_log_loss": delta, "status": INSUFFICIENT, "n": n}
-    return {"delta_log_loss": delta, "status": grade(delta, settings.monitoring.quality_log_loss_warn, settings.monitoring.quality_log_loss_error),
-            "n": n}
+    return {
+        "delta_log_loss": delta,
+        "status": grade(delta, settings.monitoring.quality_log_loss_warn, settings.monitoring.quality_log_loss_error),
+        "n": n,
+    }

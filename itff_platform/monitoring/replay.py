@@ -54,8 +54,9 @@ def replay_settings(settings: Settings) -> Settings:
     with the live prediction log, the decisions the drift sensor acts on, or the service's quality gauge."""
     if settings.monitoring.root.name == "replay":
         return settings
-    return settings.model_copy(update={"monitoring_dir": settings.monitoring.root / "replay",
-                                       "reports_dir": settings.reports_dir / "replay"})
+    return settings.model_copy(
+        update={"monitoring_dir": settings.monitoring.root / "replay", "reports_dir": settings.reports_dir / "replay"}
+    )
 
 
 def day_range(start: date, end: date) -> list[date]:
@@ -64,8 +65,9 @@ def day_range(start: date, end: date) -> list[date]:
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]
 
 
-def replay(settings: Settings, start: date, end: date, progress: Callable[[str], None] = print,
-           report_every_days: int = 7) -> ReplaySummary:
+def replay(
+    settings: Settings, start: date, end: date, progress: Callable[[str], None] = print, report_every_days: int = 7
+) -> ReplaySummary:
     from itff_platform.contracts.champions import ChampionStore
     from itff_platform.market import candle_source
     from itff_platform.monitoring.evaluation import evaluate, forget_decisions_from, record_decisions
@@ -79,8 +81,10 @@ def replay(settings: Settings, start: date, end: date, progress: Callable[[str],
     for model in store.models.values():
         trained = model.meta.get("trained_through")
         if trained and trained[:10] >= start.isoformat():
-            progress(f"note: {model.name} v{model.version} was trained on data through {trained[:10]}, after {start}: "
-                     "its live figures in this replay are in-sample (train with ITFF_END_DATE before START for honest ones)")
+            progress(
+                f"note: {model.name} v{model.version} was trained on data through {trained[:10]}, after {start}: "
+                "its live figures in this replay are in-sample (train with ITFF_END_DATE before START for honest ones)"
+            )
     forgotten = forget_decisions_from(settings, datetime(start.year, start.month, start.day, tzinfo=UTC))
     if forgotten:
         progress(f"note: {forgotten} decision(s) of an earlier replay from {start} on are replaced by this one's")
@@ -102,8 +106,10 @@ def replay(settings: Settings, start: date, end: date, progress: Callable[[str],
             summary.decisions.append(evaluation.decisions)
             summary.last_evaluation, summary.days = evaluation, summary.days + 1
             retrain = ", ".join(f"{s} {t}" for s, t in evaluation.retrain()) or "none"
-            progress(f"{day}: {summary.predictions} predictions logged, {evaluation.realized.height} realized, "
-                     f"{evaluation.pending} pending; retrain: {retrain}")
+            progress(
+                f"{day}: {summary.predictions} predictions logged, {evaluation.realized.height} realized, "
+                f"{evaluation.pending} pending; retrain: {retrain}"
+            )
     finally:
         log.close()
     # The lake gave each day only what was known by then; give the last month back the rest the source holds,
@@ -118,7 +124,9 @@ def update_lake(settings: Settings, source: KnownBy, day: date) -> int:
     from itff_platform.lake.layers import build_bronze, build_silver, ingest_raw, month_start
 
     month = month_start(day)
-    since = datetime(day.year, day.month, day.day, tzinfo=UTC) - timedelta(seconds=settings.features.label_horizon * settings.interval_seconds)
+    since = datetime(day.year, day.month, day.day, tzinfo=UTC) - timedelta(
+        seconds=settings.features.label_horizon * settings.interval_seconds
+    )
     written = 0
     for symbol in settings.symbols:
         ingest_raw(source, settings, symbol, [month])
@@ -150,21 +158,33 @@ def predict_day(settings: Settings, model, day: date) -> list[dict]:
 
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     context = timedelta(seconds=settings.interval_seconds * model.forecaster.context_rows)
-    rows = read_rows(LakeTables.under(settings).silver, settings.interval, model.symbol, start - context, start + timedelta(days=1))
+    rows = read_rows(
+        LakeTables.under(settings).silver, settings.interval, model.symbol, start - context, start + timedelta(days=1)
+    )
     names = model.meta["features"]
     rows = rows.drop_nulls(names)
     if rows.filter(pl.col("timestamp") >= start).is_empty():
         return []
     x = rows.select(names).to_numpy().astype(np.float64)
     started = datetime.now()
-    out, spread = model.predict(x)  # what the service serves: the deterministic probability, MC dropout as uncertainty only
+    out, spread = model.predict(
+        x
+    )  # what the service serves: the deterministic probability, MC dropout as uncertainty only
     per_row_ms = (datetime.now() - started).total_seconds() * 1000 / len(x)
     bar = timedelta(seconds=settings.interval_seconds)
     records = []
     for i, (stamp, regime) in enumerate(zip(rows["timestamp"], rows["regime"], strict=True)):
         if stamp < start:
             continue  # context for the sequence models, not a bar of this day
-        answer = build_answer(model, x[: i + 1], out[: i + 1], None if spread is None else spread[: i + 1], regime, stamp,
-                              max_age_days=settings.serving.model_max_age_days, served_at=stamp + bar)
+        answer = build_answer(
+            model,
+            x[: i + 1],
+            out[: i + 1],
+            None if spread is None else spread[: i + 1],
+            regime,
+            stamp,
+            max_age_days=settings.serving.model_max_age_days,
+            served_at=stamp + bar,
+        )
         records.append(log_record(answer, x[: i + 1], uuid.uuid4().hex, "replay", per_row_ms))
     return records

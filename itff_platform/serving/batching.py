@@ -65,7 +65,7 @@ class RowBatcher:
                         future.set_exception(error)
             return
         for i, (_, future) in enumerate(queue):
-            _settle(future, out[i:i + 1])
+            _settle(future, out[i : i + 1])
 
 
 def _settle(future: asyncio.Future, out: np.ndarray) -> None:

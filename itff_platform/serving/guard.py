@@ -31,7 +31,9 @@ DOCUMENT = "/docs.json"  # the OpenAPI document, answered by the guard with the 
 # The API speaks JSON. TradingView posts JSON as text/plain; BentoML reads any other type as JSON too, except
 # these, which it parses as forms or pickles (a multipart body without a boundary made it answer 500).
 REFUSED_MEDIA_TYPES = ("multipart/", "application/x-www-form-urlencoded", "application/vnd.bentoml")
-MAX_BUCKETS = 100_000  # keys are client addresses too: past this many, full buckets are forgotten, never an unbounded map
+MAX_BUCKETS = (
+    100_000  # keys are client addresses too: past this many, full buckets are forgotten, never an unbounded map
+)
 SIGNATURE_CHARS = 64  # a hex HMAC-SHA256 is 64 characters: the file that records one is named by no more
 SWEEP_AFTER_WINDOWS = 2  # a seen signature older than this many windows is refused by its timestamp anyway
 
@@ -126,10 +128,23 @@ class SeenSignatures:
 
 
 class GuardMiddleware:
-    def __init__(self, app, tokens: list[str], admin_token: str | None, per_minute: int, burst: int, max_bytes: int,
-                 workers: int = 1, auth_failures_per_minute: int = 10, auth_failure_burst: int = 20,
-                 tradingview_secret: str | None = None, tradingview_window_s: float = 300.0,
-                 seen_signatures: Path | None = None, readiness=None, openapi=None) -> None:
+    def __init__(
+        self,
+        app,
+        tokens: list[str],
+        admin_token: str | None,
+        per_minute: int,
+        burst: int,
+        max_bytes: int,
+        workers: int = 1,
+        auth_failures_per_minute: int = 10,
+        auth_failure_burst: int = 20,
+        tradingview_secret: str | None = None,
+        tradingview_window_s: float = 300.0,
+        seen_signatures: Path | None = None,
+        readiness=None,
+        openapi=None,
+    ) -> None:
         """`readiness`: async () -> (ready, details) for GET /readyz with a token; `openapi`: async () -> the
         document for GET /docs.json. Without them, both paths go to the app."""
         self.app, self.tokens, self.admin_token, self.max_bytes = app, list(tokens), admin_token, max_bytes
@@ -139,7 +154,9 @@ class GuardMiddleware:
         self.buckets = TokenBuckets(max(1, per_minute // workers), max(1, burst // workers))
         self.failures = TokenBuckets(max(1, auth_failures_per_minute // workers), max(1, auth_failure_burst // workers))
         self.tradingview_secret, self.tradingview_window_s = tradingview_secret, tradingview_window_s
-        self.seen = SeenSignatures(seen_signatures, tradingview_window_s) if seen_signatures and tradingview_secret else None
+        self.seen = (
+            SeenSignatures(seen_signatures, tradingview_window_s) if seen_signatures and tradingview_secret else None
+        )
         self._limited: set[str] = set()  # keys whose refusals have been logged this burst
 
     async def __call__(self, scope, receive, send):
@@ -152,24 +169,37 @@ class GuardMiddleware:
         if method == "POST":
             media = headers.get("content-type", "").split(";")[0].strip().lower()
             if media.startswith(REFUSED_MEDIA_TYPES):
-                return await self._refuse(send, scope, 415, "Content-Type", f"{media!r:.60} is not accepted; send application/json")
+                return await self._refuse(
+                    send, scope, 415, "Content-Type", f"{media!r:.60} is not accepted; send application/json"
+                )
         if is_public(path, headers):
             if method not in READ_METHODS:
-                return await _reply(send, 405, {"error": f"method: {method:.10} is not served on {path:.60}; use GET",
-                                                "field": "method"}, {"allow": ", ".join(READ_METHODS)})
+                return await _reply(
+                    send,
+                    405,
+                    {"error": f"method: {method:.10} is not served on {path:.60}; use GET", "field": "method"},
+                    {"allow": ", ".join(READ_METHODS)},
+                )
             if path == DOCUMENT and method == "GET" and self.openapi is not None:
                 return await _reply(send, 200, await self.openapi())
             return await self.app(scope, receive, send)
         client = (scope.get("client") or ("?", 0))[0]
         tokens = [v for k, v in pairs if k == "x-api-token"]
         if len(tokens) > 1:  # which one counts would be up to whoever parses the headers: neither
-            return await self._refuse(send, scope, 400, "X-API-Token", f"sent {len(tokens)} times; send exactly one token")
+            return await self._refuse(
+                send, scope, 400, "X-API-Token", f"sent {len(tokens)} times; send exactly one token"
+            )
         if path.startswith("/tradingview"):
             # TradingView alerts cannot set headers; they may carry the token in the webhook URL instead.
             in_url = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [])
             if len(in_url) > 1 or (tokens and in_url and in_url != tokens):
-                return await self._refuse(send, scope, 400, "X-API-Token", "two different tokens (header and ?token=, "
-                                          "or ?token= twice); send exactly one")
+                return await self._refuse(
+                    send,
+                    scope,
+                    400,
+                    "X-API-Token",
+                    "two different tokens (header and ?token=, or ?token= twice); send exactly one",
+                )
             tokens = tokens or in_url
         if path.startswith("/admin/") and not self.admin_token:
             return await _reply(send, 404, {"error": "admin endpoints are disabled: set ITFF_ADMIN_TOKEN"})
@@ -190,8 +220,14 @@ class GuardMiddleware:
             self.failures.take(client)
             remaining = self.failures.wait(client) == 0
             problem = "header is required" if not token else "not a valid token"
-            log.info("auth: %s %s from %s: X-API-Token %s%s", method, path, client, problem,
-                     "" if remaining else "; failure budget spent")
+            log.info(
+                "auth: %s %s from %s: X-API-Token %s%s",
+                method,
+                path,
+                client,
+                problem,
+                "" if remaining else "; failure budget spent",
+            )
             return await _reply(send, 401, {"error": f"X-API-Token: {problem}", "field": "X-API-Token"})
         wait = self.buckets.take(token)
         if wait > 0:
@@ -199,9 +235,17 @@ class GuardMiddleware:
             key = "token:" + hashlib.sha256(token.encode()).hexdigest()[:8]  # never the token itself in a log
             if key not in self._limited:
                 self._limited.add(key)
-                log.info("rate limit: token %s is over %d requests/minute; answering 429 until it slows down", key[6:], self.per_minute)
-            return await _reply(send, 429, {"error": f"rate limit: at most {self.per_minute} requests/minute per token",
-                                            "retry_after_s": retry}, {"retry-after": str(retry)})
+                log.info(
+                    "rate limit: token %s is over %d requests/minute; answering 429 until it slows down",
+                    key[6:],
+                    self.per_minute,
+                )
+            return await _reply(
+                send,
+                429,
+                {"error": f"rate limit: at most {self.per_minute} requests/minute per token", "retry_after_s": retry},
+                {"retry-after": str(retry)},
+            )
         self._limited.discard("token:" + hashlib.sha256(token.encode()).hexdigest()[:8])
         if path == DETAILS and method == "GET" and self.readiness is not None:
             ready, details = await self.readiness()
@@ -211,7 +255,9 @@ class GuardMiddleware:
             if not length.isdigit():
                 return await self._refuse(send, scope, 400, "Content-Length", f"{length!r:.30} is not a byte count")
             if int(length) > self.max_bytes:
-                return await self._refuse(send, scope, 413, "request body", f"{length} bytes exceeds the limit of {self.max_bytes}")
+                return await self._refuse(
+                    send, scope, 413, "request body", f"{length} bytes exceeds the limit of {self.max_bytes}"
+                )
             if not (path.startswith("/tradingview") and self.tradingview_secret):
                 return await self.app(scope, receive, send)
         # Read the body up to the limit (413 past it) when its length is unknown or its signature must be checked.
@@ -221,7 +267,9 @@ class GuardMiddleware:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > self.max_bytes:
-                return await self._refuse(send, scope, 413, "request body", f"exceeds the limit of {self.max_bytes} bytes")
+                return await self._refuse(
+                    send, scope, 413, "request body", f"exceeds the limit of {self.max_bytes} bytes"
+                )
         if path.startswith("/tradingview") and self.tradingview_secret:
             problem = self._tradingview_problem(scope, headers, body)
             if problem is not None:
@@ -233,10 +281,19 @@ class GuardMiddleware:
 
     def _tradingview_problem(self, scope, headers: dict[str, str], body: bytes) -> tuple[int, str, str] | None:
         """None when the alert is signed over its whole body, recent, and new; else (status, field, rule)."""
-        given = headers.get("x-signature") or parse_qs(scope.get("query_string", b"").decode("latin-1")).get("signature", [None])[0]
+        given = (
+            headers.get("x-signature")
+            or parse_qs(scope.get("query_string", b"").decode("latin-1")).get("signature", [None])[0]
+        )
         if not given:
-            return 401, "signature", "missing: send X-Signature (or ?signature=) = hex HMAC-SHA256(secret, the raw body)"
-        if not hmac.compare_digest(given.strip().lower().encode(), body_signature(self.tradingview_secret, body).encode()):
+            return (
+                401,
+                "signature",
+                "missing: send X-Signature (or ?signature=) = hex HMAC-SHA256(secret, the raw body)",
+            )
+        if not hmac.compare_digest(
+            given.strip().lower().encode(), body_signature(self.tradingview_secret, body).encode()
+        ):
             return 401, "signature", "not HMAC-SHA256(secret, the raw body)"
         try:
             sent = json.loads(body).get("sent_at")
@@ -247,12 +304,20 @@ class GuardMiddleware:
         if sent is None:
             return 400, "sent_at", "required when alerts are signed: the alert's send time (ISO-8601 or Unix seconds)"
         try:
-            moment = float(sent) if isinstance(sent, (int, float)) and not isinstance(sent, bool) else parse_time(str(sent), "sent_at").timestamp()
+            moment = (
+                float(sent)
+                if isinstance(sent, (int, float)) and not isinstance(sent, bool)
+                else parse_time(str(sent), "sent_at").timestamp()
+            )
         except (RequestError, OverflowError, ValueError):
             return 400, "sent_at", f"{str(sent)!r:.40} is not an ISO-8601 time or Unix seconds"
         skew = time.time() - moment
         if not abs(skew) <= self.tradingview_window_s:
-            return 400, "sent_at", f"{abs(skew):.0f} s from the server's clock; at most {self.tradingview_window_s:g} s is accepted"
+            return (
+                400,
+                "sent_at",
+                f"{abs(skew):.0f} s from the server's clock; at most {self.tradingview_window_s:g} s is accepted",
+            )
         if self.seen is not None and not self.seen.first_time(given.strip().lower()):
             return 409, "signature", "this alert was already received (a replay); each alert is answered once"
         return None
@@ -262,11 +327,24 @@ class GuardMiddleware:
         key = f"ip:{client}"
         if key not in self._limited:  # one line per burst, and no token in it
             self._limited.add(key)
-            log.warning("auth: %s has spent its budget of failed authentications (%d, refilling at %d/minute); "
-                        "answering 429 to its requests for the next %d s", client, self.failures.burst,
-                        round(self.failures.rate * 60), retry)
-        return await _reply(send, 429, {"error": "too many failed authentications from this address",
-                                        "field": "X-API-Token", "retry_after_s": retry}, {"retry-after": str(retry)})
+            log.warning(
+                "auth: %s has spent its budget of failed authentications (%d, refilling at %d/minute); "
+                "answering 429 to its requests for the next %d s",
+                client,
+                self.failures.burst,
+                round(self.failures.rate * 60),
+                retry,
+            )
+        return await _reply(
+            send,
+            429,
+            {
+                "error": "too many failed authentications from this address",
+                "field": "X-API-Token",
+                "retry_after_s": retry,
+            },
+            {"retry-after": str(retry)},
+        )
 
     @staticmethod
     async def _refuse(send, scope, status: int, field: str, rule: str) -> None:

@@ -38,8 +38,11 @@ def exit_with_parent(interval_s: float = 0.5, grace_s: float = 15.0) -> int:
 def _watch(parent: int, interval_s: float, grace_s: float) -> None:
     while os.getppid() == parent:
         time.sleep(interval_s)
-    log.warning("the service's arbiter (pid %d) is gone: this worker (pid %d) stops, so it does not hold the port",
-                parent, os.getpid())
+    log.warning(
+        "the service's arbiter (pid %d) is gone: this worker (pid %d) stops, so it does not hold the port",
+        parent,
+        os.getpid(),
+    )
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(grace_s)
     os._exit(1)

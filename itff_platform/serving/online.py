@@ -66,34 +66,52 @@ def model_interval(model, settings: Settings) -> str:
     return interval if interval in INTERVAL_SECONDS else settings.interval
 
 
-def checked_candles(candles: list[Candle], settings: Settings, interval: str, now: datetime | None = None) -> pl.DataFrame:
+def checked_candles(
+    candles: list[Candle], settings: Settings, interval: str, now: datetime | None = None
+) -> pl.DataFrame:
     """The candles as a frame, once they pass what the lake demands of bronze (the same rules, by calling
     lake.cleaning.clean_raw) plus what a request adds: strictly increasing, spaced at the model's interval,
     and not from the future."""
     from itff_platform.lake.cleaning import clean_raw
 
-    frame = pl.DataFrame([c.model_dump() for c in candles]).with_columns(pl.col("timestamp").cast(pl.Datetime("us", "UTC")))
+    frame = pl.DataFrame([c.model_dump() for c in candles]).with_columns(
+        pl.col("timestamp").cast(pl.Datetime("us", "UTC"))
+    )
     steps = frame["timestamp"].diff().dt.total_seconds().slice(1)
     if (steps <= 0).any():
         first = int((steps <= 0).arg_max()) + 1
-        raise RequestError(f"candles[{first}].timestamp: must be strictly increasing "
-                           f"({frame['timestamp'][first]} follows {frame['timestamp'][first - 1]})")
+        raise RequestError(
+            f"candles[{first}].timestamp: must be strictly increasing "
+            f"({frame['timestamp'][first]} follows {frame['timestamp'][first - 1]})"
+        )
     seconds = INTERVAL_SECONDS[interval]
-    judged = clean_raw(frame.with_columns(pl.lit(interval).alias("interval"), pl.lit("request").alias("symbol"),
-                                          pl.int_range(pl.len()).alias("position")), seconds)
+    judged = clean_raw(
+        frame.with_columns(
+            pl.lit(interval).alias("interval"),
+            pl.lit("request").alias("symbol"),
+            pl.int_range(pl.len()).alias("position"),
+        ),
+        seconds,
+    )
     if judged.quarantine.height:
         worst = judged.quarantine.sort("position").row(0, named=True)
         field, rule = worst["rule"].split(":", 1)
-        raise RequestError(f"candles[{worst['position']}].{field}:{rule} (the lake's cleaning rule; "
-                           f"{judged.quarantine.height} of {frame.height} candles break one)")
+        raise RequestError(
+            f"candles[{worst['position']}].{field}:{rule} (the lake's cleaning rule; "
+            f"{judged.quarantine.height} of {frame.height} candles break one)"
+        )
     median = float(steps.median()) if len(steps) else seconds
     if median != seconds:
-        raise RequestError(f"candles.timestamp: the candles are {_duration(median)} apart; this model is trained on "
-                           f"{interval} bars ({seconds} s apart)")
+        raise RequestError(
+            f"candles.timestamp: the candles are {_duration(median)} apart; this model is trained on "
+            f"{interval} bars ({seconds} s apart)"
+        )
     latest = (now or datetime.now(UTC)) + timedelta(seconds=seconds)
     if frame["timestamp"][-1] > latest:
-        raise RequestError(f"candles[{frame.height - 1}].timestamp: {frame['timestamp'][-1].isoformat()} is in the future; "
-                           f"a bar opens at most one {interval} bar after now")
+        raise RequestError(
+            f"candles[{frame.height - 1}].timestamp: {frame['timestamp'][-1].isoformat()} is in the future; "
+            f"a bar opens at most one {interval} bar after now"
+        )
     return frame
 
 
@@ -104,13 +122,16 @@ def _duration(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
-def features_from_candles(candles: list[Candle], settings: Settings, rows: int, names: list[str],
-                          interval: str | None = None) -> tuple[np.ndarray, str, datetime]:
+def features_from_candles(
+    candles: list[Candle], settings: Settings, rows: int, names: list[str], interval: str | None = None
+) -> tuple[np.ndarray, str, datetime]:
     """The last `rows` rows of the model's features (`names`, in its order) computed from the candles,
     the regime of the last bar, and its time."""
     needed = minimum_candles(settings)
     if len(candles) < needed:
-        raise RequestError(f"candles: {len(candles)} given; at least {needed} {settings.interval} bars are needed for the features")
+        raise RequestError(
+            f"candles: {len(candles)} given; at least {needed} {settings.interval} bars are needed for the features"
+        )
     frame = checked_candles(candles, settings, interval or settings.interval)
     from itff_platform.features.silver import build_features
 
@@ -126,14 +147,18 @@ def features_from_row(features: dict[str, float] | list[float], expected: list[s
     """A feature row as a dict by name, or a list in the model's order."""
     if isinstance(features, list):
         if len(features) != len(expected):
-            raise RequestError(f"features: {len(features)} values given; this model takes {len(expected)}, in order {expected}")
+            raise RequestError(
+                f"features: {len(features)} values given; this model takes {len(expected)}, in order {expected}"
+            )
         values = features
     else:
         missing, unexpected = [f for f in expected if f not in features], sorted(set(features) - set(expected))
         if missing or unexpected:
             raise RequestError(f"features: missing {missing}, unexpected {unexpected}; expected {expected}")
         values = [features[f] for f in expected]
-    not_numbers = [name for name, v in zip(expected, values, strict=True) if isinstance(v, bool) or not isinstance(v, (int, float))]
+    not_numbers = [
+        name for name, v in zip(expected, values, strict=True) if isinstance(v, bool) or not isinstance(v, (int, float))
+    ]
     if not_numbers:
         raise RequestError(f"features: {not_numbers} must be numbers (not booleans or strings)")
     bad = [name for name, v in zip(expected, values, strict=True) if not math.isfinite(v)]
@@ -153,8 +178,10 @@ def checked_rows(x: np.ndarray, field: str, names: list[str]) -> np.ndarray:
     huge = np.abs(x) > FLOAT32_MAX
     if huge.any():
         row, column = (int(v) for v in np.argwhere(huge)[0])
-        raise RequestError(f"{field}: {names[column]} = {x[row, column]:.3g} in row {row} is beyond the float32 range "
-                           f"(|value| <= {FLOAT32_MAX:.3g}) the models compute in")
+        raise RequestError(
+            f"{field}: {names[column]} = {x[row, column]:.3g} in row {row} is beyond the float32 range "
+            f"(|value| <= {FLOAT32_MAX:.3g}) the models compute in"
+        )
     return x
 
 
@@ -170,7 +197,9 @@ def checked_model_input(model, x: np.ndarray, field: str) -> None:
 def checked_output(out: np.ndarray, field: str) -> None:
     """A model output that is not finite (an input far outside anything seen in training) is not an answer."""
     if not np.isfinite(np.asarray(out, dtype=np.float64)).all():
-        raise RequestError(f"{field}: the model's output is not finite for these values; they are far outside its training data")
+        raise RequestError(
+            f"{field}: the model's output is not finite for these values; they are far outside its training data"
+        )
 
 
 def parse_time(value: str, field: str) -> datetime:
@@ -189,11 +218,15 @@ def parse_bar_time(value: str, settings: Settings, now: datetime | None = None, 
     of now (clock skew), since a later bar has not begun."""
     at = parse_time(value, field)
     if at.timestamp() % settings.interval_seconds:
-        raise RequestError(f"{field}: {at.isoformat()} is not on a {settings.interval} bar boundary (a bar's open time, "
-                           f"such as {EXAMPLE_TIME})")
+        raise RequestError(
+            f"{field}: {at.isoformat()} is not on a {settings.interval} bar boundary (a bar's open time, "
+            f"such as {EXAMPLE_TIME})"
+        )
     latest = (now or datetime.now(UTC)).timestamp() + settings.interval_seconds
     if at.timestamp() > latest:
-        raise RequestError(f"{field}: {at.isoformat()} is in the future; at most one {settings.interval} bar after now is accepted")
+        raise RequestError(
+            f"{field}: {at.isoformat()} is in the future; at most one {settings.interval} bar after now is accepted"
+        )
     return at
 
 
@@ -245,8 +278,10 @@ def tradingview_symbol(ticker: str) -> str:
     exchange, _, symbol = ticker.strip().rpartition(":")
     exchange, symbol = exchange.strip().upper(), symbol.strip().upper()
     if exchange and exchange not in EXCHANGES:
-        raise RequestError(f"ticker: exchange prefix {exchange!r:.30} is not served; the models are trained on "
-                           f"{', '.join(f'{k}: ({v})' for k, v in EXCHANGES.items())}")
+        raise RequestError(
+            f"ticker: exchange prefix {exchange!r:.30} is not served; the models are trained on "
+            f"{', '.join(f'{k}: ({v})' for k, v in EXCHANGES.items())}"
+        )
     if symbol.endswith(PERPETUAL_SUFFIXES):
         raise RequestError(f"ticker: {ticker!r:.40} is a perpetual future; the models are trained on spot candles")
     if not symbol.isalnum():
@@ -263,7 +298,9 @@ class LakeBar:
     age_bars: int  # bars between that bar and the one asked about: 0 when the lake holds the bar asked about
 
 
-def features_from_lake(settings: Settings, symbol: str, at: datetime, max_age_bars: int = LAKE_LOOKBACK_BARS) -> LakeBar:
+def features_from_lake(
+    settings: Settings, symbol: str, at: datetime, max_age_bars: int = LAKE_LOOKBACK_BARS
+) -> LakeBar:
     """The silver row of the bar at `at` (floored to the bar's open), or else of the newest bar before it, with
     how many bars older that is. A bar the lake quarantined is refused, never answered from the bar before it."""
     from itff_platform.features.silver import feature_columns
@@ -284,15 +321,21 @@ def features_from_lake(settings: Settings, symbol: str, at: datetime, max_age_ba
     if rows.is_empty() or rows["timestamp"][-1] != asked:
         rule = quarantined_rule(settings, symbol, asked)
         if rule is not None:
-            raise RequestError(f"time: the lake quarantined the {symbol} bar at {asked:%Y-%m-%d %H:%M} ({rule}); "
-                               "it is not answered from an older bar: send candles")
+            raise RequestError(
+                f"time: the lake quarantined the {symbol} bar at {asked:%Y-%m-%d %H:%M} ({rule}); "
+                "it is not answered from an older bar: send candles"
+            )
     if rows.is_empty():
-        raise RequestError(f"time: the lake has no {symbol} bar within {max_age_bars} bars before {asked:%Y-%m-%d %H:%M}; "
-                           "send candles instead")
+        raise RequestError(
+            f"time: the lake has no {symbol} bar within {max_age_bars} bars before {asked:%Y-%m-%d %H:%M}; "
+            "send candles instead"
+        )
     last = rows.tail(1)
     x = last.select(feature_columns(settings)).to_numpy()
     if not np.isfinite(x).all():
-        raise RequestError(f"time: the lake's {symbol} bar at {last['timestamp'][0]:%Y-%m-%d %H:%M} has undefined features; send candles")
+        raise RequestError(
+            f"time: the lake's {symbol} bar at {last['timestamp'][0]:%Y-%m-%d %H:%M} has undefined features; send candles"
+        )
     age = int((asked - last["timestamp"][0]) / bar)
     return LakeBar(x, last["regime"][0], last["timestamp"][0], float(last["close"][0]), age)
 
@@ -303,8 +346,13 @@ def quarantined_rule(settings: Settings, symbol: str, at: datetime) -> str | Non
     from itff_platform.lake.layers import LakeTables
 
     try:
-        rows = read_rows(LakeTables.under(settings).quarantine, settings.interval, symbol, at,
-                         at + timedelta(seconds=settings.interval_seconds))
+        rows = read_rows(
+            LakeTables.under(settings).quarantine,
+            settings.interval,
+            symbol,
+            at,
+            at + timedelta(seconds=settings.interval_seconds),
+        )
     except FileNotFoundError:
         return None
     return str(rows["rule"][-1]) if rows.height else None

@@ -32,7 +32,9 @@ class Standing(Shut):
 
     tradable: bool = Field(description="its trading rule had a significant walk-forward edge after fees")
     tradable_reason: str | None
-    model_age_days: float | None = Field(description="days from the model's last training bar to the bar asked about (or now)")
+    model_age_days: float | None = Field(
+        description="days from the model's last training bar to the bar asked about (or now)"
+    )
     expired: bool = Field(description="model_age_days is past ITFF_MODEL_MAX_AGE_DAYS")
 
 
@@ -41,7 +43,9 @@ class Answer(Standing):
 
     symbol: str
     target: str
-    regime: Regime = Field(description="the lake's regime of the bar, else the candles', else the client's, else unknown")
+    regime: Regime = Field(
+        description="the lake's regime of the bar, else the candles', else the client's, else unknown"
+    )
     model_version: str = Field(description="the registry version of the champion that answered")
     family: str
     signal: Signal = Field(description="flat when not confident enough, or when the champion is not tradable")
@@ -128,18 +132,31 @@ class Refusal(Shut):
     retry_after_s: int | None = Field(None, description="with a 429")
 
 
-ANSWERS = {"/predict": Answer, "/tradingview": AlertAnswer, "/predict_batch": BatchAnswer, "/consensus": ConsensusAnswer,
-           "/admin/reload": Reloaded}
+ANSWERS = {
+    "/predict": Answer,
+    "/tradingview": AlertAnswer,
+    "/predict_batch": BatchAnswer,
+    "/consensus": ConsensusAnswer,
+    "/admin/reload": Reloaded,
+}
 MODELS = [*ANSWERS.values(), Readiness, Refusal]
 SCHEMES = {
     "ApiToken": {"type": "apiKey", "in": "header", "name": "X-API-Token", "description": "one of ITFF_API_TOKENS"},
     "AdminToken": {"type": "apiKey", "in": "header", "name": "X-API-Token", "description": "ITFF_ADMIN_TOKEN"},
-    "TokenInUrl": {"type": "apiKey", "in": "query", "name": "token",
-                   "description": "an API token in the webhook URL (TradingView alerts cannot set headers)"},
+    "TokenInUrl": {
+        "type": "apiKey",
+        "in": "query",
+        "name": "token",
+        "description": "an API token in the webhook URL (TradingView alerts cannot set headers)",
+    },
 }
-REFUSALS = {"400": "the field and the rule it broke (with no champion: why, and what to do)",
-            "401": "X-API-Token missing or wrong", "413": "body over ITFF_MAX_REQUEST_BYTES",
-            "415": "not JSON", "429": "over the token's rate limit, or this address's failed-authentication budget"}
+REFUSALS = {
+    "400": "the field and the rule it broke (with no champion: why, and what to do)",
+    "401": "X-API-Token missing or wrong",
+    "413": "body over ITFF_MAX_REQUEST_BYTES",
+    "415": "not JSON",
+    "429": "over the token's rate limit, or this address's failed-authentication budget",
+}
 
 
 def documented(spec: dict, settings: Settings) -> dict:
@@ -161,8 +178,13 @@ def documented(spec: dict, settings: Settings) -> dict:
 
 
 def document_operation(path: str, operation: dict, settings: Settings, examples: Examples) -> None:
-    operation["security"] = ([{"AdminToken": []}] if path.startswith("/admin/") else
-                             [{"ApiToken": []}, {"TokenInUrl": []}] if path == "/tradingview" else [{"ApiToken": []}])
+    operation["security"] = (
+        [{"AdminToken": []}]
+        if path.startswith("/admin/")
+        else [{"ApiToken": []}, {"TokenInUrl": []}]
+        if path == "/tradingview"
+        else [{"ApiToken": []}]
+    )
     responses = {str(code): answer for code, answer in operation["responses"].items()}
     if path in ANSWERS:
         responses["200"] = answer_with(ANSWERS[path].__name__, "the answer")
@@ -176,17 +198,31 @@ def document_operation(path: str, operation: dict, settings: Settings, examples:
     if "target" in properties:
         properties["target"].update(enum=list(settings.training.targets))
     if "regime" in properties:
-        properties["regime"] = {"type": "string", "enum": REGIMES, "nullable": True, "default": None,
-                                "description": "used only when the lake does not hold the bar"}
+        properties["regime"] = {
+            "type": "string",
+            "enum": REGIMES,
+            "nullable": True,
+            "default": None,
+            "description": "used only when the lake does not hold the bar",
+        }
     if "features" in properties:
         properties["features"] = examples.features_schema()
     if "candles" in properties:
-        properties["candles"] = {"type": "array", "items": {"$ref": "#/components/schemas/Candle"}, "nullable": True,
-                                 "default": None, "description": f"oldest first, at least {examples.fewest} bars "
-                                 "(744 for a regime); the features are computed as the lake computes them"}
+        properties["candles"] = {
+            "type": "array",
+            "items": {"$ref": "#/components/schemas/Candle"},
+            "nullable": True,
+            "default": None,
+            "description": f"oldest first, at least {examples.fewest} bars "
+            "(744 for a regime); the features are computed as the lake computes them",
+        }
     # By reference: the candles example is ~40 KB, written once in components.examples.
-    named = {"/predict": ["features", "candles"], "/consensus": ["features", "candles"], "/predict_batch": ["rows"],
-             "/tradingview": ["alert"]}.get(path, [])
+    named = {
+        "/predict": ["features", "candles"],
+        "/consensus": ["features", "candles"],
+        "/predict_batch": ["rows"],
+        "/tradingview": ["alert"],
+    }.get(path, [])
     if named:
         body["examples"] = {name: {"$ref": f"#/components/examples/{name}"} for name in named}
 
@@ -195,15 +231,22 @@ def document_probes(paths: dict) -> None:
     """BentoML's GET probes: /readyz also lists the models, with a token."""
     readyz = paths["/readyz"]["get"]
     readyz["security"] = [{}, {"ApiToken": []}, {"AdminToken": []}]  # the token is optional here
-    readyz["description"] += (" Without a token, the bare probe (an empty body; Kubernetes calls it). With a token (an API "
-                              "token or the admin token), every model's state as JSON; a model without a champion "
-                              "says why and what to do.")
-    readyz["responses"] = {"200": answer_with("Readiness", "ready (with a token: the models' states)"),
-                           "503": answer_with("Readiness", "not ready (with a token: the models' states)")}
+    readyz["description"] += (
+        " Without a token, the bare probe (an empty body; Kubernetes calls it). With a token (an API "
+        "token or the admin token), every model's state as JSON; a model without a champion "
+        "says why and what to do."
+    )
+    readyz["responses"] = {
+        "200": answer_with("Readiness", "ready (with a token: the models' states)"),
+        "503": answer_with("Readiness", "not ready (with a token: the models' states)"),
+    }
 
 
 def answer_with(schema: str, description: str) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
 
 
 def openapi_30(schema):
@@ -232,28 +275,54 @@ class Examples:
 
         self.settings, self.fewest = settings, minimum_candles(settings)
         source = settings.symbols[0] if settings.symbols[0] in sample_symbols() else sample_symbols()[0]
-        frame = SampleCandleSource().fetch(source, SAMPLE_INTERVAL, datetime(2024, 1, 1, tzinfo=UTC),
-                                           datetime(2025, 1, 1, tzinfo=UTC)).tail(800)
+        frame = (
+            SampleCandleSource()
+            .fetch(source, SAMPLE_INTERVAL, datetime(2024, 1, 1, tzinfo=UTC), datetime(2025, 1, 1, tzinfo=UTC))
+            .tail(800)
+        )
         self.names = feature_columns(settings)
-        self.row = {k: round(v, 6) for k, v in build_features(frame, settings).collect().select(self.names).row(-1, named=True).items()}
-        self.candles = [{"timestamp": r[0].isoformat(), "open": r[1], "high": r[2], "low": r[3], "close": r[4], "volume": r[5]}
-                        for r in frame.tail(self.fewest).select("timestamp", "open", "high", "low", "close", "volume").iter_rows()]
+        self.row = {
+            k: round(v, 6)
+            for k, v in build_features(frame, settings).collect().select(self.names).row(-1, named=True).items()
+        }
+        self.candles = [
+            {"timestamp": r[0].isoformat(), "open": r[1], "high": r[2], "low": r[3], "close": r[4], "volume": r[5]}
+            for r in frame.tail(self.fewest).select("timestamp", "open", "high", "low", "close", "volume").iter_rows()
+        ]
 
     def named(self) -> dict:
         """components.examples: request bodies, by name."""
         head = {"symbol": self.settings.symbols[0], "target": self.settings.training.targets[0]}
         last = self.candles[-1]
-        alert = {"ticker": f"BINANCE:{head['symbol']}", "close": last["close"], "time": last["timestamp"],
-                 "target": head["target"], "candles": self.candles}
-        return {"features": {"summary": "a feature row", "value": {**head, "features": self.row}},
-                "candles": {"summary": f"{self.fewest} candles: the fewest the features need (744 give a regime too)",
-                            "value": {**head, "candles": self.candles}},
-                "rows": {"summary": "one row, values in the model's feature order", "value": {**head, "rows": [list(self.row.values())]}},
-                "alert": {"summary": "an alert with the candles of its bar", "value": alert}}
+        alert = {
+            "ticker": f"BINANCE:{head['symbol']}",
+            "close": last["close"],
+            "time": last["timestamp"],
+            "target": head["target"],
+            "candles": self.candles,
+        }
+        return {
+            "features": {"summary": "a feature row", "value": {**head, "features": self.row}},
+            "candles": {
+                "summary": f"{self.fewest} candles: the fewest the features need (744 give a regime too)",
+                "value": {**head, "candles": self.candles},
+            },
+            "rows": {
+                "summary": "one row, values in the model's feature order",
+                "value": {**head, "rows": [list(self.row.values())]},
+            },
+            "alert": {"summary": "an alert with the candles of its bar", "value": alert},
+        }
 
     def features_schema(self) -> dict:
         number = {"type": "number"}
-        return {"nullable": True, "default": None, "example": self.row,
-                "description": "the model's features, by name, or as a list in this order: " + ", ".join(self.names),
-                "anyOf": [{"type": "object", "properties": {name: number for name in self.names}, "additionalProperties": number},
-                          {"type": "array", "items": number, "minItems": len(self.names), "maxItems": len(self.names)}]}
+        return {
+            "nullable": True,
+            "default": None,
+            "example": self.row,
+            "description": "the model's features, by name, or as a list in this order: " + ", ".join(self.names),
+            "anyOf": [
+                {"type": "object", "properties": {name: number for name in self.names}, "additionalProperties": number},
+                {"type": "array", "items": number, "minItems": len(self.names), "maxItems": len(self.names)},
+            ],
+        }

@@ -55,28 +55,48 @@ SETTINGS = get_settings()
 LAKE_REGIME_CACHE = 4096  # bars whose lake regime is remembered
 
 PREDICTIONS = bentoml.metrics.Counter(
-    name="itff_predictions_total", documentation="Predictions served", labelnames=["symbol", "target", "regime", "signal"])
+    name="itff_predictions_total",
+    documentation="Predictions served",
+    labelnames=["symbol", "target", "regime", "signal"],
+)
 LATENCY = bentoml.metrics.Histogram(
-    name="itff_prediction_latency_seconds", documentation="Model call latency", labelnames=["target"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+    name="itff_prediction_latency_seconds",
+    documentation="Model call latency",
+    labelnames=["target"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
 BATCH_SIZE = bentoml.metrics.Histogram(
-    name="itff_predict_batch_size", documentation="/predict rows scored per model call (adaptive batching)",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+    name="itff_predict_batch_size",
+    documentation="/predict rows scored per model call (adaptive batching)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 # Gauges that say one thing about the world, set alike by every worker: "mostrecent" exports one series (no pid
 # label), the latest write, so a worker that was killed leaves no stale series behind.
 REGIME_STATE = bentoml.metrics.Gauge(
-    name="market_regime_state", documentation="1 for the regime of the lake's newest silver bar per symbol, else 0",
-    labelnames=["symbol", "regime"], multiprocess_mode="mostrecent")
+    name="market_regime_state",
+    documentation="1 for the regime of the lake's newest silver bar per symbol, else 0",
+    labelnames=["symbol", "regime"],
+    multiprocess_mode="mostrecent",
+)
 REGIME_BAR = bentoml.metrics.Gauge(
-    name="market_regime_bar_timestamp_seconds", documentation="Open time of the silver bar market_regime_state reports",
-    labelnames=["symbol"], multiprocess_mode="mostrecent")
+    name="market_regime_bar_timestamp_seconds",
+    documentation="Open time of the silver bar market_regime_state reports",
+    labelnames=["symbol"],
+    multiprocess_mode="mostrecent",
+)
 QUALITY = bentoml.metrics.Gauge(
-    name="prediction_quality_metric", documentation="Live quality of the champions, from the last evaluation; "
-    "metric=\"has_data\" is 0 until an evaluation has realized outcomes for the model, then 1",
-    labelnames=["symbol", "target", "metric"], multiprocess_mode="mostrecent")
+    name="prediction_quality_metric",
+    documentation="Live quality of the champions, from the last evaluation; "
+    'metric="has_data" is 0 until an evaluation has realized outcomes for the model, then 1',
+    labelnames=["symbol", "target", "metric"],
+    multiprocess_mode="mostrecent",
+)
 SERVED_VERSION = bentoml.metrics.Gauge(
-    name="itff_served_model_version", documentation="Registry version being served", labelnames=["model"],
-    multiprocess_mode="mostrecent")
+    name="itff_served_model_version",
+    documentation="Registry version being served",
+    labelnames=["model"],
+    multiprocess_mode="mostrecent",
+)
 
 
 def state_dir(settings: Settings) -> Path:
@@ -84,8 +104,12 @@ def state_dir(settings: Settings) -> Path:
     return folder if folder.is_absolute() else settings.home / folder
 
 
-@bentoml.service(name="itff-prediction-service", traffic={"timeout": 30}, workers=SETTINGS.serving.workers,
-                  logging={"access": {"enabled": SETTINGS.serving.access_log}})
+@bentoml.service(
+    name="itff-prediction-service",
+    traffic={"timeout": 30},
+    workers=SETTINGS.serving.workers,
+    logging={"access": {"enabled": SETTINGS.serving.access_log}},
+)
 class ItffService:
     def __init__(self) -> None:
         from itff_platform.contracts.champions import ChampionStore
@@ -96,7 +120,9 @@ class ItffService:
         self.settings = SETTINGS
         self.store = ChampionStore(self.settings)
         self.batcher = RowBatcher(SETTINGS.serving.batch_max_size, on_batch=BATCH_SIZE.observe)
-        self.prediction_log = PredictionLog.for_settings(self.settings, write_ahead=self.settings.serving.prediction_log_write_ahead)
+        self.prediction_log = PredictionLog.for_settings(
+            self.settings, write_ahead=self.settings.serving.prediction_log_write_ahead
+        )
         self._lake_regimes: dict[tuple[str, datetime], str] = {}
         self._report(self.store.refresh())
         if self.settings.serving.reload_interval_s > 0:
@@ -215,19 +241,30 @@ class ItffService:
     async def _candle_features(self, model, candles):
         # Indicator computation takes milliseconds: off the event loop, so feature-row requests keep flowing.
         return await anyio.to_thread.run_sync(
-            features_from_candles, candles, self.settings, model.forecaster.context_rows + 1, model.meta["features"],
-            model_interval(model, self.settings))
+            features_from_candles,
+            candles,
+            self.settings,
+            model.forecaster.context_rows + 1,
+            model.meta["features"],
+            model_interval(model, self.settings),
+        )
 
     async def _answer(self, model, x, regime, bar_time, received: float, endpoint: str) -> dict:
         started = perf_counter()
         out, spread = await self.batcher.predict(model, x)
         LATENCY.labels(target=model.target).observe(perf_counter() - started)
         checked_output(out, "features")
-        answer = build_answer(model, x, out, spread, regime, bar_time, max_age_days=self.settings.serving.model_max_age_days)
+        answer = build_answer(
+            model, x, out, spread, regime, bar_time, max_age_days=self.settings.serving.model_max_age_days
+        )
         answer["request_id"] = request_id = uuid.uuid4().hex
-        PREDICTIONS.labels(symbol=model.symbol, target=model.target, regime=answer["regime"], signal=answer["signal"]).inc()
+        PREDICTIONS.labels(
+            symbol=model.symbol, target=model.target, regime=answer["regime"], signal=answer["signal"]
+        ).inc()
         # On disk before the 200: a crash after this cannot lose the prediction the client was told about.
-        await self.prediction_log.append_durable(log_record(answer, x, request_id, endpoint, (perf_counter() - received) * 1000))
+        await self.prediction_log.append_durable(
+            log_record(answer, x, request_id, endpoint, (perf_counter() - received) * 1000)
+        )
         return answer
 
     @bentoml.api(route="/predict_batch")
@@ -238,7 +275,9 @@ class ItffService:
             names = model.meta["features"]
             wrong = [i for i, row in enumerate(rows) if len(row) != len(names)]
             if wrong:
-                raise RequestError(f"rows: each row must hold {len(names)} values, in order {names}; rows {wrong[:5]} do not")
+                raise RequestError(
+                    f"rows: each row must hold {len(names)} values, in order {names}; rows {wrong[:5]} do not"
+                )
             x = np.asarray(rows, dtype=np.float64) if rows else np.empty((0, len(names)))
             checked_rows(x, "rows", names)
             checked_model_input(model, x, "rows")
@@ -250,14 +289,22 @@ class ItffService:
         ood = [False] * len(x)
         if len(x) and model.forecaster.scaler is not None:
             ood = (np.abs(model.forecaster.scale(x)).max(axis=1) > OOD_Z).tolist()
-        about = {"model_version": model.version, "family": model.family, **trading_permission(model.meta),
-                 **model_age(model.meta, datetime.now(UTC), self.settings.serving.model_max_age_days),
-                 "out_of_distribution": ood}
+        about = {
+            "model_version": model.version,
+            "family": model.family,
+            **trading_permission(model.meta),
+            **model_age(model.meta, datetime.now(UTC), self.settings.serving.model_max_age_days),
+            "out_of_distribution": ood,
+        }
         if model.meta["task"] == "regression":
             return {**about, "bands": np.asarray(out).tolist()}
         signal, _ = served_signals(out, float(model.meta["threshold"]), target, about["tradable"])
-        return {**about, "threshold": float(model.meta["threshold"]), "prob_up": np.round(out, 6).tolist(),
-                "signal": signal.tolist()}
+        return {
+            **about,
+            "threshold": float(model.meta["threshold"]),
+            "prob_up": np.round(out, 6).tolist(),
+            "signal": signal.tolist(),
+        }
 
     @bentoml.api(route="/tradingview")
     async def tradingview(
@@ -282,36 +329,52 @@ class ItffService:
             at = parse_time(time, "time")
             bar = timedelta(seconds=self.settings.interval_seconds)
             if at > datetime.now(UTC) + bar:
-                raise RequestError(f"time: {at.isoformat()} is in the future; an alert's bar opens at most one "
-                                   f"{self.settings.interval} bar after now")
+                raise RequestError(
+                    f"time: {at.isoformat()} is in the future; an alert's bar opens at most one "
+                    f"{self.settings.interval} bar after now"
+                )
             age = 0
             if candles is not None:
                 x, regime, bar_time = await self._candle_features(model, candles)
                 bar_close = candles[-1].close
                 if not bar_time <= at < bar_time + bar:
-                    raise RequestError(f"time: {at.isoformat()} is not in the last candle's bar ({bar_time.isoformat()})")
+                    raise RequestError(
+                        f"time: {at.isoformat()} is not in the last candle's bar ({bar_time.isoformat()})"
+                    )
             else:
                 found = await anyio.to_thread.run_sync(features_from_lake, self.settings, symbol, at)
                 x, regime, bar_time, bar_close, age = found.x, found.regime, found.bar_time, found.close, found.age_bars
                 if age and self.settings.serving.tradingview_stale == "refuse":
-                    raise RequestError(f"time: the lake's newest {symbol} bar ({bar_time:%Y-%m-%d %H:%M}) is {age} bar(s) "
-                                       f"older than the alert's; it is not answered from an older bar "
-                                       "(ITFF_TRADINGVIEW_STALE=refuse): send candles, or wait for the lake")
+                    raise RequestError(
+                        f"time: the lake's newest {symbol} bar ({bar_time:%Y-%m-%d %H:%M}) is {age} bar(s) "
+                        f"older than the alert's; it is not answered from an older bar "
+                        "(ITFF_TRADINGVIEW_STALE=refuse): send candles, or wait for the lake"
+                    )
             deviation = abs(close - bar_close) / bar_close
             if deviation > self.settings.serving.tradingview_max_close_deviation:
-                raise RequestError(f"close: {close:g} is {deviation:.2%} from the {symbol} bar's close {bar_close:g} at "
-                                   f"{bar_time:%Y-%m-%d %H:%M}; at most {self.settings.serving.tradingview_max_close_deviation:.2%} "
-                                   "is accepted (another market's price, or the wrong bar)")
+                raise RequestError(
+                    f"close: {close:g} is {deviation:.2%} from the {symbol} bar's close {bar_close:g} at "
+                    f"{bar_time:%Y-%m-%d %H:%M}; at most {self.settings.serving.tradingview_max_close_deviation:.2%} "
+                    "is accepted (another market's price, or the wrong bar)"
+                )
             checked_model_input(model, x, "candles" if candles is not None else "time")
             answer = await self._answer(model, x, regime, bar_time, received, "/tradingview")
         except RequestError as error:
             return refusal(error, "/tradingview")
-        answer.update({"ticker": ticker, "alert_close": close, "bar_close": bar_close, "stale": age > 0, "age_bars": age})
+        answer.update(
+            {"ticker": ticker, "alert_close": close, "bar_close": bar_close, "stale": age > 0, "age_bars": age}
+        )
         return answer
 
     @bentoml.api(route="/consensus")
-    def consensus(self, symbol: str, target: str = "direction", features: dict[str, Number] | list[Number] | None = None,
-                  candles: list[Candle] | None = None, bar_time: str | None = None) -> dict:
+    def consensus(
+        self,
+        symbol: str,
+        target: str = "direction",
+        features: dict[str, Number] | list[Number] | None = None,
+        candles: list[Candle] | None = None,
+        bar_time: str | None = None,
+    ) -> dict:
         """The latest version of every family votes; the vote is the mean P(up), each family weighted by its
         confidence |p - 0.5|, so a family that is unsure barely counts. Whether to trade is the champion's call:
         the signal is flat when the champion's rule is not tradable. model_age_days and expired are the oldest voter's."""
@@ -329,8 +392,13 @@ class ItffService:
             breakdown, regime = [], None
             for model in members:
                 if candles is not None:
-                    x, regime, at = features_from_candles(candles, self.settings, model.forecaster.context_rows + 1,
-                                                          model.meta["features"], model_interval(model, self.settings))
+                    x, regime, at = features_from_candles(
+                        candles,
+                        self.settings,
+                        model.forecaster.context_rows + 1,
+                        model.meta["features"],
+                        model_interval(model, self.settings),
+                    )
                 else:
                     x = features_from_row(features, model.meta["features"])
                 checked_model_input(model, x, "candles" if candles is not None else "features")
@@ -345,19 +413,34 @@ class ItffService:
         permission = trading_permission(champion.meta)
         signal = str(served_signals(prob, threshold, target, permission["tradable"])[0])
         ages = [b["model_age_days"] for b in breakdown if b["model_age_days"] is not None]
-        return {"symbol": symbol, "target": target, "prob_up": prob, "signal": signal, "threshold": threshold,
-                "regime": regime or "unknown", "bar_time": at.isoformat() if at is not None else None, **permission,
-                "model_age_days": max(ages) if ages else None, "expired": any(b["expired"] for b in breakdown),
-                "families": breakdown, "skipped_families": skipped,
-                "served_at": datetime.now(UTC).isoformat(timespec="milliseconds")}
+        return {
+            "symbol": symbol,
+            "target": target,
+            "prob_up": prob,
+            "signal": signal,
+            "threshold": threshold,
+            "regime": regime or "unknown",
+            "bar_time": at.isoformat() if at is not None else None,
+            **permission,
+            "model_age_days": max(ages) if ages else None,
+            "expired": any(b["expired"] for b in breakdown),
+            "families": breakdown,
+            "skipped_families": skipped,
+            "served_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        }
 
     def _vote(self, model, x, at) -> dict:
         # The deterministic probability, as /predict serves it; no MC dropout, whose spread a vote does not use.
         out = model.forecaster.predict_proba(x)
         checked_output(out, "features")
-        return {"family": model.family, "model_version": model.version, "prob_up": float(out[-1]),
-                "threshold": float(model.meta["threshold"]), **trading_permission(model.meta),
-                **model_age(model.meta, at or datetime.now(UTC), self.settings.serving.model_max_age_days)}
+        return {
+            "family": model.family,
+            "model_version": model.version,
+            "prob_up": float(out[-1]),
+            "threshold": float(model.meta["threshold"]),
+            **trading_permission(model.meta),
+            **model_age(model.meta, at or datetime.now(UTC), self.settings.serving.model_max_age_days),
+        }
 
     # No /healthz or /readyz APIs: a BentoML API is a POST, beside BentoML's own GET /healthz, /livez and /readyz.
     # GET /readyz with a token lists the models (the guard answers it from readiness()).
@@ -400,7 +483,9 @@ ItffService.add_asgi_middleware(
     max_bytes=SETTINGS.serving.max_request_bytes,
     auth_failures_per_minute=SETTINGS.serving.auth_failures_per_minute,
     auth_failure_burst=SETTINGS.serving.auth_failure_burst,
-    tradingview_secret=SETTINGS.serving.tradingview_secret.get_secret_value() if SETTINGS.serving.tradingview_secret else None,
+    tradingview_secret=SETTINGS.serving.tradingview_secret.get_secret_value()
+    if SETTINGS.serving.tradingview_secret
+    else None,
     tradingview_window_s=SETTINGS.serving.tradingview_window_s,
     seen_signatures=state_dir(SETTINGS) / "tradingview-signatures",
     readiness=readiness_details,

@@ -18,7 +18,7 @@ class BacktestResult:
     strategy_equity: np.ndarray
     buy_and_hold_equity: np.ndarray
     net_returns: np.ndarray | None = None  # per decision bar (every `horizon` bars): log return after fees, 0 when flat
-    positions: np.ndarray | None = None    # per decision bar: +1 long, -1 short, 0 flat
+    positions: np.ndarray | None = None  # per decision bar: +1 long, -1 short, 0 flat
 
 
 def max_drawdown(equity: np.ndarray) -> float:
@@ -43,8 +43,15 @@ def trading_metrics(net: np.ndarray, traded: np.ndarray, periods_per_year: float
     }
 
 
-def backtest(prob: np.ndarray, forward_return: np.ndarray, threshold: float | np.ndarray, fees_bps: float, horizon: int,
-             periods_per_year: float, allow_short: bool = True) -> BacktestResult:
+def backtest(
+    prob: np.ndarray,
+    forward_return: np.ndarray,
+    threshold: float | np.ndarray,
+    fees_bps: float,
+    horizon: int,
+    periods_per_year: float,
+    allow_short: bool = True,
+) -> BacktestResult:
     """Trade the rule every `horizon` bars. A NaN threshold means "no rule yet" (nothing to learn it from): flat."""
     step = slice(None, None, horizon)
     position, move = signals(prob, threshold, allow_short)[step], forward_return[step]
@@ -73,7 +80,13 @@ def combine_backtests(parts: list[BacktestResult], periods_per_year: float) -> B
     hold = np.concatenate([np.diff(np.log(np.r_[1.0, part.buy_and_hold_equity])) for part in parts])
     hold_equity = np.exp(np.cumsum(hold))
     return BacktestResult(
-        metrics={**trading_metrics(net, positions != 0, periods_per_year),
-                 "buy_and_hold_return": float(hold_equity[-1] - 1) if len(hold) else 0.0,
-                 "buy_and_hold_max_drawdown": max_drawdown(hold_equity)},
-        strategy_equity=np.exp(np.cumsum(net)), buy_and_hold_equity=hold_equity, net_returns=net, positions=positions)
+        metrics={
+            **trading_metrics(net, positions != 0, periods_per_year),
+            "buy_and_hold_return": float(hold_equity[-1] - 1) if len(hold) else 0.0,
+            "buy_and_hold_max_drawdown": max_drawdown(hold_equity),
+        },
+        strategy_equity=np.exp(np.cumsum(net)),
+        buy_and_hold_equity=hold_equity,
+        net_returns=net,
+        positions=positions,
+    )

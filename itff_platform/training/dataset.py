@@ -51,13 +51,17 @@ def training_data(
     features = feature_columns(settings)
     if as_of is not None:
         # The label at t is known once bar t+h closes, at t + (h+1) bars: only such rows may train a model as of then.
-        known_by = pl.col("timestamp") + pl.duration(seconds=(settings.features.label_horizon + 1) * settings.interval_seconds)
+        known_by = pl.col("timestamp") + pl.duration(
+            seconds=(settings.features.label_horizon + 1) * settings.interval_seconds
+        )
         silver = silver.filter(known_by <= as_of)
     usable = silver.drop_nulls([*features, TARGET_COLUMNS[target], "forward_return"]).filter(
         pl.all_horizontal(pl.col(features).is_finite())
     )
     if usable.height < 500:
-        raise ValueError(f"{symbol} {target}: only {usable.height} complete silver rows; materialize silver_features first")
+        raise ValueError(
+            f"{symbol} {target}: only {usable.height} complete silver rows; materialize silver_features first"
+        )
     return TrainingData(
         symbol=symbol,
         target=target,

@@ -47,7 +47,9 @@ def out_of_sample(
         # Sequence models see the rows just before the window as history: past features, never labels.
         start = max(0, fold.test[0] - model.context_rows)
         window = data.x[start : fold.test[-1] + 1]
-        raw, prediction = model.predict_both(window) if isinstance(model, Calibrated) else (None, model.predict_proba(window))
+        raw, prediction = (
+            model.predict_both(window) if isinstance(model, Calibrated) else (None, model.predict_proba(window))
+        )
         predictions.append(prediction[fold.test[0] - start :])
         uncalibrated.append(predictions[-1] if raw is None else raw[fold.test[0] - start :])
         losses.append(fold_loss(data, data.y[fold.test], predictions[-1]))
@@ -74,19 +76,29 @@ OOS_FILE = "oos_predictions.parquet"  # per-row out-of-sample predictions: what 
 def oos_frame(data: TrainingData, folds: list[Fold], prediction: np.ndarray) -> pl.DataFrame:
     """One row per out-of-sample bar: when, which fold, the truth, and the prediction (P(up), or P10/P50/P90)."""
     rows = np.concatenate([f.test for f in folds])
-    frame = pl.DataFrame({
-        "timestamp": data.timestamps[rows],
-        "fold": np.concatenate([np.full(len(f.test), f.number) for f in folds]),
-        "holdout": np.concatenate([np.full(len(f.test), f is folds[-1]) for f in folds]),
-        "label": data.y[rows],
-    })
+    frame = pl.DataFrame(
+        {
+            "timestamp": data.timestamps[rows],
+            "fold": np.concatenate([np.full(len(f.test), f.number) for f in folds]),
+            "holdout": np.concatenate([np.full(len(f.test), f is folds[-1]) for f in folds]),
+            "label": data.y[rows],
+        }
+    )
     if data.task == "regression":
         return frame.with_columns(**{name: prediction[:, i] for i, name in enumerate(("p10", "p50", "p90"))})
     return frame.with_columns(prob_up=prediction)
 
 
-def evaluate(data: TrainingData, folds: list[Fold], prediction: np.ndarray, fold_losses: list[float],
-             settings, family: str, folder: Path, uncalibrated: np.ndarray | None = None) -> Evaluation:
+def evaluate(
+    data: TrainingData,
+    folds: list[Fold],
+    prediction: np.ndarray,
+    fold_losses: list[float],
+    settings,
+    family: str,
+    folder: Path,
+    uncalibrated: np.ndarray | None = None,
+) -> Evaluation:
     """Every metric and figure, on the concatenated out-of-sample rows."""
     test_rows = np.concatenate([f.test for f in folds])
     truth, stamps = data.y[test_rows], data.timestamps[test_rows]
@@ -104,22 +116,45 @@ def evaluate(data: TrainingData, folds: list[Fold], prediction: np.ndarray, fold
             "loss": fold_losses,
         }
     )
-    last = slice(len(truth) - len(folds[-1].test), None)  # the most recent out-of-sample window: promotion compares on it
+    last = slice(
+        len(truth) - len(folds[-1].test), None
+    )  # the most recent out-of-sample window: promotion compares on it
     recent_window = {"recent_window_start": str(stamps[last][0])[:19], "recent_window_end": str(stamps[last][-1])[:19]}
     if data.task == "regression":
         fold_table.write_csv(folder / "folds.csv")
         result = m.regression_metrics(truth, prediction, data.close[test_rows])
         result["recent_pinball_loss"] = m.pinball_loss(truth[last], prediction[last])
-        result["recent_band_coverage"] = m.regression_metrics(truth[last], prediction[last], data.close[test_rows][last])["band_coverage"]
-        figures = {"quantile_bands": plots.quantile_band_plot(stamps, truth, prediction, title, folder / "quantile_bands.png")}
-        return Evaluation({**result, "oos_rows": len(truth)}, threshold=float("nan"), figures=figures, fold_table=fold_table,
-                          recent_window=recent_window, tradable=False,
-                          tradable_reason="forward_return serves P10/P50/P90 bands: it has no trading rule")
-    return _evaluate_classifier(data, folds, prediction, uncalibrated, settings, title, folder, fold_table, recent_window)
+        result["recent_band_coverage"] = m.regression_metrics(
+            truth[last], prediction[last], data.close[test_rows][last]
+        )["band_coverage"]
+        figures = {
+            "quantile_bands": plots.quantile_band_plot(stamps, truth, prediction, title, folder / "quantile_bands.png")
+        }
+        return Evaluation(
+            {**result, "oos_rows": len(truth)},
+            threshold=float("nan"),
+            figures=figures,
+            fold_table=fold_table,
+            recent_window=recent_window,
+            tradable=False,
+            tradable_reason="forward_return serves P10/P50/P90 bands: it has no trading rule",
+        )
+    return _evaluate_classifier(
+        data, folds, prediction, uncalibrated, settings, title, folder, fold_table, recent_window
+    )
 
 
-def _evaluate_classifier(data: TrainingData, folds: list[Fold], prediction: np.ndarray, uncalibrated: np.ndarray | None,
-                         settings, title: str, folder: Path, fold_table: pl.DataFrame, recent_window: dict) -> Evaluation:
+def _evaluate_classifier(
+    data: TrainingData,
+    folds: list[Fold],
+    prediction: np.ndarray,
+    uncalibrated: np.ndarray | None,
+    settings,
+    title: str,
+    folder: Path,
+    fold_table: pl.DataFrame,
+    recent_window: dict,
+) -> Evaluation:
     test_rows = np.concatenate([f.test for f in folds])
     truth, stamps, regimes = data.y[test_rows], data.timestamps[test_rows], data.regimes[test_rows]
     forward = data.forward_return[test_rows]
@@ -131,15 +166,30 @@ def _evaluate_classifier(data: TrainingData, folds: list[Fold], prediction: np.n
     sweep.write_csv(folder / "threshold_sweep.csv")
     # The deployed threshold is chosen on every fold. What is reported is that same rule replayed forward: each
     # fold traded at the threshold chosen from the folds before it (so the first fold does not trade).
-    threshold = m.choose_threshold(truth, prediction, forward, h, fees, settings.trading.min_trades, settings.trading.default_threshold, shorts)
-    rule = m.walk_forward_thresholds(truth, prediction, forward, sizes, h, fees, settings.trading.min_trades, settings.trading.default_threshold, shorts)
+    threshold = m.choose_threshold(
+        truth, prediction, forward, h, fees, settings.trading.min_trades, settings.trading.default_threshold, shorts
+    )
+    rule = m.walk_forward_thresholds(
+        truth,
+        prediction,
+        forward,
+        sizes,
+        h,
+        fees,
+        settings.trading.min_trades,
+        settings.trading.default_threshold,
+        shorts,
+    )
     ruled = ~np.isnan(rule)
     # Each fold trades from its own first bar, every h bars; the whole is those trades end to end.
     fold_results = _fold_backtests(folds, prediction, forward, rule, settings, shorts, periods_per_year)
     traded = combine_backtests(list(fold_results.values()), periods_per_year)
     per_fold = _fold_table(fold_results, rule, sizes, folds)
+
     def at_decisions(values: np.ndarray) -> np.ndarray:  # the bars the combined backtest decided on
-        return np.concatenate([values[_fold_slice(sizes, i)][::h] for i, f in enumerate(folds) if f.number in fold_results])
+        return np.concatenate(
+            [values[_fold_slice(sizes, i)][::h] for i, f in enumerate(folds) if f.number in fold_results]
+        )
 
     per_regime = _regime_trading(traded, at_decisions(regimes), periods_per_year)
     last = slice(len(truth) - sizes[-1], None)
@@ -150,8 +200,15 @@ def _evaluate_classifier(data: TrainingData, folds: list[Fold], prediction: np.n
         **{k: at_rule[k] for k in ("precision", "recall", "f1")},  # what the deployed rule's calls achieved
         **m.regime_metrics(truth, prediction, regimes),
         **{f"backtest_{k}": v for k, v in traded.metrics.items()},
-        **{f"fold{row['fold']}_{k}": row[k] for row in per_fold.iter_rows(named=True) for k in TRADING_COLUMNS if k in row},
-        **{f"backtest_{k}_{row['regime']}": row[k] for row in per_regime.iter_rows(named=True) for k in TRADING_COLUMNS},
+        **{
+            f"fold{row['fold']}_{k}": row[k]
+            for row in per_fold.iter_rows(named=True)
+            for k in TRADING_COLUMNS
+            if k in row
+        },
+        **{
+            f"backtest_{k}_{row['regime']}": row[k] for row in per_regime.iter_rows(named=True) for k in TRADING_COLUMNS
+        },
         "threshold": threshold,
         "oos_rows": len(truth),
         "recent_log_loss": float(m.log_loss(truth[last], prediction[last], labels=[0, 1])),
@@ -167,10 +224,17 @@ def _evaluate_classifier(data: TrainingData, folds: list[Fold], prediction: np.n
     fold_table.write_csv(folder / "folds.csv")
     per_regime.write_csv(folder / "regimes.csv")
     figures = {
-        "reliability": plots.reliability_diagram(truth, prediction, title, folder / "reliability.png", before=uncalibrated),
+        "reliability": plots.reliability_diagram(
+            truth, prediction, title, folder / "reliability.png", before=uncalibrated
+        ),
         "threshold_sweep": plots.threshold_sweep_plot(sweep, threshold, title, folder / "threshold_sweep.png"),
-        "equity": plots.equity_plot(at_decisions(stamps), traded.strategy_equity, traded.buy_and_hold_equity,
-                                    f"{title}: deployed rule walk-forward, {fees:g} bps/side", folder / "equity.png"),
+        "equity": plots.equity_plot(
+            at_decisions(stamps),
+            traded.strategy_equity,
+            traded.buy_and_hold_equity,
+            f"{title}: deployed rule walk-forward, {fees:g} bps/side",
+            folder / "equity.png",
+        ),
     }
     return Evaluation(metrics, threshold, figures, fold_table, recent_window, tradable, reason, per_regime)
 
@@ -183,22 +247,42 @@ def _fold_slice(sizes: list[int], index: int) -> slice:
     return slice(start, start + sizes[index])
 
 
-def _fold_backtests(folds: list[Fold], prediction, forward, rule, settings, shorts: bool, periods_per_year: float) -> dict:
+def _fold_backtests(
+    folds: list[Fold], prediction, forward, rule, settings, shorts: bool, periods_per_year: float
+) -> dict:
     """The deployed rule's backtest on each fold it traded (every fold but the first), by fold number."""
     sizes, results = [len(f.test) for f in folds], {}
     for i, fold in enumerate(folds):
         part = _fold_slice(sizes, i)
         if not np.isnan(rule[part]).all():
-            results[fold.number] = backtest(prediction[part], forward[part], rule[part], settings.trading.fees_bps,
-                                            settings.features.label_horizon, periods_per_year, shorts)
+            results[fold.number] = backtest(
+                prediction[part],
+                forward[part],
+                rule[part],
+                settings.trading.fees_bps,
+                settings.features.label_horizon,
+                periods_per_year,
+                shorts,
+            )
     return results
 
 
 def _fold_table(fold_results: dict, rule: np.ndarray, sizes: list[int], folds: list[Fold]) -> pl.DataFrame:
-    rows = [{"fold": f.number, "threshold": float(rule[_fold_slice(sizes, i)][0]),
-             **{k: fold_results[f.number].metrics[k] for k in TRADING_COLUMNS}}
-            for i, f in enumerate(folds) if f.number in fold_results]
-    schema = {"fold": pl.Int64, "threshold": pl.Float64, "trades": pl.Int64, **{k: pl.Float64 for k in TRADING_COLUMNS[1:]}}
+    rows = [
+        {
+            "fold": f.number,
+            "threshold": float(rule[_fold_slice(sizes, i)][0]),
+            **{k: fold_results[f.number].metrics[k] for k in TRADING_COLUMNS},
+        }
+        for i, f in enumerate(folds)
+        if f.number in fold_results
+    ]
+    schema = {
+        "fold": pl.Int64,
+        "threshold": pl.Float64,
+        "trades": pl.Int64,
+        **{k: pl.Float64 for k in TRADING_COLUMNS[1:]},
+    }
     return pl.DataFrame(rows, schema=schema)
 
 
@@ -230,6 +314,8 @@ def tradability(traded, settings) -> tuple[bool, str, float]:
         failed.append(f"drawdown {figures['max_drawdown']:.2f} > {settings.trading.tradable_max_drawdown}")
     if not p_value < settings.trading.tradable_alpha:
         failed.append(f"no significant edge (bootstrap p={p_value:.3f} >= {settings.trading.tradable_alpha})")
-    summary = (f"deployed rule walk-forward after {settings.trading.fees_bps:g} bps/side: {figures['trades']} trades, "
-               f"PF {figures['profit_factor']:.2f}, drawdown {figures['max_drawdown']:.2f}, p={p_value:.3f}")
+    summary = (
+        f"deployed rule walk-forward after {settings.trading.fees_bps:g} bps/side: {figures['trades']} trades, "
+        f"PF {figures['profit_factor']:.2f}, drawdown {figures['max_drawdown']:.2f}, p={p_value:.3f}"
+    )
     return (not failed, summary + (": " + "; ".join(failed) if failed else ": significant edge"), p_value)

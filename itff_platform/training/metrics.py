@@ -17,7 +17,9 @@ THRESHOLDS = np.round(np.arange(0.50, 0.705, 0.01), 2)  # the trading thresholds
 TIE = 1e-12  # returns closer than this are a tie, which goes to the lower threshold
 
 
-def reliability_bins(labels: np.ndarray, prob: np.ndarray, bins: int = RELIABILITY_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def reliability_bins(
+    labels: np.ndarray, prob: np.ndarray, bins: int = RELIABILITY_BINS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows in each of `bins` equal-width bins, and for the non-empty ones (in order) the mean predicted
     probability and the observed frequency of 1. sklearn's calibration_curve gives the means but not the counts,
     so they are counted here with its own binning: bins closed on the right, (0.1, 0.2], the first one [0, 0.1]."""
@@ -98,15 +100,30 @@ def regression_metrics(actual: np.ndarray, bands: np.ndarray, close: np.ndarray)
     }
 
 
-def threshold_sweep(labels: np.ndarray, prob: np.ndarray, forward_return: np.ndarray, horizon: int, fees_bps: float,
-                    allow_short: bool = True) -> pl.DataFrame:
+def threshold_sweep(
+    labels: np.ndarray,
+    prob: np.ndarray,
+    forward_return: np.ndarray,
+    horizon: int,
+    fees_bps: float,
+    allow_short: bool = True,
+) -> pl.DataFrame:
     from itff_platform.training.backtest import backtest
 
     rows = []
     for threshold in THRESHOLDS:
-        bt = backtest(prob, forward_return, threshold, fees_bps, horizon, periods_per_year=1, allow_short=allow_short).metrics
-        rows.append({"threshold": float(threshold), **calls_at(labels, prob, threshold),
-                     "profit_factor": bt["profit_factor"], "trades": bt["trades"], "strategy_return": bt["strategy_return"]})
+        bt = backtest(
+            prob, forward_return, threshold, fees_bps, horizon, periods_per_year=1, allow_short=allow_short
+        ).metrics
+        rows.append(
+            {
+                "threshold": float(threshold),
+                **calls_at(labels, prob, threshold),
+                "profit_factor": bt["profit_factor"],
+                "trades": bt["trades"],
+                "strategy_return": bt["strategy_return"],
+            }
+        )
     return pl.DataFrame(rows)
 
 
@@ -121,20 +138,39 @@ def calls_at(labels: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str
     return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
 
 
-def choose_threshold(labels: np.ndarray, prob: np.ndarray, forward_return: np.ndarray, horizon: int, fees_bps: float,
-                     min_trades: int, default: float, allow_short: bool = True) -> float:
+def choose_threshold(
+    labels: np.ndarray,
+    prob: np.ndarray,
+    forward_return: np.ndarray,
+    horizon: int,
+    fees_bps: float,
+    min_trades: int,
+    default: float,
+    allow_short: bool = True,
+) -> float:
     """The threshold whose trades earned the most after fees on these rows, among those trading at least
     `min_trades` times; `default` when none does. Ties go to the lower threshold."""
     sweep = threshold_sweep(labels, prob, forward_return, horizon, fees_bps, allow_short)
     best, best_return = default, -np.inf
-    for threshold, earned in sweep.filter(pl.col("trades") >= min_trades).select("threshold", "strategy_return").iter_rows():
+    for threshold, earned in (
+        sweep.filter(pl.col("trades") >= min_trades).select("threshold", "strategy_return").iter_rows()
+    ):
         if earned > best_return + TIE:
             best, best_return = float(threshold), earned
     return best
 
 
-def walk_forward_thresholds(labels: np.ndarray, prob: np.ndarray, forward_return: np.ndarray, fold_sizes: list[int],
-                            horizon: int, fees_bps: float, min_trades: int, default: float, allow_short: bool = True) -> np.ndarray:
+def walk_forward_thresholds(
+    labels: np.ndarray,
+    prob: np.ndarray,
+    forward_return: np.ndarray,
+    fold_sizes: list[int],
+    horizon: int,
+    fees_bps: float,
+    min_trades: int,
+    default: float,
+    allow_short: bool = True,
+) -> np.ndarray:
     """The deployed threshold rule, replayed: a threshold per out-of-sample row, chosen (as the deployed one is)
     from every fold before its own, so threshold-dependent figures (precision, recall, F1, the backtest) carry
     no selection bias. The first fold has nothing before it to choose from: NaN there, meaning no rule yet and
@@ -144,6 +180,7 @@ def walk_forward_thresholds(labels: np.ndarray, prob: np.ndarray, forward_return
         past = slice(0, start)
         if start:
             per_row[start : start + size] = choose_threshold(
-                labels[past], prob[past], forward_return[past], horizon, fees_bps, min_trades, default, allow_short)
+                labels[past], prob[past], forward_return[past], horizon, fees_bps, min_trades, default, allow_short
+            )
         start += size
     return per_row

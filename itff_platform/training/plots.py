@@ -33,8 +33,14 @@ def _reliability_curve(labels: np.ndarray, prob: np.ndarray, bins: int) -> tuple
     return mean_p, rate, counts
 
 
-def reliability_diagram(labels: np.ndarray, prob: np.ndarray, title: str, path: Path, bins: int = RELIABILITY_BINS,
-                        before: np.ndarray | None = None) -> Path:
+def reliability_diagram(
+    labels: np.ndarray,
+    prob: np.ndarray,
+    title: str,
+    path: Path,
+    bins: int = RELIABILITY_BINS,
+    before: np.ndarray | None = None,
+) -> Path:
     """Observed frequency against predicted probability; with `before`, the uncalibrated model's curve too."""
     edges = np.linspace(0, 1, bins + 1)
     mean_p, rate, counts = _reliability_curve(labels, prob, bins)
@@ -42,8 +48,14 @@ def reliability_diagram(labels: np.ndarray, prob: np.ndarray, title: str, path: 
     top.plot([0, 1], [0, 1], "--", color="grey", label="perfectly calibrated")
     if before is not None and not np.array_equal(before, prob):
         raw_p, raw_rate, _ = _reliability_curve(labels, before, bins)
-        top.plot(raw_p, raw_rate, "s:", color="tab:orange", alpha=0.8,
-                 label=f"before calibration (ECE {expected_calibration_error(labels, before):.3f})")
+        top.plot(
+            raw_p,
+            raw_rate,
+            "s:",
+            color="tab:orange",
+            alpha=0.8,
+            label=f"before calibration (ECE {expected_calibration_error(labels, before):.3f})",
+        )
     top.plot(mean_p, rate, "o-", color="tab:blue", label=f"served (ECE {expected_calibration_error(labels, prob):.3f})")
     top.set_ylabel("observed frequency of 1")
     top.set_title(title)
@@ -85,7 +97,9 @@ def equity_plot(timestamps, strategy: np.ndarray, buy_and_hold: np.ndarray, titl
     return _finish(fig, axis, title, path, dates=True)
 
 
-def quantile_band_plot(timestamps, actual: np.ndarray, bands: np.ndarray, title: str, path: Path, last: int = 300) -> Path:
+def quantile_band_plot(
+    timestamps, actual: np.ndarray, bands: np.ndarray, title: str, path: Path, last: int = 300
+) -> Path:
     fig, axis = plt.subplots(figsize=(7, 3.5))
     t = timestamps[-last:]
     axis.fill_between(t, bands[-last:, 0], bands[-last:, 2], alpha=0.3, label="P10..P90")

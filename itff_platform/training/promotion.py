@@ -73,8 +73,14 @@ class Decision:
 
 def _candidate(client: MlflowClient, version) -> Candidate:
     run = client.get_run(version.run_id)
-    return Candidate(str(version.version), version.run_id, version.tags.get("family", "?"), run.data.metrics, run.data.tags,
-                     int(version.tags.get("complexity", 9)))
+    return Candidate(
+        str(version.version),
+        version.run_id,
+        version.tags.get("family", "?"),
+        run.data.metrics,
+        run.data.tags,
+        int(version.tags.get("complexity", 9)),
+    )
 
 
 def loss_key(task: str) -> str:
@@ -117,17 +123,23 @@ def compare(candidate: pl.DataFrame, reference: pl.DataFrame, horizon: int):
     return diebold_mariano(both["loss"].to_numpy(), both["loss_reference"].to_numpy(), horizon)
 
 
-def choose_challenger(pool: list[Candidate], oos: OutOfSample, settings: Settings) -> tuple[Candidate | None, list[str]]:
+def choose_challenger(
+    pool: list[Candidate], oos: OutOfSample, settings: Settings
+) -> tuple[Candidate | None, list[str]]:
     """The simplest family within noise of the best one on the searched folds (see the module docstring)."""
     notes, scored = [], []
     for candidate in pool:
         ece = candidate.metrics.get("ece")
         if ece is not None and ece > settings.promotion.max_ece:
-            notes.append(f"{candidate.family} v{candidate.version} refused: walk-forward ECE {ece:.4f} > {settings.promotion.max_ece}")
+            notes.append(
+                f"{candidate.family} v{candidate.version} refused: walk-forward ECE {ece:.4f} > {settings.promotion.max_ece}"
+            )
             continue
         losses = oos.losses(candidate.run_id, holdout=False)
         if losses is None or losses.is_empty():
-            notes.append(f"{candidate.family} v{candidate.version} skipped: no per-row out-of-sample predictions logged")
+            notes.append(
+                f"{candidate.family} v{candidate.version} skipped: no per-row out-of-sample predictions logged"
+            )
             continue
         scored.append((candidate, losses))
     if not scored:
@@ -136,32 +148,45 @@ def choose_challenger(pool: list[Candidate], oos: OutOfSample, settings: Setting
     within = [(leader, 1.0)]
     for candidate, losses in scored:
         if candidate is not leader:
-            p_value = compare(leader_losses, losses, settings.features.label_horizon).p_value  # is the leader really better?
+            p_value = compare(
+                leader_losses, losses, settings.features.label_horizon
+            ).p_value  # is the leader really better?
             if p_value >= settings.promotion.alpha:
                 within.append((candidate, p_value))
     chosen = min((c for c, _ in within), key=lambda c: (c.complexity, c.metrics.get("ece", 1.0), c.version))
     noise = ", ".join(f"{c.family} (p={p:.2f})" for c, p in within if c is not leader) or "none"
-    notes.append(f"challenger {chosen.family} v{chosen.version}: {leader.family} had the lowest loss on the searched folds "
-                 f"({leader_losses['loss'].mean():.5f}); within noise of it: {noise}; the simplest of those is chosen")
+    notes.append(
+        f"challenger {chosen.family} v{chosen.version}: {leader.family} had the lowest loss on the searched folds "
+        f"({leader_losses['loss'].mean():.5f}); within noise of it: {noise}; the simplest of those is chosen"
+    )
     return chosen, notes
 
 
 def skill_reason(name: str, test, reference: str, alpha: float) -> str:
     verdict = "significantly beats" if test.significant(alpha) else "does not significantly beat"
-    return (f"{name} {verdict} {reference} on the holdout: mean loss gain {test.mean_gain:+.5f} over {test.rows} rows, "
-            f"Diebold-Mariano p={test.p_value:.4f} (alpha {alpha})")
+    return (
+        f"{name} {verdict} {reference} on the holdout: mean loss gain {test.mean_gain:+.5f} over {test.rows} rows, "
+        f"Diebold-Mariano p={test.p_value:.4f} (alpha {alpha})"
+    )
 
 
-def _champion_holdout_losses(client, oos: OutOfSample, settings, symbol, target, name, holder: Candidate,
-                             challenger: Candidate) -> tuple[pl.DataFrame | None, str | None]:
+def _champion_holdout_losses(
+    client, oos: OutOfSample, settings, symbol, target, name, holder: Candidate, challenger: Candidate
+) -> tuple[pl.DataFrame | None, str | None]:
     """The champion's per-row losses on the challenger's holdout window, or why they cannot be had."""
     if holder.window == challenger.window:
         return oos.losses(holder.run_id, holdout=True), None
     if not _trained_before(holder, challenger.window[0], settings):
-        return None, (f"not comparable: champion v{holder.version} was trained through {holder.tags.get('trained_through')}, "
-                      f"inside the challenger's window {challenger.window[0]}..{challenger.window[1]}")
+        return None, (
+            f"not comparable: champion v{holder.version} was trained through {holder.tags.get('trained_through')}, "
+            f"inside the challenger's window {challenger.window[0]}..{challenger.window[1]}"
+        )
     scored = _score_on_window(settings, symbol, target, f"models:/{name}/{holder.version}", challenger.window)
-    return (scored, None) if scored is not None and scored.height else (None, "the champion could not be scored on the window")
+    return (
+        (scored, None)
+        if scored is not None and scored.height
+        else (None, "the champion could not be scored on the window")
+    )
 
 
 def promote_champion(settings: Settings, symbol: str, target: str) -> Decision:
@@ -175,18 +200,36 @@ def promote_champion(settings: Settings, symbol: str, target: str) -> Decision:
         raise LookupError(f"{name}: no registered versions; materialize trained_models first")
     champion = _current_champion(client, name)
     # A version rolled back from is not a challenger again until someone retrains.
-    newer = [v for v in versions if (champion is None or int(v.version) > int(champion.version)) and "rolled_back_at" not in v.tags]
+    newer = [
+        v
+        for v in versions
+        if (champion is None or int(v.version) > int(champion.version)) and "rolled_back_at" not in v.tags
+    ]
     if not newer:
-        return Decision(name, False, None, str(champion.version), "-", ["no version newer than the champion"], unchanged=True,
-                        tradable=champion.tags.get("tradable") == "true")
+        return Decision(
+            name,
+            False,
+            None,
+            str(champion.version),
+            "-",
+            ["no version newer than the champion"],
+            unchanged=True,
+            tradable=champion.tags.get("tradable") == "true",
+        )
     basis = decision_basis(settings)
     judged = _judged_before(client, name, newer, champion, basis)
     if judged is not None:
         return judged
     candidates = [c for c in (_candidate(client, v) for v in newer) if all(c.window) and loss_key(task) in c.metrics]
     if not candidates:
-        return Decision(name, False, None, str(champion.version) if champion else None, "-",
-                        ["no newer version carries holdout metrics to compare"])
+        return Decision(
+            name,
+            False,
+            None,
+            str(champion.version) if champion else None,
+            "-",
+            ["no newer version carries holdout metrics to compare"],
+        )
     # Losses are comparable only on one window: the newest training run's.
     newest_window = max(c.window for c in candidates)
     oos = OutOfSample(client, task)
@@ -196,12 +239,16 @@ def promote_champion(settings: Settings, symbol: str, target: str) -> Decision:
         return Decision(name, False, None, before, "-", notes or ["no eligible challenger"])
     decision = _serve_decision(client, oos, settings, symbol, target, name, challenger, champion, notes)
     tradable = challenger.tags.get("tradable") == "true"
-    decision.reasons.append(f"trading: v{challenger.version} {'is tradable' if tradable else 'is not tradable (it would be served flat)'}: "
-                            f"{challenger.tags.get('tradable_reason', 'no trade decision recorded')}")
+    decision.reasons.append(
+        f"trading: v{challenger.version} {'is tradable' if tradable else 'is not tradable (it would be served flat)'}: "
+        f"{challenger.tags.get('tradable_reason', 'no trade decision recorded')}"
+    )
     if decision.promoted:
         _set_champion(client, name, challenger.version)
     # Whether what is served after this decision trades: the new champion's rule, or the kept one's.
-    decision.tradable = tradable if decision.promoted else (champion.tags.get("tradable") == "true" if champion else None)
+    decision.tradable = (
+        tradable if decision.promoted else (champion.tags.get("tradable") == "true" if champion else None)
+    )
     return _record(client, decision, basis)
 
 
@@ -209,8 +256,12 @@ def decision_basis(settings: Settings) -> str:
     """What a serve decision depends on besides the versions: the settings promotion reads and its own code."""
     from itff_platform.fingerprints import SHARED_MODULES, code_digest, digest
 
-    read = {"promotion_alpha": settings.promotion.alpha, "label_horizon": settings.features.label_horizon,
-            "max_ece": settings.promotion.max_ece, "interval": settings.interval}
+    read = {
+        "promotion_alpha": settings.promotion.alpha,
+        "label_horizon": settings.features.label_horizon,
+        "max_ece": settings.promotion.max_ece,
+        "interval": settings.interval,
+    }
     return digest(read, code_digest("training/promotion.py", "training/significance.py", *SHARED_MODULES))
 
 
@@ -221,35 +272,74 @@ def _judged_before(client: MlflowClient, name: str, newer: list, champion, basis
     promotion code changes that, and the versions are judged again."""
     last = json.loads(client.get_registered_model(name).tags.get(LAST_DECISION_TAG, "{}"))
     current = str(champion.version) if champion else None
-    if (not last or last["champion_after"] != current or last.get("basis") != basis
-            or last["latest_version"] < max(int(v.version) for v in newer)):
+    if (
+        not last
+        or last["champion_after"] != current
+        or last.get("basis") != basis
+        or last["latest_version"] < max(int(v.version) for v in newer)
+    ):
         return None
     try:
         tags = client.get_model_version(name, last["version"]).tags
     except mlflow.exceptions.MlflowException:  # that version was deleted since
         return None
-    reasons = [f"nothing new to judge: the last decision (v{last['version']} {tags.get('promotion_decision', '?')} on "
-               f"{tags.get('promotion_decided_at', '?')}) saw every version up to v{last['latest_version']} and left "
-               f"{'champion v' + current if champion else 'no champion'}; its reasons:",
-               *tags.get("promotion_reasons", "").split(" | ")]
-    return Decision(name, False, None, current, tags.get("promotion_compared_with", "-"), reasons, unchanged=True,
-                    tradable=None if champion is None else champion.tags.get("tradable") == "true")
+    reasons = [
+        f"nothing new to judge: the last decision (v{last['version']} {tags.get('promotion_decision', '?')} on "
+        f"{tags.get('promotion_decided_at', '?')}) saw every version up to v{last['latest_version']} and left "
+        f"{'champion v' + current if champion else 'no champion'}; its reasons:",
+        *tags.get("promotion_reasons", "").split(" | "),
+    ]
+    return Decision(
+        name,
+        False,
+        None,
+        current,
+        tags.get("promotion_compared_with", "-"),
+        reasons,
+        unchanged=True,
+        tradable=None if champion is None else champion.tags.get("tradable") == "true",
+    )
 
 
-def _serve_decision(client, oos: OutOfSample, settings: Settings, symbol: str, target: str, name: str, challenger: Candidate,
-                    champion, notes: list[str]) -> Decision:
+def _serve_decision(
+    client,
+    oos: OutOfSample,
+    settings: Settings,
+    symbol: str,
+    target: str,
+    name: str,
+    challenger: Candidate,
+    champion,
+    notes: list[str],
+) -> Decision:
     alpha, horizon = settings.promotion.alpha, settings.features.label_horizon
     before = str(champion.version) if champion else None
     mine = oos.losses(challenger.run_id, holdout=True)
-    baseline_losses = {family: oos.losses(run_id, holdout=True) for family, run_id in _baselines_on(client, name, challenger.window).items()}
+    baseline_losses = {
+        family: oos.losses(run_id, holdout=True)
+        for family, run_id in _baselines_on(client, name, challenger.window).items()
+    }
     baseline_losses = {family: losses for family, losses in baseline_losses.items() if losses is not None}
     if not baseline_losses:
-        return Decision(name, False, challenger.version, before, "baselines", [*notes, "no baseline run on the same window to compare with"])
+        return Decision(
+            name,
+            False,
+            challenger.version,
+            before,
+            "baselines",
+            [*notes, "no baseline run on the same window to compare with"],
+        )
     best_name, best = min(baseline_losses.items(), key=lambda kv: kv[1]["loss"].mean())
     skill = compare(mine, best, horizon)
-    reasons = [*notes, skill_reason(f"{challenger.family} v{challenger.version}", skill, f"the better baseline {best_name}", alpha)]
-    figures = {"p_value_vs_baseline": skill.p_value, "holdout_loss": float(mine["loss"].mean()),
-               "baseline_holdout_loss": float(best["loss"].mean())}
+    reasons = [
+        *notes,
+        skill_reason(f"{challenger.family} v{challenger.version}", skill, f"the better baseline {best_name}", alpha),
+    ]
+    figures = {
+        "p_value_vs_baseline": skill.p_value,
+        "holdout_loss": float(mine["loss"].mean()),
+        "baseline_holdout_loss": float(best["loss"].mean()),
+    }
     if champion is None:
         decision = Decision(name, skill.significant(alpha), challenger.version, None, best_name, reasons, figures)
         return decision
@@ -259,8 +349,10 @@ def _serve_decision(client, oos: OutOfSample, settings: Settings, symbol: str, t
         return Decision(name, False, challenger.version, before, f"v{before}", [*reasons, refusal], figures)
     versus = compare(mine, theirs, horizon)
     champion_skill = compare(theirs, best, horizon)
-    reasons += [skill_reason(f"{challenger.family} v{challenger.version}", versus, f"champion v{before}", alpha),
-                skill_reason(f"champion v{before}", champion_skill, f"the better baseline {best_name}", alpha)]
+    reasons += [
+        skill_reason(f"{challenger.family} v{challenger.version}", versus, f"champion v{before}", alpha),
+        skill_reason(f"champion v{before}", champion_skill, f"the better baseline {best_name}", alpha),
+    ]
     figures.update({"p_value_vs_champion": versus.p_value, "champion_p_value_vs_baseline": champion_skill.p_value})
     # Replace a champion only on evidence: the challenger is significantly better than it, or the champion has
     # lost its significant edge over the baselines while the challenger has one.
@@ -268,7 +360,9 @@ def _serve_decision(client, oos: OutOfSample, settings: Settings, symbol: str, t
     return Decision(name, promoted, challenger.version, before, f"v{before}", reasons, figures)
 
 
-def _score_on_window(settings: Settings, symbol: str, target: str, model_uri: str, window: tuple[str, str]) -> pl.DataFrame | None:
+def _score_on_window(
+    settings: Settings, symbol: str, target: str, model_uri: str, window: tuple[str, str]
+) -> pl.DataFrame | None:
     """Per-row losses of a (champion) model on the challenger's holdout window, from the lake's silver rows,
     through its pyfunc: exactly what the service would have answered there."""
     import pandas as pd
@@ -287,7 +381,9 @@ def _score_on_window(settings: Settings, symbol: str, target: str, model_uri: st
         context = int(json.loads((local / "artifacts" / "forecaster" / "meta.json").read_text()).get("context_rows", 0))
         # Hand sequence models the history before the window, then keep only the window's own predictions.
         first = max(0, rows[0] - context)
-        frame = pd.DataFrame(data.x[first : rows[-1] + 1], columns=data.features).assign(regime=data.regimes[first : rows[-1] + 1].astype(str))
+        frame = pd.DataFrame(data.x[first : rows[-1] + 1], columns=data.features).assign(
+            regime=data.regimes[first : rows[-1] + 1].astype(str)
+        )
         out = model.predict(frame).iloc[rows[0] - first :]
     window_rows = slice(rows[0], rows[-1] + 1)
     prediction = out[["p10", "p50", "p90"]].to_numpy() if data.task == "regression" else out["prob_up"].to_numpy()
@@ -302,7 +398,9 @@ def _trained_before(holder: Candidate, window_start: str, settings: Settings) ->
     last = holder.tags.get("trained_through")
     if not last:
         return False
-    known = datetime.fromisoformat(last) + timedelta(seconds=(settings.features.label_horizon + 1) * settings.interval_seconds)
+    known = datetime.fromisoformat(last) + timedelta(
+        seconds=(settings.features.label_horizon + 1) * settings.interval_seconds
+    )
     return known <= datetime.fromisoformat(window_start)
 
 
@@ -321,9 +419,17 @@ def force_champion(settings: Settings, symbol: str, target: str, version: str) -
     if before == str(version):
         raise LookupError(f"{name}: v{version} is already the champion")
     forced_at = datetime.now(UTC).isoformat(timespec="seconds")
-    decision = Decision(name, True, str(version), before, "forced",
-                        [f"forced by itff promote --force at {forced_at}: v{version} is served without passing the "
-                         f"promotion test (champion before: {'v' + before if before else 'none'})"])
+    decision = Decision(
+        name,
+        True,
+        str(version),
+        before,
+        "forced",
+        [
+            f"forced by itff promote --force at {forced_at}: v{version} is served without passing the "
+            f"promotion test (champion before: {'v' + before if before else 'none'})"
+        ],
+    )
     _set_champion(client, name, str(version))
     decision.tradable = client.get_model_version(name, str(version)).tags.get("tradable") == "true"
     _record(client, decision)
@@ -341,8 +447,10 @@ def rollback_champion(settings: Settings, symbol: str, target: str) -> tuple[str
     current, previous = history[-1], history[-2]
     holder = _current_champion(client, name)
     if holder is None or str(holder.version) != current:
-        raise LookupError(f"{name}: the champion alias (v{holder.version if holder else '-'}) is not the last entry "
-                          f"of {HISTORY_TAG} (v{current}); set the alias by hand or promote again")
+        raise LookupError(
+            f"{name}: the champion alias (v{holder.version if holder else '-'}) is not the last entry "
+            f"of {HISTORY_TAG} (v{current}); set the alias by hand or promote again"
+        )
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[:-1]))  # history first: it drives rollback
     client.set_registered_model_alias(name, CHAMPION, previous)
     client.set_model_version_tag(name, current, "rolled_back_at", datetime.now(UTC).isoformat(timespec="seconds"))
@@ -415,7 +523,16 @@ def _record(client: MlflowClient, decision: Decision, basis: str | None = None) 
             client.set_model_version_tag(decision.name, decision.challenger, key, value)
         # What this decision saw and left: a later run with no newer version and the same champion keeps it (_judged_before).
         latest = max(int(v.version) for v in client.search_model_versions(f"name = '{decision.name}'"))
-        client.set_registered_model_tag(decision.name, LAST_DECISION_TAG, json.dumps(
-            {"version": decision.challenger, "latest_version": latest, "champion_after": decision.champion_after,
-             "basis": basis}))
+        client.set_registered_model_tag(
+            decision.name,
+            LAST_DECISION_TAG,
+            json.dumps(
+                {
+                    "version": decision.challenger,
+                    "latest_version": latest,
+                    "champion_after": decision.champion_after,
+                    "basis": basis,
+                }
+            ),
+        )
     return decision

@@ -35,7 +35,9 @@ class ItffForecastModel(mlflow.pyfunc.PythonModel):
         warm = np.arange(len(x)) >= self.meta.get("context_rows", 0)
         # The same output either way: MC dropout (classifiers only) just adds its spread as `uncertainty`.
         uncertainty = self.meta["task"] != "regression" and params and params.get("uncertainty")
-        out, spread = self.forecaster.predict_with_uncertainty(x) if uncertainty else (self.forecaster.predict_proba(x), None)
+        out, spread = (
+            self.forecaster.predict_with_uncertainty(x) if uncertainty else (self.forecaster.predict_proba(x), None)
+        )
         frame = pd.DataFrame({**answer_columns(out, self.meta, self.meta["target"]), "regime": regime, "warm": warm})
         if spread is not None:
             frame["uncertainty"] = spread

@@ -42,38 +42,118 @@ LIBRARIES = ("numpy", "scipy", "scikit-learn", "torch", "optuna")
 # fingerprint), promotion's test, serving, monitoring, automation and display. A setting not named here is part of
 # every study's fingerprint, so a new one retrains rather than reuses until it is listed.
 SILVER_ONLY = set(SILVER_SETTINGS) - {"interval", "label_horizon"}  # these two training reads itself
-SETTINGS_IGNORED = frozenset(SILVER_ONLY | {
-    "home", "lake_dir", "mlflow_dir", "drop_dir", "reports_dir", "monitoring_dir", "serve_state_dir",
-    "mlflow_tracking_uri", "mlflow_ui_url", "optuna_storage", "progress_bar",
-    "source", "symbols", "start_date", "end_date", "sample_end_date", "binance_base_url", "binance_archive_url", "binance_max_retries",
-    "http_timeout_s", "gap_tolerance_bars", "continuity_atr_multiple", "lake_vacuum_retention_hours",
-    "lake_maintenance_cron",
-    "targets", "families", "regression_families", "trials", "torch_trials", "promotion_alpha",
-    "api_tokens", "admin_token", "rate_limit_per_minute", "rate_limit_burst", "max_request_bytes", "tradingview_secret",
-    "serve_workers", "serve_access_log", "batch_max_size", "reload_interval_s", "model_max_age_days",
-    "live_quality_window_days", "tradingview_window_s", "tradingview_stale", "tradingview_max_close_deviation",
-    "auth_failure_burst", "auth_failures_per_minute", "prediction_log_write_ahead", "service_url",
-    "automation_on", "daily_run_utc", "daily_trials", "daily_torch_trials", "weekly_evaluation_cron",
-    "prediction_log_flush_rows", "prediction_log_flush_s", "drift_recent_days", "drift_reference_days",
-    "drift_psi_warn", "drift_psi_error", "drift_ks_warn", "drift_ks_error", "drift_features_for_retrain",
-    "regime_shift_warn", "regime_shift_error", "quality_log_loss_warn", "quality_log_loss_error", "min_live_outcomes",
-    "drift_false_alarm_rate", "drift_warn_false_alarm_rate", "drift_calibration_step_days", "drift_cooldown_days",
-    "drift_mape_error", "drift_precision_recall_max", "drift_precision_recall_days", "drift_precision_recall_alpha",
-})
+SETTINGS_IGNORED = frozenset(
+    SILVER_ONLY
+    | {
+        "home",
+        "lake_dir",
+        "mlflow_dir",
+        "drop_dir",
+        "reports_dir",
+        "monitoring_dir",
+        "serve_state_dir",
+        "mlflow_tracking_uri",
+        "mlflow_ui_url",
+        "optuna_storage",
+        "progress_bar",
+        "source",
+        "symbols",
+        "start_date",
+        "end_date",
+        "sample_end_date",
+        "binance_base_url",
+        "binance_archive_url",
+        "binance_max_retries",
+        "http_timeout_s",
+        "gap_tolerance_bars",
+        "continuity_atr_multiple",
+        "lake_vacuum_retention_hours",
+        "lake_maintenance_cron",
+        "targets",
+        "families",
+        "regression_families",
+        "trials",
+        "torch_trials",
+        "promotion_alpha",
+        "api_tokens",
+        "admin_token",
+        "rate_limit_per_minute",
+        "rate_limit_burst",
+        "max_request_bytes",
+        "tradingview_secret",
+        "serve_workers",
+        "serve_access_log",
+        "batch_max_size",
+        "reload_interval_s",
+        "model_max_age_days",
+        "live_quality_window_days",
+        "tradingview_window_s",
+        "tradingview_stale",
+        "tradingview_max_close_deviation",
+        "auth_failure_burst",
+        "auth_failures_per_minute",
+        "prediction_log_write_ahead",
+        "service_url",
+        "automation_on",
+        "daily_run_utc",
+        "daily_trials",
+        "daily_torch_trials",
+        "weekly_evaluation_cron",
+        "prediction_log_flush_rows",
+        "prediction_log_flush_s",
+        "drift_recent_days",
+        "drift_reference_days",
+        "drift_psi_warn",
+        "drift_psi_error",
+        "drift_ks_warn",
+        "drift_ks_error",
+        "drift_features_for_retrain",
+        "regime_shift_warn",
+        "regime_shift_error",
+        "quality_log_loss_warn",
+        "quality_log_loss_error",
+        "min_live_outcomes",
+        "drift_false_alarm_rate",
+        "drift_warn_false_alarm_rate",
+        "drift_calibration_step_days",
+        "drift_cooldown_days",
+        "drift_mape_error",
+        "drift_precision_recall_max",
+        "drift_precision_recall_days",
+        "drift_precision_recall_alpha",
+    }
+)
 
 
 def data_digest(data: TrainingData) -> str:
     """The rows a symbol x target's studies train on, as arrays: computed once, shared by its families."""
-    return digest(data.symbol, data.target, data.features, data.x, data.y, data.timestamps, data.regimes,
-                  data.forward_return, data.close)
+    return digest(
+        data.symbol,
+        data.target,
+        data.features,
+        data.x,
+        data.y,
+        data.timestamps,
+        data.regimes,
+        data.forward_return,
+        data.close,
+    )
 
 
-def study_fingerprint(data_fingerprint: str, folds: list[Fold], family: str, settings: Settings,
-                      n_trials: int | None = None) -> str:
+def study_fingerprint(
+    data_fingerprint: str, folds: list[Fold], family: str, settings: Settings, n_trials: int | None = None
+) -> str:
     chosen = settings.flat_dump(mode="json", exclude=SETTINGS_IGNORED)
     fold_rows = [(fold.number, fold.train, fold.test) for fold in folds]
-    return digest("study", data_fingerprint, *(part for row in fold_rows for part in row), family,
-                  study_trials(family, settings, n_trials), chosen, code_digest("training", "models", "contracts", *SHARED_MODULES, libraries=LIBRARIES))
+    return digest(
+        "study",
+        data_fingerprint,
+        *(part for row in fold_rows for part in row),
+        family,
+        study_trials(family, settings, n_trials),
+        chosen,
+        code_digest("training", "models", "contracts", *SHARED_MODULES, libraries=LIBRARIES),
+    )
 
 
 def earlier_outcome(settings: Settings, data: TrainingData, family: str, fingerprint: str) -> StudyOutcome | None:
@@ -82,8 +162,12 @@ def earlier_outcome(settings: Settings, data: TrainingData, family: str, fingerp
     quiet_mlflow()
     client = MlflowClient(settings.tracking_uri)
     experiment = experiment_id(settings, data.symbol, data.target)
-    runs = client.search_runs([experiment], f"tags.{FINGERPRINT_TAG} = '{fingerprint}' AND attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time DESC"], max_results=10)
+    runs = client.search_runs(
+        [experiment],
+        f"tags.{FINGERPRINT_TAG} = '{fingerprint}' AND attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=10,
+    )
     for run in runs:
         registers = not (is_baseline(family) or "not_registered" in run.data.tags)
         versions = client.search_model_versions(f"run_id = '{run.info.run_id}'") if registers else []
@@ -93,29 +177,51 @@ def earlier_outcome(settings: Settings, data: TrainingData, family: str, fingerp
     return None
 
 
-def _outcome_of(client: MlflowClient, run, family: str, version: str | None, data: TrainingData,
-                settings: Settings) -> StudyOutcome:
+def _outcome_of(
+    client: MlflowClient, run, family: str, version: str | None, data: TrainingData, settings: Settings
+) -> StudyOutcome:
     """A StudyOutcome as the run recorded it: the same figures the study reported when it ran."""
     tags, run_id = run.data.tags, run.info.run_id
     metrics = {**run.data.metrics, **json.loads(tags.get(EXACT_METRICS_TAG, "{}"))}
     prefix = f"{family}."
-    params = {k.removeprefix(prefix): _literal(v) for k, v in run.data.params.items() if k.startswith(prefix) or k == "class_weight"}
+    params = {
+        k.removeprefix(prefix): _literal(v)
+        for k, v in run.data.params.items()
+        if k.startswith(prefix) or k == "class_weight"
+    }
     with tempfile.TemporaryDirectory() as scratch:
         root = {Path(a.path).name for a in client.list_artifacts(run_id) if not a.is_dir}
         evaluation = {Path(a.path).name for a in client.list_artifacts(run_id, "evaluation")}
-        tables = {name: pl.read_csv(client.download_artifacts(run_id, f"evaluation/{name}.csv", scratch))
-                  for name in ("folds", "regimes") if f"{name}.csv" in evaluation}
+        tables = {
+            name: pl.read_csv(client.download_artifacts(run_id, f"evaluation/{name}.csv", scratch))
+            for name in ("folds", "regimes")
+            if f"{name}.csv" in evaluation
+        }
         figures = {}
         # The run's own figures, not whatever a later study of this family left under the same name.
         for name in sorted(root):
             if name.endswith(".png"):
-                figures[name.removesuffix(".png")] = target = figure_path(settings, data, family, name.removesuffix(".png"))
+                figures[name.removesuffix(".png")] = target = figure_path(
+                    settings, data, family, name.removesuffix(".png")
+                )
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(Path(client.download_artifacts(run_id, name, scratch)).read_bytes())
     return StudyOutcome(
-        family, run_id, metrics, params, version, int(metrics.get("trials_completed", 0)), int(metrics.get("trials_pruned", 0)),
-        metrics.get("study_seconds", 0.0), figures, tags.get("tradable") == "true", tags.get("tradable_reason", ""),
-        tables.get("folds"), tables.get("regimes"), reused=True)
+        family,
+        run_id,
+        metrics,
+        params,
+        version,
+        int(metrics.get("trials_completed", 0)),
+        int(metrics.get("trials_pruned", 0)),
+        metrics.get("study_seconds", 0.0),
+        figures,
+        tags.get("tradable") == "true",
+        tags.get("tradable_reason", ""),
+        tables.get("folds"),
+        tables.get("regimes"),
+        reused=True,
+    )
 
 
 def _literal(text: str):

@@ -50,4 +50,3 @@ def walk_forward_splits(
         folds.append(Fold(number, candidates[~embargoed[candidates]], test))
         embargoed[test[-1] + 1 : test[-1] + 1 + embargo] = True
     return folds
-

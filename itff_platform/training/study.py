@@ -34,7 +34,10 @@ FINGERPRINT_TAG = "study_fingerprint"  # what the study depends on (training.reu
 # Metrics a float would change (counts) or MLflow drops (NaN, inf), as JSON: a reused study (training.reuse) then
 # reports exactly what this one did (2268 trades, not 2268.0; a profit factor of inf, not a missing one).
 EXACT_METRICS_TAG = "metrics_exact"
-HEADLINE = {"classification": ["log_loss", "roc_auc", "ece", "backtest_profit_factor"], "regression": ["mae", "mape", "band_coverage"]}
+HEADLINE = {
+    "classification": ["log_loss", "roc_auc", "ece", "backtest_profit_factor"],
+    "regression": ["mae", "mape", "band_coverage"],
+}
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,11 @@ class StudyOutcome:
     def trials_per_minute(self) -> float:
         # The figure logged to MLflow, so a reused study reports exactly what its run did.
         logged = self.metrics.get("trials_per_minute")
-        return logged if logged is not None else (self.trials_completed + self.trials_pruned) / max(self.seconds, 1e-9) * 60
+        return (
+            logged
+            if logged is not None
+            else (self.trials_completed + self.trials_pruned) / max(self.seconds, 1e-9) * 60
+        )
 
 
 # MLflow 3 opens an experiment by its kind; untagged, it may guess GenAI and open on an empty traces page.
@@ -70,16 +77,22 @@ def experiment_id(settings: Settings, symbol: str, target: str) -> str:
     name = registered_name(symbol, target)
     found = mlflow.get_experiment_by_name(name)
     if found is None:
-        return mlflow.create_experiment(name, artifact_location=f"{settings.artifact_location}/{name}", tags=EXPERIMENT_KIND)
+        return mlflow.create_experiment(
+            name, artifact_location=f"{settings.artifact_location}/{name}", tags=EXPERIMENT_KIND
+        )
     for key, value in EXPERIMENT_KIND.items():  # experiments created before the tag existed
         if found.tags.get(key) != value:
             mlflow.MlflowClient(settings.tracking_uri).set_experiment_tag(found.experiment_id, key, value)
     return found.experiment_id
 
 
-def run_summary(family: str, data: TrainingData, metrics: dict[str, float], registered: str | None, refused: str | None) -> str:
+def run_summary(
+    family: str, data: TrainingData, metrics: dict[str, float], registered: str | None, refused: str | None
+) -> str:
     """The parent run's description: its headline figures in one line, readable in the runs table and run page."""
-    figures = ", ".join(f"{k} {metrics[k]:.4f}" for k in HEADLINE[data.task] if k in metrics and math.isfinite(metrics[k]))
+    figures = ", ".join(
+        f"{k} {metrics[k]:.4f}" for k in HEADLINE[data.task] if k in metrics and math.isfinite(metrics[k])
+    )
     outcome = f"registered as version {registered}" if registered else f"not registered ({refused or 'baseline'})"
     return f"**{family}** on {data.symbol} {data.target}: {figures}; {outcome}."
 
@@ -110,11 +123,22 @@ def log_training_dataset(data: TrainingData, settings: Settings) -> None:
             warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
             _DATASETS.clear()
             _DATASETS[key] = mlflow.data.from_pandas(
-                frame, source=DeltaDatasetSource(path=LakeTables.under(settings).silver, delta_table_version=version),
-                name=f"silver-{data.symbol}-{data.target}", targets="target")
-    mlflow.log_input(_DATASETS[key], context="training",
-                     tags={"delta_table": "silver", "delta_version": str(version), "rows": str(len(data)),
-                           "symbol": data.symbol, "target": data.target})
+                frame,
+                source=DeltaDatasetSource(path=LakeTables.under(settings).silver, delta_table_version=version),
+                name=f"silver-{data.symbol}-{data.target}",
+                targets="target",
+            )
+    mlflow.log_input(
+        _DATASETS[key],
+        context="training",
+        tags={
+            "delta_table": "silver",
+            "delta_version": str(version),
+            "rows": str(len(data)),
+            "symbol": data.symbol,
+            "target": data.target,
+        },
+    )
 
 
 _DATASETS: dict[tuple, object] = {}  # the last symbol x target's dataset record, reused by its other studies
@@ -177,48 +201,107 @@ def run_study(
         best = search.study.best_trial
         params = {k: v for k, v in best.params.items() if k != "class_weight"} | fixed
         weighting = best.params.get("class_weight", "none")
-        prediction, losses, uncalibrated = _with_holdout(data, family, params, weighting, search.predictions[best.number],
-                                                         holdout, settings)
+        prediction, losses, uncalibrated = _with_holdout(
+            data, family, params, weighting, search.predictions[best.number], holdout, settings
+        )
         with tempfile.TemporaryDirectory() as scratch:
             folder = Path(scratch)
-            evaluation = evaluate(data, folds, prediction, losses, settings, family, folder / "evaluation", uncalibrated)
+            evaluation = evaluate(
+                data, folds, prediction, losses, settings, family, folder / "evaluation", uncalibrated
+            )
             seconds = time.perf_counter() - started
-            metrics = {**evaluation.metrics, "trials_completed": search.completed, "trials_pruned": search.pruned,
-                       "study_seconds": seconds, "trials_per_minute": (search.completed + search.pruned) / seconds * 60}
+            metrics = {
+                **evaluation.metrics,
+                "trials_completed": search.completed,
+                "trials_pruned": search.pruned,
+                "study_seconds": seconds,
+                "trials_per_minute": (search.completed + search.pruned) / seconds * 60,
+            }
             _log_evaluation(family, metrics, evaluation, params, weighting, folder)
-            version = _register_unless_refused(data, family_spec, params, weighting, evaluation, settings, folder,
-                                               metrics, progress)
+            version = _register_unless_refused(
+                data, family_spec, params, weighting, evaluation, settings, folder, metrics, progress
+            )
             figures = _keep_figures(settings, data, family, evaluation)
-    return StudyOutcome(family, parent.info.run_id, metrics, best.params, version, search.completed, search.pruned,
-                        time.perf_counter() - started, figures, evaluation.tradable, evaluation.tradable_reason,
-                        evaluation.fold_table, evaluation.regime_table)
+    return StudyOutcome(
+        family,
+        parent.info.run_id,
+        metrics,
+        best.params,
+        version,
+        search.completed,
+        search.pruned,
+        time.perf_counter() - started,
+        figures,
+        evaluation.tradable,
+        evaluation.tradable_reason,
+        evaluation.fold_table,
+        evaluation.regime_table,
+    )
 
 
-def _log_study_inputs(data: TrainingData, family: str, folds: list[Fold], settings: Settings, n_trials: int,
-                      fingerprint: str | None) -> None:
+def _log_study_inputs(
+    data: TrainingData, family: str, folds: list[Fold], settings: Settings, n_trials: int, fingerprint: str | None
+) -> None:
     """The parent run's tags, params and dataset: what the study trains on, and with which budget."""
-    mlflow.set_tags({"family": family, "symbol": data.symbol, "target": data.target, "task": data.task,
-                     "seed": settings.training.seed, **{f"delta_version.{k}": v for k, v in data.table_versions.items()},
-                     **({FINGERPRINT_TAG: fingerprint} if fingerprint else {})})
+    mlflow.set_tags(
+        {
+            "family": family,
+            "symbol": data.symbol,
+            "target": data.target,
+            "task": data.task,
+            "seed": settings.training.seed,
+            **{f"delta_version.{k}": v for k, v in data.table_versions.items()},
+            **({FINGERPRINT_TAG: fingerprint} if fingerprint else {}),
+        }
+    )
     # The same keys on every family's parent run, so MLflow's compare view lines the families up row by row.
-    mlflow.log_params({"family": family, "symbol": data.symbol, "target": data.target, "task": data.task,
-                       "trials": n_trials, "seed": settings.training.seed})
-    mlflow.log_params({"folds": len(folds), "search_folds": len(folds) - 1, "wf_mode": settings.training.wf_mode, "embargo_bars": settings.training.wf_embargo_bars,
-                       "label_horizon": settings.features.label_horizon, "fees_bps": settings.trading.fees_bps, "rows": len(data),
-                       "features": len(data.features)})
+    mlflow.log_params(
+        {
+            "family": family,
+            "symbol": data.symbol,
+            "target": data.target,
+            "task": data.task,
+            "trials": n_trials,
+            "seed": settings.training.seed,
+        }
+    )
+    mlflow.log_params(
+        {
+            "folds": len(folds),
+            "search_folds": len(folds) - 1,
+            "wf_mode": settings.training.wf_mode,
+            "embargo_bars": settings.training.wf_embargo_bars,
+            "label_horizon": settings.features.label_horizon,
+            "fees_bps": settings.trading.fees_bps,
+            "rows": len(data),
+            "features": len(data.features),
+        }
+    )
     log_training_dataset(data, settings)
 
 
-def _search(data: TrainingData, family_spec: FamilySpec, search_folds: list[Fold], settings: Settings, n_trials: int,
-            fixed: dict, experiment: str, stamp: str, progress: Callable[[str], None]) -> Search:
+def _search(
+    data: TrainingData,
+    family_spec: FamilySpec,
+    search_folds: list[Fold],
+    settings: Settings,
+    n_trials: int,
+    fixed: dict,
+    experiment: str,
+    stamp: str,
+    progress: Callable[[str], None],
+) -> Search:
     """The Optuna search over the family's space, a nested MLflow run per trial, scored on the search folds only."""
     family, cls = family_spec.name, family_spec.forecaster_class()
     predictions: dict[int, tuple[np.ndarray, list[float], np.ndarray]] = {}
 
     def objective(trial: optuna.Trial) -> float:
         params = {**cls.search_space(trial), **fixed}
-        weighting = (trial.suggest_categorical("class_weight", ["balanced", "none"])
-                     if data.task == "classification" and not family_spec.baseline else "none")
+        weighting = (
+            trial.suggest_categorical("class_weight", ["balanced", "none"])
+            if data.task == "classification" and not family_spec.baseline
+            else "none"
+        )
         trial_started = time.perf_counter()
         # A nested run does not inherit its parent's experiment; without it trials land in "Default".
         with mlflow.start_run(experiment_id=experiment, run_name=f"trial-{trial.number}", nested=True):
@@ -232,12 +315,15 @@ def _search(data: TrainingData, family_spec: FamilySpec, search_folds: list[Fold
                     raise optuna.TrialPruned(f"fold {number} loss {loss:.4f}")
 
             prediction, losses, uncalibrated = out_of_sample(
-                lambda: make_forecaster(family, params, settings), data, search_folds, weighting, on_fold)
+                lambda: make_forecaster(family, params, settings), data, search_folds, weighting, on_fold
+            )
             mean_loss = float(np.mean(losses))
             mlflow.log_metric("mean_fold_loss", mean_loss)
         predictions[trial.number] = (prediction, losses, uncalibrated)
-        progress(f"[{data.symbol} {data.target} {family}] trial {trial.number + 1}/{n_trials}: loss {mean_loss:.5f} "
-                 f"in {time.perf_counter() - trial_started:.1f}s {params | {'class_weight': weighting}}")
+        progress(
+            f"[{data.symbol} {data.target} {family}] trial {trial.number + 1}/{n_trials}: loss {mean_loss:.5f} "
+            f"in {time.perf_counter() - trial_started:.1f}s {params | {'class_weight': weighting}}"
+        )
         return mean_loss
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # before create_study, which logs at INFO
@@ -248,25 +334,48 @@ def _search(data: TrainingData, family_spec: FamilySpec, search_folds: list[Fold
         sampler=optuna.samplers.TPESampler(seed=settings.training.seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
     )
-    study.optimize(objective, n_trials=n_trials, timeout=settings.training.study_timeout_s, show_progress_bar=settings.training.progress_bar)
+    study.optimize(
+        objective,
+        n_trials=n_trials,
+        timeout=settings.training.study_timeout_s,
+        show_progress_bar=settings.training.progress_bar,
+    )
     return Search(study, predictions)
 
 
-def _with_holdout(data: TrainingData, family: str, params: dict, weighting: str,
-                  searched: tuple[np.ndarray, list[float], np.ndarray], holdout: list[Fold],
-                  settings: Settings) -> tuple[np.ndarray, list[float], np.ndarray]:
+def _with_holdout(
+    data: TrainingData,
+    family: str,
+    params: dict,
+    weighting: str,
+    searched: tuple[np.ndarray, list[float], np.ndarray],
+    holdout: list[Fold],
+    settings: Settings,
+) -> tuple[np.ndarray, list[float], np.ndarray]:
     """The best trial's search-fold predictions followed by the same configuration's predictions on the holdout."""
     searched_prediction, search_losses, searched_raw = searched
-    held_out, holdout_losses, held_out_raw = out_of_sample(lambda: make_forecaster(family, params, settings), data, holdout, weighting)
-    return (np.concatenate([searched_prediction, held_out]), [*search_losses, *holdout_losses],
-            np.concatenate([searched_raw, held_out_raw]))
+    held_out, holdout_losses, held_out_raw = out_of_sample(
+        lambda: make_forecaster(family, params, settings), data, holdout, weighting
+    )
+    return (
+        np.concatenate([searched_prediction, held_out]),
+        [*search_losses, *holdout_losses],
+        np.concatenate([searched_raw, held_out_raw]),
+    )
 
 
-def _log_evaluation(family: str, metrics: dict, evaluation: Evaluation, params: dict, weighting: str, folder: Path) -> None:
+def _log_evaluation(
+    family: str, metrics: dict, evaluation: Evaluation, params: dict, weighting: str, folder: Path
+) -> None:
     mlflow.log_metrics(_clean(metrics))
     mlflow.set_tag(EXACT_METRICS_TAG, json.dumps(_not_float(metrics)))
-    mlflow.set_tags({**evaluation.recent_window, "tradable": str(evaluation.tradable).lower(),
-                     "tradable_reason": evaluation.tradable_reason[:5000]})
+    mlflow.set_tags(
+        {
+            **evaluation.recent_window,
+            "tradable": str(evaluation.tradable).lower(),
+            "tradable_reason": evaluation.tradable_reason[:5000],
+        }
+    )
     # Hyperparameters differ per family: namespaced by family, so a name shared by two families (dropout)
     # never reads as one comparable column; the class weighting is common to all and stays plain.
     mlflow.log_params({"class_weight": weighting, **{f"{family}.{k}": v for k, v in params.items()}})
@@ -277,17 +386,28 @@ def _log_evaluation(family: str, metrics: dict, evaluation: Evaluation, params: 
         mlflow.log_artifact(str(path))
 
 
-def _register_unless_refused(data: TrainingData, family_spec: FamilySpec, params: dict, weighting: str,
-                             evaluation: Evaluation, settings: Settings, folder: Path, metrics: dict[str, float],
-                             progress: Callable[[str], None]) -> str | None:
+def _register_unless_refused(
+    data: TrainingData,
+    family_spec: FamilySpec,
+    params: dict,
+    weighting: str,
+    evaluation: Evaluation,
+    settings: Settings,
+    folder: Path,
+    metrics: dict[str, float],
+    progress: Callable[[str], None],
+) -> str | None:
     """The registered version, or None for a baseline or a model registration refuses (tagged with why)."""
     family = family_spec.name
     refused = None if family_spec.baseline else registration_refusal(metrics, settings)
     if refused:
         mlflow.set_tag("not_registered", refused)
         progress(f"[{data.symbol} {data.target} {family}] not registered: {refused}")
-    version = None if family_spec.baseline or refused else _refit_and_register(
-        data, family, params, weighting, evaluation, settings, folder, metrics)
+    version = (
+        None
+        if family_spec.baseline or refused
+        else _refit_and_register(data, family, params, weighting, evaluation, settings, folder, metrics)
+    )
     mlflow.set_tag("mlflow.note.content", run_summary(family, data, metrics, version, refused))
     return version
 
@@ -311,8 +431,16 @@ def registration_refusal(metrics: dict[str, float], settings: Settings) -> str |
     return None
 
 
-def _refit_and_register(data: TrainingData, family: str, params: dict, weighting: str, evaluation: Evaluation,
-                        settings: Settings, folder: Path, metrics: dict[str, float]) -> str:
+def _refit_and_register(
+    data: TrainingData,
+    family: str,
+    params: dict,
+    weighting: str,
+    evaluation: Evaluation,
+    settings: Settings,
+    folder: Path,
+    metrics: dict[str, float],
+) -> str:
     from mlflow.models import infer_signature
 
     from itff_platform.training import pyfunc
@@ -323,12 +451,23 @@ def _refit_and_register(data: TrainingData, family: str, params: dict, weighting
     model = make_forecaster(family, params, settings).fit(data.x, data.y, sample_weights(data, every_row, weighting))
     saved = folder / "forecaster"
     model.save(saved)
-    meta = {"family": family, "symbol": data.symbol, "target": data.target, "task": data.task, "features": data.features,
-            "threshold": evaluation.threshold, "label_horizon": settings.features.label_horizon,
-            "tradable": evaluation.tradable, "tradable_reason": evaluation.tradable_reason, "interval": settings.interval,
-            "trained_through": str(data.timestamps[-1]), "table_versions": data.table_versions, "params": params,
-            "context_rows": model.context_rows,
-            "class_weight": weighting}
+    meta = {
+        "family": family,
+        "symbol": data.symbol,
+        "target": data.target,
+        "task": data.task,
+        "features": data.features,
+        "threshold": evaluation.threshold,
+        "label_horizon": settings.features.label_horizon,
+        "tradable": evaluation.tradable,
+        "tradable_reason": evaluation.tradable_reason,
+        "interval": settings.interval,
+        "trained_through": str(data.timestamps[-1]),
+        "table_versions": data.table_versions,
+        "params": params,
+        "context_rows": model.context_rows,
+        "class_weight": weighting,
+    }
     (saved / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     mlflow.set_tag("trained_through", str(data.timestamps[-1])[:19])
     example = pd.DataFrame(data.x[-5:], columns=data.features).assign(regime=data.regimes[-5:].astype(str))
@@ -348,8 +487,13 @@ def _refit_and_register(data: TrainingData, family: str, params: dict, weighting
     )
     version = str(info.registered_model_version)
     client = MlflowClient()
-    tags = {"family": family, "complexity": str(model.complexity), "threshold": f"{evaluation.threshold:.2f}",
-            "tradable": str(evaluation.tradable).lower(), **{k: f"{metrics[k]:.5f}" for k in HEADLINE[data.task] if k in metrics}}
+    tags = {
+        "family": family,
+        "complexity": str(model.complexity),
+        "threshold": f"{evaluation.threshold:.2f}",
+        "tradable": str(evaluation.tradable).lower(),
+        **{k: f"{metrics[k]:.5f}" for k in HEADLINE[data.task] if k in metrics},
+    }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     return version

@@ -46,14 +46,18 @@ def train_symbol_target(
 ) -> list[StudyOutcome]:
     data = data or training_data(settings, symbol, target, as_of)
     folds = folds_for(data, settings)
-    progress(f"[{symbol} {target}] {len(data)} rows, {len(folds)} folds of {len(folds[0].test)} test rows, "
-             f"silver Delta version {data.table_versions.get('silver')}")
+    progress(
+        f"[{symbol} {target}] {len(data)} rows, {len(folds)} folds of {len(folds[0].test)} test rows, "
+        f"silver Delta version {data.table_versions.get('silver')}"
+    )
     rows = data_digest(data)
     outcomes = []
     for family in families or families_for(target, settings):
         fingerprint = study_fingerprint(rows, folds, family, settings)
         earlier = earlier_outcome(settings, data, family, fingerprint)
         if earlier is not None:
-            progress(f"[{symbol} {target} {family}] unchanged since run {earlier.run_id} (same data, settings and code): reused")
+            progress(
+                f"[{symbol} {target} {family}] unchanged since run {earlier.run_id} (same data, settings and code): reused"
+            )
         outcomes.append(earlier or run_study(data, family, folds, settings, progress, fingerprint=fingerprint))
     return outcomes

@@ -27,8 +27,12 @@ def backfill(tmp_path_factory):
         (home / "dagster_home").mkdir()
         instance = DagsterInstance.local_temp(str(home / "dagster_home"))  # on disk, as the UI's instance is
         # The named jobs, as the CLI and the sensors run them; each a single-run backfill over its partitions.
-        built = execute_job("lake_job", instance, partition_range=("2022-10-01|BTCUSDT", "2023-06-01|BTCUSDT"), run_config=config)
+        built = execute_job(
+            "lake_job", instance, partition_range=("2022-10-01|BTCUSDT", "2023-06-01|BTCUSDT"), run_config=config
+        )
         assert built.success
-        result = execute_job("training_job", instance, partition_range=(PARTITIONS[0], PARTITIONS[-1]), run_config=config)
+        result = execute_job(
+            "training_job", instance, partition_range=(PARTITIONS[0], PARTITIONS[-1]), run_config=config
+        )
         assert result.success
     return instance, Settings(mlflow_dir=home / "mlflow", lake_dir=home / "lake"), ui_url

@@ -40,15 +40,25 @@ def requests_of(result) -> list:
 
 def test_schedules_and_sensors_are_registered_and_stopped_by_default():
     assert {s.name for s in REPOSITORY.schedule_defs} == {"daily_refresh", "weekly_evaluation", "lake_maintenance"}
-    assert {s.name for s in REPOSITORY.sensor_defs} == {"drop_folder", "champion_alias", "drift_retrain", "retrain_after_daily_lake"}
+    assert {s.name for s in REPOSITORY.sensor_defs} == {
+        "drop_folder",
+        "champion_alias",
+        "drift_retrain",
+        "retrain_after_daily_lake",
+    }
     assert all(s.default_status.value == "STOPPED" for s in REPOSITORY.schedule_defs)
     schedules, _ = jobs_and_sensors(Settings(automation_on=True, daily_run_utc="03:40"))
-    assert schedules["daily_refresh"].cron_schedule == "40 3 * * *" and schedules["daily_refresh"].default_status.value == "RUNNING"
+    assert (
+        schedules["daily_refresh"].cron_schedule == "40 3 * * *"
+        and schedules["daily_refresh"].default_status.value == "RUNNING"
+    )
 
 
 def test_the_daily_refresh_ingests_every_symbols_newest_month():
     schedules, _ = jobs_and_sensors(Settings(source="sample"))
-    context = build_schedule_context(scheduled_execution_time=datetime(2024, 9, 30, 2, 15, tzinfo=UTC), repository_def=REPOSITORY)
+    context = build_schedule_context(
+        scheduled_execution_time=datetime(2024, 9, 30, 2, 15, tzinfo=UTC), repository_def=REPOSITORY
+    )
     requests = list(schedules["daily_refresh"].evaluate_tick(context).run_requests)
     assert sorted(r.partition_key for r in requests) == ["2024-09-01|BTCUSDT", "2024-09-01|ETHUSDT"]
     assert all(r.tags["itff/trigger"] == "daily" and r.run_key.startswith("daily-2024-09-30") for r in requests)
@@ -94,11 +104,17 @@ def test_the_drift_sensor_requests_retraining_of_what_drift_monitor_flagged_once
     _, sensors = jobs_and_sensors(Settings())
     sensor = sensors["drift_retrain"]
     assert isinstance(sensor(build_sensor_context(instance=instance, repository_def=REPOSITORY)), SkipReason)
-    instance.report_runless_asset_event(AssetMaterialization(
-        "drift_monitor", metadata={"retrain": MetadataValue.json(["BTCUSDT|direction", "ETHUSDT|level_up"])}))
+    instance.report_runless_asset_event(
+        AssetMaterialization(
+            "drift_monitor", metadata={"retrain": MetadataValue.json(["BTCUSDT|direction", "ETHUSDT|level_up"])}
+        )
+    )
     result = sensor(build_sensor_context(instance=instance, repository_def=REPOSITORY))
     assert sorted(r.partition_key for r in result.run_requests) == ["BTCUSDT|direction", "ETHUSDT|level_up"]
-    assert all(r.run_config["resources"]["itff"]["config"]["trials"] == Settings().automation.daily_trials for r in result.run_requests)
+    assert all(
+        r.run_config["resources"]["itff"]["config"]["trials"] == Settings().automation.daily_trials
+        for r in result.run_requests
+    )
     repeat = sensor(build_sensor_context(instance=instance, repository_def=REPOSITORY, cursor=result.cursor))
     assert isinstance(repeat, SkipReason)
 
@@ -128,7 +144,9 @@ def fake_service():
 
 
 def test_a_moved_champion_alias_reloads_the_service_and_is_recorded(tmp_path, fake_service):
-    settings = Settings(home=tmp_path, symbols=["BTCUSDT"], targets=["direction"], service_url=fake_service, admin_token="adm")
+    settings = Settings(
+        home=tmp_path, symbols=["BTCUSDT"], targets=["direction"], service_url=fake_service, admin_token="adm"
+    )
     mlflow.set_tracking_uri(settings.tracking_uri)
     client = MlflowClient(settings.tracking_uri)
     client.create_registered_model("itff-BTCUSDT-direction")
@@ -164,22 +182,41 @@ def test_a_successful_daily_lake_run_retrains_and_promotes_that_symbol_on_the_da
 
     instance = DagsterInstance.ephemeral()
     job = defs.resolve_job_def("lake_job")
-    run = job.execute_in_process(partition_key="2024-09-01|ETHUSDT", instance=instance, tags={"itff/trigger": "daily"},
-                                 run_config={"resources": {"itff": {"config": {"lake_dir": str(tmp_path / "lake")}}}})
+    run = job.execute_in_process(
+        partition_key="2024-09-01|ETHUSDT",
+        instance=instance,
+        tags={"itff/trigger": "daily"},
+        run_config={"resources": {"itff": {"config": {"lake_dir": str(tmp_path / "lake")}}}},
+    )
     assert run.success
     success = instance.all_logs(run.run_id, of_type=DagsterEventType.RUN_SUCCESS)[0].dagster_event
     _, sensors = jobs_and_sensors(Settings())
-    context = build_run_status_sensor_context(sensor_name="retrain_after_daily_lake", dagster_instance=instance,
-                                              dagster_run=run.dagster_run, dagster_event=success, repository_def=REPOSITORY)
+    context = build_run_status_sensor_context(
+        sensor_name="retrain_after_daily_lake",
+        dagster_instance=instance,
+        dagster_run=run.dagster_run,
+        dagster_event=success,
+        repository_def=REPOSITORY,
+    )
     requests = sensors["retrain_after_daily_lake"](context)
     assert sorted(r.partition_key for r in requests) == [f"ETHUSDT|{t}" for t in sorted(Settings().training.targets)]
-    assert all(r.run_config["resources"]["itff"]["config"]["trials"] == Settings().automation.daily_trials for r in requests)
+    assert all(
+        r.run_config["resources"]["itff"]["config"]["trials"] == Settings().automation.daily_trials for r in requests
+    )
 
-    manual = job.execute_in_process(partition_key="2024-09-01|ETHUSDT", instance=instance,
-                                    run_config={"resources": {"itff": {"config": {"lake_dir": str(tmp_path / "lake")}}}})
+    manual = job.execute_in_process(
+        partition_key="2024-09-01|ETHUSDT",
+        instance=instance,
+        run_config={"resources": {"itff": {"config": {"lake_dir": str(tmp_path / "lake")}}}},
+    )
     success = instance.all_logs(manual.run_id, of_type=DagsterEventType.RUN_SUCCESS)[0].dagster_event
-    context = build_run_status_sensor_context(sensor_name="retrain_after_daily_lake", dagster_instance=instance,
-                                              dagster_run=manual.dagster_run, dagster_event=success, repository_def=REPOSITORY)
+    context = build_run_status_sensor_context(
+        sensor_name="retrain_after_daily_lake",
+        dagster_instance=instance,
+        dagster_run=manual.dagster_run,
+        dagster_event=success,
+        repository_def=REPOSITORY,
+    )
     assert isinstance(sensors["retrain_after_daily_lake"](context), SkipReason)  # a hand-started run retrains nothing
 
 
@@ -187,7 +224,10 @@ def test_on_the_first_of_a_month_the_daily_refresh_also_completes_the_month_befo
     from itff_platform.defs.automation import newest_month_keys
 
     live = Settings(source="binance", symbols=["BTCUSDT"])
-    assert newest_month_keys(live, datetime(2026, 12, 1, 2, 15, tzinfo=UTC)) == ["2026-11-01|BTCUSDT", "2026-12-01|BTCUSDT"]
+    assert newest_month_keys(live, datetime(2026, 12, 1, 2, 15, tzinfo=UTC)) == [
+        "2026-11-01|BTCUSDT",
+        "2026-12-01|BTCUSDT",
+    ]
     assert newest_month_keys(live, datetime(2026, 12, 9, 2, 15, tzinfo=UTC)) == ["2026-12-01|BTCUSDT"]
     assert newest_month_keys(Settings(symbols=["BTCUSDT"]), datetime(2026, 12, 1, tzinfo=UTC)) == ["2024-09-01|BTCUSDT"]
 

@@ -18,7 +18,9 @@ from itff_platform.lake.layers import LakeTables
 from itff_platform_tests.defs.conftest import PARTITIONS
 
 ROOT = Path(__file__).resolve().parents[2]
-LAKE_PARTITIONS = [f"{month}|BTCUSDT" for month in ("2022-10-01", "2022-11-01", "2023-02-01", "2023-03-01", "2023-06-01")]
+LAKE_PARTITIONS = [
+    f"{month}|BTCUSDT" for month in ("2022-10-01", "2022-11-01", "2023-02-01", "2023-03-01", "2023-06-01")
+]
 
 MATERIALIZATIONS = """
 query ($key: AssetKeyInput!, $partitions: [String!]) {
@@ -39,23 +41,30 @@ JOBS = "{ repositoriesOrError { ... on RepositoryConnection { nodes { name locat
 @pytest.fixture(scope="module")
 def graphql(backfill):
     instance = backfill[0]
-    origin = InProcessCodeLocationOrigin(LoadableTargetOrigin(module_name=MODULE, working_directory=str(PROJECT_ROOT)),
-                                         location_name=CODE_LOCATION)
+    origin = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(module_name=MODULE, working_directory=str(PROJECT_ROOT)), location_name=CODE_LOCATION
+    )
     with WorkspaceProcessContext(instance, InProcessWorkspaceLoadTarget([origin])) as workspace:
+
         def ask(query: str, **variables) -> dict:
             result = execute_dagster_graphql(workspace.create_request_context(), query, variables)
             assert not result.errors, result.errors
             return result.data
+
         yield ask
 
 
 def latest_by_partition(ask, asset: str, partitions: list[str]) -> dict[str, dict]:
     """Each partition's newest materialization: its metadata (label -> value) and run id."""
-    events = ask(MATERIALIZATIONS, key={"path": [asset]}, partitions=partitions)["assetOrError"]["assetMaterializations"]
+    events = ask(MATERIALIZATIONS, key={"path": [asset]}, partitions=partitions)["assetOrError"][
+        "assetMaterializations"
+    ]
     latest = {}
     for event in events:  # newest first
         if event["partition"] not in latest:
-            values = {e["label"]: next((v for k, v in e.items() if k != "label"), None) for e in event["metadataEntries"]}
+            values = {
+                e["label"]: next((v for k, v in e.items() if k != "label"), None) for e in event["metadataEntries"]
+            }
             latest[event["partition"]] = {"run_id": event["runId"], **values}
     return latest
 
@@ -69,13 +78,21 @@ def test_each_partition_of_a_single_run_backfill_carries_its_own_figures_through
     assert {p: latest[p]["dagster/row_count"] for p in LAKE_PARTITIONS} == {p: rows[p] for p in LAKE_PARTITIONS}
     assert len({latest[p]["dagster/row_count"] for p in LAKE_PARTITIONS}) > 1  # a run-wide figure could not pass
     assert len({latest[p]["run_id"] for p in LAKE_PARTITIONS}) == 1  # and they all came from one run
-    assert all(latest[p]["dagster/uri"] == Path(settings.lake.root / "silver" / "features").resolve().as_uri() for p in LAKE_PARTITIONS)
+    assert all(
+        latest[p]["dagster/uri"] == Path(settings.lake.root / "silver" / "features").resolve().as_uri()
+        for p in LAKE_PARTITIONS
+    )
 
     bronze = latest_by_partition(graphql, "bronze_candles", LAKE_PARTITIONS)
     for p in LAKE_PARTITIONS:
         meta = bronze[p]
-        assert meta["raw_rows"] == meta["dagster/row_count"] + meta["quarantined_rows"] + meta["collapsed_exact_duplicates"], p
-    assert bronze["2023-03-01|BTCUSDT"]["quarantined_rows"] == 1 and bronze["2023-02-01|BTCUSDT"]["quarantined_rows"] == 0
+        assert (
+            meta["raw_rows"]
+            == meta["dagster/row_count"] + meta["quarantined_rows"] + meta["collapsed_exact_duplicates"]
+        ), p
+    assert (
+        bronze["2023-03-01|BTCUSDT"]["quarantined_rows"] == 1 and bronze["2023-02-01|BTCUSDT"]["quarantined_rows"] == 0
+    )
 
     trained = latest_by_partition(graphql, "trained_models", PARTITIONS)
     for partition in PARTITIONS:
@@ -83,14 +100,22 @@ def test_each_partition_of_a_single_run_backfill_carries_its_own_figures_through
         summary = json.loads(trained[partition]["summary"])
         assert {(r["symbol"], r["target"]) for r in summary} == {(symbol, target)}
         logistic = next(r for r in summary if r["family"] == "logistic")
-        assert trained[partition]["best_family"] == "logistic" and trained[partition]["best_log_loss"] == logistic["log_loss"]
+        assert (
+            trained[partition]["best_family"] == "logistic"
+            and trained[partition]["best_log_loss"] == logistic["log_loss"]
+        )
     assert trained[PARTITIONS[0]]["best_log_loss"] != trained[PARTITIONS[1]]["best_log_loss"]
 
     champions = latest_by_partition(graphql, "champion_models", PARTITIONS)
     for partition in PARTITIONS:
-        assert [r["model"] for r in json.loads(champions[partition]["summary"])] == [f"itff-{partition.replace('|', '-')}"]
+        assert [r["model"] for r in json.loads(champions[partition]["summary"])] == [
+            f"itff-{partition.replace('|', '-')}"
+        ]
 
-    for run_id, job in ((latest[LAKE_PARTITIONS[0]]["run_id"], "lake_job"), (trained[PARTITIONS[0]]["run_id"], "training_job")):
+    for run_id, job in (
+        (latest[LAKE_PARTITIONS[0]]["run_id"], "lake_job"),
+        (trained[PARTITIONS[0]]["run_id"], "training_job"),
+    ):
         run = graphql(RUN, id=run_id)["runOrError"]
         assert run["jobName"] == job  # not __ephemeral_asset_job__
         assert run["repositoryOrigin"] == {"repositoryLocationName": CODE_LOCATION, "repositoryName": "__repository__"}
@@ -98,12 +123,15 @@ def test_each_partition_of_a_single_run_backfill_carries_its_own_figures_through
 
 def test_assets_jobs_and_checks_show_owners_descriptions_and_expected_outcomes_pass(graphql):
     nodes = graphql(NODES)["assetNodes"]
-    assert nodes and all(n["owners"] == [{"team": "itff"}] and n["description"] for n in nodes), \
-        [n["assetKey"]["path"] for n in nodes if not (n["owners"] and n["description"])]
+    assert nodes and all(n["owners"] == [{"team": "itff"}] and n["description"] for n in nodes), [
+        n["assetKey"]["path"] for n in nodes if not (n["owners"] and n["description"])
+    ]
     checks = {(n["assetKey"]["path"][0], c["name"]): c for n in nodes for c in n["assetChecksOrError"]["checks"]}
     assert all(c["description"] for c in checks.values()), [k for k, c in checks.items() if not c["description"]]
     # The backfill spans the 2023-03-24 outage: a gap on record, so the check reads "succeeded", not "failed".
-    assert checks[("bronze_candles", "no_unexpected_gaps")]["executionForLatestMaterialization"]["status"] == "SUCCEEDED"
+    assert (
+        checks[("bronze_candles", "no_unexpected_gaps")]["executionForLatestMaterialization"]["status"] == "SUCCEEDED"
+    )
 
     (repository,) = graphql(JOBS)["repositoriesOrError"]["nodes"]
     assert repository["location"]["name"] == CODE_LOCATION

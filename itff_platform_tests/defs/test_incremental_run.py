@@ -15,8 +15,12 @@ from itff_platform.settings import Settings
 from mlflow import MlflowClient
 
 PARTITIONS = ["BTCUSDT|direction", "BTCUSDT|level_up"]
-ENV = {"ITFF_FAMILIES": '["logistic"]', "ITFF_TRIALS": "1", "ITFF_WF_FOLDS": "2",
-       "ITFF_MAX_ECE": "1"}  # register whatever one trial gives: every partition then has a version to count
+ENV = {
+    "ITFF_FAMILIES": '["logistic"]',
+    "ITFF_TRIALS": "1",
+    "ITFF_WF_FOLDS": "2",
+    "ITFF_MAX_ECE": "1",
+}  # register whatever one trial gives: every partition then has a version to count
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +35,22 @@ def project(tmp_path_factory):
                 env.setenv(key, value)
             options = dict(instance=instance, resources={"itff": ItffSettingsResource(lake_dir=str(home / "lake"))})
             done = {
-                "lake": materialize(lake, tags={"dagster/asset_partition_range_start": "2022-10-01|BTCUSDT",
-                                                "dagster/asset_partition_range_end": "2023-06-01|BTCUSDT"}, **options),
-                "training": materialize([*training, *promotion], tags={"dagster/asset_partition_range_start": PARTITIONS[0],
-                                                                       "dagster/asset_partition_range_end": PARTITIONS[-1]}, **options),
+                "lake": materialize(
+                    lake,
+                    tags={
+                        "dagster/asset_partition_range_start": "2022-10-01|BTCUSDT",
+                        "dagster/asset_partition_range_end": "2023-06-01|BTCUSDT",
+                    },
+                    **options,
+                ),
+                "training": materialize(
+                    [*training, *promotion],
+                    tags={
+                        "dagster/asset_partition_range_start": PARTITIONS[0],
+                        "dagster/asset_partition_range_end": PARTITIONS[-1],
+                    },
+                    **options,
+                ),
             }
         assert all(result.success for result in done.values())
         runs.append(done)
@@ -46,8 +62,11 @@ def project(tmp_path_factory):
 
 
 def partition_metadata(result, asset: str) -> dict[str, dict]:
-    return {event.partition: {k: v.value for k, v in event.materialization.metadata.items()}
-            for event in result.get_asset_materialization_events() if event.asset_key.to_user_string() == asset}
+    return {
+        event.partition: {k: v.value for k, v in event.materialization.metadata.items()}
+        for event in result.get_asset_materialization_events()
+        if event.asset_key.to_user_string() == asset
+    }
 
 
 def versions(client: MlflowClient) -> dict[str, int]:
@@ -59,8 +78,10 @@ def same(a, b) -> bool:
 
 
 def unchanged_per_asset(result) -> dict[str, int]:
-    return {asset: sum(meta["unchanged"] for meta in partition_metadata(result, asset).values())
-            for asset in ("raw_candles", "bronze_candles", "silver_features")}
+    return {
+        asset: sum(meta["unchanged"] for meta in partition_metadata(result, asset).values())
+        for asset in ("raw_candles", "bronze_candles", "silver_features")
+    }
 
 
 def test_a_second_run_on_unchanged_inputs_skips_the_lake_reuses_every_study_and_registers_nothing(project):
@@ -96,9 +117,12 @@ def test_a_changed_label_setting_rebuilds_silver_and_retrains_only_the_target_it
     assert unchanged_per_asset(changed["lake"]) == {"raw_candles": 9, "bronze_candles": 9, "silver_features": 0}
     reused = {(r["target"], r["family"]): r["reused"] for r in summary_rows(changed["training"])}
     assert reused == {("direction", f): True for f in ("baseline_majority", "baseline_persistence", "logistic")} | {
-        ("level_up", f): False for f in ("baseline_majority", "baseline_persistence", "logistic")}
-    assert versions(client) == {"BTCUSDT|direction": registered["BTCUSDT|direction"],
-                                "BTCUSDT|level_up": registered["BTCUSDT|level_up"] + 1}
+        ("level_up", f): False for f in ("baseline_majority", "baseline_persistence", "logistic")
+    }
+    assert versions(client) == {
+        "BTCUSDT|direction": registered["BTCUSDT|direction"],
+        "BTCUSDT|level_up": registered["BTCUSDT|level_up"] + 1,
+    }
     decisions = partition_metadata(changed["training"], "champion_models")
     assert decisions["BTCUSDT|direction"]["summary"][0]["decision"] == "kept"
     assert decisions["BTCUSDT|level_up"]["summary"][0]["decision"] in ("promoted", "rejected")  # a new version, judged

@@ -59,19 +59,29 @@ def test_a_backfill_of_many_partitions_is_one_run(backfilled):
 
 def test_metadata_reconciles_counts_per_partition_and_checks_pass(backfilled):
     _, _, result = backfilled
-    bronze = {e.partition: {k: v.value for k, v in e.materialization.metadata.items()}
-              for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == "bronze_candles"}
+    bronze = {
+        e.partition: {k: v.value for k, v in e.materialization.metadata.items()}
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.to_user_string() == "bronze_candles"
+    }
     for meta in bronze.values():
-        assert meta["raw_rows"] == meta["dagster/row_count"] + meta["quarantined_rows"] + meta["collapsed_exact_duplicates"]
+        assert (
+            meta["raw_rows"]
+            == meta["dagster/row_count"] + meta["quarantined_rows"] + meta["collapsed_exact_duplicates"]
+        )
     # the zero-volume candles of the 2023-03-24 outage, each in its own partition
     assert {p: m["quarantined_rows"] for p, m in bronze.items() if m["quarantined_rows"]} == {
-        "2023-03-01|BTCUSDT": 1, "2023-03-01|ETHUSDT": 1}
+        "2023-03-01|BTCUSDT": 1,
+        "2023-03-01|ETHUSDT": 1,
+    }
     checks = {(e.asset_key.to_user_string(), e.check_name): e for e in result.get_asset_check_evaluations()}
     assert all(e.passed for e in checks.values()), {k: e.passed for k, e in checks.items()}
     # The 2023-03-24 outage is a gap on record: it passes, and is listed, rather than reading as a failure.
     gaps = checks[("bronze_candles", "no_unexpected_gaps")].metadata
     assert (gaps["gap_count"].value, gaps["known_outage_gaps"].value, gaps["unexpected_gaps"].value) == (2, 2, 0)
-    assert ["ETHUSDT", "2023-03-24 11:00", "2023-03-24 14:00", "2", "exchange outage on record"] in markdown_rows(gaps["gaps"].value)
+    assert ["ETHUSDT", "2023-03-24 11:00", "2023-03-24 14:00", "2", "exchange outage on record"] in markdown_rows(
+        gaps["gaps"].value
+    )
 
 
 def test_rematerializing_one_partition_leaves_all_others_byte_identical(backfilled):
@@ -100,9 +110,16 @@ def test_files_source_quarantines_corrupt_rows_and_counts_reconcile(tmp_path, bt
 
     result = run(tmp_path / "lake", partition_key=key("BTCUSDT", "2024-01-01"), source="files", drop_dir=str(drop))
     assert result.success
-    bronze = next(e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == "bronze_candles")
+    bronze = next(
+        e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == "bronze_candles"
+    )
     meta = {k: v.value for k, v in bronze.materialization.metadata.items()}
-    assert (meta["raw_rows"], meta["dagster/row_count"], meta["quarantined_rows"], meta["collapsed_exact_duplicates"]) == (745, 742, 2, 1)
+    assert (
+        meta["raw_rows"],
+        meta["dagster/row_count"],
+        meta["quarantined_rows"],
+        meta["collapsed_exact_duplicates"],
+    ) == (745, 742, 2, 1)
     quarantine = read_rows(LakeTables.under(Settings(lake_dir=tmp_path / "lake")).quarantine, "1h")
     assert sorted(quarantine["rule"]) == ["close: must be a finite number", "high: must be >= low"]
     assert quarantine["batch_id"].n_unique() == 1 and quarantine["source"][0] == "files"
@@ -117,7 +134,12 @@ def test_a_failing_blocking_check_stops_silver(tmp_path, monkeypatch):
         bad = raw.drop("source", "ingested_at", "batch_id").with_columns(
             pl.when(pl.int_range(pl.len()) == 3).then(pl.col("low") / 2).otherwise(pl.col("high")).alias("high")
         )
-        return BronzeResult(bronze=bad, quarantine=raw.head(0).with_columns(pl.lit("").alias("rule")), raw_rows=raw.height, collapsed_duplicates=0)
+        return BronzeResult(
+            bronze=bad,
+            quarantine=raw.head(0).with_columns(pl.lit("").alias("rule")),
+            raw_rows=raw.height,
+            collapsed_duplicates=0,
+        )
 
     monkeypatch.setattr(layers, "clean_raw", careless_clean)
     result = run(tmp_path / "lake", partition_key=key("ETHUSDT", "2024-01-01"))
@@ -133,10 +155,13 @@ def test_each_silver_partition_of_a_backfill_reports_its_own_rows(backfilled):
     from dagster import AssetKey, AssetRecordsFilter
 
     silver = read_rows(LakeTables.under(Settings(lake_dir=lake_dir)).silver, "1h")
-    counts = {(r["symbol"], str(r["month"])): r["len"] for r in silver.group_by("symbol", "month").len().iter_rows(named=True)}
+    counts = {
+        (r["symbol"], str(r["month"])): r["len"] for r in silver.group_by("symbol", "month").len().iter_rows(named=True)
+    }
     for (symbol, month), rows in counts.items():
         (record,) = instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=AssetKey("silver_features"), asset_partitions=[f"{month}|{symbol}"]), limit=1).records
+            AssetRecordsFilter(asset_key=AssetKey("silver_features"), asset_partitions=[f"{month}|{symbol}"]), limit=1
+        ).records
         meta = {k: v.value for k, v in record.asset_materialization.metadata.items()}
         assert meta["dagster/row_count"] == rows, (symbol, month)
         assert sum(int(line.split("|")[2]) for line in meta["regimes"].splitlines()[2:]) == rows

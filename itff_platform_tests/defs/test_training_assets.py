@@ -20,7 +20,8 @@ LINK = re.compile(r"\[(\w+)\]\((http://[^/]+)/#/experiments/(\d+)/runs/(\w+)\)")
 
 def latest_metadata(instance: DagsterInstance, asset: str, partition: str) -> dict:
     (record,) = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[partition]), limit=1).records
+        AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[partition]), limit=1
+    ).records
     return {k: v.value for k, v in record.asset_materialization.metadata.items()}
 
 
@@ -58,17 +59,37 @@ def test_every_study_plot_renders_as_an_image_on_its_partition(backfill):
         for family in ("baseline_majority", "baseline_persistence", "logistic"):
             for figure in ("reliability", "threshold_sweep", "equity"):
                 image = meta[f"plot: {family} {figure}"]
-                assert image.startswith(f"![{symbol}-{target}-{family}-{figure}](data:image/png;base64,"), (partition, family, figure)
-        assert meta["reliability_of_best"].startswith(f"![{symbol}-{target}-logistic-reliability](data:image/png;base64,")
+                assert image.startswith(f"![{symbol}-{target}-{family}-{figure}](data:image/png;base64,"), (
+                    partition,
+                    family,
+                    figure,
+                )
+        assert meta["reliability_of_best"].startswith(
+            f"![{symbol}-{target}-logistic-reliability](data:image/png;base64,"
+        )
 
 
 @pytest.fixture(scope="module")
 def mlflow_ui(backfill):
     _, settings, ui_url = backfill
     port = ui_url.rsplit(":", 1)[1]
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.tracking_uri,
-                               "--host", "127.0.0.1", "--port", port], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)  # its own process group: the server's workers stop with it
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            settings.tracking_uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            port,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # its own process group: the server's workers stop with it
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -101,5 +122,8 @@ def test_every_mlflow_link_names_the_runs_own_experiment_on_a_running_mlflow_ui(
             # The UI routes /#/experiments/<experiment>/runs/<run>; the run must live in that experiment.
             run = httpx.get(f"{mlflow_ui}/api/2.0/mlflow/runs/get", params={"run_id": run_id}).json()["run"]
             assert run["info"]["experiment_id"] == experiment
-            assert run["data"]["tags"] and {t["key"]: t["value"] for t in run["data"]["tags"]}["target"] == partition.split("|")[1]
+            assert (
+                run["data"]["tags"]
+                and {t["key"]: t["value"] for t in run["data"]["tags"]}["target"] == partition.split("|")[1]
+            )
         assert meta["mlflow_experiment"] == f"{mlflow_ui}/#/experiments/{experiment}"

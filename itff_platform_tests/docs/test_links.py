@@ -29,8 +29,11 @@ def anchors(page: Path) -> set[str]:
 
 
 def links(page: Path) -> list[str]:
-    return [target for target in LINK.findall(FENCE.sub("", page.read_text()))
-            if not re.match(r"[a-z][a-z0-9+.-]*:", target)]  # http:, https:, mailto: are not ours to check
+    return [
+        target
+        for target in LINK.findall(FENCE.sub("", page.read_text()))
+        if not re.match(r"[a-z][a-z0-9+.-]*:", target)
+    ]  # http:, https:, mailto: are not ours to check
 
 
 def test_the_docs_exist_and_the_readme_links_every_page():

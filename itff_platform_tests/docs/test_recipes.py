@@ -70,7 +70,9 @@ def apply(steps: list[Step], tree: Path) -> None:
             continue
         lines = text.splitlines(keepends=True)
         hits = [i for i, line in enumerate(lines) if line.startswith(step.anchor)]
-        assert len(hits) == 1, f"{step.path}: {len(hits)} lines begin with {step.anchor!r}; the recipe no longer matches"
+        assert len(hits) == 1, (
+            f"{step.path}: {len(hits)} lines begin with {step.anchor!r}; the recipe no longer matches"
+        )
         at = hits[0] + (step.action == "after")
         file.write_text("".join(lines[:at]) + step.code + "".join(lines[at:]))
 
@@ -90,7 +92,9 @@ def run_commands(steps: list[Step], home: Path, env: dict[str, str]) -> dict[str
                 name, _, value = words[1].partition("=")
                 env[name] = value
             elif words[:1] == [".venv/bin/itff"]:
-                done = subprocess.run([str(ITFF), *words[1:]], cwd=home, env=env, capture_output=True, text=True, timeout=300, check=False)
+                done = subprocess.run(
+                    [str(ITFF), *words[1:]], cwd=home, env=env, capture_output=True, text=True, timeout=300, check=False
+                )
                 assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return env
 
@@ -148,7 +152,9 @@ def test_a_new_endpoint_is_refused_without_a_token_answers_with_one_and_is_docum
         assert answer.status_code == 200 and answer.json() == {"models": {}}  # no champion in this registry
         operation = httpx.get(f"{url}/docs.json", timeout=30).json()["paths"]["/served_versions"]["post"]
         assert operation["security"] == [{"ApiToken": []}]
-        assert operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/ServedVersions")
+        assert operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
+            "/ServedVersions"
+        )
         assert "401" in operation["responses"]
     finally:
         process.terminate()
@@ -186,5 +192,13 @@ def test_a_new_drift_check_grades_a_small_frame_and_is_declared_on_drift_monitor
     tree = scratch_copy(tmp_path)
     apply(recipe("Add a drift check"), tree)
     env = {**os.environ, "PYTHONPATH": str(tree), "ITFF_HOME": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", CHECK_THE_DRIFT_CHECK], cwd=tree, env=env, capture_output=True, text=True, timeout=110, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK_THE_DRIFT_CHECK],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout[-3000:] + done.stderr[-3000:]

@@ -30,8 +30,16 @@ QUARANTINED_BAR = 5990  # index of the candle given high < low: the lake quarant
 
 
 def lake_settings(folder: Path) -> Settings:
-    return Settings(home=folder, source="files", symbols=["PROMOUSDT"], targets=["direction"], trials=1, wf_folds=3,
-                    start_date=date(2024, 1, 1), end_date=date(2024, 10, 1))
+    return Settings(
+        home=folder,
+        source="files",
+        symbols=["PROMOUSDT"],
+        targets=["direction"],
+        trials=1,
+        wf_folds=3,
+        start_date=date(2024, 1, 1),
+        end_date=date(2024, 10, 1),
+    )
 
 
 def build_lake_and_champion(folder: Path) -> tuple[Settings, pl.DataFrame]:
@@ -63,8 +71,13 @@ def lake(tmp_path_factory):
 
 def serve(folder: Path, port: int | None = None, **env: str):
     """start_service with the fault tests' tokens; env overrides ITFF_* settings."""
-    base = {"ITFF_API_TOKENS": json.dumps([TOKEN]), "ITFF_ADMIN_TOKEN": ADMIN, "ITFF_SOURCE": "files",
-            "ITFF_RATE_LIMIT_BURST": "100000", "ITFF_RATE_LIMIT_PER_MINUTE": "10000000"}
+    base = {
+        "ITFF_API_TOKENS": json.dumps([TOKEN]),
+        "ITFF_ADMIN_TOKEN": ADMIN,
+        "ITFF_SOURCE": "files",
+        "ITFF_RATE_LIMIT_BURST": "100000",
+        "ITFF_RATE_LIMIT_PER_MINUTE": "10000000",
+    }
     return start_service(folder, {**base, **env}, port=port)
 
 

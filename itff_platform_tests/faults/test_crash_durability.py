@@ -15,7 +15,11 @@ from itff_platform_tests.faults.conftest import TOKEN, alive, kill9, serve, wait
 
 # Nothing reaches Delta by itself while the test runs: what is in the table afterwards came from the
 # shutdown flush or from the write-ahead replay.
-NO_FLUSH = {"ITFF_SERVE_WORKERS": "2", "ITFF_PREDICTION_LOG_FLUSH_S": "3600", "ITFF_PREDICTION_LOG_FLUSH_ROWS": "1000000"}
+NO_FLUSH = {
+    "ITFF_SERVE_WORKERS": "2",
+    "ITFF_PREDICTION_LOG_FLUSH_S": "3600",
+    "ITFF_PREDICTION_LOG_FLUSH_ROWS": "1000000",
+}
 FIGURES: dict = {}
 
 
@@ -28,7 +32,9 @@ def body_for(settings, silver) -> dict:
     return {"symbol": "PROMOUSDT", "features": list(silver.select(feature_columns(settings)).row(-1))}
 
 
-def hammer(url: str, body: dict, acknowledged: list[str], stop: threading.Event, clients: int = 8) -> list[threading.Thread]:
+def hammer(
+    url: str, body: dict, acknowledged: list[str], stop: threading.Event, clients: int = 8
+) -> list[threading.Thread]:
     def client():
         with httpx.Client(timeout=10, headers={"X-API-Token": TOKEN}) as session:
             while not stop.is_set():
@@ -76,8 +82,12 @@ def test_every_acknowledged_prediction_is_in_the_log_after_a_kill_9(lake):
             time.sleep(0.5)
         logged = logged_ids(settings)
         lost = answered - logged
-        FIGURES.update(acknowledged=len(answered), logged=len(answered & logged), lost=len(lost),
-                       committed_before_restart=len(before_restart))
+        FIGURES.update(
+            acknowledged=len(answered),
+            logged=len(answered & logged),
+            lost=len(lost),
+            committed_before_restart=len(before_restart),
+        )
         print(f"\nkill -9 mid-traffic: {FIGURES}")
         assert not lost, f"{len(lost)} of {len(answered)} acknowledged predictions are not in the log"
         assert len(before_restart) < len(answered) and segments_left  # the kill left them to the write-ahead segments
@@ -97,8 +107,10 @@ def test_a_killed_arbiters_workers_exit_so_the_next_serve_gets_the_port(lake):
     process, url, log_file = serve(folder, port=port, ITFF_SERVE_WORKERS="2")
     workers = wait_for_workers(process.pid, 2)
     body = body_for(settings, silver)
-    asked = [httpx.post(f"{url}/predict", json=body, headers={"X-API-Token": TOKEN}, timeout=30).json()["request_id"]
-             for _ in range(10)]
+    asked = [
+        httpx.post(f"{url}/predict", json=body, headers={"X-API-Token": TOKEN}, timeout=30).json()["request_id"]
+        for _ in range(10)
+    ]
     kill9(process.pid)  # the arbiter only: nobody tells the workers
     process.wait(timeout=30)
     log_file.close()

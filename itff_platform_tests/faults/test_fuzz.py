@@ -26,8 +26,9 @@ FULL_CASES = int(os.environ.get("ITFF_FUZZ_CASES", "0"))
 @pytest.fixture(scope="module")
 def fuzzed(lake):
     folder, settings, silver = lake
-    process, url, log_file = serve(folder, ITFF_SERVE_WORKERS="1", ITFF_TRADINGVIEW_STALE="flag",
-                                   ITFF_PREDICTION_LOG_FLUSH_S="1")
+    process, url, log_file = serve(
+        folder, ITFF_SERVE_WORKERS="1", ITFF_TRADINGVIEW_STALE="flag", ITFF_PREDICTION_LOG_FLUSH_S="1"
+    )
     yield url, settings, silver
     process.terminate()
     process.wait(timeout=60)
@@ -44,19 +45,40 @@ def sharpened(raw: dict, settings, silver) -> dict:
         for operation in item.values():
             operation.pop("security", None)
     names = feature_columns(settings)
-    times = [t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in silver["timestamp"].gather([0, 400, silver.height // 2, silver.height - 1])]
-    times += ["0001-01-01T00:00:00", "9999-12-31T23:00:00Z", "2024-09-06T23:00:00+14:00", "2024-02-30T00:00:00Z"]  # edges
+    times = [
+        t.strftime("%Y-%m-%dT%H:%M:%SZ")
+        for t in silver["timestamp"].gather([0, 400, silver.height // 2, silver.height - 1])
+    ]
+    times += [
+        "0001-01-01T00:00:00",
+        "9999-12-31T23:00:00Z",
+        "2024-09-06T23:00:00+14:00",
+        "2024-02-30T00:00:00Z",
+    ]  # edges
     number = {"type": "number"}
-    features = {"anyOf": [
-        {"type": "object", "properties": {n: number for n in names}, "required": names, "additionalProperties": False},
-        {"type": "array", "items": number, "minItems": len(names), "maxItems": len(names)}]}
+    features = {
+        "anyOf": [
+            {
+                "type": "object",
+                "properties": {n: number for n in names},
+                "required": names,
+                "additionalProperties": False,
+            },
+            {"type": "array", "items": number, "minItems": len(names), "maxItems": len(names)},
+        ]
+    }
+
     def body(path: str) -> dict:  # BentoML inlines each endpoint's input schema in its path
         return raw["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
 
-    few_candles = {"anyOf": [{"type": "array", "items": {"$ref": "#/components/schemas/Candle"}, "maxItems": 5},
-                             {"type": "null"}]}
+    few_candles = {
+        "anyOf": [{"type": "array", "items": {"$ref": "#/components/schemas/Candle"}, "maxItems": 5}, {"type": "null"}]
+    }
     for path in ("/predict", "/consensus"):
-        raw["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["required"] = ["symbol", "features"]
+        raw["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["required"] = [
+            "symbol",
+            "features",
+        ]
         props = body(path)
         props["symbol"] = {"type": "string", "enum": settings.symbols}
         props["target"] = {"type": "string", "enum": settings.training.targets}
@@ -68,10 +90,16 @@ def sharpened(raw: dict, settings, silver) -> dict:
     batch = body("/predict_batch")
     batch["symbol"] = {"type": "string", "enum": settings.symbols}
     batch["target"] = {"type": "string", "enum": settings.training.targets}
-    batch["rows"] = {"type": "array", "maxItems": 8, "items": {"type": "array", "items": number,
-                                                               "minItems": len(names), "maxItems": len(names)}}
+    batch["rows"] = {
+        "type": "array",
+        "maxItems": 8,
+        "items": {"type": "array", "items": number, "minItems": len(names), "maxItems": len(names)},
+    }
     alert = body("/tradingview")
-    alert["ticker"] = {"type": "string", "enum": ["BINANCE:PROMOUSDT", "PROMOUSDT", "BYBIT:PROMOUSDT.P", "PROMOUSDTPERP"]}
+    alert["ticker"] = {
+        "type": "string",
+        "enum": ["BINANCE:PROMOUSDT", "PROMOUSDT", "BYBIT:PROMOUSDT.P", "PROMOUSDTPERP"],
+    }
     alert["time"] = {"type": "string", "enum": times}
     alert["candles"] = few_candles
     return raw
@@ -93,18 +121,29 @@ def fuzz(url: str, raw: dict, cases: int) -> tuple[Counter, list[str]]:
     for operation in operations:
         token = ADMIN if operation.path.startswith("/admin/") else TOKEN
         for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
-            @hypothesis_settings(max_examples=per_run if operation in fuzzed_operations else 3, deadline=None,
-                                 database=None, phases=[Phase.explicit, Phase.generate], print_blob=False, verbosity=Verbosity.quiet,
-                                 suppress_health_check=list(HealthCheck))
+
+            @hypothesis_settings(
+                max_examples=per_run if operation in fuzzed_operations else 3,
+                deadline=None,
+                database=None,
+                phases=[Phase.explicit, Phase.generate],
+                print_blob=False,
+                verbosity=Verbosity.quiet,
+                suppress_health_check=list(HealthCheck),
+            )
             @given(case=operation.as_strategy(generation_mode=mode))
             def run(case):
                 response = case.call(base_url=url, headers={"X-API-Token": token}, timeout=60)
                 statuses[(operation.method.upper(), operation.path, response.status_code)] += 1
                 if response.status_code >= 500:
-                    failures.append(f"{operation.method.upper()} {operation.path} {mode}: {response.status_code} "
-                                    f"for {str(case.body)[:300]} -> {response.text[:200]}")
+                    failures.append(
+                        f"{operation.method.upper()} {operation.path} {mode}: {response.status_code} "
+                        f"for {str(case.body)[:300]} -> {response.text[:200]}"
+                    )
 
-            with contextlib.suppress(Unsatisfiable):  # nothing to violate: a GET without parameters has no negative cases
+            with contextlib.suppress(
+                Unsatisfiable
+            ):  # nothing to violate: a GET without parameters has no negative cases
                 run()
     return statuses, failures
 

@@ -27,8 +27,13 @@ REPOSITORY = defs.get_repository_def()
 
 def run(lake_dir, partition_key=None, tags=None, selection=None, assets=None, **resource):
     return materialize(
-        assets or lake, partition_key=partition_key, tags=tags, selection=selection, instance=DagsterInstance.ephemeral(),
-        resources={"itff": ItffSettingsResource(lake_dir=str(lake_dir), **resource)}, raise_on_error=False,
+        assets or lake,
+        partition_key=partition_key,
+        tags=tags,
+        selection=selection,
+        instance=DagsterInstance.ephemeral(),
+        resources={"itff": ItffSettingsResource(lake_dir=str(lake_dir), **resource)},
+        raise_on_error=False,
     )
 
 
@@ -62,6 +67,7 @@ def eth_hourly():
 
 # --- 12: one bad file -------------------------------------------------------------------------------------------------
 
+
 def test_bad_files_are_set_aside_and_every_other_file_and_symbol_proceeds(tmp_path, btc_hourly, eth_hourly):
     """Before: the truncated gzip raised a bare EOFError in raw_candles and no symbol got bronze or silver."""
     drop = tmp_path / "drop"
@@ -69,12 +75,19 @@ def test_bad_files_are_set_aside_and_every_other_file_and_symbol_proceeds(tmp_pa
     (drop / "BTCUSDT-1h-2024-01.csv").write_text(csv_text(month_of(btc_hourly, "2024-01")))
     # ETH's January arrives in Central European Summer/Winter time, with its offset: read as UTC, not refused.
     (drop / "ETHUSDT-1h-2024-01.csv").write_text(
-        csv_text(month_of(eth_hourly, "2024-01").with_columns(pl.col("timestamp").dt.convert_time_zone("Europe/Paris")),
-                 "%Y-%m-%d %H:%M:%S%:z"))
-    (drop / "ETHUSDT-1h-2024-01-extra.csv.gz").write_bytes(gzip.compress(csv_text(month_of(eth_hourly, "2024-01")).encode())[:-40])
+        csv_text(
+            month_of(eth_hourly, "2024-01").with_columns(pl.col("timestamp").dt.convert_time_zone("Europe/Paris")),
+            "%Y-%m-%d %H:%M:%S%:z",
+        )
+    )
+    (drop / "ETHUSDT-1h-2024-01-extra.csv.gz").write_bytes(
+        gzip.compress(csv_text(month_of(eth_hourly, "2024-01")).encode())[:-40]
+    )
     (drop / "BTCUSDT-1h-2024-01-vendor.csv").write_text(csv_text(month_of(btc_hourly, "2024-01")).replace(",", ";"))
 
-    result = run(tmp_path / "lake", tags=months("2024-01-01|BTCUSDT", "2024-01-01|ETHUSDT"), source="files", drop_dir=str(drop))
+    result = run(
+        tmp_path / "lake", tags=months("2024-01-01|BTCUSDT", "2024-01-01|ETHUSDT"), source="files", drop_dir=str(drop)
+    )
 
     assert result.success
     tables = LakeTables.under(Settings(lake_dir=tmp_path / "lake"))
@@ -86,11 +99,18 @@ def test_bad_files_are_set_aside_and_every_other_file_and_symbol_proceeds(tmp_pa
     assert eth["close"].to_list() == month_of(eth_hourly, "2024-01")["close"].to_list()
 
     rejected = {p.name for p in (drop / "rejected").iterdir()}
-    assert rejected == {"ETHUSDT-1h-2024-01-extra.csv.gz", "ETHUSDT-1h-2024-01-extra.csv.gz.reason.txt",
-                        "BTCUSDT-1h-2024-01-vendor.csv", "BTCUSDT-1h-2024-01-vendor.csv.reason.txt"}
+    assert rejected == {
+        "ETHUSDT-1h-2024-01-extra.csv.gz",
+        "ETHUSDT-1h-2024-01-extra.csv.gz.reason.txt",
+        "BTCUSDT-1h-2024-01-vendor.csv",
+        "BTCUSDT-1h-2024-01-vendor.csv.reason.txt",
+    }
     assert "rule: readable" in (drop / "rejected" / "ETHUSDT-1h-2024-01-extra.csv.gz.reason.txt").read_text()
     assert "rule: comma_separated" in (drop / "rejected" / "BTCUSDT-1h-2024-01-vendor.csv.reason.txt").read_text()
-    assert sorted(meta(result, "raw_candles")["run_rejected_files"]) == ["BTCUSDT-1h-2024-01-vendor.csv", "ETHUSDT-1h-2024-01-extra.csv.gz"]
+    assert sorted(meta(result, "raw_candles")["run_rejected_files"]) == [
+        "BTCUSDT-1h-2024-01-vendor.csv",
+        "ETHUSDT-1h-2024-01-extra.csv.gz",
+    ]
     failed = check(result, "no_rejected_files")
     assert failed.passed is False and failed.severity == AssetCheckSeverity.ERROR
     assert "EOFError" in failed.metadata["reasons"].value["ETHUSDT-1h-2024-01-extra.csv.gz"]
@@ -116,7 +136,9 @@ def test_the_drop_folder_sensor_sets_a_bad_file_aside_and_its_runs_succeed(tmp_p
     drop.mkdir()
     (drop / "BTCUSDT-1h-2024-08.csv").write_text(csv_text(month_of(btc_hourly, "2024-08")))
     (drop / "BTCUSDT-1h-broken.csv.gz").write_bytes(gzip.compress(b"timestamp,open,high,low,close,volume\n" * 50)[:-9])
-    (drop / "BTCUSDT-1h-2019.csv").write_text(csv_text(month_of(btc_hourly, "2024-08").with_columns(pl.col("timestamp").dt.offset_by("-5y"))))
+    (drop / "BTCUSDT-1h-2019.csv").write_text(
+        csv_text(month_of(btc_hourly, "2024-08").with_columns(pl.col("timestamp").dt.offset_by("-5y")))
+    )
     settings = Settings(home=tmp_path, drop_dir=drop, symbols=["BTCUSDT"], lake_dir=tmp_path / "lake")
     _, sensors = automation(settings, lake_job, training_job, evaluation_job)
 
@@ -125,19 +147,34 @@ def test_the_drop_folder_sensor_sets_a_bad_file_aside_and_its_runs_succeed(tmp_p
     result = drop_folder(build_sensor_context(repository_def=REPOSITORY))
 
     assert [r.partition_key for r in result.run_requests] == ["2024-08-01|BTCUSDT"]
-    assert {p.name for p in (drop / "rejected").glob("*.reason.txt")} == {"BTCUSDT-1h-broken.csv.gz.reason.txt", "BTCUSDT-1h-2019.csv.reason.txt"}
+    assert {p.name for p in (drop / "rejected").glob("*.reason.txt")} == {
+        "BTCUSDT-1h-broken.csv.gz.reason.txt",
+        "BTCUSDT-1h-2019.csv.reason.txt",
+    }
     assert "rule: out_of_range" in (drop / "rejected" / "BTCUSDT-1h-2019.csv.reason.txt").read_text()
     request = result.run_requests[0]
     job = defs.resolve_job_def("lake_job")
-    run_config = {"resources": {"itff": {"config": {**request.run_config["resources"]["itff"]["config"], "lake_dir": str(tmp_path / "lake")}}}}
-    outcome = job.execute_in_process(partition_key=request.partition_key, run_config=run_config, tags=request.tags,
-                                     instance=DagsterInstance.ephemeral(), raise_on_error=False)
+    run_config = {
+        "resources": {
+            "itff": {
+                "config": {**request.run_config["resources"]["itff"]["config"], "lake_dir": str(tmp_path / "lake")}
+            }
+        }
+    }
+    outcome = job.execute_in_process(
+        partition_key=request.partition_key,
+        run_config=run_config,
+        tags=request.tags,
+        instance=DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
     assert outcome.success
     assert check(outcome, "no_rejected_files").passed
     assert read_rows(LakeTables.under(settings).silver, "1h").height == 744
 
 
 # --- 13: silent drops -------------------------------------------------------------------------------------------------
+
 
 def test_rows_outside_the_lake_are_quarantined_as_out_of_range_and_every_row_is_accounted_for(tmp_path, btc_hourly):
     """Before: the 2019 and 2099 rows of the file vanished without a count."""
@@ -152,14 +189,27 @@ def test_rows_outside_the_lake_are_quarantined_as_out_of_range_and_every_row_is_
 
     assert result.success
     raw, bronze = meta(result, "raw_candles"), meta(result, "bronze_candles")
-    assert (raw["run_rows_received"], raw["dagster/row_count"], raw["run_rows_for_other_months"], raw["run_out_of_range_rows"]) == (
-        30 + 744 + 696 + 7, 744, 696, 37)
+    assert (
+        raw["run_rows_received"],
+        raw["dagster/row_count"],
+        raw["run_rows_for_other_months"],
+        raw["run_out_of_range_rows"],
+    ) == (30 + 744 + 696 + 7, 744, 696, 37)
     assert raw["run_received_reconciles"] is True
-    assert raw["run_rows_received"] == (bronze["dagster/row_count"] + bronze["quarantined_rows"] + bronze["collapsed_exact_duplicates"]
-                                        + raw["run_out_of_range_rows"] + raw["run_rows_for_other_months"])
+    assert raw["run_rows_received"] == (
+        bronze["dagster/row_count"]
+        + bronze["quarantined_rows"]
+        + bronze["collapsed_exact_duplicates"]
+        + raw["run_out_of_range_rows"]
+        + raw["run_rows_for_other_months"]
+    )
     warned = check(result, "no_rows_out_of_range")
     # The 2019 rows are outside the lake as designed; the 2099 rows, stamped in the future, are what warns.
-    assert warned.passed is False and warned.severity == AssetCheckSeverity.WARN and warned.metadata["future_rows"].value == 7
+    assert (
+        warned.passed is False
+        and warned.severity == AssetCheckSeverity.WARN
+        and warned.metadata["future_rows"].value == 7
+    )
     assert "BTCUSDT-1h-mixed.csv" in warned.metadata["rows_by_file"].value
     quarantine = read_rows(LakeTables.under(Settings(lake_dir=tmp_path / "lake")).quarantine, "1h")
     kept = quarantine.filter(pl.col("rule").str.starts_with("out_of_range"))
@@ -173,10 +223,13 @@ def test_rows_outside_the_lake_are_quarantined_as_out_of_range_and_every_row_is_
 
 # --- 14: a wrong symbol's prices --------------------------------------------------------------------------------------
 
+
 def test_btc_prices_in_an_eth_file_are_named_by_the_continuity_check(tmp_path, btc_hourly):
     """Before: BTCUSDT's September filed as ETHUSDT passed every check and its 23x jump reached silver unnoticed."""
     lake_dir, drop = tmp_path / "lake", tmp_path / "drop"
-    assert run(lake_dir, tags=months("2024-07-01|ETHUSDT", "2024-08-01|ETHUSDT")).success  # the real ETH, from the sample
+    assert run(
+        lake_dir, tags=months("2024-07-01|ETHUSDT", "2024-08-01|ETHUSDT")
+    ).success  # the real ETH, from the sample
     drop.mkdir()
     (drop / "ETHUSDT-1h-2024-09.csv").write_text(csv_text(month_of(btc_hourly, "2024-09")))
 
@@ -184,14 +237,21 @@ def test_btc_prices_in_an_eth_file_are_named_by_the_continuity_check(tmp_path, b
 
     assert result.success  # a warning: the operator verifies, the lake does not guess
     warned = check(result, "price_continuity")
-    assert warned.passed is False and warned.severity == AssetCheckSeverity.WARN and warned.metadata["breaks"].value == 1
+    assert (
+        warned.passed is False and warned.severity == AssetCheckSeverity.WARN and warned.metadata["breaks"].value == 1
+    )
     table = warned.metadata["rows"].value
-    assert ["ETHUSDT", "2024-09-01 00:00", "2513.01", "58974.0", "58930.0", "23.45"] in [r[:6] for r in markdown_rows(table)], table
+    assert ["ETHUSDT", "2024-09-01 00:00", "2513.01", "58974.0", "58930.0", "23.45"] in [
+        r[:6] for r in markdown_rows(table)
+    ], table
     assert meta(result, "bronze_candles")["continuity_breaks"] == 1
-    assert check(run(lake_dir, partition_key="2024-08-01|ETHUSDT"), "price_continuity").passed is False  # the boundary after August
+    assert (
+        check(run(lake_dir, partition_key="2024-08-01|ETHUSDT"), "price_continuity").passed is False
+    )  # the boundary after August
 
 
 # --- 15: no vacuum ----------------------------------------------------------------------------------------------------
+
 
 def test_maintenance_reclaims_replaced_files_so_reruns_no_longer_grow_the_lake(tmp_path, monkeypatch):
     """Before: every re-run left the replaced Parquet files behind, and nothing ever removed them."""
@@ -209,7 +269,15 @@ def test_maintenance_reclaims_replaced_files_so_reruns_no_longer_grow_the_lake(t
     assert five_runs > 3 * one_run  # the growth the issue measured
     tables = LakeTables.under(Settings(lake_dir=lake_dir))
     silver_before = read_rows(tables.silver, "1h")
-    orphan = lake_dir / "silver" / "features" / "interval=1h" / "symbol=BTCUSDT" / "month=2024-05-01" / "part-orphan.lz4.parquet"
+    orphan = (
+        lake_dir
+        / "silver"
+        / "features"
+        / "interval=1h"
+        / "symbol=BTCUSDT"
+        / "month=2024-05-01"
+        / "part-orphan.lz4.parquet"
+    )
     orphan.write_bytes(b"left by a writer killed before its commit")
     old = time.time() - 8 * 24 * 3600  # older than the week of retention
     os.utime(orphan, (old, old))
@@ -229,10 +297,13 @@ def test_maintenance_reclaims_replaced_files_so_reruns_no_longer_grow_the_lake(t
     for _ in range(3):
         assert run(lake_dir, tags=tags).success and run(lake_dir, assets=maintenance).success
     assert directory_bytes(lake_dir) < 1.3 * one_run  # bounded, however many re-runs
-    print(f"\nlake bytes: 1 run {one_run:,}; 5 runs {five_runs:,}; after vacuum {after:,}; 8 runs + vacuum {directory_bytes(lake_dir):,}")
+    print(
+        f"\nlake bytes: 1 run {one_run:,}; 5 runs {five_runs:,}; after vacuum {after:,}; 8 runs + vacuum {directory_bytes(lake_dir):,}"
+    )
 
 
 # --- 16: silver behind bronze -----------------------------------------------------------------------------------------
+
 
 def test_silver_behind_bronze_fails_the_check_and_a_rerun_brings_it_level(tmp_path, btc_hourly):
     """Before: nothing compared the two, and silver kept the old rows until someone happened to re-run it."""
@@ -244,8 +315,13 @@ def test_silver_behind_bronze_fails_the_check_and_a_rerun_brings_it_level(tmp_pa
     assert first.success and check(first, "silver_matches_bronze").passed
     # The vendor completes the month, and the run that ingests it stops after bronze (as a kill between the two would).
     (drop / "BTCUSDT-1h-2024-01.csv").write_text(csv_text(january))
-    stopped = run(lake_dir, partition_key="2024-01-01|BTCUSDT", selection=["raw_candles", "bronze_candles"],
-                  source="files", drop_dir=str(drop))
+    stopped = run(
+        lake_dir,
+        partition_key="2024-01-01|BTCUSDT",
+        selection=["raw_candles", "bronze_candles"],
+        source="files",
+        drop_dir=str(drop),
+    )
     assert stopped.success
 
     job = defs.resolve_job_def("lake_maintenance_job")

@@ -40,9 +40,14 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def service(lake):
     folder, settings, silver = lake
-    process, url, log_file = serve(folder, ITFF_SERVE_WORKERS="2", ITFF_TRADINGVIEW_SECRET=SECRET,
-                                   ITFF_TRADINGVIEW_STALE="flag", ITFF_AUTH_FAILURE_BURST="10",
-                                   ITFF_AUTH_FAILURES_PER_MINUTE="2")
+    process, url, log_file = serve(
+        folder,
+        ITFF_SERVE_WORKERS="2",
+        ITFF_TRADINGVIEW_SECRET=SECRET,
+        ITFF_TRADINGVIEW_STALE="flag",
+        ITFF_AUTH_FAILURE_BURST="10",
+        ITFF_AUTH_FAILURES_PER_MINUTE="2",
+    )
     SERVER.update(process=process, log=folder / "bentoml-serve.log")
     yield url, settings, silver
     process.terminate()
@@ -70,13 +75,16 @@ def server_log() -> str:
 
 # --- 1. no 500s -------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("path", ["/predict", "/predict_batch", "/consensus"])
 @pytest.mark.parametrize("value", [1e39, -1e39, 1e300])
 def test_finite_values_beyond_float32_get_a_400_naming_the_field(service, path, value):
     url, settings, silver = service
     row = row_of(silver, settings)
     row[0] = value
-    body = {"symbol": "PROMOUSDT", "rows": [row]} if path == "/predict_batch" else {"symbol": "PROMOUSDT", "features": row}
+    body = (
+        {"symbol": "PROMOUSDT", "rows": [row]} if path == "/predict_batch" else {"symbol": "PROMOUSDT", "features": row}
+    )
     answer = post(url, path, body)
     assert answer.status_code == 400, answer.text
     assert "beyond the float32 range" in answer.json()["error"] and "log_return_1" in answer.json()["error"]
@@ -86,11 +94,14 @@ def test_finite_values_beyond_float32_get_a_400_naming_the_field(service, path, 
 @pytest.mark.parametrize("media", ["multipart/form-data", "application/x-www-form-urlencoded"])
 def test_form_bodies_without_a_boundary_get_415_not_500(service, path, media):
     url, _, _ = service
-    answer = httpx.post(f"{url}{path}", content=b"x=1", headers={"X-API-Token": TOKEN, "Content-Type": media}, timeout=30)
+    answer = httpx.post(
+        f"{url}{path}", content=b"x=1", headers={"X-API-Token": TOKEN, "Content-Type": media}, timeout=30
+    )
     assert answer.status_code == 415 and answer.json()["field"] == "Content-Type", answer.text
 
 
 # --- 2. the lake's rules on request candles -------------------------------------------------------------------
+
 
 def test_candles_that_break_a_lake_rule_are_refused_by_that_rule(service):
     url, _, silver = service
@@ -98,17 +109,22 @@ def test_candles_that_break_a_lake_rule_are_refused_by_that_rule(service):
     broken = [dict(c) for c in candles]
     broken[700]["high"] = broken[700]["low"] * 0.99  # high < low: the lake quarantines such a row
     answer = post(url, "/predict", {"symbol": "PROMOUSDT", "candles": broken})
-    assert answer.status_code == 400 and answer.json()["error"].startswith("candles[700].high: must be >= low"), answer.text
+    assert answer.status_code == 400 and answer.json()["error"].startswith("candles[700].high: must be >= low"), (
+        answer.text
+    )
     assert post(url, "/consensus", {"symbol": "PROMOUSDT", "candles": broken}).status_code == 400
     zero = [dict(c) for c in candles]
     zero[5]["volume"] = 0.0
     assert "candles[5].volume: must be > 0" in post(url, "/predict", {"symbol": "PROMOUSDT", "candles": zero}).text
 
 
-@pytest.mark.parametrize("step, message", [
-    (timedelta(minutes=1), "must fall on a 3600s bar boundary"),  # the lake's rule catches the first off-hour bar
-    (timedelta(days=1), "the candles are 1 d apart; this model is trained on 1h bars"),
-])
+@pytest.mark.parametrize(
+    "step, message",
+    [
+        (timedelta(minutes=1), "must fall on a 3600s bar boundary"),  # the lake's rule catches the first off-hour bar
+        (timedelta(days=1), "the candles are 1 d apart; this model is trained on 1h bars"),
+    ],
+)
 def test_candles_at_another_interval_than_the_models_are_refused(service, step, message):
     url, _, silver = service
     candles = candles_of(silver)
@@ -132,10 +148,16 @@ def test_a_feature_value_that_is_not_a_number_is_refused(service, value):
 
 # --- 3. TradingView ---------------------------------------------------------------------------------------------
 
+
 def alert_for(silver: pl.DataFrame, i: int = -1, **change) -> dict:
     bar = silver.row(i, named=True)
-    return {"ticker": "BINANCE:PROMOUSDT", "close": bar["close"], "time": bar["timestamp"].strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "sent_at": time.time(), **change}
+    return {
+        "ticker": "BINANCE:PROMOUSDT",
+        "close": bar["close"],
+        "time": bar["timestamp"].strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "sent_at": time.time(),
+        **change,
+    }
 
 
 def send(url: str, alert: dict, secret: str = SECRET, signature: str | None = None, body: bytes | None = None):
@@ -188,13 +210,23 @@ def test_a_quarantined_bar_is_refused_not_answered_from_the_bar_before(service):
     assert quarantined not in silver["timestamp"].to_list()
     before = silver.filter(pl.col("timestamp") < quarantined).row(-1, named=True)
     answer = send(url, alert_for(silver, close=before["close"], time=quarantined.strftime("%Y-%m-%dT%H:%M:%SZ")))
-    assert answer.status_code == 400 and "quarantined" in answer.text and "high: must be >= low" in answer.text, answer.text
+    assert answer.status_code == 400 and "quarantined" in answer.text and "high: must be >= low" in answer.text, (
+        answer.text
+    )
 
 
-@pytest.mark.parametrize("ticker, served", [
-    ("BINANCE:PROMOUSDT", True), ("PROMOUSDT", True), ("BYBIT:PROMOUSDT.P", False), ("BINANCE:PROMOUSDT.P", False),
-    ("PROMOUSDTPERP", False), ("COINBASE:PROMOUSDT", False), ("NOWHERE:PROMOUSDT", False),
-])
+@pytest.mark.parametrize(
+    "ticker, served",
+    [
+        ("BINANCE:PROMOUSDT", True),
+        ("PROMOUSDT", True),
+        ("BYBIT:PROMOUSDT.P", False),
+        ("BINANCE:PROMOUSDT.P", False),
+        ("PROMOUSDTPERP", False),
+        ("COINBASE:PROMOUSDT", False),
+        ("NOWHERE:PROMOUSDT", False),
+    ],
+)
 def test_exchange_prefixes_are_mapped_explicitly(service, ticker, served):
     url, _, silver = service
     answer = send(url, alert_for(silver, ticker=ticker))
@@ -204,6 +236,7 @@ def test_exchange_prefixes_are_mapped_explicitly(service, ticker, served):
 
 
 # --- 4. market_regime_state -------------------------------------------------------------------------------------
+
 
 def regime_series(url: str) -> dict[str, float]:
     lines = metric_lines(url, "market_regime_state")
@@ -251,15 +284,19 @@ def test_a_killed_worker_leaves_no_stale_series(service):
 
 # --- 6. prediction_quality_metric ---------------------------------------------------------------------------------
 
+
 def test_prediction_quality_metric_has_a_no_data_series_from_startup_until_an_evaluation(service):
     from itff_platform.monitoring.outcomes import summary_path
 
     url, settings, _ = service
     assert metric_lines(url, "prediction_quality_metric") == [
-        'prediction_quality_metric{metric="has_data",symbol="PROMOUSDT",target="direction"} 0.0']
+        'prediction_quality_metric{metric="has_data",symbol="PROMOUSDT",target="direction"} 0.0'
+    ]
     summary = summary_path(settings)
     summary.parent.mkdir(parents=True, exist_ok=True)
-    summary.write_text(json.dumps([{"symbol": "PROMOUSDT", "target": "direction", "metric": "log_loss", "value": 0.69}]))
+    summary.write_text(
+        json.dumps([{"symbol": "PROMOUSDT", "target": "direction", "metric": "log_loss", "value": 0.69}])
+    )
     try:
         assert post(url, "/admin/reload", {}, token=ADMIN).status_code == 200  # one worker; the other on its next poll
         lines = set(metric_lines(url, "prediction_quality_metric"))
@@ -270,6 +307,7 @@ def test_prediction_quality_metric_has_a_no_data_series_from_startup_until_an_ev
 
 
 # --- 10. noise and exposure ---------------------------------------------------------------------------------------
+
 
 def test_readyz_details_need_a_token_and_the_probe_says_nothing(service):
     url, _, _ = service
@@ -317,17 +355,34 @@ def test_a_client_error_is_one_info_line_not_an_error_traceback(service):
 
 # --- 5. a second service does not wipe the first one's metrics -----------------------------------------------------
 
+
 def make_serve(folder: Path, port: int, log_path: Path) -> subprocess.Popen:
     """`make serve`, as an operator runs it (the install step marked done: the venv is this one)."""
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "BENTOML_"))},
-           "HOME": str(folder), "ITFF_HOME": str(folder), "PORT": str(port), "ITFF_API_TOKENS": json.dumps([TOKEN]),
-           "ITFF_SYMBOLS": '["PROMOUSDT"]', "ITFF_TARGETS": '["direction"]', "ITFF_RELOAD_INTERVAL_S": "0",
-           "ITFF_SERVE_WORKERS": "1", "ITFF_SOURCE": "files"}
-    return subprocess.Popen(["make", "-s", "-o", "install", "serve", f"BIN={Path(sys.executable).parent}"], cwd=ROOT, env=env,
-                            stdout=open(log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "BENTOML_"))},
+        "HOME": str(folder),
+        "ITFF_HOME": str(folder),
+        "PORT": str(port),
+        "ITFF_API_TOKENS": json.dumps([TOKEN]),
+        "ITFF_SYMBOLS": '["PROMOUSDT"]',
+        "ITFF_TARGETS": '["direction"]',
+        "ITFF_RELOAD_INTERVAL_S": "0",
+        "ITFF_SERVE_WORKERS": "1",
+        "ITFF_SOURCE": "files",
+    }
+    return subprocess.Popen(
+        ["make", "-s", "-o", "install", "serve", f"BIN={Path(sys.executable).parent}"],
+        cwd=ROOT,
+        env=env,
+        stdout=open(log_path, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
-def wait_ready(url: str, process: subprocess.Popen, log_path: Path, probe: str = "/readyz", what: str = "make serve") -> None:
+def wait_ready(
+    url: str, process: subprocess.Popen, log_path: Path, probe: str = "/readyz", what: str = "make serve"
+) -> None:
     """Until GET url+probe answers 200; fails with the log's tail if the process exits or 180 s pass first."""
     deadline = time.time() + 180
     while time.time() < deadline and process.poll() is None:
@@ -352,7 +407,14 @@ def test_a_second_make_serve_does_not_wipe_the_first_ones_metrics(lake):
             wait_ready(f"http://127.0.0.1:{port}", processes[-1], log_path)
             if len(processes) == 1:
                 for _ in range(5):
-                    assert post(f"http://127.0.0.1:{port}", "/predict", {"symbol": "PROMOUSDT", "features": row_of(silver, settings)}).status_code == 200
+                    assert (
+                        post(
+                            f"http://127.0.0.1:{port}",
+                            "/predict",
+                            {"symbol": "PROMOUSDT", "features": row_of(silver, settings)},
+                        ).status_code
+                        == 200
+                    )
                 assert metric_lines(f"http://127.0.0.1:{port}", "itff_predictions_total")
         first = metric_lines(f"http://127.0.0.1:{ports[0]}", "itff_predictions_total")
         assert first and sum(float(line.rsplit(" ", 1)[1]) for line in first) == 5, first
@@ -367,17 +429,24 @@ def test_a_second_make_serve_does_not_wipe_the_first_ones_metrics(lake):
 
 # --- 9. auth abuse (runs last: it spends 127.0.0.2's failure budget) ---------------------------------------------
 
+
 def test_zz_failed_auth_is_budgeted_per_address_logged_once_per_burst_and_two_tokens_are_refused(service):
     url, settings, silver = service
     body = {"symbol": "PROMOUSDT", "features": row_of(silver, settings)}
-    two = httpx.post(f"{url}/predict", json=body, headers=[("X-API-Token", TOKEN), ("X-API-Token", "other")], timeout=30)
+    two = httpx.post(
+        f"{url}/predict", json=body, headers=[("X-API-Token", TOKEN), ("X-API-Token", "other")], timeout=30
+    )
     assert two.status_code == 400 and two.json()["field"] == "X-API-Token", two.text
     attacker = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=30)
     before = len(server_log())
     guesses = [f"guess-{i:04d}-secretish" for i in range(200)]
-    codes = [attacker.post(f"{url}/predict", json=body, headers={"X-API-Token": g, "Connection": "close"}).status_code
-             for g in guesses]  # a new connection each: both workers get some
-    assert codes.count(401) <= 10 + 2 and codes[-20:] == [429] * 20, codes  # a budget of 10 (5 per worker), refilling 2/min
+    codes = [
+        attacker.post(f"{url}/predict", json=body, headers={"X-API-Token": g, "Connection": "close"}).status_code
+        for g in guesses
+    ]  # a new connection each: both workers get some
+    assert codes.count(401) <= 10 + 2 and codes[-20:] == [429] * 20, (
+        codes
+    )  # a budget of 10 (5 per worker), refilling 2/min
     # Spent: even the right token from that address gets 429, so a guess cannot be confirmed by the answer.
     for _ in range(4):
         right = attacker.post(f"{url}/predict", json=body, headers={"X-API-Token": TOKEN, "Connection": "close"})

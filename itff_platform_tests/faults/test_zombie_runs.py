@@ -21,7 +21,7 @@ DAEMON = Path(sys.executable).parent / "dagster-daemon"
 
 # Two jobs: slow_job hangs while the `hang` file exists; quick_job returns at once. The sensor submits slow_job,
 # and quick_job only once slow_job's worker is running, so quick_job waits in the queue behind it.
-DEFINITIONS = '''
+DEFINITIONS = """
 import os, time
 from pathlib import Path
 from dagster import DefaultSensorStatus, Definitions, RunRequest, asset, define_asset_job, in_process_executor, sensor
@@ -50,7 +50,7 @@ def submit(context):
         yield RunRequest(run_key="quick", job_name="quick_job")
 
 defs = Definitions(assets=[slow_step, quick_step], jobs=[slow_job, quick_job], sensors=[submit])
-'''
+"""
 
 
 def instance_yaml(home: Path) -> dict:
@@ -63,11 +63,21 @@ def instance_yaml(home: Path) -> dict:
 
 
 def start_daemon(home: Path, module: Path, marks: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "DAGSTER_HOME": str(home), "ZOMBIE_MARKS": str(marks),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "ZOMBIE_MARKS": str(marks),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     # A session of its own: killing its process group kills the daemon, its code server and the run worker at once.
-    return subprocess.Popen([str(DAEMON), "run", "-f", str(module)], cwd=home, env=env, start_new_session=True,
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [str(DAEMON), "run", "-f", str(module)],
+        cwd=home,
+        env=env,
+        start_new_session=True,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def stop(process: subprocess.Popen, sig=signal.SIGTERM) -> None:
@@ -119,9 +129,15 @@ def test_a_killed_run_is_failed_by_run_monitoring_retried_and_the_queue_moves_on
 
     first = start_daemon(home, module, marks, log)
     try:
-        wait_for(lambda: any(marks.glob("worker-*")) and [r for r in runs_by_job(instance).get("quick_job", [])
-                                                            if r.status == DagsterRunStatus.QUEUED], 120,
-                 "slow_job's worker to run and quick_job to be queued behind it", log)
+        wait_for(
+            lambda: (
+                any(marks.glob("worker-*"))
+                and [r for r in runs_by_job(instance).get("quick_job", []) if r.status == DagsterRunStatus.QUEUED]
+            ),
+            120,
+            "slow_job's worker to run and quick_job to be queued behind it",
+            log,
+        )
         assert runs_by_job(instance)["slow_job"][0].status == DagsterRunStatus.STARTED
     finally:
         stop(first, signal.SIGKILL)  # kill -9 of the whole `make dev`: daemon, code server and run worker
@@ -136,13 +152,25 @@ def test_a_killed_run_is_failed_by_run_monitoring_retried_and_the_queue_moves_on
 
     second = start_daemon(home, module, marks, log)
     try:
-        wait_for(lambda: instance.get_run_by_id(slow.run_id).status == DagsterRunStatus.FAILURE, 90,
-                 "run monitoring to mark the killed run FAILURE", log)
+        wait_for(
+            lambda: instance.get_run_by_id(slow.run_id).status == DagsterRunStatus.FAILURE,
+            90,
+            "run monitoring to mark the killed run FAILURE",
+            log,
+        )
         failed_at = time.monotonic()
-        wait_for(lambda: runs_by_job(instance)["quick_job"][0].status == DagsterRunStatus.SUCCESS, 120,
-                 "the queued run to run once the zombie was gone", log)
-        retried = wait_for(lambda: [r for r in runs_by_job(instance)["slow_job"][1:] if r.status == DagsterRunStatus.SUCCESS],
-                           120, "the automatic retry of the killed run to succeed", log)
+        wait_for(
+            lambda: runs_by_job(instance)["quick_job"][0].status == DagsterRunStatus.SUCCESS,
+            120,
+            "the queued run to run once the zombie was gone",
+            log,
+        )
+        retried = wait_for(
+            lambda: [r for r in runs_by_job(instance)["slow_job"][1:] if r.status == DagsterRunStatus.SUCCESS],
+            120,
+            "the automatic retry of the killed run to succeed",
+            log,
+        )
         done_at = time.monotonic()
     finally:
         stop(second)
@@ -150,8 +178,10 @@ def test_a_killed_run_is_failed_by_run_monitoring_retried_and_the_queue_moves_on
     assert retried[0].parent_run_id == slow.run_id and retried[0].tags.get("dagster/retry_number") == "1"
     messages = [e.message for e in instance.all_logs(slow.run_id) if e.message]
     assert any(f"run worker pid {worker_pid}" in m for m in messages), messages[-5:]
-    print(f"\nzombie failed {failed_at - killed_at:.1f}s after the second daemon started, queue and retry done "
-          f"{done_at - killed_at:.1f}s after; whole test {time.monotonic() - started:.1f}s")
+    print(
+        f"\nzombie failed {failed_at - killed_at:.1f}s after the second daemon started, queue and retry done "
+        f"{done_at - killed_at:.1f}s after; whole test {time.monotonic() - started:.1f}s"
+    )
 
 
 def _alive(pid: int) -> bool:

@@ -9,7 +9,9 @@ from itff_platform_tests.conftest import random_walk_candles, utc
 
 def silver_months(bronze, settings, months, since=None) -> pl.DataFrame:
     """The months' silver rows as refresh_silver computes them: each month's anchored window (window_frames)."""
-    return pl.concat(pl.collect_all([rows for _, rows in window_frames(bronze, settings, months, since)], engine="in-memory"))
+    return pl.concat(
+        pl.collect_all([rows for _, rows in window_frames(bronze, settings, months, since)], engine="in-memory")
+    )
 
 
 def test_one_month_alone_is_bit_identical_to_a_full_rebuild(btc_hourly):

@@ -39,7 +39,9 @@ def test_log_returns_and_realized_volatility(sample):
     close = candles["close"].to_list()
     for lag in settings.features.return_lags:
         assert_matches(features[f"log_return_{lag}"], ref.log_return(close, lag), f"log_return_{lag}")
-    assert_matches(features["realized_vol"], ref.realized_vol(close, settings.features.volatility_window), "realized_vol")
+    assert_matches(
+        features["realized_vol"], ref.realized_vol(close, settings.features.volatility_window), "realized_vol"
+    )
 
 
 def test_rsi_atr_adx_use_wilder_smoothing(sample):
@@ -70,7 +72,9 @@ def test_cci_and_wavetrend(sample):
 def test_macd(sample):
     candles, features, settings = sample
     close = candles["close"].to_list()
-    line, signal, hist = ref.macd(close, settings.features.macd_fast, settings.features.macd_slow, settings.features.macd_signal)
+    line, signal, hist = ref.macd(
+        close, settings.features.macd_fast, settings.features.macd_slow, settings.features.macd_signal
+    )
     assert_matches(features["macd"], line, "macd")
     assert_matches(features["macd_signal"], signal, "macd_signal")
     assert_matches(features["macd_hist"], hist, "macd_hist")
@@ -80,15 +84,23 @@ def test_macd(sample):
 def test_bollinger_volume_zscore_and_average_daily_range(sample):
     candles, features, settings = sample
     high, low, close, volume = columns(candles)
-    assert_matches(features["bollinger_pct_b"], ref.percent_b(close, settings.features.bollinger_period, settings.features.bollinger_width), "%b")
-    assert_matches(features["volume_zscore"], ref.volume_zscore(volume, settings.features.volume_zscore_window), "volume_zscore")
+    assert_matches(
+        features["bollinger_pct_b"],
+        ref.percent_b(close, settings.features.bollinger_period, settings.features.bollinger_width),
+        "%b",
+    )
+    assert_matches(
+        features["volume_zscore"], ref.volume_zscore(volume, settings.features.volume_zscore_window), "volume_zscore"
+    )
     adr = ref.average_daily_range(high, low, close, settings.features.daily_range_days, settings.bars_per_day)
     assert_matches(features["average_daily_range"], adr, "average_daily_range")
 
 
 def test_time_of_day_and_day_of_week_encodings(sample):
     _candles, features, _ = sample
-    for ts, hs, hc, ws, wc in features.select("timestamp", "hour_sin", "hour_cos", "weekday_sin", "weekday_cos").iter_rows():
+    for ts, hs, hc, ws, wc in features.select(
+        "timestamp", "hour_sin", "hour_cos", "weekday_sin", "weekday_cos"
+    ).iter_rows():
         day = (ts.hour * 3600 + ts.minute * 60) / 86400
         assert hs == pytest.approx(math.sin(2 * math.pi * day)) and hc == pytest.approx(math.cos(2 * math.pi * day))
         assert ws == pytest.approx(math.sin(2 * math.pi * ts.weekday() / 7))

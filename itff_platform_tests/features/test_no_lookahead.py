@@ -19,7 +19,9 @@ def test_only_the_labels_read_ahead(btc_hourly):
     candles = btc_hourly.head(4000)
     h = Settings().features.label_horizon
     before = silver(candles).slice(3000 - h + 1, h).select(LABEL_COLUMNS)
-    changed = candles.with_columns(pl.when(pl.int_range(pl.len()) > 3000).then(pl.col("close") * 1.3).otherwise(pl.col("close")).alias("close"))
+    changed = candles.with_columns(
+        pl.when(pl.int_range(pl.len()) > 3000).then(pl.col("close") * 1.3).otherwise(pl.col("close")).alias("close")
+    )
     after = silver(changed).slice(3000 - h + 1, h).select(LABEL_COLUMNS)
     assert not before.equals(after)
 

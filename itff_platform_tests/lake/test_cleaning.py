@@ -20,7 +20,10 @@ def as_raw(candles: pl.DataFrame, symbol: str = "BTCUSDT", batch: str = "b1") ->
 
 def corrupt(frame: pl.DataFrame, row: int, **values) -> pl.DataFrame:
     return frame.with_columns(
-        *(pl.when(pl.int_range(pl.len()) == row).then(pl.lit(v)).otherwise(pl.col(c)).alias(c) for c, v in values.items())
+        *(
+            pl.when(pl.int_range(pl.len()) == row).then(pl.lit(v)).otherwise(pl.col(c)).alias(c)
+            for c, v in values.items()
+        )
     )
 
 
@@ -56,11 +59,15 @@ def test_exact_duplicates_collapse_and_conflicting_ones_keep_the_last_received()
     result = clean_raw(raw, 3600)
     assert result.raw_rows == 13
     assert result.collapsed_duplicates == 2
-    assert result.quarantine.height == 1 and result.quarantine["rule"][0].startswith("timestamp: duplicate with different values")
+    assert result.quarantine.height == 1 and result.quarantine["rule"][0].startswith(
+        "timestamp: duplicate with different values"
+    )
     assert result.quarantine["close"][0] == clean["close"][3]  # the earlier row is the one set aside
     assert result.bronze.filter(pl.col("timestamp") == clean["timestamp"][3])["close"][0] == changed["close"][0]
     assert result.bronze.height == 10 and result.reconciles
-    assert dict(result.rule_counts().iter_rows()) == {"timestamp: duplicate with different values; the last received row was kept": 1}
+    assert dict(result.rule_counts().iter_rows()) == {
+        "timestamp: duplicate with different values; the last received row was kept": 1
+    }
 
 
 def test_real_sample_gaps_are_the_known_binance_outages(btc_hourly):

@@ -23,13 +23,19 @@ def test_each_way_silver_can_fall_behind_is_named_per_partition(tmp_path):
     assert stale_silver(bronze_path, silver_path, "1h").is_empty()
 
     january = btc.filter(pl.col("timestamp").dt.month() == 1)
-    corrected = january.with_columns(pl.when(pl.int_range(pl.len()) == 100).then(pl.col("close") + 0.01).otherwise(pl.col("close")).alias("close"))
+    corrected = january.with_columns(
+        pl.when(pl.int_range(pl.len()) == 100).then(pl.col("close") + 0.01).otherwise(pl.col("close")).alias("close")
+    )
     write(bronze_path, corrected)  # one close corrected by a cent
     write(bronze_path, eth.filter(pl.col("timestamp").dt.month() == 2).head(500))  # February re-ingested, shorter
     stale = stale_silver(bronze_path, silver_path, "1h")
     assert stale.select("symbol", pl.col("month").dt.month(), "reason").rows() == [
-        ("BTCUSDT", 1, "closes differ"), ("ETHUSDT", 2, "row counts differ")]
+        ("BTCUSDT", 1, "closes differ"),
+        ("ETHUSDT", 2, "row counts differ"),
+    ]
 
     write(silver_path, pl.concat([corrected, eth.filter(pl.col("timestamp").dt.month() == 2).head(500)]))
     assert stale_silver(bronze_path, silver_path, "1h").is_empty()
-    assert stale_silver(bronze_path, tmp_path / "none", "1h")["reason"].unique().to_list() == ["bronze rows have no silver"]
+    assert stale_silver(bronze_path, tmp_path / "none", "1h")["reason"].unique().to_list() == [
+        "bronze rows have no silver"
+    ]

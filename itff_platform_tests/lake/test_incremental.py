@@ -28,7 +28,9 @@ JAN, FEB, MAR, APR = MONTHS_AS_DATES
 def write_month_files(drop: Path, candles: pl.DataFrame) -> None:
     for month in MONTHS:
         rows = candles.filter(pl.col("timestamp").dt.truncate("1mo") == month)
-        rows.with_columns(pl.col("timestamp").dt.strftime("%Y-%m-%d %H:%M:%S")).write_csv(drop / f"BTCUSDT-1h-{month:%Y-%m}.csv")
+        rows.with_columns(pl.col("timestamp").dt.strftime("%Y-%m-%d %H:%M:%S")).write_csv(
+            drop / f"BTCUSDT-1h-{month:%Y-%m}.csv"
+        )
 
 
 def build(settings: Settings) -> dict[str, list[date]]:
@@ -53,7 +55,9 @@ def lake(tmp_path, btc_hourly) -> Settings:
     """Four months of BTCUSDT from one CSV file per month, built once."""
     drop = tmp_path / "drop"
     drop.mkdir()
-    write_month_files(drop, btc_hourly.filter(pl.col("timestamp").is_between(utc(2023, 1, 1), utc(2023, 5, 1), closed="left")))
+    write_month_files(
+        drop, btc_hourly.filter(pl.col("timestamp").is_between(utc(2023, 1, 1), utc(2023, 5, 1), closed="left"))
+    )
     settings = Settings(home=tmp_path, lake_dir=tmp_path / "lake", drop_dir=drop, source="files")
     assert rebuilt(build(settings)) == {layer: set(MONTHS_AS_DATES) for layer in ("raw", "bronze", "silver")}
     return settings
@@ -64,8 +68,10 @@ def edit_csv(path: Path, stamp: str, close: float) -> None:
     rows = pl.read_csv(path)
     fix = pl.col("timestamp") == stamp
     rows = rows.with_columns(pl.when(fix).then(close).otherwise(pl.col("close")).alias("close"))
-    rows = rows.with_columns(pl.when(fix).then(pl.max_horizontal("high", "close")).otherwise(pl.col("high")).alias("high"),
-                             pl.when(fix).then(pl.min_horizontal("low", "close")).otherwise(pl.col("low")).alias("low"))
+    rows = rows.with_columns(
+        pl.when(fix).then(pl.max_horizontal("high", "close")).otherwise(pl.col("high")).alias("high"),
+        pl.when(fix).then(pl.min_horizontal("low", "close")).otherwise(pl.col("low")).alias("low"),
+    )
     assert rows.filter(fix).height == 1
     rows.write_csv(path)
 
@@ -111,7 +117,10 @@ def test_a_changed_feature_setting_rebuilds_silver_only_and_a_cleaning_relevant_
     assert silver_rows(changed).equals(from_scratch(lake, tmp_path, rsi_period=10))
     # Settings no layer reads leave the lake alone.
     assert rebuilt(build(changed.model_copy(update={"trials": 9, "gap_tolerance_bars": 3}))) == {
-        "raw": set(), "bronze": set(), "silver": set()}
+        "raw": set(),
+        "bronze": set(),
+        "silver": set(),
+    }
 
 
 def test_records_survive_compaction_but_a_partial_rewrite_or_an_unknown_writer_forces_a_rebuild(lake):
@@ -126,7 +135,9 @@ def test_records_survive_compaction_but_a_partial_rewrite_or_an_unknown_writer_f
 
     # A write this code did not make (no record in its commit): nothing older can be trusted.
     bronze = read_rows(tables.bronze, "1h").filter(pl.col("month") == JAN)
-    write_deltalake(tables.bronze, bronze.to_arrow(), mode="overwrite", predicate=partition_predicate("1h", "BTCUSDT", [JAN]))
+    write_deltalake(
+        tables.bronze, bronze.to_arrow(), mode="overwrite", predicate=partition_predicate("1h", "BTCUSDT", [JAN])
+    )
     assert rebuilt(build(lake)) == {"raw": set(), "bronze": set(MONTHS_AS_DATES), "silver": set()}
 
 
@@ -146,11 +157,17 @@ def test_unchanged_lake_sees_a_change_in_any_layer(tmp_path):
 def test_silver_fingerprints_cover_every_setting_the_features_read():
     """A feature setting left out of SILVER_SETTINGS would let a changed setting keep stale silver."""
     package = Path(__file__).resolve().parents[2] / "itff_platform" / "features"
-    named = {tuple(m.split(".")) for p in package.glob("*.py")
-             for m in re.findall(r"\b(?:s|settings)\.([a-z_]+(?:\.[a-z_]+)*)", p.read_text())}
+    named = {
+        tuple(m.split("."))
+        for p in package.glob("*.py")
+        for m in re.findall(r"\b(?:s|settings)\.([a-z_]+(?:\.[a-z_]+)*)", p.read_text())
+    }
     derived = {("bars_per_day",): "interval", ("interval_seconds",): "interval"}  # properties of the interval
     # settings.features.rsi_period -> rsi_period: the longest leading part of each access that is a setting
-    fields = {derived.get(path) or next((BY_PATH[path[:n]].name for n in range(len(path), 0, -1) if path[:n] in BY_PATH), None)
-              for path in named} - {None}
+    fields = {
+        derived.get(path)
+        or next((BY_PATH[path[:n]].name for n in range(len(path), 0, -1) if path[:n] in BY_PATH), None)
+        for path in named
+    } - {None}
     assert fields and fields - set(SILVER_SETTINGS) == set()
     assert set(SILVER_SETTINGS) <= set(LEAVES)

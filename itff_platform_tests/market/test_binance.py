@@ -16,7 +16,9 @@ def exchange(btc_hourly):
 
 def source_for(fake: FakeBinance, sleeps: list[float], now: datetime | None = None) -> BinanceCandleSource:
     clock = {"now": lambda: now} if now else {}
-    return BinanceCandleSource(base_url=fake.url, archive_url=fake.url, max_retries=3, timeout_s=5, sleep=sleeps.append, **clock)
+    return BinanceCandleSource(
+        base_url=fake.url, archive_url=fake.url, max_retries=3, timeout_s=5, sleep=sleeps.append, **clock
+    )
 
 
 def test_rest_pages_by_start_time_1000_at_a_time_and_matches_the_sample(exchange, btc_hourly):
@@ -71,7 +73,10 @@ def test_past_months_come_from_the_monthly_archives_the_current_month_from_rest(
     with FakeBinance({"BTCUSDT": candles}) as fake:
         backfill = source_for(fake, [], now).fetch("BTCUSDT", "1h", start, end)
         assert fake.archive_requests() == [f"BTCUSDT-1h-{start.year}-01.zip", f"BTCUSDT-1h-{start.year}-02.zip"]
-        assert len(fake.kline_requests()) == 1 and f"startTime={int(utc(start.year, 3, 1).timestamp() * 1000)}" in fake.kline_requests()[0]
+        assert (
+            len(fake.kline_requests()) == 1
+            and f"startTime={int(utc(start.year, 3, 1).timestamp() * 1000)}" in fake.kline_requests()[0]
+        )
         fake.requests.clear()
         all_rest = source_for(fake, [], now).fetch_klines("BTCUSDT", "1h", start, end)
         assert fake.archive_requests() == []
@@ -101,8 +106,16 @@ def test_archived_months_are_the_whole_months_that_have_ended():
 def test_the_candle_still_forming_is_left_out():
     now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     stamps = [now - timedelta(hours=h) for h in (2, 1, 0)]  # the last one opened this hour: not closed yet
-    live = pl.DataFrame({"timestamp": stamps, "open": [1.0] * 3, "high": [2.0] * 3, "low": [0.5] * 3, "close": [1.5] * 3,
-                         "volume": [10.0] * 3}).with_columns(pl.col("timestamp").dt.cast_time_unit("us"))
+    live = pl.DataFrame(
+        {
+            "timestamp": stamps,
+            "open": [1.0] * 3,
+            "high": [2.0] * 3,
+            "low": [0.5] * 3,
+            "close": [1.5] * 3,
+            "volume": [10.0] * 3,
+        }
+    ).with_columns(pl.col("timestamp").dt.cast_time_unit("us"))
     with FakeBinance({"BTCUSDT": live}) as fake:
         frame = source_for(fake, []).fetch("BTCUSDT", "1h", now - timedelta(days=1), now + timedelta(hours=1))
     assert frame["timestamp"].to_list() == stamps[:2]

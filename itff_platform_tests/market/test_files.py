@@ -59,9 +59,16 @@ def test_common_vendor_headers_and_timestamp_formats(tmp_path, header, stamp):
 
 def test_gzip_and_parquet_exports_and_only_matching_names(tmp_path):
     (tmp_path / "BTCUSDT-1h-a.csv.gz").write_bytes(gzip.compress(("\n".join(BINANCE_ROWS[:1]) + "\n").encode()))
-    pl.DataFrame({"timestamp": ["2024-01-01 01:00:00"], "open": [1.0], "high": [2.0], "low": [0.5], "close": [1.5], "volume": [3.0]}).write_parquet(
-        tmp_path / "BTCUSDT-1h-b.parquet"
-    )
+    pl.DataFrame(
+        {
+            "timestamp": ["2024-01-01 01:00:00"],
+            "open": [1.0],
+            "high": [2.0],
+            "low": [0.5],
+            "close": [1.5],
+            "volume": [3.0],
+        }
+    ).write_parquet(tmp_path / "BTCUSDT-1h-b.parquet")
     (tmp_path / "BTCUSDT-4h-c.csv").write_text("\n".join(BINANCE_ROWS))  # another interval: ignored
     (tmp_path / "ETHUSDT-1h.csv").write_text("\n".join(BINANCE_ROWS))  # another symbol: ignored
     frame = FilesCandleSource(tmp_path).fetch("BTCUSDT", "1h", utc(2024, 1, 1), utc(2024, 2, 1))
@@ -98,11 +105,36 @@ def good_csv(path: Path, stamps: list[str]) -> None:
 
 BAD_FILES = {
     # name: (bytes, field, rule, words the reason must hold)
-    "BTCUSDT-1h-truncated.csv.gz": (lambda: gzip.compress(("\n".join(BINANCE_ROWS) + "\n").encode(), mtime=0)[:-12], "file", "readable", "EOFError"),
-    "BTCUSDT-1h-2024-01.zip": (lambda: binance_zip(BINANCE_ROWS, "x.csv")[:40] + b"\x00" * 30, "file", "readable", "BadZipFile"),
-    "BTCUSDT-1h-semicolons.csv": (lambda: b"timestamp;open;high;low;close;volume\n2024-01-01 00:00:00;1;2;0.5;1.5;10\n", "separator", "comma_separated", "semicolons"),
-    "BTCUSDT-1h-noclose.csv": (lambda: b"timestamp,open,high,low,volume\n2024-01-01 00:00:00,1,2,0.5,10\n", "close", "required_columns", "missing column"),
-    "BTCUSDT-1h-words.csv": (lambda: b"timestamp,open,high,low,close,volume\nnoon,1,2,0.5,1.5,10\n", "timestamp", "parseable_timestamp", "'noon'"),
+    "BTCUSDT-1h-truncated.csv.gz": (
+        lambda: gzip.compress(("\n".join(BINANCE_ROWS) + "\n").encode(), mtime=0)[:-12],
+        "file",
+        "readable",
+        "EOFError",
+    ),
+    "BTCUSDT-1h-2024-01.zip": (
+        lambda: binance_zip(BINANCE_ROWS, "x.csv")[:40] + b"\x00" * 30,
+        "file",
+        "readable",
+        "BadZipFile",
+    ),
+    "BTCUSDT-1h-semicolons.csv": (
+        lambda: b"timestamp;open;high;low;close;volume\n2024-01-01 00:00:00;1;2;0.5;1.5;10\n",
+        "separator",
+        "comma_separated",
+        "semicolons",
+    ),
+    "BTCUSDT-1h-noclose.csv": (
+        lambda: b"timestamp,open,high,low,volume\n2024-01-01 00:00:00,1,2,0.5,10\n",
+        "close",
+        "required_columns",
+        "missing column",
+    ),
+    "BTCUSDT-1h-words.csv": (
+        lambda: b"timestamp,open,high,low,close,volume\nnoon,1,2,0.5,1.5,10\n",
+        "timestamp",
+        "parseable_timestamp",
+        "'noon'",
+    ),
 }
 
 
@@ -129,15 +161,31 @@ def test_a_bad_file_is_set_aside_with_its_reason_and_the_good_file_is_read(tmp_p
 
 def test_utc_offsets_are_converted_to_utc_row_by_row(tmp_path):
     """Before: '+02:00' made every timestamp unparseable and the file was refused."""
-    good_csv(tmp_path / "ETHUSDT-1h-cest.csv", ["2024-03-31 00:00:00+01:00", "2024-03-31 01:00:00+01:00",
-                                                 "2024-03-31 03:00:00+02:00", "2024-09-01 02:00:00+02:00",
-                                                 "2024-09-01T03:00:00+0200", "2024-09-01 01:00:00Z"])
+    good_csv(
+        tmp_path / "ETHUSDT-1h-cest.csv",
+        [
+            "2024-03-31 00:00:00+01:00",
+            "2024-03-31 01:00:00+01:00",
+            "2024-03-31 03:00:00+02:00",
+            "2024-09-01 02:00:00+02:00",
+            "2024-09-01T03:00:00+0200",
+            "2024-09-01 01:00:00Z",
+        ],
+    )
     frame = FilesCandleSource(tmp_path).fetch("ETHUSDT", "1h", utc(2024, 1, 1), utc(2025, 1, 1))
     assert frame["timestamp"].to_list() == [
-        utc(2024, 3, 30, 23), utc(2024, 3, 31, 0), utc(2024, 3, 31, 1), utc(2024, 9, 1, 0), utc(2024, 9, 1, 1), utc(2024, 9, 1, 1)]
+        utc(2024, 3, 30, 23),
+        utc(2024, 3, 31, 0),
+        utc(2024, 3, 31, 1),
+        utc(2024, 9, 1, 0),
+        utc(2024, 9, 1, 1),
+        utc(2024, 9, 1, 1),
+    ]
 
 
 def test_a_corrupt_price_arrives_as_null_for_bronze_to_quarantine(tmp_path):
-    (tmp_path / "BTCUSDT-1h.csv").write_text("timestamp,open,high,low,close,volume\n2024-01-01 00:00:00,1,2,0.5,#N/A,10\n")
+    (tmp_path / "BTCUSDT-1h.csv").write_text(
+        "timestamp,open,high,low,close,volume\n2024-01-01 00:00:00,1,2,0.5,#N/A,10\n"
+    )
     frame = FilesCandleSource(tmp_path).fetch("BTCUSDT", "1h", utc(2024, 1, 1), utc(2024, 2, 1))
     assert frame.height == 1 and frame["close"][0] is None

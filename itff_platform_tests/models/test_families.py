@@ -93,7 +93,9 @@ def test_mc_dropout_gives_a_spread_around_the_prediction(family):
 def test_persistence_baseline_is_calibrated_on_the_training_window():
     rng = np.random.default_rng(5)
     last_return = rng.normal(size=5000)
-    labels = ((last_return > 0) & (rng.uniform(size=5000) < 0.7) | (last_return <= 0) & (rng.uniform(size=5000) < 0.4)).astype(int)
+    labels = (
+        (last_return > 0) & (rng.uniform(size=5000) < 0.7) | (last_return <= 0) & (rng.uniform(size=5000) < 0.4)
+    ).astype(int)
     x = np.column_stack([rng.normal(size=5000), last_return])
     model = make_forecaster("baseline_persistence", {"last_return_column": 1}, SETTINGS).fit(x, labels)
     assert model.rate_after_up == pytest.approx(0.7, abs=0.03) and model.rate_after_down == pytest.approx(0.4, abs=0.03)

@@ -21,8 +21,9 @@ def test_every_family_declares_what_its_class_is():
     for name, family in families().items():
         cls = family.forecaster_class()
         assert cls.family == name and cls.task == family.task, name
-        assert family.uncertainty == ("bands" if family.task == "regression" else
-                                      "mc_dropout" if family.torch else "none"), name
+        assert family.uncertainty == (
+            "bands" if family.task == "regression" else "mc_dropout" if family.torch else "none"
+        ), name
 
 
 def test_the_baselines_and_budgets_come_from_the_registry():
@@ -30,7 +31,11 @@ def test_the_baselines_and_budgets_come_from_the_registry():
     from itff_platform.training.train import families_for
 
     settings = Settings(trials=3, torch_trials=2)
-    assert families_for("direction", settings) == ["baseline_majority", "baseline_persistence", *settings.training.families]
+    assert families_for("direction", settings) == [
+        "baseline_majority",
+        "baseline_persistence",
+        *settings.training.families,
+    ]
     assert families_for("forward_return", settings) == ["baseline_climatology", *settings.training.regression_families]
     assert [study_trials(f, settings) for f in ("baseline_majority", "logistic", "lstm")] == [1, 3, 2]
     assert spec("baseline_persistence").fixed_params(["close", "log_return_1"]) == {"last_return_column": 1}
@@ -46,9 +51,11 @@ def test_settings_accept_only_registered_families_of_the_right_task():
 
 
 def test_reading_the_registry_imports_neither_torch_nor_scikit_learn():
-    probe = ("import sys\nfrom itff_platform.settings import Settings\nSettings()\n"
-             "from itff_platform.models.registry import families\nassert len(families()) >= 10\n"
-             "assert 'torch' not in sys.modules and 'sklearn' not in sys.modules, sorted(sys.modules)\n")
+    probe = (
+        "import sys\nfrom itff_platform.settings import Settings\nSettings()\n"
+        "from itff_platform.models.registry import families\nassert len(families()) >= 10\n"
+        "assert 'torch' not in sys.modules and 'sklearn' not in sys.modules, sorted(sys.modules)\n"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
 
@@ -85,7 +92,9 @@ def test_the_recipe_adds_a_family_with_one_file(scratch_family, tmp_path):
     import mlflow
 
     mlflow.set_tracking_uri(settings.tracking_uri)
-    folder = Path(mlflow.artifacts.download_artifacts("models:/itff-TESTUSDT-direction/1", dst_path=str(tmp_path / "m")))
+    folder = Path(
+        mlflow.artifacts.download_artifacts("models:/itff-TESTUSDT-direction/1", dst_path=str(tmp_path / "m"))
+    )
     model = load_forecaster(folder / "artifacts" / "forecaster")
     assert model.family == scratch_family
     prob = model.predict_proba(data.x[-5:])

@@ -26,7 +26,14 @@ def test_one_sd_mean_shift_is_an_error(rng, settings):
 
 
 def test_grade_and_worst():
-    assert [grade(v, 0.1, 0.25) for v in (0.05, 0.1, 0.2, 0.25, 3.0, float("nan"))] == ["ok", "warn", "warn", "error", "error", "ok"]
+    assert [grade(v, 0.1, 0.25) for v in (0.05, 0.1, 0.2, 0.25, 3.0, float("nan"))] == [
+        "ok",
+        "warn",
+        "warn",
+        "error",
+        "error",
+        "ok",
+    ]
     assert worst("ok", "error", "warn") == "error"
     assert worst("ok", "ok") == "ok"
 
@@ -78,15 +85,35 @@ def test_regime_shift_flags_range_bound_to_volatile(settings):
 
 def test_feature_drift_frame(rng, settings):
     n = 3000
-    reference = pl.DataFrame({"steady": rng.normal(size=n), "shifted": rng.normal(size=n),
-                              "wider": rng.normal(size=n), "flat": np.zeros(n)})
-    recent = pl.DataFrame({"steady": rng.normal(size=n), "shifted": rng.normal(loc=1.0, size=n),
-                           "wider": rng.normal(scale=1.4, size=n), "flat": np.zeros(n)})
+    reference = pl.DataFrame(
+        {"steady": rng.normal(size=n), "shifted": rng.normal(size=n), "wider": rng.normal(size=n), "flat": np.zeros(n)}
+    )
+    recent = pl.DataFrame(
+        {
+            "steady": rng.normal(size=n),
+            "shifted": rng.normal(loc=1.0, size=n),
+            "wider": rng.normal(scale=1.4, size=n),
+            "flat": np.zeros(n),
+        }
+    )
     drift = feature_drift(reference, recent, ["steady", "shifted", "wider", "flat"], settings)
-    assert drift.columns == ["feature", "psi", "ks", "psi_warn", "psi_threshold", "ks_warn", "ks_threshold",
-                             "calibration_windows", "psi_status", "ks_status", "status"]
+    assert drift.columns == [
+        "feature",
+        "psi",
+        "ks",
+        "psi_warn",
+        "psi_threshold",
+        "ks_warn",
+        "ks_threshold",
+        "calibration_windows",
+        "psi_status",
+        "ks_status",
+        "status",
+    ]
     # No thresholds given: every feature is graded by the settings' fixed ones, calibrated on no window.
-    assert set(drift["psi_threshold"]) == {settings.monitoring.drift_psi_error} and set(drift["calibration_windows"]) == {0}
+    assert set(drift["psi_threshold"]) == {settings.monitoring.drift_psi_error} and set(
+        drift["calibration_windows"]
+    ) == {0}
     assert drift["feature"][0] == "shifted"
     assert drift["psi"].to_list() == sorted(drift["psi"].to_list(), reverse=True)
     status = dict(drift.select("feature", "status").iter_rows())

@@ -25,8 +25,13 @@ DAY_BARS = 24
 
 
 def hourly(values: np.ndarray, start=utc(2023, 1, 1), **columns) -> pl.DataFrame:
-    return pl.DataFrame({"timestamp": pl.datetime_range(start, start + HOUR * (len(values) - 1), HOUR, eager=True,
-                                                        time_zone="UTC"), "x": values, **columns})
+    return pl.DataFrame(
+        {
+            "timestamp": pl.datetime_range(start, start + HOUR * (len(values) - 1), HOUR, eager=True, time_zone="UTC"),
+            "x": values,
+            **columns,
+        }
+    )
 
 
 def ar1(n: int, phi: float, rng: np.random.Generator) -> np.ndarray:
@@ -39,9 +44,17 @@ def ar1(n: int, phi: float, rng: np.random.Generator) -> np.ndarray:
 @pytest.fixture
 def calibrating(tmp_path) -> Settings:
     # Floors far below the statistics, so what is measured is the calibration alone.
-    return Settings(home=tmp_path, drift_recent_days=30, drift_reference_days=365, drift_calibration_step_days=3,
-                    drift_false_alarm_rate=0.01, drift_psi_warn=1e-6, drift_psi_error=1e-6, drift_ks_warn=1e-6,
-                    drift_ks_error=1e-6)
+    return Settings(
+        home=tmp_path,
+        drift_recent_days=30,
+        drift_reference_days=365,
+        drift_calibration_step_days=3,
+        drift_false_alarm_rate=0.01,
+        drift_psi_warn=1e-6,
+        drift_psi_error=1e-6,
+        drift_ks_warn=1e-6,
+        drift_ks_error=1e-6,
+    )
 
 
 def test_windows_slide_through_the_reference_and_skip_gaps():
@@ -68,7 +81,7 @@ def test_leave_window_out_statistics_are_each_window_against_the_rest():
     direct_psi = []
     for w in range(len(bounds)):
         inside = np.zeros(len(values), dtype=bool)
-        inside[bounds[w, 0]:bounds[w, 1]] = True
+        inside[bounds[w, 0] : bounds[w, 1]] = True
         window, rest = values[inside], values[~inside]
         assert ks[w] == pytest.approx(ks_statistic(rest, window), abs=1e-12)
         direct_psi.append(psi(rest, window))
@@ -92,7 +105,9 @@ def test_the_calibrated_threshold_keeps_its_false_alarm_rate_on_fresh_stationary
             drift = feature_drift(reference, window, ["x"], settings, thresholds)
             for column in errors:
                 errors[column] += drift[column][0] == "error"
-            fixed_errors += drift["psi"][0] >= fixed.monitoring.drift_psi_error or drift["ks"][0] >= fixed.monitoring.drift_ks_error
+            fixed_errors += (
+                drift["psi"][0] >= fixed.monitoring.drift_psi_error or drift["ks"][0] >= fixed.monitoring.drift_ks_error
+            )
             draws += 1
     # 1 % asked for; a year of windows estimates a 1 % tail only roughly, so up to 3 % passes.
     assert errors["psi_status"] / draws <= 0.03 and errors["ks_status"] / draws <= 0.03
@@ -114,8 +129,14 @@ def test_a_degenerate_reference_keeps_the_floors(settings):
     flat = hourly(np.full(90 * DAY_BARS, 3.0))
     thresholds = calibrated_thresholds(flat, ["x"], settings).row(0, named=True)
     assert thresholds["calibration_windows"] > 5
-    assert (thresholds["psi_warn"], thresholds["psi_threshold"]) == (settings.monitoring.drift_psi_warn, settings.monitoring.drift_psi_error)
-    assert (thresholds["ks_warn"], thresholds["ks_threshold"]) == (settings.monitoring.drift_ks_warn, settings.monitoring.drift_ks_error)
+    assert (thresholds["psi_warn"], thresholds["psi_threshold"]) == (
+        settings.monitoring.drift_psi_warn,
+        settings.monitoring.drift_psi_error,
+    )
+    assert (thresholds["ks_warn"], thresholds["ks_threshold"]) == (
+        settings.monitoring.drift_ks_warn,
+        settings.monitoring.drift_ks_error,
+    )
     short = calibrated_thresholds(flat.head(5 * DAY_BARS), ["x"], settings).row(0, named=True)
     assert short["calibration_windows"] == 0 and short["psi_threshold"] == settings.monitoring.drift_psi_error
 
@@ -126,7 +147,10 @@ def test_regime_spells_raise_the_regime_mix_threshold_and_a_new_regime_still_err
     spells = rng.choice(["range_bound", "trending_up", "trending_down", "volatile"], p=[0.5, 0.2, 0.2, 0.1], size=80)
     reference = hourly(np.zeros(400 * DAY_BARS), regime=np.repeat(spells, 5 * DAY_BARS))
     calibrated = regime_thresholds(reference, settings)
-    assert calibrated["threshold"] > settings.monitoring.regime_shift_error and calibrated["warn"] <= calibrated["threshold"]
+    assert (
+        calibrated["threshold"] > settings.monitoring.regime_shift_error
+        and calibrated["warn"] <= calibrated["threshold"]
+    )
     assert calibrated["calibration_windows"] == (400 - 30) // 3 + 1
     same_mix = reference.tail(30 * DAY_BARS)
     assert regime_shift(reference["regime"], same_mix["regime"], settings, calibrated)["status"] != "error"

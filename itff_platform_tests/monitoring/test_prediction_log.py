@@ -12,10 +12,24 @@ from itff_platform.monitoring.prediction_log import PredictionLog, records_frame
 
 def record(i: int) -> dict:
     at = datetime(2024, 9, 1, tzinfo=UTC) + timedelta(hours=i)
-    return {"request_id": f"r{i}", "logged_at": at, "endpoint": "/predict", "symbol": "BTCUSDT", "target": "direction",
-            "bar_time": at, "model_version": "3", "family": "logistic", "regime": "neutral", "signal": "long",
-            "prob_up": 0.6, "threshold": 0.55, "allow": True, "latency_ms": 1.5, "out_of_distribution": False,
-            "input_sha256": input_hash("BTCUSDT", "direction", np.arange(3.0))}
+    return {
+        "request_id": f"r{i}",
+        "logged_at": at,
+        "endpoint": "/predict",
+        "symbol": "BTCUSDT",
+        "target": "direction",
+        "bar_time": at,
+        "model_version": "3",
+        "family": "logistic",
+        "regime": "neutral",
+        "signal": "long",
+        "prob_up": 0.6,
+        "threshold": 0.55,
+        "allow": True,
+        "latency_ms": 1.5,
+        "out_of_distribution": False,
+        "input_sha256": input_hash("BTCUSDT", "direction", np.arange(3.0)),
+    }
 
 
 def delta_rows(path) -> pl.DataFrame:
@@ -98,7 +112,9 @@ def test_append_durable_fsyncs_a_segment_before_it_returns_and_a_commit_deletes_
     lines = [json.loads(line) for path in segments for line in path.read_text().splitlines()]
     assert sorted(r["request_id"] for r in lines) == sorted(f"r{i}" for i in range(20))
     assert log.flush() == 20 and delta_rows(tmp_path / "predictions").height == 20
-    assert sum(len(p.read_text()) for p in (tmp_path / "wal").glob("*.jsonl")) == 0  # committed: only the new, empty one
+    assert (
+        sum(len(p.read_text()) for p in (tmp_path / "wal").glob("*.jsonl")) == 0
+    )  # committed: only the new, empty one
     log.close()
     assert list((tmp_path / "wal").glob("*")) == []
 

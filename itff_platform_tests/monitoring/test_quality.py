@@ -28,16 +28,30 @@ from itff_platform.training.backtest import backtest
 FEES_BPS = 10.0
 COST = 2 * FEES_BPS / 1e4
 AS_OF = datetime(2024, 9, 30, tzinfo=UTC)
-SCHEMA = {"symbol": pl.String, "target": pl.String, "regime": pl.String, "prob_up": pl.Float64, "signal": pl.String,
-          "label": pl.Int8, "forward_return": pl.Float64, "p50": pl.Float64, "close": pl.Float64}
+SCHEMA = {
+    "symbol": pl.String,
+    "target": pl.String,
+    "regime": pl.String,
+    "prob_up": pl.Float64,
+    "signal": pl.String,
+    "label": pl.Int8,
+    "forward_return": pl.Float64,
+    "p50": pl.Float64,
+    "close": pl.Float64,
+}
 
 
 def dated(frame: pl.DataFrame, version: str = "1", start: datetime = AS_OF - timedelta(days=2)) -> pl.DataFrame:
     """The log's columns a realized frame also carries: the version, the bar (hourly from `start`), the latency."""
     return frame.with_columns(
-        model_version=pl.lit(version), latency_ms=pl.int_range(1, frame.height + 1).cast(pl.Float64),
-        bar_time=pl.datetime_range(start, start + timedelta(hours=max(frame.height - 1, 0)), "1h", time_zone="UTC",
-                                   eager=True)[: frame.height] if frame.height else pl.lit(None, pl.Datetime("us", "UTC")))
+        model_version=pl.lit(version),
+        latency_ms=pl.int_range(1, frame.height + 1).cast(pl.Float64),
+        bar_time=pl.datetime_range(
+            start, start + timedelta(hours=max(frame.height - 1, 0)), "1h", time_zone="UTC", eager=True
+        )[: frame.height]
+        if frame.height
+        else pl.lit(None, pl.Datetime("us", "UTC")),
+    )
 
 
 @pytest.fixture
@@ -58,16 +72,34 @@ def realized() -> pl.DataFrame:
 
 
 def _row(quality: pl.DataFrame, target: str, scope: str, version: str = "1") -> dict:
-    rows = quality.filter(pl.col("target") == target, pl.col("scope") == scope, pl.col("model_version") == version).to_dicts()
+    rows = quality.filter(
+        pl.col("target") == target, pl.col("scope") == scope, pl.col("model_version") == version
+    ).to_dicts()
     assert len(rows) == 1
     return rows[0]
 
 
 def test_live_quality_classification_by_hand(realized):
     quality = live_quality(realized, FEES_BPS)
-    assert quality.columns == ["symbol", "target", "model_version", "scope", "n", "trades", "hit_rate", "profit_factor",
-                               "max_drawdown", "mean_trade_return_after_fees", "latency_p95_ms", "brier", "log_loss", "ece",
-                               "mape", *BACKTEST_METRICS, "last_bar"]
+    assert quality.columns == [
+        "symbol",
+        "target",
+        "model_version",
+        "scope",
+        "n",
+        "trades",
+        "hit_rate",
+        "profit_factor",
+        "max_drawdown",
+        "mean_trade_return_after_fees",
+        "latency_p95_ms",
+        "brier",
+        "log_loss",
+        "ece",
+        "mape",
+        *BACKTEST_METRICS,
+        "last_bar",
+    ]
     everything = _row(quality, "direction", "all")
     assert everything["n"] == 4 and everything["trades"] == 3
     assert everything["hit_rate"] == pytest.approx(2 / 3)
@@ -109,8 +141,12 @@ def test_quality_degradation(settings):
     few = quality_degradation({"n": settings.monitoring.min_live_outcomes - 1, "log_loss": 2.0}, expected, settings)
     assert few["status"] == "insufficient" and few["n"] == settings.monitoring.min_live_outcomes - 1
     n = settings.monitoring.min_live_outcomes
-    worse = quality_degradation({"n": n, "log_loss": 0.69 + settings.monitoring.quality_log_loss_error + 0.01}, expected, settings)
-    assert worse["status"] == "error" and worse["delta_log_loss"] == pytest.approx(settings.monitoring.quality_log_loss_error + 0.01)
+    worse = quality_degradation(
+        {"n": n, "log_loss": 0.69 + settings.monitoring.quality_log_loss_error + 0.01}, expected, settings
+    )
+    assert worse["status"] == "error" and worse["delta_log_loss"] == pytest.approx(
+        settings.monitoring.quality_log_loss_error + 0.01
+    )
     middling = (settings.monitoring.quality_log_loss_warn + settings.monitoring.quality_log_loss_error) / 2
     assert quality_degradation({"n": n, "log_loss": 0.69 + middling}, expected, settings)["status"] == "warn"
     assert quality_degradation({"n": n, "log_loss": 0.60}, expected, settings)["status"] == "ok"
@@ -122,13 +158,25 @@ def test_quality_degradation_takes_a_live_quality_row(realized, settings):
     assert quality_degradation(row, {"log_loss": 0.5}, settings)["status"] == "insufficient"  # 4 outcomes only
 
 
-def served(prob: np.ndarray, forward_return: np.ndarray, version: str, start: datetime, threshold: float = 0.55) -> pl.DataFrame:
+def served(
+    prob: np.ndarray, forward_return: np.ndarray, version: str, start: datetime, threshold: float = 0.55
+) -> pl.DataFrame:
     """A version's realized direction predictions, one per hourly bar, with the signals the threshold rule gives."""
     n = len(prob)
-    frame = pl.DataFrame({"symbol": "BTCUSDT", "target": "direction", "regime": ["trending_up", "volatile"] * (n // 2) + ["neutral"] * (n % 2),
-                          "prob_up": prob, "signal": signal_names(prob, threshold, "direction"),
-                          "label": (forward_return > 0).astype(np.int8), "forward_return": forward_return, "p50": None,
-                          "close": 100.0}, schema=SCHEMA)
+    frame = pl.DataFrame(
+        {
+            "symbol": "BTCUSDT",
+            "target": "direction",
+            "regime": ["trending_up", "volatile"] * (n // 2) + ["neutral"] * (n % 2),
+            "prob_up": prob,
+            "signal": signal_names(prob, threshold, "direction"),
+            "label": (forward_return > 0).astype(np.int8),
+            "forward_return": forward_return,
+            "p50": None,
+            "close": 100.0,
+        },
+        schema=SCHEMA,
+    )
     return dated(frame, version, start)
 
 
@@ -137,8 +185,12 @@ def test_live_trading_figures_follow_the_backtest_conventions_per_version():
     training/backtest.py computes on the same probabilities and returns."""
     rng = np.random.default_rng(5)
     prob, move = rng.uniform(0.2, 0.8, 200), rng.normal(0, 0.01, 200)
-    realized = pl.concat([served(prob, move, "3", AS_OF - timedelta(days=20)),
-                          served(prob[:40], -move[:40], "4", AS_OF - timedelta(days=5))])
+    realized = pl.concat(
+        [
+            served(prob, move, "3", AS_OF - timedelta(days=20)),
+            served(prob[:40], -move[:40], "4", AS_OF - timedelta(days=5)),
+        ]
+    )
     quality = live_quality(realized, FEES_BPS, horizon=4)
     expected = backtest(prob, move, 0.55, FEES_BPS, horizon=4, periods_per_year=8760).metrics
     old = _row(quality, "direction", "all", "3")
@@ -148,7 +200,9 @@ def test_live_trading_figures_follow_the_backtest_conventions_per_version():
     assert old["max_drawdown"] == pytest.approx(expected["max_drawdown"]) and old["max_drawdown"] > 0
     assert old["latency_p95_ms"] == pytest.approx(np.quantile(np.arange(1, 201), 0.95))
     new = _row(quality, "direction", "all", "4")  # the same bars, another version: its own figures
-    assert new["n"] == 40 and new["trades"] == backtest(prob[:40], -move[:40], 0.55, FEES_BPS, 4, 8760).metrics["trades"]
+    assert (
+        new["n"] == 40 and new["trades"] == backtest(prob[:40], -move[:40], 0.55, FEES_BPS, 4, 8760).metrics["trades"]
+    )
     # Regime rows count the version's scheduled trades taken in that regime.
     regimes = quality.filter(pl.col("model_version") == "3", pl.col("scope") != "all")
     assert regimes["n"].sum() == 200 and regimes["trades"].sum() == old["trades"]
@@ -157,8 +211,12 @@ def test_live_trading_figures_follow_the_backtest_conventions_per_version():
 
 
 def test_only_the_window_before_as_of_is_judged():
-    realized = pl.concat([served(np.full(48, 0.7), np.full(48, 0.01), "1", AS_OF - timedelta(days=45)),
-                          served(np.full(48, 0.7), np.full(48, -0.01), "2", AS_OF - timedelta(days=3))])
+    realized = pl.concat(
+        [
+            served(np.full(48, 0.7), np.full(48, 0.01), "1", AS_OF - timedelta(days=45)),
+            served(np.full(48, 0.7), np.full(48, -0.01), "2", AS_OF - timedelta(days=3)),
+        ]
+    )
     recent = in_window(realized, AS_OF, 30)
     assert recent["model_version"].unique().to_list() == ["2"] and recent.height == 48
     assert in_window(realized, AS_OF - timedelta(days=40), 30)["model_version"].unique().to_list() == ["1"]
@@ -175,19 +233,28 @@ def test_live_quality_for_sets_each_version_beside_its_own_backtest(tmp_path):
     client.create_registered_model("itff-BTCUSDT-direction")
     promised = {}
     for hit_rate in (0.61, 0.52):  # versions 1 and 2, each registered by its own run
-        run = client.create_run(client.create_experiment(f"e{hit_rate}", artifact_location=settings.artifact_location)).info.run_id
+        run = client.create_run(
+            client.create_experiment(f"e{hit_rate}", artifact_location=settings.artifact_location)
+        ).info.run_id
         for name, value in zip(BACKTEST_METRICS, (hit_rate, 2 * hit_rate, hit_rate / 10)):
             client.log_metric(run, name, value)
         version = client.create_model_version("itff-BTCUSDT-direction", f"runs:/{run}/model", run_id=run).version
         promised[str(version)] = hit_rate
     mlflow.set_tracking_uri(None)
     rng = np.random.default_rng(1)
-    realized = pl.concat([served(rng.uniform(0.3, 0.7, 96), rng.normal(0, 0.01, 96), "1", AS_OF - timedelta(days=40)),
-                          served(rng.uniform(0.3, 0.7, 96), rng.normal(0, 0.01, 96), "1", AS_OF - timedelta(days=9)),
-                          served(rng.uniform(0.3, 0.7, 96), rng.normal(0, 0.01, 96), "2", AS_OF - timedelta(days=4))])
+    realized = pl.concat(
+        [
+            served(rng.uniform(0.3, 0.7, 96), rng.normal(0, 0.01, 96), "1", AS_OF - timedelta(days=40)),
+            served(rng.uniform(0.3, 0.7, 96), rng.normal(0, 0.01, 96), "1", AS_OF - timedelta(days=9)),
+            served(rng.uniform(0.3, 0.7, 96), rng.normal(0, 0.01, 96), "2", AS_OF - timedelta(days=4)),
+        ]
+    )
     quality = live_quality_for(settings, realized, AS_OF)
     overall = quality.filter(pl.col("scope") == "all")
-    assert overall["model_version"].to_list() == ["1", "2"] and overall["n"].to_list() == [96, 96]  # 40 days ago: outside
+    assert overall["model_version"].to_list() == ["1", "2"] and overall["n"].to_list() == [
+        96,
+        96,
+    ]  # 40 days ago: outside
     for row in overall.iter_rows(named=True):
         assert row["backtest_hit_rate_trades"] == pytest.approx(promised[row["model_version"]])
         assert row["backtest_profit_factor"] == pytest.approx(2 * promised[row["model_version"]])
@@ -208,19 +275,38 @@ def test_plots_are_written(tmp_path, settings):
     reference = pl.DataFrame({"a": rng.normal(size=500), "b": rng.normal(size=500)})
     recent = pl.DataFrame({"a": rng.normal(size=500), "b": rng.normal(loc=1, size=500)})
     drift = feature_drift(reference, recent, ["a", "b"], settings)
-    assert _is_png(drift_plot(drift, "drift", tmp_path / "drift.png", settings.monitoring.drift_psi_warn, settings.monitoring.drift_psi_error))
-    assert _is_png(regime_mix_plot({"range_bound": 0.8, "volatile": 0.2}, {"range_bound": 0.1, "volatile": 0.9},
-                                   "mix", tmp_path / "mix.png"))
+    assert _is_png(
+        drift_plot(
+            drift,
+            "drift",
+            tmp_path / "drift.png",
+            settings.monitoring.drift_psi_warn,
+            settings.monitoring.drift_psi_error,
+        )
+    )
+    assert _is_png(
+        regime_mix_plot(
+            {"range_bound": 0.8, "volatile": 0.2}, {"range_bound": 0.1, "volatile": 0.9}, "mix", tmp_path / "mix.png"
+        )
+    )
 
     n = 200
     prob = rng.random(n)
     start = datetime(2024, 9, 1, tzinfo=UTC)
-    realized = pl.DataFrame({
-        "bar_time": [start + timedelta(hours=i) for i in range(n)], "symbol": "BTCUSDT", "target": "direction",
-        "regime": "neutral", "prob_up": prob, "signal": np.where(prob > 0.6, "long", np.where(prob < 0.4, "short", "flat")),
-        "label": (rng.random(n) < prob).astype(int), "forward_return": rng.normal(scale=0.01, size=n),
-        "p50": None, "close": 100.0,
-    })
+    realized = pl.DataFrame(
+        {
+            "bar_time": [start + timedelta(hours=i) for i in range(n)],
+            "symbol": "BTCUSDT",
+            "target": "direction",
+            "regime": "neutral",
+            "prob_up": prob,
+            "signal": np.where(prob > 0.6, "long", np.where(prob < 0.4, "short", "flat")),
+            "label": (rng.random(n) < prob).astype(int),
+            "forward_return": rng.normal(scale=0.01, size=n),
+            "p50": None,
+            "close": 100.0,
+        }
+    )
     assert _is_png(live_reliability_plot(realized, "live calibration", tmp_path / "reliability.png"))
     assert _is_png(live_equity_plot(realized, FEES_BPS, "live equity", tmp_path / "equity.png", horizon=4))
 

@@ -26,10 +26,23 @@ def replayed(tmp_path_factory, btc_hourly):
     drop = home / "drop"
     drop.mkdir()
     # Real BTCUSDT candles under the test champion's symbol, through the files source.
-    btc_hourly.filter(pl.col("timestamp") >= utc(2024, 4, 1), pl.col("timestamp") < utc(2024, 8, 1)).write_parquet(drop / "PROMOUSDT-1h.parquet")
-    settings = Settings(home=home, drop_dir=drop, source="files", symbols=["PROMOUSDT"], targets=["direction"], trials=1,
-                        wf_folds=3, start_date=date(2024, 4, 1), end_date=date(2024, 8, 1), drift_recent_days=7,
-                        drift_reference_days=30, min_live_outcomes=24)
+    btc_hourly.filter(pl.col("timestamp") >= utc(2024, 4, 1), pl.col("timestamp") < utc(2024, 8, 1)).write_parquet(
+        drop / "PROMOUSDT-1h.parquet"
+    )
+    settings = Settings(
+        home=home,
+        drop_dir=drop,
+        source="files",
+        symbols=["PROMOUSDT"],
+        targets=["direction"],
+        trials=1,
+        wf_folds=3,
+        start_date=date(2024, 4, 1),
+        end_date=date(2024, 8, 1),
+        drift_recent_days=7,
+        drift_reference_days=30,
+        min_live_outcomes=24,
+    )
     source = FilesCandleSource(drop)
     for month in MONTHS:
         ingest_raw(KnownBy(source, utc(2024, 7, 10)), settings, "PROMOUSDT", [month])
@@ -68,7 +81,9 @@ def test_every_bar_is_predicted_once_and_outcomes_are_realized(replayed):
     assert log["bar_time"].n_unique() == 96 and (log["endpoint"] == "replay").all()
     assert (log["logged_at"] > log["bar_time"]).all()  # served when the bar closed, never before
     last = summary.last_evaluation
-    assert last.realized.height == 96 - settings.features.label_horizon and last.pending == settings.features.label_horizon
+    assert (
+        last.realized.height == 96 - settings.features.label_horizon and last.pending == settings.features.label_horizon
+    )
     overall = last.quality.filter(pl.col("scope") == "all").row(0, named=True)
     assert overall["n"] == last.realized.height and 0 <= overall["brier"] <= 1
     # The synthetic training walk runs past 2024-07-10, so the replay must say its figures are in-sample.
@@ -99,8 +114,11 @@ def test_the_monitoring_assets_materialize_with_checks(replayed, monkeypatch):
     monkeypatch.setenv("ITFF_SYMBOLS", '["PROMOUSDT"]')
     monkeypatch.setenv("ITFF_TARGETS", '["direction"]')
     instance = DagsterInstance.ephemeral()
-    result = materialize(monitoring, instance=instance,
-                         resources={"itff": ItffSettingsResource(evaluation_as_of=datetime(2024, 7, 14, tzinfo=UTC).isoformat())})
+    result = materialize(
+        monitoring,
+        instance=instance,
+        resources={"itff": ItffSettingsResource(evaluation_as_of=datetime(2024, 7, 14, tzinfo=UTC).isoformat())},
+    )
     assert result.success
     outcomes = result.asset_materializations_for_node("prediction_outcomes")[0].metadata
     assert outcomes["outcomes_realized"].value == 96 - settings.features.label_horizon

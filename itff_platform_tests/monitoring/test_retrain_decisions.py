@@ -35,7 +35,9 @@ JUMP = utc(2024, 4, 21)  # the planted volatility shift
 SEED = 2
 
 
-def wandering_volatility_candles(days: int, seed: int = SEED, jump_at: datetime | None = None, jump: float = 1.0) -> pl.DataFrame:
+def wandering_volatility_candles(
+    days: int, seed: int = SEED, jump_at: datetime | None = None, jump: float = 1.0
+) -> pl.DataFrame:
     """Hourly candles: AR(1) returns (phi -0.6, so the next return leans against the last), with a volatility
     whose log is a slow AR(1) (about 8 days of memory, sd 0.25) around 0.4 % an hour; from `jump_at` on the
     volatility is `jump` times larger."""
@@ -47,11 +49,16 @@ def wandering_volatility_candles(days: int, seed: int = SEED, jump_at: datetime 
     returns = lfilter([1.0], [1.0, 0.6], sigma * rng.normal(size=n))
     close = 100 * np.exp(np.cumsum(returns))
     open_ = np.r_[100.0, close[:-1]]
-    return pl.DataFrame({
-        "timestamp": stamps, "open": open_, "close": close, "volume": rng.gamma(2.0, 10.0, n),
-        "high": np.maximum(open_, close) * (1 + sigma * np.abs(rng.normal(size=n)) / 2),
-        "low": np.minimum(open_, close) * (1 - sigma * np.abs(rng.normal(size=n)) / 2),
-    })
+    return pl.DataFrame(
+        {
+            "timestamp": stamps,
+            "open": open_,
+            "close": close,
+            "volume": rng.gamma(2.0, 10.0, n),
+            "high": np.maximum(open_, close) * (1 + sigma * np.abs(rng.normal(size=n)) / 2),
+            "low": np.minimum(open_, close) * (1 - sigma * np.abs(rng.normal(size=n)) / 2),
+        }
+    )
 
 
 def build_lake(settings: Settings, candles: pl.DataFrame, known_by: datetime) -> None:
@@ -69,17 +76,40 @@ def stable(tmp_path_factory):
     """A champion trained on the stable market through CUTOFF, then REPLAY_DAYS replayed after it."""
     home = tmp_path_factory.mktemp("decisions")
     # label_horizon 1: the next bar's direction, which the reverting returns make learnable.
-    settings = Settings(home=home, drop_dir=home / "drop", source="files", symbols=[SYMBOL], targets=["direction"],
-                        trials=1, wf_folds=3, label_horizon=1, start_date=START.date(), end_date=date(2024, 6, 1),
-                        drift_recent_days=7, drift_reference_days=60, drift_calibration_step_days=1, min_live_outcomes=24)
+    settings = Settings(
+        home=home,
+        drop_dir=home / "drop",
+        source="files",
+        symbols=[SYMBOL],
+        targets=["direction"],
+        trials=1,
+        wf_folds=3,
+        label_horizon=1,
+        start_date=START.date(),
+        end_date=date(2024, 6, 1),
+        drift_recent_days=7,
+        drift_reference_days=60,
+        drift_calibration_step_days=1,
+        min_live_outcomes=24,
+    )
     build_lake(settings, wandering_volatility_candles(DAYS), CUTOFF)
     mlflow.set_tracking_uri(settings.tracking_uri)
-    train_symbol_target(settings, SYMBOL, "direction", families=["baseline_majority", "baseline_persistence", "logistic"],
-                        data=training_data(settings, SYMBOL, "direction", as_of=CUTOFF))
+    train_symbol_target(
+        settings,
+        SYMBOL,
+        "direction",
+        families=["baseline_majority", "baseline_persistence", "logistic"],
+        data=training_data(settings, SYMBOL, "direction", as_of=CUTOFF),
+    )
     assert promote_champion(settings, SYMBOL, "direction").promoted
     lines = []
-    summary = replay(settings, CUTOFF.date(), CUTOFF.date() + timedelta(days=REPLAY_DAYS - 1), progress=lines.append,
-                     report_every_days=REPLAY_DAYS)
+    summary = replay(
+        settings,
+        CUTOFF.date(),
+        CUTOFF.date() + timedelta(days=REPLAY_DAYS - 1),
+        progress=lines.append,
+        report_every_days=REPLAY_DAYS,
+    )
     return settings, summary, lines
 
 
@@ -101,15 +131,23 @@ def test_a_stable_period_sends_no_champion_for_retraining_twice_in_30_days(stabl
     assert drift_asks.height <= 1
     # The drift frame reports the calibrated thresholds, above the fixed floors for the wandering features.
     drift = summary.last_evaluation.drift[SYMBOL]
-    assert (drift["psi_threshold"] >= settings.monitoring.drift_psi_error).all() and (drift["calibration_windows"] > 40).all()
+    assert (drift["psi_threshold"] >= settings.monitoring.drift_psi_error).all() and (
+        drift["calibration_windows"] > 40
+    ).all()
     assert drift.filter(pl.col("feature") == "atr_pct")["psi_threshold"][0] > 2 * settings.monitoring.drift_psi_error
 
 
 def test_a_planted_volatility_shift_triggers_retraining_within_its_window(stable):
     settings, _, _ = stable
     home = settings.home / "planted"
-    planted = settings.model_copy(update={"lake_dir": home / "lake", "drop_dir": home / "drop",
-                                          "monitoring_dir": home / "monitoring", "reports_dir": home / "reports"})
+    planted = settings.model_copy(
+        update={
+            "lake_dir": home / "lake",
+            "drop_dir": home / "drop",
+            "monitoring_dir": home / "monitoring",
+            "reports_dir": home / "reports",
+        }
+    )
     # The same market, the same champion; from JUMP on its volatility is five times what it was.
     build_lake(planted, wandering_volatility_candles(DAYS, jump_at=JUMP, jump=5.0), utc(2024, 6, 1))
     decided = []

@@ -24,17 +24,31 @@ from itff_platform_tests.conftest import utc
 AS_OF = utc(2024, 9, 2)
 
 
-def realized(target: str, signal: list[str], label: list[float | None], version: str = "3", hours_before: int = 6,
-             **columns) -> pl.DataFrame:
+def realized(
+    target: str, signal: list[str], label: list[float | None], version: str = "3", hours_before: int = 6, **columns
+) -> pl.DataFrame:
     """Realized predictions of one BTCUSDT model, one per hour, the newest `hours_before` hours before AS_OF."""
     n = len(signal)
     bar_time = [AS_OF - timedelta(hours=hours_before + i) for i in range(n)]
-    frame = {"symbol": ["BTCUSDT"] * n, "target": [target] * n, "model_version": [version] * n, "bar_time": bar_time,
-             "regime": ["range_bound"] * n, "signal": signal, "label": label, "forward_return": [0.001] * n,
-             "prob_up": [0.5] * n, "threshold": [None] * n, "p50": [None] * n, "close": [100.0] * n,
-             "latency_ms": [5.0] * n, **columns}
-    return pl.DataFrame(frame, schema_overrides={"label": pl.Float64, "p50": pl.Float64, "prob_up": pl.Float64,
-                                                 "threshold": pl.Float64})
+    frame = {
+        "symbol": ["BTCUSDT"] * n,
+        "target": [target] * n,
+        "model_version": [version] * n,
+        "bar_time": bar_time,
+        "regime": ["range_bound"] * n,
+        "signal": signal,
+        "label": label,
+        "forward_return": [0.001] * n,
+        "prob_up": [0.5] * n,
+        "threshold": [None] * n,
+        "p50": [None] * n,
+        "close": [100.0] * n,
+        "latency_ms": [5.0] * n,
+        **columns,
+    }
+    return pl.DataFrame(
+        frame, schema_overrides={"label": pl.Float64, "p50": pl.Float64, "prob_up": pl.Float64, "threshold": pl.Float64}
+    )
 
 
 def decide(settings: Settings, expectations: dict, rows: pl.DataFrame, as_of: datetime = AS_OF) -> Evaluation:
@@ -57,7 +71,9 @@ def forward(tmp_path) -> Settings:
 
 def forward_rows(mape: float, n: int = 30) -> pl.DataFrame:
     """forward_return outcomes whose predicted price misses the realized one by exactly `mape`."""
-    return realized("forward_return", ["flat"] * n, [None] * n, p50=[0.001 + float(np.log1p(mape))] * n, prob_up=[None] * n)
+    return realized(
+        "forward_return", ["flat"] * n, [None] * n, p50=[0.001 + float(np.log1p(mape))] * n, prob_up=[None] * n
+    )
 
 
 FORWARD_CHAMPION = {("BTCUSDT", "forward_return"): {"version": "3", "mape": 0.006}}
@@ -65,7 +81,11 @@ FORWARD_CHAMPION = {("BTCUSDT", "forward_return"): {"version": "3", "mape": 0.00
 
 def test_forward_return_mape_above_eight_percent_retrains(forward):
     missed = only(decide(forward, FORWARD_CHAMPION, forward_rows(0.10)))
-    assert missed["decision"] == "retrain" and "live MAPE 10.00% > 8%" in missed["reasons"] and "runbook 001" in missed["reasons"]
+    assert (
+        missed["decision"] == "retrain"
+        and "live MAPE 10.00% > 8%" in missed["reasons"]
+        and "runbook 001" in missed["reasons"]
+    )
     assert only(decide(forward, FORWARD_CHAMPION, forward_rows(0.05)))["decision"] == "keep"
     # Too few outcomes to judge: the 10 % miss of 20 predictions is not yet evidence.
     few = decide(forward, FORWARD_CHAMPION, forward_rows(0.10, n=20))
@@ -78,19 +98,29 @@ def test_the_cooldown_keeps_a_model_sent_for_retraining_until_it_ends(forward):
     record_decisions(forward, first.decisions)
     ten_days_on = only(decide(forward, FORWARD_CHAMPION, forward_rows(0.10), AS_OF + timedelta(days=10)))
     assert ten_days_on["decision"] == "keep"
-    assert ten_days_on["reasons"].startswith("cooldown: sent for retraining as of 2024-09-02 00:00, not again before 2024-10-02 00:00")
+    assert ten_days_on["reasons"].startswith(
+        "cooldown: sent for retraining as of 2024-09-02 00:00, not again before 2024-10-02 00:00"
+    )
     assert "would retrain for: live MAPE" in ten_days_on["reasons"]
     # The cooldown's clock is the decision's as-of time: 30 days on, the model may be sent again.
-    assert only(decide(forward, FORWARD_CHAMPION, forward_rows(0.10), AS_OF + timedelta(days=30)))["decision"] == "retrain"
+    assert (
+        only(decide(forward, FORWARD_CHAMPION, forward_rows(0.10), AS_OF + timedelta(days=30)))["decision"] == "retrain"
+    )
     # A decision made as of a later time than the one being evaluated does not count.
-    assert only(decide(forward, FORWARD_CHAMPION, forward_rows(0.10), AS_OF - timedelta(days=1)))["decision"] == "retrain"
+    assert (
+        only(decide(forward, FORWARD_CHAMPION, forward_rows(0.10), AS_OF - timedelta(days=1)))["decision"] == "retrain"
+    )
     without = forward.model_copy(update={"drift_cooldown_days": 0})
-    assert only(decide(without, FORWARD_CHAMPION, forward_rows(0.10), AS_OF + timedelta(days=10)))["decision"] == "retrain"
+    assert (
+        only(decide(without, FORWARD_CHAMPION, forward_rows(0.10), AS_OF + timedelta(days=10)))["decision"] == "retrain"
+    )
 
 
 def test_a_replay_forgets_the_decisions_it_is_about_to_make_again(forward):
     for days in (0, 10, 20):
-        record_decisions(forward, decide(forward, FORWARD_CHAMPION, forward_rows(0.10), AS_OF + timedelta(days=days)).decisions)
+        record_decisions(
+            forward, decide(forward, FORWARD_CHAMPION, forward_rows(0.10), AS_OF + timedelta(days=days)).decisions
+        )
     assert forget_decisions_from(forward, AS_OF + timedelta(days=5)) == 2
     assert read_decisions(forward)["as_of"].to_list() == [AS_OF]
     assert forget_decisions_from(forward, AS_OF + timedelta(days=5)) == 0
@@ -102,7 +132,9 @@ def classifier(tmp_path) -> Settings:
 
 
 # The backtest promised: 60 % of long calls right, half of the up moves called. Live log loss equals it (prob 0.5).
-DIRECTION_CHAMPION = {("BTCUSDT", "direction"): {"version": "3", "precision": 0.60, "recall": 0.50, "log_loss": float(np.log(2))}}
+DIRECTION_CHAMPION = {
+    ("BTCUSDT", "direction"): {"version": "3", "precision": 0.60, "recall": 0.50, "log_loss": float(np.log(2))}
+}
 
 
 def calls(hits: int, false_calls: int, missed: int, quiet: int, **kwargs) -> pl.DataFrame:
@@ -124,7 +156,9 @@ def test_precision_drifting_more_than_five_points_in_the_last_week_retrains(clas
     # 27 of 60 long calls right: precision 0.45 against the backtest's 0.60 (binomial p 0.024); recall 27/54 = 0.5.
     result = decide(classifier, DIRECTION_CHAMPION, calls(hits=27, false_calls=33, missed=27, quiet=63))
     judged = result.precision_recall[0]
-    assert judged["largest_gap"] == pytest.approx(0.15) and judged["precision_p_value"] == pytest.approx(0.0242, abs=1e-4)
+    assert judged["largest_gap"] == pytest.approx(0.15) and judged["precision_p_value"] == pytest.approx(
+        0.0242, abs=1e-4
+    )
     decision = only(result)
     assert decision["decision"] == "retrain"
     assert "precision 0.450 vs the backtest's 0.600 (p 0.024)" in decision["reasons"]

@@ -24,12 +24,22 @@ def mixed_service(tmp_path_factory):
     train(settings, ["logistic"], noise=0.2)
     assert promote_champion(settings, "PROMOUSDT", "direction").promoted
     coin_flips = training_data(settings, "NOISEUSDT", "direction", silver=learnable_silver(settings, noise=0.5))
-    train_symbol_target(settings, "NOISEUSDT", "direction", families=["baseline_majority", "baseline_persistence", "logistic"],
-                        data=coin_flips)
+    train_symbol_target(
+        settings,
+        "NOISEUSDT",
+        "direction",
+        families=["baseline_majority", "baseline_persistence", "logistic"],
+        data=coin_flips,
+    )
     rejected = promote_champion(settings, "NOISEUSDT", "direction")
     assert not rejected.promoted and rejected.challenger is not None, rejected.reasons
-    env = {"ITFF_API_TOKENS": json.dumps([TOKEN]), "ITFF_ADMIN_TOKEN": ADMIN, "ITFF_SERVE_WORKERS": "1",
-           "ITFF_SYMBOLS": '["PROMOUSDT", "NOISEUSDT"]', "ITFF_TARGETS": '["direction", "level_up"]'}
+    env = {
+        "ITFF_API_TOKENS": json.dumps([TOKEN]),
+        "ITFF_ADMIN_TOKEN": ADMIN,
+        "ITFF_SERVE_WORKERS": "1",
+        "ITFF_SYMBOLS": '["PROMOUSDT", "NOISEUSDT"]',
+        "ITFF_TARGETS": '["direction", "level_up"]',
+    }
     process, url, log_file = start_service(folder, env)
     yield url, settings, rejected
     process.terminate()

@@ -12,7 +12,9 @@ from itff_platform.settings import Settings
 
 
 def loaded(forecaster) -> LoadedModel:
-    return LoadedModel("itff-TEST-direction", "TEST", "direction", "1", forecaster.family, {"task": "classification"}, forecaster)
+    return LoadedModel(
+        "itff-TEST-direction", "TEST", "direction", "1", forecaster.family, {"task": "classification"}, forecaster
+    )
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,7 @@ def test_concurrent_rows_are_scored_together_and_each_gets_its_own_answer(model)
     batcher = RowBatcher(max_batch_size=16, on_batch=sizes.append)
 
     async def many():
-        return await asyncio.gather(*(batcher.predict(model, rows[i:i + 1]) for i in range(len(rows))))
+        return await asyncio.gather(*(batcher.predict(model, rows[i : i + 1]) for i in range(len(rows))))
 
     answers = asyncio.run(many())
     alone = model.predict(rows)[0]
@@ -60,7 +62,9 @@ def test_a_failing_model_call_fails_every_waiting_request_and_none_hangs(model):
     batcher = RowBatcher(64)
 
     async def many():
-        return await asyncio.gather(*(batcher.predict(broken, rows[i:i + 1]) for i in range(5)), return_exceptions=True)
+        return await asyncio.gather(
+            *(batcher.predict(broken, rows[i : i + 1]) for i in range(5)), return_exceptions=True
+        )
 
     results = asyncio.run(asyncio.wait_for(many(), timeout=5))
     assert all(isinstance(r, RuntimeError) for r in results)
@@ -73,7 +77,9 @@ def test_a_row_that_breaks_the_model_fails_alone_and_its_batch_mates_still_get_a
     batcher = RowBatcher(64)
 
     async def many():
-        return await asyncio.gather(*(batcher.predict(model, poisoned[i:i + 1]) for i in range(5)), return_exceptions=True)
+        return await asyncio.gather(
+            *(batcher.predict(model, poisoned[i : i + 1]) for i in range(5)), return_exceptions=True
+        )
 
     results = asyncio.run(many())
     assert isinstance(results[2], ValueError)
@@ -91,8 +97,15 @@ def test_a_torch_model_serves_its_deterministic_probability_and_mc_dropout_only_
     x = rng.normal(size=(300, 5))
     y = (x[:, 0] > 0).astype(float)
     forecaster = make_forecaster("lstm", {"hidden": 8, "dropout": 0.5}, settings).fit(x, y)
-    model = LoadedModel("itff-TEST-direction", "TEST", "direction", "1", "lstm",
-                        {"task": "classification", "threshold": 0.55}, forecaster)
+    model = LoadedModel(
+        "itff-TEST-direction",
+        "TEST",
+        "direction",
+        "1",
+        "lstm",
+        {"task": "classification", "threshold": 0.55},
+        forecaster,
+    )
     window = x[:20]
     out, spread = asyncio.run(RowBatcher(64).predict(model, window))
     deterministic = forecaster.predict_proba(window)

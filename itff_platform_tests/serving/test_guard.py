@@ -28,8 +28,12 @@ def call(path="/predict", headers=(), chunks=(b"{}",), query=b""):
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "path": path, "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
-             "query_string": query}
+    scope = {
+        "type": "http",
+        "path": path,
+        "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+        "query_string": query,
+    }
     asyncio.run(guard(scope, receive, send))
     return sent[0]["status"], sent[1]["body"]
 
@@ -70,7 +74,9 @@ def test_token_comparison():
 
 
 def test_workers_split_the_token_budget_so_n_workers_never_allow_n_times_the_limit():
-    guard = GuardMiddleware(echo_app, tokens=["good"], admin_token=None, per_minute=600, burst=60, max_bytes=100, workers=2)
+    guard = GuardMiddleware(
+        echo_app, tokens=["good"], admin_token=None, per_minute=600, burst=60, max_bytes=100, workers=2
+    )
     assert guard.buckets.burst == 30 and guard.buckets.rate * 60 == 300
 
 
@@ -88,8 +94,14 @@ def ask(guard, path="/predict", headers=(), body=b"{}", query=b"", client="10.0.
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "path": path, "method": method, "client": (client, 5555), "query_string": query,
-             "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]}
+    scope = {
+        "type": "http",
+        "path": path,
+        "method": method,
+        "client": (client, 5555),
+        "query_string": query,
+        "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+    }
     asyncio.run(guard(scope, receive, send))
     return sent[0]["status"], json.loads(sent[1]["body"]) if sent[0]["status"] != 200 else sent[1]["body"]
 
@@ -100,7 +112,16 @@ def test_auth_is_deny_by_default_with_an_explicit_public_set():
         status, body = ask(guarded(), path=path, method="GET")
         assert status == 401 and body["field"] == "X-API-Token", path
         assert ask(guarded(), path=path, method="GET", headers=[("x-api-token", "good")])[0] == 200, path
-    for path in ("/", "/docs", "/docs.json", "/healthz", "/livez", "/readyz", "/metrics", "/static_content/swagger-ui.css"):
+    for path in (
+        "/",
+        "/docs",
+        "/docs.json",
+        "/healthz",
+        "/livez",
+        "/readyz",
+        "/metrics",
+        "/static_content/swagger-ui.css",
+    ):
         assert ask(guarded(), path=path, method="GET")[0] == 200, path
         assert ask(guarded(), path=path, method="HEAD")[0] == 200, path
         assert ask(guarded(), path=path, method="POST")[0] == 405, path  # public to read only
@@ -111,7 +132,9 @@ def test_two_tokens_are_refused_not_the_last_one_taken():
     assert status == 400 and body["field"] == "X-API-Token" and "2 times" in body["error"]
     assert ask(guarded(), path="/tradingview", headers=[("x-api-token", "good")], query=b"token=other")[0] == 400
     assert ask(guarded(), path="/tradingview", query=b"token=good&token=other")[0] == 400
-    assert ask(guarded(), path="/tradingview", headers=[("x-api-token", "good")], query=b"token=good")[0] == 200  # the same one
+    assert (
+        ask(guarded(), path="/tradingview", headers=[("x-api-token", "good")], query=b"token=good")[0] == 200
+    )  # the same one
 
 
 def test_failed_auth_spends_a_per_address_budget_then_even_the_right_token_gets_429(caplog):
@@ -152,10 +175,20 @@ def test_tradingview_alerts_are_signed_over_the_raw_body_recent_and_accepted_onc
     from itff_platform.serving.guard import body_signature
 
     guard = guarded(tradingview_secret="s", tradingview_window_s=60, seen_signatures=tmp_path / "seen")
-    body = json.dumps({"ticker": "BINANCE:BTCUSDT", "close": 1.0, "time": "2024-01-01T00:00:00Z", "sent_at": time.time()}).encode()
+    body = json.dumps(
+        {"ticker": "BINANCE:BTCUSDT", "close": 1.0, "time": "2024-01-01T00:00:00Z", "sent_at": time.time()}
+    ).encode()
     signature = body_signature("s", body)
+
     def post(payload, sig, **kw):
-        return ask(guard, path="/tradingview", body=payload, query=b"token=good", headers=[("x-signature", sig)] if sig else [], **kw)
+        return ask(
+            guard,
+            path="/tradingview",
+            body=payload,
+            query=b"token=good",
+            headers=[("x-signature", sig)] if sig else [],
+            **kw,
+        )
 
     assert post(body, signature) == (200, body)  # the body reaches the service intact
     status, answer = post(body, signature)
@@ -166,4 +199,6 @@ def test_tradingview_alerts_are_signed_over_the_raw_body_recent_and_accepted_onc
     assert post(stale, body_signature("s", stale))[1]["field"] == "sent_at"
     # The replay cache is shared through the folder: a second worker (another guard) refuses it too.
     other = guarded(tradingview_secret="s", tradingview_window_s=60, seen_signatures=tmp_path / "seen")
-    assert ask(other, path="/tradingview", body=body, query=b"token=good", headers=[("x-signature", signature)])[0] == 409
+    assert (
+        ask(other, path="/tradingview", body=body, query=b"token=good", headers=[("x-signature", signature)])[0] == 409
+    )

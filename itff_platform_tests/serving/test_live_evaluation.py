@@ -55,8 +55,16 @@ def meta_path(settings: Settings, version: str) -> Path:
 
 def lake_and_champion(folder: Path) -> tuple[Settings, pl.DataFrame, str]:
     """A lake running past a promoted champion's training data, under `folder`: settings, silver, champion version."""
-    settings = Settings(home=folder, source="files", symbols=["PROMOUSDT"], targets=["direction"], trials=1, wf_folds=3,
-                        start_date=date(2024, 1, 1), end_date=date(2024, 10, 1))
+    settings = Settings(
+        home=folder,
+        source="files",
+        symbols=["PROMOUSDT"],
+        targets=["direction"],
+        trials=1,
+        wf_folds=3,
+        start_date=date(2024, 1, 1),
+        end_date=date(2024, 10, 1),
+    )
     silver = build_lake(settings)
     mlflow.set_tracking_uri(settings.tracking_uri)
     train(settings, ["logistic"], noise=0.2)
@@ -69,10 +77,17 @@ def lake_and_champion(folder: Path) -> tuple[Settings, pl.DataFrame, str]:
 def live(tmp_path_factory):
     folder = tmp_path_factory.mktemp("live")
     settings, silver, version = lake_and_champion(folder)
-    process, url, log_file = start_service(folder, {
-        "ITFF_API_TOKENS": json.dumps([TOKEN]), "ITFF_ADMIN_TOKEN": ADMIN, "ITFF_SERVE_WORKERS": "1",
-        "ITFF_MODEL_MAX_AGE_DAYS": str(MAX_AGE_DAYS), "ITFF_PREDICTION_LOG_FLUSH_S": "3600",
-        "ITFF_PREDICTION_LOG_FLUSH_ROWS": "1000000"})
+    process, url, log_file = start_service(
+        folder,
+        {
+            "ITFF_API_TOKENS": json.dumps([TOKEN]),
+            "ITFF_ADMIN_TOKEN": ADMIN,
+            "ITFF_SERVE_WORKERS": "1",
+            "ITFF_MODEL_MAX_AGE_DAYS": str(MAX_AGE_DAYS),
+            "ITFF_PREDICTION_LOG_FLUSH_S": "3600",
+            "ITFF_PREDICTION_LOG_FLUSH_ROWS": "1000000",
+        },
+    )
     SERVER["process"] = process
     yield url, settings, silver, trained_through(settings, version)
     process.terminate()
@@ -101,8 +116,12 @@ def test_a_feature_row_with_its_bar_time_gets_the_lakes_regime_and_the_models_ag
     at = hour(through + timedelta(days=10))
     row = bar(silver, at)
     claimed = next(r for r in REGIMES if r != row["regime"])  # the lake knows better than the client
-    body = {"symbol": "PROMOUSDT", "features": features(row, settings), "regime": claimed,
-            "bar_time": at.replace(tzinfo=None).isoformat()}  # no timezone: read as UTC
+    body = {
+        "symbol": "PROMOUSDT",
+        "features": features(row, settings),
+        "regime": claimed,
+        "bar_time": at.replace(tzinfo=None).isoformat(),
+    }  # no timezone: read as UTC
     answer = post(url, "/predict", body)
     assert answer.status_code == 200, answer.text
     served = answer.json()
@@ -112,27 +131,39 @@ def test_a_feature_row_with_its_bar_time_gets_the_lakes_regime_and_the_models_ag
     ASKED[served["request_id"]] = at.isoformat()
 
     later = hour(through + timedelta(days=MAX_AGE_DAYS + 5))
-    stale = post(url, "/predict", body | {"features": features(bar(silver, later), settings), "bar_time": later.isoformat()})
+    stale = post(
+        url, "/predict", body | {"features": features(bar(silver, later), settings), "bar_time": later.isoformat()}
+    )
     assert stale.status_code == 200 and stale.json()["expired"] is True  # still answered, flagged
     assert stale.json()["model_age_days"] == pytest.approx(MAX_AGE_DAYS + 5, abs=1)
     ASKED[stale.json()["request_id"]] = later.isoformat()
 
-    undated = post(url, "/predict", {"symbol": "PROMOUSDT", "features": features(row, settings), "regime": "neutral"}).json()
+    undated = post(
+        url, "/predict", {"symbol": "PROMOUSDT", "features": features(row, settings), "regime": "neutral"}
+    ).json()
     age_now = (datetime.now(UTC) - through).total_seconds() / 86400
-    assert undated["bar_time"] is None and undated["regime"] == "neutral"  # the lake cannot say: the client's, validated
+    assert (
+        undated["bar_time"] is None and undated["regime"] == "neutral"
+    )  # the lake cannot say: the client's, validated
     assert undated["model_age_days"] == pytest.approx(age_now, abs=0.01) and undated["expired"] is True
     ASKED[undated["request_id"]] = "none"
 
 
-@pytest.mark.parametrize("bar_time, message", [
-    ("yesterday", "bar_time: 'yesterday' is not an ISO-8601 time"),
-    ("2024-08-10T12:34:00Z", "is not on a 1h bar boundary"),
-    ((datetime.now(UTC) + timedelta(days=2)).strftime("%Y-%m-%dT%H:00:00Z"), "is in the future"),
-])
+@pytest.mark.parametrize(
+    "bar_time, message",
+    [
+        ("yesterday", "bar_time: 'yesterday' is not an ISO-8601 time"),
+        ("2024-08-10T12:34:00Z", "is not on a 1h bar boundary"),
+        ((datetime.now(UTC) + timedelta(days=2)).strftime("%Y-%m-%dT%H:00:00Z"), "is in the future"),
+    ],
+)
 def test_a_bad_bar_time_gets_a_400_naming_the_field_and_the_rule(live, bar_time, message):
     url, settings, silver, _ = live
-    answer = post(url, "/predict", {"symbol": "PROMOUSDT", "features": features(silver.row(-1, named=True), settings),
-                                    "bar_time": bar_time})
+    answer = post(
+        url,
+        "/predict",
+        {"symbol": "PROMOUSDT", "features": features(silver.row(-1, named=True), settings), "bar_time": bar_time},
+    )
     assert answer.status_code == 400 and message in answer.text, answer.text
 
 
@@ -143,24 +174,39 @@ def test_a_regime_outside_the_six_names_is_refused_and_never_becomes_a_metric_la
     assert refused.status_code == 400 and "regime: 'to-the-moon' is not one of" in refused.text
     assert post(url, "/predict", {"symbol": "PROMOUSDT", "features": row}).json()["regime"] == "unknown"
     metrics = httpx.get(f"{url}/metrics", timeout=10).text
-    labels = {line.split('regime="')[1].split('"')[0] for line in metrics.splitlines()
-              if line.startswith("itff_predictions_total{") and 'regime="' in line}
+    labels = {
+        line.split('regime="')[1].split('"')[0]
+        for line in metrics.splitlines()
+        if line.startswith("itff_predictions_total{") and 'regime="' in line
+    }
     assert "to-the-moon" not in metrics and labels and labels <= set(REGIMES)
 
 
 def test_tradingview_and_consensus_carry_the_models_age_as_of_the_bar(live):
     url, settings, silver, through = live
     at = hour(through + timedelta(days=3))
-    alert = post(url, f"/tradingview?token={TOKEN}", {"ticker": "BINANCE:PROMOUSDT", "close": bar(silver, at)["close"],
-                                                      "time": at.isoformat().replace("+00:00", "Z")})
+    alert = post(
+        url,
+        f"/tradingview?token={TOKEN}",
+        {
+            "ticker": "BINANCE:PROMOUSDT",
+            "close": bar(silver, at)["close"],
+            "time": at.isoformat().replace("+00:00", "Z"),
+        },
+    )
     assert alert.status_code == 200, alert.text
     assert alert.json()["model_age_days"] == pytest.approx(3, abs=1e-3) and alert.json()["expired"] is False
-    vote = post(url, "/consensus", {"symbol": "PROMOUSDT", "features": features(bar(silver, at), settings),
-                                    "bar_time": at.isoformat()})
+    vote = post(
+        url,
+        "/consensus",
+        {"symbol": "PROMOUSDT", "features": features(bar(silver, at), settings), "bar_time": at.isoformat()},
+    )
     assert vote.status_code == 200, vote.text
     body = vote.json()
     assert body["regime"] == bar(silver, at)["regime"] and body["bar_time"] == at.isoformat()
-    assert body["model_age_days"] == pytest.approx(3, abs=1e-3) and body["expired"] is False and body["tradable"] is True
+    assert (
+        body["model_age_days"] == pytest.approx(3, abs=1e-3) and body["expired"] is False and body["tradable"] is True
+    )
     assert all("model_age_days" in member and "tradable" in member for member in body["families"])
 
 
@@ -192,15 +238,25 @@ def test_a_champion_whose_rule_is_not_tradable_answers_flat_and_says_why(live):
 
     # Bars with known outcomes, within one live-quality window of the others asked about.
     rows = silver.filter(pl.col("timestamp").is_between(through + timedelta(days=12), through + timedelta(days=20)))
-    batch = post(url, "/predict_batch", {"symbol": "PROMOUSDT", "rows": rows.select(feature_columns(settings)).rows()}).json()
+    batch = post(
+        url, "/predict_batch", {"symbol": "PROMOUSDT", "rows": rows.select(feature_columns(settings)).rows()}
+    ).json()
     assert batch["tradable"] is False and batch["tradable_reason"] == reason and set(batch["signal"]) == {"flat"}
     threshold = batch["threshold"]
     confident = next(i for i, p in enumerate(batch["prob_up"]) if p >= threshold or p <= 1 - threshold)
     row = rows.row(confident, named=True)
-    answer = post(url, "/predict", {"symbol": "PROMOUSDT", "features": features(row, settings),
-                                    "bar_time": row["timestamp"].isoformat()}).json()
+    answer = post(
+        url,
+        "/predict",
+        {"symbol": "PROMOUSDT", "features": features(row, settings), "bar_time": row["timestamp"].isoformat()},
+    ).json()
     assert answer["model_version"] == challenger and max(answer["prob_up"], 1 - answer["prob_up"]) >= threshold
-    assert (answer["signal"], answer["allow"], answer["tradable"], answer["tradable_reason"]) == ("flat", False, False, reason)
+    assert (answer["signal"], answer["allow"], answer["tradable"], answer["tradable_reason"]) == (
+        "flat",
+        False,
+        False,
+        reason,
+    )
     ASKED[answer["request_id"]] = row["timestamp"].isoformat()
     vote = post(url, "/consensus", {"symbol": "PROMOUSDT", "features": features(row, settings)}).json()
     assert vote["signal"] == "flat" and vote["tradable"] is False and vote["tradable_reason"] == reason

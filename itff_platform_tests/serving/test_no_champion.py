@@ -8,7 +8,10 @@ from itff_platform_tests.serving.test_service import TOKEN, candle_window, featu
 def test_a_prediction_for_a_rejected_model_says_why_and_what_to_do(mixed_service):
     url, settings, rejected = mixed_service
     force = f"itff promote --symbol NOISEUSDT --target direction --force {rejected.challenger}"
-    for body in ({"symbol": "NOISEUSDT", "features": feature_row(settings)}, {"symbol": "NOISEUSDT", "candles": candle_window()}):
+    for body in (
+        {"symbol": "NOISEUSDT", "features": feature_row(settings)},
+        {"symbol": "NOISEUSDT", "candles": candle_window()},
+    ):
         answer = post(url, "/predict", body)
         assert answer.status_code == 400, answer.text
         refusal = answer.json()
@@ -22,7 +25,9 @@ def test_a_prediction_for_a_rejected_model_says_why_and_what_to_do(mixed_service
 
 def test_a_model_never_trained_says_so(mixed_service):
     url, settings, _ = mixed_service
-    refusal = post(url, "/predict", {"symbol": "PROMOUSDT", "target": "level_up", "features": feature_row(settings)}).json()
+    refusal = post(
+        url, "/predict", {"symbol": "PROMOUSDT", "target": "level_up", "features": feature_row(settings)}
+    ).json()
     assert refusal["reason"] == "no version is registered: it has not been trained"
     assert refusal["remedy"].startswith("to get one: train it (itff train --symbol PROMOUSDT --target level_up)")
 

@@ -22,7 +22,11 @@ def document(mixed_service):
 def test_the_document_declares_the_token_scheme_on_the_endpoints_that_need_it(document):
     _, _, doc = document
     assert doc["components"]["securitySchemes"]["ApiToken"] == {
-        "type": "apiKey", "in": "header", "name": "X-API-Token", "description": "one of ITFF_API_TOKENS"}
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Token",
+        "description": "one of ITFF_API_TOKENS",
+    }
     for path in ("/predict", "/predict_batch", "/consensus"):
         assert doc["paths"][path]["post"]["security"] == [{"ApiToken": []}], path
     assert doc["paths"]["/admin/reload"]["post"]["security"] == [{"AdminToken": []}]
@@ -36,7 +40,10 @@ def test_the_request_schemas_have_enums_feature_names_and_examples(document):
     _, settings, doc = document
     body = doc["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
     properties = body["schema"]["properties"]
-    assert properties["symbol"]["enum"] == ["PROMOUSDT", "NOISEUSDT"] and properties["target"]["enum"] == ["direction", "level_up"]
+    assert properties["symbol"]["enum"] == ["PROMOUSDT", "NOISEUSDT"] and properties["target"]["enum"] == [
+        "direction",
+        "level_up",
+    ]
     from itff_platform.features.silver import feature_columns
 
     by_name = properties["features"]["anyOf"][0]["properties"]
@@ -45,7 +52,14 @@ def test_the_request_schemas_have_enums_feature_names_and_examples(document):
     examples = doc["components"]["examples"]
     assert list(examples["features"]["value"]["features"]) == feature_columns(settings)
     assert len(examples["candles"]["value"]["candles"]) == 360 and examples["candles"]["value"]["symbol"] == "PROMOUSDT"
-    assert set(doc["components"]["schemas"]["Candle"]["example"]) == {"timestamp", "open", "high", "low", "close", "volume"}
+    assert set(doc["components"]["schemas"]["Candle"]["example"]) == {
+        "timestamp",
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+    }
 
 
 def test_the_examples_are_answered_and_every_answer_matches_its_typed_model(document):
@@ -55,15 +69,22 @@ def test_the_examples_are_answered_and_every_answer_matches_its_typed_model(docu
     examples = doc["components"]["examples"]
     header = {doc["components"]["securitySchemes"]["ApiToken"]["name"]: TOKEN}
     assert doc["paths"]["/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/Answer"}
+        "$ref": "#/components/schemas/Answer"
+    }
     assert "prob_up" in doc["components"]["schemas"]["Answer"]["properties"]
-    for path, name, model in [("/predict", "features", Answer), ("/predict", "candles", Answer),
-                              ("/predict_batch", "rows", BatchAnswer), ("/consensus", "features", ConsensusAnswer)]:
+    for path, name, model in [
+        ("/predict", "features", Answer),
+        ("/predict", "candles", Answer),
+        ("/predict_batch", "rows", BatchAnswer),
+        ("/consensus", "features", ConsensusAnswer),
+    ]:
         answer = httpx.post(f"{url}{path}", json=examples[name]["value"], headers=header, timeout=60)
         assert answer.status_code == 200, (path, name, answer.text)
         model.model_validate(answer.json())
     Readiness.model_validate(httpx.get(f"{url}/readyz", headers=header, timeout=30).json())
-    refused = httpx.post(f"{url}/predict", json={**examples["features"]["value"], "symbol": "NOISEUSDT"}, headers=header, timeout=30)
+    refused = httpx.post(
+        f"{url}/predict", json={**examples["features"]["value"], "symbol": "NOISEUSDT"}, headers=header, timeout=30
+    )
     assert refused.status_code == 400 and Refusal.model_validate(refused.json()).remedy
 
 
@@ -84,15 +105,19 @@ def test_swagger_authorize_then_try_it_out_on_predict_gets_a_200(mixed_service, 
             [...box.querySelectorAll('button')].find(b => b.textContent.trim() === 'Authorize').click(); }}""")
         page.wait_for("[...document.querySelectorAll('.auth-container')].some(c => c.textContent.includes('Logout'))")
         page.run("document.querySelector('.modal-ux .close-modal').click()")
-        predict = ("[...document.querySelectorAll('.opblock-post')]"
-                   ".find(b => b.querySelector('.opblock-summary-path').textContent.trim() === '/predict')")
+        predict = (
+            "[...document.querySelectorAll('.opblock-post')]"
+            ".find(b => b.querySelector('.opblock-summary-path').textContent.trim() === '/predict')"
+        )
         page.run(f"{predict}.querySelector('.opblock-summary-control').click()")
         page.wait_for(f"{predict}.querySelector('.try-out__btn') !== null")
         page.run(f"{predict}.querySelector('.try-out__btn').click()")
         page.wait_for(f"{predict}.querySelector('.btn.execute') !== null")
         page.run(f"{predict}.querySelector('.btn.execute').click()")
         page.wait_for(f"{predict}.querySelector('.live-responses-table tr.response .response-col_status') !== null")
-        status = page.run(f"{predict}.querySelector('.live-responses-table tr.response .response-col_status').textContent.trim()")
+        status = page.run(
+            f"{predict}.querySelector('.live-responses-table tr.response .response-col_status').textContent.trim()"
+        )
         curl = page.run(f"{predict}.querySelector('.curl-command').textContent")
         answer = page.run(f"{predict}.querySelector('.live-responses-table .response-col_description pre').textContent")
     assert status == "200", answer
@@ -109,17 +134,34 @@ class Chromium:
     def __enter__(self):
         binary = shutil.which("chromium")
         if binary is None:
-            pytest.fail("chromium is not on PATH: `make test` installs it (Makefile target `browser`, Debian package chromium)")
+            pytest.fail(
+                "chromium is not on PATH: `make test` installs it (Makefile target `browser`, Debian package chromium)"
+            )
         self.process = subprocess.Popen(
-            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--window-size=1600,1000",
-             f"--remote-debugging-port={self.port}", f"--user-data-dir={self.folder / 'profile'}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                binary,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--window-size=1600,1000",
+                f"--remote-debugging-port={self.port}",
+                f"--user-data-dir={self.folder / 'profile'}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         from websockets.sync.client import connect
 
         self.socket = connect(self._page_socket(), max_size=None, open_timeout=30)
         self.call("Network.enable")
-        self.call("Network.setBlockedURLs", urls=["*googletagmanager.com*"])  # BentoML's page tags itself; no network here
+        self.call(
+            "Network.setBlockedURLs", urls=["*googletagmanager.com*"]
+        )  # BentoML's page tags itself; no network here
         return self
 
     def __exit__(self, *exc) -> None:

@@ -28,10 +28,17 @@ SERVER: dict = {}
 def service(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serving")
     settings = promoted_registry(folder)
-    env = {"ITFF_API_TOKENS": json.dumps([TOKEN, "other-token"]), "ITFF_ADMIN_TOKEN": ADMIN, "ITFF_RATE_LIMIT_BURST": "40",
-           "ITFF_RATE_LIMIT_PER_MINUTE": "60", "ITFF_SERVE_WORKERS": "1", "ITFF_TRADINGVIEW_SECRET": "tv-secret",
-           # Nothing is written while the tests run: the last test proves the shutdown flush writes it all.
-           "ITFF_PREDICTION_LOG_FLUSH_S": "3600", "ITFF_PREDICTION_LOG_FLUSH_ROWS": "1000000"}
+    env = {
+        "ITFF_API_TOKENS": json.dumps([TOKEN, "other-token"]),
+        "ITFF_ADMIN_TOKEN": ADMIN,
+        "ITFF_RATE_LIMIT_BURST": "40",
+        "ITFF_RATE_LIMIT_PER_MINUTE": "60",
+        "ITFF_SERVE_WORKERS": "1",
+        "ITFF_TRADINGVIEW_SECRET": "tv-secret",
+        # Nothing is written while the tests run: the last test proves the shutdown flush writes it all.
+        "ITFF_PREDICTION_LOG_FLUSH_S": "3600",
+        "ITFF_PREDICTION_LOG_FLUSH_ROWS": "1000000",
+    }
     process, url, log_file = start_service(folder, env)
     SERVER["process"] = process
     yield url, settings
@@ -56,16 +63,34 @@ def start_service(folder: Path, extra_env: dict[str, str], port: int | None = No
     # Not inherited: mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which would hide a service
     # that forgot to point MLflow at its own store.
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env = {**inherited, "ITFF_HOME": str(folder), "ITFF_SYMBOLS": '["PROMOUSDT"]', "ITFF_TARGETS": '["direction"]',
-           "ITFF_RELOAD_INTERVAL_S": "0", "ITFF_MAX_REQUEST_BYTES": "500000", "BENTOML_HOME": str(folder / "bentoml" / str(port)),
-           **extra_env}
+    env = {
+        **inherited,
+        "ITFF_HOME": str(folder),
+        "ITFF_SYMBOLS": '["PROMOUSDT"]',
+        "ITFF_TARGETS": '["direction"]',
+        "ITFF_RELOAD_INTERVAL_S": "0",
+        "ITFF_MAX_REQUEST_BYTES": "500000",
+        "BENTOML_HOME": str(folder / "bentoml" / str(port)),
+        **extra_env,
+    }
     # To a file, not a pipe: nobody drains a pipe during the tests, and a full one blocks the server.
     log_path = folder / "bentoml-serve.log"
     log_file = open(log_path, "w")  # noqa: SIM115  (the server writes it after this returns)
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "bentoml"), "serve", "itff_platform.serving.service:ItffService",
-         "--host", "127.0.0.1", "--port", str(port)],
-        cwd=code, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True,
+        [
+            str(Path(sys.executable).parent / "bentoml"),
+            "serve",
+            "itff_platform.serving.service:ItffService",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=code,
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -91,7 +116,12 @@ def feature_row(settings):
     from itff_platform.features.silver import build_features, feature_columns
     from itff_platform.market.synthetic import random_walk_candles
 
-    return build_features(random_walk_candles(5000, seed=3), settings).collect().select(feature_columns(settings)).row(-1, named=True)
+    return (
+        build_features(random_walk_candles(5000, seed=3), settings)
+        .collect()
+        .select(feature_columns(settings))
+        .row(-1, named=True)
+    )
 
 
 def test_ready_once_every_champion_is_loaded_and_verified(service):
@@ -101,7 +131,9 @@ def test_ready_once_every_champion_is_loaded_and_verified(service):
     assert httpx.post(f"{url}/readyz", json={}, timeout=10).status_code == 405  # GET only: no POST twin
     ready = httpx.get(f"{url}/readyz", headers={"X-API-Token": TOKEN}, timeout=10)  # with a token: the details
     assert ready.status_code == 200 and ready.json()["ready"] is True
-    champion = str(MlflowClient(settings.tracking_uri).get_model_version_by_alias("itff-PROMOUSDT-direction", "champion").version)
+    champion = str(
+        MlflowClient(settings.tracking_uri).get_model_version_by_alias("itff-PROMOUSDT-direction", "champion").version
+    )
     assert ready.json()["models"]["itff-PROMOUSDT-direction"]["serving_version"] == champion
 
 
@@ -156,8 +188,12 @@ def test_malformed_requests_get_a_4xx_naming_the_field(service, body, message):
 def test_nan_and_short_candle_windows_are_refused_with_4xx(service):
     url, settings = service
     row = feature_row(settings) | {"rsi": float("nan")}
-    answer = httpx.post(f"{url}/predict", content=json.dumps({"symbol": "PROMOUSDT", "features": row}),
-                        headers={"X-API-Token": TOKEN, "Content-Type": "application/json"}, timeout=30)
+    answer = httpx.post(
+        f"{url}/predict",
+        content=json.dumps({"symbol": "PROMOUSDT", "features": row}),
+        headers={"X-API-Token": TOKEN, "Content-Type": "application/json"},
+        timeout=30,
+    )
     assert answer.status_code == 400 and "['rsi'] must be finite numbers" in answer.text
     huge = post(url, "/predict", {"symbol": "PROMOUSDT", "features": feature_row(settings) | {"rsi": 1e300}})
     assert huge.status_code == 400 and "beyond the float32 range" in huge.text  # finite in float64, inf in float32
@@ -210,14 +246,25 @@ def signed(alert: dict, secret: str = "tv-secret") -> tuple[bytes, dict]:
 def test_tradingview_alerts_accept_exchange_prefixed_tickers_and_check_the_signature(service):
     url, _ = service
     window = candle_window()
-    alert = {"ticker": "BINANCE:PROMOUSDT", "close": window[-1]["close"], "time": "2024-02-29T23:00:00Z", "candles": window}
-    unsigned = httpx.post(f"{url}/tradingview?token={TOKEN}", json=alert, timeout=30)  # token in the URL: TradingView sends no headers
+    alert = {
+        "ticker": "BINANCE:PROMOUSDT",
+        "close": window[-1]["close"],
+        "time": "2024-02-29T23:00:00Z",
+        "candles": window,
+    }
+    unsigned = httpx.post(
+        f"{url}/tradingview?token={TOKEN}", json=alert, timeout=30
+    )  # token in the URL: TradingView sends no headers
     assert unsigned.status_code == 401 and "signature: missing" in unsigned.text
     body, headers = signed(alert)
     answer = httpx.post(f"{url}/tradingview?token={TOKEN}", content=body, headers=headers, timeout=30)
     assert answer.status_code == 200, answer.text
     served = answer.json()
-    assert served["symbol"] == "PROMOUSDT" and served["signal"] in {"long", "short", "flat"} and served["regime"] != "unknown"
+    assert (
+        served["symbol"] == "PROMOUSDT"
+        and served["signal"] in {"long", "short", "flat"}
+        and served["regime"] != "unknown"
+    )
     assert served["stale"] is False and served["age_bars"] == 0 and served["bar_close"] == window[-1]["close"]
     no_lake = {k: v for k, v in alert.items() if k != "candles"}
     body, headers = signed(no_lake)
@@ -256,7 +303,7 @@ def test_predict_batch_scores_many_rows_in_one_call(service):
 def test_metrics_count_predictions_by_symbol_regime_and_signal(service):
     url, _ = service
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    assert 'itff_predictions_total{' in text and 'symbol="PROMOUSDT"' in text
+    assert "itff_predictions_total{" in text and 'symbol="PROMOUSDT"' in text
     assert "itff_served_model_version" in text and "itff_prediction_latency_seconds_bucket" in text
     assert "itff_predict_batch_size_bucket" in text
     # No evaluation has run: the quality gauge still has a series, saying so.
@@ -298,8 +345,10 @@ def test_zz_every_prediction_is_in_the_log_after_a_clean_shutdown(service):
     from itff_platform.monitoring.prediction_log import prediction_log_path
 
     url, settings = service
-    asked = [post(url, "/predict", {"symbol": "PROMOUSDT", "features": feature_row(settings)}).json()["request_id"]
-             for _ in range(5)]
+    asked = [
+        post(url, "/predict", {"symbol": "PROMOUSDT", "features": feature_row(settings)}).json()["request_id"]
+        for _ in range(5)
+    ]
     path = prediction_log_path(settings)
     assert not path.exists()  # still buffered: flush_s is an hour
     SERVER["process"].terminate()
@@ -307,5 +356,7 @@ def test_zz_every_prediction_is_in_the_log_after_a_clean_shutdown(service):
     log = pl.read_delta(str(path))
     assert set(asked) <= set(log["request_id"].to_list())
     mine = log.filter(pl.col("request_id").is_in(asked))
-    assert (mine["model_version"].is_not_null() & (mine["latency_ms"] > 0) & (mine["input_sha256"].str.len_chars() == 64)).all()
+    assert (
+        mine["model_version"].is_not_null() & (mine["latency_ms"] > 0) & (mine["input_sha256"].str.len_chars() == 64)
+    ).all()
     assert mine["input_sha256"].n_unique() == 1  # the same row five times hashes the same

@@ -23,9 +23,17 @@ def test_two_workers_share_one_prediction_log_and_lose_nothing_on_stop(tmp_path)
     mlflow.set_tracking_uri(settings.tracking_uri)
     train(settings, ["logistic"], noise=0.2)
     assert promote_champion(settings, "PROMOUSDT", "direction").promoted
-    process, url, log_file = start_service(tmp_path, {
-        "ITFF_SERVE_WORKERS": "2", "ITFF_API_TOKENS": f'["{TOKEN}"]', "ITFF_RATE_LIMIT_BURST": "10000",
-        "ITFF_RATE_LIMIT_PER_MINUTE": "100000", "ITFF_PREDICTION_LOG_FLUSH_ROWS": "25", "ITFF_PREDICTION_LOG_FLUSH_S": "3600"})
+    process, url, log_file = start_service(
+        tmp_path,
+        {
+            "ITFF_SERVE_WORKERS": "2",
+            "ITFF_API_TOKENS": f'["{TOKEN}"]',
+            "ITFF_RATE_LIMIT_BURST": "10000",
+            "ITFF_RATE_LIMIT_PER_MINUTE": "100000",
+            "ITFF_PREDICTION_LOG_FLUSH_ROWS": "25",
+            "ITFF_PREDICTION_LOG_FLUSH_S": "3600",
+        },
+    )
     body = {"symbol": "PROMOUSDT", "features": feature_row(settings)}
 
     def ask(_):  # a fresh connection each: the kernel spreads them over both workers

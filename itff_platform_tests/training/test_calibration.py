@@ -20,8 +20,12 @@ from itff_platform_tests.conftest import utc
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
     settings = Settings(home=tmp_path_factory.mktemp("calibration"))
-    silver = {symbol: build_features(SampleCandleSource().fetch(symbol, "1h", utc(2021, 1, 1), utc(2025, 1, 1)), settings).collect()
-              for symbol in ("BTCUSDT", "ETHUSDT")}
+    silver = {
+        symbol: build_features(
+            SampleCandleSource().fetch(symbol, "1h", utc(2021, 1, 1), utc(2025, 1, 1)), settings
+        ).collect()
+        for symbol in ("BTCUSDT", "ETHUSDT")
+    }
     return settings, silver
 
 
@@ -37,7 +41,9 @@ def walk_forward(settings, silver, symbol, target, family, params, weighting="no
 @pytest.mark.parametrize("symbol", ["BTCUSDT", "ETHUSDT"])
 def test_balanced_logistic_on_level_up_is_calibrated_walk_forward(real, symbol):
     settings, silver = real
-    data, rows, prediction, raw = walk_forward(settings, silver, symbol, "level_up", "logistic", {"C": 0.25}, "balanced")
+    data, rows, prediction, raw = walk_forward(
+        settings, silver, symbol, "level_up", "logistic", {"C": 0.25}, "balanced"
+    )
     before, after = expected_calibration_error(data.y[rows], raw), expected_calibration_error(data.y[rows], prediction)
     assert before > 0.1, before  # the defect: class weighting pulls every probability towards 0.5
     assert after <= 0.03, after
@@ -45,8 +51,9 @@ def test_balanced_logistic_on_level_up_is_calibrated_walk_forward(real, symbol):
 
 def test_lorentzian_votes_are_calibrated_walk_forward(real):
     settings, silver = real
-    data, rows, prediction, raw = walk_forward(settings, silver, "BTCUSDT", "direction", "lorentzian",
-                                               {"neighbours": 17, "stride": 4, "max_history": 1000})
+    data, rows, prediction, raw = walk_forward(
+        settings, silver, "BTCUSDT", "direction", "lorentzian", {"neighbours": 17, "stride": 4, "max_history": 1000}
+    )
     assert expected_calibration_error(data.y[rows], raw) > 0.03
     assert expected_calibration_error(data.y[rows], prediction) <= 0.03
 
@@ -57,7 +64,11 @@ def test_conformal_bands_cover_80_percent_out_of_sample(real, family):
     for symbol in ("BTCUSDT", "ETHUSDT"):
         data, rows, bands, raw = walk_forward(settings, silver, symbol, "forward_return", family, {})
         coverage = regression_metrics(data.y[rows], bands, data.close[rows])["band_coverage"]
-        assert 0.77 <= coverage <= 0.83, (symbol, coverage, regression_metrics(data.y[rows], raw, data.close[rows])["band_coverage"])
+        assert 0.77 <= coverage <= 0.83, (
+            symbol,
+            coverage,
+            regression_metrics(data.y[rows], raw, data.close[rows])["band_coverage"],
+        )
 
 
 def test_the_calibration_slice_is_purged_and_never_reaches_the_test_fold(real):
@@ -70,5 +81,8 @@ def test_the_calibration_slice_is_purged_and_never_reaches_the_test_fold(real):
     # The model learnt from rows [0, 10000 - 2000 - horizon); the slice [8000, 10000) only calibrates it.
     assert model.calibration["method"] == "platt" and model.calibration["rows"] == settings.training.calibration_rows
     learnt = make_forecaster("logistic", {"C": 1.0}, settings.model_copy(update={"calibration_rows": 0}))
-    learnt.fit(data.x[: 10_000 - 2000 - settings.features.label_horizon], data.y[: 10_000 - 2000 - settings.features.label_horizon])
+    learnt.fit(
+        data.x[: 10_000 - 2000 - settings.features.label_horizon],
+        data.y[: 10_000 - 2000 - settings.features.label_horizon],
+    )
     np.testing.assert_array_equal(model.base.predict_proba(data.x[:50]), learnt.predict_proba(data.x[:50]))

@@ -22,9 +22,21 @@ def synthetic_data(n=4000, seed=0) -> tuple[TrainingData, np.ndarray, list]:
     rng = np.random.default_rng(seed)
     forward = rng.normal(0, 0.01, n)
     stamps = (np.datetime64("2024-01-01T00:00", "us") + np.arange(n) * np.timedelta64(1, "h")).astype("datetime64[us]")
-    regimes = np.resize(np.array(["trending_up", "trending_up", "range_bound"], dtype=object), n)  # decisions land on both
-    data = TrainingData("SYNUSDT", "direction", ["a"], rng.normal(size=(n, 1)), (forward > 0).astype(int), stamps, regimes,
-                        forward, np.full(n, 100.0), {})
+    regimes = np.resize(
+        np.array(["trending_up", "trending_up", "range_bound"], dtype=object), n
+    )  # decisions land on both
+    data = TrainingData(
+        "SYNUSDT",
+        "direction",
+        ["a"],
+        rng.normal(size=(n, 1)),
+        (forward > 0).astype(int),
+        stamps,
+        regimes,
+        forward,
+        np.full(n, 100.0),
+        {},
+    )
     folds = walk_forward_splits(n, 4, 500, 4, 24)
     truth_moves = forward[np.concatenate([f.test for f in folds])]
     prob = np.clip(0.45 + 0.1 * (truth_moves > 0) + rng.normal(0, 0.05, len(truth_moves)), 0.01, 0.99)
@@ -45,18 +57,36 @@ def test_the_reported_trades_are_the_deployed_rule_replayed_forward():
     forward = data.forward_return[np.concatenate([f.test for f in folds])]
     for k in (1, 2, 3):
         past = slice(0, 500 * k)
-        expected = m.choose_threshold(truth[past], prob[past], forward[past], settings.features.label_horizon, settings.trading.fees_bps,
-                                      settings.trading.min_trades, settings.trading.default_threshold)
+        expected = m.choose_threshold(
+            truth[past],
+            prob[past],
+            forward[past],
+            settings.features.label_horizon,
+            settings.trading.fees_bps,
+            settings.trading.min_trades,
+            settings.trading.default_threshold,
+        )
         assert table.filter(pl.col("fold") == k)["threshold"].item() == expected
         assert result.metrics[f"fold{k}_trades"] == table.filter(pl.col("fold") == k)["trades"].item()
     assert result.metrics["backtest_trades"] == sum(result.metrics[f"fold{k}_trades"] for k in (1, 2, 3))
     # Per-regime figures split the same trades.
     assert result.regime_table["trades"].sum() == result.metrics["backtest_trades"]
-    assert {"backtest_profit_factor_trending_up", "backtest_max_drawdown_range_bound", "backtest_sharpe_trending_up",
-            "backtest_hit_rate_trades_range_bound"} <= set(result.metrics)
+    assert {
+        "backtest_profit_factor_trending_up",
+        "backtest_max_drawdown_range_bound",
+        "backtest_sharpe_trending_up",
+        "backtest_hit_rate_trades_range_bound",
+    } <= set(result.metrics)
     # The deployed threshold looks at every fold; the holdout's figures use the rule chosen before it.
-    assert result.threshold == m.choose_threshold(truth, prob, forward, settings.features.label_horizon, settings.trading.fees_bps,
-                                                  settings.trading.min_trades, settings.trading.default_threshold)
+    assert result.threshold == m.choose_threshold(
+        truth,
+        prob,
+        forward,
+        settings.features.label_horizon,
+        settings.trading.fees_bps,
+        settings.trading.min_trades,
+        settings.trading.default_threshold,
+    )
     assert result.tradable and "significant edge" in result.tradable_reason
 
 
@@ -83,8 +113,13 @@ def test_torch_families_serve_the_probability_they_were_evaluated_on():
     prob, spread = model.predict_with_uncertainty(x[-50:])
     np.testing.assert_array_equal(prob, model.predict_proba(x[-50:]))
     assert spread is not None and spread.max() > 0  # dropout does vary the samples; it just does not move prob_up
-    meta = {"features": [f"f{i}" for i in range(5)], "task": "classification", "threshold": 0.55, "target": "direction",
-            "context_rows": model.context_rows}
+    meta = {
+        "features": [f"f{i}" for i in range(5)],
+        "task": "classification",
+        "threshold": 0.55,
+        "target": "direction",
+        "context_rows": model.context_rows,
+    }
     served = LoadedModel("itff-X-direction", "X", "direction", "1", "lstm", meta, model).predict(x[-50:])[0]
     np.testing.assert_array_equal(served, prob)
     pyfunc = ItffForecastModel()
@@ -99,9 +134,17 @@ def test_a_model_that_is_not_tradable_serves_flat_through_its_pyfunc():
     from itff_platform.training.pyfunc import ItffForecastModel
 
     rng = np.random.default_rng(6)
-    model = make_forecaster("logistic", {}, Settings(calibration_rows=0)).fit(rng.normal(size=(500, 2)), rng.integers(0, 2, 500))
+    model = make_forecaster("logistic", {}, Settings(calibration_rows=0)).fit(
+        rng.normal(size=(500, 2)), rng.integers(0, 2, 500)
+    )
     pyfunc = ItffForecastModel()
-    pyfunc.meta = {"features": ["a", "b"], "task": "classification", "threshold": 0.5, "target": "direction", "tradable": False}
+    pyfunc.meta = {
+        "features": ["a", "b"],
+        "task": "classification",
+        "threshold": 0.5,
+        "target": "direction",
+        "tradable": False,
+    }
     pyfunc.forecaster = model
     out = pyfunc.predict(None, pd.DataFrame(rng.normal(size=(20, 2)), columns=["a", "b"]))
     assert (out["signal"] == "flat").all() and not out["allow"].any()
@@ -127,10 +170,15 @@ def test_the_simplest_family_within_noise_of_the_best_is_the_challenger():
     losses = {
         "transformer": base - 1e-4 + rng.normal(0, 0.02, 6000),  # the lowest loss, by noise
         "logistic": base + rng.normal(0, 0.02, 6000),
-        "lorentzian": base + 0.03 + rng.normal(0, 0.02, 6000),    # clearly worse
-        "boosting": base - 0.001 + rng.normal(0, 0.02, 6000),     # within noise, but miscalibrated
+        "lorentzian": base + 0.03 + rng.normal(0, 0.02, 6000),  # clearly worse
+        "boosting": base - 0.001 + rng.normal(0, 0.02, 6000),  # within noise, but miscalibrated
     }
-    pool = [candidate("transformer", 5), candidate("logistic", 1), candidate("lorentzian", 2), candidate("boosting", 3, ece=0.05)]
+    pool = [
+        candidate("transformer", 5),
+        candidate("logistic", 1),
+        candidate("lorentzian", 2),
+        candidate("boosting", 3, ece=0.05),
+    ]
     chosen, notes = choose_challenger(pool, FakeOutOfSample(losses), Settings())
     assert chosen.family == "logistic", notes
     assert any("boosting" in n and "ECE" in n for n in notes)

@@ -17,8 +17,15 @@ FAMILIES = ["baseline_majority", "logistic", "boosting", "lorentzian", "lstm"]
 def random_walk_results(tmp_path_factory):
     folder = tmp_path_factory.mktemp("honesty")
     settings = Settings(
-        home=folder, trials=2, torch_trials=1, torch_epochs=1, torch_max_train_rows=2000, sequence_length=8,
-        study_timeout_s=120, wf_folds=4, wf_test_fraction=0.12,
+        home=folder,
+        trials=2,
+        torch_trials=1,
+        torch_epochs=1,
+        torch_max_train_rows=2000,
+        sequence_length=8,
+        study_timeout_s=120,
+        wf_folds=4,
+        wf_test_fraction=0.12,
         # A profit factor from ~200 trades swings by +-0.15 on pure noise; 300+ trades make the check meaningful.
         min_trades=300,
         # Issue 9: with the minimum-trades rule off, significance alone must keep noise from being traded.
@@ -60,13 +67,18 @@ def test_on_a_random_walk_nothing_is_tradable_and_nothing_is_promoted(random_wal
     assert not decision.promoted, decision.reasons
     assert any("does not significantly beat" in reason for reason in decision.reasons)
     tags = MlflowClient(settings.tracking_uri).get_model_version("itff-RANDOMWALK-direction", decision.challenger).tags
-    assert tags["promotion_decision"] == "rejected" and float(tags["promotion_p_value_vs_baseline"]) >= settings.promotion.alpha
+    assert (
+        tags["promotion_decision"] == "rejected"
+        and float(tags["promotion_p_value_vs_baseline"]) >= settings.promotion.alpha
+    )
 
 
 def test_a_leaking_feature_breaks_the_random_walk_check(random_walk_results):
     """The check above has teeth: smuggle the label's own future into a feature and it fails loudly."""
     _, settings, silver = random_walk_results
-    leaking = silver.with_columns((pl.col("forward_return") + np.random.default_rng(0).normal(0, 0.02, silver.height)).alias("log_return_24"))
+    leaking = silver.with_columns(
+        (pl.col("forward_return") + np.random.default_rng(0).normal(0, 0.02, silver.height)).alias("log_return_24")
+    )
     data = training_data(settings, "RANDOMWALK", "direction", silver=leaking)
     (outcome,) = train_symbol_target(settings, "RANDOMWALK", "direction", families=["logistic"], data=data)
     assert outcome.metrics["roc_auc"] > 0.6
@@ -77,11 +89,18 @@ def test_a_fat_tailed_garch_walk_promotes_nothing_and_trades_nothing(tmp_path):
     loss, and only the minimum-trades rule stopped them. Significance must stop them with that rule off."""
     from itff_platform.training.promotion import promote_champion
 
-    settings = Settings(home=tmp_path, trials=1, study_timeout_s=120, wf_folds=4, wf_test_fraction=0.12, tradable_min_trades=0)
+    settings = Settings(
+        home=tmp_path, trials=1, study_timeout_s=120, wf_folds=4, wf_test_fraction=0.12, tradable_min_trades=0
+    )
     candles = random_walk_candles(12_000, seed=5, volatility=0.01, wick=0.003, garch=True)
     data = training_data(settings, "GARCHWALK", "direction", silver=build_features(candles, settings).collect())
-    outcomes = train_symbol_target(settings, "GARCHWALK", "direction", data=data,
-                                   families=["baseline_majority", "baseline_persistence", "logistic", "boosting", "lorentzian"])
+    outcomes = train_symbol_target(
+        settings,
+        "GARCHWALK",
+        "direction",
+        data=data,
+        families=["baseline_majority", "baseline_persistence", "logistic", "boosting", "lorentzian"],
+    )
     assert not any(outcome.tradable for outcome in outcomes), [(o.family, o.tradable_reason) for o in outcomes]
     decision = promote_champion(settings, "GARCHWALK", "direction")
     assert not decision.promoted, decision.reasons

@@ -16,8 +16,13 @@ def test_expected_calibration_error_is_small_when_calibrated_and_large_when_not(
 def reference_ece(labels: np.ndarray, prob: np.ndarray, bins: int) -> float:
     """ECE written out bin by bin, as the platform computed it before calibration_curve."""
     which = np.minimum((prob * bins).astype(int), bins - 1)
-    return float(sum((which == b).mean() * abs(prob[which == b].mean() - labels[which == b].mean())
-                     for b in range(bins) if (which == b).any()))
+    return float(
+        sum(
+            (which == b).mean() * abs(prob[which == b].mean() - labels[which == b].mean())
+            for b in range(bins)
+            if (which == b).any()
+        )
+    )
 
 
 @pytest.mark.parametrize("bins", [5, 10, 20])
@@ -26,8 +31,10 @@ def test_expected_calibration_error_matches_the_bin_by_bin_reference_even_with_e
     rng = np.random.default_rng(seed)
     # a wide spread, and a narrow one that leaves most bins empty (calibration_curve drops those)
     for prob in (rng.uniform(0, 1, 5_000), rng.uniform(0.42, 0.61, 700), rng.beta(8, 3, 300)):
-        labels = (rng.uniform(0, 1, len(prob)) < prob ** 1.3).astype(int)
-        assert m.expected_calibration_error(labels, prob, bins) == pytest.approx(reference_ece(labels, prob, bins), abs=1e-12)
+        labels = (rng.uniform(0, 1, len(prob)) < prob**1.3).astype(int)
+        assert m.expected_calibration_error(labels, prob, bins) == pytest.approx(
+            reference_ece(labels, prob, bins), abs=1e-12
+        )
         counts, mean_p, rate = m.reliability_bins(labels, prob, bins)
         assert counts.sum() == len(prob) and len(mean_p) == len(rate) == (counts > 0).sum()
 
@@ -97,4 +104,5 @@ def test_the_threshold_sweep_calls_match_the_classification_metrics():
     for row in sweep.iter_rows(named=True):
         reference = m.classification_metrics(labels, prob, row["threshold"])
         assert (row["precision"], row["recall"], row["f1"]) == pytest.approx(
-            (reference["precision"], reference["recall"], reference["f1"]), abs=1e-12)
+            (reference["precision"], reference["recall"], reference["f1"]), abs=1e-12
+        )

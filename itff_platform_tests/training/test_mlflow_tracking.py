@@ -20,8 +20,9 @@ FAMILIES = ["baseline_majority", "logistic", "lstm"]
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tracked")
-    settings = Settings(home=folder, trials=2, torch_trials=2, torch_epochs=1, torch_max_train_rows=1500,
-                        sequence_length=8, wf_folds=3)
+    settings = Settings(
+        home=folder, trials=2, torch_trials=2, torch_epochs=1, torch_max_train_rows=1500, sequence_length=8, wf_folds=3
+    )
     silver = build_features(random_walk_candles(6000, seed=2), settings).collect()
     data = training_data(settings, "TESTUSDT", "direction", silver=silver)
     outcomes = train_symbol_target(settings, "TESTUSDT", "direction", families=FAMILIES, data=data)
@@ -46,17 +47,37 @@ def test_every_family_reports_the_same_metric_names(tracked):
     settings, outcomes, _ = tracked
     client = MlflowClient(settings.tracking_uri)
     names = [set(client.get_run(o.run_id).data.metrics) for o in outcomes]
-    core = {"log_loss", "roc_auc", "accuracy", "brier", "ece", "precision", "recall", "f1", "backtest_profit_factor",
-            "backtest_sharpe", "backtest_max_drawdown", "backtest_trades", "backtest_hit_rate_trades",
-            "backtest_buy_and_hold_return", "threshold", "trials_per_minute"}
+    core = {
+        "log_loss",
+        "roc_auc",
+        "accuracy",
+        "brier",
+        "ece",
+        "precision",
+        "recall",
+        "f1",
+        "backtest_profit_factor",
+        "backtest_sharpe",
+        "backtest_max_drawdown",
+        "backtest_trades",
+        "backtest_hit_rate_trades",
+        "backtest_buy_and_hold_return",
+        "threshold",
+        "trials_per_minute",
+    }
     for family_names in names:
         assert core <= family_names
     assert all({"tradable_p_value", "recent_profit_factor", "fold1_trades"} <= family_names for family_names in names)
     # Trading figures per regime (and a profit factor at all) exist only where a family traded: compare the rest.
-    regime_trading = {f"backtest_{k}_{r}" for k in ("profit_factor", "hit_rate_trades", "max_drawdown", "sharpe", "trades")
-                      for r in REGIMES}
-    steady = [{n for n in family_names - regime_trading if not n.endswith(("_profit_factor", "hit_rate_trades"))}
-              for family_names in names]
+    regime_trading = {
+        f"backtest_{k}_{r}"
+        for k in ("profit_factor", "hit_rate_trades", "max_drawdown", "sharpe", "trades")
+        for r in REGIMES
+    }
+    steady = [
+        {n for n in family_names - regime_trading if not n.endswith(("_profit_factor", "hit_rate_trades"))}
+        for family_names in names
+    ]
     assert steady[0] <= steady[1]
     assert any(n.startswith("auc_") for n in names[1]) and any(n.startswith("hit_rate_") for n in names[1])
 
@@ -66,7 +87,12 @@ def test_artifacts_and_reproducibility_tags(tracked):
     client = MlflowClient(settings.tracking_uri)
     logistic = next(o for o in outcomes if o.family == "logistic")
     files = {a.path for a in client.list_artifacts(logistic.run_id, "evaluation")}
-    assert {"evaluation/reliability.png", "evaluation/threshold_sweep.png", "evaluation/equity.png", "evaluation/folds.csv"} <= files
+    assert {
+        "evaluation/reliability.png",
+        "evaluation/threshold_sweep.png",
+        "evaluation/equity.png",
+        "evaluation/folds.csv",
+    } <= files
     tags = client.get_run(logistic.run_id).data.tags
     assert tags["family"] == "logistic" and tags["seed"] == str(settings.training.seed)
 
@@ -123,8 +149,11 @@ def test_families_compare_on_the_same_params_and_the_same_artifact_names(tracked
         params = run.data.params
         assert shared <= set(params) and params["family"] == family
         # Hyperparameters live under the family's name, never bare.
-        assert all(k in shared | {"search_folds", "wf_mode", "embargo_bars", "label_horizon", "fees_bps"}
-                   or k.startswith(f"{family}.") for k in params), family
+        assert all(
+            k in shared | {"search_folds", "wf_mode", "embargo_bars", "label_horizon", "fees_bps"}
+            or k.startswith(f"{family}.")
+            for k in params
+        ), family
         root = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"reliability.png", "threshold_sweep.png", "equity.png"} <= root, family
     assert "lstm.hidden" in runs["lstm"].data.params and "logistic.C" in runs["logistic"].data.params
@@ -137,7 +166,9 @@ def test_experiments_open_in_the_model_training_view_with_a_summary_per_study(tr
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     for outcome in outcomes:
         summary = client.get_run(outcome.run_id).data.tags["mlflow.note.content"]
-        assert summary.startswith(f"**{outcome.family}** on TESTUSDT direction: log_loss {outcome.metrics['log_loss']:.4f}")
+        assert summary.startswith(
+            f"**{outcome.family}** on TESTUSDT direction: log_loss {outcome.metrics['log_loss']:.4f}"
+        )
         registered = f"registered as version {outcome.model_version}" if outcome.model_version else "not registered ("
         assert registered in summary
 
@@ -148,4 +179,7 @@ def test_an_experiment_made_before_the_kind_tag_gets_it(tmp_path):
     settings = Settings(home=tmp_path)
     old = MlflowClient(settings.tracking_uri).create_experiment("itff-OLDUSDT-direction")
     assert experiment_id(settings, "OLDUSDT", "direction") == old
-    assert MlflowClient(settings.tracking_uri).get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert (
+        MlflowClient(settings.tracking_uri).get_experiment(old).tags["mlflow.experimentKind"]
+        == "custom_model_development"
+    )

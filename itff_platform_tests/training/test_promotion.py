@@ -27,12 +27,16 @@ def learnable_silver(settings: Settings, noise: float, seed: int = 0) -> pl.Data
     strength = 2 * np.log((1 - noise) / noise)
     up = 1 / (1 + np.exp(-strength * (silver["rsi"].fill_null(50).to_numpy() - 50) / 10))
     label = (rng.uniform(size=silver.height) < up).astype(np.int8)
-    return silver.with_columns(pl.Series("direction", label), pl.Series("forward_return", np.where(label == 1, 0.01, -0.01)))
+    return silver.with_columns(
+        pl.Series("direction", label), pl.Series("forward_return", np.where(label == 1, 0.01, -0.01))
+    )
 
 
 def train(settings: Settings, families: list[str], noise: float) -> None:
     data = training_data(settings, "PROMOUSDT", "direction", silver=learnable_silver(settings, noise))
-    train_symbol_target(settings, "PROMOUSDT", "direction", families=["baseline_majority", "baseline_persistence", *families], data=data)
+    train_symbol_target(
+        settings, "PROMOUSDT", "direction", families=["baseline_majority", "baseline_persistence", *families], data=data
+    )
 
 
 def served(settings: Settings) -> ChampionStore:
@@ -72,7 +76,9 @@ def test_a_challenger_that_does_not_beat_the_champion_is_recorded_and_rejected(r
     assert not decision.promoted and decision.champion_before == champion
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == champion
     tags = client.get_model_version(NAME, decision.challenger).tags
-    assert tags["promotion_decision"] == "rejected" and "does not significantly beat champion" in tags["promotion_reasons"]
+    assert (
+        tags["promotion_decision"] == "rejected" and "does not significantly beat champion" in tags["promotion_reasons"]
+    )
 
 
 def test_a_better_challenger_takes_over_and_rollback_restores_the_previous_champion(registry):
@@ -86,7 +92,10 @@ def test_a_better_challenger_takes_over_and_rollback_restores_the_previous_champ
     assert rollback_champion(settings, "PROMOUSDT", "direction") == (decision.challenger, before)
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == before
     again = promote_champion(settings, "PROMOUSDT", "direction")  # the version rolled back from is not re-promoted
-    assert again.challenger != decision.challenger and str(client.get_model_version_by_alias(NAME, "champion").version) == before
+    assert (
+        again.challenger != decision.challenger
+        and str(client.get_model_version_by_alias(NAME, "champion").version) == before
+    )
     with pytest.raises(LookupError, match="no previous champion"):
         rollback_champion(settings, "PROMOUSDT", "direction")
 

@@ -30,14 +30,30 @@ def test_every_ignored_setting_is_a_setting():
 def test_the_fingerprint_moves_with_what_changes_a_study_and_only_with_that(study):
     settings, silver, data, folds = study
     same = fingerprint(settings, data, folds)
-    assert fingerprint(Settings(wf_folds=3), training_data(settings, "TESTUSDT", "direction", silver=silver), folds) == same
+    assert (
+        fingerprint(Settings(wf_folds=3), training_data(settings, "TESTUSDT", "direction", silver=silver), folds)
+        == same
+    )
     # Settings a study does not read, and the budget of another kind of family, leave it alone.
-    for unrelated in ({"torch_trials": 7}, {"symbols": ["SOLUSDT"]}, {"families": ["logistic"]}, {"api_tokens": ["t"]},
-                      {"promotion_alpha": 0.01}, {"rsi_period": 9}, {"drift_psi_warn": 0.2}):
+    for unrelated in (
+        {"torch_trials": 7},
+        {"symbols": ["SOLUSDT"]},
+        {"families": ["logistic"]},
+        {"api_tokens": ["t"]},
+        {"promotion_alpha": 0.01},
+        {"rsi_period": 9},
+        {"drift_psi_warn": 0.2},
+    ):
         assert fingerprint(settings.model_copy(update=unrelated), data, folds) == same, unrelated
     # What can change its result does not.
-    for relevant in ({"trials": 4}, {"fees_bps": 5.0}, {"seed": 1}, {"calibration_rows": 0}, {"max_ece": 0.05},
-                     {"label_horizon": 6}):
+    for relevant in (
+        {"trials": 4},
+        {"fees_bps": 5.0},
+        {"seed": 1},
+        {"calibration_rows": 0},
+        {"max_ece": 0.05},
+        {"label_horizon": 6},
+    ):
         assert fingerprint(settings.model_copy(update=relevant), data, folds) != same, relevant
     assert fingerprint(settings, data, folds, family="boosting") != same
     assert fingerprint(settings, data, folds[:-1]) != same

@@ -38,16 +38,31 @@ def webserver(tmp_path_factory):
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
     # Two months of BTCUSDT's lake in this instance, so a partitioned asset's page shows materialized partitions.
     with DagsterInstance.local_temp(str(home)) as instance:
-        built = execute_job("lake_job", instance, partition_range=("2024-07-01|BTCUSDT", "2024-08-01|BTCUSDT"),
-                            run_config={"resources": {"itff": {"config": {"lake_dir": str(folder / "itff" / "data_lake")}}}})
+        built = execute_job(
+            "lake_job",
+            instance,
+            partition_range=("2024-07-01|BTCUSDT", "2024-08-01|BTCUSDT"),
+            run_config={"resources": {"itff": {"config": {"lake_dir": str(folder / "itff" / "data_lake")}}}},
+        )
         assert built.success
     env = {**os.environ, "DAGSTER_HOME": str(home), "ITFF_HOME": str(folder / "itff")}
     log_path = folder / "dagster-webserver.log"
     log_file = open(log_path, "w")  # noqa: SIM115  a file, not a pipe: nobody drains a pipe, and a full one blocks the server
     port = free_port()
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+        [
+            str(Path(sys.executable).parent / "dagster-webserver"),
+            "-w",
+            "workspace.yaml",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, so the teardown also stops the code server it spawns
     )
     url = f"http://127.0.0.1:{port}"
@@ -58,8 +73,16 @@ def webserver(tmp_path_factory):
                 # server_info can answer before the code location has loaded; the asset nodes only after.
                 nodes = httpx.post(f"{url}/graphql", json={"query": GROUPS}, timeout=5).json()["data"]["assetNodes"]
                 # A group's id in the graph: global@global:<group>, or per code location behind a feature flag.
-                groups = sorted({f"{prefix}:{n['groupName']}" for n in nodes for prefix in
-                                 ("global@global", f"{n['repository']['name']}@{n['repository']['location']['name']}")})
+                groups = sorted(
+                    {
+                        f"{prefix}:{n['groupName']}"
+                        for n in nodes
+                        for prefix in (
+                            "global@global",
+                            f"{n['repository']['name']}@{n['repository']['location']['name']}",
+                        )
+                    }
+                )
                 if groups:
                     break
             except (httpx.HTTPError, KeyError, TypeError, ValueError):
@@ -83,16 +106,29 @@ def browser(tmp_path):
     """A function running headless Chromium with its own throwaway profile. Fails, not skips: CI installs it via `make test`."""
     binary = shutil.which("chromium")
     if binary is None:
-        pytest.fail("chromium is not on PATH: `make test` installs it (Makefile target `browser`, Debian package chromium)")
+        pytest.fail(
+            "chromium is not on PATH: `make test` installs it (Makefile target `browser`, Debian package chromium)"
+        )
     return lambda *args: chromium(binary, tmp_path / "chromium-profile", *args)
 
 
 def chromium(binary: str, profile: Path, *args: str) -> str:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-             "--disable-component-update", "--disable-default-apps", "--disable-sync", "--no-first-run",
-             "--metrics-recording-only", "--window-size=1600,1000", f"--user-data-dir={profile}",
-             # Virtual time stands still while the GraphQL requests are in flight, then runs the React render out.
-             "--virtual-time-budget=15000"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-default-apps",
+        "--disable-sync",
+        "--no-first-run",
+        "--metrics-recording-only",
+        "--window-size=1600,1000",
+        f"--user-data-dir={profile}",
+        # Virtual time stands still while the GraphQL requests are in flight, then runs the React render out.
+        "--virtual-time-budget=15000",
+    ]
     done = subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=90)
     assert done.returncode == 0, f"chromium {args} exited {done.returncode}:\n{done.stderr[-3000:]}"
     return done.stdout
@@ -129,7 +165,9 @@ def test_a_partitioned_assets_page_shows_its_materialized_partitions(browser, we
     url, _ = webserver
     page = f"{url}/assets/silver_features?view=partitions"
     dom = browser("--dump-dom", page)
-    assert "silver_features" in dom and "BTCUSDT" in dom, f"the partitions page did not render ({len(dom)} chars of DOM)"
+    assert "silver_features" in dom and "BTCUSDT" in dom, (
+        f"the partitions page did not render ({len(dom)} chars of DOM)"
+    )
     screenshot(browser, "dagster-silver-partitions.png", page)
 
 
@@ -142,11 +180,29 @@ def registry_uis(tmp_path_factory):
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     log_file = open(folder / "mlflow-ui.log", "w")  # noqa: SIM115 (a file, not a pipe: nobody drains a pipe; closed at teardown)
     ui = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "ui", "--workers", "1", "--backend-store-uri", settings.tracking_uri,
-         "--default-artifact-root", settings.artifact_location, "--host", "127.0.0.1", "--port", str(port)],
-        cwd=folder, env={**inherited, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=log_file,
-        stderr=subprocess.STDOUT, start_new_session=True)
-    service, service_url, service_log = start_service(folder, {"ITFF_API_TOKENS": f'["{TOKEN}"]', "ITFF_SERVE_WORKERS": "1"})
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "ui",
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            settings.tracking_uri,
+            "--default-artifact-root",
+            settings.artifact_location,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=folder,
+        env={**inherited, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    service, service_url, service_log = start_service(
+        folder, {"ITFF_API_TOKENS": f'["{TOKEN}"]', "ITFF_SERVE_WORKERS": "1"}
+    )
     mlflow_url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(mlflow_url, ui, folder / "mlflow-ui.log", probe="/health", what="mlflow ui")

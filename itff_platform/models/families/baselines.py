@@ -8,9 +8,21 @@ def _last_return_column(features: list[str]) -> dict:
 
 
 register(
-    FamilySpec("baseline_majority", "classification", "itff_platform.models.baselines:MajorityForecaster", baseline=True),
-    FamilySpec("baseline_persistence", "classification", "itff_platform.models.baselines:PersistenceForecaster",
-               baseline=True, data_params=_last_return_column),
-    FamilySpec("baseline_climatology", "regression", "itff_platform.models.baselines:ClimatologyForecaster",
-               baseline=True, uncertainty="bands"),
+    FamilySpec(
+        "baseline_majority", "classification", "itff_platform.models.baselines:MajorityForecaster", baseline=True
+    ),
+    FamilySpec(
+        "baseline_persistence",
+        "classification",
+        "itff_platform.models.baselines:PersistenceForecaster",
+        baseline=True,
+        data_params=_last_return_column,
+    ),
+    FamilySpec(
+        "baseline_climatology",
+        "regression",
+        "itff_platform.models.baselines:ClimatologyForecaster",
+        baseline=True,
+        uncertainty="bands",
+    ),
 )

@@ -3,7 +3,14 @@
 from itff_platform.models.registry import FamilySpec, register
 
 register(
-    FamilySpec("lstm", "classification", "itff_platform.models.sequence:LSTMForecaster", torch=True, uncertainty="mc_dropout"),
-    FamilySpec("transformer", "classification", "itff_platform.models.sequence:TransformerForecaster", torch=True,
-               uncertainty="mc_dropout"),
+    FamilySpec(
+        "lstm", "classification", "itff_platform.models.sequence:LSTMForecaster", torch=True, uncertainty="mc_dropout"
+    ),
+    FamilySpec(
+        "transformer",
+        "classification",
+        "itff_platform.models.sequence:TransformerForecaster",
+        torch=True,
+        uncertainty="mc_dropout",
+    ),
 )
