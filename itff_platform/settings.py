@@ -16,11 +16,20 @@ from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
 from itff_platform.rules import next_month
@@ -223,11 +232,11 @@ class TrainingSettings(Section):
 
     @field_validator("families", "regression_families")
     @classmethod
-    def _registered_families(cls, chosen: list[str], info) -> list[str]:
-        from itff_platform.models.registry import check_families
+    def _registered_families(cls, chosen: list[str], info: ValidationInfo) -> list[str]:
+        from itff_platform.models.registry import Task, check_families
 
-        task = "regression" if info.field_name == "regression_families" else "classification"
-        return check_families(chosen, task, info.field_name)
+        task: Task = "regression" if info.field_name == "regression_families" else "classification"
+        return check_families(chosen, task, str(info.field_name))
 
 
 class TradingSettings(Section):
@@ -511,8 +520,13 @@ class Settings(BaseSettings):
 
     @classmethod
     def settings_customise_sources(
-        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
-    ):
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         # After the ordinary environment (ITFF_SYMBOLS, ITFF_TRAINING__TRIALS), the flat names of section fields.
         return init_settings, env_settings, FlatEnvSource(settings_cls), dotenv_settings, file_secret_settings
 
@@ -551,7 +565,7 @@ class Settings(BaseSettings):
         Like pydantic's, it does not validate; the sections it leaves alone are shared with the original."""
         if not update:
             return super().model_copy(deep=deep)
-        return _copy_with(self, nest(update), deep)
+        return cast(Settings, _copy_with(self, nest(update), deep))
 
     def flat_dump(self, exclude: Collection[str] = (), **dump_options: Any) -> dict[str, Any]:
         """Every field by its flat name ({"trials": 3, "lake_dir": ...}) but those in `exclude`: what fingerprints
@@ -645,7 +659,7 @@ def _leaves(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> Iterator[Le
             yield from _leaves(info.annotation, (*prefix, name))
         else:
             alias = info.validation_alias
-            yield Leaf(alias.choices[-1] if isinstance(alias, AliasChoices) else name, (*prefix, name), info)
+            yield Leaf(str(alias.choices[-1]) if isinstance(alias, AliasChoices) else name, (*prefix, name), info)
 
 
 # Every setting by flat name, in schema order: the one map from flat names to sections, derived from the classes.
@@ -664,10 +678,11 @@ ANCHORED_PATHS = ("reports_dir", "lake_dir", "drop_dir", "mlflow_dir", "monitori
 def leaf_at(loc: tuple[str | int, ...]) -> Leaf | None:
     """The setting a validation error's location points into (("training", "trials") or ("lake", "lake_dir"))."""
     for size in range(len(loc), 0, -1):
-        *sections, last = loc[:size]
         if not all(isinstance(part, str) for part in loc[:size]):
             continue
-        leaf = BY_PATH.get((*sections, last)) or next(
+        path = tuple(str(part) for part in loc[:size])
+        *sections, last = path
+        leaf = BY_PATH.get(path) or next(
             (known for known in LEAVES.values() if known.path[:-1] == tuple(sections) and known.name == last), None
         )
         if leaf is not None:

@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Callable
 from itertools import groupby
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
@@ -52,7 +53,7 @@ def _default(leaf: Leaf) -> str:
     info = leaf.info
     if info.default_factory == Path.cwd:
         return "the working directory"
-    value: Any = info.default_factory() if info.default_factory is not None else info.default
+    value: Any = cast(Callable[[], Any], info.default_factory)() if info.default_factory is not None else info.default
     return "unset" if value is None else f"`{json.dumps(to_jsonable_python(value))}`"
 
 
@@ -63,7 +64,7 @@ def _cell(text: str) -> str:
 def _section_doc(path: tuple[str, ...]) -> str:
     model: type[BaseModel] = Settings
     for part in path:
-        model = model.model_fields[part].annotation
+        model = cast(type[BaseModel], model.model_fields[part].annotation)
     return " ".join((model.__doc__ or "").split()) if path else "What the platform covers, read by every section."
 
 
