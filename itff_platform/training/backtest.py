@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from itff_platform.contracts.signals import signals
+# answer_columns and served_signals are re-exported: registered pyfunc models are saved from code, and versions logged
+# before the signal rule moved to contracts/ import them from here, so rolling back to such a version still loads.
+from itff_platform.contracts.signals import answer_columns, served_signals, signals  # noqa: F401
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import pytest
 from dagster import DagsterInstance
 
 import mlflow
-from itff_platform.defs.cli_runs import execute_job
+from itff_platform.cli_runs import execute_job
 from itff_platform_tests.conftest import free_port
 from itff_platform_tests.faults.test_service_faults import wait_ready
 from itff_platform_tests.serving.test_service import TOKEN, promoted_registry, start_service
