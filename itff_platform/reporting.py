@@ -121,6 +121,23 @@ def training_skip_line(rows: list[dict], seconds: float) -> str:
     return f"Training: {text} ({seconds:.1f} s)"
 
 
+def time_by_family(rows: list[dict]) -> str:
+    """Study time per family over every symbol x target, slowest first, with its phases (training.timing); a reused
+    study counts the time its run took when it was trained."""
+    totals: dict[str, float] = {}
+    phases: dict[str, dict[str, float]] = {}
+    for row in rows:
+        totals[row["family"]] = totals.get(row["family"], 0.0) + (row.get("study_s") or 0.0)
+        for phase, seconds in (row.get("phase_s") or {}).items():
+            mine = phases.setdefault(row["family"], {})
+            mine[phase] = mine.get(phase, 0.0) + seconds
+    lines = [f"Study time by family ({sum(totals.values()):.0f} s in all; reused studies count their run's time):"]
+    for family, seconds in sorted(totals.items(), key=lambda item: -item[1]):
+        split = ", ".join(f"{phase} {s:.1f}" for phase, s in phases.get(family, {}).items() if s >= 0.05)
+        lines.append(f"  {family:22s} {seconds:7.1f} s" + (f"  ({split})" if split else ""))
+    return "\n".join(lines)
+
+
 def print_training_summary(settings: Settings, rows: list[dict], seconds: float | None = None) -> None:
     if not rows:
         print("\nNo studies finished; see the Dagster run log above.")
@@ -142,11 +159,12 @@ def print_training_summary(settings: Settings, rows: list[dict], seconds: float 
             if mine:
                 part = (
                     pl.DataFrame(mine)
-                    .drop("run_id", "reused", strict=False)
+                    .drop("run_id", "reused", "phase_s", strict=False)
                     .sort("symbol", "target", maintain_order=True)
                 )
                 print(f"\nOut-of-sample results, {task} (walk-forward, {settings.trading.fees_bps:g} bps per side):")
                 print(part.select([c for c in part.columns if part[c].null_count() < part.height]))
+    print("\n" + time_by_family(rows))
     names = sorted({registered_name(r["symbol"], r["target"]) for r in rows})
     print(f"\nRegistered models: {', '.join(names)}")
     print(f"Compare them in the MLflow UI: make dev, then {settings.tracking.mlflow_ui_url}")
@@ -221,8 +239,11 @@ def study_report(settings: Settings, symbol: str, target: str, outcomes: list) -
                 **{k: round(outcome.metrics.get(k, float("nan")), METRIC_DIGITS) for k in SUMMARY_COLUMNS[task]},
                 "tradable": outcome.tradable if task == "classification" else None,
                 "trials_per_min": round(outcome.trials_per_minute, 1),
+                "study_s": round(outcome.seconds, 1),
                 "run_id": outcome.run_id,
                 "reused": outcome.reused,
+                # Where the study's time went (training.timing), for the CLI's time-by-family line.
+                "phase_s": {k: round(v, 2) for k, v in (outcome.phases or {}).items()},
             }
         )
         study = {"symbol": symbol, "target": target, "family": outcome.family}
@@ -248,7 +269,7 @@ def study_report(settings: Settings, symbol: str, target: str, outcomes: list) -
     best = classifiers.sort("log_loss").row(0, named=True) if task == "classification" and classifiers.height else None
     return StudyReport(
         summary=summaries,
-        studies=markdown.table(table.drop("run_id")),
+        studies=markdown.table(table.drop("run_id", "phase_s")),
         trading_by_fold=markdown.table(trading_table(by_fold, "fold"), TRADING_ROWS_SHOWN),
         trading_by_regime=markdown.table(trading_table(by_regime, "regime"), TRADING_ROWS_SHOWN),
         experiment_url=f"{settings.tracking.mlflow_ui_url.rstrip('/')}/#/experiments/{experiment}",

@@ -204,6 +204,27 @@ class TrainingSettings(Section):
     trials: int = Field(3, ge=1, description="Optuna trials per study (scikit-learn and k-NN families).")
     torch_trials: int = Field(2, ge=1, description="Optuna trials per study for the torch families.")
     study_timeout_s: float = Field(240, gt=0, description="Wall-clock budget per study; trials stop once it is spent.")
+    pruner: Literal["fold_mean", "median", "none"] = Field(
+        "fold_mean",
+        description="How a trial is stopped early: fold_mean stops it after a walk-forward fold when its mean loss "
+        "so far is above the median of the completed trials' on the same folds; median is Optuna's MedianPruner "
+        "as before (only the third trial could be pruned); none.",
+    )
+    pruner_startup_trials: int = Field(
+        1, ge=1, description="Trials that complete before fold_mean may prune (it compares with them)."
+    )
+    study_jobs: int = Field(
+        1,
+        ge=1,
+        description="Optuna trials run at once in a study (threads). Above 1 the trials' order, and so the "
+        "sampler's choices, depend on timing: the search is no longer reproducible from the seed.",
+    )
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        description="Threads each trial's torch (and BLAS/OpenMP) work uses; 0: the cores this process may run "
+        "on divided among the trials run at once (study_jobs) and the training runs Dagster may run at once.",
+    )
     wf_folds: int = Field(4, ge=2, description="Walk-forward folds.")
     wf_test_fraction: float = Field(
         0.1, gt=0, lt=0.5, description="Share of the rows in each walk-forward test window."

@@ -43,6 +43,14 @@ def symbol_and_target(key) -> tuple[str, str]:
     return dims["symbol"], dims["target"]
 
 
+def parallel_runs(instance) -> int:
+    """How many runs this Dagster instance may run at once (its run queue's max_concurrent_runs; 1 when it sets
+    none): a training run shares the cores with that many, so its trials take fewer threads (training.threads)."""
+    queue = instance.get_concurrency_config().run_queue_config
+    limit = queue.max_concurrent_runs if queue is not None else None
+    return limit if isinstance(limit, int) and limit > 0 else 1
+
+
 def study_metadata(cfg: Settings, symbol: str, target: str, outcomes: list) -> dict:
     """One symbol x target partition's metadata, from reporting.study_report: its studies, trading figures, every
     study's plots and MLflow links."""
@@ -95,9 +103,10 @@ def training_assets(settings: Settings) -> list:
         from itff_platform.training.train import train_symbol_target
 
         cfg = itff.settings()
+        parallel = parallel_runs(context.instance)
         for key in context.partition_keys:
             symbol, target = symbol_and_target(key)
-            outcomes = train_symbol_target(cfg, symbol, target, progress=context.log.info)
+            outcomes = train_symbol_target(cfg, symbol, target, progress=context.log.info, parallel_runs=parallel)
             # A single-run backfill trains many partitions; each partition's page must show its own studies, not
             # the whole run's, so the figures are attached per partition key.
             context.add_asset_metadata(study_metadata(cfg, symbol, target, outcomes), partition_key=key)

@@ -31,6 +31,7 @@ from itff_platform.training.study import (
     figure_path,
     study_trials,
 )
+from itff_platform.training.timing import phases_of
 from itff_platform.training.tracking import quiet_mlflow
 from mlflow import MlflowClient
 
@@ -221,6 +222,7 @@ def _outcome_of(
         tables.get("folds"),
         tables.get("regimes"),
         reused=True,
+        phases=phases_of(metrics),
     )
 
 

@@ -26,7 +26,10 @@ from itff_platform.rules import registered_name
 from itff_platform.settings import Settings
 from itff_platform.training.dataset import TrainingData
 from itff_platform.training.evaluation import Evaluation, evaluate, out_of_sample, sample_weights
+from itff_platform.training.pruning import make_pruner
 from itff_platform.training.splits import Fold
+from itff_platform.training.threads import study_threads, threads_per_trial
+from itff_platform.training.timing import PhaseClock
 from itff_platform.training.tracking import quiet_mlflow
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,7 @@ class StudyOutcome:
     fold_table: pl.DataFrame | None = None
     regime_table: pl.DataFrame | None = None
     reused: bool = False  # read back from an earlier run with the same fingerprint (training.reuse), not trained
+    phases: dict[str, float] | None = None  # seconds per phase (training.timing): where the study's time went
 
     @property
     def trials_per_minute(self) -> float:
@@ -181,13 +185,30 @@ def run_study(
     progress: Callable[[str], None] = log.info,
     n_trials: int | None = None,
     fingerprint: str | None = None,
+    parallel_runs: int = 1,
 ) -> StudyOutcome:
     """Search, score the best trial on the holdout, evaluate, register (unless refused) and keep the figures.
-    `fingerprint` (training.reuse) is tagged on the parent run, so a later study with the same one reuses it."""
+    `fingerprint` (training.reuse) is tagged on the parent run, so a later study with the same one reuses it.
+    `parallel_runs`: training runs that may run beside this one, which share the cores (training.threads)."""
     quiet_mlflow()
     family_spec = spec(family)
-    n_trials = study_trials(family, settings, n_trials)
-    started = time.perf_counter()
+    with study_threads(threads_per_trial(settings, parallel_runs), family_spec.torch):
+        return _run_study(
+            data, family_spec, folds, settings, progress, study_trials(family, settings, n_trials), fingerprint
+        )
+
+
+def _run_study(
+    data: TrainingData,
+    family_spec: FamilySpec,
+    folds: list[Fold],
+    settings: Settings,
+    progress: Callable[[str], None],
+    n_trials: int,
+    fingerprint: str | None,
+) -> StudyOutcome:
+    family = family_spec.name
+    clock = PhaseClock()
     fixed = family_spec.fixed_params(data.features)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     # The last fold is a holdout: the search never scores on it, so the figures reported for it (the recent_*
@@ -196,46 +217,56 @@ def run_study(
 
     experiment = experiment_id(settings, data.symbol, data.target)
     with mlflow.start_run(experiment_id=experiment, run_name=f"{family}-{stamp}") as parent:
-        _log_study_inputs(data, family, folds, settings, n_trials, fingerprint)
-        search = _search(data, family_spec, search_folds, settings, n_trials, fixed, experiment, stamp, progress)
-        best = search.study.best_trial
+        with clock.phase("setup"):
+            _log_study_inputs(data, family, folds, settings, n_trials, fingerprint)
+        with clock.phase("search"):
+            search = _search(
+                data, family_spec, search_folds, settings, n_trials, fixed, experiment, stamp, progress, parent
+            )
+        best = search.study.best_trial  # a completed trial: a pruned one never scored every search fold
         params = {k: v for k, v in best.params.items() if k != "class_weight"} | fixed
         weighting = best.params.get("class_weight", "none")
-        prediction, losses, uncalibrated = _with_holdout(
-            data, family, params, weighting, search.predictions[best.number], holdout, settings
-        )
+        with clock.phase("holdout"):
+            prediction, losses, uncalibrated = _with_holdout(
+                data, family, params, weighting, search.predictions[best.number], holdout, settings
+            )
         with tempfile.TemporaryDirectory() as scratch:
             folder = Path(scratch)
-            evaluation = evaluate(
-                data, folds, prediction, losses, settings, family, folder / "evaluation", uncalibrated
-            )
-            seconds = time.perf_counter() - started
-            metrics = {
-                **evaluation.metrics,
-                "trials_completed": search.completed,
-                "trials_pruned": search.pruned,
-                "study_seconds": seconds,
-                "trials_per_minute": (search.completed + search.pruned) / seconds * 60,
-            }
-            _log_evaluation(family, metrics, evaluation, params, weighting, folder)
-            version = _register_unless_refused(
-                data, family_spec, params, weighting, evaluation, settings, folder, metrics, progress
-            )
-            figures = _keep_figures(settings, data, family, evaluation)
+            with clock.phase("evaluation"):
+                evaluation = evaluate(
+                    data, folds, prediction, losses, settings, family, folder / "evaluation", uncalibrated
+                )
+                metrics = {
+                    **evaluation.metrics,
+                    "trials_completed": search.completed,
+                    "trials_pruned": search.pruned,
+                    "best_search_loss": search.study.best_value,  # the objective the pruner's savings must not move
+                    # Trials over the search's own time: the refit and registration do not depend on the budget.
+                    "trials_per_minute": (search.completed + search.pruned) / clock.seconds["search"] * 60,
+                }
+                _log_evaluation(family, metrics, evaluation, params, weighting, folder)
+            with clock.phase("registration"):
+                version = _register_unless_refused(
+                    data, family_spec, params, weighting, evaluation, settings, folder, metrics, progress, clock
+                )
+                figures = _keep_figures(settings, data, family, evaluation)
+        timing = clock.metrics()  # after registration, so study_seconds is the whole study
+        mlflow.log_metrics(timing)
     return StudyOutcome(
         family,
         parent.info.run_id,
-        metrics,
+        metrics | timing,
         best.params,
         version,
         search.completed,
         search.pruned,
-        time.perf_counter() - started,
+        timing["study_seconds"],
         figures,
         evaluation.tradable,
         evaluation.tradable_reason,
         evaluation.fold_table,
         evaluation.regime_table,
+        phases=dict(clock.seconds),
     )
 
 
@@ -290,10 +321,13 @@ def _search(
     experiment: str,
     stamp: str,
     progress: Callable[[str], None],
+    parent: mlflow.ActiveRun,
 ) -> Search:
-    """The Optuna search over the family's space, a nested MLflow run per trial, scored on the search folds only."""
+    """The Optuna search over the family's space, a nested MLflow run per trial, scored on the search folds only.
+    With `study_jobs` above 1 trials run in threads, each with its own MLflow run stack: the parent is named."""
     family, cls = family_spec.name, family_spec.forecaster_class()
     predictions: dict[int, tuple[np.ndarray, list[float], np.ndarray]] = {}
+    last_fold = search_folds[-1].number
 
     def objective(trial: optuna.Trial) -> float:
         params = {**cls.search_space(trial), **fixed}
@@ -304,21 +338,39 @@ def _search(
         )
         trial_started = time.perf_counter()
         # A nested run does not inherit its parent's experiment; without it trials land in "Default".
-        with mlflow.start_run(experiment_id=experiment, run_name=f"trial-{trial.number}", nested=True):
+        with mlflow.start_run(
+            experiment_id=experiment,
+            run_name=f"trial-{trial.number}",
+            nested=True,
+            parent_run_id=parent.info.run_id,
+        ):
             mlflow.log_params({**params, "class_weight": weighting})
 
             def on_fold(number: int, loss: float) -> None:
                 mlflow.log_metric("fold_loss", loss, step=number)
                 trial.report(loss, number)
-                if trial.should_prune():
-                    mlflow.set_tag("state", "pruned")
+                # Pruning after the last search fold would save nothing and lose a finished trial.
+                if number != last_fold and trial.should_prune():
                     raise optuna.TrialPruned(f"fold {number} loss {loss:.4f}")
 
-            prediction, losses, uncalibrated = out_of_sample(
-                lambda: make_forecaster(family, params, settings), data, search_folds, weighting, on_fold
+            try:
+                prediction, losses, uncalibrated = out_of_sample(
+                    lambda: make_forecaster(family, params, settings), data, search_folds, weighting, on_fold
+                )
+            except optuna.TrialPruned as pruned:
+                # Ended as FINISHED and tagged, not FAILED: a pruned trial is the search working, not an error.
+                mlflow.set_tag("state", "pruned")
+                stopped: optuna.TrialPruned | None = pruned
+            else:
+                stopped = None
+                mean_loss = float(np.mean(losses))
+                mlflow.log_metric("mean_fold_loss", mean_loss)
+        if stopped is not None:
+            progress(
+                f"[{data.symbol} {data.target} {family}] trial {trial.number + 1}/{n_trials}: pruned after "
+                f"{stopped} in {time.perf_counter() - trial_started:.1f}s {params | {'class_weight': weighting}}"
             )
-            mean_loss = float(np.mean(losses))
-            mlflow.log_metric("mean_fold_loss", mean_loss)
+            raise stopped
         predictions[trial.number] = (prediction, losses, uncalibrated)
         progress(
             f"[{data.symbol} {data.target} {family}] trial {trial.number + 1}/{n_trials}: loss {mean_loss:.5f} "
@@ -332,11 +384,12 @@ def _search(
         storage=settings.study_storage,
         direction="minimize",
         sampler=optuna.samplers.TPESampler(seed=settings.training.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+        pruner=make_pruner(settings.training.pruner, settings.training.pruner_startup_trials),
     )
     study.optimize(
         objective,
         n_trials=n_trials,
+        n_jobs=settings.training.study_jobs,
         timeout=settings.training.study_timeout_s,
         show_progress_bar=settings.training.progress_bar,
     )
@@ -396,6 +449,7 @@ def _register_unless_refused(
     folder: Path,
     metrics: dict[str, float],
     progress: Callable[[str], None],
+    clock: PhaseClock,
 ) -> str | None:
     """The registered version, or None for a baseline or a model registration refuses (tagged with why)."""
     family = family_spec.name
@@ -406,7 +460,7 @@ def _register_unless_refused(
     version = (
         None
         if family_spec.baseline or refused
-        else _refit_and_register(data, family, params, weighting, evaluation, settings, folder, metrics)
+        else _refit_and_register(data, family, params, weighting, evaluation, settings, folder, metrics, clock)
     )
     mlflow.set_tag("mlflow.note.content", run_summary(family, data, metrics, version, refused))
     return version
@@ -440,6 +494,7 @@ def _refit_and_register(
     settings: Settings,
     folder: Path,
     metrics: dict[str, float],
+    clock: PhaseClock,
 ) -> str:
     from mlflow.models import infer_signature
 
@@ -448,7 +503,10 @@ def _refit_and_register(
     from mlflow import MlflowClient
 
     every_row = np.arange(len(data))
-    model = make_forecaster(family, params, settings).fit(data.x, data.y, sample_weights(data, every_row, weighting))
+    with clock.phase("refit"):
+        model = make_forecaster(family, params, settings).fit(
+            data.x, data.y, sample_weights(data, every_row, weighting)
+        )
     saved = folder / "forecaster"
     model.save(saved)
     meta = {

@@ -43,7 +43,10 @@ def train_symbol_target(
     progress: Callable[[str], None] = log.info,
     as_of: datetime | None = None,
     data: TrainingData | None = None,
+    parallel_runs: int = 1,
 ) -> list[StudyOutcome]:
+    """Every family's study, or its earlier outcome when nothing it depends on changed. `parallel_runs`: training
+    runs that may run beside this one and share the cores (training.threads)."""
     data = data or training_data(settings, symbol, target, as_of)
     folds = folds_for(data, settings)
     progress(
@@ -59,5 +62,8 @@ def train_symbol_target(
             progress(
                 f"[{symbol} {target} {family}] unchanged since run {earlier.run_id} (same data, settings and code): reused"
             )
-        outcomes.append(earlier or run_study(data, family, folds, settings, progress, fingerprint=fingerprint))
+        outcomes.append(
+            earlier
+            or run_study(data, family, folds, settings, progress, fingerprint=fingerprint, parallel_runs=parallel_runs)
+        )
     return outcomes

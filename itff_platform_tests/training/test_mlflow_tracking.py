@@ -39,8 +39,26 @@ def test_a_parent_run_per_study_and_a_child_run_per_trial(tracked):
         children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{outcome.run_id}'")
         expected = 1 if outcome.family.startswith("baseline") else 2
         assert len(children) == expected, outcome.family
-        assert all("mean_fold_loss" in child.data.metrics for child in children)
+        # A pruned trial (tagged, and finished: pruning is no failure) has the folds it ran, not a mean of them.
+        pruned = [child for child in children if child.data.tags.get("state") == "pruned"]
+        assert len(pruned) == outcome.trials_pruned
+        assert all(child.info.status == "FINISHED" for child in children)
+        assert all("mean_fold_loss" in child.data.metrics for child in children if child not in pruned)
+        assert all("fold_loss" in child.data.metrics for child in children)
         assert all(child.data.params for child in children if not outcome.family.startswith("baseline"))
+
+
+def test_each_study_logs_where_its_time_went(tracked):
+    settings, outcomes, _ = tracked
+    client = MlflowClient(settings.tracking_uri)
+    for outcome in outcomes:
+        metrics = client.get_run(outcome.run_id).data.metrics
+        phases = {k.removesuffix("_seconds"): v for k, v in metrics.items() if k.endswith("_seconds")}
+        total = phases.pop("study")
+        expected = {"setup", "search", "holdout", "evaluation", "registration"}
+        assert expected | ({"refit"} if outcome.model_version else set()) == set(phases), outcome.family
+        assert sum(phases.values()) <= total <= sum(phases.values()) + 1.0
+        assert outcome.phases == pytest.approx(phases) and outcome.seconds == pytest.approx(total)
 
 
 def test_every_family_reports_the_same_metric_names(tracked):
@@ -183,3 +201,15 @@ def test_an_experiment_made_before_the_kind_tag_gets_it(tmp_path):
         MlflowClient(settings.tracking_uri).get_experiment(old).tags["mlflow.experimentKind"]
         == "custom_model_development"
     )
+
+
+def test_trials_run_in_parallel_threads_are_nested_under_their_study(tmp_path):
+    settings = Settings(home=tmp_path, trials=2, study_jobs=2, wf_folds=3, pruner="none")
+    silver = build_features(random_walk_candles(3000, seed=3), settings).collect()
+    data = training_data(settings, "TESTUSDT", "direction", silver=silver)
+    (outcome,) = train_symbol_target(settings, "TESTUSDT", "direction", families=["logistic"], data=data)
+    client = MlflowClient(settings.tracking_uri)
+    children = client.search_runs(
+        [client.get_run(outcome.run_id).info.experiment_id], f"tags.`mlflow.parentRunId` = '{outcome.run_id}'"
+    )
+    assert len(children) == 2 and outcome.trials_completed == 2

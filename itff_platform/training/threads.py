@@ -1,0 +1,51 @@
+"""How many threads a study's numeric work may use, and setting it only while the study runs.
+
+torch's intra-op pool and the BLAS/OpenMP pools (scikit-learn's gradient boosting) each start one thread per core.
+That is right for one trial at a time, and oversubscribes the cores when Optuna runs trials in parallel
+(`study_jobs`) or Dagster runs training runs side by side: two trials of two threads each on two cores spend their
+time switching. So each trial gets the cores this process may run on, divided among everything that runs at once.
+These pools are process-wide, so the limit is set around the study and put back after it, never at import."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from itff_platform.settings import Settings
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container or taskset narrows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_trial(settings: Settings, parallel_runs: int = 1) -> int:
+    """`torch_threads` when set, else the available cores shared among the trials run at once (`study_jobs`) and
+    the training runs that may run beside this one (`parallel_runs`, from Dagster's run queue)."""
+    if settings.training.torch_threads:
+        return settings.training.torch_threads
+    return max(1, available_cores() // (settings.training.study_jobs * max(1, parallel_runs)))
+
+
+@contextmanager
+def study_threads(threads: int, uses_torch: bool) -> Iterator[None]:
+    """torch's intra-op threads (for a torch family) and the BLAS/OpenMP pools limited to `threads` inside the
+    block, and restored after it."""
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    with threadpool_limits(limits=threads):
+        if not uses_torch:
+            yield
+            return
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)

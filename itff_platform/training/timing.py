@@ -1,0 +1,48 @@
+"""Where a study's wall time goes: seconds per phase (search, holdout, evaluation, refit, registration)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+PHASES = ("setup", "search", "holdout", "evaluation", "refit", "registration")
+
+
+class PhaseClock:
+    """Wall seconds per phase. A phase entered inside another (the refit inside registration) is charged to itself
+    only, so the phases add up to the study's time instead of counting the refit twice."""
+
+    def __init__(self) -> None:
+        self.started = self._mark = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+        self._open: list[str] = []
+
+    def _charge(self) -> None:
+        now = time.perf_counter()
+        if self._open:
+            self.seconds[self._open[-1]] = self.seconds.get(self._open[-1], 0.0) + now - self._mark
+        self._mark = now
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        self._charge()
+        self._open.append(name)
+        try:
+            yield
+        finally:
+            self._charge()
+            self._open.pop()
+
+    @property
+    def total(self) -> float:
+        return time.perf_counter() - self.started
+
+    def metrics(self) -> dict[str, float]:
+        """`study_seconds` (the whole study) and `<phase>_seconds` for each phase it went through, for MLflow."""
+        return {"study_seconds": self.total, **{f"{name}_seconds": s for name, s in self.seconds.items()}}
+
+
+def phases_of(metrics: dict[str, float]) -> dict[str, float]:
+    """The phase seconds a study logged (read back from MLflow for a reused study), in PHASES order."""
+    return {name: metrics[f"{name}_seconds"] for name in PHASES if f"{name}_seconds" in metrics}

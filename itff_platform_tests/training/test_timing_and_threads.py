@@ -1,0 +1,58 @@
+"""Where a study's time goes (training.timing), and how many threads its trials use (training.threads)."""
+
+import time
+
+import torch
+from dagster import DagsterInstance
+from threadpoolctl import threadpool_info
+
+from itff_platform.defs.training_assets import parallel_runs
+from itff_platform.reporting import time_by_family
+from itff_platform.settings import Settings
+from itff_platform.training.threads import available_cores, study_threads, threads_per_trial
+from itff_platform.training.timing import PhaseClock, phases_of
+
+
+def test_a_phase_inside_another_is_charged_to_itself_only():
+    clock = PhaseClock()
+    with clock.phase("registration"):
+        time.sleep(0.01)
+        with clock.phase("refit"):
+            time.sleep(0.2)
+    assert clock.seconds["refit"] >= 0.2
+    assert 0.01 <= clock.seconds["registration"] < 0.2  # counted with the refit, it would be 0.21 or more
+    metrics = clock.metrics()
+    assert metrics["study_seconds"] >= metrics["refit_seconds"] + metrics["registration_seconds"]
+    assert phases_of(metrics) == {"refit": clock.seconds["refit"], "registration": clock.seconds["registration"]}
+
+
+def test_trials_share_the_cores_among_what_runs_at_once():
+    cores = available_cores()
+    assert threads_per_trial(Settings()) == cores
+    assert threads_per_trial(Settings(study_jobs=2)) == max(1, cores // 2)
+    assert threads_per_trial(Settings(), parallel_runs=cores * 4) == 1
+    assert threads_per_trial(Settings(torch_threads=3, study_jobs=2)) == 3
+
+
+def test_the_thread_limit_holds_inside_the_study_only():
+    before = torch.get_num_threads()
+    with study_threads(1, uses_torch=True):
+        assert torch.get_num_threads() == 1
+        assert all(pool["num_threads"] == 1 for pool in threadpool_info())
+    assert torch.get_num_threads() == before
+
+
+def test_an_instance_without_a_run_queue_runs_one_training_run_at_a_time():
+    assert parallel_runs(DagsterInstance.ephemeral()) == 1
+
+
+def test_the_cli_prints_study_time_by_family_slowest_first():
+    rows = [
+        {"family": "logistic", "study_s": 10.0, "phase_s": {"search": 6.0, "refit": 2.0}},
+        {"family": "transformer", "study_s": 40.0, "phase_s": {"search": 30.0}},
+        {"family": "logistic", "study_s": 12.0, "phase_s": {"search": 8.0, "refit": 2.5}},
+    ]
+    lines = time_by_family(rows).splitlines()
+    assert "62 s in all" in lines[0]
+    assert lines[1].split()[:3] == ["transformer", "40.0", "s"]
+    assert lines[2].split()[:3] == ["logistic", "22.0", "s"] and "search 14.0, refit 4.5" in lines[2]
