@@ -85,7 +85,7 @@ mlflow-ui: install
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} exec $(BIN)/mlflow ui \
 		--backend-store-uri "$$tracking_uri" --default-artifact-root "$$artifact_root" --host 127.0.0.1 --port $${MLFLOW_PORT:-5000}
 
-## bench-lake: bronze -> silver on 10M synthetic 1-minute rows, and a one-day incremental update
+## bench-lake: bronze -> silver on 10M synthetic 1-minute rows, a one-day incremental update, and pandas/TA-Lib references
 bench-lake: install
 	$(BIN)/python benchmarks/bench_lake.py
 

@@ -4,7 +4,8 @@
     ITFF_BENCH_ROWS=1000000 make bench-lake
 
 Reports the full rebuild (read bronze, compute features/regime/labels, write silver), rows/s, peak RSS,
-and a one-day incremental update on top of the full history. Results go to benchmarks/results/lake.json.
+a one-day incremental update on top of the full history, and compute-only rows/s beside the same feature set
+in pandas and TA-Lib (lake_references.py) on the same candles. Results go to benchmarks/results/lake.json.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from pathlib import Path
 
 import polars as pl
 
-from itff_platform.features.silver import month_windows, window_frames
+from itff_platform.features.silver import feature_columns, history_bars_needed, month_windows, window_frames
 from itff_platform.lake.delta import read_rows, replace_partitions, with_month
 from itff_platform.lake.layers import LakeTables, build_silver
 from itff_platform.market.synthetic import random_walk_candles
 from itff_platform.settings import Settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lake_references import agreement, candle_arrays, pandas_features, talib_features
 
 ROOT = Path(__file__).resolve().parents[1]
 SYMBOL = "BENCHUSDT"
@@ -72,6 +76,30 @@ def timed(fn):
     return value, time.perf_counter() - started
 
 
+def compare_references(bronze: pl.DataFrame, silver: pl.DataFrame, settings: Settings, silver_s: float) -> dict:
+    """Compute only, on the same candles: silver (features, regime and labels, per anchored month) beside the
+    same feature set in pandas and in TA-Lib (lake_references), with each one's largest difference from silver."""
+    arrays = candle_arrays(bronze)
+    rows = bronze.height
+    found: dict[str, dict] = {"silver (polars)": {"seconds": round(silver_s, 3), "rows_per_s": round(rows / silver_s)}}
+    for name, compute in (("pandas", pandas_features), ("TA-Lib", talib_features)):
+        try:
+            features, seconds = timed(lambda: compute(arrays, settings))
+        except ImportError as missing:  # TA-Lib is a dev extra
+            print(f"{name}: skipped ({missing})", flush=True)
+            continue
+        skip = history_bars_needed(settings)
+        found[name] = {
+            "seconds": round(seconds, 3),
+            "rows_per_s": round(rows / seconds),
+            "max_relative_difference_from_silver": float(f"{agreement(features, silver, skip):.1e}"),
+        }
+    print(f"compute only, {rows:,} rows, {len(feature_columns(settings))} feature columns:", flush=True)
+    for name, figures in found.items():
+        print(f"  {name:16} {figures['seconds']:7.2f} s  {figures['rows_per_s'] / 1e6:6.2f} M rows/s", flush=True)
+    return found
+
+
 def main() -> None:
     rows = int(os.environ.get("ITFF_BENCH_ROWS", 10_000_000))
     lake_dir = ROOT / "data_lake" / "bench"
@@ -98,10 +126,13 @@ def main() -> None:
     del silver
     windows = month_windows(months, settings)
     read, t_read = timed(lambda: read_rows(tables.bronze, "1m", SYMBOL, windows[0][0], windows[-1][3]))
-    _, t_compute = timed(
-        lambda: pl.collect_all([rows for _, rows in window_frames(read, settings, months)], engine="in-memory")
+    computed, t_compute = timed(
+        lambda: pl.concat(
+            pl.collect_all([rows for _, rows in window_frames(read, settings, months)], engine="in-memory")
+        )
     )
     print(f"rebuild: {rebuild_s:.2f}s (alone: read {t_read:.2f}s, compute {t_compute:.2f}s)", flush=True)
+    references = compare_references(read, computed, settings, t_compute)
 
     # One new day, five times over fresh days: bronze append, then the silver update for that day.
     updates, appends = [], []
@@ -135,6 +166,7 @@ def main() -> None:
         "one_day_silver_update_runs": [round(u, 4) for u in updates],
         "one_day_bronze_append_s_median": round(statistics.median(appends), 4),
         "one_day_update_share_of_rebuild": round(update_s / rebuild_s, 4),
+        "compute_only_rows_per_s": references,
     }
     out = ROOT / "benchmarks" / "results" / "lake.json"
     out.parent.mkdir(parents=True, exist_ok=True)

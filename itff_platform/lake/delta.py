@@ -6,6 +6,7 @@ predicate then compares like with like, and a rewrite of one month can never wid
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import uuid
@@ -216,8 +217,26 @@ def read_rows(
         scan = scan.filter(pl.col("month") >= start.replace(day=1).date(), pl.col("timestamp") >= start)
     if end is not None:
         scan = scan.filter(pl.col("month") <= end.date(), pl.col("timestamp") < end)
-    # Sorting on the string key costs 6x more than on timestamp alone; skip it when one symbol is read.
-    return scan.sort("timestamp" if symbol is not None else ["symbol", "timestamp"]).collect()
+    if symbol is None:
+        return scan.sort(["symbol", "timestamp"]).collect()
+    return in_time_order(scan.collect())
+
+
+def in_time_order(frame: pl.DataFrame) -> pl.DataFrame:
+    """One symbol's rows sorted by timestamp. Each file holds sorted rows and files rarely overlap in time, so the
+    sorted runs are put in order by reference (zero-copy slices) instead of sorting and gathering every column
+    (0.45 s of a 0.55 s read of 2M bronze rows). Falls back to a sort when runs overlap or share a timestamp."""
+    stamps = frame["timestamp"]
+    if stamps.is_sorted():
+        return frame
+    breaks = (stamps < stamps.shift(1)).arg_true().to_list()
+    bounds = list(zip([0, *breaks], [*breaks, frame.height], strict=True))
+    runs = sorted(bounds, key=lambda run: stamps[run[0]])
+    if any(stamps[end - 1] >= stamps[start] for (_, end), (start, _) in itertools.pairwise(runs)):
+        return frame.sort("timestamp")
+    return pl.concat([frame.slice(start, end - start) for start, end in runs]).with_columns(
+        pl.col("timestamp").set_sorted()
+    )
 
 
 def table_version(path: str | Path) -> int | None:

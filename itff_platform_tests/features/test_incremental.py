@@ -47,3 +47,21 @@ def test_the_warm_up_covers_every_rolling_window():
     read_from, read_to = read_span(settings, start, end)
     assert start - read_from == needed * timedelta(hours=1)
     assert read_to - end == settings.features.label_horizon * timedelta(hours=1)
+
+
+def test_a_month_alone_equals_the_rebuild_when_gaps_stretch_the_daily_range_look_back():
+    """The daily range is computed once over the whole read, and reads 14 days of bars back by row. A gap just
+    after the month's read starts pushes that look-back before the read: the rebuild, which holds those bars,
+    must still give what the month alone (which does not) gives."""
+    settings = Settings(interval="1m")
+    candles = random_walk_candles(60 * 24 * 70, step_s=60, start=utc(2023, 12, 20))  # to 2024-02-28
+    march_like = utc(2024, 2, 1)
+    read_from, _ = read_span(settings, march_like, utc(2024, 3, 1))
+    ts = pl.col("timestamp")
+    gap = ts.is_between(read_from + timedelta(hours=1), read_from + timedelta(days=2), closed="left")
+    candles = candles.filter(~gap)
+    rebuild = silver_months(candles, settings, [utc(2024, 1, 1), march_like])
+    alone = silver_months(candles.filter(ts >= read_from), settings, [march_like])
+    early = alone.filter(ts < march_like + timedelta(days=1))
+    assert early["average_daily_range"].null_count() > 0  # the look-back does reach before the read
+    assert alone.equals(rebuild.filter(ts >= march_like))

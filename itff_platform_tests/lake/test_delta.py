@@ -121,3 +121,33 @@ def test_bronze_for_months_that_are_not_adjacent_leaves_the_month_between_alone(
     assert report.result.raw_rows == (31 + 31) * 24 and report.result.reconciles
     bronze = read_rows(LakeTables.under(settings).bronze, "1h")
     assert bronze.group_by("month").len().sort("month")["len"].to_list() == [744, 696, 744]
+
+
+def test_one_symbol_reads_back_in_time_order_whatever_the_order_of_its_files(tmp_path):
+    """read_rows puts sorted runs (files) in order without a full sort: months written newest first, and a day
+    rewritten inside a month (a second file there), still read back exactly as a sort would give them."""
+    path = tmp_path / "table"
+    frame = lake_frame("BTCUSDT")
+    for month in sorted(frame["month"].unique().to_list(), reverse=True):
+        replace_partitions(path, frame.filter(pl.col("month") == month), "1h", "BTCUSDT", [month])
+    since = utc(2024, 2, 10)
+    replace_partitions(
+        path,
+        frame.filter(pl.col("timestamp") >= since, pl.col("month") == date(2024, 2, 1)),
+        "1h",
+        "BTCUSDT",
+        [date(2024, 2, 1)],
+        since=since,
+    )
+    back = read_rows(path, "1h", "BTCUSDT")
+    assert back["timestamp"].is_sorted()
+    assert back.select(frame.columns).equals(frame)
+
+
+def test_time_order_falls_back_to_a_sort_when_runs_overlap():
+    from itff_platform.lake.delta import in_time_order
+
+    frame = lake_frame("BTCUSDT", n=48)
+    interleaved = pl.concat([frame.gather_every(2), frame.gather_every(2, offset=1)])
+    assert in_time_order(interleaved).equals(frame)
+    assert in_time_order(pl.concat([frame.tail(10), frame.head(38)])).equals(frame)
