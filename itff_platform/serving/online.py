@@ -12,7 +12,7 @@ from typing import Annotated
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, Strict, field_validator
+from pydantic import BaseModel, Strict
 
 from itff_platform.rules import REGIMES, as_utc
 from itff_platform.settings import INTERVAL_SECONDS, Settings
@@ -41,20 +41,16 @@ class RequestError(ValueError):
 
 
 class Candle(BaseModel):
+    """One bar. A time without a timezone is read as UTC; any offset is accepted and converted to UTC when the
+    window becomes a frame (candle_frame), all at once: a per-candle validator cost more than the rest of
+    validating 800 candles."""
+
     timestamp: datetime
     open: Number
     high: Number
     low: Number
     close: Number
     volume: Number
-
-    @field_validator("timestamp")
-    @classmethod
-    def _utc(cls, value: datetime) -> datetime:
-        try:
-            return as_utc(value)
-        except OverflowError:  # year 1 with a +01:00 offset: not a ValueError, so pydantic would not catch it
-            raise ValueError("not representable in UTC") from None
 
 
 def minimum_candles(settings: Settings) -> int:
@@ -68,8 +64,10 @@ def model_interval(model, settings: Settings) -> str:
     return interval if interval in INTERVAL_SECONDS else settings.interval
 
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+EPOCH, NAIVE_EPOCH = datetime(1970, 1, 1, tzinfo=UTC), datetime(1970, 1, 1)
 MICROSECOND = timedelta(microseconds=1)
+FIRST_UTC_US = (datetime.min.replace(tzinfo=UTC) - EPOCH) // MICROSECOND
+LAST_UTC_US = (datetime.max.replace(tzinfo=UTC) - EPOCH) // MICROSECOND
 CANDLE_VALUES = ("open", "high", "low", "close", "volume")
 WINDOWS_KEPT = 64  # candle windows whose features each worker remembers (~170 KB each for 800 bars)
 
@@ -77,7 +75,17 @@ WINDOWS_KEPT = 64  # candle windows whose features each worker remembers (~170 K
 def candle_frame(candles: list[Candle]) -> pl.DataFrame:
     """The candles as a frame (timestamp in UTC microseconds), built from two numpy arrays: one pass over the
     objects, no per-candle dict."""
-    stamps = np.fromiter(((c.timestamp - EPOCH) // MICROSECOND for c in candles), np.int64, len(candles))
+    stamps = np.fromiter(
+        (
+            ((c.timestamp - EPOCH) if c.timestamp.tzinfo else (c.timestamp - NAIVE_EPOCH)) // MICROSECOND
+            for c in candles
+        ),
+        np.int64,
+        len(candles),
+    )
+    outside = (stamps < FIRST_UTC_US) | (stamps > LAST_UTC_US)  # year 1 at +01:00 is in year 0 in UTC
+    if outside.any():
+        raise RequestError(f"candles[{int(outside.argmax())}].timestamp: not representable in UTC")
     values = np.array([(c.open, c.high, c.low, c.close, c.volume) for c in candles], dtype=np.float64)
     values = values.reshape(len(candles), len(CANDLE_VALUES))
     return pl.DataFrame(

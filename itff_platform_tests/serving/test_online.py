@@ -90,3 +90,20 @@ def test_a_refused_window_stays_refused_and_the_clock_is_asked_every_time(btc_ho
     monkeypatch.setattr(module, "datetime", Past)
     with pytest.raises(RequestError, match="is in the future"):
         online.rows(candles, settings, "1h")
+
+
+def test_candle_times_are_read_as_utc_with_or_without_an_offset(btc_hourly):
+    from datetime import timedelta, timezone
+
+    settings = Settings()
+    (candles,) = windows(btc_hourly, [utc(2024, 3, 1)])
+    plus_one = timezone(timedelta(hours=1))
+    naive = [c.model_copy(update={"timestamp": c.timestamp.replace(tzinfo=None)}) for c in candles]
+    shifted = [c.model_copy(update={"timestamp": c.timestamp.astimezone(plus_one)}) for c in candles]
+    expected = checked_candles(candles, settings, "1h")
+    assert expected["timestamp"][-1] == utc(2024, 3, 1)
+    for other in (naive, shifted):
+        assert checked_candles(other, settings, "1h").equals(expected)
+    year_one = [candles[0].model_copy(update={"timestamp": datetime(1, 1, 1, tzinfo=plus_one)}), *candles[1:]]
+    with pytest.raises(RequestError, match=r"candles\[0\]\.timestamp: not representable in UTC"):
+        checked_candles(year_one, settings, "1h")
