@@ -69,7 +69,7 @@ MICROSECOND = timedelta(microseconds=1)
 FIRST_UTC_US = (datetime.min.replace(tzinfo=UTC) - EPOCH) // MICROSECOND
 LAST_UTC_US = (datetime.max.replace(tzinfo=UTC) - EPOCH) // MICROSECOND
 CANDLE_VALUES = ("open", "high", "low", "close", "volume")
-WINDOWS_KEPT = 64  # candle windows whose features each worker remembers (~170 KB each for 800 bars)
+WINDOWS_KEPT = 64  # candle windows whose features each worker remembers (~230 KB each for 800 bars)
 
 
 def candle_frame(candles: list[Candle]) -> pl.DataFrame:
