@@ -93,7 +93,9 @@ bench-lake: install
 bench-training: install
 	$(BIN)/python benchmarks/bench_training.py
 
-## bench-serve: /predict latency and throughput at concurrency 1, 8 and 32 against a real bentoml serve
+## bench-serve: /predict latency and throughput at concurrency 1, 8 and 32 against a real bentoml serve and, interleaved,
+## a bare FastAPI + uvicorn anchor on the same champion (benchmarks/anchor_app.py), both 2 workers: prints the ratio.
+## Then /predict with 800 candles (one window repeated, and a window sliding one bar per request) and /predict_batch
 bench-serve: install
 	@command -v hey >/dev/null || (apt-get update -qq && apt-get install -y -qq hey)
 	$(BIN)/python benchmarks/bench_serve.py

@@ -1,10 +1,18 @@
-"""/predict latency and throughput against a real `bentoml serve`, beside the in-process model call.
+"""/predict latency and throughput against a real `bentoml serve`, side by side with a bare FastAPI anchor.
 
-    make run            # champions must exist
+    make run            # champions must exist (or ITFF_HOME pointing at a registry that has them)
     make bench-serve    # installs hey (Debian) if missing
 
-Concurrency 1, 8 and 32 with hey, a feature-row body; then the best of three /predict_batch calls of 10,000 rows.
-The load generator runs on the same 2 cores as the server, so these figures are conservative."""
+Both servers run at once with 2 workers each: the service (`bentoml serve`, every guarantee on: auth, rate
+limit, size limit, prediction log, metrics) and benchmarks/anchor_app.py (FastAPI + uvicorn with httptools,
+scoring the same champion and nothing else). hey measures them interleaved, level by level, for
+ITFF_BENCH_ROUNDS rounds, so a load spike from elsewhere hits both; the ratio is ITFF / anchor per level.
+
+Then the candle path (/predict with 800 candles, what TradingView sends): hey with one window over and over
+(a window the worker has seen, as when several models or clients ask about the same bar), and a client
+that slides the window one bar per request (every window new: the features are computed). Last, the best
+of three /predict_batch calls of 10,000 rows. The load generator shares the machine's cores with the
+servers, so these figures are conservative; the machine's load average is printed beside them."""
 
 from __future__ import annotations
 
@@ -19,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -28,6 +36,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-token"
 DURATION_S = int(os.environ.get("ITFF_BENCH_SECONDS", "10"))
+ROUNDS = int(os.environ.get("ITFF_BENCH_ROUNDS", "2"))
+WORKERS = 2
+CANDLES = 800
+SLIDES = int(os.environ.get("ITFF_BENCH_SLIDES", "100"))
 BATCH_ROWS = 10_000
 
 
@@ -37,9 +49,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def champion_row(symbol: str, target: str) -> tuple[dict, object]:
-    from datetime import datetime
+def load_average() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
+
+def champion_inputs(symbol: str, target: str) -> tuple[dict, list[dict], object]:
+    """(a feature row, the candles to slide windows over, the champion) from the packaged sample."""
     from itff_platform.contracts.champions import ChampionStore
     from itff_platform.features.silver import build_features, feature_columns
     from itff_platform.market.sample import SampleCandleSource
@@ -52,29 +67,23 @@ def champion_row(symbol: str, target: str) -> tuple[dict, object]:
     if model is None:
         sys.exit(f"no champion for {symbol} {target}: run `make run` first")
     candles = SampleCandleSource().fetch(
-        symbol, "1h", datetime(2024, 8, 1, tzinfo=UTC), datetime(2024, 10, 1, tzinfo=UTC)
+        symbol, "1h", datetime(2024, 7, 1, tzinfo=UTC), datetime(2024, 10, 1, tzinfo=UTC)
     )
     row = build_features(candles, settings).collect().select(feature_columns(settings)).row(-1, named=True)
-    return row, model
+    bars = [
+        dict(zip(("timestamp", "open", "high", "low", "close", "volume"), (r[0].isoformat(), *r[1:]), strict=True))
+        for r in candles.select("timestamp", "open", "high", "low", "close", "volume")
+        .tail(CANDLES + SLIDES)
+        .iter_rows()
+    ]
+    return row, bars, model
 
 
 def hey(url: str, body: Path, concurrency: int) -> dict:
     out = subprocess.run(
         [
-            "hey",
-            "-z",
-            f"{DURATION_S}s",
-            "-c",
-            str(concurrency),
-            "-m",
-            "POST",
-            "-T",
-            "application/json",
-            "-H",
-            f"X-API-Token: {TOKEN}",
-            "-D",
-            str(body),
-            url,
+            *("hey", "-z", f"{DURATION_S}s", "-c", str(concurrency), "-m", "POST", "-T", "application/json"),
+            *("-H", f"X-API-Token: {TOKEN}", "-D", str(body), url),
         ],
         capture_output=True,
         text=True,
@@ -89,14 +98,67 @@ def hey(url: str, body: Path, concurrency: int) -> dict:
         "p95_ms": pct.get("95"),
         "p99_ms": pct.get("99"),
         "status_codes": codes,
+        "load_average": load_average(),
     }
+
+
+def start(command: list[str], env: dict, url: str, name: str) -> subprocess.Popen:
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(120):
+        if server.poll() is not None:
+            sys.exit(f"{name} exited with {server.returncode} before answering")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    server.kill()
+    sys.exit(f"{name} did not answer {url} in 120 s")
+
+
+def sliding_windows(url: str, symbol: str, target: str, bars: list[dict]) -> dict:
+    """One client, a window one bar later per request: each window is new to the service."""
+    times = []
+    with httpx.Client(headers={"X-API-Token": TOKEN}, timeout=30) as client:
+        for i in range(SLIDES):
+            body = json.dumps({"symbol": symbol, "target": target, "candles": bars[i : i + CANDLES]}).encode()
+            started = time.perf_counter()
+            answer = client.post(f"{url}/predict", content=body, headers={"Content-Type": "application/json"})
+            times.append(time.perf_counter() - started)
+            if answer.status_code != 200:
+                raise RuntimeError(f"/predict with candles answered {answer.status_code}: {answer.text[:300]}")
+    return {
+        "requests": SLIDES,
+        "p50_ms": round(statistics.median(times) * 1000, 1),
+        "p95_ms": round(float(np.percentile(times, 95)) * 1000, 1),
+        "load_average": load_average(),
+    }
+
+
+def batch(url: str, symbol: str, target: str, row: dict) -> float:
+    # The body is encoded before the clock starts: the figure is the server's, not the client's json.dumps.
+    body = json.dumps({"symbol": symbol, "target": target, "rows": [list(row.values())] * BATCH_ROWS}).encode()
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        answer = httpx.post(
+            f"{url}/predict_batch",
+            content=body,
+            timeout=60,
+            headers={"X-API-Token": TOKEN, "Content-Type": "application/json"},
+        )
+        best = min(best, time.perf_counter() - started)
+        if answer.status_code != 200 or len(answer.json()["prob_up"]) != BATCH_ROWS:
+            raise RuntimeError(f"/predict_batch answered {answer.status_code}: {answer.text[:300]}")
+    return best
 
 
 def main() -> None:
     if shutil.which("hey") is None:
         sys.exit("hey is missing: apt-get install -y hey (make bench-serve does this)")
     symbol, target = os.environ.get("ITFF_BENCH_SYMBOL", "ETHUSDT"), os.environ.get("ITFF_BENCH_TARGET", "direction")
-    row, model = champion_row(symbol, target)
+    row, bars, model = champion_inputs(symbol, target)
     x = np.asarray([list(row.values())])
     calls = []
     for _ in range(2000):
@@ -108,12 +170,14 @@ def main() -> None:
         "p95_ms": round(float(np.percentile(calls, 95)) * 1000, 3),
     }
 
-    port = free_port()
+    port, anchor_port = free_port(), free_port()
+    bin_dir = Path(sys.executable).parent
     env = {
         **os.environ,
         "ITFF_API_TOKENS": json.dumps([TOKEN]),
         "ITFF_SYMBOLS": json.dumps([symbol]),
         "ITFF_TARGETS": json.dumps([target]),
+        "ITFF_SERVE_WORKERS": str(WORKERS),
         "ITFF_RATE_LIMIT_PER_MINUTE": "100000000",
         "ITFF_RATE_LIMIT_BURST": "100000000",
         "ITFF_RELOAD_INTERVAL_S": "0",
@@ -121,62 +185,51 @@ def main() -> None:
         "ITFF_MAX_REQUEST_BYTES": str(50_000_000),  # the 10,000-row batch is ~5 MB of JSON
         # Its own BENTOML_HOME, as make serve gives each port: a shared one would wipe a running service's metrics.
         "BENTOML_HOME": str(ROOT / ".bentoml" / str(port)),
+        "ITFF_BENCH_SYMBOL": symbol,
+        "ITFF_BENCH_TARGET": target,
     }
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "bentoml"),
-            "serve",
-            "itff_platform.serving.service:ItffService",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    url, anchor_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{anchor_port}"
+    service_cmd = [str(bin_dir / "bentoml"), "serve", "itff_platform.serving.service:ItffService"]
+    service_cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    anchor_cmd = [str(bin_dir / "uvicorn"), "anchor_app:app", "--app-dir", str(ROOT / "benchmarks")]
+    anchor_cmd += ["--http", "httptools", "--workers", str(WORKERS), "--no-access-log", "--log-level", "warning"]
+    anchor_cmd += ["--host", "127.0.0.1", "--port", str(anchor_port)]
+    servers = [start(service_cmd, env, f"{url}/readyz", "bentoml serve")]
     try:
-        for _ in range(120):
-            try:
-                if (
-                    httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-                ):  # the bare probe; POST lists models, with a token
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
+        servers.append(start(anchor_cmd, env, f"{anchor_url}/docs", "the FastAPI anchor"))
         with tempfile.TemporaryDirectory() as scratch:
-            body = Path(scratch) / "body.json"
+            body, window = Path(scratch) / "row.json", Path(scratch) / "candles.json"
             body.write_text(json.dumps({"symbol": symbol, "target": target, "features": row}))
-            hey(f"{url}/predict", body, 8)  # warm-up
-            levels = [hey(f"{url}/predict", body, c) for c in (1, 8, 32)]
-        # The body is encoded before the clock starts: the figure is the server's, not the client's json.dumps.
-        body = json.dumps({"symbol": symbol, "target": target, "rows": [list(row.values())] * BATCH_ROWS}).encode()
-        batch_s = []
-        for _ in range(3):
-            started = time.perf_counter()
-            answer = httpx.post(
-                f"{url}/predict_batch",
-                content=body,
-                timeout=60,
-                headers={"X-API-Token": TOKEN, "Content-Type": "application/json"},
-            )
-            batch_s.append(time.perf_counter() - started)
-            if answer.status_code != 200 or len(answer.json()["prob_up"]) != BATCH_ROWS:
-                raise RuntimeError(f"/predict_batch answered {answer.status_code}: {answer.text[:300]}")
-        batch_s = min(batch_s)
+            window.write_text(json.dumps({"symbol": symbol, "target": target, "candles": bars[-CANDLES:]}))
+            hey(f"{url}/predict", body, 8)  # warm-up, both
+            hey(f"{anchor_url}/predict", body, 8)
+            rows: dict[int, list] = {c: [] for c in (1, 8, 32)}
+            for _ in range(ROUNDS):
+                for c in rows:
+                    rows[c].append(
+                        {"itff": hey(f"{url}/predict", body, c), "anchor": hey(f"{anchor_url}/predict", body, c)}
+                    )
+            candle_levels = [hey(f"{url}/predict", window, c) for c in (1, 8, 32)]
+        slides = sliding_windows(url, symbol, target, bars)
+        batch_s = batch(url, symbol, target, row)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=30)
+    feature_rows = [
+        {**pair, "ratio": round(pair["itff"]["requests_per_s"] / pair["anchor"]["requests_per_s"], 2)}
+        for c in rows
+        for pair in rows[c]
+    ]
     result = {
         "machine": f"{platform.node()} | {os.cpu_count()} CPUs | {platform.machine()} | Python {sys.version.split()[0]}",
         "model": f"{model.name} v{model.version} ({model.family})",
+        "workers": WORKERS,
         "duration_s_per_level": DURATION_S,
         "in_process_model_call": in_process,
-        "predict": levels,
+        "predict_feature_row": feature_rows,
+        "predict_candles_same_window": candle_levels,
+        "predict_candles_sliding_window": slides,
         "batch_rows": BATCH_ROWS,
         "batch_best_of_3_s": round(batch_s, 3),
         "batch_rows_per_s": round(BATCH_ROWS / batch_s),
@@ -185,6 +238,20 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
+    print("\n/predict, feature row: ITFF vs the FastAPI anchor, both with 2 workers, interleaved")
+    print("| concurrency | ITFF | anchor | ratio | load average |")
+    print("|---|---|---|---|---|")
+    for pair in feature_rows:
+        a, b = pair["itff"], pair["anchor"]
+        print(
+            f"| {a['concurrency']} | {a['requests_per_s']:,} req/s, p95 {a['p95_ms']} ms | "
+            f"{b['requests_per_s']:,} req/s, p95 {b['p95_ms']} ms | {pair['ratio']}x | {a['load_average']} |"
+        )
+    print(f"\n/predict, {CANDLES} candles")
+    for level in candle_levels:
+        print(f"  same window, c={level['concurrency']}: {level['requests_per_s']:,} req/s, p95 {level['p95_ms']} ms")
+    print(f"  sliding window, c=1 ({SLIDES} new windows): p50 {slides['p50_ms']} ms, p95 {slides['p95_ms']} ms")
+    print(f"/predict_batch: {result['batch_rows_per_s']:,} rows/s")
 
 
 if __name__ == "__main__":
