@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from itff_platform.contracts.costs import round_trip_cost
 from itff_platform.contracts.signals import signals
 
 
@@ -55,7 +56,7 @@ def backtest(
     """Trade the rule every `horizon` bars. A NaN threshold means "no rule yet" (nothing to learn it from): flat."""
     step = slice(None, None, horizon)
     position, move = signals(prob, threshold, allow_short)[step], forward_return[step]
-    cost = 2 * fees_bps / 1e4
+    cost = round_trip_cost(fees_bps)  # the paper broker's fee rule, both sides
     # A short held over the horizon earns 1 - exp(r) in price terms, i.e. log(2 - exp(r)), not -r (which flatters it).
     short = np.log(np.clip(2 - np.exp(move), 1e-6, None))
     net = np.where(position > 0, move - cost, np.where(position < 0, short - cost, 0.0))
