@@ -104,6 +104,14 @@ def test_concurrent_duplicates_in_separate_processes_fill_once(tmp_path):
     assert desk_for(tmp_path).ledger.read().counts_by_status()["filled"] == 1
 
 
+def test_nothing_left_under_the_cap_is_422(tmp_path):
+    desk = desk_for(tmp_path, slippage_bps=0, per_symbol_usd_cap=1000)
+    desk.execute(order(qty_usd=1000, confidence=1.0))
+    with pytest.raises(TradeRefusal) as refused:
+        desk.execute(order(qty_usd=10))
+    assert (refused.value.status, refused.value.field) == (422, "qtyUsd")
+
+
 def test_confidence_below_the_threshold_is_412_with_the_threshold(tmp_path):
     with pytest.raises(TradeRefusal) as refused:
         desk_for(tmp_path).execute(order(confidence=0.55))
