@@ -261,7 +261,8 @@ class TrainingSettings(Section):
 
 
 class TradingSettings(Section):
-    """The threshold rule a classifier's P(up) is traded by, its backtest costs, and when it counts as tradable."""
+    """The threshold rule a classifier's P(up) is traded by, its backtest costs, when it counts as tradable, and
+    the paper-trading account's risk limits (docs/trading.md)."""
 
     fees_bps: float = Field(10.0, ge=0, description="Cost per side, in basis points, charged by the backtest.")
     default_threshold: float = Field(
@@ -280,6 +281,42 @@ class TradingSettings(Section):
     )
     tradable_max_drawdown: float = Field(
         0.35, gt=0, le=1, description="Largest walk-forward drawdown a tradable rule may have."
+    )
+    # Paper trading (runbook 004): the gates and sizing of POST /trade/execute, and the paper account.
+    confidence_threshold: float = Field(
+        0.6,
+        ge=0.5,
+        le=1,
+        description="Confidence (max(P(long), P(short))) below which /consensus says allow=false and "
+        "/trade/execute answers 412.",
+    )
+    max_drawdown_pct: float = Field(
+        10.0,
+        gt=0,
+        le=100,
+        description="Drawdown of the paper account (in %, from its peak equity since the last risk reset) beyond "
+        "which orders get 423 until an admin POST /risk/reset.",
+    )
+    per_symbol_usd_cap: float = Field(
+        2000.0, gt=0, description="Largest exposure (USD, marked to market) per symbol; larger orders are clipped."
+    )
+    target_ann_vol: float = Field(
+        0.08,
+        gt=0,
+        description="Target annualised volatility of a position: an order is scaled by min(1, target / the lake's "
+        "realized annualised volatility of the symbol), and by its confidence.",
+    )
+    slippage_bps: float = Field(
+        5.0, ge=0, description="Paper fills' slippage, in basis points, against the order (on top of fees_bps)."
+    )
+    paper_cash: float = Field(10_000.0, gt=0, description="Starting cash of the paper account, in USD.")
+    trading_mode: Literal["paper", "live"] = Field(
+        "paper",
+        description="Where orders go by default: paper (the ledger). live is refused: no broker adapter ships.",
+    )
+    accept_request_price: bool = Field(
+        False,
+        description="Let an order carry its own fill price (tests, replays); else it fills at the lake's next open.",
     )
 
 
@@ -311,7 +348,9 @@ class ServingSettings(Section):
     api_tokens: list[SecretStr] = Field(
         default_factory=list, description="Accepted X-API-Token values; empty refuses every prediction."
     )
-    admin_token: SecretStr | None = Field(None, description="Token for /admin/reload; unset disables the endpoint.")
+    admin_token: SecretStr | None = Field(
+        None, description="Token for /admin/reload and POST /risk/reset; unset disables them."
+    )
     rate_limit_per_minute: int = Field(600, ge=1, description="Requests per minute per token (bucket refill rate).")
     rate_limit_burst: int = Field(60, ge=1, description="Requests a token may make at once before the rate applies.")
     max_request_bytes: int = Field(2_000_000, ge=1024, description="Larger request bodies are refused with 413.")

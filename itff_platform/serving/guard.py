@@ -34,6 +34,8 @@ REFUSED_MEDIA_TYPES = ("multipart/", "application/x-www-form-urlencoded", "appli
 MAX_BUCKETS = (
     100_000  # keys are client addresses too: past this many, full buckets are forgotten, never an unbounded map
 )
+# Paths that take the admin token, and only it: everything under /admin/, and runbook 004's drawdown unlock.
+ADMIN_ONLY = ("/risk/reset",)
 SIGNATURE_CHARS = 64  # a hex HMAC-SHA256 is 64 characters: the file that records one is named by no more
 SWEEP_AFTER_WINDOWS = 2  # a seen signature older than this many windows is refused by its timestamp anyway
 
@@ -82,6 +84,10 @@ def is_public(path: str, headers: dict[str, str]) -> bool:
     if path == DETAILS and "x-api-token" in headers:
         return False
     return path in PUBLIC or path.startswith(PUBLIC_PREFIXES)
+
+
+def is_admin_path(path: str) -> bool:
+    return path.startswith("/admin/") or path in ADMIN_ONLY
 
 
 def token_matches(given: str, accepted: list[str]) -> bool:
@@ -201,7 +207,7 @@ class GuardMiddleware:
                     "two different tokens (header and ?token=, or ?token= twice); send exactly one",
                 )
             tokens = tokens or in_url
-        if path.startswith("/admin/") and not self.admin_token:
+        if is_admin_path(path) and not self.admin_token:
             return await _reply(send, 404, {"error": "admin endpoints are disabled: set ITFF_ADMIN_TOKEN"})
         # An address that has spent its failure budget is refused before its token is even compared: otherwise
         # the answer (429 or 200) would still tell a guesser when a guess is right.
@@ -211,7 +217,7 @@ class GuardMiddleware:
         if f"ip:{client}" in self._limited and self.failures.full(client):
             self._limited.discard(f"ip:{client}")  # quiet for a whole budget's refill: the burst is over
         accepted = self.tokens
-        if path.startswith("/admin/"):
+        if is_admin_path(path):
             accepted = [self.admin_token]
         elif path == DETAILS and self.admin_token:
             accepted = [*self.tokens, self.admin_token]

@@ -114,9 +114,99 @@ class ModelState(Shut):
     remedy: str | None = Field(description="without a champion: what to do")
 
 
+class RiskConfig(Shut):
+    mode: str
+    confidence_threshold: float
+    max_drawdown_pct: float
+    per_symbol_usd_cap: float
+    target_ann_vol: float
+    slippage_bps: float
+    fees_bps: float
+    paper_cash: float
+
+
+class Risk(Shut):
+    """Runbook 004's health fields: the paper account's drawdown, whether orders are locked, and the limits."""
+
+    drawdown: float = Field(description="from the peak equity since the last risk reset, a fraction")
+    drawdown_pct: float
+    locked: bool = Field(description="orders get 423 until an admin POST /risk/reset")
+    equity: float
+    config: RiskConfig
+
+
 class Readiness(Shut):
     ready: bool = Field(description="every champion the registry names is loaded and verified")
     models: dict[str, ModelState]
+    risk: Risk | None = Field(None, description="the paper account; null when it could not be valued")
+
+
+class Order(Shut):
+    id: str
+    status: Literal["filled", "abandoned"] = Field(
+        description="abandoned: the service stopped between recording the order and filling it; it never fills"
+    )
+    symbol: str
+    side: Literal["buy", "sell"]
+    qtyUsd: float = Field(description="USD traded, after sizing and the cap")
+    requestedUsd: float
+    sizedUsd: float = Field(description="qtyUsd x confidence x min(1, target vol / realized vol)")
+    clippedUsd: float = Field(description="taken off by ITFF_PER_SYMBOL_USD_CAP")
+    volScale: float | None
+    confidence: float
+    idempotencyKey: str
+    mode: str
+
+
+class OrderFill(Shut):
+    price: float = Field(description="after slippage")
+    referencePrice: float
+    priceSource: Literal["next_open", "newest_close", "request"]
+    priceBar: str | None
+    quantity: float = Field(description="units, signed")
+    feeUsd: float
+    slippageBps: float
+
+
+class OrderAnswer(Shut):
+    """Runbook 004's {ok, dryRun, order, message}; the same key answers the same order (replayed: true)."""
+
+    ok: bool
+    dryRun: bool = Field(description="true in paper mode")
+    replayed: bool
+    message: str
+    order: Order
+    fill: OrderFill | None
+
+
+class RiskReset(Shut):
+    ok: bool
+    was_locked: bool
+    locked: bool
+    equity: float
+    drawdown: float
+
+
+class Position(Shut):
+    symbol: str
+    quantity: float
+    mark: float = Field(description="the lake's newest close (else the last fill)")
+    mark_bar: str | None
+    value_usd: float
+
+
+class Portfolio(Shut):
+    mode: str
+    cash: float
+    equity: float
+    peak_equity: float
+    drawdown: float
+    drawdown_pct: float
+    locked: bool
+    positions: list[Position]
+    exposure: dict[str, float] = Field(description="symbol -> |position value| in USD")
+    orders: dict[str, int] = Field(description="status -> orders in the ledger")
+    config: RiskConfig
 
 
 class Reloaded(Shut):
@@ -125,11 +215,16 @@ class Reloaded(Shut):
 
 
 class Refusal(Shut):
+    ok: bool | None = Field(None, description="false, on /trade/execute")
     error: str = Field(description="field: rule, in one line")
     field: str | None = None
     reason: str | None = Field(None, description="with no champion: why (the last promotion decision)")
     remedy: str | None = Field(None, description="with no champion: what to do")
     retry_after_s: int | None = Field(None, description="with a 429")
+    threshold: float | None = Field(None, description="with a 412: ITFF_CONFIDENCE_THRESHOLD")
+    drawdown: float | None = Field(None, description="with a 423")
+    locked: bool | None = Field(None, description="with a 423")
+    clippedUsd: float | None = Field(None, description="with a 422 at the cap")
 
 
 ANSWERS = {
@@ -138,8 +233,10 @@ ANSWERS = {
     "/predict_batch": BatchAnswer,
     "/consensus": ConsensusAnswer,
     "/admin/reload": Reloaded,
+    "/trade/execute": OrderAnswer,
+    "/risk/reset": RiskReset,
 }
-MODELS = [*ANSWERS.values(), Readiness, Refusal]
+MODELS = [*ANSWERS.values(), Readiness, Refusal, Portfolio]
 SCHEMES = {
     "ApiToken": {"type": "apiKey", "in": "header", "name": "X-API-Token", "description": "one of ITFF_API_TOKENS"},
     "AdminToken": {"type": "apiKey", "in": "header", "name": "X-API-Token", "description": "ITFF_ADMIN_TOKEN"},
@@ -157,6 +254,13 @@ REFUSALS = {
     "415": "not JSON",
     "429": "over the token's rate limit, or this address's failed-authentication budget",
 }
+TRADE_REFUSALS = {
+    "409": "idempotencyKey reused with another body",
+    "412": "confidence below ITFF_CONFIDENCE_THRESHOLD (the threshold is in the body)",
+    "422": "nothing left under the symbol's cap, not enough cash, or no price in the lake",
+    "423": "locked by the drawdown (ITFF_MAX_DRAWDOWN_PCT) until an admin POST /risk/reset",
+}
+ADMIN_PATHS = ("/risk/reset",)  # besides /admin/...
 
 
 def documented(spec: dict, settings: Settings) -> dict:
@@ -174,13 +278,26 @@ def documented(spec: dict, settings: Settings) -> dict:
         if "post" in item:
             document_operation(path, item["post"], settings, examples)
     document_probes(spec["paths"])
+    spec["paths"]["/portfolio"] = {
+        "get": {
+            "summary": "the paper account",
+            "description": "Positions marked to market at the lake's newest closes, cash, equity, drawdown, "
+            "exposure per symbol, orders by status and the risk limits.",
+            "security": [{"ApiToken": []}],
+            "responses": {
+                "200": answer_with("Portfolio", "the paper account"),
+                "401": answer_with("Refusal", REFUSALS["401"]),
+                "429": answer_with("Refusal", REFUSALS["429"]),
+            },
+        }
+    }
     return spec
 
 
 def document_operation(path: str, operation: dict, settings: Settings, examples: Examples) -> None:
     operation["security"] = (
         [{"AdminToken": []}]
-        if path.startswith("/admin/")
+        if path.startswith("/admin/") or path in ADMIN_PATHS
         else [{"ApiToken": []}, {"TokenInUrl": []}]
         if path == "/tradingview"
         else [{"ApiToken": []}]
@@ -189,6 +306,8 @@ def document_operation(path: str, operation: dict, settings: Settings, examples:
     if path in ANSWERS:
         responses["200"] = answer_with(ANSWERS[path].__name__, "the answer")
     responses.update({code: answer_with("Refusal", why) for code, why in REFUSALS.items()})
+    if path == "/trade/execute":
+        responses.update({code: answer_with("Refusal", why) for code, why in TRADE_REFUSALS.items()})
     responses.pop("404", None)  # BentoML's generic one: no endpoint here answers 404
     operation["responses"] = dict(sorted(responses.items()))
     body = operation["requestBody"]["content"]["application/json"]
@@ -197,6 +316,10 @@ def document_operation(path: str, operation: dict, settings: Settings, examples:
         properties["symbol"].update(enum=settings.symbols, description="one of the configured symbols (ITFF_SYMBOLS)")
     if "target" in properties:
         properties["target"].update(enum=list(settings.training.targets))
+    if "side" in properties:
+        properties["side"].update(enum=["buy", "sell"])
+    if "mode" in properties:
+        properties["mode"].update(enum=["paper", "live"], description="paper (default); live is refused")
     if "regime" in properties:
         properties["regime"] = {
             "type": "string",

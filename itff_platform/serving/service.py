@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import math
+import os
 import threading
 import time
 import uuid
@@ -28,6 +29,7 @@ from itff_platform.contracts.signals import served_signals
 from itff_platform.monitoring.outcomes import read_quality_summary
 from itff_platform.monitoring.prediction_log import PredictionLog
 from itff_platform.rules import REGIMES
+from itff_platform.serving import trading_api
 from itff_platform.serving.batching import RowBatcher
 from itff_platform.serving.errors import quiet_client_errors, refusal
 from itff_platform.serving.guard import GuardMiddleware
@@ -50,6 +52,7 @@ from itff_platform.serving.online import (
     tradingview_symbol,
 )
 from itff_platform.settings import Settings, get_settings
+from itff_platform.trading.desk import OrderDesk, OrderRequest
 
 log = logging.getLogger(__name__)
 SETTINGS = get_settings()
@@ -125,6 +128,12 @@ class ItffService:
             self.settings, write_ahead=self.settings.serving.prediction_log_write_ahead
         )
         self._lake_regimes: dict[tuple[str, datetime], str] = {}
+        # ITFF_TEST_PAUSE_AFTER_INTENT_S: tests only, a pause between an order's durable intent and its fill.
+        self.desk = OrderDesk(
+            self.settings, pause_after_intent_s=float(os.environ.get("ITFF_TEST_PAUSE_AFTER_INTENT_S", 0))
+        )
+        self.desk.recover()  # what a killed worker left pending is abandoned, never filled
+        trading_api.report_quietly(self.desk)
         self._report(self.store.refresh())
         if self.settings.serving.reload_interval_s > 0:
             threading.Thread(target=self._poll, daemon=True, name="champion-poller").start()
@@ -443,12 +452,40 @@ class ItffService:
             **model_age(model.meta, at or datetime.now(UTC), self.settings.serving.model_max_age_days),
         }
 
+    @bentoml.api(route="/trade/execute")
+    async def trade_execute(
+        self,
+        symbol: str,
+        side: str,
+        qtyUsd: Number,  # runbook 004 names the fields in camelCase
+        confidence: Number,
+        idempotencyKey: str | None = None,
+        price: Number | None = None,
+        barTime: str | None = None,
+        mode: str | None = None,
+    ) -> dict:
+        """A paper order (runbook 004), gated on confidence and drawdown, sized, capped, filled once per key."""
+        request = OrderRequest(symbol.upper(), side, qtyUsd, confidence, idempotencyKey, price, barTime, mode)
+        return await trading_api.execute(self.desk, request)
+
+    @bentoml.api(route="/risk/reset")
+    async def risk_reset(self, reason: str | None = None) -> dict:
+        """Unlock orders after a drawdown lock (admin token): the drawdown is measured from now on."""
+        return await trading_api.reset(self.desk, reason)
+
     # No /healthz or /readyz APIs: a BentoML API is a POST, beside BentoML's own GET /healthz, /livez and /readyz.
     # GET /readyz with a token lists the models (the guard answers it from readiness()).
     def readiness(self) -> tuple[bool, dict]:
         """(ready, every model's state; a model without a champion says why and what to do)."""
         ready = self.store.ready()
-        return ready, {"ready": ready, "models": self.store.report()}
+        return ready, {"ready": ready, "models": self.store.report(), "risk": self._risk()}
+
+    def _risk(self) -> dict | None:
+        try:
+            return self.desk.risk()
+        except Exception:  # an unreadable lake must not take readiness down with it
+            log.exception("risk: the paper account could not be valued")
+            return None
 
     @bentoml.api(route="/admin/reload")
     def reload(self) -> dict:
@@ -473,6 +510,13 @@ def answered(answer: dict):
 async def readiness_details() -> tuple[bool, dict]:
     # Off the event loop: a model without a champion imports the promotion module for its remedy, once.
     return await anyio.to_thread.run_sync(bentoml.get_current_service().readiness)
+
+
+async def portfolio() -> dict:
+    desk = bentoml.get_current_service().desk
+    answer = await anyio.to_thread.run_sync(desk.portfolio)
+    trading_api.report(answer, desk.settings.symbols)
+    return answer
 
 
 async def openapi_document() -> dict:
@@ -505,3 +549,4 @@ ItffService.add_asgi_middleware(
     readiness=readiness_details,
     openapi=openapi_document,
 )
+ItffService.add_asgi_middleware(trading_api.PortfolioRoute, portfolio=portfolio)  # inside the guard

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from itff_platform.contracts.costs import round_trip_cost
+
 # answer_columns and served_signals are re-exported: registered pyfunc models are saved from code, and versions logged
 # before the signal rule moved to contracts/ import them from here, so rolling back to such a version still loads.
 from itff_platform.contracts.signals import answer_columns, served_signals, signals  # noqa: F401
@@ -57,7 +59,7 @@ def backtest(
     """Trade the rule every `horizon` bars. A NaN threshold means "no rule yet" (nothing to learn it from): flat."""
     step = slice(None, None, horizon)
     position, move = signals(prob, threshold, allow_short)[step], forward_return[step]
-    cost = 2 * fees_bps / 1e4
+    cost = round_trip_cost(fees_bps)  # the paper broker's fee rule, both sides
     # A short held over the horizon earns 1 - exp(r) in price terms, i.e. log(2 - exp(r)), not -r (which flatters it).
     short = np.log(np.clip(2 - np.exp(move), 1e-6, None))
     net = np.where(position > 0, move - cost, np.where(position < 0, short - cost, 0.0))

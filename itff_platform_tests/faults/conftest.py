@@ -43,8 +43,17 @@ def lake_settings(folder: Path) -> Settings:
 
 
 def build_lake_and_champion(folder: Path) -> tuple[Settings, pl.DataFrame]:
+    """The lake of build_lake, and a promoted logistic champion."""
+    settings = build_lake(folder)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    train(settings, ["logistic"], noise=0.2)
+    assert promote_champion(settings, "PROMOUSDT", "direction").promoted
+    return settings, read_rows(LakeTables.under(settings).silver, settings.interval, "PROMOUSDT")
+
+
+def build_lake(folder: Path) -> Settings:
     """6,000 hourly bars (2024-01-01 .. 2024-09-06 23:00) through the files source into raw, bronze and silver,
-    one of them broken (high < low) so bronze quarantines it; and a promoted logistic champion."""
+    one of them broken (high < low) so bronze quarantines it."""
     settings = lake_settings(folder)
     settings.sources.files.drop_dir.mkdir(parents=True)
     candles = random_walk_candles(6000, seed=3)
@@ -56,10 +65,7 @@ def build_lake_and_champion(folder: Path) -> tuple[Settings, pl.DataFrame]:
         ingest_raw(FilesCandleSource(settings.sources.files.drop_dir), settings, "PROMOUSDT", [month])
         build_bronze(settings, "PROMOUSDT", [month])
     build_silver(settings, "PROMOUSDT", months)
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    train(settings, ["logistic"], noise=0.2)
-    assert promote_champion(settings, "PROMOUSDT", "direction").promoted
-    return settings, read_rows(LakeTables.under(settings).silver, settings.interval, "PROMOUSDT")
+    return settings
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,192 @@
+"""The order desk on a real Delta ledger in a temp dir, with fixed prices standing in for the lake."""
+
+import multiprocessing
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+
+import numpy as np
+import pytest
+
+from itff_platform.contracts.costs import round_trip_cost
+from itff_platform.settings import Settings
+from itff_platform.trading.desk import OrderDesk, OrderRequest, TradeRefusal
+from itff_platform.trading.ledger import event
+from itff_platform.trading.market import Quote
+from itff_platform.trading.sizing import room_under_cap, size_order
+from itff_platform.training.backtest import backtest
+from itff_platform_tests.conftest import utc
+
+
+class FixedPrices:
+    """Every symbol at one price, with a known annualised volatility."""
+
+    def __init__(self, price: float = 100.0, vol: float | None = None) -> None:
+        self.price, self.vol = price, vol
+
+    def mark(self, symbol, as_of=None):
+        return Quote(self.price, utc(2024, 9, 30, 23), "newest_close")
+
+    def fill_reference(self, symbol, decided_at):
+        return Quote(self.price, utc(2024, 9, 30, 23), "next_open")
+
+    def annualised_vol(self, symbol, as_of=None):
+        return self.vol
+
+
+def desk_for(tmp_path, prices=None, **limits) -> OrderDesk:
+    settings = Settings(
+        home=tmp_path,
+        symbols=["BTCUSDT", "ETHUSDT"],
+        **{"confidence_threshold": 0.6, "per_symbol_usd_cap": 2000, "paper_cash": 10_000, **limits},
+    )
+    return OrderDesk(settings, prices or FixedPrices())
+
+
+def order(**fields) -> OrderRequest:
+    return OrderRequest(**{"symbol": "BTCUSDT", "side": "buy", "qty_usd": 1000.0, "confidence": 0.9, **fields})
+
+
+def test_sizing_scales_by_confidence_and_volatility_then_clips_at_the_cap():
+    calm = size_order(2000, 0.9, +1, 0.0, 5000, annualised_vol=0.04, target_ann_vol=0.08)
+    assert calm.final_usd == pytest.approx(1800)  # runbook 004: 2,000 sent, 1,800 traded
+    wild = size_order(2000, 0.9, +1, 0.0, 5000, annualised_vol=0.32, target_ann_vol=0.08)
+    assert wild.vol_scale == pytest.approx(0.25) and wild.final_usd == pytest.approx(450)
+    capped = size_order(2000, 1.0, +1, 1500.0, 2000, None, 0.08)
+    assert capped.final_usd == pytest.approx(500) and capped.clipped_usd == pytest.approx(1500)
+    # A sell against a long has room for the long and a short of the cap after it.
+    assert room_under_cap(1500.0, -1, 2000) == pytest.approx(3500)
+
+
+def test_the_paper_fill_pays_the_backtests_fee_per_side(tmp_path):
+    desk = desk_for(tmp_path, slippage_bps=5, fees_bps=10)
+    answer = desk.execute(order(qty_usd=1000, confidence=1.0))
+    fill = answer["fill"]
+    assert fill["price"] == pytest.approx(100 * 1.0005) and fill["feeUsd"] == pytest.approx(1.0)
+    # Two such sides are the backtest's round trip: a trade with no move loses exactly 2 x fees.
+    result = backtest(np.array([0.9]), np.array([0.0]), 0.55, fees_bps=10, horizon=1, periods_per_year=8760)
+    assert result.net_returns[0] == pytest.approx(-round_trip_cost(10)) == pytest.approx(-2 * fill["feeUsd"] / 1000)
+
+
+def test_orders_fill_once_per_key_and_a_reused_key_with_another_body_is_409(tmp_path):
+    desk = desk_for(tmp_path)
+    first = desk.execute(order(idempotency_key="k1"))
+    again = desk.execute(order(idempotency_key="k1"))
+    assert first["ok"] and again["replayed"] and again["order"]["id"] == first["order"]["id"]
+    with pytest.raises(TradeRefusal) as refused:
+        desk.execute(order(idempotency_key="k1", qty_usd=999))
+    assert refused.value.status == 409 and refused.value.field == "idempotencyKey"
+    assert desk.ledger.read().counts_by_status()["filled"] == 1
+
+
+def test_concurrent_duplicates_in_threads_fill_once(tmp_path):
+    desk = desk_for(tmp_path)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: desk.execute(order(idempotency_key="same")), range(8)))
+    assert len({a["order"]["id"] for a in answers}) == 1 and sum(not a["replayed"] for a in answers) == 1
+    assert desk.ledger.read().counts_by_status()["filled"] == 1
+
+
+def _place(folder, key, results):
+    desk = desk_for(folder)
+    results.put(desk.execute(order(idempotency_key=key))["order"]["id"])
+
+
+def test_concurrent_duplicates_in_separate_processes_fill_once(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    processes = [context.Process(target=_place, args=(tmp_path, "cross", results)) for _ in range(3)]
+    for p in processes:
+        p.start()
+    ids = {results.get(timeout=120) for _ in processes}
+    for p in processes:
+        p.join(timeout=60)
+    assert len(ids) == 1
+    assert desk_for(tmp_path).ledger.read().counts_by_status()["filled"] == 1
+
+
+def test_nothing_left_under_the_cap_is_422(tmp_path):
+    desk = desk_for(tmp_path, slippage_bps=0, per_symbol_usd_cap=1000)
+    desk.execute(order(qty_usd=1000, confidence=1.0))
+    with pytest.raises(TradeRefusal) as refused:
+        desk.execute(order(qty_usd=10))
+    assert (refused.value.status, refused.value.field) == (422, "qtyUsd")
+
+
+def test_confidence_below_the_threshold_is_412_with_the_threshold(tmp_path):
+    with pytest.raises(TradeRefusal) as refused:
+        desk_for(tmp_path).execute(order(confidence=0.55))
+    assert refused.value.status == 412 and refused.value.body()["threshold"] == 0.6
+
+
+def test_a_drawdown_past_the_limit_locks_until_reset(tmp_path):
+    prices = FixedPrices(100.0)
+    desk = desk_for(tmp_path, prices, max_drawdown_pct=10, per_symbol_usd_cap=5000)
+    desk.execute(order(qty_usd=5000, confidence=1.0))
+    prices.price = 70.0  # the position loses 30 %: 1,500 of 10,000
+    with pytest.raises(TradeRefusal) as refused:
+        desk.execute(order(symbol="ETHUSDT", qty_usd=100))
+    assert refused.value.status == 423
+    prices.price = 100.0  # the market recovers, the lock holds: it is latched until an admin resets it
+    with pytest.raises(TradeRefusal):
+        desk.execute(order(symbol="ETHUSDT", qty_usd=100))
+    assert desk.portfolio()["locked"] and desk.reset("tested")["was_locked"]
+    assert desk.execute(order(symbol="ETHUSDT", qty_usd=100))["ok"]
+
+
+def test_an_intent_left_pending_by_a_dead_process_is_abandoned_never_filled(tmp_path):
+    desk = desk_for(tmp_path)
+    with desk.ledger.locked() as book:
+        desk.ledger.append(
+            book,
+            event(
+                "order",
+                order_id="o1",
+                idempotency_key="lost",
+                body_sha256=order().digest(),
+                status="pending",
+                symbol="BTCUSDT",
+                side="buy",
+                mode="paper",
+                confidence=0.9,
+                requested_usd=1000.0,
+                sized_usd=900.0,
+                clipped_usd=0.0,
+            ),
+        )
+    assert desk.recover() == 1
+    replay = desk.execute(order(idempotency_key="lost"))
+    assert replay["replayed"] and replay["order"]["status"] == "abandoned" and replay["fill"] is None
+    assert desk.ledger.read().counts_by_status() == {"filled": 0, "abandoned": 1, "pending": 0}
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"symbol": "DOGEUSDT"}, "symbol"),
+        ({"side": "hold"}, "side"),
+        ({"qty_usd": 0.0}, "qtyUsd"),
+        ({"qty_usd": -5.0}, "qtyUsd"),
+        ({"confidence": 1.5}, "confidence"),
+        ({"idempotency_key": ""}, "idempotencyKey"),
+        ({"price": 100.0}, "price"),  # not accepted unless ITFF_ACCEPT_REQUEST_PRICE
+        ({"mode": "live"}, "mode"),
+        ({"bar_time": "2024-09-30T23:30:00Z"}, "barTime"),
+    ],
+)
+def test_bad_input_is_400_naming_the_field(tmp_path, fields, field):
+    with pytest.raises(TradeRefusal) as refused:
+        desk_for(tmp_path).execute(order(**fields))
+    assert (refused.value.status, refused.value.field) == (400, field)
+    if field == "mode":
+        assert "no live broker adapter" in str(refused.value)
+
+
+def test_the_portfolio_marks_positions_and_reports_exposure(tmp_path):
+    prices = FixedPrices(100.0)
+    desk = desk_for(tmp_path, prices, slippage_bps=0, fees_bps=0)
+    desk.execute(order(qty_usd=1000, confidence=1.0))
+    prices.price = 110.0
+    book = desk.portfolio()
+    assert book["exposure"] == {"BTCUSDT": pytest.approx(1100)}
+    assert book["equity"] == pytest.approx(10_100) and book["drawdown"] == 0
+    assert isinstance(datetime.fromisoformat(book["positions"][0]["mark_bar"]), datetime)
