@@ -162,7 +162,7 @@ def _check_results(cfg, result, drift: pl.DataFrame) -> list[AssetCheckResult]:
     regime_status = worst(*(r["status"] for r in result.regime.values())) if result.regime else "ok"
     graded = [d for d in [*result.degradation, *result.precision_recall] if d["status"] in ("ok", "warn", "error")]
     quality_status = worst(*(d["status"] for d in graded)) if graded else "ok"
-    return [
+    return [  # one result per DRIFT_CHECKS entry, in any order
         _graded(
             "feature_drift",
             feature_status,
