@@ -21,9 +21,11 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import polars as pl
+from mlflow.entities.model_registry import ModelVersion
 
 import mlflow
 from itff_platform.manifests import DIGEST_TAG, artifact_manifest, manifest_artifact, manifest_digest
@@ -92,7 +94,8 @@ class OutOfSample:
     with per-row losses: what every comparison below is made on."""
 
     def __init__(self, client: MlflowClient, task: str) -> None:
-        self.client, self.task, self._frames = client, task, {}
+        self.client, self.task = client, task
+        self._frames: dict[str, pl.DataFrame | None] = {}
 
     def frame(self, run_id: str) -> pl.DataFrame | None:
         if run_id not in self._frames:
@@ -144,7 +147,7 @@ def choose_challenger(
         scored.append((candidate, losses))
     if not scored:
         return None, notes
-    leader, leader_losses = min(scored, key=lambda pair: pair[1]["loss"].mean())
+    leader, leader_losses = min(scored, key=lambda pair: cast(float, pair[1]["loss"].mean()))
     within = [(leader, 1.0)]
     for candidate, losses in scored:
         if candidate is not leader:
@@ -157,7 +160,7 @@ def choose_challenger(
     noise = ", ".join(f"{c.family} (p={p:.2f})" for c, p in within if c is not leader) or "none"
     notes.append(
         f"challenger {chosen.family} v{chosen.version}: {leader.family} had the lowest loss on the searched folds "
-        f"({leader_losses['loss'].mean():.5f}); within noise of it: {noise}; the simplest of those is chosen"
+        f"({cast(float, leader_losses['loss'].mean()):.5f}); within noise of it: {noise}; the simplest of those is chosen"
     )
     return chosen, notes
 
@@ -210,11 +213,12 @@ def promote_champion(settings: Settings, symbol: str, target: str) -> Decision:
             name,
             False,
             None,
-            str(champion.version),
+            # champion is None here only when every version was rolled back: left as it was.
+            str(champion.version),  # type: ignore[union-attr]
             "-",
             ["no version newer than the champion"],
             unchanged=True,
-            tradable=champion.tags.get("tradable") == "true",
+            tradable=champion.tags.get("tradable") == "true",  # type: ignore[union-attr]
         )
     basis = decision_basis(settings)
     judged = _judged_before(client, name, newer, champion, basis)
@@ -286,7 +290,7 @@ def _judged_before(client: MlflowClient, name: str, newer: list, champion, basis
     reasons = [
         f"nothing new to judge: the last decision (v{last['version']} {tags.get('promotion_decision', '?')} on "
         f"{tags.get('promotion_decided_at', '?')}) saw every version up to v{last['latest_version']} and left "
-        f"{'champion v' + current if champion else 'no champion'}; its reasons:",
+        f"{f'champion v{current}' if champion else 'no champion'}; its reasons:",
         *tags.get("promotion_reasons", "").split(" | "),
     ]
     return Decision(
@@ -315,11 +319,13 @@ def _serve_decision(
     alpha, horizon = settings.promotion.alpha, settings.features.label_horizon
     before = str(champion.version) if champion else None
     mine = oos.losses(challenger.run_id, holdout=True)
-    baseline_losses = {
+    # choose_challenger scored the challenger on this same (cached) frame: it has out-of-sample rows.
+    assert mine is not None
+    found_losses = {
         family: oos.losses(run_id, holdout=True)
         for family, run_id in _baselines_on(client, name, challenger.window).items()
     }
-    baseline_losses = {family: losses for family, losses in baseline_losses.items() if losses is not None}
+    baseline_losses = {family: losses for family, losses in found_losses.items() if losses is not None}
     if not baseline_losses:
         return Decision(
             name,
@@ -329,7 +335,7 @@ def _serve_decision(
             "baselines",
             [*notes, "no baseline run on the same window to compare with"],
         )
-    best_name, best = min(baseline_losses.items(), key=lambda kv: kv[1]["loss"].mean())
+    best_name, best = min(baseline_losses.items(), key=lambda kv: cast(float, kv[1]["loss"].mean()))
     skill = compare(mine, best, horizon)
     reasons = [
         *notes,
@@ -337,8 +343,8 @@ def _serve_decision(
     ]
     figures = {
         "p_value_vs_baseline": skill.p_value,
-        "holdout_loss": float(mine["loss"].mean()),
-        "baseline_holdout_loss": float(best["loss"].mean()),
+        "holdout_loss": float(cast(float, mine["loss"].mean())),
+        "baseline_holdout_loss": float(cast(float, best["loss"].mean())),
     }
     if champion is None:
         decision = Decision(name, skill.significant(alpha), challenger.version, None, best_name, reasons, figures)
@@ -346,7 +352,8 @@ def _serve_decision(
     holder = _candidate(client, champion)
     theirs, refusal = _champion_holdout_losses(client, oos, settings, symbol, target, name, holder, challenger)
     if theirs is None:
-        return Decision(name, False, challenger.version, before, f"v{before}", [*reasons, refusal], figures)
+        # refusal is None when the champion's own run kept no out-of-sample rows (same window): left as it was.
+        return Decision(name, False, challenger.version, before, f"v{before}", [*reasons, refusal], figures)  # type: ignore[list-item]
     versus = compare(mine, theirs, horizon)
     champion_skill = compare(theirs, best, horizon)
     reasons += [
@@ -464,10 +471,10 @@ def model_manifest(name: str, version: str) -> dict[str, str]:
         return artifact_manifest(local)
 
 
-def champion_versions(settings: Settings) -> dict[tuple[str, str], object]:
+def champion_versions(settings: Settings) -> dict[tuple[str, str], ModelVersion]:
     """The registry version behind each configured (symbol, target)'s champion alias; models without one are absent."""
     client = MlflowClient(settings.tracking_uri)
-    found = {}
+    found: dict[tuple[str, str], ModelVersion] = {}
     for symbol in settings.symbols:
         for target in settings.training.targets:
             version = _current_champion(client, registered_name(symbol, target))
@@ -477,7 +484,7 @@ def champion_versions(settings: Settings) -> dict[tuple[str, str], object]:
 
 
 # --- registry bookkeeping
-def _current_champion(client: MlflowClient, name: str):
+def _current_champion(client: MlflowClient, name: str) -> ModelVersion | None:
     try:
         return client.get_model_version_by_alias(name, CHAMPION)
     except mlflow.exceptions.MlflowException:
@@ -491,6 +498,7 @@ def _history(client: MlflowClient, name: str) -> list[str]:
 def _set_champion(client: MlflowClient, name: str, version: str) -> None:
     manifest = model_manifest(name, version)
     run_id = client.get_model_version(name, version).run_id
+    assert run_id is not None  # promotion registers versions from study runs
     client.log_dict(run_id, manifest, manifest_artifact(version))
     client.set_model_version_tag(name, version, DIGEST_TAG, manifest_digest(manifest))
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*_history(client, name), version][-50:]))
@@ -500,6 +508,7 @@ def _set_champion(client: MlflowClient, name: str, version: str) -> None:
 def _baselines_on(client: MlflowClient, name: str, window: tuple[str, str]) -> dict[str, str]:
     """The newest run of each baseline family on this holdout window: family -> run id."""
     experiment = client.get_experiment_by_name(name)
+    assert experiment is not None  # the study runs behind the registered versions are logged to it
     found: dict[str, str] = {}
     for family in baselines():  # MLflow's filter has no IN for tags: a query per baseline family
         runs = client.search_runs([experiment.experiment_id], f"tags.family = '{family}'", order_by=["start_time DESC"])

@@ -6,14 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mlflow.pyfunc
+import mlflow.models
 import numpy as np
 import pandas as pd
+from mlflow.pyfunc.model import PythonModel
 
 from itff_platform.contracts.signals import answer_columns
 
 
-class ItffForecastModel(mlflow.pyfunc.PythonModel):
+class ItffForecastModel(PythonModel):
     def load_context(self, context) -> None:
         from itff_platform.models import load_forecaster
 

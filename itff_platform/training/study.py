@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
@@ -31,6 +32,9 @@ from itff_platform.training.splits import Fold
 from itff_platform.training.threads import study_threads, threads_per_trial
 from itff_platform.training.timing import PhaseClock
 from itff_platform.training.tracking import quiet_mlflow
+
+if TYPE_CHECKING:
+    from mlflow.data.dataset import Dataset
 
 log = logging.getLogger(__name__)
 FINGERPRINT_TAG = "study_fingerprint"  # what the study depends on (training.reuse); equal means reusable
@@ -115,6 +119,7 @@ def log_training_dataset(data: TrainingData, settings: Settings) -> None:
     """Record on the active run what it trained on: the silver Delta table (path and version) and the rows taken
     from it, so MLflow's Datasets column names the table, its version and its row count instead of "None"."""
     from mlflow.data.delta_dataset_source import DeltaDatasetSource
+    from mlflow.data.pandas_dataset import from_pandas
 
     from itff_platform.lake.layers import LakeTables
 
@@ -126,7 +131,7 @@ def log_training_dataset(data: TrainingData, settings: Settings) -> None:
         with warnings.catch_warnings():  # the integer-label schema hint is about model inputs, not a dataset record
             warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
             _DATASETS.clear()
-            _DATASETS[key] = mlflow.data.from_pandas(
+            _DATASETS[key] = from_pandas(
                 frame,
                 source=DeltaDatasetSource(path=LakeTables.under(settings).silver, delta_table_version=version),
                 name=f"silver-{data.symbol}-{data.target}",
@@ -145,7 +150,7 @@ def log_training_dataset(data: TrainingData, settings: Settings) -> None:
     )
 
 
-_DATASETS: dict[tuple, object] = {}  # the last symbol x target's dataset record, reused by its other studies
+_DATASETS: dict[tuple[Any, ...], Dataset] = {}  # the last symbol x target's dataset record, reused by its other studies
 
 
 def study_trials(family: str, settings: Settings, n_trials: int | None = None) -> int:
