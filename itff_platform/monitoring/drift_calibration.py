@@ -29,6 +29,7 @@ reference (see leave_window_out_ks), for which only the window's own values are 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import cast
 
 import numpy as np
 import polars as pl
@@ -105,7 +106,8 @@ def one_bin_psi(counts: np.ndarray) -> float:
     if not total:
         return float("nan")
     shares = counts / total
-    return float(psi_from_shares(np.broadcast_to(shares, (len(shares), len(shares))), np.eye(len(shares))).min())
+    psi = cast(np.ndarray, psi_from_shares(np.broadcast_to(shares, (len(shares), len(shares))), np.eye(len(shares))))
+    return float(psi.min())  # one PSI per row of the two matrices
 
 
 def leave_window_out_ks(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:

@@ -17,12 +17,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from itff_platform.settings import Settings
 
-DECISION_SCHEMA = {
+if TYPE_CHECKING:
+    from polars._typing import PolarsDataType
+
+DECISION_SCHEMA: dict[str, PolarsDataType] = {
     "decided_at": pl.Datetime("us", "UTC"),
     "as_of": pl.Datetime("us", "UTC"),
     "symbol": pl.String,
@@ -67,6 +71,7 @@ def champion_expectations(settings: Settings) -> dict[tuple[str, str], dict]:
     client = MlflowClient(settings.tracking_uri)
     found = {}
     for key, version in champion_versions(settings).items():
+        assert version.run_id is not None  # champions are registered from study runs
         run = client.get_run(version.run_id)
         found[key] = {
             "version": str(version.version),
@@ -223,7 +228,8 @@ def mape_status(live: dict, settings: Settings) -> dict:
     return {"status": "error" if mape > settings.monitoring.drift_mape_error else "ok", "n": n}
 
 
-PRECISION_RECALL_SCHEMA = {
+# Any keys: DataFrame(schema=) takes str keys and .cast() str-or-selector keys, and a dict's key type is invariant.
+PRECISION_RECALL_SCHEMA: dict[Any, PolarsDataType] = {
     "symbol": pl.String,
     "target": pl.String,
     "model_version": pl.String,

@@ -27,15 +27,19 @@ import time
 from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
 from itff_platform.settings import Settings
 
+if TYPE_CHECKING:
+    from polars._typing import PolarsDataType
+
 log = logging.getLogger(__name__)
 
-SCHEMA = {
+SCHEMA: dict[str, PolarsDataType] = {
     "request_id": pl.String,
     "logged_at": pl.Datetime("us", "UTC"),
     "endpoint": pl.String,
