@@ -58,6 +58,7 @@ class ClientErrorsAsInfo(logging.Filter):
         if status is None:
             return True
         path, method = (record.args or ("?", "?"))[:2] if isinstance(record.args, tuple) else ("?", "?")
+        assert exc is not None  # client_status gives a status only for an exception
         record.levelno, record.levelname = logging.INFO, "INFO"
         record.msg, record.args = "client error %d on %s [%s]: %s", (status, path, method, summary(exc))
         record.exc_info, record.exc_text, record.stack_info = None, None, None

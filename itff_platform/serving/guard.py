@@ -218,6 +218,7 @@ class GuardMiddleware:
             self._limited.discard(f"ip:{client}")  # quiet for a whole budget's refill: the burst is over
         accepted = self.tokens
         if is_admin_path(path):
+            assert self.admin_token is not None  # an admin path without one got its 404 above
             accepted = [self.admin_token]
         elif path == DETAILS and self.admin_token:
             accepted = [*self.tokens, self.admin_token]
@@ -277,9 +278,9 @@ class GuardMiddleware:
                     send, scope, 413, "request body", f"exceeds the limit of {self.max_bytes} bytes"
                 )
         if path.startswith("/tradingview") and self.tradingview_secret:
-            problem = self._tradingview_problem(scope, headers, body)
-            if problem is not None:
-                status, field, rule = problem
+            unsigned = self._tradingview_problem(scope, headers, body)
+            if unsigned is not None:
+                status, field, rule = unsigned
                 if status == 401:
                     self.failures.take(client)  # a wrong signature is a failed authentication
                 return await self._refuse(send, scope, status, field, rule)
@@ -297,6 +298,7 @@ class GuardMiddleware:
                 "signature",
                 "missing: send X-Signature (or ?signature=) = hex HMAC-SHA256(secret, the raw body)",
             )
+        assert self.tradingview_secret is not None  # checked only where a secret is set
         if not hmac.compare_digest(
             given.strip().lower().encode(), body_signature(self.tradingview_secret, body).encode()
         ):

@@ -12,14 +12,17 @@ Built once per worker, on the first request for the document."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from itff_platform.rules import REGIMES
 from itff_platform.settings import Settings
 
-Regime = Literal[tuple(REGIMES)]
+if TYPE_CHECKING:  # a Literal built at run time from the rules' regimes: mypy sees a str
+    Regime = str
+else:
+    Regime = Literal[tuple(REGIMES)]
 Signal = Literal["long", "short", "flat"]
 
 
@@ -227,7 +230,7 @@ class Refusal(Shut):
     clippedUsd: float | None = Field(None, description="with a 422 at the cap")
 
 
-ANSWERS = {
+ANSWERS: dict[str, type[BaseModel]] = {
     "/predict": Answer,
     "/tradingview": AlertAnswer,
     "/predict_batch": BatchAnswer,
@@ -236,7 +239,7 @@ ANSWERS = {
     "/trade/execute": OrderAnswer,
     "/risk/reset": RiskReset,
 }
-MODELS = [*ANSWERS.values(), Readiness, Refusal, Portfolio]
+MODELS: list[type[BaseModel]] = [*ANSWERS.values(), Readiness, Refusal, Portfolio]
 SCHEMES = {
     "ApiToken": {"type": "apiKey", "in": "header", "name": "X-API-Token", "description": "one of ITFF_API_TOKENS"},
     "AdminToken": {"type": "apiKey", "in": "header", "name": "X-API-Token", "description": "ITFF_ADMIN_TOKEN"},

@@ -19,6 +19,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from time import perf_counter  # a handler parameter is called `time` (the TradingView field)
+from typing import Any
 
 import anyio
 import bentoml
@@ -410,6 +411,7 @@ class ItffService:
                         model_interval(model, self.settings),
                     )
                 else:
+                    assert features is not None  # exactly one of features and candles, checked above
                     x = features_from_row(features, model.meta["features"])
                 checked_model_input(model, x, "candles" if candles is not None else "features")
                 breakdown.append(self._vote(model, x, at))
@@ -528,10 +530,12 @@ def _openapi_document() -> dict:
     """BentoML's document plus what it cannot express: the token scheme, examples, enums, typed answers."""
     from itff_platform.serving.openapi import documented
 
-    return documented(ItffService.openapi_spec.asdict(), SETTINGS)
+    return documented(_SERVICE.openapi_spec.asdict(), SETTINGS)
 
 
-ItffService.add_asgi_middleware(
+# bentoml.service is imported lazily, so mypy sees the plain class it decorates; this is the bentoml Service.
+_SERVICE: Any = ItffService
+_SERVICE.add_asgi_middleware(
     GuardMiddleware,
     tokens=[token.get_secret_value() for token in SETTINGS.serving.api_tokens],
     admin_token=SETTINGS.serving.admin_token.get_secret_value() if SETTINGS.serving.admin_token else None,
@@ -549,4 +553,4 @@ ItffService.add_asgi_middleware(
     readiness=readiness_details,
     openapi=openapi_document,
 )
-ItffService.add_asgi_middleware(trading_api.PortfolioRoute, portfolio=portfolio)  # inside the guard
+_SERVICE.add_asgi_middleware(trading_api.PortfolioRoute, portfolio=portfolio)  # inside the guard
