@@ -21,11 +21,14 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import polars as pl
 from mlflow.entities.model_registry import ModelVersion
+
+if TYPE_CHECKING:
+    from itff_platform.training.significance import LossComparison
 
 import mlflow
 from itff_platform.manifests import DIGEST_TAG, artifact_manifest, manifest_artifact, manifest_digest
@@ -73,7 +76,8 @@ class Decision:
         return self.challenger if self.promoted else self.champion_before
 
 
-def _candidate(client: MlflowClient, version) -> Candidate:
+def _candidate(client: MlflowClient, version: ModelVersion) -> Candidate:
+    assert version.run_id is not None  # registered from a study run
     run = client.get_run(version.run_id)
     return Candidate(
         str(version.version),
@@ -118,7 +122,7 @@ def with_losses(frame: pl.DataFrame, task: str) -> pl.DataFrame:
     return frame.with_columns(loss=row_losses(task, frame["label"].to_numpy().astype(np.float64), prediction))
 
 
-def compare(candidate: pl.DataFrame, reference: pl.DataFrame, horizon: int):
+def compare(candidate: pl.DataFrame, reference: pl.DataFrame, horizon: int) -> LossComparison:
     """Diebold-Mariano on the rows both were scored on (joined on the bar's time)."""
     from itff_platform.training.significance import diebold_mariano
 
@@ -165,7 +169,7 @@ def choose_challenger(
     return chosen, notes
 
 
-def skill_reason(name: str, test, reference: str, alpha: float) -> str:
+def skill_reason(name: str, test: LossComparison, reference: str, alpha: float) -> str:
     verdict = "significantly beats" if test.significant(alpha) else "does not significantly beat"
     return (
         f"{name} {verdict} {reference} on the holdout: mean loss gain {test.mean_gain:+.5f} over {test.rows} rows, "
@@ -174,7 +178,14 @@ def skill_reason(name: str, test, reference: str, alpha: float) -> str:
 
 
 def _champion_holdout_losses(
-    client, oos: OutOfSample, settings, symbol, target, name, holder: Candidate, challenger: Candidate
+    client: MlflowClient,
+    oos: OutOfSample,
+    settings: Settings,
+    symbol: str,
+    target: str,
+    name: str,
+    holder: Candidate,
+    challenger: Candidate,
 ) -> tuple[pl.DataFrame | None, str | None]:
     """The champion's per-row losses on the challenger's holdout window, or why they cannot be had."""
     if holder.window == challenger.window:
@@ -269,7 +280,9 @@ def decision_basis(settings: Settings) -> str:
     return digest(read, code_digest("training/promotion.py", "training/significance.py", *SHARED_MODULES))
 
 
-def _judged_before(client: MlflowClient, name: str, newer: list, champion, basis: str) -> Decision | None:
+def _judged_before(
+    client: MlflowClient, name: str, newer: list[ModelVersion], champion: ModelVersion | None, basis: str
+) -> Decision | None:
     """The decision to keep things as they are when the last recorded decision already saw every version there is,
     on the same settings and code (`basis`), and left the champion that is still in place: judging again would decide
     the same. A retrain (a new version), a rollback, a forced champion, a changed ITFF_PROMOTION_ALPHA or changed
@@ -306,14 +319,14 @@ def _judged_before(client: MlflowClient, name: str, newer: list, champion, basis
 
 
 def _serve_decision(
-    client,
+    client: MlflowClient,
     oos: OutOfSample,
     settings: Settings,
     symbol: str,
     target: str,
     name: str,
     challenger: Candidate,
-    champion,
+    champion: ModelVersion | None,
     notes: list[str],
 ) -> Decision:
     alpha, horizon = settings.promotion.alpha, settings.features.label_horizon
@@ -492,7 +505,8 @@ def _current_champion(client: MlflowClient, name: str) -> ModelVersion | None:
 
 
 def _history(client: MlflowClient, name: str) -> list[str]:
-    return json.loads(client.get_registered_model(name).tags.get(HISTORY_TAG, "[]"))
+    history: list[str] = json.loads(client.get_registered_model(name).tags.get(HISTORY_TAG, "[]"))
+    return history
 
 
 def _set_champion(client: MlflowClient, name: str, version: str) -> None:

@@ -52,7 +52,7 @@ class StudyOutcome:
     family: str
     run_id: str
     metrics: dict[str, float]
-    params: dict
+    params: dict[str, Any]
     model_version: str | None
     trials_completed: int
     trials_pruned: int
@@ -110,7 +110,7 @@ def _clean(metrics: dict[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
 
 
-def _not_float(metrics: dict) -> dict:
+def _not_float(metrics: dict[str, Any]) -> dict[str, Any]:
     counts = {k: int(v) for k, v in metrics.items() if isinstance(v, (int, np.integer)) and not isinstance(v, bool)}
     return {**counts, **{k: float(v) for k, v in metrics.items() if k not in _clean(metrics)}}
 
@@ -322,7 +322,7 @@ def _search(
     search_folds: list[Fold],
     settings: Settings,
     n_trials: int,
-    fixed: dict,
+    fixed: dict[str, Any],
     experiment: str,
     stamp: str,
     progress: Callable[[str], None],
@@ -404,7 +404,7 @@ def _search(
 def _with_holdout(
     data: TrainingData,
     family: str,
-    params: dict,
+    params: dict[str, Any],
     weighting: str,
     searched: tuple[np.ndarray, list[float], np.ndarray],
     holdout: list[Fold],
@@ -423,7 +423,7 @@ def _with_holdout(
 
 
 def _log_evaluation(
-    family: str, metrics: dict, evaluation: Evaluation, params: dict, weighting: str, folder: Path
+    family: str, metrics: dict[str, Any], evaluation: Evaluation, params: dict[str, Any], weighting: str, folder: Path
 ) -> None:
     mlflow.log_metrics(_clean(metrics))
     mlflow.set_tag(EXACT_METRICS_TAG, json.dumps(_not_float(metrics)))
@@ -447,7 +447,7 @@ def _log_evaluation(
 def _register_unless_refused(
     data: TrainingData,
     family_spec: FamilySpec,
-    params: dict,
+    params: dict[str, Any],
     weighting: str,
     evaluation: Evaluation,
     settings: Settings,
@@ -493,7 +493,7 @@ def registration_refusal(metrics: dict[str, float], settings: Settings) -> str |
 def _refit_and_register(
     data: TrainingData,
     family: str,
-    params: dict,
+    params: dict[str, Any],
     weighting: str,
     evaluation: Evaluation,
     settings: Settings,
