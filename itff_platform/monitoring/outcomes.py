@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
-from typing import cast
+from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import polars as pl
@@ -87,7 +88,7 @@ def _empty_silver() -> pl.DataFrame:
     )
 
 
-def summary_path(settings: Settings):
+def summary_path(settings: Settings) -> Path:
     return settings.reports_dir / "live_quality.json"
 
 
@@ -110,7 +111,7 @@ def write_quality_summary(settings: Settings, quality: pl.DataFrame) -> None:
     path.write_text(json.dumps(rows, indent=1))
 
 
-def read_quality_summary(settings: Settings) -> list[dict]:
+def read_quality_summary(settings: Settings) -> list[dict[str, Any]]:
     path = summary_path(settings)
     try:
         return json.loads(path.read_text()) if path.exists() else []

@@ -224,7 +224,7 @@ def live_quality_for(settings: Settings, realized: pl.DataFrame, as_of: datetime
     return live_quality(recent, settings.trading.fees_bps, settings.features.label_horizon, backtest)
 
 
-def quality_degradation(live: dict[str, float], expected: dict[str, float], settings: Settings) -> dict:
+def quality_degradation(live: dict[str, float], expected: dict[str, float], settings: Settings) -> dict[str, Any]:
     """Live log loss against the champion's holdout log loss (`expected["log_loss"]`).
 
     `live` needs "n" (realized outcomes) and "log_loss", e.g. a live_quality row with scope 'all'. Returns
