@@ -8,12 +8,18 @@ media type), a filter on its logger turns the ERROR record into one INFO line.""
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from starlette.responses import JSONResponse
+
+    from itff_platform.serving.online import RequestError
 
 log = logging.getLogger("itff_platform.serving")
 BENTOML_ERROR_LOGGER = "bentoml._internal.server.http_app"  # where BentoML's log_exception writes
 
 
-def refusal(error, endpoint: str, status: int = 400):
+def refusal(error: RequestError, endpoint: str, status: int = 400) -> JSONResponse:
     """The JSON answer to a RequestError: {"error": "field: rule", "field": field, **its details}."""
     from starlette.responses import JSONResponse
 

@@ -18,7 +18,11 @@ from itff_platform.rules import REGIMES, as_utc
 from itff_platform.settings import INTERVAL_SECONDS, Settings
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from polars._typing import PolarsDataType
+
+    from itff_platform.contracts.champions import LoadedModel
 
 # A JSON number, never a boolean or a numeric string: lax pydantic would read `true` as 1.0 and "1.5" as 1.5.
 Number = Annotated[float, Strict()]
@@ -61,7 +65,7 @@ def minimum_candles(settings: Settings) -> int:
     return (settings.features.daily_range_days + 1) * settings.bars_per_day
 
 
-def model_interval(model, settings: Settings) -> str:
+def model_interval(model: LoadedModel, settings: Settings) -> str:
     """The bar interval the model was trained on (meta.json), else the service's."""
     interval = model.meta.get("interval") or settings.interval
     return interval if interval in INTERVAL_SECONDS else settings.interval
@@ -199,7 +203,9 @@ class OnlineFeatures:
             from itff_platform.features.labels import LABEL_COLUMNS
             from itff_platform.features.silver import build_features
 
-            def window(with_columns, predicate, n_rows, batch_size):
+            def window(
+                with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None, batch_size: int | None
+            ) -> Iterator[pl.DataFrame]:
                 frame = self._window
                 assert frame is not None, "collect outside OnlineFeatures.rows"
                 frame = frame.select(with_columns) if with_columns is not None else frame
@@ -319,7 +325,7 @@ def checked_rows(x: np.ndarray, field: str, names: list[str]) -> np.ndarray:
     return x
 
 
-def checked_model_input(model, x: np.ndarray, field: str) -> None:
+def checked_model_input(model: LoadedModel, x: np.ndarray, field: str) -> None:
     """Finite in float64 and in float32, but not once scaled (e.g. 1e38 over a tiny training spread): refuse it."""
     if model.forecaster.scaler is not None:
         with np.errstate(all="ignore"):

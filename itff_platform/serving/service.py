@@ -204,7 +204,7 @@ class ItffService:
             model, x, regime, at = await self._inputs(symbol.upper(), target, features, candles, regime, bar_time)
             return answered(await self._answer(model, x, regime, at, received, "/predict"))
         except RequestError as error:
-            return refusal(error, "/predict")
+            return refusal(error, "/predict")  # type: ignore[return-value]
 
     def _champion(self, symbol: str, target: str):
         if symbol not in self.settings.symbols:
@@ -296,7 +296,7 @@ class ItffService:
             out = model.forecaster.predict_proba(x) if len(x) else np.empty(0)
             checked_output(out, "rows")
         except RequestError as error:
-            return refusal(error, "/predict_batch")
+            return refusal(error, "/predict_batch")  # type: ignore[return-value]
         ood = [False] * len(x)
         if len(x) and model.forecaster.scaler is not None:
             ood = (np.abs(model.forecaster.scale(x)).max(axis=1) > OOD_Z).tolist()
@@ -371,7 +371,7 @@ class ItffService:
             checked_model_input(model, x, "candles" if candles is not None else "time")
             answer = await self._answer(model, x, regime, bar_time, received, "/tradingview")
         except RequestError as error:
-            return refusal(error, "/tradingview")
+            return refusal(error, "/tradingview")  # type: ignore[return-value]
         answer.update(
             {"ticker": ticker, "alert_close": close, "bar_close": bar_close, "stale": age > 0, "age_bars": age}
         )
@@ -416,7 +416,7 @@ class ItffService:
                 checked_model_input(model, x, "candles" if candles is not None else "features")
                 breakdown.append(self._vote(model, x, at))
         except RequestError as error:
-            return refusal(error, "/consensus")
+            return refusal(error, "/consensus")  # type: ignore[return-value]
         if regime is None and at is not None:
             regime = regime_from_lake(self.settings, symbol, at)
         weights = [abs(b["prob_up"] - 0.5) + 1e-9 for b in breakdown]
@@ -468,7 +468,7 @@ class ItffService:
     ) -> dict:
         """A paper order (runbook 004), gated on confidence and drawdown, sized, capped, filled once per key."""
         request = OrderRequest(symbol.upper(), side, qtyUsd, confidence, idempotencyKey, price, barTime, mode)
-        return await trading_api.execute(self.desk, request)
+        return await trading_api.execute(self.desk, request)  # type: ignore[return-value]
 
     @bentoml.api(route="/risk/reset")
     async def risk_reset(self, reason: str | None = None) -> dict:
