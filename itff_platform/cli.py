@@ -6,7 +6,9 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Mapping
 from datetime import UTC
+from typing import Any
 
 # Settings whose values are never echoed back in an error message.
 SECRET_SETTINGS = {"api_tokens", "admin_token", "tradingview_secret", "mlflow_tracking_uri", "optuna_storage"}
@@ -119,7 +121,7 @@ def _materialize(assets_selection: str, quiet: bool, only: list[str] | None = No
         0
     ].partitions_def.get_partition_keys()
     instance = DagsterInstance.get()  # DAGSTER_HOME is the project's (see _use_project_instance)
-    options = dict(assets=assets, run_config=_log_level(quiet))
+    options: dict[str, Any] = dict(assets=assets, run_config=_log_level(quiet))
     if only is not None and set(only) != set(keys):
         return [execute_job(job, instance, partition_key=key, **options) for key in keys if key in only]
     return [execute_job(job, instance, partition_range=(keys[0], keys[-1]), **options)]
@@ -331,7 +333,7 @@ def run_monitoring() -> bool:
     """After `itff run`: materialize the monitoring assets too, so the UI shows every asset materialized. Without
     live predictions yet they say so; drift needs none."""
     result = _materialize_monitoring(trigger="run")
-    outcomes = next(
+    outcomes: Mapping[str, Any] = next(
         (
             e.materialization.metadata
             for e in result.get_asset_materialization_events()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,13 +19,13 @@ if TYPE_CHECKING:
 OOD_Z = 6.0  # a scaled feature this many training standard deviations out is outside what the model saw
 
 
-def trading_permission(meta: dict) -> dict:
+def trading_permission(meta: dict[str, Any]) -> dict[str, Any]:
     """{"tradable", "tradable_reason"} from the model's meta.json. Models trained before training judged the
     trading rule carry neither: they trade, as they always did."""
     return {"tradable": bool(meta.get("tradable", True)), "tradable_reason": meta.get("tradable_reason")}
 
 
-def model_age(meta: dict, as_of: datetime, max_age_days: float) -> dict:
+def model_age(meta: dict[str, Any], as_of: datetime, max_age_days: float) -> dict[str, Any]:
     """{"model_age_days", "expired"}: days from the model's last training bar to `as_of`. Negative when the
     bar asked about is inside the training data. A model without `trained_through` has no known age."""
     trained = meta.get("trained_through")
@@ -47,7 +47,7 @@ def build_answer(
     *,
     max_age_days: float,
     served_at: datetime | None = None,
-) -> dict:
+) -> dict[str, Any]:
     scaled = model.forecaster.scale(x[-1:]) if model.forecaster.scaler is not None else np.zeros((1, 1))
     served_at = served_at or datetime.now(UTC)
     permission = trading_permission(model.meta)
@@ -76,7 +76,9 @@ def build_answer(
     return answer
 
 
-def log_record(answer: dict, x: np.ndarray, request_id: str, endpoint: str, latency_ms: float | None) -> dict:
+def log_record(
+    answer: dict[str, Any], x: np.ndarray, request_id: str, endpoint: str, latency_ms: float | None
+) -> dict[str, Any]:
     """The prediction log's row for an answer (see monitoring.prediction_log.SCHEMA)."""
     record = {
         k: answer.get(k)

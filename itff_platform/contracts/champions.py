@@ -10,7 +10,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,7 +19,10 @@ from itff_platform.rules import no_champion_remedy, registered_name
 from itff_platform.settings import Settings
 
 if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+
     from itff_platform.models.base import ServedForecaster
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 NO_CHAMPION = "no champion in the registry (no version has passed promotion yet)"
@@ -38,7 +41,7 @@ class LoadedModel:
     target: str
     version: str
     family: str
-    meta: dict
+    meta: dict[str, Any]
     forecaster: ServedForecaster
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -65,7 +68,7 @@ class ChampionStore:
         self.settings = settings
         self.models: dict[tuple[str, str], LoadedModel] = {}
         self.status: dict[str, ModelStatus] = {}
-        self._family_cache: dict[tuple[str, str], tuple[LoadedModel, bool]] = {}
+        self._family_cache: dict[tuple[str, str], LoadedModel] = {}
         self._lock = threading.Lock()
 
     def keys(self) -> list[tuple[str, str]]:
@@ -85,8 +88,8 @@ class ChampionStore:
         with self._lock:
             return self._refresh(client, MlflowException)
 
-    def _refresh(self, client, MlflowException) -> dict[str, str]:
-        changes = {}
+    def _refresh(self, client: MlflowClient, MlflowException: type[Exception]) -> dict[str, str]:
+        changes: dict[str, str] = {}
         loaded = dict(self.models)
         for symbol, target in self.keys():
             name = registered_name(symbol, target)
@@ -122,7 +125,7 @@ class ChampionStore:
         return changes
 
     def _load_verified(
-        self, client, name: str, symbol: str, target: str, version: str, verify: bool = True
+        self, client: MlflowClient, name: str, symbol: str, target: str, version: str, verify: bool = True
     ) -> LoadedModel:
         import mlflow
         from itff_platform.models import load_forecaster
@@ -145,7 +148,7 @@ class ChampionStore:
 
         client = MlflowClient(self.settings.tracking_uri)
         name = registered_name(symbol, target)
-        latest: dict[str, object] = {}
+        latest: dict[str, ModelVersion] = {}
         skipped: dict[str, str] = {}
         for version in client.search_model_versions(f"name = '{name}'"):
             family = version.tags.get("family", "?")
@@ -154,7 +157,7 @@ class ChampionStore:
                 continue
             if family not in latest or int(version.version) > int(latest[family].version):
                 latest[family] = version
-        out = []
+        out: list[LoadedModel] = []
         for family, version in sorted(latest.items()):
             skipped.pop(family, None)
             key = (name, str(version.version))
@@ -176,9 +179,9 @@ class ChampionStore:
         statuses = [self.status.get(registered_name(s, t), ModelStatus("")) for s, t in self.keys()]
         return any(st.healthy for st in statuses) and all(st.healthy or st.problem == NO_CHAMPION for st in statuses)
 
-    def report(self) -> dict:
+    def report(self) -> dict[str, Any]:
         """Every model's state; a model without a champion also says why and what to do."""
-        report = {}
+        report: dict[str, Any] = {}
         for symbol, target in self.keys():
             status = self.status.get(registered_name(symbol, target))
             if status is not None:
@@ -208,12 +211,13 @@ class ChampionStore:
         promote = f"itff promote --symbol {symbol} --target {target}"
         if status.reason == NEVER_TRAINED:
             return f"to get one: train it (itff train --symbol {symbol} --target {target}), then {promote}"
+        assert status.reason is not None  # set by last_decision whenever the problem is NO_CHAMPION
         if status.reason.startswith(NOT_JUDGED):
             return f"to get one: let promotion judge it ({promote})"
         return no_champion_remedy(symbol, target, status.judged_version)
 
 
-def last_decision(client, name: str) -> tuple[str, str | None]:
+def last_decision(client: MlflowClient, name: str) -> tuple[str, str | None]:
     """(why `name` has no champion, the version promotion last judged), from the registry's version tags, where
     promotion records each decision and its reasons."""
     versions = client.search_model_versions(f"name = '{name}'")

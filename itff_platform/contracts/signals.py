@@ -3,7 +3,10 @@ sense), else flat. One rule for the backtest that judges it, the MLflow pyfunc a
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 
 
 def allows_short(target: str) -> bool:
@@ -13,15 +16,21 @@ def allows_short(target: str) -> bool:
 
 def signals(prob: np.ndarray, threshold: float | np.ndarray, allow_short: bool = True) -> np.ndarray:
     """+1 long at P(up) >= threshold, -1 short at P(up) <= 1 - threshold (where shorting makes sense), else 0."""
-    return np.where(prob >= threshold, 1, np.where(allow_short & (prob <= 1 - threshold), -1, 0))
+    out: np.ndarray = np.where(prob >= threshold, 1, np.where(allow_short & (prob <= 1 - threshold), -1, 0))
+    return out
 
 
-def signal_names(prob, threshold: float, target: str) -> np.ndarray:
+def signal_names(prob: npt.ArrayLike, threshold: float, target: str) -> np.ndarray:
     """The same rule as `signals`, as the words the service answers with."""
-    return np.array(["short", "flat", "long"])[signals(np.asarray(prob), threshold, allows_short(target)) + 1]
+    names: np.ndarray = np.array(["short", "flat", "long"])[
+        signals(np.asarray(prob), threshold, allows_short(target)) + 1
+    ]
+    return names
 
 
-def served_signals(prob, threshold: float, target: str, tradable: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def served_signals(
+    prob: npt.ArrayLike, threshold: float, target: str, tradable: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """What a served answer says: the signal words and `allow`. A model whose rule has no significant edge
     (tradable False) still serves its probability, but its signal is flat and nothing is allowed."""
     prob = np.asarray(prob, dtype=np.float64)
@@ -33,7 +42,7 @@ def served_signals(prob, threshold: float, target: str, tradable: bool = True) -
 BANDS = ("p10", "p50", "p90")
 
 
-def answer_columns(out: np.ndarray, meta: dict, target: str) -> dict:
+def answer_columns(out: np.ndarray, meta: dict[str, Any], target: str) -> dict[str, Any]:
     """The fields a served answer holds for a model's outputs, a value per row: quantile bands for regression,
     else P(up) with its confidence, threshold and trade decision. The MLflow pyfunc answers with these columns,
     and the service with their last row, so the two cannot drift apart."""

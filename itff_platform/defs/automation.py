@@ -226,7 +226,13 @@ def drop_folder_requests(context, settings: Settings):
                 continue
             seen[name] = version
             candles, rejected = read_drop_file(settings.sources.files.drop_dir, path)
-            if rejected is None and candles.height and not (set(_file_months(candles)) & valid_months):
+            # candles is None exactly when the file was set aside (rejected is not None).
+            if (
+                rejected is None
+                and candles is not None
+                and candles.height
+                and not (set(_file_months(candles)) & valid_months)
+            ):
                 rejected = set_aside(
                     settings.sources.files.drop_dir,
                     path,

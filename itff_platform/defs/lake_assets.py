@@ -1,5 +1,7 @@
 """raw_candles -> bronze_candles -> silver_features. Thin: each asset calls lake.layers and reports."""
 
+from typing import cast
+
 import polars as pl
 from dagster import (
     AssetCheckResult,
@@ -360,6 +362,6 @@ def _silver_partition_metadata(part: pl.DataFrame) -> dict:
     labelled = part.filter(pl.col("direction").is_not_null())
     return {
         "regimes": markdown_table(part.group_by("regime").len().sort("regime")),
-        "direction_up_share": float(labelled["direction"].mean()) if labelled.height else 0.0,
-        "level_up_share": float(part["level_up"].drop_nulls().mean() or 0.0),
+        "direction_up_share": float(cast(float, labelled["direction"].mean())) if labelled.height else 0.0,
+        "level_up_share": float(cast(float | None, part["level_up"].drop_nulls().mean()) or 0.0),
     }

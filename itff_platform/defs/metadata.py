@@ -20,7 +20,7 @@ def table_schema(model: type[pa.DataFrameModel], written: pl.Schema | None = Non
     columns = []
     for name in list(written) if written is not None else list(declared.columns):
         column = declared.columns.get(name)
-        dtype = str(written[name]) if written is not None else str(column.dtype)
+        dtype = str(written[name]) if written is not None else str(declared.columns[name].dtype)
         if column is None:
             columns.append(TableColumn(name, dtype, description="not validated by the pandera schema"))
             continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 
 from dagster import (
@@ -34,7 +35,7 @@ def lake_partitions(settings: Settings) -> MultiPartitionsDefinition:
     )
 
 
-def months_by_symbol(partition_keys: list[str]) -> dict[str, list[datetime]]:
+def months_by_symbol(partition_keys: Sequence[str]) -> dict[str, list[datetime]]:
     """Group a run's partition keys (one, or all of a single-run backfill) by symbol."""
     grouped: dict[str, list[datetime]] = defaultdict(list)
     for key in partition_keys:

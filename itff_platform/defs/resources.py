@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from dagster import ConfigurableResource
 
 from itff_platform.settings import Settings
@@ -20,7 +22,7 @@ class ItffSettingsResource(ConfigurableResource):
     reports_dir: str | None = None
 
     def settings(self) -> Settings:
-        overrides = {
+        overrides: dict[str, Any] = {
             k: v
             for k, v in {
                 "lake_dir": self.lake_dir,

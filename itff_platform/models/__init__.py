@@ -3,11 +3,13 @@ Imports are lazy: torch takes seconds to import and only the torch families need
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from itff_platform.models.registry import spec
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from itff_platform.models.base import Forecaster
     from itff_platform.settings import Settings
 
@@ -22,7 +24,7 @@ def is_baseline(family: str) -> bool:
     return spec(family).baseline
 
 
-def make_forecaster(family: str, params: dict, settings: Settings) -> Forecaster:
+def make_forecaster(family: str, params: dict[str, Any], settings: Settings) -> Forecaster:
     """The family's forecaster as it is trained and deployed: calibrated on the end of its training window
     (Platt for probabilities, conformal for bands), except the baselines, which are reference points."""
     from itff_platform.models.calibration import Calibrated
@@ -33,7 +35,7 @@ def make_forecaster(family: str, params: dict, settings: Settings) -> Forecaster
     return Calibrated(model, slice_rows=settings.training.calibration_rows, horizon=settings.features.label_horizon)
 
 
-def load_forecaster(folder, settings: Settings | None = None) -> Forecaster:
+def load_forecaster(folder: str | Path, settings: Settings | None = None) -> Forecaster:
     """Rebuild a saved forecaster from its folder (forecaster.json + state.pkl)."""
     import json
     import pickle

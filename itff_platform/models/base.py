@@ -13,14 +13,19 @@ import numpy as np
 from sklearn.preprocessing import StandardScaler
 
 if TYPE_CHECKING:
+    from optuna import Trial
+
     from itff_platform.settings import Settings
 
 
 class ServedForecaster(Protocol):
     """What serving and replay call on a loaded model: a Forecaster, or the Calibrated one wrapping it."""
 
-    family: str
-    context_rows: int
+    @property
+    def family(self) -> str: ...
+
+    @property
+    def context_rows(self) -> int: ...
 
     @property
     def scaler(self) -> StandardScaler | None: ...
@@ -52,7 +57,7 @@ class Forecaster(ABC):
         return cls(params, settings.training.seed)
 
     @classmethod
-    def search_space(cls, trial) -> dict[str, Any]:
+    def search_space(cls, trial: Trial) -> dict[str, Any]:
         return {}
 
     def fit_scaler(self, features: np.ndarray) -> np.ndarray:
@@ -65,7 +70,10 @@ class Forecaster(ABC):
             raise RuntimeError(f"{self.family}: predict called before fit")
         # StandardScaler.transform's arithmetic without its input validation, which costs ~120 us a call:
         # the service scales one row per request.
-        return ((np.asarray(features, dtype=np.float64) - self.scaler.mean_) / self.scaler.scale_).astype(np.float32)
+        scaled: np.ndarray = ((np.asarray(features, dtype=np.float64) - self.scaler.mean_) / self.scaler.scale_).astype(
+            np.float32
+        )
+        return scaled
 
     @abstractmethod
     def fit(self, features: np.ndarray, labels: np.ndarray, sample_weight: np.ndarray | None = None) -> Forecaster: ...
@@ -109,7 +117,8 @@ def single_class_rate(labels: np.ndarray) -> float | None:
 
 
 def clip_probability(p: np.ndarray) -> np.ndarray:
-    return np.clip(p, 1e-6, 1 - 1e-6)
+    clipped: np.ndarray = np.clip(p, 1e-6, 1 - 1e-6)
+    return clipped
 
 
 def balanced_weights(labels: np.ndarray) -> np.ndarray:
@@ -117,4 +126,5 @@ def balanced_weights(labels: np.ndarray) -> np.ndarray:
     labels = labels.astype(int)
     counts = np.bincount(labels, minlength=2).astype(float)
     counts[counts == 0] = 1
-    return (len(labels) / (2 * counts))[labels]
+    weights: np.ndarray = (len(labels) / (2 * counts))[labels]
+    return weights

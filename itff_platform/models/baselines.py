@@ -12,12 +12,12 @@ class MajorityForecaster(Forecaster):
 
     family = "baseline_majority"
 
-    def fit(self, features, labels, sample_weight=None):
+    def fit(self, features: np.ndarray, labels: np.ndarray, sample_weight: np.ndarray | None = None) -> Forecaster:
         self.rate = float(np.average(labels, weights=sample_weight))
         self.scaler = None
         return self
 
-    def predict_proba(self, features):
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
         return clip_probability(np.full(len(features), self.rate))
 
 
@@ -27,14 +27,14 @@ class PersistenceForecaster(Forecaster):
 
     family = "baseline_persistence"
 
-    def fit(self, features, labels, sample_weight=None):
+    def fit(self, features: np.ndarray, labels: np.ndarray, sample_weight: np.ndarray | None = None) -> Forecaster:
         column = self.params["last_return_column"]
         up = features[:, column] > 0
         self.rate_after_up = float(labels[up].mean()) if up.any() else 0.5
         self.rate_after_down = float(labels[~up].mean()) if (~up).any() else 0.5
         return self
 
-    def predict_proba(self, features):
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
         up = features[:, self.params["last_return_column"]] > 0
         return clip_probability(np.where(up, self.rate_after_up, self.rate_after_down))
 
@@ -45,9 +45,9 @@ class ClimatologyForecaster(Forecaster):
     family = "baseline_climatology"
     task = "regression"
 
-    def fit(self, features, labels, sample_weight=None):
+    def fit(self, features: np.ndarray, labels: np.ndarray, sample_weight: np.ndarray | None = None) -> Forecaster:
         self.bands = np.quantile(labels, (0.1, 0.5, 0.9))
         return self
 
-    def predict_proba(self, features):
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
         return np.tile(self.bands, (len(features), 1))

@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from itff_platform.models.base import Forecaster, clip_probability
+
+if TYPE_CHECKING:
+    from sklearn.preprocessing import StandardScaler
 
 CALIBRATION_FILE = "calibration.json"
 BAND_QUANTILES = (0.1, 0.9)  # the band CQR conformalises: nominal 80 % coverage
@@ -30,10 +34,11 @@ MIN_ROWS = 200  # fewer than this in the slice (or left to learn on) and Platt's
 
 def logit(p: np.ndarray) -> np.ndarray:
     p = clip_probability(np.asarray(p, np.float64))
-    return np.log(p / (1 - p))
+    log_odds: np.ndarray = np.log(p / (1 - p))
+    return log_odds
 
 
-def fit_platt(prob: np.ndarray, labels: np.ndarray) -> dict:
+def fit_platt(prob: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     from sklearn.linear_model import LogisticRegression
 
     if len(np.unique(labels)) < 2:
@@ -42,14 +47,14 @@ def fit_platt(prob: np.ndarray, labels: np.ndarray) -> dict:
     return {"method": "platt", "slope": float(fitted.coef_[0, 0]), "intercept": float(fitted.intercept_[0])}
 
 
-def fit_conformal(bands: np.ndarray, actual: np.ndarray) -> dict:
+def fit_conformal(bands: np.ndarray, actual: np.ndarray) -> dict[str, Any]:
     coverage = BAND_QUANTILES[1] - BAND_QUANTILES[0]
     scores = np.maximum(bands[:, 0] - actual, actual - bands[:, 2])
     level = min(1.0, np.ceil((len(scores) + 1) * coverage) / len(scores))  # the finite-sample conformal quantile
     return {"method": "conformal", "widen": float(np.quantile(scores, level, method="higher"))}
 
 
-def apply_calibration(calibration: dict, output: np.ndarray) -> np.ndarray:
+def apply_calibration(calibration: dict[str, Any], output: np.ndarray) -> np.ndarray:
     method = calibration["method"]
     if method == "platt":
         return clip_probability(1 / (1 + np.exp(-(calibration["slope"] * logit(output) + calibration["intercept"]))))
@@ -79,7 +84,7 @@ class Calibrated(Forecaster):
             horizon,
             min_rows,
         )
-        self.calibration: dict = {"method": "identity"}
+        self.calibration: dict[str, Any] = {"method": "identity"}
 
     # --- the wrapped family's identity
     @property
@@ -95,11 +100,11 @@ class Calibrated(Forecaster):
         return self.base.complexity
 
     @property
-    def params(self) -> dict:
+    def params(self) -> dict[str, Any]:  # type: ignore[override]
         return self.base.params
 
     @property
-    def seed(self) -> int:
+    def seed(self) -> int:  # type: ignore[override]
         return self.base.seed
 
     @property
@@ -107,14 +112,14 @@ class Calibrated(Forecaster):
         return self.base.context_rows
 
     @property
-    def scaler(self):
+    def scaler(self) -> StandardScaler | None:  # type: ignore[override]
         return self.base.scaler
 
     def scale(self, features: np.ndarray) -> np.ndarray:
         return self.base.scale(features)
 
     # --- fit and predict
-    def fit(self, features, labels, sample_weight=None):
+    def fit(self, features: np.ndarray, labels: np.ndarray, sample_weight: np.ndarray | None = None) -> Forecaster:
         calibration_rows = min(self.slice_rows, int(len(labels) * self.slice_fraction))
         learn_end = len(labels) - calibration_rows - self.horizon  # purge: these labels would read into the slice
         if calibration_rows < self.min_rows or learn_end < self.min_rows:
@@ -131,15 +136,15 @@ class Calibrated(Forecaster):
         self.calibration["rows"] = int(calibration_rows)
         return self
 
-    def predict_proba(self, features):
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
         return apply_calibration(self.calibration, self.base.predict_proba(features))
 
-    def predict_both(self, features) -> tuple[np.ndarray, np.ndarray]:
+    def predict_both(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(before calibration, after), from one pass of the model."""
         raw = self.base.predict_proba(features)
         return raw, apply_calibration(self.calibration, raw)
 
-    def probability_samples(self, features):
+    def probability_samples(self, features: np.ndarray) -> np.ndarray | None:
         samples = self.base.probability_samples(features)
         return None if samples is None else np.stack([apply_calibration(self.calibration, s) for s in samples])
 

@@ -14,7 +14,7 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from itff_platform.models.base import Forecaster
@@ -33,9 +33,9 @@ class FamilySpec:
     # answer with P10/P50/P90 bands, which are their uncertainty.
     uncertainty: Literal["none", "mc_dropout", "bands"] = "none"
     # Fixed params taken from the training data's feature names rather than searched (e.g. a column index).
-    data_params: Callable[[list[str]], dict] | None = None
+    data_params: Callable[[list[str]], dict[str, Any]] | None = None
 
-    def fixed_params(self, features: list[str]) -> dict:
+    def fixed_params(self, features: list[str]) -> dict[str, Any]:
         return self.data_params(features) if self.data_params else {}
 
     @property
@@ -47,7 +47,8 @@ class FamilySpec:
 
     def forecaster_class(self) -> type[Forecaster]:
         module, _, name = self.forecaster.partition(":")
-        return getattr(importlib.import_module(module), name)
+        forecaster: type[Forecaster] = getattr(importlib.import_module(module), name)
+        return forecaster
 
 
 _REGISTERED: dict[str, FamilySpec] = {}

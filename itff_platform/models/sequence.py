@@ -7,12 +7,18 @@ only its uncertainty, their standard deviation."""
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from itff_platform.models.base import Forecaster, clip_probability
+
+if TYPE_CHECKING:
+    from optuna import Trial
+
+    from itff_platform.settings import Settings
 
 
 def pick_device(preference: str = "auto") -> torch.device:
@@ -38,7 +44,8 @@ class LSTMNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.lstm(x)
-        return self.head(out[:, -1]).squeeze(-1)
+        logits: torch.Tensor = self.head(out[:, -1]).squeeze(-1)
+        return logits
 
 
 class TransformerNet(nn.Module):
@@ -52,7 +59,8 @@ class TransformerNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         encoded = self.encoder(self.embed(x) + self.position)
-        return self.head(encoded[:, -1]).squeeze(-1)
+        logits: torch.Tensor = self.head(encoded[:, -1]).squeeze(-1)
+        return logits
 
 
 class SequenceForecaster(Forecaster):
@@ -60,21 +68,21 @@ class SequenceForecaster(Forecaster):
 
     def __init__(
         self,
-        params=None,
-        seed=42,
+        params: dict[str, Any] | None = None,
+        seed: int = 42,
         length: int = 24,
         epochs: int = 3,
         device: str = "auto",
         mc_samples: int = 20,
         max_train_rows: int | None = None,
-    ):
+    ) -> None:
         super().__init__(params, seed)
         self.length, self.epochs, self.device_name, self.mc_samples = length, epochs, device, mc_samples
         self.max_train_rows = max_train_rows
         self.context_rows = length - 1
 
     @classmethod
-    def from_settings(cls, params, settings):
+    def from_settings(cls, params: dict[str, Any], settings: Settings) -> Forecaster:
         return cls(
             params,
             settings.training.seed,
@@ -88,7 +96,7 @@ class SequenceForecaster(Forecaster):
     def build(self, features: int) -> nn.Module:
         raise NotImplementedError
 
-    def fit(self, features, labels, sample_weight=None):
+    def fit(self, features: np.ndarray, labels: np.ndarray, sample_weight: np.ndarray | None = None) -> Forecaster:
         if self.max_train_rows and len(labels) > self.max_train_rows:
             # The most recent rows: the CPU budget buys more from recent history than from a thinner sample of all.
             keep = slice(len(labels) - self.max_train_rows, None)
@@ -130,23 +138,24 @@ class SequenceForecaster(Forecaster):
         self.net.eval()
         return torch.cat(out).numpy().astype(np.float64)
 
-    def predict_proba(self, features):
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
         return clip_probability(self._probabilities(features, stochastic=False))
 
-    def probability_samples(self, features):
+    def probability_samples(self, features: np.ndarray) -> np.ndarray | None:
         torch.manual_seed(self.seed)
         return np.stack(
             [clip_probability(self._probabilities(features, stochastic=True)) for _ in range(self.mc_samples)]
         )
 
-    def _state(self):
+    def _state(self) -> dict[str, Any]:
         buffer = io.BytesIO()
         # CPU copies of the weights; moving the live network would break it on a CUDA machine.
         torch.save({k: v.detach().cpu() for k, v in self.net.state_dict().items()}, buffer)
         state = {k: v for k, v in super()._state().items() if k != "net"}
+        assert self.scaler is not None  # saved only after fit, which sets it
         return {**state, "net_state": buffer.getvalue(), "n_features": self.scaler.n_features_in_}
 
-    def _restore(self, state):
+    def _restore(self, state: dict[str, Any]) -> None:
         net_state, n_features = state.pop("net_state"), state.pop("n_features")
         super()._restore(state)
         self.net = self.build(n_features)
@@ -159,14 +168,14 @@ class LSTMForecaster(SequenceForecaster):
     complexity = 4
 
     @classmethod
-    def search_space(cls, trial) -> dict:
+    def search_space(cls, trial: Trial) -> dict[str, Any]:
         return {
             "hidden": trial.suggest_categorical("hidden", [16, 32, 64]),
             "dropout": trial.suggest_float("dropout", 0.1, 0.4),
             "learning_rate": trial.suggest_float("learning_rate", 3e-4, 3e-3, log=True),
         }
 
-    def build(self, features):
+    def build(self, features: int) -> nn.Module:
         return LSTMNet(features, self.params.get("hidden", 32), 1, self.params.get("dropout", 0.2))
 
 
@@ -175,14 +184,14 @@ class TransformerForecaster(SequenceForecaster):
     complexity = 5
 
     @classmethod
-    def search_space(cls, trial) -> dict:
+    def search_space(cls, trial: Trial) -> dict[str, Any]:
         return {
             "width": trial.suggest_categorical("width", [16, 32]),
             "dropout": trial.suggest_float("dropout", 0.1, 0.4),
             "learning_rate": trial.suggest_float("learning_rate", 3e-4, 3e-3, log=True),
         }
 
-    def build(self, features):
+    def build(self, features: int) -> nn.Module:
         return TransformerNet(
             features, self.length, self.params.get("width", 32), 4, 1, self.params.get("dropout", 0.2)
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
@@ -10,10 +10,13 @@ from sklearn.linear_model import LogisticRegression, Ridge
 
 from itff_platform.models.base import Forecaster, clip_probability, single_class_rate
 
+if TYPE_CHECKING:
+    from optuna import Trial
+
 QUANTILES = (0.1, 0.5, 0.9)
 
 
-def tree_space(trial) -> dict:
+def tree_space(trial: Trial) -> dict[str, Any]:
     """The tree-shape search space both gradient-boosting families share."""
     return {
         "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.2, log=True),
@@ -26,10 +29,10 @@ class SklearnClassifier(Forecaster):
     """Shared by the scikit-learn classifiers: scale on the training rows, fit, predict P(1); a training window
     holding a single class cannot be fitted, so it predicts that class's rate instead."""
 
-    def make_estimator(self):
+    def make_estimator(self) -> Any:
         raise NotImplementedError
 
-    def fit(self, features, labels, sample_weight=None):
+    def fit(self, features: np.ndarray, labels: np.ndarray, sample_weight: np.ndarray | None = None) -> Forecaster:
         scaled, self.constant = self.fit_scaler(features), single_class_rate(labels)
         self.model = (
             None
@@ -38,7 +41,7 @@ class SklearnClassifier(Forecaster):
         )
         return self
 
-    def predict_proba(self, features):
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
         if self.model is None:
             return clip_probability(np.full(len(features), self.constant))
         return clip_probability(self.model.predict_proba(self.scale(features))[:, 1])
@@ -48,10 +51,10 @@ class LogisticForecaster(SklearnClassifier):
     family = "logistic"
 
     @classmethod
-    def search_space(cls, trial) -> dict:
+    def search_space(cls, trial: Trial) -> dict[str, Any]:
         return {"C": trial.suggest_float("C", 1e-3, 10.0, log=True)}
 
-    def make_estimator(self):
+    def make_estimator(self) -> Any:
         return LogisticRegression(C=self.params.get("C", 1.0), max_iter=500)
 
 
@@ -60,13 +63,13 @@ class BoostingForecaster(SklearnClassifier):
     complexity = 3
 
     @classmethod
-    def search_space(cls, trial) -> dict:
+    def search_space(cls, trial: Trial) -> dict[str, Any]:
         return {
             **tree_space(trial),
             "l2_regularization": trial.suggest_float("l2_regularization", 1e-3, 10.0, log=True),
         }
 
-    def make_estimator(self):
+    def make_estimator(self) -> Any:
         # Early stopping on an internal split would sample validation rows at random, i.e. from the future
         # of other training rows; a fixed iteration count keeps the training window strictly causal.
         return HistGradientBoostingClassifier(max_iter=150, early_stopping=False, random_state=self.seed, **self.params)
@@ -80,13 +83,13 @@ class BoostingQuantileForecaster(Forecaster):
     complexity = 3
 
     @classmethod
-    def search_space(cls, trial) -> dict:
+    def search_space(cls, trial: Trial) -> dict[str, Any]:
         return tree_space(trial)
 
     # Quantile trees with scikit-learn's default 20-row leaves overfit the tails: bands came out too narrow.
     DEFAULTS: ClassVar[dict[str, float | int]] = {"learning_rate": 0.05, "max_leaf_nodes": 15, "min_samples_leaf": 200}
 
-    def fit(self, features, labels, sample_weight=None):
+    def fit(self, features: np.ndarray, labels: np.ndarray, sample_weight: np.ndarray | None = None) -> Forecaster:
         scaled = self.fit_scaler(features)
         params = {**self.DEFAULTS, **self.params}
         self.models = [
@@ -97,7 +100,7 @@ class BoostingQuantileForecaster(Forecaster):
         ]
         return self
 
-    def predict_proba(self, features):
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
         scaled = self.scale(features)
         return np.sort(np.column_stack([m.predict(scaled) for m in self.models]), axis=1)  # no crossing bands
 
@@ -109,16 +112,17 @@ class LinearQuantileForecaster(Forecaster):
     task = "regression"
 
     @classmethod
-    def search_space(cls, trial) -> dict:
+    def search_space(cls, trial: Trial) -> dict[str, Any]:
         return {"alpha": trial.suggest_float("alpha", 1e-2, 1e3, log=True)}
 
-    def fit(self, features, labels, sample_weight=None):
+    def fit(self, features: np.ndarray, labels: np.ndarray, sample_weight: np.ndarray | None = None) -> Forecaster:
         scaled = self.fit_scaler(features)
         self.model = Ridge(alpha=self.params.get("alpha", 1.0)).fit(scaled, labels, sample_weight=sample_weight)
         residuals = labels - self.model.predict(scaled)
         self.offsets = np.quantile(residuals, QUANTILES)
         return self
 
-    def predict_proba(self, features):
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
         median = self.model.predict(self.scale(features))
-        return median[:, None] + self.offsets[None, :]
+        bands: np.ndarray = median[:, None] + self.offsets[None, :]
+        return bands

@@ -12,9 +12,10 @@ calibrated on how far the statistic moves within the reference period itself (mo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 from scipy.stats import ks_2samp
 
@@ -44,15 +45,17 @@ def worst(*statuses: str) -> str:
     return max(statuses, key=_RANK.__getitem__)
 
 
-def _finite(values) -> np.ndarray:
-    values = np.asarray(values, dtype=np.float64).ravel()
-    return values[np.isfinite(values)]
+def _finite(values: npt.ArrayLike) -> np.ndarray:
+    flat = np.asarray(values, dtype=np.float64).ravel()
+    finite: np.ndarray = flat[np.isfinite(flat)]
+    return finite
 
 
 def psi_from_shares(expected: np.ndarray, actual: np.ndarray) -> np.ndarray | float:
     """PSI of share vectors along the last axis: one number for two vectors, one per row for two matrices."""
     expected, actual = np.maximum(expected, SHARE_FLOOR), np.maximum(actual, SHARE_FLOOR)
-    return np.sum((actual - expected) * np.log(actual / expected), axis=-1)
+    psi: np.ndarray | float = np.sum((actual - expected) * np.log(actual / expected), axis=-1)
+    return psi
 
 
 def psi(expected: np.ndarray, actual: np.ndarray, bins: int = PSI_BINS) -> float:
@@ -82,15 +85,15 @@ def ks_statistic(expected: np.ndarray, actual: np.ndarray) -> float:
     return float(ks_2samp(expected, actual).statistic)
 
 
-def category_shares(labels, categories: Sequence[str]) -> np.ndarray:
+def category_shares(labels: npt.ArrayLike, categories: Sequence[str]) -> np.ndarray:
     """Share of `labels` in each category (labels outside `categories` are not counted); zeros when empty."""
-    labels = np.asarray(labels, dtype=object).ravel()
-    counts = (labels[:, None] == np.asarray(categories, dtype=object)[None, :]).sum(axis=0)
+    flat = np.asarray(labels, dtype=object).ravel()
+    counts = (flat[:, None] == np.asarray(categories, dtype=object)[None, :]).sum(axis=0)
     total = counts.sum()
     return counts / total if total else np.zeros(len(categories))
 
 
-def category_psi(expected_labels, actual_labels, categories: Sequence[str]) -> float:
+def category_psi(expected_labels: npt.ArrayLike, actual_labels: npt.ArrayLike, categories: Sequence[str]) -> float:
     """PSI over categorical shares, e.g. the regime mix; NaN when either side has no labels in `categories`."""
     expected, actual = category_shares(expected_labels, categories), category_shares(actual_labels, categories)
     if not expected.any() or not actual.any():
@@ -192,14 +195,20 @@ def feature_drift(
     )
 
 
-def regime_labels(regimes) -> np.ndarray:
+def regime_labels(regimes: pl.Series | npt.ArrayLike) -> np.ndarray:
     """Regime labels as a flat object array; a missing regime counts as 'unknown', as the rules call warm-up."""
     if not isinstance(regimes, pl.Series):
         regimes = pl.Series(np.asarray(regimes, dtype=object).ravel().tolist(), dtype=pl.String)
-    return regimes.cast(pl.String).fill_null("unknown").to_numpy().astype(object)
+    labels: np.ndarray = regimes.cast(pl.String).fill_null("unknown").to_numpy().astype(object)
+    return labels
 
 
-def regime_shift(reference_regimes, recent_regimes, settings: Settings, thresholds: dict | None = None) -> dict:
+def regime_shift(
+    reference_regimes: pl.Series | npt.ArrayLike,
+    recent_regimes: pl.Series | npt.ArrayLike,
+    settings: Settings,
+    thresholds: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """PSI of the regime mix, recent against reference, graded by `thresholds` ({"warn", "threshold",
     "calibration_windows"}, e.g. from drift_calibration.regime_thresholds; regime_shift_warn/error when None).
 

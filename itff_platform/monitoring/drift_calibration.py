@@ -29,6 +29,7 @@ reference (see leave_window_out_ks), for which only the window's own values are 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any, cast
 
 import numpy as np
 import polars as pl
@@ -61,7 +62,8 @@ def window_bounds(timestamps: pl.Series, window: timedelta, step: timedelta, bar
     count = max((end - first - window_us) // step_us + 1, 0)
     starts = first + step_us * np.arange(count)
     bounds = np.column_stack([np.searchsorted(stamps, starts), np.searchsorted(stamps, starts + window_us)])
-    return bounds[bounds[:, 1] - bounds[:, 0] >= MIN_WINDOW_FILL * window_us / bar_us]
+    filled: np.ndarray = bounds[bounds[:, 1] - bounds[:, 0] >= MIN_WINDOW_FILL * window_us / bar_us]
+    return filled
 
 
 def _leave_window_out_psi(onehot: np.ndarray, bounds: np.ndarray) -> np.ndarray:
@@ -105,7 +107,8 @@ def one_bin_psi(counts: np.ndarray) -> float:
     if not total:
         return float("nan")
     shares = counts / total
-    return float(psi_from_shares(np.broadcast_to(shares, (len(shares), len(shares))), np.eye(len(shares))).min())
+    psi = cast(np.ndarray, psi_from_shares(np.broadcast_to(shares, (len(shares), len(shares))), np.eye(len(shares))))
+    return float(psi.min())  # one PSI per row of the two matrices
 
 
 def leave_window_out_ks(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
@@ -207,7 +210,7 @@ def calibrated_thresholds(reference: pl.DataFrame, features: list[str], settings
     return pl.DataFrame(rows, schema=THRESHOLD_SCHEMA)
 
 
-def regime_thresholds(reference: pl.DataFrame, settings: Settings) -> dict:
+def regime_thresholds(reference: pl.DataFrame, settings: Settings) -> dict[str, Any]:
     """Warn/error thresholds of the regime mix's PSI, calibrated on `reference` (silver rows with `timestamp`
     and `regime`) the same way, floored by regime_shift_warn/error: the dict drift.regime_shift grades by."""
     reference = reference.sort("timestamp")

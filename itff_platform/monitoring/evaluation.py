@@ -17,12 +17,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from itff_platform.settings import Settings
 
-DECISION_SCHEMA = {
+if TYPE_CHECKING:
+    from polars._typing import PolarsDataType
+
+DECISION_SCHEMA: dict[str, PolarsDataType] = {
     "decided_at": pl.Datetime("us", "UTC"),
     "as_of": pl.Datetime("us", "UTC"),
     "symbol": pl.String,
@@ -39,16 +43,16 @@ class Evaluation:
     pending: int = 0
     realized: pl.DataFrame = field(default_factory=pl.DataFrame)
     quality: pl.DataFrame = field(default_factory=pl.DataFrame)
-    degradation: list[dict] = field(
+    degradation: list[dict[str, Any]] = field(
         default_factory=list
     )  # per model: symbol, target, expected and live log loss (MAPE), status
-    precision_recall: list[dict] = field(
+    precision_recall: list[dict[str, Any]] = field(
         default_factory=list
     )  # per classification model: live vs backtest precision/recall
     drift: dict[str, pl.DataFrame] = field(default_factory=dict)  # per symbol: feature_drift rows
-    regime: dict[str, dict] = field(default_factory=dict)  # per symbol: regime_shift result
+    regime: dict[str, dict[str, Any]] = field(default_factory=dict)  # per symbol: regime_shift result
     decisions: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=DECISION_SCHEMA))
-    expectations: dict[tuple[str, str], dict] = field(default_factory=dict)
+    expectations: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     figures: dict[str, Path] = field(default_factory=dict)
 
     def retrain(self) -> list[tuple[str, str]]:
@@ -58,7 +62,7 @@ class Evaluation:
         ]
 
 
-def champion_expectations(settings: Settings) -> dict[tuple[str, str], dict]:
+def champion_expectations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
     """What each champion's walk-forward backtest promised (its out-of-sample metrics), its version and its
     last training bar."""
     from itff_platform.training.promotion import champion_versions
@@ -67,6 +71,7 @@ def champion_expectations(settings: Settings) -> dict[tuple[str, str], dict]:
     client = MlflowClient(settings.tracking_uri)
     found = {}
     for key, version in champion_versions(settings).items():
+        assert version.run_id is not None  # champions are registered from study runs
         run = client.get_run(version.run_id)
         found[key] = {
             "version": str(version.version),
@@ -167,7 +172,9 @@ def judge_live(settings: Settings, result: Evaluation) -> Evaluation:
     return result
 
 
-def _degradation(settings: Settings, quality: pl.DataFrame, expectations: dict) -> list[dict]:
+def _degradation(
+    settings: Settings, quality: pl.DataFrame, expectations: dict[tuple[str, str], dict[str, Any]]
+) -> list[dict[str, Any]]:
     from itff_platform.monitoring.quality import quality_degradation
 
     rows = []
@@ -214,7 +221,7 @@ def _degradation(settings: Settings, quality: pl.DataFrame, expectations: dict) 
     return rows
 
 
-def mape_status(live: dict, settings: Settings) -> dict:
+def mape_status(live: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """Runbook 001's prediction-drift trigger: live MAPE (a fraction) above drift_mape_error is an error.
     'insufficient' below min_live_outcomes outcomes or with no MAPE."""
     n, mape = int(live.get("n") or 0), live.get("mape")
@@ -223,7 +230,8 @@ def mape_status(live: dict, settings: Settings) -> dict:
     return {"status": "error" if mape > settings.monitoring.drift_mape_error else "ok", "n": n}
 
 
-PRECISION_RECALL_SCHEMA = {
+# Any keys: DataFrame(schema=) takes str keys and .cast() str-or-selector keys, and a dict's key type is invariant.
+PRECISION_RECALL_SCHEMA: dict[Any, PolarsDataType] = {
     "symbol": pl.String,
     "target": pl.String,
     "model_version": pl.String,
@@ -275,7 +283,7 @@ def live_precision_recall(realized: pl.DataFrame, since: datetime) -> pl.DataFra
 RATE_DENOMINATORS = {"precision": "long_calls", "recall": "positives"}
 
 
-def _rate_drift(hits: int, trials: int, expected: float | None, settings: Settings) -> dict:
+def _rate_drift(hits: int, trials: int, expected: float | None, settings: Settings) -> dict[str, Any]:
     """A live rate (hits / trials) against the backtest's: the gap, the two-sided binomial p-value of a live rate
     that far off if the backtest's still held, and whether it drifted: more than drift_precision_recall_max
     off, and unlikely by chance at drift_precision_recall_alpha. Over a week of hourly bars a rate rests on a
@@ -295,8 +303,8 @@ def _rate_drift(hits: int, trials: int, expected: float | None, settings: Settin
 
 
 def precision_recall_drift(
-    settings: Settings, realized: pl.DataFrame, expectations: dict, as_of: datetime
-) -> list[dict]:
+    settings: Settings, realized: pl.DataFrame, expectations: dict[tuple[str, str], dict[str, Any]], as_of: datetime
+) -> list[dict[str, Any]]:
     """Each classification champion's live precision and recall over the last drift_precision_recall_days
     against its backtest's (MLflow `precision`/`recall`): status 'error' when either drifted (_rate_drift),
     'insufficient' below min_live_outcomes outcomes of that version, 'not graded' when the backtest logged neither."""
@@ -328,7 +336,7 @@ def precision_recall_drift(
     return rows
 
 
-def _drift(settings: Settings, result: Evaluation, expectations: dict) -> None:
+def _drift(settings: Settings, result: Evaluation, expectations: dict[tuple[str, str], dict[str, Any]]) -> None:
     from itff_platform.features.silver import feature_columns
     from itff_platform.lake.delta import read_rows
     from itff_platform.lake.layers import LakeTables
@@ -364,7 +372,7 @@ def _drift(settings: Settings, result: Evaluation, expectations: dict) -> None:
         )
 
 
-def _drift_reasons(settings: Settings, drift: pl.DataFrame | None, shift: dict) -> list[str]:
+def _drift_reasons(settings: Settings, drift: pl.DataFrame | None, shift: dict[str, Any]) -> list[str]:
     """Why the symbol's data says retrain, shared by its models: enough features at error, or the regime mix."""
     reasons = []
     drifted = drift.filter(pl.col("status") == "error") if drift is not None else pl.DataFrame()

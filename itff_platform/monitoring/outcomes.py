@@ -6,7 +6,9 @@ A bar may be asked about many times (retries, dashboards): live quality counts e
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import polars as pl
@@ -65,8 +67,10 @@ def realized_from_lake(settings: Settings, log: pl.DataFrame) -> tuple[pl.DataFr
     dated = log.filter(pl.col("bar_time").is_not_null())
     if dated.is_empty():
         return realized_predictions(log, _empty_silver())
-    start = dated["bar_time"].min()
-    end = dated["bar_time"].max() + timedelta(seconds=settings.interval_seconds * (settings.features.label_horizon + 1))
+    start = cast(datetime, dated["bar_time"].min())  # non-empty, nulls filtered out: a datetime
+    end = cast(datetime, dated["bar_time"].max()) + timedelta(
+        seconds=settings.interval_seconds * (settings.features.label_horizon + 1)
+    )
     silver = read_rows(LakeTables.under(settings).silver, settings.interval, start=start, end=end)
     return realized_predictions(log, silver.filter(pl.col("symbol").is_in(dated["symbol"].unique().to_list())))
 
@@ -84,7 +88,7 @@ def _empty_silver() -> pl.DataFrame:
     )
 
 
-def summary_path(settings: Settings):
+def summary_path(settings: Settings) -> Path:
     return settings.reports_dir / "live_quality.json"
 
 
@@ -107,7 +111,7 @@ def write_quality_summary(settings: Settings, quality: pl.DataFrame) -> None:
     path.write_text(json.dumps(rows, indent=1))
 
 
-def read_quality_summary(settings: Settings) -> list[dict]:
+def read_quality_summary(settings: Settings) -> list[dict[str, Any]]:
     path = summary_path(settings)
     try:
         return json.loads(path.read_text()) if path.exists() else []

@@ -27,15 +27,19 @@ import time
 from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
 from itff_platform.settings import Settings
 
+if TYPE_CHECKING:
+    from polars._typing import PolarsDataType
+
 log = logging.getLogger(__name__)
 
-SCHEMA = {
+SCHEMA: dict[str, PolarsDataType] = {
     "request_id": pl.String,
     "logged_at": pl.Datetime("us", "UTC"),
     "endpoint": pl.String,
@@ -68,12 +72,12 @@ def write_ahead_path(settings: Settings) -> Path:
     return settings.monitoring.root / "predictions-wal"
 
 
-def records_frame(records: list[dict]) -> pl.DataFrame:
+def records_frame(records: list[dict[str, Any]]) -> pl.DataFrame:
     frame = pl.DataFrame([{name: r.get(name) for name in SCHEMA} for r in records], schema=SCHEMA)
     return frame.with_columns(day=pl.col("logged_at").dt.date())
 
 
-def write_records(path: Path, records: list[dict]) -> None:
+def write_records(path: Path, records: list[dict[str, Any]]) -> None:
     from deltalake import write_deltalake
 
     # Appends from several service workers do not conflict: Delta retries the commit on a new version.
@@ -115,7 +119,7 @@ class PredictionLog:
     ) -> None:
         self.path, self.flush_rows, self.flush_s, self.max_pending = path, flush_rows, flush_s, max_pending
         self.written = self.dropped = self.failed_writes = self.replayed = 0
-        self._pending: deque[dict] = deque()
+        self._pending: deque[dict[str, Any]] = deque()
         self._oldest: float | None = None
         self._wake = threading.Condition()
         self._write_lock = threading.Lock()
@@ -137,7 +141,7 @@ class PredictionLog:
             write_ahead=write_ahead_path(settings) if write_ahead else None,
         )
 
-    def append(self, record: dict) -> None:
+    def append(self, record: dict[str, Any]) -> None:
         """Never blocks on I/O and never raises into the request."""
         record.setdefault("logged_at", datetime.now(UTC))
         with self._wake:
@@ -146,7 +150,7 @@ class PredictionLog:
         if closed:  # a request that finished during shutdown: no writer thread is left, write it now
             self.flush()
 
-    async def append_durable(self, record: dict) -> None:
+    async def append_durable(self, record: dict[str, Any]) -> None:
         """append, and return once the record is fsynced to the write-ahead segment (at once without one).
         Raises OSError when the segment cannot be written: the caller must not acknowledge the prediction."""
         if self.wal is None:
@@ -162,7 +166,7 @@ class PredictionLog:
             return
         await self.wal.synced(seq)
 
-    def _buffer(self, record: dict) -> None:
+    def _buffer(self, record: dict[str, Any]) -> None:
         """Call holding self._wake."""
         if len(self._pending) >= self.max_pending:
             self._pending.popleft()
@@ -244,7 +248,7 @@ class PredictionLog:
         atexit.unregister(self.close)
 
 
-def _json_value(value):
+def _json_value(value: object) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, np.generic):
@@ -262,7 +266,7 @@ class WriteAhead:
         self.sync_lock = threading.Lock()  # one fsync (or segment swap) at a time
         self._lock = threading.Lock()  # the open segment, the sequence numbers and the waiters
         self._seq = self._synced = self._sealed_seq = 0
-        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future]] = []
+        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._kick = threading.Condition(self._lock)
         self._sealed: list[tuple[Path, int]] = []  # (segment, fd) flushed to disk, waiting for their Delta commit
         self._closed = False
@@ -364,7 +368,7 @@ class WriteAhead:
             self.release(segments)
 
 
-def _settle_future(future: asyncio.Future, error: OSError | None) -> None:
+def _settle_future(future: asyncio.Future[None], error: OSError | None) -> None:
     if future.done():
         return
     if error is None:
@@ -423,7 +427,7 @@ def replay_segments(table: Path, folder: Path) -> int:
     return replayed
 
 
-def _read_segment(fd: int) -> list[dict]:
+def _read_segment(fd: int) -> list[dict[str, Any]]:
     with os.fdopen(os.dup(fd), "rb") as segment:
         lines = segment.read().splitlines()
     records = []
@@ -439,7 +443,7 @@ def _read_segment(fd: int) -> list[dict]:
     return records
 
 
-def _not_yet_logged(table: Path, records: list[dict]) -> list[dict]:
+def _not_yet_logged(table: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from deltalake import DeltaTable
 
     if not records or not DeltaTable.is_deltatable(str(table)):

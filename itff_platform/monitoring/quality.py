@@ -13,6 +13,7 @@ both sides, and a short earns log(2 - exp(r)). Probability figures use every rea
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import polars as pl
@@ -22,11 +23,15 @@ from itff_platform.rules import REGIMES, registered_name
 from itff_platform.settings import Settings
 from itff_platform.training.metrics import EVEN_ODDS, classification_metrics, regression_metrics
 
+if TYPE_CHECKING:
+    from polars._typing import PolarsDataType
+
 INSUFFICIENT = "insufficient"
 VERSION = ["symbol", "target", "model_version"]
 KEYS = [*VERSION, "scope"]
 BACKTEST_METRICS = ["backtest_hit_rate_trades", "backtest_profit_factor", "backtest_max_drawdown"]
-QUALITY_SCHEMA = {
+# Any keys: DataFrame(schema=) takes str keys and .cast() str-or-selector keys, and a dict's key type is invariant.
+QUALITY_SCHEMA: dict[Any, PolarsDataType] = {
     "symbol": pl.String,
     "target": pl.String,
     "model_version": pl.String,
@@ -45,7 +50,7 @@ QUALITY_SCHEMA = {
     **{name: pl.Float64 for name in BACKTEST_METRICS},
     "last_bar": pl.Datetime("us", "UTC"),
 }
-SCORE_SCHEMA = {
+SCORE_SCHEMA: dict[str, PolarsDataType] = {
     **{k: pl.String for k in KEYS},
     "brier": pl.Float64,
     "log_loss": pl.Float64,
@@ -193,7 +198,8 @@ def version_backtests(settings: Settings, versions: pl.DataFrame) -> pl.DataFram
     for symbol, target, version in versions.select(VERSION).unique().iter_rows():  # a handful of registry calls
         try:
             metrics = client.get_run(
-                client.get_model_version(registered_name(symbol, target), version).run_id
+                # cast, not assert: a run-less version would fail here as before, inside the try.
+                cast(str, client.get_model_version(registered_name(symbol, target), version).run_id)
             ).data.metrics
         except MlflowException:
             metrics = {}
@@ -218,7 +224,7 @@ def live_quality_for(settings: Settings, realized: pl.DataFrame, as_of: datetime
     return live_quality(recent, settings.trading.fees_bps, settings.features.label_horizon, backtest)
 
 
-def quality_degradation(live: dict[str, float], expected: dict[str, float], settings: Settings) -> dict:
+def quality_degradation(live: dict[str, float], expected: dict[str, float], settings: Settings) -> dict[str, Any]:
     """Live log loss against the champion's holdout log loss (`expected["log_loss"]`).
 
     `live` needs "n" (realized outcomes) and "log_loss", e.g. a live_quality row with scope 'all'. Returns
@@ -227,7 +233,7 @@ def quality_degradation(live: dict[str, float], expected: dict[str, float], sett
     n = int(live.get("n") or 0)
     live_loss, expected_loss = live.get("log_loss"), expected.get("log_loss")
     known = all(v is not None and np.isfinite(v) for v in (live_loss, expected_loss))
-    delta = float(live_loss - expected_loss) if known else None
+    delta = float(cast(float, live_loss) - cast(float, expected_loss)) if known else None
     if n < settings.monitoring.min_live_outcomes or delta is None:
         return {"delta_log_loss": delta, "status": INSUFFICIENT, "n": n}
     return {

@@ -20,21 +20,27 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
 from itff_platform.settings import Settings
 
+if TYPE_CHECKING:
+    from itff_platform.contracts.champions import LoadedModel
+    from itff_platform.market.candles import CandleSource
+
 
 class KnownBy:
     """A candle source that returns nothing at or after `cutoff`: the market as it was known then."""
 
-    def __init__(self, source, cutoff: datetime) -> None:
+    def __init__(self, source: CandleSource, cutoff: datetime) -> None:
         self.source, self.cutoff, self.name = source, cutoff, source.name
 
     def fetch(self, symbol: str, interval: str, start: datetime, end: datetime) -> pl.DataFrame:
-        return self.source.fetch(symbol, interval, start, min(end, self.cutoff))
+        known: pl.DataFrame = self.source.fetch(symbol, interval, start, min(end, self.cutoff))
+        return known
 
 
 @dataclass
@@ -140,7 +146,7 @@ def update_lake(settings: Settings, source: KnownBy, day: date) -> int:
     return written
 
 
-def restore_month(settings: Settings, source, day: date) -> int:
+def restore_month(settings: Settings, source: CandleSource, day: date) -> int:
     from itff_platform.lake.layers import build_bronze, build_silver, ingest_raw, month_start
 
     month = month_start(day)
@@ -150,7 +156,7 @@ def restore_month(settings: Settings, source, day: date) -> int:
     return sum(build_silver(settings, symbol, [month]).height for symbol in settings.symbols)
 
 
-def predict_day(settings: Settings, model, day: date) -> list[dict]:
+def predict_day(settings: Settings, model: LoadedModel, day: date) -> list[dict[str, Any]]:
     """The champion's answers for every bar of `day`, as the service would have given them when each bar closed."""
     from itff_platform.contracts.answers import build_answer, log_record
     from itff_platform.lake.delta import read_rows

@@ -26,7 +26,7 @@ class RowBatcher:
     def __init__(self, max_batch_size: int, on_batch: Callable[[int], None] | None = None) -> None:
         self.max_batch_size = max_batch_size
         self.on_batch = on_batch  # observes each batch size (a metric)
-        self._pending: dict[tuple[str, str], list[tuple[np.ndarray, asyncio.Future]]] = {}
+        self._pending: dict[tuple[str, str], list[tuple[np.ndarray, asyncio.Future[Scored]]]] = {}
 
     async def predict(self, model: LoadedModel, x: np.ndarray) -> Scored:
         """model.predict(x) for one request. Models that read a window of rows (LSTM, Transformer) are scored
@@ -36,7 +36,7 @@ class RowBatcher:
             return await anyio.to_thread.run_sync(model.predict, x)
         key = (model.name, model.version)
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        future: asyncio.Future[Scored] = loop.create_future()
         queue = self._pending.setdefault(key, [])
         queue.append((x, future))
         if len(queue) >= self.max_batch_size:
@@ -68,6 +68,6 @@ class RowBatcher:
             _settle(future, out[i : i + 1])
 
 
-def _settle(future: asyncio.Future, out: np.ndarray) -> None:
+def _settle(future: asyncio.Future[Scored], out: np.ndarray) -> None:
     if not future.done():  # the client may have gone away
         future.set_result((out, None))

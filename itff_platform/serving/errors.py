@@ -8,12 +8,18 @@ media type), a filter on its logger turns the ERROR record into one INFO line.""
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from starlette.responses import JSONResponse
+
+    from itff_platform.serving.online import RequestError
 
 log = logging.getLogger("itff_platform.serving")
 BENTOML_ERROR_LOGGER = "bentoml._internal.server.http_app"  # where BentoML's log_exception writes
 
 
-def refusal(error, endpoint: str, status: int = 400):
+def refusal(error: RequestError, endpoint: str, status: int = 400) -> JSONResponse:
     """The JSON answer to a RequestError: {"error": "field: rule", "field": field, **its details}."""
     from starlette.responses import JSONResponse
 
@@ -58,6 +64,7 @@ class ClientErrorsAsInfo(logging.Filter):
         if status is None:
             return True
         path, method = (record.args or ("?", "?"))[:2] if isinstance(record.args, tuple) else ("?", "?")
+        assert exc is not None  # client_status gives a status only for an exception
         record.levelno, record.levelname = logging.INFO, "INFO"
         record.msg, record.args = "client error %d on %s [%s]: %s", (status, path, method, summary(exc))
         record.exc_info, record.exc_text, record.stack_info = None, None, None

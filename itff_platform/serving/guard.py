@@ -14,7 +14,13 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("itff_platform.serving.guard")
 # Deny by default: every path needs a token (the admin token under /admin/) except these, which are read-only: GET
@@ -136,7 +142,7 @@ class SeenSignatures:
 class GuardMiddleware:
     def __init__(
         self,
-        app,
+        app: ASGIApp,
         tokens: list[str],
         admin_token: str | None,
         per_minute: int,
@@ -148,8 +154,8 @@ class GuardMiddleware:
         tradingview_secret: str | None = None,
         tradingview_window_s: float = 300.0,
         seen_signatures: Path | None = None,
-        readiness=None,
-        openapi=None,
+        readiness: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]] | None = None,
+        openapi: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         """`readiness`: async () -> (ready, details) for GET /readyz with a token; `openapi`: async () -> the
         document for GET /docs.json. Without them, both paths go to the app."""
@@ -165,7 +171,7 @@ class GuardMiddleware:
         )
         self._limited: set[str] = set()  # keys whose refusals have been logged this burst
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path, method = scope.get("path", ""), scope.get("method", "GET")
@@ -218,6 +224,7 @@ class GuardMiddleware:
             self._limited.discard(f"ip:{client}")  # quiet for a whole budget's refill: the burst is over
         accepted = self.tokens
         if is_admin_path(path):
+            assert self.admin_token is not None  # an admin path without one got its 404 above
             accepted = [self.admin_token]
         elif path == DETAILS and self.admin_token:
             accepted = [*self.tokens, self.admin_token]
@@ -277,15 +284,15 @@ class GuardMiddleware:
                     send, scope, 413, "request body", f"exceeds the limit of {self.max_bytes} bytes"
                 )
         if path.startswith("/tradingview") and self.tradingview_secret:
-            problem = self._tradingview_problem(scope, headers, body)
-            if problem is not None:
-                status, field, rule = problem
+            unsigned = self._tradingview_problem(scope, headers, body)
+            if unsigned is not None:
+                status, field, rule = unsigned
                 if status == 401:
                     self.failures.take(client)  # a wrong signature is a failed authentication
                 return await self._refuse(send, scope, status, field, rule)
         return await self.app(scope, _replay(body), send)
 
-    def _tradingview_problem(self, scope, headers: dict[str, str], body: bytes) -> tuple[int, str, str] | None:
+    def _tradingview_problem(self, scope: Scope, headers: dict[str, str], body: bytes) -> tuple[int, str, str] | None:
         """None when the alert is signed over its whole body, recent, and new; else (status, field, rule)."""
         given = (
             headers.get("x-signature")
@@ -297,6 +304,7 @@ class GuardMiddleware:
                 "signature",
                 "missing: send X-Signature (or ?signature=) = hex HMAC-SHA256(secret, the raw body)",
             )
+        assert self.tradingview_secret is not None  # checked only where a secret is set
         if not hmac.compare_digest(
             given.strip().lower().encode(), body_signature(self.tradingview_secret, body).encode()
         ):
@@ -328,7 +336,7 @@ class GuardMiddleware:
             return 409, "signature", "this alert was already received (a replay); each alert is answered once"
         return None
 
-    async def _too_many_failures(self, send, client: str, wait: float) -> None:
+    async def _too_many_failures(self, send: Send, client: str, wait: float) -> None:
         retry = max(1, int(wait + 0.999))
         key = f"ip:{client}"
         if key not in self._limited:  # one line per burst, and no token in it
@@ -353,15 +361,15 @@ class GuardMiddleware:
         )
 
     @staticmethod
-    async def _refuse(send, scope, status: int, field: str, rule: str) -> None:
+    async def _refuse(send: Send, scope: Scope, status: int, field: str, rule: str) -> None:
         log.info("client error %d on %s %s: %s: %s", status, scope.get("method"), scope.get("path"), field, rule)
         return await _reply(send, status, {"error": f"{field}: {rule}", "field": field})
 
 
-def _replay(body: bytes):
+def _replay(body: bytes) -> Receive:
     sent = False
 
-    async def receive():
+    async def receive() -> Message:
         nonlocal sent
         if not sent:
             sent = True
@@ -371,7 +379,7 @@ def _replay(body: bytes):
     return receive
 
 
-async def _reply(send, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+async def _reply(send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
     payload = json.dumps(body).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]

@@ -7,8 +7,8 @@ import hashlib
 import math
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Annotated, cast
 
 import numpy as np
 import polars as pl
@@ -16,6 +16,13 @@ from pydantic import BaseModel, Strict
 
 from itff_platform.rules import REGIMES, as_utc
 from itff_platform.settings import INTERVAL_SECONDS, Settings
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from polars._typing import PolarsDataType
+
+    from itff_platform.contracts.champions import LoadedModel
 
 # A JSON number, never a boolean or a numeric string: lax pydantic would read `true` as 1.0 and "1.5" as 1.5.
 Number = Annotated[float, Strict()]
@@ -58,7 +65,7 @@ def minimum_candles(settings: Settings) -> int:
     return (settings.features.daily_range_days + 1) * settings.bars_per_day
 
 
-def model_interval(model, settings: Settings) -> str:
+def model_interval(model: LoadedModel, settings: Settings) -> str:
     """The bar interval the model was trained on (meta.json), else the service's."""
     interval = model.meta.get("interval") or settings.interval
     return interval if interval in INTERVAL_SECONDS else settings.interval
@@ -115,7 +122,7 @@ def check_window(frame: pl.DataFrame, interval: str) -> None:
 
     steps = frame["timestamp"].diff().dt.total_seconds().slice(1)
     if (steps <= 0).any():
-        first = int((steps <= 0).arg_max()) + 1
+        first = cast(int, (steps <= 0).arg_max()) + 1  # some step is <= 0: arg_max has a row
         raise RequestError(
             f"candles[{first}].timestamp: must be strictly increasing "
             f"({frame['timestamp'][first]} follows {frame['timestamp'][first - 1]})"
@@ -136,7 +143,7 @@ def check_window(frame: pl.DataFrame, interval: str) -> None:
             f"candles[{worst['position']}].{field}:{rule} (the lake's cleaning rule; "
             f"{judged.quarantine.height} of {frame.height} candles break one)"
         )
-    median = float(steps.median()) if len(steps) else seconds
+    median = float(cast(float, steps.median())) if len(steps) else seconds
     if median != seconds:
         raise RequestError(
             f"candles.timestamp: the candles are {_duration(median)} apart; this model is trained on "
@@ -196,14 +203,19 @@ class OnlineFeatures:
             from itff_platform.features.labels import LABEL_COLUMNS
             from itff_platform.features.silver import build_features
 
-            def window(with_columns, predicate, n_rows, batch_size):
+            def window(
+                with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None, batch_size: int | None
+            ) -> Iterator[pl.DataFrame]:
                 frame = self._window
                 assert frame is not None, "collect outside OnlineFeatures.rows"
                 frame = frame.select(with_columns) if with_columns is not None else frame
                 frame = frame.filter(predicate) if predicate is not None else frame
                 yield frame.head(n_rows) if n_rows is not None else frame
 
-            schema = {"timestamp": pl.Datetime("us", "UTC"), **dict.fromkeys(CANDLE_VALUES, pl.Float64)}
+            schema: dict[str, PolarsDataType] = {
+                "timestamp": pl.Datetime("us", "UTC"),
+                **dict.fromkeys(CANDLE_VALUES, pl.Float64),
+            }
             # Labels read the future and no model takes them: dropped, so the plan never computes them.
             plan = build_features(register_io_source(window, schema=schema), settings).drop(LABEL_COLUMNS)
             self._plans[key] = plan
@@ -313,7 +325,7 @@ def checked_rows(x: np.ndarray, field: str, names: list[str]) -> np.ndarray:
     return x
 
 
-def checked_model_input(model, x: np.ndarray, field: str) -> None:
+def checked_model_input(model: LoadedModel, x: np.ndarray, field: str) -> None:
     """Finite in float64 and in float32, but not once scaled (e.g. 1e38 over a tiny training spread): refuse it."""
     if model.forecaster.scaler is not None:
         with np.errstate(all="ignore"):
@@ -394,7 +406,7 @@ def newest_lake_regime(settings: Settings, symbol: str) -> tuple[str, datetime] 
     months = files.filter((pl.col("partition.symbol") == symbol) & (pl.col("partition.interval") == settings.interval))
     if months.is_empty():
         return None
-    newest = months["partition.month"].max()
+    newest = cast(date, months["partition.month"].max())  # not empty: a month
     start = datetime(newest.year, newest.month, 1, tzinfo=UTC)
     rows = read_rows(path, settings.interval, symbol, start).filter(pl.col("regime").is_in(REGIMES))
     return (rows["regime"][-1], rows["timestamp"][-1]) if rows.height else None

@@ -12,14 +12,17 @@ Built once per worker, on the first request for the document."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from itff_platform.rules import REGIMES
 from itff_platform.settings import Settings
 
-Regime = Literal[tuple(REGIMES)]
+if TYPE_CHECKING:  # a Literal built at run time from the rules' regimes: mypy sees a str
+    Regime = str
+else:
+    Regime = Literal[tuple(REGIMES)]
 Signal = Literal["long", "short", "flat"]
 
 
@@ -227,7 +230,7 @@ class Refusal(Shut):
     clippedUsd: float | None = Field(None, description="with a 422 at the cap")
 
 
-ANSWERS = {
+ANSWERS: dict[str, type[BaseModel]] = {
     "/predict": Answer,
     "/tradingview": AlertAnswer,
     "/predict_batch": BatchAnswer,
@@ -236,7 +239,7 @@ ANSWERS = {
     "/trade/execute": OrderAnswer,
     "/risk/reset": RiskReset,
 }
-MODELS = [*ANSWERS.values(), Readiness, Refusal, Portfolio]
+MODELS: list[type[BaseModel]] = [*ANSWERS.values(), Readiness, Refusal, Portfolio]
 SCHEMES = {
     "ApiToken": {"type": "apiKey", "in": "header", "name": "X-API-Token", "description": "one of ITFF_API_TOKENS"},
     "AdminToken": {"type": "apiKey", "in": "header", "name": "X-API-Token", "description": "ITFF_ADMIN_TOKEN"},
@@ -263,7 +266,7 @@ TRADE_REFUSALS = {
 ADMIN_PATHS = ("/risk/reset",)  # besides /admin/...
 
 
-def documented(spec: dict, settings: Settings) -> dict:
+def documented(spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """The document BentoML generated (as a dict), completed. The argument is changed and returned."""
     schemas = spec["components"]["schemas"]
     for model in MODELS:
@@ -294,7 +297,7 @@ def documented(spec: dict, settings: Settings) -> dict:
     return spec
 
 
-def document_operation(path: str, operation: dict, settings: Settings, examples: Examples) -> None:
+def document_operation(path: str, operation: dict[str, Any], settings: Settings, examples: Examples) -> None:
     operation["security"] = (
         [{"AdminToken": []}]
         if path.startswith("/admin/") or path in ADMIN_PATHS
@@ -350,7 +353,7 @@ def document_operation(path: str, operation: dict, settings: Settings, examples:
         body["examples"] = {name: {"$ref": f"#/components/examples/{name}"} for name in named}
 
 
-def document_probes(paths: dict) -> None:
+def document_probes(paths: dict[str, Any]) -> None:
     """BentoML's GET probes: /readyz also lists the models, with a token."""
     readyz = paths["/readyz"]["get"]
     readyz["security"] = [{}, {"ApiToken": []}, {"AdminToken": []}]  # the token is optional here
@@ -365,14 +368,14 @@ def document_probes(paths: dict) -> None:
     }
 
 
-def answer_with(schema: str, description: str) -> dict:
+def answer_with(schema: str, description: str) -> dict[str, Any]:
     return {
         "description": description,
         "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
     }
 
 
-def openapi_30(schema):
+def openapi_30(schema: Any) -> Any:
     """Pydantic writes JSON Schema 2020-12; the document is OpenAPI 3.0, which says `nullable` instead of a null type."""
     if isinstance(schema, list):
         return [openapi_30(s) for s in schema]
@@ -413,7 +416,7 @@ class Examples:
             for r in frame.tail(self.fewest).select("timestamp", "open", "high", "low", "close", "volume").iter_rows()
         ]
 
-    def named(self) -> dict:
+    def named(self) -> dict[str, Any]:
         """components.examples: request bodies, by name."""
         head = {"symbol": self.settings.symbols[0], "target": self.settings.training.targets[0]}
         last = self.candles[-1]
@@ -437,7 +440,7 @@ class Examples:
             "alert": {"summary": "an alert with the candles of its bar", "value": alert},
         }
 
-    def features_schema(self) -> dict:
+    def features_schema(self) -> dict[str, Any]:
         number = {"type": "number"}
         return {
             "nullable": True,

@@ -19,6 +19,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from time import perf_counter  # a handler parameter is called `time` (the TradingView field)
+from typing import Any
 
 import anyio
 import bentoml
@@ -203,7 +204,7 @@ class ItffService:
             model, x, regime, at = await self._inputs(symbol.upper(), target, features, candles, regime, bar_time)
             return answered(await self._answer(model, x, regime, at, received, "/predict"))
         except RequestError as error:
-            return refusal(error, "/predict")
+            return refusal(error, "/predict")  # type: ignore[return-value]
 
     def _champion(self, symbol: str, target: str):
         if symbol not in self.settings.symbols:
@@ -295,7 +296,7 @@ class ItffService:
             out = model.forecaster.predict_proba(x) if len(x) else np.empty(0)
             checked_output(out, "rows")
         except RequestError as error:
-            return refusal(error, "/predict_batch")
+            return refusal(error, "/predict_batch")  # type: ignore[return-value]
         ood = [False] * len(x)
         if len(x) and model.forecaster.scaler is not None:
             ood = (np.abs(model.forecaster.scale(x)).max(axis=1) > OOD_Z).tolist()
@@ -370,7 +371,7 @@ class ItffService:
             checked_model_input(model, x, "candles" if candles is not None else "time")
             answer = await self._answer(model, x, regime, bar_time, received, "/tradingview")
         except RequestError as error:
-            return refusal(error, "/tradingview")
+            return refusal(error, "/tradingview")  # type: ignore[return-value]
         answer.update(
             {"ticker": ticker, "alert_close": close, "bar_close": bar_close, "stale": age > 0, "age_bars": age}
         )
@@ -410,11 +411,12 @@ class ItffService:
                         model_interval(model, self.settings),
                     )
                 else:
+                    assert features is not None  # exactly one of features and candles, checked above
                     x = features_from_row(features, model.meta["features"])
                 checked_model_input(model, x, "candles" if candles is not None else "features")
                 breakdown.append(self._vote(model, x, at))
         except RequestError as error:
-            return refusal(error, "/consensus")
+            return refusal(error, "/consensus")  # type: ignore[return-value]
         if regime is None and at is not None:
             regime = regime_from_lake(self.settings, symbol, at)
         weights = [abs(b["prob_up"] - 0.5) + 1e-9 for b in breakdown]
@@ -466,7 +468,7 @@ class ItffService:
     ) -> dict:
         """A paper order (runbook 004), gated on confidence and drawdown, sized, capped, filled once per key."""
         request = OrderRequest(symbol.upper(), side, qtyUsd, confidence, idempotencyKey, price, barTime, mode)
-        return await trading_api.execute(self.desk, request)
+        return await trading_api.execute(self.desk, request)  # type: ignore[return-value]
 
     @bentoml.api(route="/risk/reset")
     async def risk_reset(self, reason: str | None = None) -> dict:
@@ -528,10 +530,12 @@ def _openapi_document() -> dict:
     """BentoML's document plus what it cannot express: the token scheme, examples, enums, typed answers."""
     from itff_platform.serving.openapi import documented
 
-    return documented(ItffService.openapi_spec.asdict(), SETTINGS)
+    return documented(_SERVICE.openapi_spec.asdict(), SETTINGS)
 
 
-ItffService.add_asgi_middleware(
+# bentoml.service is imported lazily, so mypy sees the plain class it decorates; this is the bentoml Service.
+_SERVICE: Any = ItffService
+_SERVICE.add_asgi_middleware(
     GuardMiddleware,
     tokens=[token.get_secret_value() for token in SETTINGS.serving.api_tokens],
     admin_token=SETTINGS.serving.admin_token.get_secret_value() if SETTINGS.serving.admin_token else None,
@@ -549,4 +553,4 @@ ItffService.add_asgi_middleware(
     readiness=readiness_details,
     openapi=openapi_document,
 )
-ItffService.add_asgi_middleware(trading_api.PortfolioRoute, portfolio=portfolio)  # inside the guard
+_SERVICE.add_asgi_middleware(trading_api.PortfolioRoute, portfolio=portfolio)  # inside the guard

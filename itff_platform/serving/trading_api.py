@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import bentoml
 
 from itff_platform.serving.guard import _reply
 from itff_platform.trading.desk import OrderDesk, OrderRequest, TradeRefusal
+
+if TYPE_CHECKING:
+    from starlette.responses import JSONResponse
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("itff_platform.serving")
 PORTFOLIO = "/portfolio"
@@ -71,7 +75,7 @@ def report_quietly(desk: OrderDesk) -> None:
         log.exception("paper account gauges: the portfolio could not be valued")
 
 
-def refused(error: TradeRefusal, endpoint: str):
+def refused(error: TradeRefusal, endpoint: str) -> JSONResponse:
     from starlette.responses import JSONResponse
 
     REFUSED.labels(status=str(error.status)).inc()
@@ -79,7 +83,7 @@ def refused(error: TradeRefusal, endpoint: str):
     return JSONResponse(error.body(), status_code=error.status)
 
 
-async def execute(desk: OrderDesk, request: OrderRequest):
+async def execute(desk: OrderDesk, request: OrderRequest) -> dict[str, Any] | JSONResponse:
     """The order's answer, or its refusal; the ledger's lock and Delta commits run off the event loop."""
     try:
         answer = await anyio.to_thread.run_sync(desk.execute, request)
@@ -99,10 +103,10 @@ async def reset(desk: OrderDesk, reason: str | None) -> dict[str, Any]:
 class PortfolioRoute:
     """GET /portfolio, behind the guard (added after it, so it sits inside: the token is checked first)."""
 
-    def __init__(self, app, portfolio: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+    def __init__(self, app: ASGIApp, portfolio: Callable[[], Awaitable[dict[str, Any]]]) -> None:
         self.app, self.portfolio = app, portfolio
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path") != PORTFOLIO:
             return await self.app(scope, receive, send)
         if scope.get("method") not in ("GET", "HEAD"):

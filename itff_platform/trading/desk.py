@@ -112,7 +112,16 @@ class OrderDesk:
                 )
             return self._fill(book, broker, request, direction, decided, digest, valuation)
 
-    def _fill(self, book, broker, request, direction, decided, digest, valuation) -> dict[str, Any]:
+    def _fill(
+        self,
+        book: Book,
+        broker: Broker,
+        request: OrderRequest,
+        direction: int,
+        decided: datetime | None,
+        digest: str,
+        valuation: dict[str, Any],
+    ) -> dict[str, Any]:
         symbol = request.symbol
         position_usd = valuation["exposure_signed"].get(symbol, 0.0)
         vol = self.prices.annualised_vol(symbol, decided)

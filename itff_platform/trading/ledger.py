@@ -110,7 +110,7 @@ class Book:
         """A drawdown lock was recorded after the last reset: it holds until an admin resets it."""
         return bool((self._since_reset()["kind"] == "lock").any())
 
-    def order(self, key: str) -> dict | None:
+    def order(self, key: str) -> dict[str, Any] | None:
         """The order under this idempotency key, with its fill or abandonment merged in; None when new."""
         rows = self.events.filter(pl.col("idempotency_key") == key).sort("seq")
         if rows.is_empty():

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
+from sklearn.metrics import log_loss
 
 from itff_platform.contracts.signals import allows_short
 from itff_platform.models.base import Forecaster, balanced_weights
@@ -15,16 +17,19 @@ from itff_platform.models.calibration import Calibrated
 from itff_platform.rules import REGIMES
 from itff_platform.training import metrics as m
 from itff_platform.training import plots
-from itff_platform.training.backtest import backtest, combine_backtests, trading_metrics
+from itff_platform.training.backtest import BacktestResult, backtest, combine_backtests, trading_metrics
 from itff_platform.training.dataset import TrainingData
 from itff_platform.training.significance import mean_above_zero_p_value
 from itff_platform.training.splits import Fold
+
+if TYPE_CHECKING:
+    from itff_platform.settings import Settings
 
 
 def fold_loss(data: TrainingData, truth: np.ndarray, prediction: np.ndarray) -> float:
     if data.task == "regression":
         return m.pinball_loss(truth, prediction)
-    return float(m.log_loss(truth, prediction, labels=[0, 1]))
+    return float(log_loss(truth, prediction, labels=[0, 1]))
 
 
 def sample_weights(data: TrainingData, rows: np.ndarray, weighting: str) -> np.ndarray | None:
@@ -94,7 +99,7 @@ def evaluate(
     folds: list[Fold],
     prediction: np.ndarray,
     fold_losses: list[float],
-    settings,
+    settings: Settings,
     family: str,
     folder: Path,
     uncalibrated: np.ndarray | None = None,
@@ -149,11 +154,11 @@ def _evaluate_classifier(
     folds: list[Fold],
     prediction: np.ndarray,
     uncalibrated: np.ndarray | None,
-    settings,
+    settings: Settings,
     title: str,
     folder: Path,
     fold_table: pl.DataFrame,
-    recent_window: dict,
+    recent_window: dict[str, Any],
 ) -> Evaluation:
     test_rows = np.concatenate([f.test for f in folds])
     truth, stamps, regimes = data.y[test_rows], data.timestamps[test_rows], data.regimes[test_rows]
@@ -211,7 +216,7 @@ def _evaluate_classifier(
         },
         "threshold": threshold,
         "oos_rows": len(truth),
-        "recent_log_loss": float(m.log_loss(truth[last], prediction[last], labels=[0, 1])),
+        "recent_log_loss": float(log_loss(truth[last], prediction[last], labels=[0, 1])),
         "recent_ece": m.expected_calibration_error(truth[last], prediction[last]),
         "recent_trades": recent["trades"],
         "recent_profit_factor": recent["profit_factor"],
@@ -248,8 +253,14 @@ def _fold_slice(sizes: list[int], index: int) -> slice:
 
 
 def _fold_backtests(
-    folds: list[Fold], prediction, forward, rule, settings, shorts: bool, periods_per_year: float
-) -> dict:
+    folds: list[Fold],
+    prediction: np.ndarray,
+    forward: np.ndarray,
+    rule: np.ndarray,
+    settings: Settings,
+    shorts: bool,
+    periods_per_year: float,
+) -> dict[int, BacktestResult]:
     """The deployed rule's backtest on each fold it traded (every fold but the first), by fold number."""
     sizes, results = [len(f.test) for f in folds], {}
     for i, fold in enumerate(folds):
@@ -267,7 +278,9 @@ def _fold_backtests(
     return results
 
 
-def _fold_table(fold_results: dict, rule: np.ndarray, sizes: list[int], folds: list[Fold]) -> pl.DataFrame:
+def _fold_table(
+    fold_results: dict[int, BacktestResult], rule: np.ndarray, sizes: list[int], folds: list[Fold]
+) -> pl.DataFrame:
     rows = [
         {
             "fold": f.number,
@@ -286,9 +299,10 @@ def _fold_table(fold_results: dict, rule: np.ndarray, sizes: list[int], folds: l
     return pl.DataFrame(rows, schema=schema)
 
 
-def _regime_trading(traded, decision_regimes: np.ndarray, periods_per_year: float) -> pl.DataFrame:
+def _regime_trading(traded: BacktestResult, decision_regimes: np.ndarray, periods_per_year: float) -> pl.DataFrame:
     """The deployed rule's walk-forward trading figures split by the regime of the bar each decision was made on."""
     rows = []
+    assert traded.net_returns is not None and traded.positions is not None  # combine_backtests sets both
     for regime in REGIMES:
         mine = decision_regimes == regime
         if mine.any():
@@ -298,11 +312,12 @@ def _regime_trading(traded, decision_regimes: np.ndarray, periods_per_year: floa
     return pl.DataFrame(rows, schema=schema)
 
 
-def tradability(traded, settings) -> tuple[bool, str, float]:
+def tradability(traded: BacktestResult, settings: Settings) -> tuple[bool, str, float]:
     """Is the deployed rule worth trading? Its walk-forward trades (each fold at the threshold chosen before
     it, after fees) must earn more than zero with bootstrap p below `tradable_alpha`, with a profit factor
     above 1, at least `tradable_min_trades` trades and a drawdown within `tradable_max_drawdown`."""
     figures = traded.metrics
+    assert traded.net_returns is not None and traded.positions is not None  # combine_backtests sets both
     trades = traded.net_returns[traded.positions != 0]
     p_value = mean_above_zero_p_value(trades)
     failed = []

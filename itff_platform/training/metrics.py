@@ -75,12 +75,14 @@ def row_losses(task: str, actual: np.ndarray, prediction: np.ndarray) -> np.ndar
     if task == "regression":
         diff = actual[:, None] - prediction
         q = np.array(QUANTILES)
-        return np.maximum(q * diff, (q - 1) * diff).mean(axis=1)
+        pinball: np.ndarray = np.maximum(q * diff, (q - 1) * diff).mean(axis=1)
+        return pinball
     p = np.clip(prediction, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
-    return -(actual * np.log(p) + (1 - actual) * np.log(1 - p))
+    log_losses: np.ndarray = -(actual * np.log(p) + (1 - actual) * np.log(1 - p))
+    return log_losses
 
 
-def pinball_loss(actual: np.ndarray, bands: np.ndarray, quantiles=QUANTILES) -> float:
+def pinball_loss(actual: np.ndarray, bands: np.ndarray, quantiles: tuple[float, ...] = QUANTILES) -> float:
     losses = []
     for i, q in enumerate(quantiles):
         diff = actual - bands[:, i]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -13,8 +14,12 @@ import polars as pl
 
 from itff_platform.training.metrics import RELIABILITY_BINS, expected_calibration_error, reliability_bins
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
-def _finish(fig, axis, title: str, path: Path, dates: bool = False) -> Path:
+
+def _finish(fig: Figure, axis: Axes, title: str, path: Path, dates: bool = False) -> Path:
     axis.set_title(title)
     axis.legend()
     if dates:
@@ -88,7 +93,7 @@ def threshold_sweep_plot(sweep: pl.DataFrame, chosen: float, title: str, path: P
     return path
 
 
-def equity_plot(timestamps, strategy: np.ndarray, buy_and_hold: np.ndarray, title: str, path: Path) -> Path:
+def equity_plot(timestamps: np.ndarray, strategy: np.ndarray, buy_and_hold: np.ndarray, title: str, path: Path) -> Path:
     fig, axis = plt.subplots(figsize=(7, 3.5))
     axis.plot(timestamps, strategy, label="strategy (after fees)")
     axis.plot(timestamps, buy_and_hold, label="buy and hold", alpha=0.7)
@@ -98,7 +103,7 @@ def equity_plot(timestamps, strategy: np.ndarray, buy_and_hold: np.ndarray, titl
 
 
 def quantile_band_plot(
-    timestamps, actual: np.ndarray, bands: np.ndarray, title: str, path: Path, last: int = 300
+    timestamps: np.ndarray, actual: np.ndarray, bands: np.ndarray, title: str, path: Path, last: int = 300
 ) -> Path:
     fig, axis = plt.subplots(figsize=(7, 3.5))
     t = timestamps[-last:]

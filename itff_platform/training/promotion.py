@@ -21,9 +21,14 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import polars as pl
+from mlflow.entities.model_registry import ModelVersion
+
+if TYPE_CHECKING:
+    from itff_platform.training.significance import LossComparison
 
 import mlflow
 from itff_platform.manifests import DIGEST_TAG, artifact_manifest, manifest_artifact, manifest_digest
@@ -71,7 +76,8 @@ class Decision:
         return self.challenger if self.promoted else self.champion_before
 
 
-def _candidate(client: MlflowClient, version) -> Candidate:
+def _candidate(client: MlflowClient, version: ModelVersion) -> Candidate:
+    assert version.run_id is not None  # registered from a study run
     run = client.get_run(version.run_id)
     return Candidate(
         str(version.version),
@@ -92,7 +98,8 @@ class OutOfSample:
     with per-row losses: what every comparison below is made on."""
 
     def __init__(self, client: MlflowClient, task: str) -> None:
-        self.client, self.task, self._frames = client, task, {}
+        self.client, self.task = client, task
+        self._frames: dict[str, pl.DataFrame | None] = {}
 
     def frame(self, run_id: str) -> pl.DataFrame | None:
         if run_id not in self._frames:
@@ -115,7 +122,7 @@ def with_losses(frame: pl.DataFrame, task: str) -> pl.DataFrame:
     return frame.with_columns(loss=row_losses(task, frame["label"].to_numpy().astype(np.float64), prediction))
 
 
-def compare(candidate: pl.DataFrame, reference: pl.DataFrame, horizon: int):
+def compare(candidate: pl.DataFrame, reference: pl.DataFrame, horizon: int) -> LossComparison:
     """Diebold-Mariano on the rows both were scored on (joined on the bar's time)."""
     from itff_platform.training.significance import diebold_mariano
 
@@ -144,7 +151,7 @@ def choose_challenger(
         scored.append((candidate, losses))
     if not scored:
         return None, notes
-    leader, leader_losses = min(scored, key=lambda pair: pair[1]["loss"].mean())
+    leader, leader_losses = min(scored, key=lambda pair: cast(float, pair[1]["loss"].mean()))
     within = [(leader, 1.0)]
     for candidate, losses in scored:
         if candidate is not leader:
@@ -157,12 +164,12 @@ def choose_challenger(
     noise = ", ".join(f"{c.family} (p={p:.2f})" for c, p in within if c is not leader) or "none"
     notes.append(
         f"challenger {chosen.family} v{chosen.version}: {leader.family} had the lowest loss on the searched folds "
-        f"({leader_losses['loss'].mean():.5f}); within noise of it: {noise}; the simplest of those is chosen"
+        f"({cast(float, leader_losses['loss'].mean()):.5f}); within noise of it: {noise}; the simplest of those is chosen"
     )
     return chosen, notes
 
 
-def skill_reason(name: str, test, reference: str, alpha: float) -> str:
+def skill_reason(name: str, test: LossComparison, reference: str, alpha: float) -> str:
     verdict = "significantly beats" if test.significant(alpha) else "does not significantly beat"
     return (
         f"{name} {verdict} {reference} on the holdout: mean loss gain {test.mean_gain:+.5f} over {test.rows} rows, "
@@ -171,7 +178,14 @@ def skill_reason(name: str, test, reference: str, alpha: float) -> str:
 
 
 def _champion_holdout_losses(
-    client, oos: OutOfSample, settings, symbol, target, name, holder: Candidate, challenger: Candidate
+    client: MlflowClient,
+    oos: OutOfSample,
+    settings: Settings,
+    symbol: str,
+    target: str,
+    name: str,
+    holder: Candidate,
+    challenger: Candidate,
 ) -> tuple[pl.DataFrame | None, str | None]:
     """The champion's per-row losses on the challenger's holdout window, or why they cannot be had."""
     if holder.window == challenger.window:
@@ -210,11 +224,12 @@ def promote_champion(settings: Settings, symbol: str, target: str) -> Decision:
             name,
             False,
             None,
-            str(champion.version),
+            # champion is None here only when every version was rolled back: left as it was.
+            str(champion.version),  # type: ignore[union-attr]
             "-",
             ["no version newer than the champion"],
             unchanged=True,
-            tradable=champion.tags.get("tradable") == "true",
+            tradable=champion.tags.get("tradable") == "true",  # type: ignore[union-attr]
         )
     basis = decision_basis(settings)
     judged = _judged_before(client, name, newer, champion, basis)
@@ -265,7 +280,9 @@ def decision_basis(settings: Settings) -> str:
     return digest(read, code_digest("training/promotion.py", "training/significance.py", *SHARED_MODULES))
 
 
-def _judged_before(client: MlflowClient, name: str, newer: list, champion, basis: str) -> Decision | None:
+def _judged_before(
+    client: MlflowClient, name: str, newer: list[ModelVersion], champion: ModelVersion | None, basis: str
+) -> Decision | None:
     """The decision to keep things as they are when the last recorded decision already saw every version there is,
     on the same settings and code (`basis`), and left the champion that is still in place: judging again would decide
     the same. A retrain (a new version), a rollback, a forced champion, a changed ITFF_PROMOTION_ALPHA or changed
@@ -286,7 +303,7 @@ def _judged_before(client: MlflowClient, name: str, newer: list, champion, basis
     reasons = [
         f"nothing new to judge: the last decision (v{last['version']} {tags.get('promotion_decision', '?')} on "
         f"{tags.get('promotion_decided_at', '?')}) saw every version up to v{last['latest_version']} and left "
-        f"{'champion v' + current if champion else 'no champion'}; its reasons:",
+        f"{f'champion v{current}' if champion else 'no champion'}; its reasons:",
         *tags.get("promotion_reasons", "").split(" | "),
     ]
     return Decision(
@@ -302,24 +319,26 @@ def _judged_before(client: MlflowClient, name: str, newer: list, champion, basis
 
 
 def _serve_decision(
-    client,
+    client: MlflowClient,
     oos: OutOfSample,
     settings: Settings,
     symbol: str,
     target: str,
     name: str,
     challenger: Candidate,
-    champion,
+    champion: ModelVersion | None,
     notes: list[str],
 ) -> Decision:
     alpha, horizon = settings.promotion.alpha, settings.features.label_horizon
     before = str(champion.version) if champion else None
     mine = oos.losses(challenger.run_id, holdout=True)
-    baseline_losses = {
+    # choose_challenger scored the challenger on this same (cached) frame: it has out-of-sample rows.
+    assert mine is not None
+    found_losses = {
         family: oos.losses(run_id, holdout=True)
         for family, run_id in _baselines_on(client, name, challenger.window).items()
     }
-    baseline_losses = {family: losses for family, losses in baseline_losses.items() if losses is not None}
+    baseline_losses = {family: losses for family, losses in found_losses.items() if losses is not None}
     if not baseline_losses:
         return Decision(
             name,
@@ -329,7 +348,7 @@ def _serve_decision(
             "baselines",
             [*notes, "no baseline run on the same window to compare with"],
         )
-    best_name, best = min(baseline_losses.items(), key=lambda kv: kv[1]["loss"].mean())
+    best_name, best = min(baseline_losses.items(), key=lambda kv: cast(float, kv[1]["loss"].mean()))
     skill = compare(mine, best, horizon)
     reasons = [
         *notes,
@@ -337,8 +356,8 @@ def _serve_decision(
     ]
     figures = {
         "p_value_vs_baseline": skill.p_value,
-        "holdout_loss": float(mine["loss"].mean()),
-        "baseline_holdout_loss": float(best["loss"].mean()),
+        "holdout_loss": float(cast(float, mine["loss"].mean())),
+        "baseline_holdout_loss": float(cast(float, best["loss"].mean())),
     }
     if champion is None:
         decision = Decision(name, skill.significant(alpha), challenger.version, None, best_name, reasons, figures)
@@ -346,7 +365,8 @@ def _serve_decision(
     holder = _candidate(client, champion)
     theirs, refusal = _champion_holdout_losses(client, oos, settings, symbol, target, name, holder, challenger)
     if theirs is None:
-        return Decision(name, False, challenger.version, before, f"v{before}", [*reasons, refusal], figures)
+        # refusal is None when the champion's own run kept no out-of-sample rows (same window): left as it was.
+        return Decision(name, False, challenger.version, before, f"v{before}", [*reasons, refusal], figures)  # type: ignore[list-item]
     versus = compare(mine, theirs, horizon)
     champion_skill = compare(theirs, best, horizon)
     reasons += [
@@ -464,10 +484,10 @@ def model_manifest(name: str, version: str) -> dict[str, str]:
         return artifact_manifest(local)
 
 
-def champion_versions(settings: Settings) -> dict[tuple[str, str], object]:
+def champion_versions(settings: Settings) -> dict[tuple[str, str], ModelVersion]:
     """The registry version behind each configured (symbol, target)'s champion alias; models without one are absent."""
     client = MlflowClient(settings.tracking_uri)
-    found = {}
+    found: dict[tuple[str, str], ModelVersion] = {}
     for symbol in settings.symbols:
         for target in settings.training.targets:
             version = _current_champion(client, registered_name(symbol, target))
@@ -477,7 +497,7 @@ def champion_versions(settings: Settings) -> dict[tuple[str, str], object]:
 
 
 # --- registry bookkeeping
-def _current_champion(client: MlflowClient, name: str):
+def _current_champion(client: MlflowClient, name: str) -> ModelVersion | None:
     try:
         return client.get_model_version_by_alias(name, CHAMPION)
     except mlflow.exceptions.MlflowException:
@@ -485,12 +505,14 @@ def _current_champion(client: MlflowClient, name: str):
 
 
 def _history(client: MlflowClient, name: str) -> list[str]:
-    return json.loads(client.get_registered_model(name).tags.get(HISTORY_TAG, "[]"))
+    history: list[str] = json.loads(client.get_registered_model(name).tags.get(HISTORY_TAG, "[]"))
+    return history
 
 
 def _set_champion(client: MlflowClient, name: str, version: str) -> None:
     manifest = model_manifest(name, version)
     run_id = client.get_model_version(name, version).run_id
+    assert run_id is not None  # promotion registers versions from study runs
     client.log_dict(run_id, manifest, manifest_artifact(version))
     client.set_model_version_tag(name, version, DIGEST_TAG, manifest_digest(manifest))
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*_history(client, name), version][-50:]))
@@ -500,6 +522,7 @@ def _set_champion(client: MlflowClient, name: str, version: str) -> None:
 def _baselines_on(client: MlflowClient, name: str, window: tuple[str, str]) -> dict[str, str]:
     """The newest run of each baseline family on this holdout window: family -> run id."""
     experiment = client.get_experiment_by_name(name)
+    assert experiment is not None  # the study runs behind the registered versions are logged to it
     found: dict[str, str] = {}
     for family in baselines():  # MLflow's filter has no IN for tags: a query per baseline family
         runs = client.search_runs([experiment.experiment_id], f"tags.family = '{family}'", order_by=["start_time DESC"])

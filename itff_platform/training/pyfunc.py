@@ -5,23 +5,27 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-import mlflow.pyfunc
+import mlflow.models
 import numpy as np
 import pandas as pd
+from mlflow.pyfunc.model import PythonModel, PythonModelContext
 
 from itff_platform.contracts.signals import answer_columns
 
 
-class ItffForecastModel(mlflow.pyfunc.PythonModel):
-    def load_context(self, context) -> None:
+class ItffForecastModel(PythonModel):
+    def load_context(self, context: PythonModelContext) -> None:
         from itff_platform.models import load_forecaster
 
         folder = Path(context.artifacts["forecaster"])
         self.meta = json.loads((folder / "meta.json").read_text())
         self.forecaster = load_forecaster(folder)
 
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+    def predict(
+        self, context: PythonModelContext | None, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         features = self.meta["features"]
         missing = [f for f in features if f not in model_input.columns]
         if missing:

@@ -14,6 +14,7 @@ import ast
 import json
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -34,6 +35,9 @@ from itff_platform.training.study import (
 from itff_platform.training.timing import phases_of
 from itff_platform.training.tracking import quiet_mlflow
 from mlflow import MlflowClient
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 LIBRARIES = ("numpy", "scipy", "scikit-learn", "torch", "optuna")
 
@@ -179,7 +183,7 @@ def earlier_outcome(settings: Settings, data: TrainingData, family: str, fingerp
 
 
 def _outcome_of(
-    client: MlflowClient, run, family: str, version: str | None, data: TrainingData, settings: Settings
+    client: MlflowClient, run: Run, family: str, version: str | None, data: TrainingData, settings: Settings
 ) -> StudyOutcome:
     """A StudyOutcome as the run recorded it: the same figures the study reported when it ran."""
     tags, run_id = run.data.tags, run.info.run_id
@@ -226,7 +230,7 @@ def _outcome_of(
     )
 
 
-def _literal(text: str):
+def _literal(text: str) -> Any:
     """An MLflow param back to the number or word it was logged as."""
     try:
         return ast.literal_eval(text)

@@ -31,7 +31,8 @@ def newey_west_lag(rows: int, horizon: int) -> int:
     """Autocovariance lags the HAC variance sums over: at least the label horizon (labels of neighbouring rows
     share `horizon - 1` bars, so their losses are correlated that far), and Newey-West's rule of thumb
     4 (T/100)^(2/9) for the volatility clustering beyond it."""
-    return max(horizon, math.ceil(4 * (rows / 100) ** (2 / 9)))
+    lag: int = max(horizon, math.ceil(4 * (rows / 100) ** (2 / 9)))
+    return lag
 
 
 def diebold_mariano(candidate_loss: np.ndarray, reference_loss: np.ndarray, horizon: int = 1) -> LossComparison:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
@@ -32,6 +33,9 @@ from itff_platform.training.threads import study_threads, threads_per_trial
 from itff_platform.training.timing import PhaseClock
 from itff_platform.training.tracking import quiet_mlflow
 
+if TYPE_CHECKING:
+    from mlflow.data.dataset import Dataset
+
 log = logging.getLogger(__name__)
 FINGERPRINT_TAG = "study_fingerprint"  # what the study depends on (training.reuse); equal means reusable
 # Metrics a float would change (counts) or MLflow drops (NaN, inf), as JSON: a reused study (training.reuse) then
@@ -48,7 +52,7 @@ class StudyOutcome:
     family: str
     run_id: str
     metrics: dict[str, float]
-    params: dict
+    params: dict[str, Any]
     model_version: str | None
     trials_completed: int
     trials_pruned: int
@@ -106,7 +110,7 @@ def _clean(metrics: dict[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
 
 
-def _not_float(metrics: dict) -> dict:
+def _not_float(metrics: dict[str, Any]) -> dict[str, Any]:
     counts = {k: int(v) for k, v in metrics.items() if isinstance(v, (int, np.integer)) and not isinstance(v, bool)}
     return {**counts, **{k: float(v) for k, v in metrics.items() if k not in _clean(metrics)}}
 
@@ -115,6 +119,7 @@ def log_training_dataset(data: TrainingData, settings: Settings) -> None:
     """Record on the active run what it trained on: the silver Delta table (path and version) and the rows taken
     from it, so MLflow's Datasets column names the table, its version and its row count instead of "None"."""
     from mlflow.data.delta_dataset_source import DeltaDatasetSource
+    from mlflow.data.pandas_dataset import from_pandas
 
     from itff_platform.lake.layers import LakeTables
 
@@ -126,7 +131,7 @@ def log_training_dataset(data: TrainingData, settings: Settings) -> None:
         with warnings.catch_warnings():  # the integer-label schema hint is about model inputs, not a dataset record
             warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
             _DATASETS.clear()
-            _DATASETS[key] = mlflow.data.from_pandas(
+            _DATASETS[key] = from_pandas(
                 frame,
                 source=DeltaDatasetSource(path=LakeTables.under(settings).silver, delta_table_version=version),
                 name=f"silver-{data.symbol}-{data.target}",
@@ -145,7 +150,7 @@ def log_training_dataset(data: TrainingData, settings: Settings) -> None:
     )
 
 
-_DATASETS: dict[tuple, object] = {}  # the last symbol x target's dataset record, reused by its other studies
+_DATASETS: dict[tuple[Any, ...], Dataset] = {}  # the last symbol x target's dataset record, reused by its other studies
 
 
 def study_trials(family: str, settings: Settings, n_trials: int | None = None) -> int:
@@ -317,7 +322,7 @@ def _search(
     search_folds: list[Fold],
     settings: Settings,
     n_trials: int,
-    fixed: dict,
+    fixed: dict[str, Any],
     experiment: str,
     stamp: str,
     progress: Callable[[str], None],
@@ -399,7 +404,7 @@ def _search(
 def _with_holdout(
     data: TrainingData,
     family: str,
-    params: dict,
+    params: dict[str, Any],
     weighting: str,
     searched: tuple[np.ndarray, list[float], np.ndarray],
     holdout: list[Fold],
@@ -418,7 +423,7 @@ def _with_holdout(
 
 
 def _log_evaluation(
-    family: str, metrics: dict, evaluation: Evaluation, params: dict, weighting: str, folder: Path
+    family: str, metrics: dict[str, Any], evaluation: Evaluation, params: dict[str, Any], weighting: str, folder: Path
 ) -> None:
     mlflow.log_metrics(_clean(metrics))
     mlflow.set_tag(EXACT_METRICS_TAG, json.dumps(_not_float(metrics)))
@@ -442,7 +447,7 @@ def _log_evaluation(
 def _register_unless_refused(
     data: TrainingData,
     family_spec: FamilySpec,
-    params: dict,
+    params: dict[str, Any],
     weighting: str,
     evaluation: Evaluation,
     settings: Settings,
@@ -488,7 +493,7 @@ def registration_refusal(metrics: dict[str, float], settings: Settings) -> str |
 def _refit_and_register(
     data: TrainingData,
     family: str,
-    params: dict,
+    params: dict[str, Any],
     weighting: str,
     evaluation: Evaluation,
     settings: Settings,

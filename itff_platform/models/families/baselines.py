@@ -1,9 +1,11 @@
 """The reference points every study is judged against (models.baselines)."""
 
+from typing import Any
+
 from itff_platform.models.registry import FamilySpec, register
 
 
-def _last_return_column(features: list[str]) -> dict:
+def _last_return_column(features: list[str]) -> dict[str, Any]:
     return {"last_return_column": features.index("log_return_1")}
 
 
