@@ -25,6 +25,7 @@ import polars as pl
 
 from itff_platform.features.silver import build_features
 from itff_platform.market.sample import SampleCandleSource
+from itff_platform.reporting import console_tables
 from itff_platform.settings import Settings
 from itff_platform.training.dataset import training_data
 from itff_platform.training.study import run_study
@@ -127,14 +128,7 @@ def main() -> None:
     out = ROOT / "benchmarks" / "results" / "training.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    with pl.Config(
-        tbl_hide_dataframe_shape=True,
-        tbl_hide_column_data_types=True,
-        tbl_formatting="ASCII_MARKDOWN",
-        tbl_rows=100,
-        tbl_cols=30,
-        tbl_width_chars=250,
-    ):
+    with console_tables(rows=100):
         print("\nStudies (seconds per phase: training.timing):")
         print(pl.DataFrame(rows))
         if result["pruning"]:

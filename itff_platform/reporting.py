@@ -74,10 +74,22 @@ def lake_skip_line(result, seconds: float) -> str:
     return f"Lake: {text} ({seconds:.1f} s)"
 
 
+def console_tables(rows: int = 10) -> pl.Config:
+    """How the CLI and the benchmarks print frames: Markdown-like, no shape or dtype lines, wide enough for a study row."""
+    return pl.Config(
+        tbl_hide_dataframe_shape=True,
+        tbl_hide_column_data_types=True,
+        tbl_formatting="ASCII_MARKDOWN",
+        tbl_rows=rows,
+        tbl_cols=30,
+        tbl_width_chars=250,
+    )
+
+
 def print_lake_summary(settings: Settings, result) -> None:
     """What the lake holds and what its run's checks found; `result` None: no run was needed, nothing had changed."""
     print("\nRows per layer and symbol (read back from Delta):")
-    with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_formatting="ASCII_MARKDOWN"):
+    with console_tables():
         print(layer_counts(settings))
     tables = LakeTables.under(settings)
     try:
@@ -144,14 +156,7 @@ def print_training_summary(settings: Settings, rows: list[dict], seconds: float 
         return
     if seconds is not None:
         print("\n" + training_skip_line(rows, seconds))
-    with pl.Config(
-        tbl_hide_dataframe_shape=True,
-        tbl_hide_column_data_types=True,
-        tbl_formatting="ASCII_MARKDOWN",
-        tbl_rows=200,
-        tbl_cols=30,
-        tbl_width_chars=250,
-    ):
+    with console_tables(rows=200):
         for task in ("classification", "regression"):
             # One frame per task, so its columns come in a study row's own order whichever task's rows came first;
             # symbol and target in order (the run's partitions finish in any order), families as they were trained.

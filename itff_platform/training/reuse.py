@@ -145,9 +145,7 @@ def data_digest(data: TrainingData) -> str:
     )
 
 
-def study_fingerprint(
-    data_fingerprint: str, folds: list[Fold], family: str, settings: Settings, n_trials: int | None = None
-) -> str:
+def study_fingerprint(data_fingerprint: str, folds: list[Fold], family: str, settings: Settings) -> str:
     chosen = settings.flat_dump(mode="json", exclude=SETTINGS_IGNORED)
     fold_rows = [(fold.number, fold.train, fold.test) for fold in folds]
     return digest(
@@ -155,7 +153,7 @@ def study_fingerprint(
         data_fingerprint,
         *(part for row in fold_rows for part in row),
         family,
-        study_trials(family, settings, n_trials),
+        study_trials(family, settings),
         chosen,
         code_digest("training", "models", "contracts", *SHARED_MODULES, libraries=LIBRARIES),
     )

@@ -4,7 +4,7 @@ Feature rows sent with their bar's time are logged with it and evaluated; the re
 validated name); every answer says how old its model is and whether it may be traded."""
 
 import json
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -21,6 +21,7 @@ from itff_platform.rules import REGIMES
 from itff_platform.settings import Settings
 from itff_platform.training.promotion import promote_champion
 from itff_platform_tests.conftest import model_files, utc
+from itff_platform_tests.faults.conftest import lake_settings
 from itff_platform_tests.serving.test_service import start_service
 from itff_platform_tests.training.test_promotion import NAME, train
 from mlflow import MlflowClient
@@ -55,16 +56,7 @@ def meta_path(settings: Settings, version: str) -> Path:
 
 def lake_and_champion(folder: Path) -> tuple[Settings, pl.DataFrame, str]:
     """A lake running past a promoted champion's training data, under `folder`: settings, silver, champion version."""
-    settings = Settings(
-        home=folder,
-        source="files",
-        symbols=["PROMOUSDT"],
-        targets=["direction"],
-        trials=1,
-        wf_folds=3,
-        start_date=date(2024, 1, 1),
-        end_date=date(2024, 10, 1),
-    )
+    settings = lake_settings(folder)
     silver = build_lake(settings)
     mlflow.set_tracking_uri(settings.tracking_uri)
     train(settings, ["logistic"], noise=0.2)
