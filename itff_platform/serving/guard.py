@@ -186,14 +186,14 @@ class GuardMiddleware:
                 )
         if is_public(path, headers):
             if method not in READ_METHODS:
-                return await _reply(
+                return await reply(
                     send,
                     405,
                     {"error": f"method: {method:.10} is not served on {path:.60}; use GET", "field": "method"},
                     {"allow": ", ".join(READ_METHODS)},
                 )
             if path == DOCUMENT and method == "GET" and self.openapi is not None:
-                return await _reply(send, 200, await self.openapi())
+                return await reply(send, 200, await self.openapi())
             return await self.app(scope, receive, send)
         client = (scope.get("client") or ("?", 0))[0]
         tokens = [v for k, v in pairs if k == "x-api-token"]
@@ -214,7 +214,7 @@ class GuardMiddleware:
                 )
             tokens = tokens or in_url
         if is_admin_path(path) and not self.admin_token:
-            return await _reply(send, 404, {"error": "admin endpoints are disabled: set ITFF_ADMIN_TOKEN"})
+            return await reply(send, 404, {"error": "admin endpoints are disabled: set ITFF_ADMIN_TOKEN"})
         # An address that has spent its failure budget is refused before its token is even compared: otherwise
         # the answer (429 or 200) would still tell a guesser when a guess is right.
         wait = self.failures.wait(client)
@@ -241,7 +241,7 @@ class GuardMiddleware:
                 problem,
                 "" if remaining else "; failure budget spent",
             )
-            return await _reply(send, 401, {"error": f"X-API-Token: {problem}", "field": "X-API-Token"})
+            return await reply(send, 401, {"error": f"X-API-Token: {problem}", "field": "X-API-Token"})
         wait = self.buckets.take(token)
         if wait > 0:
             retry = max(1, int(wait + 0.999))
@@ -253,7 +253,7 @@ class GuardMiddleware:
                     key[6:],
                     self.per_minute,
                 )
-            return await _reply(
+            return await reply(
                 send,
                 429,
                 {"error": f"rate limit: at most {self.per_minute} requests/minute per token", "retry_after_s": retry},
@@ -262,7 +262,7 @@ class GuardMiddleware:
         self._limited.discard("token:" + hashlib.sha256(token.encode()).hexdigest()[:8])
         if path == DETAILS and method == "GET" and self.readiness is not None:
             ready, details = await self.readiness()
-            return await _reply(send, 200 if ready else 503, details)
+            return await reply(send, 200 if ready else 503, details)
         length = headers.get("content-length")
         if length is not None:
             if not length.isdigit():
@@ -349,7 +349,7 @@ class GuardMiddleware:
                 round(self.failures.rate * 60),
                 retry,
             )
-        return await _reply(
+        return await reply(
             send,
             429,
             {
@@ -363,7 +363,7 @@ class GuardMiddleware:
     @staticmethod
     async def _refuse(send: Send, scope: Scope, status: int, field: str, rule: str) -> None:
         log.info("client error %d on %s %s: %s: %s", status, scope.get("method"), scope.get("path"), field, rule)
-        return await _reply(send, status, {"error": f"{field}: {rule}", "field": field})
+        return await reply(send, status, {"error": f"{field}: {rule}", "field": field})
 
 
 def _replay(body: bytes) -> Receive:
@@ -379,7 +379,7 @@ def _replay(body: bytes) -> Receive:
     return receive
 
 
-async def _reply(send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+async def reply(send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
     payload = json.dumps(body).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]

@@ -240,13 +240,15 @@ class OnlineFeatures:
                 check_window(frame, interval)
                 known = self._compute(frame, settings, settings_key)
             except RequestError as error:
-                known = error
+                # Kept without its traceback: a re-raise appends frames to it, so a window a client keeps re-sending
+                # would grow the chain, and hold those frames' candles, for as long as it stays cached.
+                known = error.with_traceback(None)
             with self._lock:
                 self._windows[key] = known
                 if len(self._windows) > self.kept:
                     self._windows.popitem(last=False)
         if isinstance(known, RequestError):
-            raise known
+            raise known.with_traceback(None)
         check_not_future(frame, interval)
         return known
 

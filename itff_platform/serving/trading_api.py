@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import bentoml
 
-from itff_platform.serving.guard import _reply
+from itff_platform.serving.guard import reply
 from itff_platform.trading.desk import OrderDesk, OrderRequest, TradeRefusal
 
 if TYPE_CHECKING:
@@ -110,5 +110,5 @@ class PortfolioRoute:
         if scope["type"] != "http" or scope.get("path") != PORTFOLIO:
             return await self.app(scope, receive, send)
         if scope.get("method") not in ("GET", "HEAD"):
-            return await _reply(send, 405, {"error": "method: use GET", "field": "method"}, {"allow": "GET, HEAD"})
-        return await _reply(send, 200, await self.portfolio())
+            return await reply(send, 405, {"error": "method: use GET", "field": "method"}, {"allow": "GET, HEAD"})
+        return await reply(send, 200, await self.portfolio())

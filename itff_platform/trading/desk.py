@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from itff_platform.contracts.costs import fee
 from itff_platform.rules import as_utc
 from itff_platform.settings import Settings
 from itff_platform.trading.broker import Broker, LiveBrokerMissing, broker_for
@@ -143,7 +144,7 @@ class OrderDesk:
                 clippedUsd=size.clipped_usd,
             )
         quote = self._reference(request, decided)
-        if direction > 0 and size.final_usd * (1 + self.limits.fees_bps * 1e-4) > book.cash:
+        if direction > 0 and size.final_usd + fee(size.final_usd, self.limits.fees_bps) > book.cash:
             raise TradeRefusal(
                 422, "qtyUsd", f"{size.final_usd:.2f} USD (after sizing) is more than the cash, {book.cash:.2f} USD"
             )
@@ -172,11 +173,12 @@ class OrderDesk:
         if self.pause_after_intent_s:
             time.sleep(self.pause_after_intent_s)
         fill = broker.fill(symbol, direction, size.final_usd, quote.price)
-        units = book.positions().get(symbol, 0.0) + fill.quantity
+        positions = book.positions()
+        units = positions.get(symbol, 0.0) + fill.quantity
         cash = book.cash - fill.notional_usd - fill.fee_usd
         marks = {**valuation["marks"]}
         marks.setdefault(symbol, fill.price)
-        held = {**book.positions(), symbol: units}
+        held = {**positions, symbol: units}
         equity = cash + sum(q * marks.get(s, 0.0) for s, q in held.items())
         done = {
             **intent,

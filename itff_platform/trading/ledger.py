@@ -174,4 +174,7 @@ class Ledger:
         rows = [{**e, "seq": book.next_seq + i} for i, e in enumerate(events)]
         frame = pl.DataFrame(rows, schema=SCHEMA)
         frame.write_delta(str(self.table), mode="append")
-        return Book(pl.concat([book.events, frame]), self.starting_cash)
+        after = Book(pl.concat([book.events, frame]), self.starting_cash)
+        # Under the lock nobody else wrote in between: the state after this commit is known, no re-read of the table.
+        self._cache = (DeltaTable(str(self.table)).version(), after)
+        return after

@@ -92,6 +92,21 @@ def test_a_refused_window_stays_refused_and_the_clock_is_asked_every_time(btc_ho
         online.rows(candles, settings, "1h")
 
 
+def test_a_refused_window_sent_again_and_again_keeps_a_traceback_of_one_request(btc_hourly):
+    """The remembered refusal is raised afresh: re-raising one cached exception object appended every request's
+    frames to its traceback, a chain (holding the candles) that grew for as long as the window stayed cached."""
+    settings = Settings()
+    online = OnlineFeatures()
+    (candles,) = windows(btc_hourly, [utc(2024, 3, 1)])
+    broken = [*candles[:-1], candles[-1].model_copy(update={"high": candles[-1].low / 2})]
+    depths = []
+    for _ in range(5):
+        with pytest.raises(RequestError) as refused:
+            online.rows(broken, settings, "1h")
+        depths.append(len(refused.traceback))
+    assert depths[-1] == depths[1], depths
+
+
 def test_candle_times_are_read_as_utc_with_or_without_an_offset(btc_hourly):
     from datetime import timedelta, timezone
 
