@@ -548,6 +548,32 @@ class TrackingSettings(Section):
     optuna_storage: str | None = Field(None, description="Optuna storage URL; unset: SQLite in mlflow_dir.")
 
 
+class ClusterSettings(Section):
+    """The cluster profile (docs/scale-out.md): Postgres, Redis, an MLflow server and distributed workers.
+    The embedded profile (the default, `make run`) uses none of these settings."""
+
+    profile: Literal["embedded", "cluster"] = Field(
+        "embedded",
+        description="embedded: SQLite stores, one machine (make run). cluster: Dagster, MLflow and Optuna on "
+        "Postgres, steps on distributed workers (make cluster).",
+    )
+    postgres_url: str = Field(
+        "postgresql://itff@127.0.0.1:55432",
+        description="Postgres server (no database name) holding the dagster, mlflow and optuna databases; "
+        "a password comes from the environment (PGPASSWORD or the URL in ITFF_POSTGRES_URL), never from the repo.",
+    )
+    redis_url: str = Field("redis://127.0.0.1:56379/0", description="Redis broker of the distributed executor.")
+    mlflow_server_url: str = Field(
+        "http://127.0.0.1:5050", description="The MLflow tracking server (runs, registry, artifacts) of the cluster."
+    )
+    dagster_port: int = Field(3301, description="The cluster's Dagster webserver port (make cluster).")
+    workers: int = Field(2, ge=1, description="Executor workers `make cluster` starts on this machine.")
+    cluster_dir: Path = Field(
+        Path(".cluster"),
+        description="Where `make cluster` keeps its Postgres data, logs and pids, under home when relative.",
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter=NESTED_DELIMITER, extra="ignore")
 
@@ -576,6 +602,7 @@ class Settings(BaseSettings):
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings, description=MonitoringSettings.__doc__)
     automation: AutomationSettings = Field(default_factory=AutomationSettings, description=AutomationSettings.__doc__)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings, description=TrackingSettings.__doc__)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings, description=ClusterSettings.__doc__)
 
     @classmethod
     def settings_customise_sources(
@@ -731,7 +758,7 @@ SECTIONS = tuple(
 )
 assert len(LEAVES) == len(BY_PATH) and not set(LEAVES) & set(SECTIONS), "flat names must be unique"
 # Paths taken relative to home.
-ANCHORED_PATHS = ("reports_dir", "lake_dir", "drop_dir", "mlflow_dir", "monitoring_dir")
+ANCHORED_PATHS = ("reports_dir", "lake_dir", "drop_dir", "mlflow_dir", "monitoring_dir", "cluster_dir")
 
 
 def leaf_at(loc: tuple[str | int, ...]) -> Leaf | None:
