@@ -97,8 +97,14 @@ class ConsensusAnswer(Standing):
     symbol: str
     target: str
     prob_up: float = Field(description="the families' mean P(up), each weighted by its confidence |p - 0.5|")
+    prob_long: float = Field(description="runbook 004's name for prob_up")
+    prob_short: float = Field(description="1 - prob_long")
+    confidence: float = Field(description="max(prob_long, prob_short)")
     signal: Signal
-    threshold: float
+    allow: bool = Field(description="the signal trades and confidence >= threshold (ITFF_CONFIDENCE_THRESHOLD)")
+    threshold: float = Field(description="the confidence threshold allow is judged against")
+    decision_threshold: float = Field(description="the voters' median decision threshold, the signal's rule")
+    model_version: str = Field(description="the ensemble's id: the same voting (family, version) set, the same id")
     regime: Regime
     bar_time: str | None
     families: list[Vote]

@@ -26,6 +26,7 @@ import bentoml
 import numpy as np
 
 from itff_platform.contracts.answers import OOD_Z, build_answer, log_record, model_age, trading_permission
+from itff_platform.contracts.consensus import consensus_fields, ensemble_id
 from itff_platform.contracts.signals import served_signals
 from itff_platform.monitoring.outcomes import read_quality_summary
 from itff_platform.monitoring.prediction_log import PredictionLog
@@ -420,17 +421,21 @@ class ItffService:
         if regime is None and at is not None:
             regime = regime_from_lake(self.settings, symbol, at)
         weights = [abs(b["prob_up"] - 0.5) + 1e-9 for b in breakdown]
-        prob = float(np.average([b["prob_up"] for b in breakdown], weights=weights))
-        threshold = float(np.median([b["threshold"] for b in breakdown]))
         permission = trading_permission(champion.meta)
-        signal = str(served_signals(prob, threshold, target, permission["tradable"])[0])
+        vote = consensus_fields(
+            [b["prob_up"] for b in breakdown],
+            weights,
+            decision_threshold=float(np.median([b["threshold"] for b in breakdown])),
+            confidence_threshold=self.settings.trading.confidence_threshold,
+            target=target,
+            tradable=permission["tradable"],
+        )
         ages = [b["model_age_days"] for b in breakdown if b["model_age_days"] is not None]
         return {
             "symbol": symbol,
             "target": target,
-            "prob_up": prob,
-            "signal": signal,
-            "threshold": threshold,
+            **vote,
+            "model_version": ensemble_id([(b["family"], str(b["model_version"])) for b in breakdown]),
             "regime": regime or "unknown",
             "bar_time": at.isoformat() if at is not None else None,
             **permission,

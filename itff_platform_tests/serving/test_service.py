@@ -286,6 +286,12 @@ def test_consensus_votes_across_the_latest_version_of_every_family(service):
     assert all(reason.startswith("no verified version") for reason in body["skipped_families"].values())
     low, high = min(m["prob_up"] for m in body["families"]), max(m["prob_up"] for m in body["families"])
     assert low - 1e-9 <= body["prob_up"] <= high + 1e-9
+    # Runbook 004's fields: the gate is the confidence threshold, and the ensemble has one id.
+    assert body["prob_long"] == body["prob_up"] and abs(body["prob_long"] + body["prob_short"] - 1) < 1e-12
+    assert body["confidence"] == max(body["prob_long"], body["prob_short"])
+    assert body["threshold"] == settings.trading.confidence_threshold
+    assert body["allow"] == (body["signal"] != "flat" and body["confidence"] >= body["threshold"])
+    assert body["model_version"].startswith("ensemble-")
 
 
 def test_predict_batch_scores_many_rows_in_one_call(service):
