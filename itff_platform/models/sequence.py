@@ -151,13 +151,16 @@ class SequenceForecaster(Forecaster):
         buffer = io.BytesIO()
         # CPU copies of the weights; moving the live network would break it on a CUDA machine.
         torch.save({k: v.detach().cpu() for k, v in self.net.state_dict().items()}, buffer)
-        state = {k: v for k, v in super()._state().items() if k != "net"}
+        # Nor the device: the machine that loads the model picks its own (a GPU-trained model serves on a CPU box).
+        state = {k: v for k, v in super()._state().items() if k not in ("net", "device_name")}
         assert self.scaler is not None  # saved only after fit, which sets it
         return {**state, "net_state": buffer.getvalue(), "n_features": self.scaler.n_features_in_}
 
     def _restore(self, state: dict[str, Any]) -> None:
         net_state, n_features = state.pop("net_state"), state.pop("n_features")
+        state.pop("device_name", None)  # saved by versions before this one: the trainer's device, not ours
         super()._restore(state)
+        self.device_name = "auto"
         self.net = self.build(n_features)
         self.net.load_state_dict(torch.load(io.BytesIO(net_state), map_location="cpu"))
         self.net.to(pick_device(self.device_name)).eval()
