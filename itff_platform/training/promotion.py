@@ -189,7 +189,10 @@ def _champion_holdout_losses(
 ) -> tuple[pl.DataFrame | None, str | None]:
     """The champion's per-row losses on the challenger's holdout window, or why they cannot be had."""
     if holder.window == challenger.window:
-        return oos.losses(holder.run_id, holdout=True), None
+        losses = oos.losses(holder.run_id, holdout=True)
+        if losses is None:
+            return None, f"champion v{holder.version}'s run kept no out-of-sample rows on this window: kept as it is"
+        return losses, None
     if not _trained_before(holder, challenger.window[0], settings):
         return None, (
             f"not comparable: champion v{holder.version} was trained through {holder.tags.get('trained_through')}, "
@@ -219,17 +222,20 @@ def promote_champion(settings: Settings, symbol: str, target: str) -> Decision:
         for v in versions
         if (champion is None or int(v.version) > int(champion.version)) and "rolled_back_at" not in v.tags
     ]
+    if not newer and champion is None:  # the alias was removed by hand after rollbacks: nothing to judge
+        reason = "no champion, and every registered version was rolled back from: retrain to get one"
+        return Decision(name, False, None, None, "-", [reason], unchanged=True, tradable=False)
     if not newer:
+        assert champion is not None  # the case above
         return Decision(
             name,
             False,
             None,
-            # champion is None here only when every version was rolled back: left as it was.
-            str(champion.version),  # type: ignore[union-attr]
+            str(champion.version),
             "-",
             ["no version newer than the champion"],
             unchanged=True,
-            tradable=champion.tags.get("tradable") == "true",  # type: ignore[union-attr]
+            tradable=champion.tags.get("tradable") == "true",
         )
     basis = decision_basis(settings)
     judged = _judged_before(client, name, newer, champion, basis)
@@ -365,8 +371,8 @@ def _serve_decision(
     holder = _candidate(client, champion)
     theirs, refusal = _champion_holdout_losses(client, oos, settings, symbol, target, name, holder, challenger)
     if theirs is None:
-        # refusal is None when the champion's own run kept no out-of-sample rows (same window): left as it was.
-        return Decision(name, False, challenger.version, before, f"v{before}", [*reasons, refusal], figures)  # type: ignore[list-item]
+        assert refusal is not None  # _champion_holdout_losses gives a reason whenever it gives no losses
+        return Decision(name, False, challenger.version, before, f"v{before}", [*reasons, refusal], figures)
     versus = compare(mine, theirs, horizon)
     champion_skill = compare(theirs, best, horizon)
     reasons += [

@@ -109,3 +109,41 @@ def test_a_tampered_model_fails_verification_naming_the_file(registry):
     status = served(settings).status[NAME]
     assert not status.healthy and status.refused_versions == [str(version.version)]
     assert status.problem == f"v{version.version} refused: artifacts/forecaster/state.pkl: sha256 differs"
+
+
+def test_a_champion_whose_run_kept_no_holdout_rows_is_kept_with_a_reason():
+    """Same window, but the champion's run logged no out-of-sample rows: the decision keeps it and says why
+    (the reason list held None before, and the registry tag and the CLI printed 'None')."""
+    from itff_platform.training.promotion import Candidate, _champion_holdout_losses
+
+    class NoRows:
+        def losses(self, run_id: str, holdout: bool = False) -> None:
+            return None
+
+    window = {"recent_window_start": "2024-01-01", "recent_window_end": "2024-03-01"}
+    holder = Candidate("3", "run-3", "logistic", {}, window)
+    challenger = Candidate("4", "run-4", "lorentzian", {}, window)
+    settings = Settings()
+    losses, reason = _champion_holdout_losses(
+        None,  # type: ignore[arg-type]  # the same-window path asks the registry nothing
+        NoRows(),  # type: ignore[arg-type]
+        settings,
+        "PROMOUSDT",
+        "direction",
+        NAME,
+        holder,
+        challenger,
+    )
+    assert losses is None and reason == "champion v3's run kept no out-of-sample rows on this window: kept as it is"
+
+
+def test_with_no_champion_and_every_version_rolled_back_promotion_says_to_retrain(registry):
+    """An operator removed the champion alias after rollbacks: promotion has nothing to judge. It crashed
+    (None.version) before; now it answers, and keeps nothing."""
+    settings, client = registry
+    client.delete_registered_model_alias(NAME, "champion")
+    for version in client.search_model_versions(f"name = '{NAME}'"):
+        client.set_model_version_tag(NAME, version.version, "rolled_back_at", "2026-01-01T00:00:00+00:00")
+    decision = promote_champion(settings, "PROMOUSDT", "direction")
+    assert not decision.promoted and decision.champion_before is None and decision.unchanged
+    assert decision.reasons == ["no champion, and every registered version was rolled back from: retrain to get one"]
