@@ -6,6 +6,8 @@ import ast
 import copy
 import json
 import re
+import shutil
+import subprocess
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -522,3 +524,127 @@ def test_the_compose_wires_every_service_with_a_healthcheck(compose):
     app = workers[0]["command"][workers[0]["command"].index("-A") + 1]
     if not (ROOT / Path(*app.split("."))).with_suffix(".py").exists():
         pytest.skip(f"{app}, the cluster profile's celery app, is not on this branch yet")
+
+
+# --- PromQL, through Prometheus's own promtool (make promtool)
+
+
+def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    tool = shutil.which("promtool")
+    assert tool, "promtool is missing: `make promtool` installs it (Debian's prometheus package)"
+    return subprocess.run([tool, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def prometheus_rules(rules: list[dict], dashboard: list[str]) -> dict:
+    """The Grafana alert rules as Prometheus alerting rules (query, threshold, for, labels), and every dashboard
+    query as a recording rule: promtool then parses every query and evaluates the alerts."""
+    alerts = []
+    for rule in rules:
+        op, value = threshold(rule)
+        query = alert_queries([rule])[0]
+        alerts.append(
+            {"alert": rule["uid"], "expr": f"({query}) {'>' if op == 'gt' else '<'} {value}", "for": rule["for"]}
+            | {"labels": rule["labels"]}
+        )
+    panels = [{"record": f"itff:dashboard_query_{i}", "expr": expr} for i, expr in enumerate(dashboard)]
+    return {"groups": [{"name": "alerts", "rules": alerts}, {"name": "dashboard", "rules": panels}]}
+
+
+def series(selector: str, values: str) -> dict[str, str]:
+    return {"series": selector, "values": values}
+
+
+def latency_series(per_minute: dict[str, int]) -> list[dict[str, str]]:
+    """Cumulative bucket counters growing by `per_minute` observations a minute (le -> count at or below)."""
+    return [
+        series(f'itff_prediction_latency_seconds_bucket{{target="direction",le="{le}"}}', f"0+{n}x60")
+        for le, n in per_minute.items()
+    ]
+
+
+def mape(symbol: str, value: float) -> dict[str, str]:
+    return series(
+        f'prediction_quality_metric{{symbol="{symbol}",target="forward_return",metric="mape"}}', f"{value}x60"
+    )
+
+
+SCRAPE = 'up{job="itff-prediction-service",instance="bentoml:3000"}'
+FIRED = {"runbook": "001", "service": "itff-prediction-service"}
+# What the alerts must do on synthetic series: fire just past each runbook threshold, stay quiet at it.
+ALERT_TESTS = [
+    {  # p95 in (0.15, 0.25]: 6 of every 100 requests took more than 150 ms; MAPE and drawdown just past theirs
+        "interval": "1m",
+        "input_series": [
+            *latency_series({"0.1": 90, "0.15": 94, "0.25": 100, "1": 100, "+Inf": 100}),
+            mape("BTCUSDT", 0.081),
+            mape("ETHUSDT", 0.079),
+            series('prediction_quality_metric{symbol="ETHUSDT",target="direction",metric="log_loss"}', "0.9x60"),
+            series("itff_paper_drawdown", "0.081x60"),
+            series(SCRAPE, "0x60"),
+        ],
+        "alert_rule_test": [
+            {"eval_time": "15m", "alertname": "itff-p95-latency", "exp_alerts": [{"exp_labels": FIRED}]},
+            {"eval_time": "20m", "alertname": "itff-forward-return-mape", "exp_alerts": []},  # not 30 minutes yet
+            {
+                "eval_time": "40m",
+                "alertname": "itff-forward-return-mape",
+                "exp_alerts": [{"exp_labels": FIRED | {"symbol": "BTCUSDT"}}],
+            },
+            {
+                "eval_time": "5m",
+                "alertname": "itff-paper-drawdown",
+                "exp_alerts": [{"exp_labels": FIRED | {"runbook": "004"}}],
+            },
+            {
+                "eval_time": "5m",
+                "alertname": "itff-service-down",
+                "exp_alerts": [
+                    {
+                        "exp_labels": FIRED
+                        | {"runbook": "004", "job": "itff-prediction-service", "instance": "bentoml:3000"}
+                    }
+                ],
+            },
+        ],
+    },
+    {  # at every threshold: 96 of 100 requests within 150 ms, MAPE at 8 %, drawdown at 80 % of the limit
+        "interval": "1m",
+        "input_series": [
+            *latency_series({"0.1": 90, "0.15": 96, "0.25": 100, "1": 100, "+Inf": 100}),
+            mape("BTCUSDT", 0.08),
+            series("itff_paper_drawdown", "0.08x60"),
+            series(SCRAPE, "1x60"),
+        ],
+        "alert_rule_test": [
+            {"eval_time": "50m", "alertname": name, "exp_alerts": []}
+            for name in ("itff-p95-latency", "itff-forward-return-mape", "itff-paper-drawdown", "itff-service-down")
+        ],
+    },
+]
+
+
+def promtool_problems(rules: list[dict], dashboard: list[str], folder: Path) -> list[str]:
+    (folder / "rules.yml").write_text(yaml.safe_dump(prometheus_rules(rules, dashboard)))
+    tests = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": ALERT_TESTS}
+    (folder / "tests.yml").write_text(yaml.safe_dump(tests))
+    problems = []
+    for args in (["check", "rules", "rules.yml"], ["test", "rules", "tests.yml"]):
+        result = promtool(*args, cwd=folder)
+        if result.returncode != 0:
+            problems.append(f"promtool {' '.join(args)}:\n{result.stdout}{result.stderr}")
+    return problems
+
+
+def test_promtool_parses_every_query_and_the_alerts_fire_at_the_runbook_thresholds(tmp_path):
+    config = promtool("check", "config", str(DEPLOY / "prometheus" / "prometheus.yml"), cwd=tmp_path)
+    assert config.returncode == 0, config.stdout + config.stderr
+    rules, dashboard = alert_rules(), dashboard_queries()
+    assert promtool_problems(rules, dashboard, tmp_path) == []
+
+    # Seeded: a threshold moved to 200 ms no longer fires on a p95 of 167 ms; a query that does not parse.
+    slow = copy.deepcopy(rules)
+    next(r for r in slow if r["uid"] == "itff-p95-latency")["data"][2]["model"]["conditions"][0]["evaluator"][
+        "params"
+    ] = [0.2]
+    assert "itff-p95-latency" in "".join(promtool_problems(slow, [], tmp_path))
+    assert "check rules" in "".join(promtool_problems(rules, ["sum by (le (itff_predictions_total)"], tmp_path))
