@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install browser run lint test dev serve fuzz replay docs mlflow-ui bench-lake bench-training bench-serve clean-lake screenshots
+.PHONY: help install browser promtool run lint test dev serve fuzz replay docs mlflow-ui bench-lake bench-training bench-serve clean-lake screenshots
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required, found " + sys.version.split()[0])'
@@ -39,8 +39,13 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+## promtool: Prometheus's promtool (Debian's prometheus package): the deploy test checks the PromQL of the Grafana
+## dashboard and alert rules with it, and unit-tests the alerts' thresholds on synthetic series
+promtool:
+	@command -v promtool >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)
+
 ## test: install, then run the suite (test_lint.py runs the lint: a finding fails the suite)
-test: install browser
+test: install browser promtool
 	$(BIN)/pytest
 
 ## screenshots: copy the UI test's screenshots (test-artifacts/*.png) into docs/images/, where the README shows them.
