@@ -191,3 +191,13 @@ def test_silver_fingerprints_take_the_rows_as_a_set_and_change_only_where_a_row_
     after = silver_fingerprints(settings, changed, months)
     # In April, and within March's label horizon (4 bars); February's read ends at March 1, 04:00.
     assert [m for m in before if before[m] != after[m]] == [date(2024, 3, 1), date(2024, 4, 1)]
+
+
+def test_a_rebuild_keeps_only_the_columns_asked_for_and_writes_every_column(lake):
+    """silver_features keeps the validated columns of a rebuild, not every row's 43 columns; the table gets them all."""
+    whole = silver_rows(lake)
+    asked = ["timestamp", "rsi", "regime"]
+    refreshed = refresh_silver(lake, "BTCUSDT", MONTHS, columns=asked)
+    assert refreshed.rows.columns == asked and set(refreshed.schema) == {*whole.columns, "month"}
+    assert refreshed.rows.sort("timestamp").equals(whole.select(asked))
+    assert silver_rows(lake).equals(whole)
