@@ -6,6 +6,11 @@
 Reports the full rebuild (read bronze, compute features/regime/labels, write silver), rows/s, peak RSS,
 a one-day incremental update on top of the full history, and compute-only rows/s beside the same feature set
 in pandas and TA-Lib (lake_references.py) on the same candles. Results go to benchmarks/results/lake.json.
+
+The rebuild runs in a fresh process, as a Dagster run does, so its peak RSS is its own and not the setup's: the
+synthetic history and its bronze write leave ~1.5 GiB in this process's allocator. That process also reports where
+the rebuild's time went, per phase (compute and write overlap, two months at a time: their seconds are summed over
+both threads).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -23,9 +29,12 @@ from pathlib import Path
 
 import polars as pl
 
-from itff_platform.features.silver import feature_columns, history_bars_needed, month_windows, window_frames
+from itff_platform.features import silver as silver_module
+from itff_platform.features.silver import feature_columns, history_bars_needed, month_windows, windows
+from itff_platform.lake import delta, layers
 from itff_platform.lake.delta import read_rows, replace_partitions, with_month
-from itff_platform.lake.layers import LakeTables, build_silver
+from itff_platform.lake.layers import LakeTables, build_silver, refresh_silver
+from itff_platform.lake.schemas import SILVER_CHECKED
 from itff_platform.market.synthetic import random_walk_candles
 from itff_platform.settings import Settings
 
@@ -116,22 +125,23 @@ def main() -> None:
     replace_partitions(tables.bronze, bronze, "1m", SYMBOL, [m.date() for m in months])
     print(f"bronze: {rows:,} rows of 1-minute candles in {len(months)} monthly partitions", flush=True)
 
-    # Full rebuild: exactly what the silver_features asset runs for a single-run backfill.
+    # Full rebuild: exactly what the silver_features asset runs for a single-run backfill, in a fresh process.
     del history, bronze
-    with PeakRss() as memory:
-        baseline = memory.peak
-        silver, rebuild_s = timed(lambda: build_silver(settings, SYMBOL, months))
-    silver_columns = silver.width
-    # The same phases apart, to show where the time goes (compute and write overlap inside build_silver).
-    del silver
-    windows = month_windows(months, settings)
-    read, t_read = timed(lambda: read_rows(tables.bronze, "1m", SYMBOL, windows[0][0], windows[-1][3]))
-    computed, t_compute = timed(
-        lambda: pl.concat(
-            pl.collect_all([rows for _, rows in window_frames(read, settings, months)], engine="in-memory")
-        )
+    child = subprocess.run(
+        [sys.executable, __file__, "--rebuild", str(lake_dir), ",".join(f"{m:%Y-%m-%d}" for m in months)],
+        check=True,
+        capture_output=True,
+        text=True,
     )
-    print(f"rebuild: {rebuild_s:.2f}s (alone: read {t_read:.2f}s, compute {t_compute:.2f}s)", flush=True)
+    rebuild = json.loads(child.stdout.splitlines()[-1])
+    rebuild_s = rebuild["rebuild_s"]
+    # The same phases apart, to show where the time goes without the overlap.
+    windows_ = month_windows(months, settings)
+    read, t_read = timed(lambda: read_rows(tables.bronze, "1m", SYMBOL, windows_[0][0], windows_[-1][3]).rechunk())
+    computed, t_compute = timed(lambda: pl.concat([w.rows(settings) for w in windows(read, settings, months)]))
+    phases = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in rebuild["phases_s"].items())
+    print(f"rebuild: {rebuild_s:.2f}s, peak RSS {rebuild['peak_rss_gib']:.2f} GiB ({phases})", flush=True)
+    print(f"alone: read {t_read:.2f}s, compute {t_compute:.2f}s", flush=True)
     references = compare_references(read, computed, settings, t_compute)
 
     # One new day, five times over fresh days: bronze append, then the silver update for that day.
@@ -155,13 +165,14 @@ def main() -> None:
         "machine": f"{platform.node()} | {os.cpu_count()} CPUs | {platform.processor() or platform.machine()} | Python {sys.version.split()[0]} | polars {pl.__version__}",
         "rows": rows,
         "partitions": len(months),
-        "silver_columns": silver_columns,
+        "silver_columns": rebuild["silver_columns"],
         "rebuild_s": round(rebuild_s, 3),
+        "rebuild_phases_s": rebuild["phases_s"],
         "read_bronze_alone_s": round(t_read, 3),
         "compute_silver_alone_s": round(t_compute, 3),
         "rebuild_rows_per_s": round(rows / rebuild_s),
-        "rebuild_peak_rss_gib": round(memory.peak / 2**30, 2),
-        "rebuild_peak_rss_over_baseline_gib": round((memory.peak - baseline) / 2**30, 2),
+        "rebuild_peak_rss_gib": rebuild["peak_rss_gib"],
+        "rebuild_peak_rss_over_baseline_gib": rebuild["peak_rss_over_baseline_gib"],
         "one_day_silver_update_s_median": round(update_s, 4),
         "one_day_silver_update_runs": [round(u, 4) for u in updates],
         "one_day_bronze_append_s_median": round(statistics.median(appends), 4),
@@ -175,5 +186,66 @@ def main() -> None:
     shutil.rmtree(lake_dir, ignore_errors=True)
 
 
+class PhaseClock:
+    """Seconds spent inside some functions, summed over threads: wraps them in their modules while it is open."""
+
+    def __init__(self, targets: dict[str, tuple[object, str]]) -> None:
+        self.targets = targets
+        self.seconds = dict.fromkeys(targets, 0.0)
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> PhaseClock:
+        self._saved = {name: getattr(owner, attr) for name, (owner, attr) in self.targets.items()}
+        for name, (owner, attr) in self.targets.items():
+            setattr(owner, attr, self._timed(name, self._saved[name]))
+        return self
+
+    def _timed(self, name: str, fn):
+        def timed_call(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self.seconds[name] += time.perf_counter() - started
+
+        return timed_call
+
+    def __exit__(self, *exc) -> None:
+        for name, (owner, attr) in self.targets.items():
+            setattr(owner, attr, self._saved[name])
+
+
+def rebuild_alone(lake_dir: Path, months: list[datetime]) -> None:
+    """The child process: the full rebuild as silver_features runs it, its peak RSS, and its time per phase."""
+    settings = Settings(lake_dir=lake_dir, interval="1m", symbols=[SYMBOL])
+    clock = PhaseClock(
+        {
+            "read bronze": (layers, "read_rows"),
+            "fingerprints": (layers, "silver_fingerprints"),
+            "daily range and windows": (layers, "windows"),
+            "compute (summed over 2 threads)": (silver_module.Window, "rows"),
+            "write Parquet (summed over 2 threads)": (delta, "write_partition_file"),
+            "compute and write, overlapped": (layers, "replace_partitions_by_files"),
+        }
+    )
+    with PeakRss() as memory, clock:
+        baseline = memory.peak
+        refreshed, rebuild_s = timed(lambda: refresh_silver(settings, SYMBOL, months, columns=SILVER_CHECKED))
+    figures = {
+        "rebuild_s": round(rebuild_s, 3),
+        "phases_s": {name: round(seconds, 2) for name, seconds in clock.seconds.items()},
+        "silver_columns": len(refreshed.schema),
+        "peak_rss_gib": round(memory.peak / 2**30, 2),
+        "peak_rss_over_baseline_gib": round((memory.peak - baseline) / 2**30, 2),
+    }
+    print(json.dumps(figures))
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--rebuild"]:
+        rebuild_alone(
+            Path(sys.argv[2]), [datetime.fromisoformat(m).replace(tzinfo=UTC) for m in sys.argv[3].split(",")]
+        )
+    else:
+        main()

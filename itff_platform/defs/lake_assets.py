@@ -236,12 +236,12 @@ def silver_features_asset(partitions: MultiPartitionsDefinition):
     def silver_features(context: AssetExecutionContext, itff: ItffSettingsResource) -> MaterializeResult:
         from itff_platform.features.silver import feature_columns
         from itff_platform.lake.layers import LakeTables, refresh_silver
-        from itff_platform.lake.schemas import schema_failures
+        from itff_platform.lake.schemas import SILVER_CHECKED, schema_failures
 
         cfg = itff.settings()
         refreshed = {}
         for symbol, months in months_by_symbol(context.partition_keys).items():
-            refreshed[symbol] = refresh_silver(cfg, symbol, months, skip_unchanged=True)
+            refreshed[symbol] = refresh_silver(cfg, symbol, months, skip_unchanged=True, columns=SILVER_CHECKED)
             context.log.info(
                 f"{symbol}: {refreshed[symbol].rows.height} silver rows for {len(months)} month(s), "
                 f"{len(refreshed[symbol].unchanged)} of them unchanged (same bronze, settings and code), not rebuilt"
@@ -252,7 +252,7 @@ def silver_features_asset(partitions: MultiPartitionsDefinition):
         mark_unchanged(context, refreshed)
         return MaterializeResult(
             metadata={
-                "dagster/column_schema": table_schema(SilverFeatures, silver.schema),
+                "dagster/column_schema": table_schema(SilverFeatures, next(iter(refreshed.values())).schema),
                 "features": MetadataValue.json(feature_columns(cfg)),
                 "label_horizon_bars": cfg.features.label_horizon,
             },

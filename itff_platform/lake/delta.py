@@ -10,10 +10,11 @@ import itertools
 import json
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import polars as pl
 from deltalake import ColumnProperties, CommitProperties, DeltaTable, WriterProperties, write_deltalake
@@ -131,6 +132,13 @@ def replace_partitions(
     )
 
 
+Kept = TypeVar("Kept")
+
+
+def _whole(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame
+
+
 def write_partition_file(path: str | Path, frame: pl.DataFrame, interval: str, symbol: str, month: date) -> AddAction:
     """Write one partition's rows as a Parquet file inside the table folder; not visible until committed.
 
@@ -155,15 +163,17 @@ def write_partition_file(path: str | Path, frame: pl.DataFrame, interval: str, s
 
 def replace_partitions_by_files(
     path: str | Path,
-    parts: Iterable[tuple[date, pl.LazyFrame]],
+    parts: Iterable[tuple[date, pl.LazyFrame | Callable[[], pl.DataFrame]]],
     interval: str,
     symbol: str,
     schema: pl.Schema,
     fingerprints: Mapping[date, str] | None = None,
-) -> list[pl.DataFrame]:
-    """Collect each (month, lazy rows), write it as its own file (two at a time), then replace exactly those
-    months in one Delta commit, with their input fingerprints. Returns the frames written. For big rebuilds; small
-    writes use replace_partitions."""
+    keep: Callable[[pl.DataFrame], Kept] = _whole,  # type: ignore[assignment]
+) -> list[Kept]:
+    """Compute each (month, rows: a lazy frame or a function) and write it as its own file as soon as it is computed (two at a time), then
+    replace exactly those months in one Delta commit, with their input fingerprints. Returns what `keep` takes
+    of each month's frame (all of it by default): a rebuild keeps only what it needs, so memory holds two months'
+    rows at a time, not every row written. For big rebuilds; small writes use replace_partitions."""
     parts = list(parts)
     if not parts:
         return []
@@ -176,10 +186,10 @@ def replace_partitions_by_files(
             commit_properties=fingerprint_commit(interval, symbol, [], None),
         )
 
-    def write(part: tuple[date, pl.LazyFrame]) -> tuple[pl.DataFrame, AddAction | None]:
+    def write(part: tuple[date, pl.LazyFrame | Callable[[], pl.DataFrame]]) -> tuple[Kept, AddAction | None]:
         month, rows = part
-        frame = rows.collect(engine="in-memory")
-        return frame, (write_partition_file(path, frame, interval, symbol, month) if frame.height else None)
+        frame = rows.collect(engine="in-memory") if isinstance(rows, pl.LazyFrame) else rows()
+        return keep(frame), (write_partition_file(path, frame, interval, symbol, month) if frame.height else None)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         written = list(pool.map(write, parts))
@@ -197,7 +207,7 @@ def replace_partitions_by_files(
         ],
         commit_properties=fingerprint_commit(interval, symbol, months, fingerprints),
     )
-    return [frame for frame, _ in written]
+    return [kept for kept, _ in written]
 
 
 def read_rows(

@@ -55,14 +55,23 @@ def bronze_fingerprints(settings: Settings, raw: pl.DataFrame, months: list[date
 
 
 def silver_fingerprints(settings: Settings, bronze: pl.DataFrame, months: list[datetime]) -> dict[date, str]:
-    """`bronze`: one symbol's bronze rows sorted by timestamp, covering every month's read span that exists."""
+    """`bronze`: one symbol's bronze rows sorted by timestamp, covering every month's read span that exists.
+    Each month's fingerprint covers the rows of its read span as a set (order does not count, as frame_digest)."""
     chosen = {"interval": settings.interval, **settings.features.model_dump()}  # SILVER_SETTINGS, by flat name
-    stamps = bronze["timestamp"]
-    found = {}
+    # Rows in one canonical order, time then every column, hashed once for every window: each month's read span is a
+    # slice of one row-hash array. (Sorting each window by all its columns, as frame_digest does, took 5 s of a 21 s
+    # rebuild of 10M 1-minute rows.) Bronze arrives with strictly increasing timestamps, already in that order.
+    ordered = bronze.select(sorted(bronze.columns))
+    stamps = ordered["timestamp"]
+    if not (stamps.is_sorted() and stamps.n_unique() == stamps.len()):
+        ordered = ordered.sort(["timestamp", *(c for c in ordered.columns if c != "timestamp")], nulls_last=True)
+        stamps = ordered["timestamp"]
+    hashes = ordered.hash_rows(seed=0).to_numpy()
+    rows = {}
     for read_from, start, _, read_to in month_windows(months, settings):
         lo, hi = stamps.search_sorted(read_from, side="left"), stamps.search_sorted(read_to, side="left")
-        found[start.date()] = digest("silver", chosen, frame_digest(bronze.slice(lo, hi - lo)), lake_code())
-    return found
+        rows[start.date()] = digest(str(ordered.schema), hashes[lo:hi])
+    return {month: digest("silver", chosen, row_digest, lake_code()) for month, row_digest in rows.items()}
 
 
 def unchanged_months(path: str | Path, interval: str, symbol: str, fingerprints: Mapping[date, str]) -> list[date]:

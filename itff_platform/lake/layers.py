@@ -9,10 +9,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import partial
 
 import polars as pl
 
-from itff_platform.features.silver import build_features, month_windows, window_frames
+from itff_platform.features.silver import build_features, month_windows, windows
 from itff_platform.lake.cleaning import BronzeResult, clean_raw, continuity_breaks, find_gaps
 from itff_platform.lake.delta import (
     read_rows,
@@ -253,36 +254,54 @@ def build_silver(
 
 @dataclass(frozen=True)
 class SilverRefresh:
-    rows: pl.DataFrame  # every month's silver rows: rebuilt, or read back from the lake for the unchanged ones
+    rows: pl.DataFrame  # every month's silver rows (the columns asked for): rebuilt, or read back for unchanged ones
     unchanged: list[date] = field(default_factory=list)  # not rebuilt: the same bronze read span, settings and code
+    schema: pl.Schema = field(default_factory=pl.Schema)  # of the rows written, every column
 
 
 def refresh_silver(
-    settings: Settings, symbol: str, months: list[datetime], since: datetime | None = None, skip_unchanged: bool = False
+    settings: Settings,
+    symbol: str,
+    months: list[datetime],
+    since: datetime | None = None,
+    skip_unchanged: bool = False,
+    columns: list[str] | None = None,
 ) -> SilverRefresh:
     """build_silver; with `skip_unchanged`, months whose bronze read span (warm-up and label horizon included)
-    is the one their silver was built from are not rebuilt, and their rows are read back from the lake."""
+    is the one their silver was built from are not rebuilt, and their rows are read back from the lake.
+
+    Each month is written as soon as it is computed; only `columns` of its rows (all by default) are kept for the
+    answer, so a rebuild that asks for a few holds two months of whole rows at a time, not all of them."""
     tables = LakeTables.under(settings)
     months = sorted(months)
-    windows = month_windows(months, settings)
-    bronze = read_rows(tables.bronze, settings.interval, symbol, windows[0][0], windows[-1][3]).rechunk()
+    spans = month_windows(months, settings)
+    bronze = read_rows(tables.bronze, settings.interval, symbol, spans[0][0], spans[-1][3]).rechunk()
+    schema = build_features(bronze.head(0), settings).collect_schema()
+    chosen = list(schema) if columns is None else columns
     if since is not None:
         # A daily update rewrites the rows from `since` on, inside one month: a predicate write.
-        parts = [rows for _, rows in window_frames(bronze, settings, months, since)]
-        silver = pl.concat(pl.collect_all(parts, engine="in-memory"))
+        silver = pl.concat([window.rows(settings) for window in windows(bronze, settings, months, since)])
         replace_partitions(tables.silver, silver, settings.interval, symbol, [m.date() for m in months], since=since)
-        return SilverRefresh(silver)
+        return SilverRefresh(silver.select(chosen), schema=schema)
     fingerprints = silver_fingerprints(settings, bronze, months)
     unchanged = unchanged_months(tables.silver, settings.interval, symbol, fingerprints) if skip_unchanged else []
     build = [m for m in months if m.date() not in unchanged]
-    month_parts = [(month.date(), rows) for month, rows in window_frames(bronze, settings, build)]
-    schema = build_features(bronze.head(0), settings).collect_schema()
-    frames = replace_partitions_by_files(tables.silver, month_parts, settings.interval, symbol, schema, fingerprints)
+    month_parts = [(window.month.date(), partial(window.rows, settings)) for window in windows(bronze, settings, build)]
+    frames = replace_partitions_by_files(
+        tables.silver,
+        month_parts,
+        settings.interval,
+        symbol,
+        schema,
+        fingerprints,
+        keep=lambda frame: frame.select(chosen),
+    )
     if unchanged:
         start, end = month_start(unchanged[0]), month_end(unchanged[-1])
         frames.append(
             read_rows(tables.silver, settings.interval, symbol, start, end)
             .filter(pl.col("month").is_in(unchanged))
-            .select(list(schema))
+            .select(chosen)
         )
-    return SilverRefresh(pl.concat(frames) if frames else pl.DataFrame(schema=schema), unchanged)
+    empty = pl.DataFrame(schema={name: schema[name] for name in chosen})
+    return SilverRefresh(pl.concat(frames) if frames else empty, unchanged, schema)

@@ -79,6 +79,11 @@ class SilverFeatures(pa.DataFrameModel):
         unique: ClassVar[list[str]] = ["interval", "symbol", "timestamp"]
 
 
+# What silver_features keeps of a rebuild's rows to validate and describe them: the validated columns (which hold the
+# per-partition metadata's regime and labels too). Its other ~30 columns are written, not kept (lake.layers.refresh_silver).
+SILVER_CHECKED = list(SilverFeatures.to_schema().columns)
+
+
 def schema_failures(schema: type[pa.DataFrameModel], frame: pl.DataFrame) -> pl.DataFrame:
     """One row per (column, check) that failed, with how many rows failed it; empty when valid."""
     try:

@@ -12,13 +12,13 @@ import polars as pl
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from itff_platform.lake.delta import partition_predicate, read_rows
-from itff_platform.lake.incremental import SILVER_SETTINGS
+from itff_platform.lake.delta import partition_predicate, read_rows, with_month
+from itff_platform.lake.incremental import SILVER_SETTINGS, silver_fingerprints
 from itff_platform.lake.layers import LakeTables, build_bronze, ingest_raw, refresh_silver, unchanged_lake
 from itff_platform.market.files import FilesCandleSource
 from itff_platform.market.sample import SampleCandleSource
 from itff_platform.settings import BY_PATH, LEAVES, Settings
-from itff_platform_tests.conftest import utc
+from itff_platform_tests.conftest import random_walk_candles, utc
 
 MONTHS = [utc(2023, m, 1) for m in (1, 2, 3, 4)]
 MONTHS_AS_DATES = [m.date() for m in MONTHS]
@@ -171,3 +171,33 @@ def test_silver_fingerprints_cover_every_setting_the_features_read():
     } - {None}
     assert fields and fields - set(SILVER_SETTINGS) == set()
     assert set(SILVER_SETTINGS) <= set(LEAVES)
+
+
+def test_silver_fingerprints_take_the_rows_as_a_set_and_change_only_where_a_row_is_read():
+    """Each month's fingerprint slices one row-hash array in time order: shuffled rows give the same fingerprints,
+    and a changed bar changes exactly the months whose read span (warm-up and label horizon) holds it."""
+    settings = Settings()
+    months = [utc(2024, m, 1) for m in (2, 3, 4)]
+    bronze = with_month(random_walk_candles(24 * 130, start=utc(2024, 1, 1)))
+    before = silver_fingerprints(settings, bronze, months)
+    assert silver_fingerprints(settings, bronze.sample(fraction=1.0, shuffle=True, seed=1), months) == before
+    changed_at = utc(2024, 4, 1, 2)
+    changed = bronze.with_columns(
+        pl.when(pl.col("timestamp") == changed_at)
+        .then(pl.col("volume") * 2)
+        .otherwise(pl.col("volume"))
+        .alias("volume")
+    )
+    after = silver_fingerprints(settings, changed, months)
+    # In April, and within March's label horizon (4 bars); February's read ends at March 1, 04:00.
+    assert [m for m in before if before[m] != after[m]] == [date(2024, 3, 1), date(2024, 4, 1)]
+
+
+def test_a_rebuild_keeps_only_the_columns_asked_for_and_writes_every_column(lake):
+    """silver_features keeps the validated columns of a rebuild, not every row's 43 columns; the table gets them all."""
+    whole = silver_rows(lake)
+    asked = ["timestamp", "rsi", "regime"]
+    refreshed = refresh_silver(lake, "BTCUSDT", MONTHS, columns=asked)
+    assert refreshed.rows.columns == asked and set(refreshed.schema) == {*whole.columns, "month"}
+    assert refreshed.rows.sort("timestamp").equals(whole.select(asked))
+    assert silver_rows(lake).equals(whole)
