@@ -17,7 +17,7 @@ window: anchoring it too made every window read 15 days of warm-up for a 31-day 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
@@ -224,14 +224,15 @@ def window_frames(
     return [(window.month, window.rows(settings).lazy()) for window in windows(bronze, settings, months, since)]
 
 
-class _BoundPlan:
-    """features_after_daily_range built once over a placeholder source that yields the frame being computed.
+class BoundPlan:
+    """A lazy plan built once over a placeholder source that yields the frame being computed.
 
-    Building the plan's ~300 expressions and resolving its schema cost ~8 ms of Python per window, 2 s of a 10M-row
-    rebuild's 229 windows; collecting a built plan costs only its optimization. One plan per thread (_thread_plan):
-    a plan computes one frame at a time. The online path does the same (serving.online.OnlineFeatures)."""
+    Building the features' ~300 expressions and resolving their schema cost ~8 ms of Python per frame (2 s of a
+    10M-row rebuild's 229 windows; more than computing an 800-bar online window); collecting a built plan costs
+    only its optimization. A plan computes one frame at a time: the rebuild keeps one per thread
+    (_thread_plan), and the online path one per feature settings behind a lock (serving.online.OnlineFeatures)."""
 
-    def __init__(self, settings: Settings, schema: pl.Schema) -> None:
+    def __init__(self, build: Callable[[pl.LazyFrame], pl.LazyFrame], schema: pl.Schema) -> None:
         from polars.io.plugins import register_io_source
 
         self._frame: pl.DataFrame | None = None
@@ -240,12 +241,12 @@ class _BoundPlan:
             with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None, batch_size: int | None
         ) -> Iterator[pl.DataFrame]:
             frame = self._frame
-            assert frame is not None, "collect outside _BoundPlan.collect"
+            assert frame is not None, "collect outside BoundPlan.collect"
             frame = frame.select(with_columns) if with_columns is not None else frame
             frame = frame.filter(predicate) if predicate is not None else frame
             yield frame.head(n_rows) if n_rows is not None else frame
 
-        self.plan = features_after_daily_range(register_io_source(source, schema=schema), settings)
+        self.plan = build(register_io_source(source, schema=schema))
 
     def collect(self, frame: pl.DataFrame) -> pl.DataFrame:
         self._frame = frame
@@ -258,10 +259,10 @@ class _BoundPlan:
 _plans = threading.local()
 
 
-def _thread_plan(settings: Settings, schema: pl.Schema) -> _BoundPlan:
+def _thread_plan(settings: Settings, schema: pl.Schema) -> BoundPlan:
     key = (settings.interval, settings.features.model_dump_json(), tuple(schema.items()))
-    plans: dict[tuple[object, ...], _BoundPlan] = _plans.__dict__.setdefault("by_key", {})
+    plans: dict[tuple[object, ...], BoundPlan] = _plans.__dict__.setdefault("by_key", {})
     plan = plans.get(key)
     if plan is None:
-        plan = plans[key] = _BoundPlan(settings, schema)
+        plan = plans[key] = BoundPlan(lambda source: features_after_daily_range(source, settings), schema)
     return plan

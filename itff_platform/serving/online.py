@@ -18,11 +18,8 @@ from itff_platform.rules import REGIMES, as_utc
 from itff_platform.settings import INTERVAL_SECONDS, Settings
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-    from polars._typing import PolarsDataType
-
     from itff_platform.contracts.champions import LoadedModel
+    from itff_platform.features.silver import BoundPlan
 
 # A JSON number, never a boolean or a numeric string: lax pydantic would read `true` as 1.0 and "1.5" as 1.5.
 Number = Annotated[float, Strict()]
@@ -185,39 +182,26 @@ class OnlineFeatures:
 
         self.kept = kept
         self._windows: OrderedDict[bytes, pl.DataFrame | RequestError] = OrderedDict()
-        self._plans: dict[str, pl.LazyFrame] = {}
+        self._plans: dict[str, BoundPlan] = {}
         self._lock = threading.Lock()  # the remembered windows
-        self._computing = threading.Lock()  # the plan's source: one window computed at a time
-        self._window: pl.DataFrame | None = None
+        self._computing = threading.Lock()  # a plan computes one window at a time
         self.computed = 0  # windows computed (misses), for the tests and the benchmark
 
     @staticmethod
     def _settings_key(settings: Settings) -> str:
         return f"{settings.interval}|{settings.features.model_dump_json()}"
 
-    def _plan(self, settings: Settings, key: str) -> pl.LazyFrame:
+    def _plan(self, settings: Settings, key: str) -> BoundPlan:
         plan = self._plans.get(key)
         if plan is None:
-            from polars.io.plugins import register_io_source
-
             from itff_platform.features.labels import LABEL_COLUMNS
-            from itff_platform.features.silver import build_features
+            from itff_platform.features.silver import BoundPlan, build_features
 
-            def window(
-                with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None, batch_size: int | None
-            ) -> Iterator[pl.DataFrame]:
-                frame = self._window
-                assert frame is not None, "collect outside OnlineFeatures.rows"
-                frame = frame.select(with_columns) if with_columns is not None else frame
-                frame = frame.filter(predicate) if predicate is not None else frame
-                yield frame.head(n_rows) if n_rows is not None else frame
-
-            schema: dict[str, PolarsDataType] = {
-                "timestamp": pl.Datetime("us", "UTC"),
-                **dict.fromkeys(CANDLE_VALUES, pl.Float64),
-            }
+            schema = pl.Schema(
+                [("timestamp", pl.Datetime("us", "UTC")), *((name, pl.Float64) for name in CANDLE_VALUES)]
+            )
             # Labels read the future and no model takes them: dropped, so the plan never computes them.
-            plan = build_features(register_io_source(window, schema=schema), settings).drop(LABEL_COLUMNS)
+            plan = BoundPlan(lambda source: build_features(source, settings).drop(LABEL_COLUMNS), schema)
             self._plans[key] = plan
         return plan
 
@@ -254,12 +238,7 @@ class OnlineFeatures:
 
     def _compute(self, frame: pl.DataFrame, settings: Settings, settings_key: str) -> pl.DataFrame:
         with self._computing:
-            plan = self._plan(settings, settings_key)
-            self._window = frame
-            try:
-                silver = plan.collect(engine="in-memory")
-            finally:
-                self._window = None
+            silver = self._plan(settings, settings_key).collect(frame)
             self.computed += 1
         return silver
 
