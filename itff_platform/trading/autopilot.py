@@ -263,3 +263,20 @@ def run_autopilot(
     decisions = Autopilot(settings, client).run(pl.concat(frames, how="diagonal") if frames else pl.DataFrame())
     DecisionLog(settings).append(decisions)
     return decisions
+
+
+def newest_bar(settings: Settings, symbol: str) -> datetime | None:
+    """The open time of the symbol's newest silver bar (what the sensor compares with its cursor)."""
+    from itff_platform.lake.layers import LakeTables
+
+    table = LakeTables.under(settings).silver
+    if not DeltaTable.is_deltatable(str(table)):
+        return None
+    newest = (
+        pl.scan_delta(str(table))
+        .filter(pl.col("interval") == settings.interval, pl.col("symbol") == symbol)
+        .select(pl.col("timestamp").max())
+        .collect()
+        .item()
+    )
+    return newest if isinstance(newest, datetime) else None

@@ -26,7 +26,7 @@ from pathlib import Path
 import polars as pl
 
 from itff_platform.settings import Settings
-from itff_platform.trading.autopilot import ServiceClient, client_token, run_autopilot, silver_bars
+from itff_platform.trading.autopilot import TARGET, ServiceClient, client_token, run_autopilot, silver_bars
 from itff_platform.trading.desk import ledger_folder
 from itff_platform.trading.performance import PaperReport, paper_performance
 
@@ -181,6 +181,8 @@ def _note_in_sample(settings: Settings, start: datetime, progress: Callable[[str
     store = ChampionStore(settings)
     store.refresh()
     for model in store.models.values():
+        if model.target != TARGET:
+            continue
         trained = model.meta.get("trained_through")
         if trained and trained[:10] >= start.date().isoformat():
             progress(

@@ -159,3 +159,33 @@ def test_the_trade_replay_produces_the_report(served):
     text = (done.folder / "paper_performance.md").read_text()
     assert "| profit factor" in text and "Acceptance (runbook 004)" in text
     assert done.report.service["decisions"] == 47 and done.report.headline()["orders"] >= 0
+
+
+def test_the_sensor_runs_the_autopilot_on_new_bars_and_the_asset_reports(served, monkeypatch):
+    from dagster import build_sensor_context, materialize
+
+    from itff_platform.defs.resources import ItffSettingsResource
+    from itff_platform.defs.trading_assets import autopilot_job, autopilot_requests, paper_performance
+
+    url, settings = served
+    first = autopilot_requests(build_sensor_context(), settings)
+    (request,) = first.run_requests
+    newest = silver_bars(settings, "PROMOUSDT")["timestamp"].max()
+    assert request.run_config["ops"]["autopilot_op"]["config"] == {
+        "symbol": "PROMOUSDT",
+        "after": None,  # a symbol seen for the first time starts at its newest bar, not the lake's history
+        "through": newest.isoformat(),
+    }
+    assert autopilot_requests(build_sensor_context(cursor=first.cursor), settings).skip_message
+
+    monkeypatch.setenv("ITFF_API_TOKENS", f'["{TOKEN}"]')
+    monkeypatch.setenv("ITFF_SERVICE_URL", url)
+    resource = ItffSettingsResource(lake_dir=str(settings.lake.root), reports_dir=str(settings.reports_dir))
+    before = DecisionLog(settings).read().height
+    assert autopilot_job.execute_in_process(run_config=request.run_config, resources={"itff": resource}).success
+    assert DecisionLog(settings).read().height == before + 1
+
+    result = materialize([paper_performance], resources={"itff": resource})
+    metadata = result.asset_materializations_for_node("paper_performance")[0].metadata
+    assert "Acceptance (runbook 004)" in metadata["report"].value and "plot: equity" in metadata
+    assert metadata["decisions"].value >= 1
