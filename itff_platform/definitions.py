@@ -50,9 +50,9 @@ promotion_job = job(
 )
 evaluation_job = job(
     "evaluation_job",
-    ["prediction_outcomes", "drift_monitor"],
-    "Live quality of the logged predictions and drift of every champion: weekly, after `itff run`, and "
-    "after `itff replay`.",
+    ["prediction_outcomes", "drift_monitor", "paper_performance"],
+    "Live quality of the logged predictions, drift of every champion, and the paper account's report: weekly, "
+    "after `itff run`, and after `itff replay`.",
 )
 # Housekeeping apart from lake_job, so a backfill or a daily refresh never vacuums mid-way: compaction, vacuum, and the
 # check that silver holds what bronze holds (which also runs with every lake_job). `itff run` runs it last.

@@ -265,7 +265,7 @@ class PaperReport:
             f"{s['refused_by_status'] or ''}, {s['error']} errors (error rate {_fmt(s['error_rate'])}); "
             f"latency p50 {_fmt(s['latency_p50_ms'])} ms, p95 {_fmt(s['latency_p95_ms'])} ms.",
             "",
-            table(["", "paper (live)", "backtest, same bars"], rows),
+            table(["figure", "paper (live)", "backtest, same bars"], rows),
             "",
             f"Slippage: {_fmt(v.get('mean_bps'))} bps mean against the reference (next open), "
             f"{_fmt(v.get('shortfall_mean_bps'))} bps mean against the decision bar's close "
