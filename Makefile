@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install browser promtool run lint test dev serve fuzz replay docs mlflow-ui bench-lake bench-training bench-serve clean-lake screenshots
+.PHONY: help install browser promtool run lint test dev serve fuzz replay paper-replay docs mlflow-ui bench-lake bench-training bench-serve clean-lake screenshots
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required, found " + sys.version.split()[0])'
@@ -108,6 +108,12 @@ bench-serve: install
 ## replay: `itff replay` over the last 60 days of the sample (after `make run`); START/END override the period
 replay: install
 	$(BIN)/itff replay $${START:-2024-08-01} $${END:-2024-09-29}
+
+## paper-replay: the paper-trading autopilot over the last $DAYS (default 30) days of the lake against a real bentoml serve
+##   it starts (after `make run`); prints the report's figures, writes reports/replay/paper-START-END/, and the time taken
+paper-replay: install
+	@started=$$(date +%s); $(BIN)/itff replay --trade --days $${DAYS:-30}; status=$$?; \
+	echo "make paper-replay: $$(( $$(date +%s) - started )) s"; exit $$status
 
 ## clean-lake: delete the lake's raw, bronze, silver, bench and monitoring tables (the MLflow store is kept)
 clean-lake:

@@ -306,6 +306,22 @@ def replay(start: str, end: str) -> int:
     return 0 if result.success else 1
 
 
+def paper_replay(settings, days: int, url: str | None) -> int:
+    """The autopilot over the last `days` days against a real service, then its report; prints the headline."""
+    from itff_platform.trading.paper_replay import paper_replay as replay_trading
+
+    started = time.perf_counter()
+    print(f"Paper-trading replay: the autopilot over the last {days} days of {', '.join(settings.symbols)}", flush=True)
+    done = replay_trading(settings, days, url=url, progress=lambda line: print(f"  {line}", flush=True))
+    print()
+    for name, value in done.report.headline().items():
+        print(f"  {name:24s} {value:.4g}" if isinstance(value, float) else f"  {name:24s} {value}")
+    verdict = {True: "pass", False: "FAIL", None: "nothing to judge"}
+    print("Acceptance (runbook 004): " + "; ".join(f"{k} {verdict[v]}" for k, v in done.report.acceptance().items()))
+    print(f"Report: {done.folder} ({time.perf_counter() - started:.1f} s)")
+    return 0
+
+
 def _materialize_monitoring(as_of: str | None = None, settings=None, trigger: str = "replay"):
     """evaluation_job: prediction_outcomes and drift_monitor; as of a replay's last day, on its own log, or now."""
     from dagster import DagsterInstance
@@ -559,8 +575,17 @@ def _parser() -> argparse.ArgumentParser:
         "logged predictions, outcomes, drift and retrain decisions",
         _cmd_replay,
     )
-    again.add_argument("start")
-    again.add_argument("end")
+    again.add_argument("start", nargs="?")
+    again.add_argument("end", nargs="?")
+    again.add_argument(
+        "--trade",
+        action="store_true",
+        help="instead: drive the paper-trading autopilot over the last --days of silver against a real "
+        "bentoml serve (started here, with an account of its own, or --url), then write the paper_performance "
+        "report into reports/replay/paper-START-END",
+    )
+    again.add_argument("--days", type=positive, default=30, help="with --trade: days replayed (default 30)")
+    again.add_argument("--url", help="with --trade: a running service to trade on (its token: ITFF_API_TOKENS)")
     command("settings", "print the effective settings (ITFF_* environment applied; secrets hidden)", _cmd_settings)
     command(
         "relocate",
@@ -634,6 +659,12 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     settings = _project_settings(args)
+    if args.trade:
+        if args.start or args.end:
+            raise CliError("replay --trade takes --days (the last days of silver), not START END")
+        return paper_replay(settings, args.days, args.url)
+    if not (args.start and args.end):
+        raise CliError("replay: give START and END (YYYY-MM-DD), or --trade for the paper-trading replay")
     _use_project_instance(settings)
     _preflight(settings)
     return replay(args.start, args.end)

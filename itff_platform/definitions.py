@@ -12,6 +12,7 @@ from itff_platform.defs.lake_assets import lake_assets, maintenance_assets
 from itff_platform.defs.metadata import OWNERS
 from itff_platform.defs.monitoring_assets import monitoring_assets
 from itff_platform.defs.resources import ItffSettingsResource
+from itff_platform.defs.trading_assets import autopilot_job, paper_performance, trading_automation
 from itff_platform.defs.training_assets import promotion_assets, training_assets
 from itff_platform.settings import get_settings
 
@@ -49,9 +50,9 @@ promotion_job = job(
 )
 evaluation_job = job(
     "evaluation_job",
-    ["prediction_outcomes", "drift_monitor"],
-    "Live quality of the logged predictions and drift of every champion: weekly, after `itff run`, and "
-    "after `itff replay`.",
+    ["prediction_outcomes", "drift_monitor", "paper_performance"],
+    "Live quality of the logged predictions, drift of every champion, and the paper account's report: weekly, "
+    "after `itff run`, and after `itff replay`.",
 )
 # Housekeeping apart from lake_job, so a backfill or a daily refresh never vacuums mid-way: compaction, vacuum, and the
 # check that silver holds what bronze holds (which also runs with every lake_job). `itff run` runs it last.
@@ -62,12 +63,20 @@ maintenance_job = job(
     "Compact, vacuum and checkpoint every lake table, and check silver against bronze: on its schedule, "
     "and as the last step of `itff run`.",
 )
+paper_performance_job = job(
+    "paper_performance_job",
+    ["paper_performance"],
+    "The paper account's report (runbook 004's 30-day validation): daily, on its schedule.",
+)
 schedules, sensors = automation(settings, lake_job, training_job, evaluation_job)
 schedules.append(maintenance_schedule(settings, maintenance_job))
+trading_schedules, trading_sensors = trading_automation(settings, paper_performance_job)
+schedules += trading_schedules
+sensors += trading_sensors
 
 defs = Definitions(
-    assets=[*lake, *training, *promotion, *monitoring, *maintenance],
-    jobs=[lake_job, training_job, promotion_job, evaluation_job, maintenance_job],
+    assets=[*lake, *training, *promotion, *monitoring, *maintenance, paper_performance],
+    jobs=[lake_job, training_job, promotion_job, evaluation_job, maintenance_job, paper_performance_job, autopilot_job],
     schedules=schedules,
     sensors=sensors,
     resources={"itff": ItffSettingsResource()},

@@ -317,6 +317,17 @@ class TradingSettings(Section):
         False,
         description="Let an order carry its own fill price (tests, replays); else it fills at the lake's next open.",
     )
+    ledger_dir: Path | None = Field(
+        None,
+        description="Folder of the paper account's ledger and the autopilot's decision log, under home when "
+        "relative; unset: <lake root>/trading. `itff replay --trade` gives its service a folder of its own.",
+    )
+    autopilot_order_usd: float = Field(
+        500.0,
+        gt=0,
+        description="USD the autopilot asks for on each allowed consensus signal; the desk scales it by the "
+        "confidence and the volatility target, and clips it at the per-symbol cap.",
+    )
 
 
 class PromotionSettings(Section):

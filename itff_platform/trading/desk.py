@@ -58,7 +58,11 @@ class OrderRequest:
 
 
 def ledger_folder(settings: Settings) -> Path:
-    return settings.lake.root / "trading"
+    """The paper account's folder (its ledger, and the autopilot's decisions beside it)."""
+    folder = settings.trading.ledger_dir
+    if folder is None:
+        return settings.lake.root / "trading"
+    return folder if folder.is_absolute() else settings.home / folder
 
 
 class OrderDesk:

@@ -126,6 +126,8 @@ SETTINGS_IGNORED = frozenset(
         "drift_precision_recall_max",
         "drift_precision_recall_days",
         "drift_precision_recall_alpha",
+        "ledger_dir",
+        "autopilot_order_usd",
     }
 )
 

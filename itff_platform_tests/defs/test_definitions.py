@@ -21,12 +21,15 @@ def test_definitions_load_and_validate():
         "prediction_outcomes",
         "drift_monitor",
         "lake_maintenance",
+        "paper_performance",
     }
     assert {j.name for j in defs.resolve_all_job_defs()} >= {
         "lake_job",
         "training_job",
         "evaluation_job",
         "lake_maintenance_job",
+        "paper_performance_job",
+        "autopilot_job",
     }
 
 

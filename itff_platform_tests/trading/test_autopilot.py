@@ -1,0 +1,191 @@
+"""The autopilot: with scripted answers, what it does on each kind of answer; against a real `bentoml serve` (started
+by the replay's own local_service) over a real lake and champion, that it orders only what the consensus allows,
+never twice for a bar, and that `itff replay --trade` produces the report end to end."""
+
+from datetime import timedelta
+
+import httpx
+import polars as pl
+import pytest
+from pydantic import SecretStr
+
+from itff_platform.trading.autopilot import Autopilot, DecisionLog, order_key, run_autopilot, silver_bars
+from itff_platform.trading.desk import OrderDesk
+from itff_platform.trading.paper_replay import local_service, paper_replay
+from itff_platform_tests.conftest import utc
+from itff_platform_tests.faults.conftest import TOKEN, build_lake_and_champion
+
+ENV = {
+    "ITFF_SOURCE": "files",
+    "ITFF_SYMBOLS": '["PROMOUSDT"]',
+    "ITFF_TARGETS": '["direction"]',
+    "ITFF_SERVE_WORKERS": "1",
+    "ITFF_PER_SYMBOL_USD_CAP": "1000",
+}
+ALLOWED = {
+    "signal": "long",
+    "prob_long": 0.8,
+    "confidence": 0.8,
+    "threshold": 0.6,
+    "decision_threshold": 0.55,
+    "allow": True,
+    "model_version": "ensemble-abc",
+    "regime": "neutral",
+}
+
+
+class Scripted:
+    """A client answering /consensus and /trade/execute from a script; it records what was sent."""
+
+    def __init__(self, consensus, order=(200, {"order": {"id": "o1", "status": "filled"}, "fill": {}})):
+        self.consensus, self.order, self.sent = consensus, order, []
+
+    def post(self, path, body):
+        self.sent.append((path, body))
+        answer = self.consensus if path == "/consensus" else self.order
+        if isinstance(answer, Exception):
+            raise answer
+        return (*answer, 3.0)
+
+
+@pytest.fixture
+def pilot_for(settings):
+    def make(client):
+        pilot = Autopilot(settings, client, order_usd=250)
+        return pilot, {
+            "timestamp": utc(2024, 5, 1),
+            "symbol": "X",
+            "close": 100.0,
+            **dict.fromkeys(pilot.features, 0.1),
+        }
+
+    return make
+
+
+def test_an_allowed_signal_is_ordered_with_a_key_of_the_symbol_bar_and_ensemble(pilot_for):
+    client = Scripted((200, ALLOWED))
+    pilot, row = pilot_for(client)
+    decision = pilot.decide("X", row)
+    (_, asked), (path, sent) = client.sent
+    assert asked["bar_time"] == "2024-05-01T00:00:00+00:00" and asked["target"] == "direction"
+    assert path == "/trade/execute" and sent["side"] == "buy" and sent["qtyUsd"] == 250 and sent["confidence"] == 0.8
+    assert sent["idempotencyKey"] == order_key("X", utc(2024, 5, 1), "ensemble-abc") == decision["idempotency_key"]
+    assert sent["barTime"] == asked["bar_time"] and decision["outcome"] == "ordered"
+    assert decision["latency_ms"] == 6.0
+    # A second run over the same bar sends the same key: the desk replays the order instead of filling it again.
+    again = Scripted((200, ALLOWED))
+    pilot_for(again)[0].decide("X", row)
+    assert again.sent[1][1]["idempotencyKey"] == sent["idempotencyKey"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        ({**ALLOWED, "allow": False, "confidence": 0.55}, "confidence 0.550 is below the threshold 0.600"),
+        ({**ALLOWED, "allow": False, "signal": "flat"}, "signal flat"),
+        ({**ALLOWED, "allow": False, "tradable": False}, "not tradable"),
+    ],
+)
+def test_without_allow_nothing_is_ordered_and_the_reason_is_recorded(pilot_for, answer, reason):
+    client = Scripted((200, answer))
+    decision = pilot_for(client)[0].decide("X", pilot_for(client)[1])
+    assert [path for path, _ in client.sent] == ["/consensus"]
+    assert decision["outcome"] == "held" and reason in decision["reason"]
+
+
+@pytest.mark.parametrize(
+    ("order", "outcome"),
+    [
+        ((412, {"error": "confidence: below", "threshold": 0.9}), "refused"),
+        ((423, {"error": "risk: locked"}), "refused"),
+        ((422, {"error": "qtyUsd: at its cap"}), "refused"),
+        ((500, {"error": "boom"}), "error"),
+        (httpx.ConnectError("refused"), "error"),
+    ],
+)
+def test_the_desks_refusals_are_decisions_and_faults_are_errors(pilot_for, order, outcome):
+    pilot, row = pilot_for(Scripted((200, ALLOWED), order))
+    decision = pilot.decide("X", row)
+    assert decision["outcome"] == outcome, decision["reason"]
+
+
+def test_a_consensus_that_fails_or_is_unreachable_is_an_error(pilot_for):
+    for consensus in [(503, {"error": "no champion"}), httpx.ReadTimeout("slow")]:
+        pilot, row = pilot_for(Scripted(consensus))
+        assert pilot.decide("X", row)["outcome"] == "error"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("autopilot")
+    settings, _ = build_lake_and_champion(folder)
+    settings = settings.model_copy(update={"api_tokens": [SecretStr(TOKEN)], "per_symbol_usd_cap": 1000.0})
+    with local_service(settings, TOKEN, ENV) as url:
+        yield url, settings
+
+
+def test_against_the_service_orders_follow_allow_and_a_rerun_never_doubles(served):
+    from itff_platform.trading.autopilot import ServiceClient
+
+    url, settings = served
+    after, through = utc(2024, 6, 1), utc(2024, 6, 2, 12)
+    first = run_autopilot(settings, ServiceClient(url, TOKEN), ["PROMOUSDT"], after, through)
+    assert first.height == 36 and set(first["outcome"]) <= {"ordered", "held", "refused"}, first["reason"].to_list()
+    assert first.filter(pl.col("outcome") == "ordered")["allow"].all()
+    assert not first.filter(pl.col("outcome") == "held")["allow"].any()
+    ordered = first.filter(pl.col("outcome") == "ordered")
+    assert ordered.height > 0 and first.filter(pl.col("outcome") == "held").height > 0, "needs both kinds of bar"
+    fills = OrderDesk(settings).ledger.read().fills()
+    assert sorted(fills["idempotency_key"].to_list()) == sorted(ordered["idempotency_key"].to_list())
+    assert (fills["decided_bar"] + timedelta(hours=1) == fills["price_bar"]).all()  # the next bar's open
+
+    again = run_autopilot(settings, ServiceClient(url, TOKEN), ["PROMOUSDT"], after, through)
+    assert again.filter(pl.col("outcome") == "ordered")["replayed"].all()
+    assert OrderDesk(settings).ledger.read().fills().height == fills.height
+    assert DecisionLog(settings).read().height == 72
+
+
+def test_the_trade_replay_produces_the_report(served):
+    url, settings = served
+    lines = []
+    done = paper_replay(settings, days=2, url=url, progress=lines.append)
+    newest = silver_bars(settings, "PROMOUSDT")["timestamp"].max()
+    assert done.end == newest and done.start == newest - timedelta(hours=47)
+    # Every silver bar of the period is decided (47: the lake quarantined one bar of the last two days).
+    period = silver_bars(settings, "PROMOUSDT", done.start - timedelta(hours=1), done.end)
+    assert done.decisions.height == period.height == 47
+    assert len([line for line in lines if "bars decided" in line]) == 2
+    assert (done.folder / "paper_equity.png").stat().st_size > 0
+    text = (done.folder / "paper_performance.md").read_text()
+    assert "| profit factor" in text and "Acceptance (runbook 004)" in text
+    assert done.report.service["decisions"] == 47 and done.report.headline()["orders"] >= 0
+
+
+def test_the_sensor_runs_the_autopilot_on_new_bars_and_the_asset_reports(served, monkeypatch):
+    from dagster import build_sensor_context, materialize
+
+    from itff_platform.defs.resources import ItffSettingsResource
+    from itff_platform.defs.trading_assets import autopilot_job, autopilot_requests, paper_performance
+
+    url, settings = served
+    first = autopilot_requests(build_sensor_context(), settings)
+    (request,) = first.run_requests
+    newest = silver_bars(settings, "PROMOUSDT")["timestamp"].max()
+    assert request.run_config["ops"]["autopilot_op"]["config"] == {
+        "symbol": "PROMOUSDT",
+        "after": None,  # a symbol seen for the first time starts at its newest bar, not the lake's history
+        "through": newest.isoformat(),
+    }
+    assert autopilot_requests(build_sensor_context(cursor=first.cursor), settings).skip_message
+
+    monkeypatch.setenv("ITFF_API_TOKENS", f'["{TOKEN}"]')
+    monkeypatch.setenv("ITFF_SERVICE_URL", url)
+    resource = ItffSettingsResource(lake_dir=str(settings.lake.root), reports_dir=str(settings.reports_dir))
+    before = DecisionLog(settings).read().height
+    assert autopilot_job.execute_in_process(run_config=request.run_config, resources={"itff": resource}).success
+    assert DecisionLog(settings).read().height == before + 1
+
+    result = materialize([paper_performance], resources={"itff": resource})
+    metadata = result.asset_materializations_for_node("paper_performance")[0].metadata
+    assert "Acceptance (runbook 004)" in metadata["report"].value and "plot: equity" in metadata
+    assert metadata["decisions"].value >= 1
