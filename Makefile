@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install browser run lint test dev serve fuzz replay docs mlflow-ui bench-lake bench-training bench-serve clean-lake screenshots
+.PHONY: help install browser cluster-servers cluster cluster-down run lint test dev serve fuzz replay docs mlflow-ui bench-lake bench-training bench-serve clean-lake screenshots
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required, found " + sys.version.split()[0])'
@@ -40,8 +40,13 @@ lint: install
 	$(BIN)/mypy
 
 ## test: install, then run the suite (test_lint.py runs the lint: a finding fails the suite)
-test: install browser
+test: install browser cluster-servers
 	$(BIN)/pytest
+
+## cluster-servers: the Postgres and Redis servers (Debian packages) of the cluster profile and its tests
+cluster-servers:
+	@{ command -v redis-server && ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server)
 
 ## screenshots: copy the UI test's screenshots (test-artifacts/*.png) into docs/images/, where the README shows them.
 ## Take them first with `.venv/bin/pytest itff_platform_tests/ui` (make test runs it too), then commit docs/images/.
@@ -55,6 +60,16 @@ screenshots:
 ## ITFF_API_TOKENS' first, else a fresh one; printed, and in .dev-logs/api-token. Ctrl-C or SIGTERM stops all in < 5 s.
 dev: install
 	@bash scripts/dev.sh
+
+## cluster: the cluster profile on this machine (docs/scale-out.md): Postgres and Redis (Debian packages, data in
+## ITFF_CLUSTER_DIR), the MLflow server on Postgres, Dagster's webserver (ITFF_DAGSTER_PORT) and daemon on Postgres,
+## and ITFF_WORKERS celery workers. Prints the URLs; Ctrl-C or `make cluster-down` (from another shell) stops them all.
+cluster: install cluster-servers
+	@bash scripts/cluster.sh
+
+## cluster-down: stop what `make cluster` started, Postgres and Redis included (their data stays in ITFF_CLUSTER_DIR)
+cluster-down: install
+	@bash scripts/cluster.sh --down
 
 ## serve: the BentoML prediction service on the promoted champions, port $PORT (default 3000).
 ## Tokens come from ITFF_API_TOKENS (a JSON list); without one, a random token is made for this session and printed.
