@@ -614,7 +614,7 @@ def _settings(args: argparse.Namespace, progress_bar: bool = False):
 def _project_settings(args: argparse.Namespace, progress_bar: bool = False):
     """The settings, with the project's own MLflow store following the project folder."""
     settings = _settings(args, progress_bar)
-    if settings.tracking.mlflow_tracking_uri is None:
+    if settings.tracking.mlflow_tracking_uri is None and not settings.clustered:  # the cluster's is a server
         relocate_registry(settings)
     return settings
 
