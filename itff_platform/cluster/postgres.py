@@ -56,13 +56,17 @@ def init(data_dir: Path, url: str) -> None:
         raise
 
 
-def start(data_dir: Path, url: str) -> None:
+# A throwaway server (the tests') skips what only protects data across a crash of the machine.
+NOT_DURABLE = " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+
+
+def start(data_dir: Path, url: str, durable: bool = True) -> None:
     """pg_ctl start on the URL's host and port (TCP only, no socket file), waiting until it accepts connections."""
     init(data_dir, url)
     parts = urlsplit(url)
     options = (
         f"-p {parts.port or 5432} -c listen_addresses={parts.hostname or '127.0.0.1'} -c unix_socket_directories=''"
-    )
+    ) + ("" if durable else NOT_DURABLE)
     if not running(data_dir):
         _run([binary("pg_ctl"), "-D", str(data_dir), "-l", str(data_dir / "server.log"), "-o", options, "-w", "start"])
     create_databases(url)
@@ -73,10 +77,11 @@ def running(data_dir: Path) -> bool:
     return status.returncode == 0
 
 
-def stop(data_dir: Path) -> None:
-    """pg_ctl stop (fast: open sessions are closed); nothing to do when it is not running."""
+def stop(data_dir: Path, mode: str = "fast") -> None:
+    """pg_ctl stop; nothing to do when it is not running. fast: open sessions are closed and a checkpoint written;
+    immediate (a throwaway server): no checkpoint, as after a crash."""
     if (data_dir / "PG_VERSION").is_file() and running(data_dir):
-        _run([binary("pg_ctl"), "-D", str(data_dir), "-m", "fast", "-w", "stop"])
+        _run([binary("pg_ctl"), "-D", str(data_dir), "-m", mode, "-w", "stop"])
 
 
 def create_databases(url: str, names: tuple[str, ...] = DATABASES) -> None:

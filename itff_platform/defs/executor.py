@@ -11,12 +11,15 @@ from typing import Any
 from itff_platform.settings import Settings
 
 # A worker that dies mid-step (kill -9, OOM) must not lose the step: acks_late keeps the task in Redis until it
-# finished, and reject_on_worker_lost puts it back when the worker's child died, so another worker runs it again.
-# Redis redelivers an unacknowledged task of a worker that vanished whole after visibility_timeout: longer than the
-# longest step, or a slow step would run twice.
+# finished; when the worker's pool process died, retry_on_worker_lost sends the task again (its max_retries, 3,
+# bound it: a step that kills every worker then fails the run, which run_retries may launch again), and
+# reject_on_worker_lost requeues it should that send fail. Redis redelivers an unacknowledged task of a worker that
+# vanished whole after visibility_timeout: longer than the longest step, or a slow step would run twice.
 CELERY_OPTIONS: dict[str, Any] = {
     "task_acks_late": True,
+    "task_retry_on_worker_lost": True,
     "task_reject_on_worker_lost": True,
+    "task_annotations": {"*": {"default_retry_delay": 10}},  # that retry's delay: celery's default is 3 minutes
     "worker_prefetch_multiplier": 1,  # a worker holds one step at a time: the others stay free for the queue
     "broker_transport_options": {"visibility_timeout": 6 * 3600},
     "broker_connection_retry_on_startup": True,

@@ -23,11 +23,11 @@ def servers():
         "redis": f"redis://127.0.0.1:{free_port()}/0",
         "dir": folder,
     }
-    postgres.start(folder / "pg", urls["postgres"])
+    postgres.start(folder / "pg", urls["postgres"], durable=False)
     try:
         redis.start(folder / "redis", urls["redis"])
         yield urls
     finally:
         redis.stop(folder / "redis")
-        postgres.stop(folder / "pg")
+        postgres.stop(folder / "pg", mode="immediate")
         shutil.rmtree(folder, ignore_errors=True)
