@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install browser promtool run lint test dev serve fuzz replay paper-replay docs mlflow-ui bench-lake bench-training bench-serve clean-lake screenshots
+.PHONY: help install system-packages browser promtool cluster-servers cluster cluster-down run lint test dev serve fuzz replay paper-replay docs mlflow-ui bench-lake bench-training bench-serve clean-lake screenshots
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required, found " + sys.version.split()[0])'
@@ -29,9 +29,18 @@ help:
 run: install
 	$(BIN)/itff run
 
-## browser: headless Chromium for the Dagster UI test (Debian package; needs root and the package registry)
-browser:
-	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+## system-packages: the Debian packages the tests use (root and the package registry), in one apt-get update when
+## any is missing: chromium (the UI tests), prometheus (promtool: the deploy test), postgresql and redis-server
+## (the cluster tests). browser, promtool and cluster-servers are names for it.
+system-packages:
+	@missing=$$(for p in chromium prometheus postgresql redis-server; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		apt-get update -qq; \
+		if echo "$$missing" | grep -qx chromium; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi; \
+		rest=$$(echo "$$missing" | grep -vx chromium || true); \
+		if [ -n "$$rest" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$rest; fi; \
+	fi
+browser promtool cluster-servers: system-packages
 
 ## lint: ruff check, ruff format --check and mypy (configured in pyproject.toml); the suite runs the same three
 lint: install
@@ -39,14 +48,11 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## promtool: Prometheus's promtool (Debian's prometheus package): the deploy test checks the PromQL of the Grafana
-## dashboard and alert rules with it, and unit-tests the alerts' thresholds on synthetic series
-promtool:
-	@command -v promtool >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)
 
 ## test: install, then run the suite (test_lint.py runs the lint: a finding fails the suite)
-test: install browser promtool
+test: install browser promtool cluster-servers
 	$(BIN)/pytest
+
 
 ## screenshots: copy the UI test's screenshots (test-artifacts/*.png) into docs/images/, where the README shows them.
 ## Take them first with `.venv/bin/pytest itff_platform_tests/ui` (make test runs it too), then commit docs/images/.
@@ -60,6 +66,16 @@ screenshots:
 ## ITFF_API_TOKENS' first, else a fresh one; printed, and in .dev-logs/api-token. Ctrl-C or SIGTERM stops all in < 5 s.
 dev: install
 	@bash scripts/dev.sh
+
+## cluster: the cluster profile on this machine (docs/scale-out.md): Postgres and Redis (Debian packages, data in
+## ITFF_CLUSTER_DIR), the MLflow server on Postgres, Dagster's webserver (ITFF_DAGSTER_PORT) and daemon on Postgres,
+## and ITFF_WORKERS celery workers. Prints the URLs; Ctrl-C or `make cluster-down` (from another shell) stops them all.
+cluster: install cluster-servers
+	@bash scripts/cluster.sh
+
+## cluster-down: stop what `make cluster` started, Postgres and Redis included (their data stays in ITFF_CLUSTER_DIR)
+cluster-down: install
+	@bash scripts/cluster.sh --down
 
 ## serve: the BentoML prediction service on the promoted champions, port $PORT (default 3000).
 ## Tokens come from ITFF_API_TOKENS (a JSON list); without one, a random token is made for this session and printed.

@@ -63,6 +63,8 @@ def _one_line(error: BaseException) -> str:
 
 def _preflight(settings) -> None:
     """Check what ingestion needs before any run starts, so a typo or no network is one line, not a failed run."""
+    if settings.clustered:
+        _cluster_preflight(settings, mlflow=True)
     if settings.source == "sample":
         from itff_platform.market.sample import SAMPLE_INTERVAL, sample_symbols
 
@@ -587,6 +589,13 @@ def _parser() -> argparse.ArgumentParser:
     again.add_argument("--days", type=positive, default=30, help="with --trade: days replayed (default 30)")
     again.add_argument("--url", help="with --trade: a running service to trade on (its token: ITFF_API_TOKENS)")
     command("settings", "print the effective settings (ITFF_* environment applied; secrets hidden)", _cmd_settings)
+    servers = command(
+        "cluster",
+        "the cluster profile's Postgres and Redis on this machine, in ITFF_CLUSTER_DIR (make cluster): start them "
+        "(up), stop them (down), or check that Postgres, Redis and the MLflow server answer (check)",
+        _cmd_cluster,
+    )
+    servers.add_argument("action", choices=["up", "down", "check"])
     command(
         "relocate",
         "after moving or copying the project folder: point the MLflow registry's recorded artifact "
@@ -630,7 +639,7 @@ def _settings(args: argparse.Namespace, progress_bar: bool = False):
 def _project_settings(args: argparse.Namespace, progress_bar: bool = False):
     """The settings, with the project's own MLflow store following the project folder."""
     settings = _settings(args, progress_bar)
-    if settings.tracking.mlflow_tracking_uri is None:
+    if settings.tracking.mlflow_tracking_uri is None and not settings.clustered:  # the cluster's is a server
         relocate_registry(settings)
     return settings
 
@@ -645,6 +654,36 @@ def _cmd_settings(args: argparse.Namespace) -> int:
     import json
 
     print(json.dumps(_settings(args).for_display(), indent=2))
+    return 0
+
+
+def _cluster_preflight(settings, mlflow: bool) -> None:
+    from itff_platform.cluster.preflight import Unreachable, preflight
+
+    try:
+        preflight(settings, mlflow=mlflow)
+    except Unreachable as error:
+        raise CliError(str(error)) from None
+
+
+def _cmd_cluster(args: argparse.Namespace) -> int:
+    from itff_platform.cluster import postgres, redis
+
+    settings = _settings(args)
+    folder = settings.cluster.cluster_dir
+    if args.action == "up":
+        postgres.start(folder / "pg", settings.cluster.postgres_url)
+        redis.start(folder / "redis", settings.cluster.redis_url)
+        print(
+            f"Postgres {settings.cluster.postgres_url} (databases {', '.join(postgres.DATABASES)}), Redis "
+            f"{settings.cluster.redis_url}; data in {folder}"
+        )
+    elif args.action == "down":
+        redis.stop(folder / "redis")
+        postgres.stop(folder / "pg")
+    else:
+        _cluster_preflight(settings, mlflow=True)
+        print("Postgres, Redis and the MLflow server answer")
     return 0
 
 

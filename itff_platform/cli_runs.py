@@ -63,7 +63,10 @@ def execute_job(
             "dagster/asset_partition_range_end": partition_range[1],
         }
     tags = merge_run_tags(job, partition_key, tags, list(selection) if selection else None, instance, None)
-    config = {**IN_PROCESS, **(run_config or {})}
+    # Dagster's default executor runs in this process, as `itff` always did; the cluster profile's executor
+    # (definitions.py) sends the steps to the workers.
+    default_executor = job.executor_def.name == "multi_or_in_process_executor"
+    config = {**(IN_PROCESS if default_executor else {}), **(run_config or {})}
     recon = ReconstructableRepository.for_module(MODULE, "defs", str(PROJECT_ROOT)).get_reconstructable_job(job_name)
     run = instance.create_run_for_job(
         job_def=job,

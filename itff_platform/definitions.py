@@ -8,6 +8,7 @@ from dagster import AssetCheckKey, AssetSelection, Definitions, define_asset_job
 warnings.filterwarnings("ignore", message=".*is currently in beta.*")
 
 from itff_platform.defs.automation import automation, maintenance_schedule
+from itff_platform.defs.executor import cluster_executor
 from itff_platform.defs.lake_assets import lake_assets, maintenance_assets
 from itff_platform.defs.metadata import OWNERS
 from itff_platform.defs.monitoring_assets import monitoring_assets
@@ -80,4 +81,6 @@ defs = Definitions(
     schedules=schedules,
     sensors=sensors,
     resources={"itff": ItffSettingsResource()},
+    # The cluster profile runs steps on celery workers; embedded keeps Dagster's default (one process per step).
+    executor=cluster_executor(settings) if settings.clustered else None,
 )

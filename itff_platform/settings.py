@@ -17,6 +17,7 @@ from datetime import date
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, cast
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -705,16 +706,40 @@ class Settings(BaseSettings):
         return shown
 
     @property
-    def tracking_uri(self) -> str:
-        return self.tracking.mlflow_tracking_uri or f"sqlite:///{self.tracking.mlflow_dir / 'mlflow.db'}"
+    def clustered(self) -> bool:
+        return self.cluster.profile == "cluster"
 
     @property
-    def artifact_location(self) -> str:
+    def tracking_uri(self) -> str:
+        """MLflow's store: an explicit ITFF_MLFLOW_TRACKING_URI, else the cluster's MLflow server, else SQLite."""
+        if self.tracking.mlflow_tracking_uri:
+            return self.tracking.mlflow_tracking_uri
+        if self.clustered:
+            return self.cluster.mlflow_server_url
+        return f"sqlite:///{self.tracking.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def artifact_location(self) -> str | None:
+        """Where a new experiment keeps its artifacts; None: where the tracking server chooses (it serves them)."""
+        if self.clustered and not self.tracking.mlflow_tracking_uri:
+            return None
         return (self.tracking.mlflow_dir / "artifacts").as_uri()
 
     @property
     def study_storage(self) -> str:
-        return self.tracking.optuna_storage or f"sqlite:///{self.tracking.mlflow_dir / 'optuna.db'}"
+        """Optuna's storage: an explicit ITFF_OPTUNA_STORAGE, else the cluster's Postgres, else SQLite."""
+        if self.tracking.optuna_storage:
+            return self.tracking.optuna_storage
+        if self.clustered:
+            return self.postgres_database("optuna", driver="psycopg")
+        return f"sqlite:///{self.tracking.mlflow_dir / 'optuna.db'}"
+
+    def postgres_database(self, name: str, driver: str | None = None) -> str:
+        """The URL of one database of the cluster's Postgres server; `driver` picks the SQLAlchemy dialect's
+        driver (postgresql+psycopg://): Optuna's is psycopg 3, MLflow's and dagster-postgres' psycopg2."""
+        url = urlsplit(self.cluster.postgres_url)
+        scheme = f"{url.scheme.split('+')[0]}+{driver}" if driver else url.scheme
+        return url._replace(scheme=scheme, path=f"/{name}").geturl()
 
     @property
     def interval_seconds(self) -> int:

@@ -13,6 +13,7 @@ from dagster import (
     MultiPartitionKey,
     MultiPartitionMapping,
     MultiPartitionsDefinition,
+    RetryPolicy,
     StaticPartitionsDefinition,
     asset,
 )
@@ -22,6 +23,8 @@ from itff_platform.defs.checks import markdown_table
 from itff_platform.defs.metadata import OWNERS
 from itff_platform.defs.resources import ItffSettingsResource
 from itff_platform.settings import Settings
+
+CLUSTER_RETRY = RetryPolicy(max_retries=2, delay=15)
 
 
 def training_partitions(settings: Settings) -> MultiPartitionsDefinition:
@@ -97,6 +100,9 @@ def training_assets(settings: Settings) -> list:
         owners=OWNERS,
         description="Walk-forward Optuna studies for every model family and the baselines; the best of each "
         "family is refit and registered as itff-{symbol}-{target}.",
+        # On the cluster a step can fail for its worker's sake (a lost connection to Postgres or the MLflow server):
+        # it is tried again, the retry shown in the run's timeline. Embedded, a failure is the code's: no retry.
+        retry_policy=CLUSTER_RETRY if settings.clustered else None,
     )
     def trained_models(context: AssetExecutionContext, itff: ItffSettingsResource) -> MaterializeResult:
         from itff_platform.settings import redact_uri

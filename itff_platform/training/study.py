@@ -85,8 +85,9 @@ def experiment_id(settings: Settings, symbol: str, target: str) -> str:
     name = registered_name(symbol, target)
     found = mlflow.get_experiment_by_name(name)
     if found is None:
+        root = settings.artifact_location
         return mlflow.create_experiment(
-            name, artifact_location=f"{settings.artifact_location}/{name}", tags=EXPERIMENT_KIND
+            name, artifact_location=f"{root}/{name}" if root else None, tags=EXPERIMENT_KIND
         )
     for key, value in EXPERIMENT_KIND.items():  # experiments created before the tag existed
         if found.tags.get(key) != value:
