@@ -43,6 +43,26 @@ def as_utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
+EXAMPLE_TIME = "2024-09-30T23:00:00Z"
+
+
+def bar_open(value: str, interval_seconds: int, interval: str, now: datetime | None = None) -> datetime:
+    """The open time (UTC) of the bar `value` names, as the lake stamps bars: ISO-8601 (no timezone: UTC), on a
+    bar boundary, and at most one bar after now (clock skew), since a later bar has not begun. Raises ValueError
+    saying what is wrong; the service (a bar_time) and the order desk (an order's barTime) apply this one rule."""
+    try:
+        at = as_utc(datetime.fromisoformat(value.strip().replace("Z", "+00:00")))
+    except (ValueError, OverflowError, AttributeError):
+        raise ValueError(f"{value!r:.60} is not an ISO-8601 time such as {EXAMPLE_TIME}") from None
+    if at.timestamp() % interval_seconds:
+        raise ValueError(
+            f"{at.isoformat()} is not on a {interval} bar boundary (a bar's open time, such as {EXAMPLE_TIME})"
+        )
+    if at.timestamp() > (now or datetime.now(UTC)).timestamp() + interval_seconds:
+        raise ValueError(f"{at.isoformat()} is in the future; at most one {interval} bar after now is accepted")
+    return at
+
+
 def no_champion_remedy(symbol: str, target: str, version: str | None = None) -> str:
     """What to do when a model has no champion (the decision's reasons say why). Here, not in training.promotion,
     so the service can say it without importing promotion (mlflow, sklearn, optuna: ~1.4 s, on the event loop)."""

@@ -288,7 +288,8 @@ class TradingSettings(Section):
         0.6,
         ge=0.5,
         le=1,
-        description="Confidence (max(P(long), P(short))) below which /trade/execute answers 412.",
+        description="Confidence (max(P(long), P(short))) below which /consensus answers allow false and "
+        "/trade/execute answers 412.",
     )
     max_drawdown_pct: float = Field(
         10.0,

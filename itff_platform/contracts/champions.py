@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from itff_platform.manifests import DIGEST_TAG, manifest_problems
+from itff_platform.contracts.consensus import Standing, standing
+from itff_platform.manifests import manifest_problems
 from itff_platform.rules import no_champion_remedy, registered_name
 from itff_platform.settings import Settings
 
@@ -140,34 +141,36 @@ class ChampionStore:
             forecaster = load_forecaster(folder)
         return LoadedModel(name, symbol, target, version, meta["family"], meta, forecaster)
 
-    def family_models(self, symbol: str, target: str) -> tuple[list[LoadedModel], dict[str, str]]:
-        """The latest verifiable version of every family, for /consensus, and why other families are left out.
-        Only versions that passed promotion carry a manifest; loading anything unverified would unpickle
-        whatever someone registered, so those families are skipped and reported."""
+    def family_models(self, symbol: str, target: str) -> tuple[list[tuple[LoadedModel, Standing]], dict[str, str]]:
+        """The voters of /consensus with their standing (contracts.consensus: each family's latest registered
+        version, if it passed validation), and why every other family is left out. A version without its
+        SHA-256 manifest is never loaded: that would unpickle whatever someone registered."""
         from mlflow import MlflowClient
 
         client = MlflowClient(self.settings.tracking_uri)
         name = registered_name(symbol, target)
         latest: dict[str, ModelVersion] = {}
-        skipped: dict[str, str] = {}
         for version in client.search_model_versions(f"name = '{name}'"):
             family = version.tags.get("family", "?")
-            if DIGEST_TAG not in version.tags:
-                skipped.setdefault(family, "no verified version (never promoted)")
+            if "rolled_back_at" in version.tags:  # an operator undid it: it does not speak for its family
                 continue
             if family not in latest or int(version.version) > int(latest[family].version):
                 latest[family] = version
-        out: list[LoadedModel] = []
+        out: list[tuple[LoadedModel, Standing]] = []
+        skipped: dict[str, str] = {}
         for family, version in sorted(latest.items()):
-            skipped.pop(family, None)
+            vote = standing(version.tags)
             key = (name, str(version.version))
+            if vote.refusal is not None:
+                skipped[family] = f"v{key[1]} {vote.refusal}"
+                continue
             if key not in self._family_cache:
                 try:
                     self._family_cache[key] = self._load_verified(client, name, symbol, target, key[1])
                 except Exception as error:
                     skipped[family] = f"v{key[1]} not loaded: {error}"
                     continue
-            out.append(self._family_cache[key])
+            out.append((self._family_cache[key], vote))
         return out, skipped
 
     def get(self, symbol: str, target: str) -> LoadedModel | None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import polars as pl
 from deltalake import ColumnProperties, CommitProperties, DeltaTable, WriterProperties, write_deltalake
@@ -251,3 +252,34 @@ def in_time_order(frame: pl.DataFrame) -> pl.DataFrame:
 
 def table_version(path: str | Path) -> int | None:
     return DeltaTable(str(path)).version() if DeltaTable.is_deltatable(str(path)) else None
+
+
+def durable_append(path: Path, frame: pl.DataFrame, schema: Mapping[str, Any]) -> None:
+    """Append `frame` to the (unpartitioned) table at `path` as one Delta commit that is on disk when this returns.
+    deltalake (1.x) has no durability option and its local store does not fsync, so the commit is made in two
+    steps: the Parquet file is written and fsynced first, then the commit names it, and the new log entry and the
+    folders are fsynced; a commit can then never survive a power loss that its data file did not."""
+    arrow_schema = pl.DataFrame(schema=schema).to_arrow().schema
+    if not DeltaTable.is_deltatable(str(path)):  # the table's first commit: created with its schema, empty
+        write_deltalake(str(path), pl.DataFrame(schema=schema).to_arrow(), mode="append")
+        for written in [*path.rglob("*"), path]:
+            fsync_path(written)
+    relative = f"part-{uuid.uuid4()}.parquet"
+    frame.write_parquet(path / relative)
+    fsync_path(path / relative)
+    fsync_path(path)
+    stats = json.dumps({"numRecords": frame.height})
+    action = AddAction(relative, (path / relative).stat().st_size, {}, int(time.time() * 1000), True, stats)
+    DeltaTable(str(path)).create_write_transaction([action], mode="append", schema=arrow_schema)
+    log = path / "_delta_log"
+    fsync_path(log / f"{DeltaTable(str(path)).version():020d}.json")
+    fsync_path(log)
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder's fsync makes the names created in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

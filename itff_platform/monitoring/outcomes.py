@@ -13,6 +13,7 @@ from typing import Any, cast
 import numpy as np
 import polars as pl
 
+from itff_platform.contracts.consensus import ENSEMBLE_PREFIX
 from itff_platform.settings import Settings
 
 SUMMARY_METRICS = (
@@ -94,8 +95,9 @@ def summary_path(settings: Settings) -> Path:
 
 def write_quality_summary(settings: Settings, quality: pl.DataFrame) -> None:
     """The overall live metrics of each symbol x target's most recently serving version (the champion, unless
-    it has not answered since it took over) as flat rows, for the service's prediction_quality_metric gauge."""
-    current = quality.filter(pl.col("scope") == "all")
+    it has not answered since it took over) as flat rows, for the service's prediction_quality_metric gauge.
+    /consensus ensembles keep their own rows in `quality`, but the gauge is the served versions'."""
+    current = quality.filter(pl.col("scope") == "all", ~pl.col("model_version").str.starts_with(ENSEMBLE_PREFIX))
     if "last_bar" in current.columns:
         current = current.sort("last_bar").unique(["symbol", "target"], keep="last", maintain_order=True)
     rows = []

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
+from itff_platform.lake.delta import fsync_path
 from itff_platform.settings import Settings
 
 if TYPE_CHECKING:
@@ -282,7 +283,7 @@ class WriteAhead:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.rename(temporary, final)
-        _fsync_folder(self.folder)
+        fsync_path(self.folder)
         return final, fd
 
     def write(self, line: bytes) -> int:
@@ -375,14 +376,6 @@ def _settle_future(future: asyncio.Future[None], error: OSError | None) -> None:
         future.set_result(None)
     else:
         future.set_exception(error)
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def replay_segments(table: Path, folder: Path) -> int:

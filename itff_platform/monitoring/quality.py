@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import polars as pl
 
+from itff_platform.contracts.consensus import is_ensemble
 from itff_platform.monitoring.drift import grade
 from itff_platform.rules import REGIMES, registered_name
 from itff_platform.settings import Settings
@@ -193,9 +194,13 @@ def version_backtests(settings: Settings, versions: pl.DataFrame) -> pl.DataFram
 
     from mlflow import MlflowClient
 
-    client = MlflowClient(settings.tracking_uri)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    client = None
     for symbol, target, version in versions.select(VERSION).unique().iter_rows():  # a handful of registry calls
+        if is_ensemble(version):  # a /consensus ensemble has no run of its own, and no backtest
+            rows.append({"symbol": symbol, "target": target, "model_version": version})
+            continue
+        client = client or MlflowClient(settings.tracking_uri)
         try:
             metrics = client.get_run(
                 # cast, not assert: a run-less version would fail here as before, inside the try.

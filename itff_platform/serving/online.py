@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, Strict
 
-from itff_platform.rules import REGIMES, as_utc
+from itff_platform.rules import EXAMPLE_TIME, REGIMES, as_utc, bar_open
 from itff_platform.settings import INTERVAL_SECONDS, Settings
 
 if TYPE_CHECKING:
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 # A JSON number, never a boolean or a numeric string: lax pydantic would read `true` as 1.0 and "1.5" as 1.5.
 Number = Annotated[float, Strict()]
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # the models compute in float32: anything larger becomes inf
-EXAMPLE_TIME = "2024-09-30T23:00:00Z"
 LAKE_LOOKBACK_BARS = 48  # how far back an alert's bar is looked for in the lake; older, and the caller sends candles
 # TradingView's exchange prefixes and what they mean. The models are trained on Binance spot candles; any other
 # market (another exchange, a perpetual future) has other prices, so it is refused rather than guessed at.
@@ -332,23 +331,12 @@ def parse_time(value: str, field: str) -> datetime:
 
 
 def parse_bar_time(value: str, settings: Settings, now: datetime | None = None, field: str = "bar_time") -> datetime:
-    """The time of the bar a feature row describes, as the lake stamps it (the bar's open, in UTC).
-
-    ISO-8601; without a timezone it is read as UTC. It must fall on a bar boundary, or no silver row would
-    ever match it and the prediction would wait for its outcome forever; and it may be at most one bar ahead
-    of now (clock skew), since a later bar has not begun."""
-    at = parse_time(value, field)
-    if at.timestamp() % settings.interval_seconds:
-        raise RequestError(
-            f"{field}: {at.isoformat()} is not on a {settings.interval} bar boundary (a bar's open time, "
-            f"such as {EXAMPLE_TIME})"
-        )
-    latest = (now or datetime.now(UTC)).timestamp() + settings.interval_seconds
-    if at.timestamp() > latest:
-        raise RequestError(
-            f"{field}: {at.isoformat()} is in the future; at most one {settings.interval} bar after now is accepted"
-        )
-    return at
+    """The time of the bar a feature row describes, as the lake stamps it (the bar's open, in UTC): rules.bar_open.
+    Off a bar boundary no silver row would ever match it, and the prediction would wait for its outcome forever."""
+    try:
+        return bar_open(value, settings.interval_seconds, settings.interval, now)
+    except ValueError as error:
+        raise RequestError(f"{field}: {error}") from None
 
 
 def checked_regime(value: str | None) -> str | None:

@@ -89,6 +89,11 @@ class Vote(Standing):
     model_version: str
     prob_up: float
     threshold: float
+    skill: float | None = Field(
+        description="its holdout loss improvement over the better baseline, recorded at training (null: unknown)"
+    )
+    skill_baseline: str | None = Field(description="the baseline its skill is measured against")
+    weight: float = Field(description="its share of the vote: skill over the voters' total; 0 without positive skill")
 
 
 class ConsensusAnswer(Standing):
@@ -96,15 +101,22 @@ class ConsensusAnswer(Standing):
 
     symbol: str
     target: str
-    prob_up: float = Field(description="the families' mean P(up), each weighted by its confidence |p - 0.5|")
+    prob_up: float = Field(
+        description="the families' mean P(up), each weighted by its walk-forward skill; 0.5 when none has skill"
+    )
     prob_long: float = Field(description="runbook 004's name for prob_up")
     prob_short: float = Field(description="1 - prob_long")
     confidence: float = Field(description="max(prob_long, prob_short)")
     signal: Signal
     allow: bool = Field(description="the signal trades and confidence >= threshold (ITFF_CONFIDENCE_THRESHOLD)")
+    reason: str | None = Field(description="why allow is false; null when it is true")
     threshold: float = Field(description="the confidence threshold allow is judged against")
-    decision_threshold: float = Field(description="the voters' median decision threshold, the signal's rule")
+    decision_threshold: float = Field(
+        description="the median decision threshold of the voters with weight, the signal's rule"
+    )
     model_version: str = Field(description="the ensemble's id: the same voting (family, version) set, the same id")
+    family: Literal["ensemble"] = Field(description="the prediction log's family of a consensus answer")
+    request_id: str = Field(description="the prediction log's id of this answer")
     regime: Regime
     bar_time: str | None
     families: list[Vote]

@@ -26,7 +26,7 @@ import bentoml
 import numpy as np
 
 from itff_platform.contracts.answers import OOD_Z, build_answer, log_record, model_age, trading_permission
-from itff_platform.contracts.consensus import consensus_fields, ensemble_id
+from itff_platform.contracts.consensus import consensus_fields, ensemble_id, member_weights
 from itff_platform.contracts.signals import served_signals
 from itff_platform.monitoring.outcomes import read_quality_summary
 from itff_platform.monitoring.prediction_log import PredictionLog
@@ -380,7 +380,7 @@ class ItffService:
         return answer
 
     @bentoml.api(route="/consensus")
-    def consensus(
+    async def consensus(
         self,
         symbol: str,
         target: str = "direction",
@@ -388,56 +388,77 @@ class ItffService:
         candles: list[Candle] | None = None,
         bar_time: str | None = None,
     ) -> dict:
-        """The latest version of every family votes; the vote is the mean P(up), each family weighted by its
-        confidence |p - 0.5|, so a family that is unsure barely counts. Whether to trade is the champion's call:
-        the signal is flat when the champion's rule is not tradable. model_age_days and expired are the oldest voter's."""
+        """Every family's latest registered version that passed validation votes (contracts.consensus); the vote
+        is their mean P(up), each weighted by its walk-forward skill over the baselines, so a family without
+        skill does not count. Whether to trade is the champion's call: the signal is flat when the champion's
+        rule is not tradable. model_age_days and expired are the oldest voter's. Logged like /predict's answers,
+        under the ensemble's id."""
+        received = perf_counter()
         try:
-            symbol = symbol.upper()
-            champion = self._champion(symbol, target)  # same validation as /predict
-            if (features is None) == (candles is None):
-                raise RequestError("features/candles: send exactly one of them")
-            if target == "forward_return":
-                raise RequestError("target: consensus votes on probabilities; forward_return has bands, not votes")
-            if candles is not None and bar_time is not None:
-                raise RequestError("bar_time: only with features; with candles the bar time is the last candle's")
-            at = parse_bar_time(bar_time, self.settings) if bar_time is not None else None
-            members, skipped = self.store.family_models(symbol, target)
-            breakdown, regime = [], None
-            for model in members:
-                if candles is not None:
-                    x, regime, at = features_from_candles(
-                        candles,
-                        self.settings,
-                        model.forecaster.context_rows + 1,
-                        model.meta["features"],
-                        model_interval(model, self.settings),
-                    )
-                else:
-                    assert features is not None  # exactly one of features and candles, checked above
-                    x = features_from_row(features, model.meta["features"])
-                checked_model_input(model, x, "candles" if candles is not None else "features")
-                breakdown.append(self._vote(model, x, at))
+            answer, x = await anyio.to_thread.run_sync(
+                self._consensus, symbol.upper(), target, features, candles, bar_time
+            )
         except RequestError as error:
             return refusal(error, "/consensus")  # type: ignore[return-value]
+        answer["request_id"] = request_id = uuid.uuid4().hex
+        # The log's threshold is the rule's (what a long call means to live evaluation), not the confidence gate.
+        record = log_record({**answer, "threshold": answer["decision_threshold"]}, x, request_id, "/consensus", None)
+        record["latency_ms"] = (perf_counter() - received) * 1000
+        await self.prediction_log.append_durable(record)
+        return answer
+
+    def _consensus(self, symbol, target, features, candles, bar_time) -> tuple[dict, np.ndarray]:
+        """(the answer, the feature row its log record hashes: the first voter's)."""
+        champion = self._champion(symbol, target)  # same validation as /predict
+        if (features is None) == (candles is None):
+            raise RequestError("features/candles: send exactly one of them")
+        if target == "forward_return":
+            raise RequestError("target: consensus votes on probabilities; forward_return has bands, not votes")
+        if candles is not None and bar_time is not None:
+            raise RequestError("bar_time: only with features; with candles the bar time is the last candle's")
+        at = parse_bar_time(bar_time, self.settings) if bar_time is not None else None
+        members, skipped = self.store.family_models(symbol, target)
+        breakdown, regime, rows = [], None, []
+        for model, standing in members:
+            if candles is not None:
+                x, regime, at = features_from_candles(
+                    candles,
+                    self.settings,
+                    model.forecaster.context_rows + 1,
+                    model.meta["features"],
+                    model_interval(model, self.settings),
+                )
+            else:
+                assert features is not None  # exactly one of features and candles, checked above
+                x = features_from_row(features, model.meta["features"])
+            checked_model_input(model, x, "candles" if candles is not None else "features")
+            breakdown.append(self._vote(model, x, at) | {"skill": standing.skill, "skill_baseline": standing.baseline})
+            rows.append(x)
         if regime is None and at is not None:
             regime = regime_from_lake(self.settings, symbol, at)
-        weights = [abs(b["prob_up"] - 0.5) + 1e-9 for b in breakdown]
+        for member, weight in zip(breakdown, member_weights([b["skill"] for b in breakdown]), strict=True):
+            member["weight"] = weight
+        voting = [b for b in breakdown if b["weight"] > 0]
         permission = trading_permission(champion.meta)
         vote = consensus_fields(
             [b["prob_up"] for b in breakdown],
-            weights,
-            decision_threshold=float(np.median([b["threshold"] for b in breakdown])),
+            [b["weight"] for b in breakdown],
+            # The rule of the voters that count; with none, the rule a model starts from.
+            decision_threshold=float(np.median([b["threshold"] for b in voting]))
+            if voting
+            else self.settings.trading.default_threshold,
             confidence_threshold=self.settings.trading.confidence_threshold,
             target=target,
             tradable=permission["tradable"],
         )
         ages = [b["model_age_days"] for b in breakdown if b["model_age_days"] is not None]
-        return {
+        answer = {
             "symbol": symbol,
             "target": target,
             **vote,
             "model_version": ensemble_id([(b["family"], str(b["model_version"])) for b in breakdown]),
-            "regime": regime or "unknown",
+            "family": "ensemble",
+            "regime": regime if regime in REGIMES else "unknown",
             "bar_time": at.isoformat() if at is not None else None,
             **permission,
             "model_age_days": max(ages) if ages else None,
@@ -446,6 +467,7 @@ class ItffService:
             "skipped_families": skipped,
             "served_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         }
+        return answer, rows[0] if rows else np.empty((1, 0))
 
     def _vote(self, model, x, at) -> dict:
         # The deterministic probability, as /predict serves it; no MC dropout, whose spread a vote does not use.

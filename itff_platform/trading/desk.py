@@ -12,13 +12,13 @@ import json
 import math
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from itff_platform.contracts.costs import fee
-from itff_platform.rules import as_utc
+from itff_platform.rules import bar_open
 from itff_platform.settings import Settings
 from itff_platform.trading.broker import Broker, LiveBrokerMissing, broker_for
 from itff_platform.trading.ledger import Book, Ledger, event
@@ -51,10 +51,30 @@ class OrderRequest:
     bar_time: str | None = None  # the bar the order was decided on: it fills at the next bar's open
     mode: str | None = None
 
-    def digest(self) -> str:
-        """The request's identity under its key: the same key with another body is a client's mistake."""
-        body = {k: v for k, v in asdict(self).items() if k != "idempotency_key"}
+    def digest(self, mode: str, decided: datetime | None) -> str:
+        """The request's identity under its key: the same key with another body is a client's mistake. Hashed as
+        the desk reads it (side in lower case, the mode it trades in, the decided bar, amounts as floats), so
+        "BUY" and "buy", or an omitted and an explicit default mode, are the same order, not a 409."""
+        body = {
+            "symbol": self.symbol.strip().upper(),
+            "side": self.side.strip().lower(),
+            "qty_usd": float(self.qty_usd),
+            "confidence": float(self.confidence),
+            "price": float(self.price) if self.price is not None else None,
+            "bar_time": decided.isoformat() if decided is not None else None,
+            "mode": mode,
+        }
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Market:
+    """The lake's prices an order is decided with, read before the ledger's lock is taken."""
+
+    decided: datetime | None  # the bar the order was decided on
+    marks: dict[str, Quote | None]
+    vol: float | None
+    quote: Quote | None
 
 
 def ledger_folder(settings: Settings) -> Path:
@@ -78,7 +98,9 @@ class OrderDesk:
     def execute(self, request: OrderRequest) -> dict[str, Any]:
         """The acknowledged order; raises TradeRefusal for an order not taken."""
         broker, direction, decided = self._checked(request)
-        digest = request.digest()
+        request = replace(request, side=request.side.strip().lower())
+        digest = request.digest(broker.mode, decided)
+        market = self._market(request, decided)  # the lake is read before the lock: other orders do not wait on it
         with self.ledger.locked() as book:
             book = self._abandon_orphans(book)
             if request.idempotency_key is not None:
@@ -101,7 +123,7 @@ class OrderDesk:
                     f"{request.confidence:g} is below the threshold {threshold:g} (ITFF_CONFIDENCE_THRESHOLD)",
                     threshold=threshold,
                 )
-            valuation = self.valuation(book)
+            valuation = self.valuation(book, market.marks)
             if book.locked or valuation["drawdown_pct"] > self.limits.max_drawdown_pct:
                 if not book.locked:
                     book = self.ledger.append(
@@ -115,7 +137,22 @@ class OrderDesk:
                     drawdown=valuation["drawdown"],
                     locked=True,
                 )
-            return self._fill(book, broker, request, direction, decided, digest, valuation)
+            return self._fill(book, broker, request, direction, digest, valuation, market)
+
+    def _market(self, request: OrderRequest, decided: datetime | None) -> Market:
+        """What an order needs from the lake: marks of the symbols held (as of an unlocked read of the ledger; a
+        symbol bought meanwhile is marked at its last fill) and of the order's, its volatility and fill price."""
+        return Market(
+            decided,
+            self._marks(request.symbol),
+            self.prices.annualised_vol(request.symbol, decided),
+            self._reference(request, decided),
+        )
+
+    def _marks(self, *also: str) -> dict[str, Quote | None]:
+        """The lake's marks of the symbols held, as of an unlocked read of the ledger, and of `also`."""
+        held = {*self.ledger.read().positions(), *also}
+        return {symbol: self.prices.mark(symbol) for symbol in sorted(held)}
 
     def _fill(
         self,
@@ -123,13 +160,13 @@ class OrderDesk:
         broker: Broker,
         request: OrderRequest,
         direction: int,
-        decided: datetime | None,
         digest: str,
         valuation: dict[str, Any],
+        market: Market,
     ) -> dict[str, Any]:
         symbol = request.symbol
         position_usd = valuation["exposure_signed"].get(symbol, 0.0)
-        vol = self.prices.annualised_vol(symbol, decided)
+        vol = market.vol
         size = size_order(
             request.qty_usd,
             request.confidence,
@@ -147,7 +184,11 @@ class OrderDesk:
                 "USD (ITFF_PER_SYMBOL_USD_CAP): nothing can be added on this side",
                 clippedUsd=size.clipped_usd,
             )
-        quote = self._reference(request, decided)
+        quote = market.quote
+        if quote is None:
+            raise TradeRefusal(
+                422, "symbol", f"the lake holds no {request.symbol} bar to fill at: materialize silver first"
+            )
         if direction > 0 and size.final_usd + fee(size.final_usd, self.limits.fees_bps) > book.cash:
             raise TradeRefusal(
                 422, "qtyUsd", f"{size.final_usd:.2f} USD (after sizing) is more than the cash, {book.cash:.2f} USD"
@@ -168,7 +209,7 @@ class OrderDesk:
             clipped_usd=size.clipped_usd,
             vol_scale=size.vol_scale,
             annualised_vol=size.annualised_vol,
-            decided_bar=decided,
+            decided_bar=market.decided,
             reference_price=quote.price,
             price_source=quote.source,
             price_bar=quote.bar_time,
@@ -201,15 +242,10 @@ class OrderDesk:
         self.ledger.append(book, done)
         return self.answer(done, replayed=False)
 
-    def _reference(self, request: OrderRequest, decided: datetime | None) -> Quote:
+    def _reference(self, request: OrderRequest, decided: datetime | None) -> Quote | None:
         if request.price is not None:
             return Quote(request.price, decided or datetime.now(UTC), "request")
-        quote = self.prices.fill_reference(request.symbol, decided)
-        if quote is None:
-            raise TradeRefusal(
-                422, "symbol", f"the lake holds no {request.symbol} bar to fill at: materialize silver first"
-            )
-        return quote
+        return self.prices.fill_reference(request.symbol, decided)
 
     def _abandon_orphans(self, book: Book) -> Book:
         """Intents left pending by a process that died before filling them: abandoned, never filled later."""
@@ -241,7 +277,8 @@ class OrderDesk:
             raise TradeRefusal(
                 400, "symbol", f"{request.symbol!r:.40} is not traded; symbols are {self.settings.symbols}"
             )
-        if request.side not in SIDES:
+        side = request.side.strip().lower()
+        if side not in SIDES:
             raise TradeRefusal(400, "side", f"{request.side!r:.20} is not one of {list(SIDES)}")
         if not math.isfinite(request.qty_usd) or request.qty_usd <= 0:
             raise TradeRefusal(400, "qtyUsd", f"{request.qty_usd!r} must be a finite amount of USD > 0")
@@ -257,37 +294,34 @@ class OrderDesk:
                 )
             if not math.isfinite(request.price) or request.price <= 0:
                 raise TradeRefusal(400, "price", f"{request.price!r} must be a finite price > 0")
-        mode = request.mode or self.limits.trading_mode
+        mode = (request.mode or self.limits.trading_mode).strip().lower()
         if mode not in MODES:
             raise TradeRefusal(400, "mode", f"{mode!r:.20} is not one of {list(MODES)}")
         try:
             broker = broker_for(mode, self.limits.fees_bps, self.limits.slippage_bps)
         except LiveBrokerMissing as error:
             raise TradeRefusal(400, "mode", str(error).split(": ", 1)[1]) from None
-        return broker, SIDES[request.side], self._decided_bar(request.bar_time)
+        return broker, SIDES[side], self._decided_bar(request.bar_time)
 
     def _decided_bar(self, value: str | None) -> datetime | None:
+        """The bar an order was decided on, by the rule the service reads a prediction's bar_time with."""
         if value is None:
             return None
         try:
-            at = as_utc(datetime.fromisoformat(value.strip().replace("Z", "+00:00")))
-        except (ValueError, OverflowError):
-            raise TradeRefusal(400, "barTime", f"{value!r:.40} is not an ISO-8601 time") from None
-        if at.timestamp() % self.settings.interval_seconds or at > datetime.now(UTC):
-            raise TradeRefusal(
-                400, "barTime", f"{at.isoformat()} is not the open of a past {self.settings.interval} bar"
-            )
-        return at
+            return bar_open(value, self.settings.interval_seconds, self.settings.interval)
+        except ValueError as error:
+            raise TradeRefusal(400, "barTime", str(error)) from None
 
     # --- the account
-    def valuation(self, book: Book) -> dict[str, Any]:
-        """Cash, positions marked at the lake's newest closes (else their last fill), equity, peak and drawdown."""
+    def valuation(self, book: Book, quotes: dict[str, Quote | None] | None = None) -> dict[str, Any]:
+        """Cash, positions marked at the lake's newest closes (else their last fill), equity, peak and drawdown.
+        `quotes`: marks read beforehand (an order reads them before taking the ledger's lock); else read here."""
         held = book.positions()
         last = book.last_fill_prices()
         marks: dict[str, float] = {}
         mark_bars: dict[str, str | None] = {}
         for symbol in held:
-            quote = self.prices.mark(symbol)
+            quote = quotes.get(symbol) if quotes is not None else self.prices.mark(symbol)
             marks[symbol] = quote.price if quote is not None else last[symbol]
             mark_bars[symbol] = quote.bar_time.isoformat() if quote is not None else None
         signed = {s: q * marks[s] for s, q in held.items()}
@@ -364,9 +398,10 @@ class OrderDesk:
 
     def reset(self, reason: str | None = None) -> dict[str, Any]:
         """Unlock: the drawdown is measured from the equity of now on."""
+        marks = self._marks()
         with self.ledger.locked() as book:
             book = self._abandon_orphans(book)
-            value = self.valuation(book)
+            value = self.valuation(book, marks)
             was_locked = self._locked(book, value)
             self.ledger.append(
                 book, event("reset", equity_after=value["equity"], message=(reason or "risk reset")[:500])

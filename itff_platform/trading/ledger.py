@@ -25,10 +25,12 @@ from typing import Any
 import polars as pl
 from deltalake import DeltaTable
 
+from itff_platform.lake.delta import durable_append
+
 UTC_TIME = pl.Datetime("us", "UTC")
 SCHEMA: dict[str, Any] = {
     "seq": pl.Int64,  # event number, in commit order
-    "kind": pl.String,  # order | fill | abandon | lock | reset
+    "kind": pl.String,  # open (the first: the starting cash) | order | fill | abandon | lock | reset
     "order_id": pl.String,
     "idempotency_key": pl.String,
     "body_sha256": pl.String,  # of the request, so a reused key with another body is caught
@@ -62,10 +64,22 @@ TERMINAL = ("fill", "abandon")
 
 @dataclass(frozen=True)
 class Book:
-    """The ledger's state as of one Delta version."""
+    """The ledger's state as of one Delta version. `configured_cash`: ITFF_PAPER_CASH, what a new ledger opens
+    with; once the ledger has its `open` event, the cash recorded there is the starting cash, whatever the
+    setting says now, so changing the setting never rewrites the account's history."""
 
     events: pl.DataFrame
-    starting_cash: float
+    configured_cash: float
+
+    @property
+    def opening(self) -> dict[str, Any] | None:
+        opened = self.events.filter(pl.col("kind") == "open")
+        return opened.row(0, named=True) if opened.height else None
+
+    @property
+    def starting_cash(self) -> float:
+        opening = self.opening
+        return float(opening["cash_after"]) if opening is not None else self.configured_cash
 
     @property
     def next_seq(self) -> int:
@@ -151,6 +165,7 @@ class Ledger:
         """The state as of the newest committed version (cached per version)."""
         if not DeltaTable.is_deltatable(str(self.table)):
             return Book(pl.DataFrame(schema=SCHEMA), self.starting_cash)
+        # starting_cash is only what a new ledger opens with; an opened one carries its own (Book.starting_cash).
         version = DeltaTable(str(self.table)).version()
         if self._cache is None or self._cache[0] != version:
             frame = pl.read_delta(str(self.table), version=version).select(list(SCHEMA)).sort("seq")
@@ -170,11 +185,15 @@ class Ledger:
                 os.close(fd)  # closing the last descriptor releases the lock
 
     def append(self, book: Book, *events: dict[str, Any]) -> Book:
-        """Commit events (call inside `locked`); returns the state after them."""
+        """Commit events (call inside `locked`); returns the state after them. A ledger's first commit opens it
+        with the starting cash, as its own event."""
+        if book.opening is None:
+            cash = book.configured_cash
+            events = (event("open", cash_after=cash, equity_after=cash, message="paper account opened"), *events)
         rows = [{**e, "seq": book.next_seq + i} for i, e in enumerate(events)]
         frame = pl.DataFrame(rows, schema=SCHEMA)
-        frame.write_delta(str(self.table), mode="append")
-        after = Book(pl.concat([book.events, frame]), self.starting_cash)
+        durable_append(self.table, frame, SCHEMA)
+        after = Book(pl.concat([book.events, frame]), book.configured_cash)
         # Under the lock nobody else wrote in between: the state after this commit is known, no re-read of the table.
         self._cache = (DeltaTable(str(self.table)).version(), after)
         return after

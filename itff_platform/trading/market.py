@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
 
 from itff_platform.lake.delta import read_rows
 from itff_platform.lake.layers import LakeTables
@@ -41,9 +43,22 @@ class LakePrices:
         """The symbol's bars of the last RECENT_DAYS up to `as_of` (now), oldest first."""
         end = as_of or datetime.now(UTC)
         rows = self._rows(symbol, end - timedelta(days=RECENT_DAYS), end)
-        if rows.is_empty():  # a lake that stopped long ago (the packaged sample): its last bars, wherever they are
-            rows = self._rows(symbol, None, end)
+        if rows.is_empty():  # a lake that stopped long ago (the packaged sample): the newest month it has
+            newest = self._newest_month(symbol, end)
+            rows = self._rows(symbol, newest, end) if newest is not None else rows
         return rows
+
+    def _newest_month(self, symbol: str, end: datetime) -> datetime | None:
+        """The first instant of the symbol's newest month partition that starts before `end`, from the Delta log's
+        partition list: the files of that month are all that is read, never the whole history."""
+        try:
+            parts = DeltaTable(str(self.path)).partitions(
+                [("interval", "=", self.settings.interval), ("symbol", "=", symbol)]
+            )
+        except TableNotFoundError:
+            return None
+        months = [datetime.fromisoformat(p["month"]).replace(tzinfo=UTC) for p in parts]
+        return max((m for m in months if m < end), default=None)
 
     def mark(self, symbol: str, as_of: datetime | None = None) -> Quote | None:
         """The close of the newest bar: what a position is marked at."""

@@ -342,7 +342,7 @@ def _serve_decision(
     assert mine is not None
     found_losses = {
         family: oos.losses(run_id, holdout=True)
-        for family, run_id in _baselines_on(client, name, challenger.window).items()
+        for family, run_id in baselines_on(client, name, challenger.window).items()
     }
     baseline_losses = {family: losses for family, losses in found_losses.items() if losses is not None}
     if not baseline_losses:
@@ -515,17 +515,25 @@ def _history(client: MlflowClient, name: str) -> list[str]:
     return history
 
 
-def _set_champion(client: MlflowClient, name: str, version: str) -> None:
+def write_manifest(client: MlflowClient, name: str, version: str) -> None:
+    """Hash the version's files and record the manifest beside them, its own hash in the registry's tag."""
     manifest = model_manifest(name, version)
     run_id = client.get_model_version(name, version).run_id
-    assert run_id is not None  # promotion registers versions from study runs
+    assert run_id is not None  # versions are registered from study runs
     client.log_dict(run_id, manifest, manifest_artifact(version))
     client.set_model_version_tag(name, version, DIGEST_TAG, manifest_digest(manifest))
+
+
+def _set_champion(client: MlflowClient, name: str, version: str) -> None:
+    # Registration wrote the manifest; re-hashing now would bless files changed since. Only versions registered
+    # before registration wrote manifests get theirs here.
+    if DIGEST_TAG not in client.get_model_version(name, version).tags:
+        write_manifest(client, name, version)
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*_history(client, name), version][-50:]))
     client.set_registered_model_alias(name, CHAMPION, version)
 
 
-def _baselines_on(client: MlflowClient, name: str, window: tuple[str, str]) -> dict[str, str]:
+def baselines_on(client: MlflowClient, name: str, window: tuple[str, str]) -> dict[str, str]:
     """The newest run of each baseline family on this holdout window: family -> run id."""
     experiment = client.get_experiment_by_name(name)
     assert experiment is not None  # the study runs behind the registered versions are logged to it

@@ -506,6 +506,7 @@ def _refit_and_register(
 
     from itff_platform.training import pyfunc
     from itff_platform.training.pyfunc import ItffForecastModel
+    from itff_platform.training.voting import record_for_voting
     from mlflow import MlflowClient
 
     every_row = np.arange(len(data))
@@ -560,4 +561,6 @@ def _refit_and_register(
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
+    # Its validation, skill and manifest: what lets it vote in /consensus without having been champion.
+    record_for_voting(client, name, version, data.task, metrics, evaluation.recent_window)
     return version

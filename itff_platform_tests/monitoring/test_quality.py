@@ -313,3 +313,31 @@ def test_plots_are_written(tmp_path, settings):
     markdown = embed_png(tmp_path / "mix.png", "regime mix")
     assert markdown.startswith("![regime mix](data:image/png;base64,iVBORw0KGgo") and markdown.endswith(")")
     assert embed_png(tmp_path / "mix.png").startswith("![mix](")
+
+
+def test_consensus_answers_are_scored_per_ensemble_and_kept_out_of_the_champions_gauge(tmp_path):
+    """/consensus logs its answers under the ensemble's id, not a registry version: live quality groups them by
+    that id, looks for no backtest of theirs in the registry, and the champion's gauge still shows the champion."""
+    from itff_platform.monitoring.outcomes import read_quality_summary, write_quality_summary
+    from itff_platform.monitoring.quality import version_backtests
+    from itff_platform.settings import Settings
+
+    settings = Settings(home=tmp_path)
+    rng = np.random.default_rng(2)
+    ensemble = "ensemble-0123456789ab"
+    realized = pl.concat(
+        [
+            served(rng.uniform(0.3, 0.7, 48), rng.normal(0, 0.01, 48), "2", AS_OF - timedelta(days=5)),
+            # The ensemble answered last: the gauge must not take it for the serving version.
+            served(rng.uniform(0.3, 0.7, 48), rng.normal(0, 0.01, 48), ensemble, AS_OF - timedelta(days=3)),
+        ]
+    )
+    backtests = version_backtests(settings, realized.filter(pl.col("model_version") == ensemble))
+    assert backtests.height == 1 and all(backtests[m].is_null().all() for m in BACKTEST_METRICS)
+    assert not (settings.tracking.mlflow_dir / "mlflow.db").exists()  # the registry was not asked
+    quality = live_quality(realized, FEES_BPS, backtest=backtests)
+    assert sorted(quality.filter(pl.col("scope") == "all")["model_version"].to_list()) == ["2", ensemble]
+    assert _row(quality, "direction", "all", ensemble)["n"] == 48
+    write_quality_summary(settings, quality)
+    gauge = {row["metric"]: row["value"] for row in read_quality_summary(settings)}
+    assert gauge["hit_rate"] == pytest.approx(_row(quality, "direction", "all", "2")["hit_rate"])

@@ -19,7 +19,7 @@ from itff_platform.market.files import FilesCandleSource
 from itff_platform.market.synthetic import random_walk_candles
 from itff_platform.rules import REGIMES
 from itff_platform.settings import Settings
-from itff_platform.training.promotion import promote_champion
+from itff_platform.training.promotion import promote_champion, write_manifest
 from itff_platform_tests.conftest import model_files, utc
 from itff_platform_tests.faults.conftest import lake_settings
 from itff_platform_tests.serving.test_service import start_service
@@ -223,8 +223,10 @@ def test_a_champion_whose_rule_is_not_tradable_answers_flat_and_says_why(live):
     challenger = str(max(int(v.version) for v in client.search_model_versions(f"name = '{NAME}'")))
     meta = json.loads(meta_path(settings, challenger).read_text())
     reason = "profit factor 1.02 on 31 trades: no edge at 95 %"
-    # Written before promotion, as training will: the manifest then covers it and the service verifies it.
+    # Rewritten as training would have written it: with the manifest registration writes over it, so the service
+    # verifies it.
     meta_path(settings, challenger).write_text(json.dumps(meta | {"tradable": False, "tradable_reason": reason}))
+    write_manifest(client, NAME, challenger)
     assert promote_champion(settings, "PROMOUSDT", "direction").promoted
     assert post(url, "/admin/reload", {}, token=ADMIN).json()["models"][NAME]["serving_version"] == challenger
 

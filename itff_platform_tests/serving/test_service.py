@@ -113,15 +113,16 @@ def post(url, path, body, token=TOKEN, **kwargs):
 
 def feature_row(settings):
     """A row from the distribution the test champions were trained on (the synthetic walk in test_promotion)."""
+    return feature_rows(settings, 1)[0]
+
+
+def feature_rows(settings, n):
+    """The last `n` rows of that walk."""
     from itff_platform.features.silver import build_features, feature_columns
     from itff_platform.market.synthetic import random_walk_candles
 
-    return (
-        build_features(random_walk_candles(5000, seed=3), settings)
-        .collect()
-        .select(feature_columns(settings))
-        .row(-1, named=True)
-    )
+    frame = build_features(random_walk_candles(5000, seed=3), settings).collect().select(feature_columns(settings))
+    return frame.tail(n).to_dicts()
 
 
 def test_ready_once_every_champion_is_loaded_and_verified(service):
@@ -275,23 +276,39 @@ def test_tradingview_alerts_accept_exchange_prefixed_tickers_and_check_the_signa
     assert overflow.status_code == 400 and "time:" in overflow.text
 
 
-def test_consensus_votes_across_the_latest_version_of_every_family(service):
+def test_consensus_votes_every_validated_family_weighted_by_its_skill(service):
     url, settings = service
-    answer = post(url, "/consensus", {"symbol": "PROMOUSDT", "features": feature_row(settings)})
-    assert answer.status_code == 200, answer.text
-    body = answer.json()
-    families = {member["family"] for member in body["families"]}
-    assert "logistic" in families and all(0 < m["prob_up"] < 1 for m in body["families"])
-    # Only versions that passed promotion (and so carry a manifest) vote; the others are named, not loaded.
-    assert all(reason.startswith("no verified version") for reason in body["skipped_families"].values())
-    low, high = min(m["prob_up"] for m in body["families"]), max(m["prob_up"] for m in body["families"])
-    assert low - 1e-9 <= body["prob_up"] <= high + 1e-9
+    client = MlflowClient(settings.tracking_uri)
+    # boosting is registered but never promoted: it passed validation at registration, which wrote its manifest.
+    train(settings, ["boosting"], noise=0.2)
+    tags = {v.tags["family"]: v.tags for v in client.search_model_versions("name = 'itff-PROMOUSDT-direction'")}
+    assert "promotion_decision" not in tags["boosting"] and len(tags["boosting"]["manifest_sha256"]) == 64
+    assert tags["boosting"]["validated"] == "true", tags["boosting"]["validation_reason"]
+    skills = {family: float(tags[family]["wf_skill"]) for family in ("logistic", "boosting")}
+    assert min(skills.values()) > 0, skills
+
+    rows = feature_rows(settings, 12)
+    answers = [post(url, "/consensus", {"symbol": "PROMOUSDT", "features": row}) for row in rows]
+    assert all(a.status_code == 200 for a in answers), answers[0].text
+    body = answers[0].json()
+    votes = {member["family"]: member for member in body["families"]}
+    assert set(votes) == {"logistic", "boosting"} and body["skipped_families"] == {}
+    # Each family's weight is its share of the walk-forward skill, and the vote is the weighted mean.
+    for family, vote in votes.items():
+        assert vote["skill"] == pytest.approx(skills[family])
+        assert vote["weight"] == pytest.approx(skills[family] / sum(skills.values()))
+    assert body["prob_up"] == pytest.approx(sum(v["weight"] * v["prob_up"] for v in votes.values()))
     # Runbook 004's fields: the gate is the confidence threshold, and the ensemble has one id.
     assert body["prob_long"] == body["prob_up"] and abs(body["prob_long"] + body["prob_short"] - 1) < 1e-12
-    assert body["confidence"] == max(body["prob_long"], body["prob_short"])
     assert body["threshold"] == settings.trading.confidence_threshold
-    assert body["allow"] == (body["signal"] != "flat" and body["confidence"] >= body["threshold"])
-    assert body["model_version"].startswith("ensemble-")
+    assert body["model_version"].startswith("ensemble-") and body["family"] == "ensemble"
+    for answer in (a.json() for a in answers):
+        assert answer["confidence"] == max(answer["prob_long"], answer["prob_short"])
+        assert answer["allow"] == (answer["signal"] != "flat" and answer["confidence"] >= answer["threshold"])
+        assert answer["allow"] == (answer["reason"] is None)
+    unsure = [a.json() for a in answers if a.json()["confidence"] < settings.trading.confidence_threshold]
+    assert unsure and not any(a["allow"] for a in unsure)  # below ITFF_CONFIDENCE_THRESHOLD nothing is allowed
+    SERVER["consensus"] = [a.json()["request_id"] for a in answers]
 
 
 def test_predict_batch_scores_many_rows_in_one_call(service):
@@ -366,3 +383,8 @@ def test_zz_every_prediction_is_in_the_log_after_a_clean_shutdown(service):
         mine["model_version"].is_not_null() & (mine["latency_ms"] > 0) & (mine["input_sha256"].str.len_chars() == 64)
     ).all()
     assert mine["input_sha256"].n_unique() == 1  # the same row five times hashes the same
+    # /consensus answers are logged like /predict's, under their ensemble's id, for live evaluation to score.
+    voted = log.filter(pl.col("request_id").is_in(SERVER["consensus"]))
+    assert voted.height == len(SERVER["consensus"]) and (voted["endpoint"] == "/consensus").all()
+    assert voted["model_version"].str.starts_with("ensemble-").all() and (voted["family"] == "ensemble").all()
+    assert voted["prob_up"].is_not_null().all() and voted["allow"].is_not_null().all()

@@ -2,9 +2,10 @@
 
 import multiprocessing
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
+import polars as pl
 import pytest
 
 from itff_platform.contracts.costs import round_trip_cost
@@ -142,7 +143,7 @@ def test_an_intent_left_pending_by_a_dead_process_is_abandoned_never_filled(tmp_
                 "order",
                 order_id="o1",
                 idempotency_key="lost",
-                body_sha256=order().digest(),
+                body_sha256=order().digest("paper", None),
                 status="pending",
                 symbol="BTCUSDT",
                 side="buy",
@@ -190,3 +191,116 @@ def test_the_portfolio_marks_positions_and_reports_exposure(tmp_path):
     assert book["exposure"] == {"BTCUSDT": pytest.approx(1100)}
     assert book["equity"] == pytest.approx(10_100) and book["drawdown"] == 0
     assert isinstance(datetime.fromisoformat(book["positions"][0]["mark_bar"]), datetime)
+
+
+class LockWatchingPrices(FixedPrices):
+    """FixedPrices that note, on every lake read, whether the desk's ledger lock is held at that moment."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.desk: OrderDesk | None = None
+        self.under_lock: list[bool] = []
+
+    def _read(self):
+        self.under_lock.append(self.desk.ledger._threads.locked())
+
+    def mark(self, symbol, as_of=None):
+        self._read()
+        return super().mark(symbol, as_of)
+
+    def fill_reference(self, symbol, decided_at):
+        self._read()
+        return super().fill_reference(symbol, decided_at)
+
+    def annualised_vol(self, symbol, as_of=None):
+        self._read()
+        return super().annualised_vol(symbol, as_of)
+
+
+def test_the_lake_is_read_before_the_ledger_lock_is_taken(tmp_path):
+    """Another worker's order waits on the lock: it must not also wait on this order's lake reads."""
+    prices = LockWatchingPrices()
+    desk = prices.desk = desk_for(tmp_path, prices)
+    desk.execute(order(idempotency_key="a"))
+    desk.execute(order(idempotency_key="b", symbol="ETHUSDT"))  # with a position held: its mark is read too
+    desk.reset("test")
+    assert prices.under_lock and not any(prices.under_lock)
+
+
+def test_a_lake_that_stopped_long_ago_is_read_from_its_newest_month_only(tmp_path, monkeypatch):
+    from itff_platform.lake.delta import replace_partitions
+    from itff_platform.lake.layers import LakeTables
+    from itff_platform.trading import market
+
+    settings = Settings(home=tmp_path)
+    stamps = [utc(2024, 1, 31, 22), utc(2024, 1, 31, 23), utc(2024, 2, 1, 0), utc(2024, 2, 1, 1)]
+    frame = pl.DataFrame(
+        {
+            "interval": settings.interval,
+            "symbol": "BTCUSDT",
+            "month": [t.date().replace(day=1) for t in stamps],
+            "timestamp": stamps,
+            "open": [1.0, 2.0, 3.0, 4.0],
+            "close": [1.5, 2.5, 3.5, 4.5],
+            "realized_vol": [0.01, 0.01, 0.02, 0.02],
+        }
+    )
+    path = LakeTables.under(settings).silver
+    replace_partitions(path, frame, settings.interval, "BTCUSDT", sorted(set(frame["month"])))
+    reads = []
+    real = market.read_rows
+    monkeypatch.setattr(market, "read_rows", lambda *a: reads.append(a[3]) or real(*a))
+    quote = market.LakePrices(settings).mark("BTCUSDT", utc(2024, 9, 30))
+    assert quote.price == 4.5 and quote.bar_time == utc(2024, 2, 1, 1)
+    assert None not in reads and min(reads) == utc(2024, 2, 1)  # never the whole history
+
+
+def test_a_key_replays_whatever_the_case_of_the_side_or_an_explicit_default_mode(tmp_path):
+    desk = desk_for(tmp_path)
+    first = desk.execute(order(idempotency_key="k", side="buy"))
+    assert desk.execute(order(idempotency_key="k", side="BUY"))["order"]["id"] == first["order"]["id"]
+    assert desk.execute(order(idempotency_key="k", mode="paper"))["replayed"]
+    assert desk.execute(order(idempotency_key="k", qty_usd=1000))["replayed"]  # 1000 and 1000.0 alike
+    assert desk.ledger.read().counts_by_status()["filled"] == 1
+
+
+def test_the_starting_cash_is_the_ledgers_first_event_not_the_current_setting(tmp_path):
+    desk = desk_for(tmp_path, paper_cash=10_000, slippage_bps=0, fees_bps=0)
+    desk.execute(order(qty_usd=1000, confidence=1.0))
+    book = desk.ledger.read()
+    assert book.events.sort("seq")["kind"][0] == "open" and book.events["cash_after"][0] == 10_000
+    # ITFF_PAPER_CASH changed afterwards: the account's history is what was recorded.
+    later = desk_for(tmp_path, paper_cash=50_000, slippage_bps=0, fees_bps=0)
+    assert later.portfolio()["cash"] == pytest.approx(9_000)
+
+
+def test_an_orders_bar_time_follows_the_services_bar_time_rule(tmp_path):
+    from itff_platform.serving.online import RequestError, parse_bar_time
+
+    desk = desk_for(tmp_path)
+    now = datetime.now(UTC)
+    next_open = datetime.fromtimestamp((now.timestamp() // 3600 + 1) * 3600, UTC)  # within one bar of now
+    for value in ("2024-09-30T23:00:00", next_open.isoformat(), "2024-09-30T23:30:00Z", "soon"):
+        try:
+            expected = parse_bar_time(value, desk.settings)
+        except RequestError as error:
+            with pytest.raises(TradeRefusal) as refused:
+                desk.execute(order(bar_time=value))
+            assert refused.value.field == "barTime" and str(refused.value) == str(error).replace("bar_time", "barTime")
+        else:
+            assert desk.execute(order(bar_time=value, qty_usd=10.0))["ok"], expected
+
+
+def test_a_ledger_commit_is_fsynced_before_it_returns(tmp_path, monkeypatch):
+    import os
+
+    desk = desk_for(tmp_path)
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real(fd))
+    desk.execute(order(idempotency_key="durable"))
+    log = desk.ledger.table / "_delta_log"
+    newest = max(log.glob("*.json"))
+    assert str(newest) in synced and str(log) in synced
+    data = [p for p in synced if p.endswith(".parquet")]
+    assert data and all(p.startswith(str(desk.ledger.table)) for p in data)
