@@ -27,6 +27,7 @@ from itff_platform.trading.desk import ledger_folder
 
 TARGET = "direction"  # the target whose consensus trades both ways (level_up has no shorts)
 SIDE_OF_SIGNAL = {"long": "buy", "short": "sell"}
+NO_CHAMPION_STATUS = 400  # with the registry's reason and a remedy: contracts.champions.ChampionStore.why_missing
 REFUSALS = (409, 412, 422, 423)  # the desk's rules saying no: recorded as decisions, not as errors
 RATE_LIMITED = 429
 RETRIES_WHEN_LIMITED = 3
@@ -145,6 +146,9 @@ class Autopilot:
         except Exception as error:  # unreachable, timed out: runbook 004's "model service down"
             return self._done(decision, "error", f"/consensus unreachable: {type(error).__name__}: {error}"[:300])
         decision["http_status"] = status
+        if status == NO_CHAMPION_STATUS and answer.get("remedy"):
+            # Promotion declined to serve this symbol x target (no significant edge): a decision not to trade.
+            return self._done(decision, "held", f"no champion: {answer.get('reason')}"[:300])
         if status != 200:
             return self._done(decision, "error", f"/consensus answered {status}: {answer.get('error', answer)}"[:300])
         decision.update({name: answer.get(name) for name in ("signal", "prob_long", "confidence", "threshold")})

@@ -115,6 +115,23 @@ def test_a_consensus_that_fails_or_is_unreachable_is_an_error(pilot_for):
         assert pilot.decide("X", row)["outcome"] == "error"
 
 
+def test_a_symbol_promotion_declined_to_serve_is_held_not_an_error(pilot_for):
+    """No champion because promotion found no significant edge (make run's direction models on the sample):
+    the platform is deliberately not trading, which is a decision, not a fault. It counted as an error before,
+    and failed runbook 004's error-rate bar on every bar of a 30-day replay."""
+    declined = {
+        "error": "symbol/target: X direction has no champion: not significant; ...",
+        "reason": "logistic v1 does not significantly beat the better baseline",
+        "remedy": "to get one: raise ITFF_TRIALS and retrain",
+    }
+    pilot, row = pilot_for(Scripted((400, declined)))
+    decision = pilot.decide("X", row)
+    assert decision["outcome"] == "held" and decision["http_status"] == 400
+    assert decision["reason"] == "no champion: logistic v1 does not significantly beat the better baseline"
+    pilot, row = pilot_for(Scripted((400, {"error": "features: missing ['rsi']"})))
+    assert pilot.decide("X", row)["outcome"] == "error"  # any other 4xx is the autopilot's own fault
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     folder = tmp_path_factory.mktemp("autopilot")
