@@ -668,6 +668,7 @@ def _cluster_preflight(settings, mlflow: bool) -> None:
 
 def _cmd_cluster(args: argparse.Namespace) -> int:
     from itff_platform.cluster import postgres, redis
+    from itff_platform.settings import redact_uri
 
     settings = _settings(args)
     folder = settings.cluster.cluster_dir
@@ -675,8 +676,8 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
         postgres.start(folder / "pg", settings.cluster.postgres_url)
         redis.start(folder / "redis", settings.cluster.redis_url)
         print(
-            f"Postgres {settings.cluster.postgres_url} (databases {', '.join(postgres.DATABASES)}), Redis "
-            f"{settings.cluster.redis_url}; data in {folder}"
+            f"Postgres {redact_uri(settings.cluster.postgres_url)} (databases {', '.join(postgres.DATABASES)}), "
+            f"Redis {redact_uri(settings.cluster.redis_url)}; data in {folder}"
         )
     elif args.action == "down":
         redis.stop(folder / "redis")

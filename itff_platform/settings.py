@@ -697,6 +697,9 @@ class Settings(BaseSettings):
             "mlflow_ui_url",
             "binance_base_url",
             "binance_archive_url",
+            "postgres_url",
+            "redis_url",
+            "mlflow_server_url",
         ):
             *sections, field = LEAVES[name].path
             owner = shown

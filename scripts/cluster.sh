@@ -10,14 +10,14 @@ export BIN ITFF_PROFILE=cluster ITFF_HOME=${ITFF_HOME:-$PWD}
 assignments=$("$BIN/python" -m itff_platform.cluster)  # an assignment, so that its failure stops the script
 eval "$assignments"
 export CLUSTER_DIR CLUSTER_DAGSTER_PORT CLUSTER_WORKERS CLUSTER_REDIS_URL CLUSTER_MLFLOW_URL CLUSTER_MLFLOW_HOST
-export CLUSTER_MLFLOW_PORT DAGSTER_POSTGRES_URL CLUSTER_MLFLOW_BACKEND
+export CLUSTER_MLFLOW_PORT DAGSTER_POSTGRES_URL CLUSTER_MLFLOW_BACKEND CLUSTER_REDIS_SHOWN CLUSTER_MLFLOW_SHOWN
 export DAGSTER_HOME=$CLUSTER_DIR/dagster
 
 banner() {
     echo
     echo "  Dagster  http://127.0.0.1:$CLUSTER_DAGSTER_PORT   (webserver + daemon, storage on Postgres)"
-    echo "  MLflow   $CLUSTER_MLFLOW_URL   (server on Postgres, artifacts in $CLUSTER_DIR/mlflow-artifacts)"
-    echo "  Workers  $CLUSTER_WORKERS celery workers on $CLUSTER_REDIS_URL"
+    echo "  MLflow   $CLUSTER_MLFLOW_SHOWN   (server on Postgres, artifacts in $CLUSTER_DIR/mlflow-artifacts)"
+    echo "  Workers  $CLUSTER_WORKERS celery workers on $CLUSTER_REDIS_SHOWN"
     echo "  Clients: ITFF_PROFILE=cluster DAGSTER_HOME=$DAGSTER_HOME .venv/bin/itff run"
     echo "  $1 Logs in $CLUSTER_DIR/logs/; Ctrl-C or make cluster-down stops them all."
     echo

@@ -4,7 +4,7 @@
 import shlex
 from urllib.parse import urlsplit
 
-from itff_platform.settings import get_settings
+from itff_platform.settings import get_settings, redact_uri
 
 
 def shell_assignments() -> str:
@@ -17,6 +17,9 @@ def shell_assignments() -> str:
         "CLUSTER_WORKERS": cluster.workers,
         "CLUSTER_REDIS_URL": cluster.redis_url,
         "CLUSTER_MLFLOW_URL": cluster.mlflow_server_url,
+        # For the banner: a password in a URL comes from the environment and is never printed.
+        "CLUSTER_REDIS_SHOWN": redact_uri(cluster.redis_url),
+        "CLUSTER_MLFLOW_SHOWN": redact_uri(cluster.mlflow_server_url),
         "CLUSTER_MLFLOW_HOST": mlflow.hostname or "127.0.0.1",
         "CLUSTER_MLFLOW_PORT": mlflow.port or 80,
         "DAGSTER_POSTGRES_URL": settings.postgres_database("dagster", driver="psycopg2"),

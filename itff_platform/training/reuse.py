@@ -126,8 +126,25 @@ SETTINGS_IGNORED = frozenset(
         "drift_precision_recall_max",
         "drift_precision_recall_days",
         "drift_precision_recall_alpha",
+        # The paper desk's gates and account: read when an order comes, never by a study.
+        "confidence_threshold",
+        "max_drawdown_pct",
+        "per_symbol_usd_cap",
+        "target_ann_vol",
+        "slippage_bps",
+        "paper_cash",
+        "trading_mode",
+        "accept_request_price",
         "ledger_dir",
         "autopilot_order_usd",
+        # Where the stores and workers run: the same study gives the same result on one machine or a cluster.
+        "profile",
+        "postgres_url",
+        "redis_url",
+        "mlflow_server_url",
+        "dagster_port",
+        "workers",
+        "cluster_dir",
     }
 )
 

@@ -1,6 +1,7 @@
 """What scripts/cluster.sh reads from the settings (python -m itff_platform.cluster)."""
 
 import shlex
+from pathlib import Path
 
 from itff_platform.cluster.__main__ import shell_assignments
 from itff_platform.settings import get_settings
@@ -53,3 +54,23 @@ def test_the_cluster_instance_yaml_is_valid_and_limits_runs_per_symbol(tmp_path,
         {"key": "dagster/partition/symbol", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
     ]
     assert config["run_retries"]["enabled"] and config["run_retries"]["max_retries"] == 2
+
+
+def test_passwords_in_the_cluster_urls_are_never_shown(monkeypatch, tmp_path):
+    """`itff settings`, the make cluster banner and `itff cluster up` show the URLs with the password hidden; the
+    password itself comes from the environment. They were printed whole."""
+    monkeypatch.setenv("ITFF_HOME", str(tmp_path))
+    monkeypatch.setenv("ITFF_POSTGRES_URL", "postgresql://itff:pg-secret@db:5432")
+    monkeypatch.setenv("ITFF_REDIS_URL", "redis://:redis-secret@cache:6379/0")
+    monkeypatch.setenv("ITFF_MLFLOW_SERVER_URL", "http://ml:ml-secret@mlflow:5050")
+    get_settings.cache_clear()
+    try:
+        shown = get_settings().for_display()["cluster"]
+        values = dict(line.split("=", 1) for line in shlex.split(shell_assignments().replace("\n", " ")))
+    finally:
+        get_settings.cache_clear()
+    assert "secret" not in str(shown), shown
+    assert shown["postgres_url"] == "postgresql://itff:***@db:5432"
+    assert "secret" not in values["CLUSTER_REDIS_SHOWN"] + values["CLUSTER_MLFLOW_SHOWN"]
+    banner = (Path(__file__).parents[2] / "scripts" / "cluster.sh").read_text()
+    assert "$CLUSTER_REDIS_URL" not in banner.split("banner()")[1].split("}")[0]

@@ -1,6 +1,8 @@
 """What a study's fingerprint (training.reuse) moves with: its rows, folds, family, trial budget, the settings that
 can change its result and the code; and what it ignores, so an unrelated change does not retrain it."""
 
+from pathlib import Path
+
 import pytest
 
 from itff_platform.features.silver import build_features
@@ -43,6 +45,16 @@ def test_the_fingerprint_moves_with_what_changes_a_study_and_only_with_that(stud
         {"promotion_alpha": 0.01},
         {"rsi_period": 9},
         {"drift_psi_warn": 0.2},
+        # Where the stores and workers run (the cluster profile) and the paper desk's gates read no training row.
+        {"profile": "cluster"},
+        {"postgres_url": "postgresql://itff@db:5432"},
+        {"workers": 8},
+        {"cluster_dir": Path("/elsewhere/.cluster")},
+        {"confidence_threshold": 0.7},
+        {"max_drawdown_pct": 5.0},
+        {"per_symbol_usd_cap": 100.0},
+        {"slippage_bps": 9.0},
+        {"paper_cash": 1.0},
     ):
         assert fingerprint(settings.model_copy(update=unrelated), data, folds) == same, unrelated
     # What can change its result does not.
