@@ -2,9 +2,11 @@
 Redis, MLflow server and two celery workers, each symbol's training a run of its own at the same time. Its stores
 hold what an embedded run of the same settings makes: the same rows per lake layer, the same registered versions."""
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -45,15 +47,30 @@ def environment(home: Path, **extra: str) -> dict[str, str]:
     return {**base, "PYTHONPATH": str(ROOT), "ITFF_HOME": str(home), **SMALL, **extra}
 
 
+# Every process the module starts, each in a session of its own: at the end each whole group is killed. `mlflow
+# server` runs uvicorn as a child and passes on only SIGTERM/SIGINT, so killing the parent alone left the child
+# listening and holding Postgres connections after the tests.
+SPAWNED: list[subprocess.Popen] = []
+
+
+def spawn(command: list[str], env: dict[str, str], **output) -> subprocess.Popen:
+    process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True, **output)
+    SPAWNED.append(process)
+    return process
+
+
+def kill_spawned() -> None:
+    for process in SPAWNED:
+        with contextlib.suppress(ProcessLookupError):  # throwaway servers: none needs a clean shutdown
+            os.killpg(process.pid, signal.SIGKILL)
+    for process in SPAWNED:
+        process.wait()
+    SPAWNED.clear()
+
+
 def itff(*args: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "itff_platform.cli", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    command = [sys.executable, "-m", "itff_platform.cli", *args]
+    return spawn(command, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def finished(process: subprocess.Popen, timeout: float = 240) -> str:
@@ -103,13 +120,10 @@ def both(servers, tmp_path_factory):
     )
     logs = cluster_home / "logs"
     logs.mkdir()
-    started = []
 
     def start(name: str, command: list[str]) -> subprocess.Popen:
         with (logs / f"{name}.log").open("w") as log:
-            process = subprocess.Popen(command, cwd=ROOT, env=cluster, stdout=log, stderr=subprocess.STDOUT)
-        started.append(process)
-        return process
+            return spawn(command, cluster, stdout=log, stderr=subprocess.STDOUT)
 
     try:
         server = start(
@@ -152,13 +166,8 @@ def both(servers, tmp_path_factory):
             )
         embedded = environment(embedded_home, DAGSTER_HOME=str(embedded_home))
         # Embedded: the lake, then the training, in one process (one start-up of dagster fewer).
-        embedded_run = subprocess.Popen(
-            [sys.executable, "-c", EMBEDDED],
-            cwd=ROOT,
-            env=embedded,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+        embedded_run = spawn(
+            [sys.executable, "-c", EMBEDDED], embedded, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         wait_listening(mlflow_port, server, logs / "mlflow.log")
         finished(itff("run", "--lake-only", env=cluster))
@@ -169,10 +178,7 @@ def both(servers, tmp_path_factory):
             finished(training)
         yield {"embedded": embedded_home, "cluster": cluster_home, "settings": settings, "mlflow_port": mlflow_port}
     finally:
-        for process in started:
-            process.kill()  # throwaway servers: nothing of theirs needs a clean shutdown
-        for process in started:
-            process.wait()
+        kill_spawned()
 
 
 def test_dagster_runs_and_events_are_in_postgres_and_steps_ran_on_both_workers(both):
