@@ -561,6 +561,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     again.add_argument("start")
     again.add_argument("end")
+    worker = command(
+        "study-worker",
+        "join an Optuna study (study_workers, docs/scale-out-optuna.md) from this machine and run its trials "
+        "until its budget is complete",
+        _cmd_study_worker,
+    )
+    worker.add_argument("study", help="the study's name (its MLflow run's optuna_study tag)")
+    worker.add_argument("--storage", help="the Optuna storage URL (default: ITFF_OPTUNA_STORAGE, the settings')")
+    worker.add_argument("--threads", type=positive, help="threads per trial (default: cores / study_workers)")
     command("settings", "print the effective settings (ITFF_* environment applied; secrets hidden)", _cmd_settings)
     command(
         "relocate",
@@ -621,6 +630,12 @@ def _cmd_settings(args: argparse.Namespace) -> int:
 
     print(json.dumps(_settings(args).for_display(), indent=2))
     return 0
+
+
+def _cmd_study_worker(args: argparse.Namespace) -> int:
+    from itff_platform.training.worker import run_args
+
+    return run_args(args)
 
 
 def _cmd_relocate(args: argparse.Namespace) -> int:
