@@ -62,7 +62,8 @@ def study_runs(family: str, trials: int) -> dict[int, dict]:
 
     measured = {}
     with tempfile.TemporaryDirectory() as scratch:
-        settings = Settings(mlflow_dir=Path(scratch) / "mlflow", pruner="none", trials=trials)
+        # No wall-clock budget: a loaded machine must not cut the 1-process study short of the trials it compares.
+        settings = Settings(mlflow_dir=Path(scratch) / "mlflow", pruner="none", trials=trials, study_timeout_s=1e6)
         candles = SampleCandleSource().fetch(
             "BTCUSDT", "1h", datetime(2021, 1, 1, tzinfo=UTC), datetime(2025, 1, 1, tzinfo=UTC)
         )
@@ -76,6 +77,7 @@ def study_runs(family: str, trials: int) -> dict[int, dict]:
             outcome = run_study(data, family, folds, chosen, lambda _: None)
             phases = outcome.phases or {}
             done = outcome.trials_completed + outcome.trials_pruned
+            assert done == trials, f"{workers} process(es) ran {done} of {trials} trials"
             measured[workers] = {
                 "trials": done,
                 "search_s": round(phases["search"], 2),
