@@ -18,6 +18,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 from itff_platform.features.silver import build_features
@@ -76,17 +77,29 @@ def storage_url(request, tmp_path_factory) -> Iterator[str]:
         yield from _throwaway_postgres()
 
 
+def _state(storage: optuna.storages.RDBStorage, trial_id: int) -> TrialState | None:
+    try:
+        return storage.get_trial(trial_id).state
+    except sqlalchemy.exc.OperationalError:  # SQLite: stopped in the middle of a commit, its lock held
+        return None
+
+
 def _kill_the_worker_mid_trial(storage: optuna.storages.RDBStorage, killed: list, stop: threading.Event) -> None:
-    """SIGKILL the other process in its second trial (so it has one complete): its trial is left RUNNING."""
+    """SIGKILL the other process in its second trial (so it has one complete): its trial is left RUNNING. The
+    process is stopped first and its trial read again, so it is surely killed mid-trial, not just after it."""
     while not stop.is_set():
         for study in storage.get_all_studies():
             trials = storage.get_all_trials(study._study_id, deepcopy=False)
             theirs = [t for t in trials if t.user_attrs.get(WORKER_PID) not in (None, os.getpid())]
             running = [t for t in theirs if t.state == TrialState.RUNNING]
             if running and any(t.state == TrialState.COMPLETE for t in theirs):
-                os.kill(running[0].user_attrs[WORKER_PID], signal.SIGKILL)
-                killed.append(running[0])
-                return
+                pid = running[0].user_attrs[WORKER_PID]
+                os.kill(pid, signal.SIGSTOP)
+                if _state(storage, running[0]._trial_id) == TrialState.RUNNING:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(running[0])
+                    return
+                os.kill(pid, signal.SIGCONT)  # it finished that trial in the meantime: try its next one
         time.sleep(0.02)
 
 
