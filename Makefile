@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install system-packages browser promtool cluster-servers cluster cluster-down run lint test dev serve fuzz replay paper-replay docs mlflow-ui bench-lake bench-training bench-serve clean-lake screenshots
+.PHONY: help install system-packages browser promtool cluster-servers cluster cluster-down run lint test dev serve fuzz replay paper-replay docs mlflow-ui bench-lake bench-training bench-serve bench-cluster clean-lake screenshots
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required, found " + sys.version.split()[0])'
@@ -113,6 +113,11 @@ bench-lake: install
 ## bench-training: trials per minute for every model family on the packaged sample
 bench-training: install
 	$(BIN)/python benchmarks/bench_training.py
+
+## bench-cluster: trials/min with 1 vs 2 Optuna worker processes on one study, lake partitions/min with 1 vs 2 workers,
+## and the projected wall time of 50 symbols x 3 targets on N machines (written into docs/scale-out-optuna.md)
+bench-cluster: install
+	$(BIN)/python benchmarks/bench_cluster.py
 
 ## bench-serve: /predict latency and throughput at concurrency 1, 8 and 32 against a real bentoml serve and, interleaved,
 ## a bare FastAPI + uvicorn anchor on the same champion (benchmarks/anchor_app.py), both 2 workers: prints the ratio.

@@ -588,6 +588,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     again.add_argument("--days", type=positive, default=30, help="with --trade: days replayed (default 30)")
     again.add_argument("--url", help="with --trade: a running service to trade on (its token: ITFF_API_TOKENS)")
+    worker = command(
+        "study-worker",
+        "join an Optuna study (study_workers, docs/scale-out-optuna.md) from this machine and run its trials "
+        "until its budget is complete",
+        _cmd_study_worker,
+    )
+    worker.add_argument("study", help="the study's name (its MLflow run's optuna_study tag)")
+    worker.add_argument("--storage", help="the Optuna storage URL (default: ITFF_OPTUNA_STORAGE, the settings')")
+    worker.add_argument("--threads", type=positive, help="threads per trial (default: cores / study_workers)")
     command("settings", "print the effective settings (ITFF_* environment applied; secrets hidden)", _cmd_settings)
     servers = command(
         "cluster",
@@ -686,6 +695,12 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
         _cluster_preflight(settings, mlflow=True)
         print("Postgres, Redis and the MLflow server answer")
     return 0
+
+
+def _cmd_study_worker(args: argparse.Namespace) -> int:
+    from itff_platform.training.worker import run_args
+
+    return run_args(args)
 
 
 def _cmd_relocate(args: argparse.Namespace) -> int:

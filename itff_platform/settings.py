@@ -220,11 +220,26 @@ class TrainingSettings(Section):
         description="Optuna trials run at once in a study (threads). Above 1 the trials' order, and so the "
         "sampler's choices, depend on timing: the search is no longer reproducible from the seed.",
     )
+    study_workers: int = Field(
+        1,
+        ge=1,
+        description="Processes that run a study's trials (docs/scale-out-optuna.md): 1 runs them in the training "
+        "process; N starts N-1 worker processes that join the study through its Optuna storage (heartbeats, a "
+        "dead worker's trial retried), and `itff study-worker` joins it from any machine. Each process runs "
+        "study_jobs trials at once. As with study_jobs above 1, the search is not reproducible from the seed.",
+    )
+    study_heartbeat_s: int = Field(
+        10,
+        ge=1,
+        description="With study_workers above 1: how often a running trial tells the storage it is alive; a trial "
+        "silent for 3 heartbeats (its worker died) is marked failed and retried, twice at most.",
+    )
     torch_threads: int = Field(
         0,
         ge=0,
         description="Threads each trial's torch (and BLAS/OpenMP) work uses; 0: the cores this process may run "
-        "on divided among the trials run at once (study_jobs) and the training runs Dagster may run at once.",
+        "on divided among the trials run at once (study_jobs x study_workers) and the training runs Dagster may "
+        "run at once.",
     )
     wf_folds: int = Field(4, ge=2, description="Walk-forward folds.")
     wf_test_fraction: float = Field(

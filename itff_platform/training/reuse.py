@@ -60,6 +60,7 @@ SETTINGS_IGNORED = frozenset(
         "mlflow_tracking_uri",
         "mlflow_ui_url",
         "optuna_storage",
+        "study_heartbeat_s",
         "progress_bar",
         "source",
         "symbols",

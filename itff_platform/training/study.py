@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,11 +26,12 @@ from itff_platform.rules import registered_name
 from itff_platform.settings import Settings
 from itff_platform.training.dataset import TrainingData
 from itff_platform.training.evaluation import Evaluation, evaluate, out_of_sample, sample_weights
-from itff_platform.training.pruning import make_pruner
+from itff_platform.training.objective import Search, Trials, make_objective, open_study
 from itff_platform.training.splits import Fold
 from itff_platform.training.threads import study_threads, threads_per_trial
 from itff_platform.training.timing import PhaseClock
 from itff_platform.training.tracking import quiet_mlflow
+from itff_platform.training.worker import Workers, local_workers, search_with_workers
 
 if TYPE_CHECKING:
     from mlflow.data.dataset import Dataset
@@ -167,22 +167,6 @@ def figure_path(settings: Settings, data: TrainingData, family: str, name: str) 
     return settings.tracking.mlflow_dir / "figures" / f"{data.symbol}-{data.target}-{family}-{name}.png"
 
 
-@dataclass
-class Search:
-    """What the hyperparameter search found: the Optuna study, and each trial's out-of-sample predictions."""
-
-    study: optuna.Study
-    predictions: dict[int, tuple[np.ndarray, list[float], np.ndarray]]
-
-    @property
-    def completed(self) -> int:
-        return sum(t.state == optuna.trial.TrialState.COMPLETE for t in self.study.trials)
-
-    @property
-    def pruned(self) -> int:
-        return sum(t.state == optuna.trial.TrialState.PRUNED for t in self.study.trials)
-
-
 def run_study(
     data: TrainingData,
     family: str,
@@ -198,9 +182,10 @@ def run_study(
     `parallel_runs`: training runs that may run beside this one, which share the cores (training.threads)."""
     quiet_mlflow()
     family_spec = spec(family)
-    with study_threads(threads_per_trial(settings, parallel_runs), family_spec.torch):
+    threads = threads_per_trial(settings, parallel_runs)
+    with study_threads(threads, family_spec.torch):
         return _run_study(
-            data, family_spec, folds, settings, progress, study_trials(family, settings, n_trials), fingerprint
+            data, family_spec, folds, settings, progress, study_trials(family, settings, n_trials), fingerprint, threads
         )
 
 
@@ -212,29 +197,34 @@ def _run_study(
     progress: Callable[[str], None],
     n_trials: int,
     fingerprint: str | None,
+    threads: int,
 ) -> StudyOutcome:
     family = family_spec.name
     clock = PhaseClock()
     fixed = family_spec.fixed_params(data.features)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    study_name = f"{registered_name(data.symbol, data.target)}-{family}-{stamp}"
     # The last fold is a holdout: the search never scores on it, so the figures reported for it (the recent_*
     # metrics promotion relies on) carry no selection bias from the hyperparameter search.
     search_folds, holdout = folds[:-1], folds[-1:]
 
     experiment = experiment_id(settings, data.symbol, data.target)
-    with mlflow.start_run(experiment_id=experiment, run_name=f"{family}-{stamp}") as parent:
+    # Worker processes (study_workers) start first: their imports overlap this process's setup.
+    with (
+        local_workers(settings, study_name, n_trials, threads, progress) as workers,
+        mlflow.start_run(experiment_id=experiment, run_name=f"{family}-{stamp}") as parent,
+    ):
         with clock.phase("setup"):
             _log_study_inputs(data, family, folds, settings, n_trials, fingerprint)
         with clock.phase("search"):
-            search = _search(
-                data, family_spec, search_folds, settings, n_trials, fixed, experiment, stamp, progress, parent
-            )
+            trials = Trials(data, family_spec, search_folds, settings, n_trials, experiment, parent.info.run_id)
+            search = _search(trials, study_name, progress, workers)
         best = search.study.best_trial  # a completed trial: a pruned one never scored every search fold
         params = {k: v for k, v in best.params.items() if k != "class_weight"} | fixed
         weighting = best.params.get("class_weight", "none")
         with clock.phase("holdout"):
             prediction, losses, uncalibrated = _with_holdout(
-                data, family, params, weighting, search.predictions[best.number], holdout, settings
+                data, family, params, weighting, search.of(best), holdout, settings
             )
         with tempfile.TemporaryDirectory() as scratch:
             folder = Path(scratch)
@@ -317,89 +307,23 @@ def _log_study_inputs(
     log_training_dataset(data, settings)
 
 
-def _search(
-    data: TrainingData,
-    family_spec: FamilySpec,
-    search_folds: list[Fold],
-    settings: Settings,
-    n_trials: int,
-    fixed: dict[str, Any],
-    experiment: str,
-    stamp: str,
-    progress: Callable[[str], None],
-    parent: mlflow.ActiveRun,
-) -> Search:
+def _search(trials: Trials, study_name: str, progress: Callable[[str], None], workers: Workers | None) -> Search:
     """The Optuna search over the family's space, a nested MLflow run per trial, scored on the search folds only.
-    With `study_jobs` above 1 trials run in threads, each with its own MLflow run stack: the parent is named."""
-    family, cls = family_spec.name, family_spec.forecaster_class()
-    predictions: dict[int, tuple[np.ndarray, list[float], np.ndarray]] = {}
-    last_fold = search_folds[-1].number
-
-    def objective(trial: optuna.Trial) -> float:
-        params = {**cls.search_space(trial), **fixed}
-        weighting = (
-            trial.suggest_categorical("class_weight", ["balanced", "none"])
-            if data.task == "classification" and not family_spec.baseline
-            else "none"
-        )
-        trial_started = time.perf_counter()
-        # A nested run does not inherit its parent's experiment; without it trials land in "Default".
-        with mlflow.start_run(
-            experiment_id=experiment,
-            run_name=f"trial-{trial.number}",
-            nested=True,
-            parent_run_id=parent.info.run_id,
-        ):
-            mlflow.log_params({**params, "class_weight": weighting})
-
-            def on_fold(number: int, loss: float) -> None:
-                mlflow.log_metric("fold_loss", loss, step=number)
-                trial.report(loss, number)
-                # Pruning after the last search fold would save nothing and lose a finished trial.
-                if number != last_fold and trial.should_prune():
-                    raise optuna.TrialPruned(f"fold {number} loss {loss:.4f}")
-
-            try:
-                prediction, losses, uncalibrated = out_of_sample(
-                    lambda: make_forecaster(family, params, settings), data, search_folds, weighting, on_fold
-                )
-            except optuna.TrialPruned as pruned:
-                # Ended as FINISHED and tagged, not FAILED: a pruned trial is the search working, not an error.
-                mlflow.set_tag("state", "pruned")
-                stopped: optuna.TrialPruned | None = pruned
-            else:
-                stopped = None
-                mean_loss = float(np.mean(losses))
-                mlflow.log_metric("mean_fold_loss", mean_loss)
-        if stopped is not None:
-            progress(
-                f"[{data.symbol} {data.target} {family}] trial {trial.number + 1}/{n_trials}: pruned after "
-                f"{stopped} in {time.perf_counter() - trial_started:.1f}s {params | {'class_weight': weighting}}"
-            )
-            raise stopped
-        predictions[trial.number] = (prediction, losses, uncalibrated)
-        progress(
-            f"[{data.symbol} {data.target} {family}] trial {trial.number + 1}/{n_trials}: loss {mean_loss:.5f} "
-            f"in {time.perf_counter() - trial_started:.1f}s {params | {'class_weight': weighting}}"
-        )
-        return mean_loss
-
+    With `study_jobs` above 1 trials run in threads, each with its own MLflow run stack: the parent is named.
+    With `study_workers` above 1 they run in worker processes that join the study (training.worker)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # before create_study, which logs at INFO
-    study = optuna.create_study(
-        study_name=f"{registered_name(data.symbol, data.target)}-{family}-{stamp}",
-        storage=settings.study_storage,
-        direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=settings.training.seed),
-        pruner=make_pruner(settings.training.pruner, settings.training.pruner_startup_trials),
-    )
-    study.optimize(
-        objective,
-        n_trials=n_trials,
+    if workers is not None:
+        return search_with_workers(workers, trials, progress)
+    settings = trials.settings
+    search = Search(open_study(study_name, settings.study_storage, settings, settings.training.seed))
+    search.study.optimize(
+        make_objective(trials, progress, search.predictions.__setitem__),
+        n_trials=trials.n_trials,
         n_jobs=settings.training.study_jobs,
         timeout=settings.training.study_timeout_s,
         show_progress_bar=settings.training.progress_bar,
     )
-    return Search(study, predictions)
+    return search
 
 
 def _with_holdout(

@@ -1,9 +1,9 @@
 """How many threads a study's numeric work may use, and setting it only while the study runs.
 
 torch's intra-op pool and the BLAS/OpenMP pools (scikit-learn's gradient boosting) each start one thread per core.
-That is right for one trial at a time, and oversubscribes the cores when Optuna runs trials in parallel
-(`study_jobs`) or Dagster runs training runs side by side: two trials of two threads each on two cores spend their
-time switching. So each trial gets the cores this process may run on, divided among everything that runs at once.
+That is right for one trial at a time, and oversubscribes the cores when Optuna runs trials in parallel threads
+(`study_jobs`) or worker processes (`study_workers`), or Dagster runs training runs side by side: two trials of two
+threads each on two cores spend their time switching. So each trial gets the cores this process may run on, divided among everything that runs at once.
 These pools are process-wide, so the limit is set around the study and put back after it, never at import."""
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ def available_cores() -> int:
 
 
 def threads_per_trial(settings: Settings, parallel_runs: int = 1) -> int:
-    """`torch_threads` when set, else the available cores shared among the trials run at once (`study_jobs`) and
-    the training runs that may run beside this one (`parallel_runs`, from Dagster's run queue)."""
+    """`torch_threads` when set, else the available cores shared among the trials run at once (`study_jobs` in
+    each of `study_workers` processes) and the training runs that may run beside this one (`parallel_runs`, from
+    Dagster's run queue)."""
     if settings.training.torch_threads:
         return settings.training.torch_threads
-    return max(1, available_cores() // (settings.training.study_jobs * max(1, parallel_runs)))
+    at_once = settings.training.study_jobs * settings.training.study_workers * max(1, parallel_runs)
+    return max(1, available_cores() // at_once)
 
 
 @contextmanager

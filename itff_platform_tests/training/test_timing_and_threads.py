@@ -30,6 +30,8 @@ def test_trials_share_the_cores_among_what_runs_at_once():
     cores = available_cores()
     assert threads_per_trial(Settings()) == cores
     assert threads_per_trial(Settings(study_jobs=2)) == max(1, cores // 2)
+    assert threads_per_trial(Settings(study_workers=2)) == max(1, cores // 2)  # worker processes: the same
+    assert threads_per_trial(Settings(study_workers=2, study_jobs=2)) == max(1, cores // 4)
     assert threads_per_trial(Settings(), parallel_runs=cores * 4) == 1
     assert threads_per_trial(Settings(torch_threads=3, study_jobs=2)) == 3
 
