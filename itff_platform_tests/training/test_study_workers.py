@@ -4,12 +4,9 @@ exactly, and a worker killed mid-trial whose trial is failed by its heartbeat an
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -21,6 +18,7 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
+from itff_platform.cluster import postgres
 from itff_platform.features.silver import build_features
 from itff_platform.market.synthetic import random_walk_candles
 from itff_platform.settings import Settings
@@ -28,6 +26,7 @@ from itff_platform.training.dataset import training_data
 from itff_platform.training.objective import TRIAL_RUN, WORKER_PID
 from itff_platform.training.study import run_study
 from itff_platform.training.train import folds_for
+from itff_platform_tests.conftest import free_port
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # retry_history
@@ -35,37 +34,17 @@ BUDGET = 6
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def _postgres_binary(name: str) -> str | None:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return found[-1] if found else shutil.which(name)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _throwaway_postgres() -> Iterator[str]:
-    """A Postgres server of its own in a temporary folder, stopped after the module."""
-    initdb, pg_ctl = _postgres_binary("initdb"), _postgres_binary("pg_ctl")
-    if not initdb or not pg_ctl:
-        pytest.skip("no Postgres binaries (postgresql package)")
-    # Postgres refuses to run as root: as root it runs as the Debian package's user, in a folder that user can
-    # reach (pytest's tmp folders are root's alone).
-    as_server = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    """A Postgres server of its own (itff_platform.cluster, as make cluster starts one), stopped after the module.
+    Its folder is outside pytest's root-only temp folder: as root the server runs as the postgres user."""
     folder = Path(tempfile.mkdtemp(prefix="itff-optuna-pg-"))
-    if as_server:
-        shutil.chown(folder, "postgres")
-    data, port = folder / "data", _free_port()
-    subprocess.run([*as_server, initdb, "-D", data, "-U", "itff", "--auth=trust"], check=True, capture_output=True)
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
-    start = [*as_server, pg_ctl, "-D", data, "-o", options, "-l", folder / "log", "-w", "start"]
-    subprocess.run(start, check=True, capture_output=True)
+    os.chmod(folder, 0o755)
+    url = f"postgresql://itff@127.0.0.1:{free_port()}"
+    postgres.start(folder / "pg", url, durable=False)
     try:
-        yield f"postgresql+psycopg://itff@127.0.0.1:{port}/postgres"
+        yield Settings(postgres_url=url).postgres_database("optuna", driver="psycopg")
     finally:
-        subprocess.run([*as_server, pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True)
+        postgres.stop(folder / "pg", mode="immediate")
         shutil.rmtree(folder, ignore_errors=True)
 
 
