@@ -62,20 +62,28 @@ def pilot_for(settings):
     return make
 
 
-def test_an_allowed_signal_is_ordered_with_a_key_of_the_symbol_bar_and_ensemble(pilot_for):
+def test_an_allowed_signal_is_ordered_with_a_key_of_the_symbol_target_and_bar(pilot_for):
     client = Scripted((200, ALLOWED))
     pilot, row = pilot_for(client)
     decision = pilot.decide("X", row)
     (_, asked), (path, sent) = client.sent
     assert asked["bar_time"] == "2024-05-01T00:00:00+00:00" and asked["target"] == "direction"
     assert path == "/trade/execute" and sent["side"] == "buy" and sent["qtyUsd"] == 250 and sent["confidence"] == 0.8
-    assert sent["idempotencyKey"] == order_key("X", utc(2024, 5, 1), "ensemble-abc") == decision["idempotency_key"]
+    assert sent["idempotencyKey"] == "autopilot-X-direction-20240501T0000" == decision["idempotency_key"]
+    assert order_key("X", utc(2024, 5, 1)) == sent["idempotencyKey"]
     assert sent["barTime"] == asked["bar_time"] and decision["outcome"] == "ordered"
     assert decision["latency_ms"] == 6.0
     # A second run over the same bar sends the same key: the desk replays the order instead of filling it again.
     again = Scripted((200, ALLOWED))
     pilot_for(again)[0].decide("X", row)
     assert again.sent[1][1]["idempotencyKey"] == sent["idempotencyKey"]
+    # After a retrain (another ensemble) too: the bar was ordered once and must not be ordered twice; a changed
+    # decision under the same key is the desk's 409, a refusal recorded with its reason.
+    conflict = (409, {"error": "idempotencyKey: 'autopilot-X-direction-20240501T0000' was used for another order"})
+    retrained = Scripted((200, {**ALLOWED, "model_version": "ensemble-def", "confidence": 0.7}), conflict)
+    decision = pilot_for(retrained)[0].decide("X", row)
+    assert retrained.sent[1][1]["idempotencyKey"] == sent["idempotencyKey"]
+    assert decision["outcome"] == "refused" and decision["reason"].startswith("409: idempotencyKey:")
 
 
 @pytest.mark.parametrize(
@@ -84,6 +92,11 @@ def test_an_allowed_signal_is_ordered_with_a_key_of_the_symbol_bar_and_ensemble(
         ({**ALLOWED, "allow": False, "confidence": 0.55}, "confidence 0.550 is below the threshold 0.600"),
         ({**ALLOWED, "allow": False, "signal": "flat"}, "signal flat"),
         ({**ALLOWED, "allow": False, "tradable": False}, "not tradable"),
+        # The consensus's own reason comes first: a no-skill ensemble is not "signal flat: P(long) 0.500".
+        (
+            {**ALLOWED, "allow": False, "signal": "flat", "prob_long": 0.5, "reason": "no voter has skill"},
+            "no voter has skill",
+        ),
     ],
 )
 def test_without_allow_nothing_is_ordered_and_the_reason_is_recorded(pilot_for, answer, reason):
