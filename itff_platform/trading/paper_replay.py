@@ -65,8 +65,8 @@ def replay_period(settings: Settings, days: int, end: datetime | None = None) ->
 
 @contextmanager
 def local_service(settings: Settings, token: str, env: Mapping[str, str] | None = None) -> Iterator[str]:
-    """`bentoml serve` on a free loopback port over the project's registry and lake, with the replay's ledger and
-    token and no rate limit (the replay sends a month of bars in minutes); yields its URL, stops it after."""
+    """`bentoml serve` on a free loopback port over the project's registry and lake, with the replay's ledger,
+    prediction log and token and no rate limit (the replay sends a month of bars in minutes); yields its URL, stops it after."""
     import httpx
 
     port = _free_port()
@@ -75,7 +75,12 @@ def local_service(settings: Settings, token: str, env: Mapping[str, str] | None 
     environment = {
         **{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
         "ITFF_HOME": str(settings.home),
+        # The replay's folders, each named: the child reads its settings from the environment, and without
+        # them /consensus would log replayed answers into the live prediction log under ITFF_HOME.
         "ITFF_LEDGER_DIR": str(ledger_folder(settings)),
+        "ITFF_MONITORING_DIR": str(settings.monitoring.root),
+        "ITFF_LAKE_DIR": str(settings.lake.root),
+        "ITFF_MLFLOW_DIR": str(settings.tracking.mlflow_dir),
         "ITFF_API_TOKENS": f'["{token}"]',
         "ITFF_RATE_LIMIT_PER_MINUTE": "100000000",
         "ITFF_RATE_LIMIT_BURST": "100000",

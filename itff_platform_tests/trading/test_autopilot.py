@@ -12,6 +12,7 @@ from pydantic import SecretStr
 from itff_platform.trading.autopilot import Autopilot, DecisionLog, order_key, run_autopilot, silver_bars
 from itff_platform.trading.desk import OrderDesk
 from itff_platform.trading.paper_replay import local_service, paper_replay
+from itff_platform.trading.performance import latest_decisions, paper_performance
 from itff_platform_tests.conftest import utc
 from itff_platform_tests.faults.conftest import TOKEN, build_lake_and_champion
 
@@ -175,10 +176,30 @@ def test_against_the_service_orders_follow_allow_and_a_rerun_never_doubles(serve
     assert DecisionLog(settings).read().height == 72
 
 
+def test_the_report_over_the_ledger_scores_the_first_bars_order_from_the_opening_cash(served, tmp_path):
+    """paper_performance over the account the test above traded: the period's first bar was never loaded (its
+    order counted in slippage but not scored, the equity a bar late), and the curve started from today's
+    ITFF_PAPER_CASH instead of the ledger's opening cash."""
+    _, settings = served
+    decided = latest_decisions(DecisionLog(settings).read())
+    ordered = decided.filter(pl.col("outcome") == "ordered")
+    start, end = ordered["bar_time"].min(), decided["bar_time"].max()
+    opened = OrderDesk(settings).ledger.read().starting_cash
+    later = settings.model_copy(update={"paper_cash": opened * 5})  # ITFF_PAPER_CASH changed since the account opened
+    report = paper_performance(later, tmp_path, start, end)
+    assert report.live["trades"] == report.slippage["fills"] == ordered.filter(pl.col("bar_time") >= start).height
+    assert report.equity["timestamp"][0] == start and report.equity["equity"][0] == pytest.approx(opened)
+
+
 def test_the_trade_replay_produces_the_report(served):
-    url, settings = served
+    """`itff replay --trade` as run: its own service and account; its consensus answers go to the replay's
+    prediction log, never the live one (its child service was not told the replay's monitoring folder)."""
+    from itff_platform.monitoring.prediction_log import read_prediction_log
+    from itff_platform.trading.paper_replay import paper_settings
+
+    _, settings = served
     lines = []
-    done = paper_replay(settings, days=2, url=url, progress=lines.append)
+    done = paper_replay(settings, days=2, env=ENV, progress=lines.append)
     newest = silver_bars(settings, "PROMOUSDT")["timestamp"].max()
     assert done.end == newest and done.start == newest - timedelta(hours=47)
     # Every silver bar of the period is decided (47: the lake quarantined one bar of the last two days).
@@ -188,7 +209,13 @@ def test_the_trade_replay_produces_the_report(served):
     assert (done.folder / "paper_equity.png").stat().st_size > 0
     text = (done.folder / "paper_performance.md").read_text()
     assert "| profit factor" in text and "Acceptance (runbook 004)" in text
-    assert done.report.service["decisions"] == 47 and done.report.headline()["orders"] >= 0
+    ordered = done.decisions.filter(pl.col("outcome") == "ordered").height
+    assert done.report.service["decisions"] == 47 and done.report.headline()["orders"] == ordered > 0
+    assert done.report.slippage["fills"] == ordered  # each one filled in the replay's own fresh account
+    replayed = read_prediction_log(paper_settings(settings)).filter(pl.col("endpoint") == "/consensus")
+    assert replayed.filter(pl.col("bar_time") >= done.start).height == 47
+    live = read_prediction_log(settings)
+    assert live.filter(pl.col("bar_time") >= done.start).is_empty(), "replayed answers in the live log"
 
 
 def test_the_sensor_runs_the_autopilot_on_new_bars_and_the_asset_reports(served, monkeypatch):
