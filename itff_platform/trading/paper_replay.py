@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -29,6 +30,9 @@ from itff_platform.settings import Settings
 from itff_platform.trading.autopilot import TARGET, ServiceClient, client_token, run_autopilot, silver_bars
 from itff_platform.trading.desk import ledger_folder
 from itff_platform.trading.performance import PaperReport, paper_performance
+
+if TYPE_CHECKING:
+    from itff_platform.contracts.champions import LoadedModel
 
 READY_TIMEOUT_S = 180
 CODE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding itff_platform/, whose copy `bentoml serve` loads
@@ -185,12 +189,15 @@ def _note_in_sample(settings: Settings, start: datetime, progress: Callable[[str
 
     store = ChampionStore(settings)
     store.refresh()
-    for model in store.models.values():
-        if model.target != TARGET:
-            continue
-        trained = model.meta.get("trained_through")
-        if trained and trained[:10] >= start.date().isoformat():
-            progress(
-                f"note: {model.name} v{model.version} was trained on data through {trained[:10]}, after {start:%Y-%m-%d}:"
-                " this replay's figures are in-sample (train with ITFF_END_DATE before the period for honest ones)"
-            )
+    for symbol in settings.symbols:  # every validated family votes, not only the champions
+        for model, _ in store.family_models(symbol, TARGET)[0]:
+            _note_if_trained_on(model, start, progress)
+
+
+def _note_if_trained_on(model: LoadedModel, start: datetime, progress: Callable[[str], None]) -> None:
+    trained = model.meta.get("trained_through")
+    if trained and trained[:10] >= start.date().isoformat():
+        progress(
+            f"note: {model.name} v{model.version} was trained on data through {trained[:10]}, after {start:%Y-%m-%d}:"
+            " this replay's figures are in-sample (train with ITFF_END_DATE before the period for honest ones)"
+        )

@@ -233,7 +233,13 @@ def test_the_sensor_runs_the_autopilot_on_new_bars_and_the_asset_reports(served,
         "after": None,  # a symbol seen for the first time starts at its newest bar, not the lake's history
         "through": newest.isoformat(),
     }
-    assert autopilot_requests(build_sensor_context(cursor=first.cursor), settings).skip_message
+    assert request.tags["dagster/partition/symbol"] == "PROMOUSDT"  # the cluster's per-symbol run limit
+    # The run has not decided anything yet (it may fail): the next tick asks again (the same run key, so no second
+    # run while it is under way) instead of having moved its cursor past bars never decided.
+    (again,) = autopilot_requests(build_sensor_context(cursor=first.cursor), settings).run_requests
+    assert again.run_key == request.run_key
+    decided = DecisionLog(settings).read()["bar_time"].max()  # the earlier tests' bars
+    assert again.run_config["ops"]["autopilot_op"]["config"]["after"] == decided.isoformat()
 
     monkeypatch.setenv("ITFF_API_TOKENS", f'["{TOKEN}"]')
     monkeypatch.setenv("ITFF_SERVICE_URL", url)
@@ -241,6 +247,7 @@ def test_the_sensor_runs_the_autopilot_on_new_bars_and_the_asset_reports(served,
     before = DecisionLog(settings).read().height
     assert autopilot_job.execute_in_process(run_config=request.run_config, resources={"itff": resource}).success
     assert DecisionLog(settings).read().height == before + 1
+    assert autopilot_requests(build_sensor_context(cursor=first.cursor), settings).skip_message  # now decided
 
     result = materialize([paper_performance], resources={"itff": resource})
     metadata = result.asset_materializations_for_node("paper_performance")[0].metadata
