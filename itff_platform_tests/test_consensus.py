@@ -3,7 +3,7 @@ plain functions, checked without a service."""
 
 import pytest
 
-from itff_platform.contracts.consensus import NO_SKILL, consensus_fields, member_weights, standing
+from itff_platform.contracts.consensus import NO_SKILL, consensus_fields, ensemble_id, member_weights, standing
 from itff_platform.training.voting import validation_tags
 
 
@@ -16,6 +16,14 @@ def test_without_any_skilled_voter_the_answer_is_flat_even_odds_and_says_why():
     for probs, weights in (([0.9, 0.8], [0.0, 0.0]), ([], [])):
         vote = consensus_fields(probs, weights, 0.55, 0.6, "direction", tradable=True)
         assert (vote["prob_long"], vote["signal"], vote["allow"], vote["reason"]) == (0.5, "flat", False, NO_SKILL)
+
+
+def test_the_ensemble_id_names_the_voters_only():
+    """A member of weight 0 is asked but does not vote: retraining it must not change the id of the ensemble."""
+    voters = [("logistic", "3", 0.75), ("lightgbm", "2", 0.25)]
+    same = ensemble_id([*voters, ("mlp", "1", 0.0)])
+    assert same == ensemble_id(voters) == ensemble_id([*voters, ("mlp", "2", 0.0)])
+    assert ensemble_id([("logistic", "4", 0.75), ("lightgbm", "2", 0.25)]) != same
 
 
 def test_allow_needs_a_trading_signal_and_the_confidence_threshold():

@@ -36,10 +36,13 @@ def is_ensemble(model_version: str | None) -> bool:
     return str(model_version).startswith(ENSEMBLE_PREFIX)
 
 
-def ensemble_id(members: Sequence[tuple[str, str]]) -> str:
-    """One id for the set of (family, version) that voted: the same members give the same id, so an answer, a
-    logged prediction and an order can all name the ensemble that made it."""
-    key = ",".join(f"{family}:{version}" for family, version in sorted(members))
+def ensemble_id(members: Sequence[tuple[str, str, float]]) -> str:
+    """One id for the set of (family, version) that voted: the same voters give the same id, so an answer, a
+    logged prediction and an order can all name the ensemble that made it. `members`: (family, version, weight);
+    a member of weight 0 is asked but does not vote, so it does not change the id (a retrained no-skill family
+    must not make the same decision look like another ensemble's)."""
+    voters = sorted((family, version) for family, version, weight in members if weight > 0)
+    key = ",".join(f"{family}:{version}" for family, version in voters)
     return ENSEMBLE_PREFIX + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 

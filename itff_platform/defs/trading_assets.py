@@ -9,6 +9,7 @@ Both start stopped, like the rest of the automation (ITFF_AUTOMATION_ON=true, or
 import json
 from datetime import datetime, timedelta
 
+import polars as pl
 from dagster import (
     Config,
     DefaultScheduleStatus,
@@ -31,6 +32,7 @@ from itff_platform.defs.resources import ItffSettingsResource
 from itff_platform.settings import Settings
 
 TRIGGER = "itff/trigger"
+SYMBOL_TAG = "dagster/partition/symbol"  # what deploy/native/dagster.yaml's per-symbol run limit counts
 
 
 class AutopilotConfig(Config):
@@ -65,31 +67,36 @@ def autopilot_job() -> None:
 
 
 def autopilot_requests(context, settings: Settings) -> SensorResult | SkipReason:
-    """One autopilot run per symbol with silver bars newer than the cursor ({symbol: newest bar handled}). A symbol
-    seen for the first time starts at its newest bar: the autopilot trades from now on, not the lake's history.
-    The run key (symbol, newest bar) means a lost cursor asks again for nothing already run."""
-    from itff_platform.trading.autopilot import newest_bar
+    """One autopilot run per symbol with silver bars newer than the newest bar the autopilot has decided (its
+    decision log; the cursor is that, as of the last tick). Not the bar last requested: a run that failed would
+    lose its bars, while the next request starts after what was really decided. A symbol seen for the first time
+    starts at its newest bar: the autopilot trades from now on, not the lake's history. The run key (symbol,
+    newest bar) keeps a request repeated while its run is under way from starting a second run; the symbol tag
+    is the one the cluster's per-symbol concurrency limit counts, so two runs of a symbol never overlap."""
+    from itff_platform.trading.autopilot import DecisionLog, newest_bar
 
-    handled = json.loads(context.cursor) if context.cursor else {}
-    requests = []
+    seen = json.loads(context.cursor) if context.cursor else {}
+    log = DecisionLog(settings).read()
+    decided = dict(log.group_by("symbol").agg(pl.col("bar_time").max()).iter_rows())
+    requests, handled = [], {}
     for symbol in settings.symbols:
+        last = decided.get(symbol)
+        handled[symbol] = last.isoformat() if last is not None else seen.get(symbol)
         newest = newest_bar(settings, symbol)
-        if newest is None or handled.get(symbol) == newest.isoformat():
+        if newest is None or handled[symbol] == newest.isoformat():
             continue
+        after = handled[symbol] if symbol in seen else None
         requests.append(
             RunRequest(
                 run_key=f"autopilot-{symbol}-{newest.isoformat()}",
                 run_config={
                     "ops": {
-                        "autopilot_op": {
-                            "config": {"symbol": symbol, "after": handled.get(symbol), "through": newest.isoformat()}
-                        }
+                        "autopilot_op": {"config": {"symbol": symbol, "after": after, "through": newest.isoformat()}}
                     }
                 },
-                tags={TRIGGER: "autopilot"},
+                tags={TRIGGER: "autopilot", SYMBOL_TAG: symbol},
             )
         )
-        handled[symbol] = newest.isoformat()
     if not requests:
         return SkipReason("no silver bar newer than the last one the autopilot handled")
     return SensorResult(run_requests=requests, cursor=json.dumps(handled, sort_keys=True))

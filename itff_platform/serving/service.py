@@ -456,7 +456,7 @@ class ItffService:
             "symbol": symbol,
             "target": target,
             **vote,
-            "model_version": ensemble_id([(b["family"], str(b["model_version"])) for b in breakdown]),
+            "model_version": ensemble_id([(b["family"], str(b["model_version"]), b["weight"]) for b in breakdown]),
             "family": "ensemble",
             "regime": regime if regime in REGIMES else "unknown",
             "bar_time": at.isoformat() if at is not None else None,

@@ -5,8 +5,9 @@ would be, so what it measures (errors, latency) is what a client meets.
 Every bar asked about becomes one decision in a Delta log beside the ledger: ordered, held (the consensus did not
 allow a trade, and why), refused (the desk said no: 409, 412, 422, 423, which are the risk rules working, not
 faults) or error (the service did not answer, or answered what no client should get). The performance report
-counts them. An order's idempotency key is the symbol, the bar and the ensemble that decided it, so running the
-autopilot over a bar again replays the same order instead of placing a second one."""
+counts them. An order's idempotency key is the symbol, the target and the bar (not the ensemble: a retrain must
+not order a bar twice), so running the autopilot over a bar again replays the same order instead of placing a
+second one."""
 
 from __future__ import annotations
 
@@ -103,12 +104,16 @@ def client_token(settings: Settings) -> str:
     return settings.serving.api_tokens[0].get_secret_value()
 
 
-def order_key(symbol: str, bar_time: datetime, ensemble: str) -> str:
-    """One order per symbol, bar and deciding ensemble, whoever runs the autopilot and however often."""
-    return f"autopilot-{symbol}-{bar_time.astimezone(UTC):%Y%m%dT%H%M}-{ensemble}"
+def order_key(symbol: str, bar_time: datetime) -> str:
+    """One order per symbol, target and bar, whoever runs the autopilot, however often and whichever ensemble
+    decides: after a retrain the same bar must not be ordered again. A changed decision sends another body under
+    the same key, which the desk refuses (409) and the decision log records as refused."""
+    return f"autopilot-{symbol}-{TARGET}-{bar_time.astimezone(UTC):%Y%m%dT%H%M}"
 
 
 def why_held(answer: dict[str, Any]) -> str:
+    if answer.get("reason"):  # the consensus's own (a no-skill ensemble, say): better than guessing from figures
+        return str(answer["reason"])
     if answer.get("tradable") is False:
         return "the champion's rule is not tradable: the consensus serves its probability flat"
     if answer.get("signal") not in SIDE_OF_SIGNAL:
@@ -165,7 +170,7 @@ class Autopilot:
     def _order(self, decision: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
         symbol, at = decision["symbol"], decision["bar_time"]
         side = SIDE_OF_SIGNAL[answer["signal"]]
-        key = order_key(symbol, at, str(answer.get("model_version")))
+        key = order_key(symbol, at)
         decision.update(side=side, idempotency_key=key, requested_usd=self.order_usd)
         body = {
             "symbol": symbol,

@@ -13,7 +13,7 @@ import math
 import time
 import uuid
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -144,15 +144,20 @@ class OrderDesk:
         symbol bought meanwhile is marked at its last fill) and of the order's, its volatility and fill price."""
         return Market(
             decided,
-            self._marks(request.symbol),
+            self._marks(request.symbol, as_of=self._bar_end(decided)),
             self.prices.annualised_vol(request.symbol, decided),
             self._reference(request, decided),
         )
 
-    def _marks(self, *also: str) -> dict[str, Quote | None]:
-        """The lake's marks of the symbols held, as of an unlocked read of the ledger, and of `also`."""
+    def _bar_end(self, decided: datetime | None) -> datetime | None:
+        return decided + timedelta(seconds=self.settings.interval_seconds) if decided is not None else None
+
+    def _marks(self, *also: str, as_of: datetime | None = None) -> dict[str, Quote | None]:
+        """The lake's marks of the symbols held, as of an unlocked read of the ledger, and of `also`. `as_of`:
+        the end of the bar an order was decided on, so an order for a past bar (a replay) is judged on the closes
+        known then, not on later ones (look-ahead in the drawdown lock, the cap and the recorded equity)."""
         held = {*self.ledger.read().positions(), *also}
-        return {symbol: self.prices.mark(symbol) for symbol in sorted(held)}
+        return {symbol: self.prices.mark(symbol, as_of) for symbol in sorted(held)}
 
     def _fill(
         self,

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -29,6 +30,9 @@ from itff_platform.settings import Settings
 from itff_platform.trading.autopilot import TARGET, ServiceClient, client_token, run_autopilot, silver_bars
 from itff_platform.trading.desk import ledger_folder
 from itff_platform.trading.performance import PaperReport, paper_performance
+
+if TYPE_CHECKING:
+    from itff_platform.contracts.champions import LoadedModel
 
 READY_TIMEOUT_S = 180
 CODE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding itff_platform/, whose copy `bentoml serve` loads
@@ -65,8 +69,8 @@ def replay_period(settings: Settings, days: int, end: datetime | None = None) ->
 
 @contextmanager
 def local_service(settings: Settings, token: str, env: Mapping[str, str] | None = None) -> Iterator[str]:
-    """`bentoml serve` on a free loopback port over the project's registry and lake, with the replay's ledger and
-    token and no rate limit (the replay sends a month of bars in minutes); yields its URL, stops it after."""
+    """`bentoml serve` on a free loopback port over the project's registry and lake, with the replay's ledger,
+    prediction log and token and no rate limit (the replay sends a month of bars in minutes); yields its URL, stops it after."""
     import httpx
 
     port = _free_port()
@@ -75,7 +79,12 @@ def local_service(settings: Settings, token: str, env: Mapping[str, str] | None 
     environment = {
         **{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
         "ITFF_HOME": str(settings.home),
+        # The replay's folders, each named: the child reads its settings from the environment, and without
+        # them /consensus would log replayed answers into the live prediction log under ITFF_HOME.
         "ITFF_LEDGER_DIR": str(ledger_folder(settings)),
+        "ITFF_MONITORING_DIR": str(settings.monitoring.root),
+        "ITFF_LAKE_DIR": str(settings.lake.root),
+        "ITFF_MLFLOW_DIR": str(settings.tracking.mlflow_dir),
         "ITFF_API_TOKENS": f'["{token}"]',
         "ITFF_RATE_LIMIT_PER_MINUTE": "100000000",
         "ITFF_RATE_LIMIT_BURST": "100000",
@@ -180,12 +189,15 @@ def _note_in_sample(settings: Settings, start: datetime, progress: Callable[[str
 
     store = ChampionStore(settings)
     store.refresh()
-    for model in store.models.values():
-        if model.target != TARGET:
-            continue
-        trained = model.meta.get("trained_through")
-        if trained and trained[:10] >= start.date().isoformat():
-            progress(
-                f"note: {model.name} v{model.version} was trained on data through {trained[:10]}, after {start:%Y-%m-%d}:"
-                " this replay's figures are in-sample (train with ITFF_END_DATE before the period for honest ones)"
-            )
+    for symbol in settings.symbols:  # every validated family votes, not only the champions
+        for model, _ in store.family_models(symbol, TARGET)[0]:
+            _note_if_trained_on(model, start, progress)
+
+
+def _note_if_trained_on(model: LoadedModel, start: datetime, progress: Callable[[str], None]) -> None:
+    trained = model.meta.get("trained_through")
+    if trained and trained[:10] >= start.date().isoformat():
+        progress(
+            f"note: {model.name} v{model.version} was trained on data through {trained[:10]}, after {start:%Y-%m-%d}:"
+            " this replay's figures are in-sample (train with ITFF_END_DATE before the period for honest ones)"
+        )

@@ -5,8 +5,10 @@ the lake's bars, the figures that decide whether paper may become live.
 - Each filled order scored as the backtest scores a trade (training/backtest.py): held over the label horizon from
   its fill price, short earning log(2 - exp(r)), paying the fee on entry and the fee and slippage on exit
   (contracts/costs.py): hit rate and profit factor, through the backtest's own `trading_metrics`.
-- The backtest of the consensus's own signals over the same bars (`backtest`, `combine_backtests`): what the
-  rule promised for this period, beside what the account made of it.
+- The backtest of the consensus's allowed signals over the same bars (`backtest`, `combine_backtests`), a trade
+  on every bar the consensus allowed, scored per trade: what the rule promised, beside what the orders made of it.
+  Both columns are per trade (the orders' `net`, the backtest's trades); the account's Sharpe and drawdown, diluted
+  by the cash it does not invest, are rows of their own with nothing from the backtest beside them.
 - Slippage in bps: each fill against the broker's reference price (the next bar's open) and against the close the
   order was decided on.
 - Calibration: the orders' confidence, in bins, against how often their side was right over the horizon.
@@ -16,7 +18,7 @@ Acceptance follows runbook 004: error rate < 1 %, p95 latency < 500 ms, calibrat
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -43,11 +45,6 @@ class Costs:
     slippage_bps: float
     horizon: int  # bars an order is scored over (the label horizon)
     bars_per_year: float
-
-    @property
-    def decisions_per_year(self) -> float:
-        """How the backtest annualises: one decision every `horizon` bars."""
-        return self.bars_per_year / self.horizon
 
 
 def period(decisions: pl.DataFrame) -> tuple[Any, Any]:
@@ -107,23 +104,40 @@ def equity_curve(fills: pl.DataFrame, bars: pl.DataFrame, starting_cash: float) 
 
 
 def account_figures(equity: np.ndarray, costs: Costs) -> dict[str, float]:
-    """The backtest's Sharpe, drawdown and return, on the account's bar-by-bar log returns."""
+    """Sharpe, drawdown and return of the whole account (cash included), on its bar-by-bar log returns."""
     returns = np.diff(np.log(equity)) if len(equity) > 1 else np.zeros(0)
     figures = trading_metrics(returns, returns != 0, costs.bars_per_year)
     return {k: figures[k] for k in ("sharpe", "max_drawdown", "strategy_return")}
 
 
+PER_TRADE = ("trades", "hit_rate_trades", "profit_factor", "mean_net")
+
+
+def per_trade(net: np.ndarray, costs: Costs) -> dict[str, float]:
+    """Trades, hit rate, profit factor and mean net log return of a set of trades' net returns."""
+    figures = trading_metrics(net, np.ones(len(net), dtype=bool), costs.bars_per_year)
+    return {**figures, "mean_net": float(net.mean()) if len(net) else float("nan")}
+
+
 def order_figures(orders: pl.DataFrame, costs: Costs) -> dict[str, float]:
-    """Hit rate and profit factor of the orders whose horizon has passed, as the backtest counts its trades."""
-    net = orders["net"].drop_nulls().to_numpy()
-    figures = trading_metrics(net, np.ones(len(net), dtype=bool), costs.decisions_per_year)
-    return {k: figures[k] for k in ("trades", "hit_rate_trades", "profit_factor")}
+    """The orders whose horizon has passed, each one trade, as the backtest counts its trades."""
+    figures = per_trade(orders["net"].drop_nulls().to_numpy(), costs)
+    return {k: figures[k] for k in PER_TRADE}
 
 
 def backtest_figures(decisions: pl.DataFrame, bars: pl.DataFrame, costs: Costs) -> dict[str, float]:
-    """The backtest of the consensus's own P(long) and decision threshold over the bars it was asked about."""
-    asked = decisions.filter(pl.col("prob_long").is_not_null()).join(
-        bars.select("symbol", pl.col("timestamp").alias("bar_time"), "forward_return"), on=["symbol", "bar_time"]
+    """The backtest of what the consensus allowed over the bars it was asked about, measured as the orders are:
+    a bar it held (the confidence gate, a rule not tradable) is no trade (its threshold NaN: flat), and every
+    allowed bar is a trade held over the horizon (the autopilot may order every bar, so no stepping by it)."""
+    asked = (
+        decisions.filter(pl.col("prob_long").is_not_null())
+        .with_columns(
+            pl.when(pl.col("allow").fill_null(False))
+            .then(pl.col("decision_threshold"))
+            .otherwise(float("nan"))
+            .alias("decision_threshold")
+        )
+        .join(bars.select("symbol", pl.col("timestamp").alias("bar_time"), "forward_return"), on=["symbol", "bar_time"])
     )
     parts = []
     for symbol in sorted(set(asked["symbol"].to_list())):
@@ -135,14 +149,17 @@ def backtest_figures(decisions: pl.DataFrame, bars: pl.DataFrame, costs: Costs) 
                     mine["forward_return"].to_numpy(),
                     mine["decision_threshold"].to_numpy(),
                     costs.fees_bps,
-                    costs.horizon,
-                    costs.decisions_per_year,
+                    1,
+                    costs.bars_per_year,
                 )
             )
     if not parts:
         return {}
-    figures = combine_backtests(parts, costs.decisions_per_year).metrics
-    return {k: figures[k] for k in ("trades", "hit_rate_trades", "profit_factor", "sharpe", "max_drawdown")}
+    combined = combine_backtests(parts, costs.bars_per_year)
+    net, positions = combined.net_returns, combined.positions
+    assert net is not None and positions is not None  # combine_backtests always sets both
+    figures = per_trade(net[positions != 0], costs)
+    return {k: figures[k] for k in PER_TRADE}
 
 
 def calibration_table(orders: pl.DataFrame) -> pl.DataFrame:
@@ -195,8 +212,9 @@ def service_figures(decisions: pl.DataFrame) -> dict[str, Any]:
 class PaperReport:
     start: datetime | None
     end: datetime | None
-    live: dict[str, Any]
-    backtest: dict[str, Any]
+    live: dict[str, Any]  # per order (PER_TRADE)
+    account: dict[str, Any]  # the whole account's Sharpe, drawdown and return
+    backtest: dict[str, Any]  # per trade (PER_TRADE)
     slippage: dict[str, Any]
     service: dict[str, Any]
     calibration: pl.DataFrame
@@ -222,14 +240,15 @@ class PaperReport:
         return {
             "decisions": self.service["decisions"],
             "orders": self.service["ordered"],
-            "return": self.live.get("strategy_return"),
             "profit_factor": self.live.get("profit_factor"),
             "backtest_profit_factor": self.backtest.get("profit_factor"),
-            "max_drawdown": self.live.get("max_drawdown"),
-            "sharpe": self.live.get("sharpe"),
-            "backtest_sharpe": self.backtest.get("sharpe"),
             "hit_rate": self.live.get("hit_rate_trades"),
             "backtest_hit_rate": self.backtest.get("hit_rate_trades"),
+            "mean_net_per_order": self.live.get("mean_net"),
+            "backtest_mean_net_per_trade": self.backtest.get("mean_net"),
+            "account_return": self.account.get("strategy_return"),
+            "account_max_drawdown": self.account.get("max_drawdown"),
+            "account_sharpe": self.account.get("sharpe"),
             "slippage_bps": self.slippage.get("mean_bps"),
             "calibration_gap": self.calibration_gap,
             "error_rate": self.service["error_rate"],
@@ -244,11 +263,17 @@ class PaperReport:
                 ("trades (orders scored)", "trades"),
                 ("hit rate", "hit_rate_trades"),
                 ("profit factor", "profit_factor"),
-                ("Sharpe (annualised)", "sharpe"),
-                ("max drawdown", "max_drawdown"),
+                ("mean net log return per trade", "mean_net"),
             )
         ]
-        rows.append(["return", _fmt(self.live.get("strategy_return")), "-"])
+        rows += [
+            [name, _fmt(self.account.get(key)), "-"]
+            for name, key in (
+                ("account Sharpe (annualised, cash included)", "sharpe"),
+                ("account max drawdown", "max_drawdown"),
+                ("account return", "strategy_return"),
+            )
+        ]
         accept = [
             [name, {True: "pass", False: "FAIL", None: "nothing to judge"}[ok]]
             for name, ok in self.acceptance().items()
@@ -265,7 +290,7 @@ class PaperReport:
             f"{s['refused_by_status'] or ''}, {s['error']} errors (error rate {_fmt(s['error_rate'])}); "
             f"latency p50 {_fmt(s['latency_p50_ms'])} ms, p95 {_fmt(s['latency_p95_ms'])} ms.",
             "",
-            table(["figure", "paper (live)", "backtest, same bars"], rows),
+            table(["figure", "paper (per order)", "backtest, same bars (per trade)"], rows),
             "",
             f"Slippage: {_fmt(v.get('mean_bps'))} bps mean against the reference (next open), "
             f"{_fmt(v.get('shortfall_mean_bps'))} bps mean against the decision bar's close "
@@ -322,12 +347,13 @@ def build_report(
     first, last = period(decisions)
     in_period = fills.filter(pl.col("decided_bar").is_between(first, last)) if decisions.height else fills.clear()
     orders = scored_orders(in_period, bars, costs)
-    live = {**order_figures(orders, costs), **account_figures(curve["equity"].to_numpy(), costs)}
+    live = order_figures(orders, costs)
     refused_for_risk = bool((decisions["http_status"] == 423).any())
     return PaperReport(
         start=first,
         end=last,
         live=live,
+        account=account_figures(curve["equity"].to_numpy(), costs),
         backtest=backtest_figures(decisions, bars, costs),
         slippage=slippage_figures(orders),
         service=service_figures(decisions),
@@ -354,9 +380,10 @@ def paper_performance(
     book = Ledger(ledger_folder(settings), settings.trading.paper_cash).read()
     symbols = sorted(set(decisions["symbol"].to_list()))
     first, last = period(decisions)
+    bar = timedelta(seconds=settings.interval_seconds)  # silver_bars' `after` is exclusive: from the first bar on
     bars = pl.concat(
         [
-            silver_bars(settings, s, first, last).select("symbol", "timestamp", "close", "forward_return")
+            silver_bars(settings, s, first - bar, last).select("symbol", "timestamp", "close", "forward_return")
             for s in symbols
         ]
         if decisions.height
@@ -377,7 +404,8 @@ def paper_performance(
         settings.features.label_horizon,
         365 * settings.bars_per_day,
     )
-    report = build_report(decisions, fills, bars, costs, settings.trading.paper_cash, risk_breached=locks.height > 0)
+    # The account's own opening cash (its ledger's open event), not today's ITFF_PAPER_CASH.
+    report = build_report(decisions, fills, bars, costs, book.starting_cash, risk_breached=locks.height > 0)
     folder.mkdir(parents=True, exist_ok=True)
     if report.equity.height:
         report.figures["equity"] = plot_equity(report, bars, folder / "paper_equity.png")

@@ -12,6 +12,7 @@ from pydantic import SecretStr
 from itff_platform.trading.autopilot import Autopilot, DecisionLog, order_key, run_autopilot, silver_bars
 from itff_platform.trading.desk import OrderDesk
 from itff_platform.trading.paper_replay import local_service, paper_replay
+from itff_platform.trading.performance import latest_decisions, paper_performance
 from itff_platform_tests.conftest import utc
 from itff_platform_tests.faults.conftest import TOKEN, build_lake_and_champion
 
@@ -62,20 +63,28 @@ def pilot_for(settings):
     return make
 
 
-def test_an_allowed_signal_is_ordered_with_a_key_of_the_symbol_bar_and_ensemble(pilot_for):
+def test_an_allowed_signal_is_ordered_with_a_key_of_the_symbol_target_and_bar(pilot_for):
     client = Scripted((200, ALLOWED))
     pilot, row = pilot_for(client)
     decision = pilot.decide("X", row)
     (_, asked), (path, sent) = client.sent
     assert asked["bar_time"] == "2024-05-01T00:00:00+00:00" and asked["target"] == "direction"
     assert path == "/trade/execute" and sent["side"] == "buy" and sent["qtyUsd"] == 250 and sent["confidence"] == 0.8
-    assert sent["idempotencyKey"] == order_key("X", utc(2024, 5, 1), "ensemble-abc") == decision["idempotency_key"]
+    assert sent["idempotencyKey"] == "autopilot-X-direction-20240501T0000" == decision["idempotency_key"]
+    assert order_key("X", utc(2024, 5, 1)) == sent["idempotencyKey"]
     assert sent["barTime"] == asked["bar_time"] and decision["outcome"] == "ordered"
     assert decision["latency_ms"] == 6.0
     # A second run over the same bar sends the same key: the desk replays the order instead of filling it again.
     again = Scripted((200, ALLOWED))
     pilot_for(again)[0].decide("X", row)
     assert again.sent[1][1]["idempotencyKey"] == sent["idempotencyKey"]
+    # After a retrain (another ensemble) too: the bar was ordered once and must not be ordered twice; a changed
+    # decision under the same key is the desk's 409, a refusal recorded with its reason.
+    conflict = (409, {"error": "idempotencyKey: 'autopilot-X-direction-20240501T0000' was used for another order"})
+    retrained = Scripted((200, {**ALLOWED, "model_version": "ensemble-def", "confidence": 0.7}), conflict)
+    decision = pilot_for(retrained)[0].decide("X", row)
+    assert retrained.sent[1][1]["idempotencyKey"] == sent["idempotencyKey"]
+    assert decision["outcome"] == "refused" and decision["reason"].startswith("409: idempotencyKey:")
 
 
 @pytest.mark.parametrize(
@@ -84,6 +93,11 @@ def test_an_allowed_signal_is_ordered_with_a_key_of_the_symbol_bar_and_ensemble(
         ({**ALLOWED, "allow": False, "confidence": 0.55}, "confidence 0.550 is below the threshold 0.600"),
         ({**ALLOWED, "allow": False, "signal": "flat"}, "signal flat"),
         ({**ALLOWED, "allow": False, "tradable": False}, "not tradable"),
+        # The consensus's own reason comes first: a no-skill ensemble is not "signal flat: P(long) 0.500".
+        (
+            {**ALLOWED, "allow": False, "signal": "flat", "prob_long": 0.5, "reason": "no voter has skill"},
+            "no voter has skill",
+        ),
     ],
 )
 def test_without_allow_nothing_is_ordered_and_the_reason_is_recorded(pilot_for, answer, reason):
@@ -162,10 +176,30 @@ def test_against_the_service_orders_follow_allow_and_a_rerun_never_doubles(serve
     assert DecisionLog(settings).read().height == 72
 
 
+def test_the_report_over_the_ledger_scores_the_first_bars_order_from_the_opening_cash(served, tmp_path):
+    """paper_performance over the account the test above traded: the period's first bar was never loaded (its
+    order counted in slippage but not scored, the equity a bar late), and the curve started from today's
+    ITFF_PAPER_CASH instead of the ledger's opening cash."""
+    _, settings = served
+    decided = latest_decisions(DecisionLog(settings).read())
+    ordered = decided.filter(pl.col("outcome") == "ordered")
+    start, end = ordered["bar_time"].min(), decided["bar_time"].max()
+    opened = OrderDesk(settings).ledger.read().starting_cash
+    later = settings.model_copy(update={"paper_cash": opened * 5})  # ITFF_PAPER_CASH changed since the account opened
+    report = paper_performance(later, tmp_path, start, end)
+    assert report.live["trades"] == report.slippage["fills"] == ordered.filter(pl.col("bar_time") >= start).height
+    assert report.equity["timestamp"][0] == start and report.equity["equity"][0] == pytest.approx(opened)
+
+
 def test_the_trade_replay_produces_the_report(served):
-    url, settings = served
+    """`itff replay --trade` as run: its own service and account; its consensus answers go to the replay's
+    prediction log, never the live one (its child service was not told the replay's monitoring folder)."""
+    from itff_platform.monitoring.prediction_log import read_prediction_log
+    from itff_platform.trading.paper_replay import paper_settings
+
+    _, settings = served
     lines = []
-    done = paper_replay(settings, days=2, url=url, progress=lines.append)
+    done = paper_replay(settings, days=2, env=ENV, progress=lines.append)
     newest = silver_bars(settings, "PROMOUSDT")["timestamp"].max()
     assert done.end == newest and done.start == newest - timedelta(hours=47)
     # Every silver bar of the period is decided (47: the lake quarantined one bar of the last two days).
@@ -175,7 +209,13 @@ def test_the_trade_replay_produces_the_report(served):
     assert (done.folder / "paper_equity.png").stat().st_size > 0
     text = (done.folder / "paper_performance.md").read_text()
     assert "| profit factor" in text and "Acceptance (runbook 004)" in text
-    assert done.report.service["decisions"] == 47 and done.report.headline()["orders"] >= 0
+    ordered = done.decisions.filter(pl.col("outcome") == "ordered").height
+    assert done.report.service["decisions"] == 47 and done.report.headline()["orders"] == ordered > 0
+    assert done.report.slippage["fills"] == ordered  # each one filled in the replay's own fresh account
+    replayed = read_prediction_log(paper_settings(settings)).filter(pl.col("endpoint") == "/consensus")
+    assert replayed.filter(pl.col("bar_time") >= done.start).height == 47
+    live = read_prediction_log(settings)
+    assert live.filter(pl.col("bar_time") >= done.start).is_empty(), "replayed answers in the live log"
 
 
 def test_the_sensor_runs_the_autopilot_on_new_bars_and_the_asset_reports(served, monkeypatch):
@@ -193,7 +233,13 @@ def test_the_sensor_runs_the_autopilot_on_new_bars_and_the_asset_reports(served,
         "after": None,  # a symbol seen for the first time starts at its newest bar, not the lake's history
         "through": newest.isoformat(),
     }
-    assert autopilot_requests(build_sensor_context(cursor=first.cursor), settings).skip_message
+    assert request.tags["dagster/partition/symbol"] == "PROMOUSDT"  # the cluster's per-symbol run limit
+    # The run has not decided anything yet (it may fail): the next tick asks again (the same run key, so no second
+    # run while it is under way) instead of having moved its cursor past bars never decided.
+    (again,) = autopilot_requests(build_sensor_context(cursor=first.cursor), settings).run_requests
+    assert again.run_key == request.run_key
+    decided = DecisionLog(settings).read()["bar_time"].max()  # the earlier tests' bars
+    assert again.run_config["ops"]["autopilot_op"]["config"]["after"] == decided.isoformat()
 
     monkeypatch.setenv("ITFF_API_TOKENS", f'["{TOKEN}"]')
     monkeypatch.setenv("ITFF_SERVICE_URL", url)
@@ -201,6 +247,7 @@ def test_the_sensor_runs_the_autopilot_on_new_bars_and_the_asset_reports(served,
     before = DecisionLog(settings).read().height
     assert autopilot_job.execute_in_process(run_config=request.run_config, resources={"itff": resource}).success
     assert DecisionLog(settings).read().height == before + 1
+    assert autopilot_requests(build_sensor_context(cursor=first.cursor), settings).skip_message  # now decided
 
     result = materialize([paper_performance], resources={"itff": resource})
     metadata = result.asset_materializations_for_node("paper_performance")[0].metadata

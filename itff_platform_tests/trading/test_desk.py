@@ -304,3 +304,21 @@ def test_a_ledger_commit_is_fsynced_before_it_returns(tmp_path, monkeypatch):
     assert str(newest) in synced and str(log) in synced
     data = [p for p in synced if p.endswith(".parquet")]
     assert data and all(p.startswith(str(desk.ledger.table)) for p in data)
+
+
+class PricesThatFell(FixedPrices):
+    """100 through 2024-05-01 23:00's close, 50 on every bar after (today's close too)."""
+
+    def mark(self, symbol, as_of=None):
+        then = as_of is not None and as_of <= utc(2024, 5, 2)
+        return Quote(100.0 if then else 50.0, utc(2024, 5, 1, 23) if then else utc(2024, 9, 30, 23), "newest_close")
+
+
+def test_an_order_for_a_past_bar_is_judged_on_the_closes_known_at_that_bar(tmp_path):
+    """A replay orders bar by bar in the past: marking its account at today's close (after a fall) was look-ahead
+    that locked it at 423 on the next old bar, and recorded today's equity for then."""
+    desk = desk_for(tmp_path, PricesThatFell(), max_drawdown_pct=10, per_symbol_usd_cap=5000)
+    desk.execute(order(qty_usd=5000, confidence=1.0, bar_time="2024-05-01T22:00:00Z"))
+    filled = desk.execute(order(symbol="ETHUSDT", qty_usd=100, bar_time="2024-05-01T23:00:00Z"))
+    assert filled["ok"] and not desk.ledger.read().locked
+    assert desk.ledger.read().fills()["equity_after"][-1] == pytest.approx(10_000, rel=0.01)

@@ -98,8 +98,8 @@ def test_the_report_matches_the_hand_computed_figures():
     equity = [CASH, cash1 + units * 110, cash2, cash2 - 1001 + 1000 / p3 * 99]
     assert report.equity["equity"].to_list() == pytest.approx(equity)
     peak = max(equity[:3])
-    assert report.live["max_drawdown"] == pytest.approx(1 - equity[3] / peak)
-    assert report.live["strategy_return"] == pytest.approx(equity[3] / CASH - 1)
+    assert report.account["max_drawdown"] == pytest.approx(1 - equity[3] / peak)
+    assert report.account["strategy_return"] == pytest.approx(equity[3] / CASH - 1)
 
     # Slippage: 5 bps against each reference; against the decision close, the gap to the next open as well.
     assert report.slippage["mean_bps"] == pytest.approx(5.0)
@@ -121,3 +121,25 @@ def test_the_report_matches_the_hand_computed_figures():
     assert s["latency_p50_ms"] == pytest.approx(17.5) and s["latency_p95_ms"] == pytest.approx(37.5)
     assert report.acceptance()["error rate < 1 %"] is False and report.acceptance()["no risk-limit breach"] is True
     assert "| hit rate" in report.markdown()
+
+
+def test_the_backtest_column_trades_only_what_the_consensus_allowed():
+    """Like for like: a bar the confidence gate held (or not tradable) is no order, so it is no backtest trade
+    either; every allowed bar is one (the autopilot may order each bar, so the backtest does not step by the
+    horizon). It traded every signal past the decision threshold before."""
+    gated = [
+        {"allow": True, "prob_long": 0.7},
+        {"allow": False, "prob_long": 0.58},  # long under the rule, held by the confidence gate
+        {"allow": True, "prob_long": 0.3},
+    ]
+    rows = [
+        {"symbol": "X", "bar_time": T[i], "decided_at": T[i], "outcome": "held", "decision_threshold": 0.55, **g}
+        for i, g in enumerate(gated)
+    ]
+    costs = Costs(fees_bps=10, slippage_bps=5, horizon=3, bars_per_year=8760)
+    report = build_report(pl.DataFrame(rows, schema=DECISION_SCHEMA), fills().clear(), bars(), costs, CASH)
+    cost = 2e-3  # the backtest's round trip: the fee on both sides
+    net = [math.log(110 / 100) - cost, math.log(2 - 99 / 99) - cost]  # the long at T0, the short at T2
+    assert report.backtest["trades"] == 2 and report.backtest["mean_net"] == pytest.approx(sum(net) / 2)
+    markdown = report.markdown()
+    assert "backtest, same bars (per trade)" in markdown and "| account Sharpe (annualised, cash included)" in markdown
