@@ -114,9 +114,9 @@ bench-lake: install
 bench-training: install
 	$(BIN)/python benchmarks/bench_training.py
 
-## bench-cluster: trials/min with 1 vs 2 Optuna worker processes on one study, lake partitions/min with 1 vs 2 workers,
+## bench-cluster: trials/min with 1 vs 2 Optuna worker processes on one study, lake partitions/min with 1 vs 2 celery workers,
 ## and the projected wall time of 50 symbols x 3 targets on N machines (written into docs/scale-out-optuna.md)
-bench-cluster: install
+bench-cluster: install cluster-servers
 	$(BIN)/python benchmarks/bench_cluster.py
 
 ## bench-serve: /predict latency and throughput at concurrency 1, 8 and 32 against a real bentoml serve and, interleaved,

@@ -6,10 +6,10 @@
 1. Optuna: one study (the packaged sample, BTCUSDT 1h direction, the chosen family, pruning off so every run
    has the same budget) with study_workers 1, then 2: trials per minute over the search phase, and the whole
    study's wall time (setup, holdout, evaluation and registration stay in one process).
-2. Executor: lake partitions (symbol x month: raw -> bronze -> silver, one Dagster run each) by 1, then 2 worker
-   processes. STAND-IN until the dagster-celery workers of the cluster profile are in this tree: the workers are
-   local processes each materializing whole partition runs, one symbol's months in order per task (a symbol's
-   own lake folder, so two writers never commit to one local Delta table).
+2. Executor: lake partitions (symbol x month: raw -> bronze -> silver, one Dagster run each) through the cluster
+   profile's dagster-celery executor with 1, then 2 celery workers, against a throwaway Postgres and Redis
+   (itff_platform.cluster). One runner process per symbol submits that symbol's months in order, all symbols at
+   once, so a second worker has steps to take. Each runner's first month is untimed (imports, workers' first task).
 
 From the measured study time it projects the wall time of 50 symbols x 3 targets on N machines of 2 workers, and
 writes that table into docs/scale-out-optuna.md. Figures taken while other work loads the cores are noisy: the load
@@ -23,12 +23,13 @@ import math
 import os
 import platform
 import re
+import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
-from multiprocessing import get_context
 from pathlib import Path
 
 import polars as pl
@@ -43,7 +44,8 @@ def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", default="boosting", help="the family of the measured study (default boosting)")
     parser.add_argument("--trials", type=int, default=8, help="the study's budget of trials (default 8)")
-    parser.add_argument("--months", type=int, default=6, help="lake months per symbol (default 6, two symbols)")
+    parser.add_argument("--months", type=int, default=3, help="timed lake months per symbol (default 3)")
+    parser.add_argument("--lake-symbol", help=argparse.SUPPRESS)  # a runner process of lake_runs
     return parser.parse_args()
 
 
@@ -89,54 +91,134 @@ def study_runs(family: str, trials: int) -> dict[int, dict]:
     return measured
 
 
-def _warm() -> None:
-    import itff_platform.definitions  # noqa: F401  the imports every partition run needs, paid before the clock
+# The lake through the cluster profile's real executor: a throwaway Postgres (Dagster's storage) and Redis (the
+# broker) from itff_platform.cluster, `celery -A itff_platform.defs.celery_worker worker` as Procfile.cluster runs it.
+WORKER = ["-m", "celery", "-A", "itff_platform.defs.celery_worker", "worker", "-Q", "dagster", "-c", "1"]
+WORKER_FLAGS = ["--without-gossip", "--without-mingle", "--loglevel", "INFO"]
 
 
-def _lake_symbol(task: tuple[str, list[str], str]) -> int:
-    """One symbol's partitions, month by month (silver reads the months before), in its own lake folder."""
-    from dagster import DagsterInstance, MultiPartitionKey, materialize
+def lake_symbol(symbol: str, months: int) -> None:
+    """A runner process (`--lake-symbol`): one Dagster run per partition of `symbol` (raw -> bronze -> silver, each
+    step a celery task), month by month (silver reads the months before). The first month warms this process and
+    the workers; then it says `warm` and waits for `go` on stdin, and prints the timed months' seconds."""
+    from dagster import DagsterInstance, MultiPartitionKey
 
-    from itff_platform.definitions import lake
-    from itff_platform.defs.resources import ItffSettingsResource
+    from itff_platform.cli import CLI_JOBS
+    from itff_platform.cli_runs import execute_job
+    from itff_platform.defs.partitions import lake_partitions
+    from itff_platform.settings import get_settings
 
-    symbol, months, lake_dir = task
-    instance = DagsterInstance.ephemeral()
-    for month in months:
-        result = materialize(
-            lake,
-            partition_key=MultiPartitionKey({"symbol": symbol, "month": month}),
-            instance=instance,
-            resources={"itff": ItffSettingsResource(lake_dir=lake_dir)},
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},  # not every step's events
-        )
-        assert result.success, f"{symbol} {month}"
-    return len(months)
+    job = CLI_JOBS["lake"][0]
+    keys = sorted(lake_partitions(get_settings()).get_partitions_def_for_dimension("month").get_partition_keys())
+    instance = DagsterInstance.get()
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+    def run(month: str) -> None:
+        key = MultiPartitionKey({"symbol": symbol, "month": month})
+        assert execute_job(job, instance, partition_key=key, run_config=quiet).success, f"{symbol} {month}"
+
+    run(keys[0])
+    print("warm", flush=True)
+    sys.stdin.readline()
+    started = time.perf_counter()
+    for month in keys[1 : months + 1]:
+        run(month)
+    print(f"{time.perf_counter() - started:.3f}", flush=True)
+
+
+def _wait_for(path: Path, text: str, processes: list[subprocess.Popen], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in (path.read_text() if path.exists() else ""):
+        if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+            raise RuntimeError(f"{path.name}: no {text!r}: {path.read_text()[-2000:] if path.exists() else ''}")
+        time.sleep(0.3)
 
 
 def lake_runs(months: int) -> dict[int, dict]:
-    from itff_platform.defs.partitions import lake_partitions
+    """Lake partitions per minute through dagster-celery with 1, then 2 workers: one runner process per symbol,
+    all at once, so two workers have steps to share. Each configuration gets a fresh lake and fresh workers."""
+    from itff_platform.cluster import postgres, redis
     from itff_platform.settings import Settings
 
-    settings = Settings()
-    chosen = sorted(lake_partitions(settings).get_partitions_def_for_dimension("month").get_partition_keys())
+    symbols = Settings().symbols
+    scratch = Path(tempfile.mkdtemp(prefix="itff-bench-cluster-"))
+    os.chmod(scratch, 0o755)  # as root, Postgres runs as the postgres user, who must reach its data directory
+    urls = {"postgres": f"postgresql://itff@127.0.0.1:{free_port()}", "redis": f"redis://127.0.0.1:{free_port()}/0"}
+    postgres.start(scratch / "pg", urls["postgres"], durable=False)
+    redis.start(scratch / "redis", urls["redis"])
+    settings = Settings(profile="cluster", postgres_url=urls["postgres"], redis_url=urls["redis"])
+    dagster_home = scratch / "dagster"
+    dagster_home.mkdir()
+    shutil.copy(ROOT / "deploy" / "native" / "dagster.yaml", dagster_home / "dagster.yaml")
     measured = {}
-    for workers in (1, 2):
-        with tempfile.TemporaryDirectory() as scratch:
-            tasks = [(symbol, chosen[:months], f"{scratch}/{symbol}") for symbol in settings.symbols]
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_warm) as pool:
-                list(pool.map(time.sleep, [0.1] * workers))  # every worker started and warm before the clock
+    try:
+        for workers in (1, 2):
+            home = scratch / f"workers-{workers}"
+            home.mkdir()
+            env = {
+                **{k: v for k, v in os.environ.items() if not k.startswith(("ITFF_", "DAGSTER_"))},
+                "PYTHONPATH": str(ROOT),
+                "ITFF_HOME": str(home),
+                "ITFF_PROFILE": "cluster",
+                "ITFF_POSTGRES_URL": urls["postgres"],
+                "ITFF_REDIS_URL": urls["redis"],
+                "ITFF_PROGRESS_BAR": "false",
+                "DAGSTER_HOME": str(dagster_home),
+                "DAGSTER_POSTGRES_URL": settings.postgres_database("dagster", driver="psycopg2"),
+            }
+            processes: list[subprocess.Popen] = []
+            try:
+                for n in range(1, workers + 1):
+                    log = home / f"worker{n}.log"
+                    with log.open("w") as out:
+                        command = [sys.executable, *WORKER, "-n", f"bench-w{n}@%h", *WORKER_FLAGS]
+                        processes.append(subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT))
+                    _wait_for(log, "ready.", processes)
+                runners = [
+                    subprocess.Popen(
+                        [sys.executable, __file__, "--lake-symbol", symbol, "--months", str(months)],
+                        env=env,
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        text=True,
+                    )
+                    for symbol in symbols
+                ]
+                processes += runners
+                for runner in runners:  # every runner and worker warm (one untimed month each) before the clock
+                    assert runner.stdout is not None
+                    while (line := runner.stdout.readline()) and line.strip() != "warm":
+                        pass
+                    assert line, f"a runner stopped before its first month was built (exit {runner.wait()})"
                 started = time.perf_counter()
-                partitions = sum(pool.map(_lake_symbol, tasks))
+                outputs = [runner.communicate("go\n", timeout=1800)[0] for runner in runners]
                 seconds = time.perf_counter() - started
-        measured[workers] = {
-            "partitions": partitions,
-            "seconds": round(seconds, 2),
-            "partitions_per_minute": round(partitions / seconds * 60, 2),
-            "load_average": load(),
-        }
-        print(f"lake (stand-in executor), {workers} worker(s): {measured[workers]}", flush=True)
+                assert all(r.returncode == 0 for r in runners), outputs
+            finally:
+                for process in processes:
+                    if process.poll() is None:
+                        process.terminate()
+                for process in processes:
+                    process.wait(30)
+            partitions = len(symbols) * months
+            measured[workers] = {
+                "partitions": partitions,
+                "seconds": round(seconds, 2),
+                "partitions_per_minute": round(partitions / seconds * 60, 2),
+                "load_average": load(),
+            }
+            print(f"lake (dagster-celery), {workers} worker(s): {measured[workers]}", flush=True)
+    finally:
+        redis.stop(scratch / "redis")
+        postgres.stop(scratch / "pg", mode="immediate")
+        shutil.rmtree(scratch, ignore_errors=True)
     return measured
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def projection(study_s: float, studies_per_pair: int, partitions_per_minute: float, months: int) -> list[dict]:
@@ -173,7 +255,7 @@ def markdown(result: dict) -> str:
         f"| Optuna trials/min ({result['family']}, {optuna_['1']['trials']} trials, search phase) | "
         f"{optuna_['1']['trials_per_minute']} | {optuna_['2']['trials_per_minute']} | {result['speedups']['trials']}x |",
         f"| whole study, s | {optuna_['1']['study_s']} | {optuna_['2']['study_s']} | {result['speedups']['study']}x |",
-        f"| lake partitions/min (stand-in executor) | {lake['1']['partitions_per_minute']} | "
+        f"| lake partitions/min (dagster-celery, {lake['1']['partitions']} partitions) | {lake['1']['partitions_per_minute']} | "
         f"{lake['2']['partitions_per_minute']} | {result['speedups']['partitions']}x |",
         "",
         f"Projected wall time for {DESK_SYMBOLS} symbols x 3 targets ({result['studies_per_pair']} studies per "
@@ -202,6 +284,9 @@ def write_doc(table: str) -> None:
 
 def main() -> None:
     args = arguments()
+    if args.lake_symbol:
+        lake_symbol(args.lake_symbol, args.months)
+        return
     from itff_platform.defs.partitions import lake_partitions
     from itff_platform.models.registry import spec
     from itff_platform.settings import Settings
@@ -230,7 +315,7 @@ def main() -> None:
             "partitions": round(lake[2]["partitions_per_minute"] / lake[1]["partitions_per_minute"], 2),
         },
         "studies_per_pair": studies_per_pair,
-        "executor": "stand-in: local processes materializing partition runs (no dagster-celery in this tree)",
+        "executor": "dagster-celery (Redis broker, Postgres instance), one runner process per symbol",
     }
     result["projection"] = projection(
         optuna_[2]["study_s"], studies_per_pair, lake[2]["partitions_per_minute"], history

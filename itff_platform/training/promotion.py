@@ -36,6 +36,7 @@ from itff_platform.models.registry import baselines
 from itff_platform.rules import registered_name, task_of
 from itff_platform.settings import Settings
 from itff_platform.training.metrics import row_losses
+from itff_platform.training.model_lock import model_lock
 from itff_platform.training.tracking import quiet_mlflow
 from mlflow import MlflowClient
 
@@ -207,6 +208,13 @@ def _champion_holdout_losses(
 
 
 def promote_champion(settings: Settings, symbol: str, target: str) -> Decision:
+    """Judge the newest versions against the champion and move the alias on evidence, holding the model's lock
+    (training.model_lock): a concurrent promotion, force or rollback of the same model waits, then sees this one's."""
+    with model_lock(settings, registered_name(symbol, target)):
+        return _promote(settings, symbol, target)
+
+
+def _promote(settings: Settings, symbol: str, target: str) -> Decision:
     quiet_mlflow()
     mlflow.set_tracking_uri(settings.tracking_uri)
     client = MlflowClient(settings.tracking_uri)
@@ -433,7 +441,13 @@ def _trained_before(holder: Candidate, window_start: str, settings: Settings) ->
 def force_champion(settings: Settings, symbol: str, target: str, version: str) -> Decision:
     """Make `version` the champion without the promotion test, as `itff promote --force VERSION` does: the manifest
     is written and the alias moved exactly as for a promotion (_set_champion), and the decision is recorded as forced
-    (tag promotion_decision=forced), so the registry shows that no test backed it. Rollback undoes it as usual."""
+    (tag promotion_decision=forced), so the registry shows that no test backed it. Rollback undoes it as usual.
+    Holds the model's lock, as promotion does."""
+    with model_lock(settings, registered_name(symbol, target)):
+        return _force(settings, symbol, target, version)
+
+
+def _force(settings: Settings, symbol: str, target: str, version: str) -> Decision:
     mlflow.set_tracking_uri(settings.tracking_uri)
     client = MlflowClient(settings.tracking_uri)
     name = registered_name(symbol, target)
@@ -464,7 +478,12 @@ def force_champion(settings: Settings, symbol: str, target: str, version: str) -
 
 
 def rollback_champion(settings: Settings, symbol: str, target: str) -> tuple[str, str]:
-    """Point the champion alias back at the previous champion. Returns (from, to) versions."""
+    """Point the champion alias back at the previous champion, holding the model's lock. Returns (from, to)."""
+    with model_lock(settings, registered_name(symbol, target)):
+        return _rollback(settings, symbol, target)
+
+
+def _rollback(settings: Settings, symbol: str, target: str) -> tuple[str, str]:
     client = MlflowClient(settings.tracking_uri)
     name = registered_name(symbol, target)
     history = _history(client, name)

@@ -100,6 +100,25 @@ def registered_versions(tracking_uri: str) -> Counter:
     return Counter(version.name for version in client.search_model_versions(max_results=1000))
 
 
+def step_starts(dagster_db: str) -> list[tuple[str, str]]:
+    with psycopg.connect(dagster_db) as db:
+        return db.execute("SELECT run_id, step_key FROM event_logs WHERE dagster_event_type = 'STEP_START'").fetchall()
+
+
+def kill_a_step(dagster_db: str, worker: subprocess.Popen, timeout: float = 120) -> None:
+    """SIGKILL the pool process of one worker while it executes a training step, as an OOM kill would: once both
+    trainings' steps have started (one on each worker: each holds one task at a time). Early in the step, before it
+    registers anything, so the stores still match the embedded run's once the step ran again."""
+    before = len(step_starts(dagster_db))
+    deadline = time.monotonic() + timeout
+    while len(step_starts(dagster_db)) < before + len(SYMBOLS):
+        assert time.monotonic() < deadline, "the training steps did not start"
+        time.sleep(0.2)
+    children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
+    assert len(children) == 1, children  # -c 1: one pool process, executing its step
+    os.kill(int(children[0]), signal.SIGKILL)
+
+
 @pytest.fixture(scope="module")
 def both(servers, tmp_path_factory):
     """The same small lake and training, once embedded and once on the cluster (at the same time)."""
@@ -144,7 +163,7 @@ def both(servers, tmp_path_factory):
                 "1",
             ],
         )
-        for n in (1, 2):
+        workers = [
             start(
                 f"worker{n}",
                 [
@@ -164,6 +183,8 @@ def both(servers, tmp_path_factory):
                     "WARNING",
                 ],
             )
+            for n in (1, 2)
+        ]
         embedded = environment(embedded_home, DAGSTER_HOME=str(embedded_home))
         # Embedded: the lake, then the training, in one process (one start-up of dagster fewer).
         embedded_run = spawn(
@@ -173,6 +194,7 @@ def both(servers, tmp_path_factory):
         finished(itff("run", "--lake-only", env=cluster))
         # Each symbol's training is a run of its own, both at once: one step on each worker.
         trainings = [itff("train", "--symbol", symbol, env=cluster) for symbol in SYMBOLS]
+        kill_a_step(settings.postgres_database("dagster"), workers[0])
         finished(embedded_run)
         for training in trainings:
             finished(training)
@@ -210,3 +232,15 @@ def test_mlflow_runs_and_versions_are_in_postgres_and_match_embedded(both):
 def test_rows_per_layer_match_embedded(both):
     cluster, embedded = lake_rows(both["cluster"]), lake_rows(both["embedded"])
     assert cluster == embedded and min(cluster.values()) > 0, (cluster, embedded)
+
+
+def test_a_step_whose_worker_died_ran_again_and_its_run_succeeded(both):
+    """kill_a_step killed one worker's pool process mid-step: celery requeued the step (acks_late, a lost worker's
+    task rejected back to the queue), so it started twice, and its run still succeeded."""
+    dagster_db = both["settings"].postgres_database("dagster")
+    started = Counter(step_starts(dagster_db))
+    again = [run_and_step for run_and_step, times in started.items() if times > 1]
+    assert len(again) == 1 and started[again[0]] == 2, started
+    with psycopg.connect(dagster_db) as db:
+        status = db.execute("SELECT status FROM runs WHERE run_id = %s", (again[0][0],)).fetchone()[0]
+    assert status == "SUCCESS"

@@ -1,5 +1,7 @@
 """Promotion against a real MLflow registry: baselines first, then champion vs challenger, rollback, integrity."""
 
+import time
+
 import numpy as np
 import polars as pl
 import pytest
@@ -135,6 +137,45 @@ def test_a_champion_whose_run_kept_no_holdout_rows_is_kept_with_a_reason():
         challenger,
     )
     assert losses is None and reason == "champion v3's run kept no out-of-sample rows on this window: kept as it is"
+
+
+def test_two_concurrent_promotions_of_one_model_both_land_in_the_history(registry, monkeypatch):
+    """Two researchers force two versions of one model at the same moment. Each reads the champion history,
+    appends its version and writes it back: unserialized, both read the same history and the later write dropped
+    the earlier entry (the sleep, in this process's history read only, makes that interleaving certain). Under
+    the model's lock the second waits, then sees the first's champion and appends after it."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from itff_platform.training import promotion
+
+    settings, client = registry
+    champion = str(client.get_model_version_by_alias(NAME, "champion").version)
+    first, second = [
+        str(v.version) for v in client.search_model_versions(f"name = '{NAME}'") if str(v.version) != champion
+    ][:2]
+    before = promotion._history(client, NAME)
+    read = promotion._history
+
+    def slow_history(*args):
+        found = read(*args)
+        time.sleep(1.0)  # both threads hold a stale history at once, unless the lock keeps the second out
+        return found
+
+    monkeypatch.setattr(promotion, "_history", slow_history)
+    start = threading.Barrier(2)
+
+    def force(version: str) -> promotion.Decision:
+        start.wait()
+        return promotion.force_champion(settings, "PROMOUSDT", "direction", version)
+
+    with ThreadPoolExecutor(2) as pool:
+        decisions = list(pool.map(force, [first, second]))
+    history = read(client, NAME)
+    assert history[: len(before)] == before and sorted(history[len(before) :]) == sorted([first, second]), history
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == history[-1]
+    later = next(d for d in decisions if d.challenger == history[-1])
+    assert later.champion_before == history[-2]  # the later decision saw the earlier one's champion
 
 
 def test_with_no_champion_and_every_version_rolled_back_promotion_says_to_retrain(registry):
