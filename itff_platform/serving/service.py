@@ -60,7 +60,8 @@ from itff_platform.trading.desk import OrderDesk, OrderRequest
 
 log = logging.getLogger(__name__)
 SETTINGS = get_settings()
-LAKE_REGIME_CACHE = 4096  # bars whose lake regime is remembered
+LAKE_REGIME_CACHE = 4096
+PREDICTION_PATHS = r"/predict(_batch)?$"  # what ITFF_SERVING__TRACE_PREDICTIONS=false leaves out of tracing  # bars whose lake regime is remembered
 
 PREDICTIONS = bentoml.metrics.Counter(
     name="itff_predictions_total",
@@ -118,6 +119,8 @@ def state_dir(settings: Settings) -> Path:
     traffic={"timeout": 30},
     workers=SETTINGS.serving.workers,
     logging={"access": {"enabled": SETTINGS.serving.access_log}},
+    # Matched as regular expressions against the URL: both prediction paths.
+    tracing={} if SETTINGS.serving.trace_predictions else {"excluded_urls": [PREDICTION_PATHS]},
 )
 class ItffService:
     def __init__(self) -> None:
