@@ -22,7 +22,7 @@ import polars as pl
 import pydantic_core
 
 from itff_platform.serving.guard import _replay, reply
-from itff_platform.serving.online import CANDLE_VALUES
+from itff_platform.serving.online import CANDLE_VALUES, FIRST_UTC_US
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -86,14 +86,16 @@ def candle_columns(candles: Any) -> pl.DataFrame:
     if stamps.null_count() or not stamps.str.contains(PLAIN_TIME).all():
         raise NotPlain("timestamp")
     # numpy checks the calendar (a 30 February raises ValueError) as it parses.
-    parsed = stamps.str.replace(UTC_SUFFIX.pattern, "").to_numpy().astype("datetime64[us]")
+    parsed = stamps.str.replace(UTC_SUFFIX.pattern, "").to_numpy().astype("datetime64[us]").astype(np.int64)
+    if parsed.min() < FIRST_UTC_US:  # numpy reads a year 0, which Python's datetime (so pydantic) refuses
+        raise NotPlain("timestamp")
     columns = {}
     for name in CANDLE_VALUES:
         column = [c[name] for c in candles]
         if not _plain_numbers(column):
             raise NotPlain(name)
         columns[name] = np.asarray(column, dtype=np.float64)
-    return pl.DataFrame({"timestamp": pl.Series(parsed.astype(np.int64)).cast(pl.Datetime("us", "UTC")), **columns})
+    return pl.DataFrame({"timestamp": pl.Series(parsed).cast(pl.Datetime("us", "UTC")), **columns})
 
 
 class FastPredictRoute:
