@@ -157,7 +157,7 @@ def test_a_flush_does_not_hold_the_buffer_while_the_next_segment_is_made_durable
     real_fsync_folder = prediction_log._fsync_folder
 
     def slow_fsync_folder(folder):
-        time.sleep(0.5)
+        time.sleep(1.0)
         real_fsync_folder(folder)
 
     monkeypatch.setattr(prediction_log, "_fsync_folder", slow_fsync_folder)
@@ -170,4 +170,4 @@ def test_a_flush_does_not_hold_the_buffer_while_the_next_segment_is_made_durable
     flushing.join()
     monkeypatch.setattr(prediction_log, "_fsync_folder", real_fsync_folder)
     log.close()
-    assert waited < 0.2, f"an append waited {waited:.2f} s for the flush's fsync"
+    assert waited < 0.5, f"an append waited {waited:.2f} s for the flush's fsync"
