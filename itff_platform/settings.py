@@ -397,6 +397,12 @@ class ServingSettings(Section):
         validation_alias=flat("access_log", "serve_access_log"),
         description="BentoML's per-request access log; off because it costs ~25% of throughput.",
     )
+    trace_predictions: bool = Field(
+        False,
+        description="OpenTelemetry spans (BentoML's tracing) for /predict and /predict_batch. Off by default: "
+        "BentoML exports no traces until `tracing.exporter_type` is configured, yet the spans cost ~20% of a "
+        "worker's time per feature row. Turn on with an exporter. Every other path is traced either way.",
+    )
     batch_max_size: int = Field(
         64, ge=2, description="Most /predict rows the adaptive batcher scores in one model call."
     )

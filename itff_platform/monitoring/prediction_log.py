@@ -205,10 +205,13 @@ class PredictionLog:
         """Commit everything waiting now; returns the rows written (0 if the write failed, records kept)."""
         with self._write_lock:
             if self.wal is not None:
+                # Made durable before any lock is taken: appends (on the service's event loop) need the buffer's
+                # lock, and must not wait for a disk flush.
+                fresh = self.wal.new_segment()
                 with self.wal.sync_lock:  # no fsync in flight while the segment is swapped
                     with self._wake:
                         batch, self._pending, self._oldest = list(self._pending), deque(), None
-                        sealed = self.wal.seal()  # exactly the rows of `batch` (and of earlier failed batches)
+                        sealed = self.wal.seal(fresh)  # exactly the rows of `batch` (and earlier failed batches)
                     self.wal.sync_sealed()
             else:
                 with self._wake:
@@ -327,12 +330,17 @@ class WriteAhead:
         for _, loop, future in ready:
             loop.call_soon_threadsafe(_settle_future, future, error)
 
-    def seal(self) -> list[tuple[Path, int]]:
-        """Call holding sync_lock and the log's buffer lock: start a new segment; the previous one, and any
-        sealed before whose rows have not been committed yet, are returned for `release` after the commit."""
+    def new_segment(self) -> tuple[Path, int]:
+        """A segment for `seal` to switch to, made (and its folder fsynced) without holding any lock."""
+        return self._open_segment()
+
+    def seal(self, fresh: tuple[Path, int]) -> list[tuple[Path, int]]:
+        """Call holding sync_lock and the log's buffer lock: switch to `fresh` (from new_segment); the previous
+        segment, and any sealed before whose rows have not been committed yet, are returned for `release`
+        after the commit."""
         with self._lock:
             self._sealed.append((self._path, self._fd))
-            self._path, self._fd = self._open_segment()
+            self._path, self._fd = fresh
             self._sealed_seq = self._seq
             return list(self._sealed)
 

@@ -72,6 +72,7 @@ MICROSECOND = timedelta(microseconds=1)
 FIRST_UTC_US = (datetime.min.replace(tzinfo=UTC) - EPOCH) // MICROSECOND
 LAST_UTC_US = (datetime.max.replace(tzinfo=UTC) - EPOCH) // MICROSECOND
 CANDLE_VALUES = ("open", "high", "low", "close", "volume")
+SETTINGS_KEPT = 16  # settings objects whose key is remembered (a service has one; tests make many)
 WINDOWS_KEPT = 64  # candle windows whose features each worker remembers (~230 KB each for 800 bars)
 
 
@@ -182,13 +183,20 @@ class OnlineFeatures:
         self.kept = kept
         self._windows: OrderedDict[bytes, pl.DataFrame | RequestError] = OrderedDict()
         self._plans: dict[str, BoundPlan] = {}
+        self._settings_keys: dict[int, tuple[Settings, str]] = {}
         self._lock = threading.Lock()  # the remembered windows
         self._computing = threading.Lock()  # a plan computes one window at a time
         self.computed = 0  # windows computed (misses), for the tests and the benchmark
 
-    @staticmethod
-    def _settings_key(settings: Settings) -> str:
-        return f"{settings.interval}|{settings.features.model_dump_json()}"
+    def _settings_key(self, settings: Settings) -> str:
+        """The feature settings as text, dumped once per settings object (the service has one)."""
+        known = self._settings_keys.get(id(settings))
+        if known is None or known[0] is not settings:
+            known = (settings, f"{settings.interval}|{settings.features.model_dump_json()}")
+            if len(self._settings_keys) >= SETTINGS_KEPT:
+                self._settings_keys.clear()
+            self._settings_keys[id(settings)] = known
+        return known[1]
 
     def _plan(self, settings: Settings, key: str) -> BoundPlan:
         plan = self._plans.get(key)
@@ -204,9 +212,10 @@ class OnlineFeatures:
             self._plans[key] = plan
         return plan
 
-    def rows(self, candles: list[Candle], settings: Settings, interval: str) -> pl.DataFrame:
-        """Every non-label silver column for the window (what build_features gives, bit for bit)."""
-        frame = candle_frame(candles)
+    def rows(self, candles: list[Candle] | pl.DataFrame, settings: Settings, interval: str) -> pl.DataFrame:
+        """Every non-label silver column for the window (what build_features gives, bit for bit); `candles` may
+        already be a frame (as candle_frame makes it)."""
+        frame = candles if isinstance(candles, pl.DataFrame) else candle_frame(candles)
         settings_key = self._settings_key(settings)
         digest = hashlib.blake2b(digest_size=20)
         for part in (interval.encode(), settings_key.encode(), frame["timestamp"].to_numpy().tobytes()):
@@ -246,7 +255,7 @@ ONLINE = OnlineFeatures()
 
 
 def features_from_candles(
-    candles: list[Candle], settings: Settings, rows: int, names: list[str], interval: str | None = None
+    candles: list[Candle] | pl.DataFrame, settings: Settings, rows: int, names: list[str], interval: str | None = None
 ) -> tuple[np.ndarray, str, datetime]:
     """The last `rows` rows of the model's features (`names`, in its order) computed from the candles,
     the regime of the last bar, and its time."""

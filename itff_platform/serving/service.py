@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 import bentoml
 import numpy as np
+import polars as pl
 
 from itff_platform.contracts.answers import OOD_Z, build_answer, log_record, model_age, trading_permission
 from itff_platform.contracts.consensus import consensus_fields, ensemble_id, member_weights
@@ -34,6 +35,7 @@ from itff_platform.rules import REGIMES
 from itff_platform.serving import trading_api
 from itff_platform.serving.batching import RowBatcher
 from itff_platform.serving.errors import quiet_client_errors, refusal
+from itff_platform.serving.fast_predict import FastPredictRoute
 from itff_platform.serving.guard import GuardMiddleware
 from itff_platform.serving.online import (
     Candle,
@@ -58,7 +60,8 @@ from itff_platform.trading.desk import OrderDesk, OrderRequest
 
 log = logging.getLogger(__name__)
 SETTINGS = get_settings()
-LAKE_REGIME_CACHE = 4096  # bars whose lake regime is remembered
+LAKE_REGIME_CACHE = 4096
+PREDICTION_PATHS = r"/predict(_batch)?$"  # what ITFF_SERVING__TRACE_PREDICTIONS=false leaves out of tracing  # bars whose lake regime is remembered
 
 PREDICTIONS = bentoml.metrics.Counter(
     name="itff_predictions_total",
@@ -116,6 +119,8 @@ def state_dir(settings: Settings) -> Path:
     traffic={"timeout": 30},
     workers=SETTINGS.serving.workers,
     logging={"access": {"enabled": SETTINGS.serving.access_log}},
+    # Matched as regular expressions against the URL: both prediction paths.
+    tracing={} if SETTINGS.serving.trace_predictions else {"excluded_urls": [PREDICTION_PATHS]},
 )
 class ItffService:
     def __init__(self) -> None:
@@ -201,12 +206,25 @@ class ItffService:
         """`bar_time` (ISO-8601, the time of the bar a feature row describes) lets the prediction be evaluated
         once its outcome is known, and looks the bar's regime up in the lake. A client's `regime` is used only
         when the lake cannot say, and must be one of the six names."""
+        return await self.answer_predict(symbol, target, features, candles, regime, bar_time)
+
+    async def answer_predict(
+        self,
+        symbol: str,
+        target: str = "direction",
+        features: dict[str, Number] | list[Number] | None = None,
+        candles: list[Candle] | pl.DataFrame | None = None,
+        regime: str | None = None,
+        bar_time: str | None = None,
+    ) -> Any:
+        """/predict's response, for BentoML's route and for the fast one (serving/fast_predict.py), which
+        passes the candles as a frame already."""
         received = perf_counter()
         try:
             model, x, regime, at = await self._inputs(symbol.upper(), target, features, candles, regime, bar_time)
             return answered(await self._answer(model, x, regime, at, received, "/predict"))
         except RequestError as error:
-            return refusal(error, "/predict")  # type: ignore[return-value]
+            return refusal(error, "/predict")
 
     def _champion(self, symbol: str, target: str):
         if symbol not in self.settings.symbols:
@@ -549,6 +567,10 @@ async def portfolio() -> dict:
     return answer
 
 
+async def answer_predict(**arguments: Any) -> Any:
+    return await bentoml.get_current_service().answer_predict(**arguments)
+
+
 async def openapi_document() -> dict:
     return await anyio.to_thread.run_sync(_openapi_document)
 
@@ -582,3 +604,4 @@ _SERVICE.add_asgi_middleware(
     openapi=openapi_document,
 )
 _SERVICE.add_asgi_middleware(trading_api.PortfolioRoute, portfolio=portfolio)  # inside the guard
+_SERVICE.add_asgi_middleware(FastPredictRoute, handler=answer_predict)  # inside the guard too

@@ -142,3 +142,32 @@ def test_a_dead_writers_segment_is_replayed_once_at_the_next_start(tmp_path):
     assert not list((tmp_path / "wal").glob("999999-*"))
     restarted.close()
     assert delta_rows(tmp_path / "predictions")["request_id"].to_list() == [f"r{i}" for i in range(6)]  # each once
+
+
+def test_a_flush_does_not_hold_the_buffer_while_the_next_segment_is_made_durable(tmp_path, monkeypatch):
+    """Appends run on the service's event loop: a flush must not make them wait for a disk flush (the new
+    segment's folder fsync, milliseconds to tens on a busy disk, stalled every request in the worker)."""
+    import asyncio
+    import threading
+
+    from itff_platform.monitoring import prediction_log
+
+    log = PredictionLog(tmp_path / "predictions", flush_rows=1000, flush_s=60, write_ahead=tmp_path / "wal")
+    log.append(record(0))
+    real_fsync_folder = prediction_log._fsync_folder
+
+    def slow_fsync_folder(folder):
+        time.sleep(1.0)
+        real_fsync_folder(folder)
+
+    monkeypatch.setattr(prediction_log, "_fsync_folder", slow_fsync_folder)
+    flushing = threading.Thread(target=log.flush)
+    flushing.start()
+    time.sleep(0.1)  # the flush is making its next segment durable
+    started = time.perf_counter()
+    asyncio.run(log.append_durable(record(1)))
+    waited = time.perf_counter() - started
+    flushing.join()
+    monkeypatch.setattr(prediction_log, "_fsync_folder", real_fsync_folder)
+    log.close()
+    assert waited < 0.5, f"an append waited {waited:.2f} s for the flush's fsync"

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -166,6 +167,31 @@ def test_predict_from_candles_computes_features_and_the_regime_like_the_lake(ser
     body = answer.json()
     assert body["regime"] in {"trending_up", "trending_down", "range_bound", "volatile", "neutral"}
     assert body["bar_time"].startswith("2024-02-29T23:00")
+
+
+def test_the_fast_route_and_bentoml_answer_a_window_alike(service):
+    """Times written +00:00 take the fast route (serving/fast_predict.py); the same instants written +01:00 go
+    through BentoML's pydantic input. Both answers, and BentoML's request counter, must agree."""
+    url, _settings = service
+    window = candle_window()
+    shifted = [
+        c | {"timestamp": (datetime.fromisoformat(c["timestamp"]) + timedelta(hours=1)).isoformat()} for c in window
+    ]
+    shifted = [c | {"timestamp": c["timestamp"].replace("+00:00", "+01:00")} for c in shifted]
+
+    def requests_counted() -> float:
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+        lines = [line for line in text.splitlines() if line.startswith("bentoml_service_request_total{")]
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines if 'endpoint="/predict"' in line)
+
+    before = requests_counted()
+    fast, slow = (post(url, "/predict", {"symbol": "PROMOUSDT", "candles": w}) for w in (window, shifted))
+    assert fast.status_code == slow.status_code == 200, (fast.text, slow.text)
+    volatile = {"request_id", "served_at", "latency_ms"}
+    assert {k: v for k, v in fast.json().items() if k not in volatile} == {
+        k: v for k, v in slow.json().items() if k not in volatile
+    }
+    assert requests_counted() == before + 2
 
 
 @pytest.mark.parametrize(
