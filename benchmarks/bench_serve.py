@@ -154,10 +154,24 @@ def batch(url: str, symbol: str, target: str, row: dict) -> float:
     return best
 
 
+def benched_model() -> tuple[str, str]:
+    """ITFF_BENCH_SYMBOL/ITFF_BENCH_TARGET, else the first champion with a probability (the anchor scores a
+    classifier): which models make run serves depends on what promotion accepted on this sample."""
+    if "ITFF_BENCH_SYMBOL" in os.environ or "ITFF_BENCH_TARGET" in os.environ:
+        return os.environ.get("ITFF_BENCH_SYMBOL", "BTCUSDT"), os.environ.get("ITFF_BENCH_TARGET", "level_up")
+    from itff_platform.settings import get_settings
+    from itff_platform.training.promotion import champion_versions
+
+    classifiers = sorted(key for key in champion_versions(get_settings()) if key[1] != "forward_return")
+    if not classifiers:
+        sys.exit("no champion with a probability in the registry: run make run first, or set ITFF_BENCH_SYMBOL/TARGET")
+    return classifiers[0]
+
+
 def main() -> None:
     if shutil.which("hey") is None:
         sys.exit("hey is missing: apt-get install -y hey (make bench-serve does this)")
-    symbol, target = os.environ.get("ITFF_BENCH_SYMBOL", "ETHUSDT"), os.environ.get("ITFF_BENCH_TARGET", "direction")
+    symbol, target = benched_model()
     row, bars, model = champion_inputs(symbol, target)
     x = np.asarray([list(row.values())])
     calls = []
