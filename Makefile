@@ -40,6 +40,9 @@ system-packages:
 		rest=$$(echo "$$missing" | grep -vx chromium || true); \
 		if [ -n "$$rest" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$rest; fi; \
 	fi
+## browser: headless Chromium, for the UI tests (installed by system-packages)
+## promtool: Prometheus's promtool, for the deploy test (installed by system-packages)
+## cluster-servers: Postgres and Redis, for the cluster profile and its tests (installed by system-packages)
 browser promtool cluster-servers: system-packages
 
 ## lint: ruff check, ruff format --check and mypy (configured in pyproject.toml); the suite runs the same three

@@ -71,6 +71,7 @@ class ChampionStore:
         self.status: dict[str, ModelStatus] = {}
         self._family_cache: dict[tuple[str, str], LoadedModel] = {}
         self._lock = threading.Lock()
+        self._store_ready = False
 
     def keys(self) -> list[tuple[str, str]]:
         return [(s, t) for s in self.settings.symbols for t in self.settings.training.targets]
@@ -84,6 +85,9 @@ class ChampionStore:
 
         # Artifact downloads ("models:/...") go through the global URI, not the client's: set both.
         mlflow.set_tracking_uri(self.settings.tracking_uri)
+        if not self._store_ready:
+            opened_one_at_a_time(self.settings.tracking_uri)
+            self._store_ready = True
         client = MlflowClient(self.settings.tracking_uri)
         # One refresh at a time: the poller and /admin/reload must not race an older swap over a newer one.
         with self._lock:
@@ -218,6 +222,25 @@ class ChampionStore:
         if status.reason.startswith(NOT_JUDGED):
             return f"to get one: let promotion judge it ({promote})"
         return no_champion_remedy(symbol, target, status.judged_version)
+
+
+def opened_one_at_a_time(tracking_uri: str) -> None:
+    """Open a SQLite tracking store under an exclusive lock beside it. Opening a store that is new, or older than
+    this MLflow, runs MLflow's schema migration; the service's workers start together, and two migrations at once
+    killed one of them ("duplicate column name"). The first migrates; the next finds the schema current. MLflow
+    keeps the opened stores for the process, so later clients open nothing."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return  # a server (the cluster profile) migrates its own database once, at its start
+    import fcntl
+
+    from mlflow import MlflowClient
+
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".open-lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = MlflowClient(tracking_uri)  # the tracking store: created or migrated here
+        client.search_registered_models(max_results=1)  # and the registry's, on the same file
 
 
 def last_decision(client: MlflowClient, name: str) -> tuple[str, str | None]:

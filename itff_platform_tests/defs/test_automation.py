@@ -39,14 +39,21 @@ def requests_of(result) -> list:
 
 
 def test_schedules_and_sensors_are_registered_and_stopped_by_default():
-    assert {s.name for s in REPOSITORY.schedule_defs} == {"daily_refresh", "weekly_evaluation", "lake_maintenance"}
+    assert {s.name for s in REPOSITORY.schedule_defs} == {
+        "daily_refresh",
+        "weekly_evaluation",
+        "lake_maintenance",
+        "daily_paper_performance",
+    }
     assert {s.name for s in REPOSITORY.sensor_defs} == {
         "drop_folder",
         "champion_alias",
         "drift_retrain",
         "retrain_after_daily_lake",
+        "paper_autopilot",
     }
     assert all(s.default_status.value == "STOPPED" for s in REPOSITORY.schedule_defs)
+    assert all(s.default_status.value == "STOPPED" for s in REPOSITORY.sensor_defs)
     schedules, _ = jobs_and_sensors(Settings(automation_on=True, daily_run_utc="03:40"))
     assert (
         schedules["daily_refresh"].cron_schedule == "40 3 * * *"

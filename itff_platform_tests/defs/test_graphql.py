@@ -136,7 +136,15 @@ def test_assets_jobs_and_checks_show_owners_descriptions_and_expected_outcomes_p
     (repository,) = graphql(JOBS)["repositoriesOrError"]["nodes"]
     assert repository["location"]["name"] == CODE_LOCATION
     jobs = {j["name"]: j["description"] for j in repository["jobs"] if not j["name"].startswith("__")}
-    assert set(jobs) == {"lake_job", "training_job", "promotion_job", "evaluation_job", "lake_maintenance_job"}
+    assert set(jobs) == {
+        "lake_job",
+        "training_job",
+        "promotion_job",
+        "evaluation_job",
+        "lake_maintenance_job",
+        "autopilot_job",
+        "paper_performance_job",
+    }
     assert all(jobs.values())
 
 
