@@ -52,9 +52,10 @@ lint: install
 	$(BIN)/mypy
 
 
-## test: install, then run the suite (test_lint.py runs the lint: a finding fails the suite)
+## test: install, then run the suite on two xdist workers, a test file's tests on one worker in file order
+## (test_lint.py runs the lint: a finding fails the suite)
 test: install browser promtool cluster-servers
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 
 ## screenshots: copy the UI test's screenshots (test-artifacts/*.png) into docs/images/, where the README shows them.
