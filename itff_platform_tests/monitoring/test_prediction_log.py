@@ -154,13 +154,13 @@ def test_a_flush_does_not_hold_the_buffer_while_the_next_segment_is_made_durable
 
     log = PredictionLog(tmp_path / "predictions", flush_rows=1000, flush_s=60, write_ahead=tmp_path / "wal")
     log.append(record(0))
-    real_fsync_folder = prediction_log._fsync_folder
+    real_fsync = prediction_log.fsync_path
 
-    def slow_fsync_folder(folder):
+    def slow_fsync(path):
         time.sleep(1.0)
-        real_fsync_folder(folder)
+        real_fsync(path)
 
-    monkeypatch.setattr(prediction_log, "_fsync_folder", slow_fsync_folder)
+    monkeypatch.setattr(prediction_log, "fsync_path", slow_fsync)
     flushing = threading.Thread(target=log.flush)
     flushing.start()
     time.sleep(0.1)  # the flush is making its next segment durable
@@ -168,6 +168,6 @@ def test_a_flush_does_not_hold_the_buffer_while_the_next_segment_is_made_durable
     asyncio.run(log.append_durable(record(1)))
     waited = time.perf_counter() - started
     flushing.join()
-    monkeypatch.setattr(prediction_log, "_fsync_folder", real_fsync_folder)
+    monkeypatch.setattr(prediction_log, "fsync_path", real_fsync)
     log.close()
     assert waited < 0.5, f"an append waited {waited:.2f} s for the flush's fsync"
