@@ -118,6 +118,7 @@ def monitoring_assets() -> list:
         context: AssetExecutionContext, itff: ItffSettingsResource, prediction_outcomes
     ) -> MaterializeResult:
         from itff_platform.monitoring.evaluation import evaluate_drift, record_decisions
+        from itff_platform.monitoring.outcomes import write_drift_summary
 
         cfg = itff.settings()
         result = evaluate_drift(cfg, prediction_outcomes)
@@ -129,6 +130,7 @@ def monitoring_assets() -> list:
             if result.drift
             else pl.DataFrame()
         )
+        write_drift_summary(cfg, drift)  # for the service's itff_feature_drift gauge (Grafana)
         return MaterializeResult(
             metadata={
                 "as_of": result.as_of.isoformat(),

@@ -113,8 +113,36 @@ def write_quality_summary(settings: Settings, quality: pl.DataFrame) -> None:
     path.write_text(json.dumps(rows, indent=1))
 
 
+DRIFT_STATISTICS = ("psi", "ks")
+
+
+def drift_summary_path(settings: Settings) -> Path:
+    return settings.reports_dir / "feature_drift.json"
+
+
+def write_drift_summary(settings: Settings, drift: pl.DataFrame) -> None:
+    """drift_monitor's PSI and KS per symbol and feature as flat rows, for the service's itff_feature_drift gauge:
+    Grafana shows drift beside live quality, though only Dagster computes it."""
+    rows = [
+        {"symbol": row["symbol"], "feature": row["feature"], "statistic": name, "value": float(row[name])}
+        for row in (drift.iter_rows(named=True) if drift.height else [])
+        for name in DRIFT_STATISTICS
+        if row.get(name) is not None and np.isfinite(row[name])
+    ]
+    path = drift_summary_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=1))
+
+
+def read_drift_summary(settings: Settings) -> list[dict[str, Any]]:
+    return _read_rows(drift_summary_path(settings))
+
+
 def read_quality_summary(settings: Settings) -> list[dict[str, Any]]:
-    path = summary_path(settings)
+    return _read_rows(summary_path(settings))
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
     try:
         return json.loads(path.read_text()) if path.exists() else []
     except (OSError, ValueError):  # a half-written file must not break the service's poll

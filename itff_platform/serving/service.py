@@ -29,7 +29,7 @@ import polars as pl
 from itff_platform.contracts.answers import OOD_Z, build_answer, log_record, model_age, trading_permission
 from itff_platform.contracts.consensus import consensus_fields, ensemble_id, member_weights
 from itff_platform.contracts.signals import served_signals
-from itff_platform.monitoring.outcomes import read_quality_summary
+from itff_platform.monitoring.outcomes import read_drift_summary, read_quality_summary
 from itff_platform.monitoring.prediction_log import PredictionLog
 from itff_platform.rules import REGIMES
 from itff_platform.serving import trading_api
@@ -99,6 +99,12 @@ QUALITY = bentoml.metrics.Gauge(
     documentation="Live quality of the champions, from the last evaluation; "
     'metric="has_data" is 0 until an evaluation has realized outcomes for the model, then 1',
     labelnames=["symbol", "target", "metric"],
+    multiprocess_mode="mostrecent",
+)
+FEATURE_DRIFT = bentoml.metrics.Gauge(
+    name="itff_feature_drift",
+    documentation="PSI and KS of each feature, training window vs recent data, from the last drift_monitor run",
+    labelnames=["symbol", "feature", "statistic"],
     multiprocess_mode="mostrecent",
 )
 SERVED_VERSION = bentoml.metrics.Gauge(
@@ -172,6 +178,10 @@ class ItffService:
         for row in read_quality_summary(self.settings):
             QUALITY.labels(symbol=row["symbol"], target=row["target"], metric=row["metric"]).set(row["value"])
             evaluated.add((row["symbol"], row["target"]))
+        for row in read_drift_summary(self.settings):
+            FEATURE_DRIFT.labels(symbol=row["symbol"], feature=row["feature"], statistic=row["statistic"]).set(
+                row["value"]
+            )
         # From the start, every served model has a series, so an alert on "no data for too long" can fire.
         for symbol, target in self.store.keys():  # noqa: SIM118  (a ChampionStore, not a dict)
             QUALITY.labels(symbol=symbol, target=target, metric="has_data").set(float((symbol, target) in evaluated))

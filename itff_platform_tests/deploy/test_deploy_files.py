@@ -251,6 +251,7 @@ def test_every_metric_a_panel_or_alert_queries_is_one_the_service_exports():
     # What the issue names: p95 latency, predictions by regime, the regime and quality gauges, the trading gauges.
     assert {"itff_prediction_latency_seconds_bucket", "itff_predictions_total", "market_regime_state"} <= queried
     assert {"prediction_quality_metric", "itff_paper_drawdown", "itff_paper_equity_usd"} <= queried
+    assert "itff_feature_drift" in queried  # drift, from drift_monitor's summary
 
     assert metric_problems(["rate(prediction_latency_seconds_bucket[5m])"]) != []
     assert metric_problems(['sum by (le) (itff_prediction_latency_seconds_bucket{regime="x"})']) != []

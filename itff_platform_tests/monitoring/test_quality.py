@@ -341,3 +341,18 @@ def test_consensus_answers_are_scored_per_ensemble_and_kept_out_of_the_champions
     write_quality_summary(settings, quality)
     gauge = {row["metric"]: row["value"] for row in read_quality_summary(settings)}
     assert gauge["hit_rate"] == pytest.approx(_row(quality, "direction", "all", "2")["hit_rate"])
+
+
+def test_drift_monitors_psi_and_ks_reach_the_services_gauge_rows(settings):
+    """drift_monitor writes each symbol and feature's PSI and KS for the service's itff_feature_drift gauge, so
+    Grafana's drift panel has data; a statistic that could not be computed is left out, not faked."""
+    from itff_platform.monitoring.outcomes import read_drift_summary, write_drift_summary
+
+    drift = pl.DataFrame(
+        {"symbol": ["BTCUSDT", "BTCUSDT"], "feature": ["rsi", "atr_pct"], "psi": [0.31, None], "ks": [0.12, 0.05]}
+    )
+    write_drift_summary(settings, drift)
+    rows = {(r["feature"], r["statistic"]): r["value"] for r in read_drift_summary(settings)}
+    assert rows == {("rsi", "psi"): 0.31, ("rsi", "ks"): 0.12, ("atr_pct", "ks"): 0.05}
+    write_drift_summary(settings, pl.DataFrame())  # no champion yet: no training window, no rows
+    assert read_drift_summary(settings) == []
