@@ -164,8 +164,20 @@ def _duration(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
+Answer = tuple[np.ndarray, str, datetime]  # a model's input rows, the last bar's regime, its time
+
+
+@dataclass
+class _Window:
+    """A computed window: every non-label silver column, and the answers already read from it per model input
+    (feature names, rows), so a window asked about again costs a dict lookup, not a tail/select/to_numpy."""
+
+    silver: pl.DataFrame
+    answers: dict[tuple[tuple[str, ...], int], Answer | RequestError]
+
+
 class OnlineFeatures:
-    """build_features on posted candle windows, for one worker: the same code as silver, made cheap twice over.
+    """build_features on posted candle windows, for one worker: the same code as silver, made cheap three times over.
 
     - The lazy plan is built once (per feature settings) over a placeholder source that yields the window being
       computed: building build_features' ~300 expressions took 9 ms of Python per request, more than running
@@ -173,6 +185,9 @@ class OnlineFeatures:
     - A window's outcome (its feature rows, or the RequestError its content earns) is remembered by its
       content, so a window asked about again (several models, targets or clients on the same bar, /consensus'
       families) costs a hash. Only the not-in-the-future check, which depends on the clock, runs every time.
+    - A frame object seen before (the fast route hands the same parsed frame for the same body) is known by its
+      identity: no hash at all; and each model's input rows are kept with the window, so a repeat is answered
+      without a thread hop (service._candle_features asks `remembered` on the event loop first).
 
     Online features are exactly build_features on the posted window (a remembered window is returned as it
     was computed): the test suite pins this bit for bit, and pins a call's answer to the next call's."""
@@ -181,7 +196,9 @@ class OnlineFeatures:
         from collections import OrderedDict
 
         self.kept = kept
-        self._windows: OrderedDict[bytes, pl.DataFrame | RequestError] = OrderedDict()
+        self._windows: OrderedDict[tuple[str, str, bytes], _Window | RequestError] = OrderedDict()
+        # id(frame) -> (the frame, kept alive so its id is not reused; its content digest)
+        self._identities: OrderedDict[int, tuple[pl.DataFrame, bytes]] = OrderedDict()
         self._plans: dict[str, BoundPlan] = {}
         self._settings_keys: dict[int, tuple[Settings, str]] = {}
         self._lock = threading.Lock()  # the remembered windows
@@ -212,25 +229,37 @@ class OnlineFeatures:
             self._plans[key] = plan
         return plan
 
-    def rows(self, candles: list[Candle] | pl.DataFrame, settings: Settings, interval: str) -> pl.DataFrame:
-        """Every non-label silver column for the window (what build_features gives, bit for bit); `candles` may
-        already be a frame (as candle_frame makes it)."""
-        frame = candles if isinstance(candles, pl.DataFrame) else candle_frame(candles)
-        settings_key = self._settings_key(settings)
-        digest = hashlib.blake2b(digest_size=20)
-        for part in (interval.encode(), settings_key.encode(), frame["timestamp"].to_numpy().tobytes()):
-            digest.update(part)
+    def _digest(self, frame: pl.DataFrame) -> bytes:
+        """The frame's content digest; for a frame object seen before, remembered by its identity."""
+        with self._lock:
+            known = self._identities.get(id(frame))
+            if known is not None and known[0] is frame:
+                self._identities.move_to_end(id(frame))
+                return known[1]
+        digest = hashlib.blake2b(frame["timestamp"].to_numpy().tobytes(), digest_size=20)
         for name in CANDLE_VALUES:
             digest.update(frame[name].to_numpy().tobytes())
-        key = digest.digest()
+        with self._lock:
+            self._identities[id(frame)] = (frame, digest.digest())
+            if len(self._identities) > self.kept:
+                self._identities.popitem(last=False)
+        return digest.digest()
+
+    def _window(self, frame: pl.DataFrame, settings: Settings, interval: str, compute: bool) -> _Window | None:
+        """The window's remembered outcome; computed (and remembered) when it is new and `compute` is set, else
+        None. Raises the window's RequestError (remembered too)."""
+        settings_key = self._settings_key(settings)
+        key = (interval, settings_key, self._digest(frame))
         with self._lock:
             known = self._windows.get(key)
             if known is not None:
                 self._windows.move_to_end(key)
         if known is None:
+            if not compute:
+                return None
             try:
                 check_window(frame, interval)
-                known = self._compute(frame, settings, settings_key)
+                known = _Window(self._compute(frame, settings, settings_key), {})
             except RequestError as error:
                 # Kept without its traceback: a re-raise appends frames to it, so a window a client keeps re-sending
                 # would grow the chain, and hold those frames' candles, for as long as it stays cached.
@@ -241,8 +270,38 @@ class OnlineFeatures:
                     self._windows.popitem(last=False)
         if isinstance(known, RequestError):
             raise known.with_traceback(None)
-        check_not_future(frame, interval)
         return known
+
+    def rows(self, candles: list[Candle] | pl.DataFrame, settings: Settings, interval: str) -> pl.DataFrame:
+        """Every non-label silver column for the window (what build_features gives, bit for bit); `candles` may
+        already be a frame (as candle_frame makes it)."""
+        frame = candles if isinstance(candles, pl.DataFrame) else candle_frame(candles)
+        window = self._window(frame, settings, interval, compute=True)
+        assert window is not None  # computed when new
+        check_not_future(frame, interval)
+        return window.silver
+
+    def features(
+        self, frame: pl.DataFrame, settings: Settings, interval: str, rows: int, names: list[str], compute: bool = True
+    ) -> Answer | None:
+        """The last `rows` rows of the features `names` (in that order), the last bar's regime and time; None when
+        the window is not remembered and `compute` is not set. The arrays returned are read-only: they are shared
+        by every request on the window."""
+        window = self._window(frame, settings, interval, compute)
+        if window is None:
+            return None
+        check_not_future(frame, interval)  # the clock moves: asked every time
+        question = (tuple(names), rows)
+        answer = window.answers.get(question)
+        if answer is None:
+            try:
+                answer = _model_rows(window.silver, rows, names)
+            except RequestError as error:
+                answer = error.with_traceback(None)
+            window.answers[question] = answer  # a dict assignment: atomic under the GIL
+        if isinstance(answer, RequestError):
+            raise answer.with_traceback(None)
+        return answer
 
     def _compute(self, frame: pl.DataFrame, settings: Settings, settings_key: str) -> pl.DataFrame:
         with self._computing:
@@ -251,25 +310,52 @@ class OnlineFeatures:
         return silver
 
 
+def _model_rows(silver: pl.DataFrame, rows: int, names: list[str]) -> Answer:
+    tail = silver.tail(rows)
+    x = tail.select(names).to_numpy()
+    if not np.isfinite(x).all():  # every row a sequence model reads, not only the last
+        bad = sorted({n for row in x for n, v in zip(names, row, strict=True) if not math.isfinite(v)})
+        raise RequestError(f"candles: features {bad} are undefined over the last {rows} bar(s); send a longer window")
+    x.flags.writeable = False
+    return x, tail["regime"][-1], tail["timestamp"][-1]
+
+
 ONLINE = OnlineFeatures()
 
 
 def features_from_candles(
     candles: list[Candle] | pl.DataFrame, settings: Settings, rows: int, names: list[str], interval: str | None = None
-) -> tuple[np.ndarray, str, datetime]:
+) -> Answer:
     """The last `rows` rows of the model's features (`names`, in its order) computed from the candles,
     the regime of the last bar, and its time."""
+    answer = _candle_answer(candles, settings, rows, names, interval, compute=True)
+    assert answer is not None  # computed when new
+    return answer
+
+
+def remembered_features(
+    candles: pl.DataFrame, settings: Settings, rows: int, names: list[str], interval: str | None = None
+) -> Answer | None:
+    """features_from_candles for a window this worker has computed already, else None: no computation, so the
+    event loop may ask it without blocking."""
+    return _candle_answer(candles, settings, rows, names, interval, compute=False)
+
+
+def _candle_answer(
+    candles: list[Candle] | pl.DataFrame,
+    settings: Settings,
+    rows: int,
+    names: list[str],
+    interval: str | None,
+    compute: bool,
+) -> Answer | None:
     needed = minimum_candles(settings)
     if len(candles) < needed:
         raise RequestError(
             f"candles: {len(candles)} given; at least {needed} {settings.interval} bars are needed for the features"
         )
-    silver = ONLINE.rows(candles, settings, interval or settings.interval).tail(rows)
-    x = silver.select(names).to_numpy()
-    if not np.isfinite(x).all():  # every row a sequence model reads, not only the last
-        bad = sorted({n for row in x for n, v in zip(names, row, strict=True) if not math.isfinite(v)})
-        raise RequestError(f"candles: features {bad} are undefined over the last {rows} bar(s); send a longer window")
-    return x, silver["regime"][-1], silver["timestamp"][-1]
+    frame = candles if isinstance(candles, pl.DataFrame) else candle_frame(candles)
+    return ONLINE.features(frame, settings, interval or settings.interval, rows, names, compute)
 
 
 def features_from_row(features: dict[str, float] | list[float], expected: list[str]) -> np.ndarray:

@@ -122,3 +122,35 @@ def test_candle_times_are_read_as_utc_with_or_without_an_offset(btc_hourly):
     year_one = [candles[0].model_copy(update={"timestamp": datetime(1, 1, 1, tzinfo=plus_one)}), *candles[1:]]
     with pytest.raises(RequestError, match=r"candles\[0\]\.timestamp: not representable in UTC"):
         checked_candles(year_one, settings, "1h")
+
+
+def test_a_remembered_window_is_answered_without_computing_and_still_asks_the_clock(btc_hourly, monkeypatch):
+    """What the event loop asks before hopping to a thread: the same answer as a computation, shared read-only
+    by every request on the window, and nothing for a window not seen (no computation on the loop)."""
+    import itff_platform.serving.online as module
+
+    settings = Settings()
+    names = feature_columns(settings)
+    monkeypatch.setattr(module, "ONLINE", OnlineFeatures())
+    (candles,) = windows(btc_hourly, [utc(2024, 3, 1)])
+    frame = checked_candles(candles, settings, "1h")
+    assert module.remembered_features(frame, settings, 3, names, "1h") is None
+    assert module.ONLINE.computed == 0
+    computed = features_from_candles(frame, settings, 3, names, "1h")
+    remembered = module.remembered_features(frame, settings, 3, names, "1h")
+    again = module.remembered_features(frame.clone(), settings, 3, names, "1h")  # equal content, another object
+    assert remembered is not None and again is not None and module.ONLINE.computed == 1
+    for answer in (remembered, again):
+        assert answer[0].tobytes() == computed[0].tobytes() and answer[1:] == computed[1:]
+        assert not answer[0].flags.writeable
+    fresh = OnlineFeatures().rows(frame, settings, "1h").tail(3)
+    assert computed[0].tobytes() == fresh.select(names).to_numpy().tobytes()
+
+    class Past(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2024, 1, 1, tzinfo=tz)
+
+    monkeypatch.setattr(module, "datetime", Past)
+    with pytest.raises(RequestError, match="is in the future"):
+        module.remembered_features(frame, settings, 3, names, "1h")
