@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, cast
@@ -211,13 +213,12 @@ class OnlineFeatures:
     was computed): the test suite pins this bit for bit, and pins a call's answer to the next call's."""
 
     def __init__(self, kept: int = WINDOWS_KEPT) -> None:
-        from collections import OrderedDict
-
         self.kept = kept
         self._windows: OrderedDict[tuple[str, str, bytes], _Window | RequestError] = OrderedDict()
         # id(frame) -> (the frame, kept alive so its id is not reused; its content digest)
         self._identities: OrderedDict[int, tuple[pl.DataFrame, bytes]] = OrderedDict()
-        self._anchors: OrderedDict[tuple[str, str, bytes], _Anchor] = OrderedDict()
+        self._anchors: OrderedDict[tuple[str, str, bytes], Future[_Anchor | None]] = OrderedDict()
+        self._background: ThreadPoolExecutor | None = None  # makes the next anchor of a sliding window
         self._plans: dict[str, BoundPlan] = {}
         self._settings_keys: dict[int, tuple[Settings, str]] = {}
         self._lock = threading.Lock()  # the remembered windows
@@ -357,13 +358,12 @@ class OnlineFeatures:
         a window's features are a function of the window (bit for bit, whatever the worker or its history).
         Not foldable: a window whose first requested row has fewer than history_bars_needed bars of the anchor
         before it (short windows, models reading many rows), or where a smoother is undefined."""
-        from itff_platform.features.carried import CARRIED_COLUMNS, FoldState, NotFoldable
+        from itff_platform.features.carried import NotFoldable
         from itff_platform.features.silver import history_bars_needed
         from itff_platform.lake.cleaning import plainly_valid
 
         stamps = frame["timestamp"].dt.epoch("us").to_numpy()
-        bar_numbers = stamps[:ANCHOR_BARS] // (INTERVAL_SECONDS[interval] * 1_000_000)
-        aligned = np.flatnonzero(bar_numbers % ANCHOR_BARS == 0)
+        aligned = np.flatnonzero(bar_numbers_of(stamps[:ANCHOR_BARS], interval) % ANCHOR_BARS == 0)
         if not len(aligned) or frame.height - rows < int(aligned[0]) + history_bars_needed(settings):
             return None
         start = int(aligned[0])
@@ -371,9 +371,16 @@ class OnlineFeatures:
         bars = frame.slice(start, end - start)
         key = (interval, settings_key, _content_digest(bars))
         with self._lock:
-            anchor = self._anchors.get(key)
+            pending = self._anchors.get(key)
         values = frame.select(CANDLE_VALUES).to_numpy()
         new_stamps, new_values = stamps[end:], values[end:]
+        # The anchor's bars passed check_window in the window that brought them (an anchor is only made from a
+        # judged window), and so did the bars of a window continued; the others must pass the lake's rules too,
+        # and the window its spacing rules: check_window judges the window (and words any refusal) unless
+        # plainly_valid says every unjudged bar passes.
+        anchor = pending.result() if pending is not None else None
+        if pending is not None and anchor is None:
+            return None  # an anchor where a smoother is undefined
         continued, state, folded = 0, anchor.state if anchor else None, []
         for seen_stamps, seen_values, seen_state, seen_rows in list(anchor.folds) if anchor else ():
             m = len(seen_stamps)
@@ -383,9 +390,6 @@ class OnlineFeatures:
                 and np.array_equal(seen_values, new_values[:m])
             ):
                 continued, state, folded = m, seen_state, seen_rows
-        # The anchor's bars, and those of the window continued, passed check_window in the window that brought
-        # them; the others must pass the lake's rules too, and the window its spacing rules: check_window
-        # judges the window (and words any refusal) unless plainly_valid says every unjudged bar passes.
         unjudged = np.r_[0:start, end + continued : frame.height]
         steps = np.diff(stamps)
         if (
@@ -395,16 +399,17 @@ class OnlineFeatures:
             or not plainly_valid(stamps[unjudged], values[unjudged], INTERVAL_SECONDS[interval])
         ):
             check_window(frame, interval)
-        try:
+        if anchor is None:
+            anchor = self._anchor(key, bars, settings, settings_key)
             if anchor is None:
-                silver = self._compute(bars, settings, settings_key)
-                anchor = _Anchor(silver.drop(CARRIED_COLUMNS), FoldState.after(silver, settings), [])
-                state = anchor.state
-                with self._lock:
-                    self._anchors[key] = anchor
-                    if len(self._anchors) > ANCHORS_KEPT:
-                        self._anchors.popitem(last=False)
-            assert state is not None  # the anchor's, or a continued window's
+                return None
+            state = anchor.state
+        if start == 0 and bar_numbers_of(stamps[ANCHOR_BARS : ANCHOR_BARS + 1], interval) % ANCHOR_BARS == 0:
+            # The next window's anchor is this window's last bars: made now, off this request's path.
+            following = frame.slice(ANCHOR_BARS)
+            self._anchor((interval, settings_key, _content_digest(following)), following, settings, settings_key, True)
+        assert state is not None  # the anchor's, or a continued window's
+        try:
             folded = list(folded)
             for stamp, bar in zip(new_stamps[continued:].tolist(), new_values[continued:].tolist(), strict=True):
                 step = state.fold(settings, stamp, tuple(bar))
@@ -417,6 +422,54 @@ class OnlineFeatures:
             anchor.folds.append((new_stamps, new_values, state, folded))
             del anchor.folds[:-FOLDS_KEPT]
         return _Window(anchor.silver, {}, exact=False, folded=folded)
+
+    def _anchor(
+        self,
+        key: tuple[str, str, bytes],
+        bars: pl.DataFrame,
+        settings: Settings,
+        settings_key: str,
+        background: bool = False,
+    ) -> _Anchor | None:
+        """The anchor of these (judged) bars, None where it cannot be folded from; made once per key, here or,
+        when `background` is set, by the worker's anchor thread (and then not waited for). A request that
+        needs an anchor being made waits for it rather than making it twice."""
+        with self._lock:
+            pending = self._anchors.get(key)
+            mine = pending is None
+            if pending is None:
+                pending = self._anchors[key] = Future()
+                if len(self._anchors) > ANCHORS_KEPT:
+                    self._anchors.popitem(last=False)
+            if mine and background and self._background is None:
+                self._background = ThreadPoolExecutor(1, thread_name_prefix="candle-anchor")
+        if mine and background:
+            assert self._background is not None
+            self._background.submit(self._make_anchor, pending, bars, settings, settings_key)
+            return None
+        if mine:
+            self._make_anchor(pending, bars, settings, settings_key)
+        return None if background else pending.result()
+
+    def _make_anchor(
+        self, pending: Future[_Anchor | None], bars: pl.DataFrame, settings: Settings, settings_key: str
+    ) -> None:
+        from itff_platform.features.carried import CARRIED_COLUMNS, FoldState, NotFoldable
+
+        try:
+            silver = self._compute(bars, settings, settings_key)
+            pending.set_result(_Anchor(silver.drop(CARRIED_COLUMNS), FoldState.after(silver, settings), []))
+        except NotFoldable:
+            pending.set_result(None)
+        except BaseException as error:  # whoever waits gets it; the next window makes the anchor anew
+            with self._lock:
+                self._anchors = OrderedDict((k, v) for k, v in self._anchors.items() if v is not pending)
+            pending.set_exception(error)
+
+
+def bar_numbers_of(stamps_us: np.ndarray, interval: str) -> np.ndarray:
+    """Bars since 1970 at the interval: what anchors are aligned on."""
+    return stamps_us // (INTERVAL_SECONDS[interval] * 1_000_000)
 
 
 def _content_digest(frame: pl.DataFrame) -> bytes:
