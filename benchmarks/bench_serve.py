@@ -10,7 +10,7 @@ ITFF_BENCH_ROUNDS rounds, so a load spike from elsewhere hits both; the ratio is
 
 Then the candle path (/predict with 800 candles, what TradingView sends): hey with one window over and over
 (a window the worker has seen, as when several models or clients ask about the same bar), and a client
-that slides the window one bar per request (every window new: the features are computed). Last, the best
+that slides the window one bar per request (every window new: it is folded from its anchor), and the candle path's CPU per request in this process (candle_path_cpu). Last, the best
 of three /predict_batch calls of 10,000 rows. The load generator shares the machine's cores with the
 servers, so these figures are conservative; the machine's load average is printed beside them."""
 
@@ -136,6 +136,53 @@ def sliding_windows(url: str, symbol: str, target: str, bars: list[dict]) -> dic
     }
 
 
+def candle_path_cpu(symbol: str, target: str, bars: list[dict], model) -> dict:
+    """CPU microseconds per /predict-with-candles request in this process, through the functions the service
+    calls (the fast route's body reading, then the online features), without HTTP, BentoML or the model call:
+    one window repeated (each request a fresh copy of the same bytes, as a socket gives), a window sliding one
+    bar per request (folded from its anchor), and the same slides computed whole by build_features (what every
+    new window cost before folding). CPU time includes polars' threads."""
+    from itff_platform.serving import online
+    from itff_platform.serving.fast_predict import FastPredictRoute
+    from itff_platform.settings import Settings
+
+    settings = Settings(symbols=[symbol], targets=[target])
+    rows, names = model.forecaster.context_rows + 1, model.meta["features"]
+    interval = online.model_interval(model, settings)
+    bodies = [
+        json.dumps({"symbol": symbol, "target": target, "candles": bars[i : i + CANDLES]}).encode()
+        for i in range(SLIDES)
+    ]
+
+    def per_request(answer, bodies: list[bytes]) -> float:
+        online.ONLINE = online.OnlineFeatures()
+        route = FastPredictRoute(app=None, handler=None)  # type: ignore[arg-type]
+        answer(route, bodies[0])  # the first window (and its anchor) is computed before the clock starts
+        started = time.process_time()
+        for body in bodies[1:]:
+            answer(route, bytes(bytearray(body)))
+        return round((time.process_time() - started) / (len(bodies) - 1) * 1e6)
+
+    def remembered(route, body):
+        frame = route.arguments(body)["candles"]
+        return online.remembered_features(frame, settings, rows, names, interval)
+
+    def computed(route, body):
+        return online.features_from_candles(route.arguments(body)["candles"], settings, rows, names, interval)
+
+    def whole(route, body):
+        frame = route.arguments(body)["candles"]
+        online.check_window(frame, interval)
+        return online.OnlineFeatures().rows(frame, settings, interval)
+
+    return {
+        "same_window_cpu_us": per_request(remembered, [bodies[-1]] * 200),
+        "sliding_window_cpu_us": per_request(computed, bodies),
+        "sliding_window_whole_recompute_cpu_us": per_request(whole, bodies),
+        "load_average": load_average(),
+    }
+
+
 def batch(url: str, symbol: str, target: str, row: dict) -> float:
     # The body is encoded before the clock starts: the figure is the server's, not the client's json.dumps.
     body = json.dumps({"symbol": symbol, "target": target, "rows": [list(row.values())] * BATCH_ROWS}).encode()
@@ -183,6 +230,7 @@ def main() -> None:
         "p50_ms": round(statistics.median(calls) * 1000, 3),
         "p95_ms": round(float(np.percentile(calls, 95)) * 1000, 3),
     }
+    candle_cpu = candle_path_cpu(symbol, target, bars, model)
 
     port, anchor_port = free_port(), free_port()
     bin_dir = Path(sys.executable).parent
@@ -244,6 +292,7 @@ def main() -> None:
         "predict_feature_row": feature_rows,
         "predict_candles_same_window": candle_levels,
         "predict_candles_sliding_window": slides,
+        "candle_path_in_process": candle_cpu,
         "batch_rows": BATCH_ROWS,
         "batch_best_of_3_s": round(batch_s, 3),
         "batch_rows_per_s": round(BATCH_ROWS / batch_s),
@@ -265,6 +314,10 @@ def main() -> None:
     for level in candle_levels:
         print(f"  same window, c={level['concurrency']}: {level['requests_per_s']:,} req/s, p95 {level['p95_ms']} ms")
     print(f"  sliding window, c=1 ({SLIDES} new windows): p50 {slides['p50_ms']} ms, p95 {slides['p95_ms']} ms")
+    print(
+        f"  in process, CPU per request: same window {candle_cpu['same_window_cpu_us']} us, sliding window "
+        f"{candle_cpu['sliding_window_cpu_us']} us (computed whole: {candle_cpu['sliding_window_whole_recompute_cpu_us']} us)"
+    )
     print(f"/predict_batch: {result['batch_rows_per_s']:,} rows/s")
 
 

@@ -146,7 +146,7 @@ def average_daily_range(day_range: str, days: int, bars_per_day: int) -> pl.Expr
 
 
 @cache
-def _cycle_tables(period: int) -> tuple[pl.Series, pl.Series]:
+def cycle_tables(period: int) -> tuple[pl.Series, pl.Series]:
     """sin and cos of 2*pi*k/period for k in [0, period), computed by the same polars expressions a row would be."""
     fraction = pl.int_range(0, period, eager=True) / period
     return (2 * math.pi * fraction).sin(), (2 * math.pi * fraction).cos()
@@ -158,8 +158,8 @@ def calendar_encodings() -> list[pl.Expr]:
     seconds = pl.col("timestamp").dt.epoch("s")
     second_of_day = seconds % 86400
     day_of_week = (seconds // 86400 + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
-    day_sin, day_cos = _cycle_tables(86400)
-    week_sin, week_cos = _cycle_tables(7)
+    day_sin, day_cos = cycle_tables(86400)
+    week_sin, week_cos = cycle_tables(7)
     return [
         pl.lit(day_sin).gather(second_of_day).alias("hour_sin"),
         pl.lit(day_cos).gather(second_of_day).alias("hour_cos"),

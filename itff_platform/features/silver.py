@@ -17,7 +17,7 @@ window: anchoring it too made every window read 15 days of warm-up for a 31-day 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
@@ -92,12 +92,15 @@ def with_daily_range(candles: pl.LazyFrame | pl.DataFrame, settings: Settings) -
     )
 
 
-def build_features(candles: pl.LazyFrame | pl.DataFrame, settings: Settings) -> pl.LazyFrame:
-    """Features, regime and labels for one symbol's bronze candles, sorted by timestamp."""
-    return features_after_daily_range(with_daily_range(candles, settings), settings)
+def build_features(
+    candles: pl.LazyFrame | pl.DataFrame, settings: Settings, keep: Collection[str] = ()
+) -> pl.LazyFrame:
+    """Features, regime and labels for one symbol's bronze candles, sorted by timestamp; `keep` names
+    intermediate columns (`_ema_fast`, ...) to keep (the online path carries them to fold new bars in)."""
+    return features_after_daily_range(with_daily_range(candles, settings), settings, keep)
 
 
-def features_after_daily_range(candles: pl.LazyFrame, settings: Settings) -> pl.LazyFrame:
+def features_after_daily_range(candles: pl.LazyFrame, settings: Settings, keep: Collection[str] = ()) -> pl.LazyFrame:
     """build_features for candles that carry `_adr` already (with_daily_range, over this span or a longer one)."""
     s = settings
     gain, loss = ind.gains_and_losses()
@@ -158,7 +161,7 @@ def features_after_daily_range(candles: pl.LazyFrame, settings: Settings) -> pl.
         stage5.with_columns(ind.rolling_after_warmup(pl.col("wavetrend"), 4, "rolling_mean").alias("wavetrend_signal"))
         .with_columns(regime(s).alias("regime"))
         .with_columns(label_columns(s))
-        .drop([c for c in stage5.collect_schema().names() if c.startswith("_")])
+        .drop([c for c in stage5.collect_schema().names() if c.startswith("_") and c not in keep])
     )
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 
+import numpy as np
 import polars as pl
 
 from itff_platform.market.candles import CANDLE_COLUMNS, PRICE_COLUMNS
@@ -34,6 +35,23 @@ def row_rules(interval_seconds: int) -> list[tuple[str, pl.Expr]]:
         ("low: must be <= open and close", pl.col("low") > pl.min_horizontal("open", "close")),
     ]
     return rules
+
+
+def plainly_valid(stamps_us: np.ndarray, values: np.ndarray, interval_seconds: int) -> bool:
+    """True when no row breaks a row_rules rule: the same rules in numpy, for the few rows of a request window
+    not judged before (serving.online), where polars' fixed cost per query (~1 ms) is the whole cost. It may only
+    ever say less than row_rules (on False the caller judges the rows with clean_raw, whose verdict and message
+    count); test_cleaning pins a broken row for every rule. `values`: open, high, low, close, volume columns."""
+    o, h, lo, c = values[:, :4].T
+    with np.errstate(invalid="ignore"):
+        return bool(
+            (stamps_us % (interval_seconds * 1_000_000) == 0).all()
+            and np.isfinite(values).all()
+            and (values > 0).all()  # prices and volume
+            and (h >= lo).all()
+            and (h >= np.maximum(o, c)).all()
+            and (lo <= np.minimum(o, c)).all()
+        )
 
 
 @dataclass(frozen=True)

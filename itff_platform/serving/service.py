@@ -53,6 +53,7 @@ from itff_platform.serving.online import (
     parse_bar_time,
     parse_time,
     regime_from_lake,
+    remembered_features,
     tradingview_symbol,
 )
 from itff_platform.settings import Settings, get_settings
@@ -280,15 +281,18 @@ class ItffService:
         return found if found is not None else (claimed or "unknown")
 
     async def _candle_features(self, model, candles):
-        # Indicator computation takes milliseconds: off the event loop, so feature-row requests keep flowing.
-        return await anyio.to_thread.run_sync(
-            features_from_candles,
-            candles,
+        arguments = (
             self.settings,
             model.forecaster.context_rows + 1,
             model.meta["features"],
             model_interval(model, self.settings),
         )
+        if isinstance(candles, pl.DataFrame):  # the fast route's frame: a window seen before is answered here
+            known = remembered_features(candles, *arguments)
+            if known is not None:
+                return known
+        # Indicator computation takes milliseconds: off the event loop, so feature-row requests keep flowing.
+        return await anyio.to_thread.run_sync(features_from_candles, candles, *arguments)
 
     async def _answer(self, model, x, regime, bar_time, received: float, endpoint: str) -> dict:
         started = perf_counter()

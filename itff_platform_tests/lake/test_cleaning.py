@@ -80,3 +80,33 @@ def test_real_sample_gaps_are_the_known_binance_outages(btc_hourly):
     assert gaps.filter(pl.col("gap_after") == utc(2023, 3, 24, 11))["missing_bars"][0] == 2
     assert gaps.height == 5 and int(gaps["missing_bars"].sum()) == 13
     assert find_gaps(result.bronze, 3600, tolerance_bars=3).height == 1  # only the 4-bar 2021-08-13 outage
+
+
+def test_the_numpy_shortcut_refuses_a_row_breaking_each_rule():
+    """plainly_valid (the online path's check of a window's new bars) may never pass a row clean_raw
+    quarantines: one broken row per rule, every rule of row_rules covered (a new rule fails this test)."""
+    from itff_platform.lake.cleaning import plainly_valid, row_rules
+
+    clean = random_walk_candles(20)
+    close = clean["close"][6]
+    cases = {
+        "timestamp: must fall on a 3600s bar boundary": {"timestamp": utc(2024, 1, 1, 6, 30)},
+        **{f"{c}: must be a finite number": {c: float("nan")} for c in ("open", "high", "low", "close", "volume")},
+        **{f"{c}: must be > 0": {c: -5.0} for c in ("open", "high", "low", "close")},
+        "volume: must be > 0": {"volume": 0.0},
+        "high: must be >= low": {"high": 1.0, "low": 2.0},
+        "high: must be >= open and close": {"high": close * 0.5, "low": close * 0.4},
+        "low: must be <= open and close": {"high": close * 2.0, "low": close * 1.5},
+    }
+    # A request's timestamps are never null (the frame is built from parsed times), so that rule has no case.
+    assert set(cases) | {"timestamp: must be present"} == {name for name, _ in row_rules(3600)}
+
+    def shortcut(frame: pl.DataFrame) -> bool:
+        values = frame.select("open", "high", "low", "close", "volume").to_numpy()
+        return plainly_valid(frame["timestamp"].dt.epoch("us").to_numpy(), values, 3600)
+
+    assert shortcut(clean) and clean_raw(as_raw(clean), 3600).quarantine.is_empty()
+    for rule, values in cases.items():
+        broken = corrupt(clean, 6, **values)
+        assert clean_raw(as_raw(broken), 3600).quarantine.height == 1, rule
+        assert not shortcut(broken), rule

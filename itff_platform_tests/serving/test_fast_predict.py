@@ -78,3 +78,44 @@ def test_a_plain_feature_row_is_read_as_is():
         "features": {"a": 1, "b": -2.5},
         "bar_time": None,
     }
+
+
+def test_the_route_reads_a_body_in_chunks_and_remembers_it_by_its_bytes(window):
+    """Driven in-process: the body arrives in pieces, is parsed once, and a second, equal body (another bytes
+    object) is answered from the parsed arguments the first left."""
+    import anyio
+
+    from itff_platform.serving.fast_predict import FastPredictRoute
+
+    body = json.dumps({"symbol": "BTCUSDT", "candles": window * 3}).encode()
+    assert len(body) > 4096  # remembered bodies only
+    calls = []
+
+    async def handler(**arguments):
+        calls.append(arguments)
+
+        async def response(scope, receive, send):
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+
+        return response
+
+    route = FastPredictRoute(app=None, handler=handler)
+
+    async def post(data: bytes) -> None:
+        pieces = [data[i : i + 1000] for i in range(0, len(data), 1000)]
+        messages = iter(
+            [{"type": "http.request", "body": p, "more_body": i < len(pieces) - 1} for i, p in enumerate(pieces)]
+        )
+
+        async def receive():
+            return next(messages)
+
+        async def send(message):
+            pass
+
+        await route({"type": "http", "path": "/predict", "method": "POST"}, receive, send)
+
+    anyio.run(post, body)
+    anyio.run(post, bytes(bytearray(body)))
+    assert len(calls) == 2 and calls[1]["candles"] is calls[0]["candles"]  # parsed once
+    assert calls[0]["candles"].equals(plain_arguments(body)["candles"])

@@ -8,7 +8,14 @@ import pytest
 
 from itff_platform.features.labels import LABEL_COLUMNS
 from itff_platform.features.silver import build_features, feature_columns, window_frames
-from itff_platform.serving.online import Candle, OnlineFeatures, RequestError, checked_candles, features_from_candles
+from itff_platform.serving.online import (
+    Candle,
+    OnlineFeatures,
+    RequestError,
+    check_window,
+    checked_candles,
+    features_from_candles,
+)
 from itff_platform.settings import Settings
 from itff_platform_tests.conftest import utc
 
@@ -122,3 +129,126 @@ def test_candle_times_are_read_as_utc_with_or_without_an_offset(btc_hourly):
     year_one = [candles[0].model_copy(update={"timestamp": datetime(1, 1, 1, tzinfo=plus_one)}), *candles[1:]]
     with pytest.raises(RequestError, match=r"candles\[0\]\.timestamp: not representable in UTC"):
         checked_candles(year_one, settings, "1h")
+
+
+def test_a_remembered_window_is_answered_without_computing_and_still_asks_the_clock(btc_hourly, monkeypatch):
+    """What the event loop asks before hopping to a thread: the same answer as a computation, shared read-only
+    by every request on the window, and nothing for a window not seen (no computation on the loop)."""
+    import itff_platform.serving.online as module
+
+    settings = Settings()
+    names = feature_columns(settings)
+    monkeypatch.setattr(module, "ONLINE", OnlineFeatures())
+    (candles,) = windows(btc_hourly, [utc(2024, 3, 1)])
+    frame = checked_candles(candles, settings, "1h")
+    assert module.remembered_features(frame, settings, 3, names, "1h") is None
+    assert module.ONLINE.computed == 0
+    computed = features_from_candles(frame, settings, 3, names, "1h")
+    remembered = module.remembered_features(frame, settings, 3, names, "1h")
+    again = module.remembered_features(frame.clone(), settings, 3, names, "1h")  # equal content, another object
+    assert remembered is not None and again is not None and module.ONLINE.computed == 1
+    for answer in (remembered, again):
+        assert answer[0].tobytes() == computed[0].tobytes() and answer[1:] == computed[1:]
+        assert not answer[0].flags.writeable
+    fresh = OnlineFeatures().rows(frame, settings, "1h").tail(3)  # the whole window computed (this one is folded)
+    np.testing.assert_allclose(computed[0], fresh.select(names).to_numpy(), rtol=1e-9, atol=1e-12)
+
+    class Past(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2024, 1, 1, tzinfo=tz)
+
+    monkeypatch.setattr(module, "datetime", Past)
+    with pytest.raises(RequestError, match="is in the future"):
+        module.remembered_features(frame, settings, 3, names, "1h")
+
+
+def _batch_answer(frame: pl.DataFrame, settings: Settings, rows: int, names: list[str]):
+    batch = build_features(frame, settings).collect(engine="in-memory").tail(rows)
+    return batch.select(names).to_numpy(), batch["regime"][-1], batch["timestamp"][-1]
+
+
+# The worst relative difference measured between a folded window and build_features on it, over 200 slides of
+# the sample (wavetrend_signal: a 4-bar mean of an EMA of an EMA, seeded at the anchor's first bar instead).
+FOLDED_WORST_RELATIVE = 3.7e-11
+
+
+def test_a_sliding_window_is_folded_bar_by_bar_and_equals_build_features_within_1e_9(btc_hourly):
+    """72 slides of one bar over the real sample (three anchors), for a one-row model and a sequence model's
+    25 rows: every feature within 1e-9 relative (measured: FOLDED_WORST_RELATIVE), the regime and time equal;
+    build_features runs once per anchor, and each window folds in only its newest bar."""
+    settings = Settings()
+    names = feature_columns(settings)
+    frames = [
+        frame.select("timestamp", "open", "high", "low", "close", "volume")
+        for frame in (btc_hourly.slice(20_000 + i, WINDOW) for i in range(72))
+    ]
+    online = OnlineFeatures()
+    worst = 0.0
+    for frame in frames:
+        for rows in (1, 25):
+            x, regime, at = online.features(frame, settings, "1h", rows, names)
+            batch_x, batch_regime, batch_at = _batch_answer(frame, settings, rows, names)
+            assert (regime, at) == (batch_regime, batch_at)
+            np.testing.assert_allclose(x, batch_x, rtol=1e-9, atol=1e-12)
+            worst = max(worst, float(np.max(np.abs(x - batch_x) / np.maximum(np.abs(batch_x), 1e-12))))
+    assert worst <= FOLDED_WORST_RELATIVE
+    # Four anchors at most (the next one made ahead, in the background), and each window's newest bar folded.
+    assert online.computed <= 5 and online.folded <= len(frames) + 2 * 24, (online.computed, online.folded)
+    # rows() asked about a folded window computes the whole window: build_features bit for bit.
+    batch = build_features(frames[-1], settings).collect(engine="in-memory").drop(LABEL_COLUMNS)
+    assert online.rows(frames[-1], settings, "1h").equals(batch)
+
+
+def test_a_folded_windows_features_are_a_function_of_the_window_alone(btc_hourly):
+    """Bit for bit the same answer for a window folded after its predecessors, alone in a fresh worker, or in
+    another thread: the anchor and the bars folded depend only on the window's content."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = Settings()
+    names = feature_columns(settings)
+    candles = btc_hourly.select("timestamp", "open", "high", "low", "close", "volume")
+    frames = [candles.slice(21_000 + i, WINDOW) for i in range(30)]
+    sliding = OnlineFeatures()
+    in_order = [sliding.features(frame, settings, "1h", 25, names) for frame in frames]
+    assert sliding.folded < len(frames) + 24  # the later windows continued the earlier ones
+    with ThreadPoolExecutor(4) as pool:
+        alone = list(pool.map(lambda f: OnlineFeatures().features(f, settings, "1h", 25, names), frames))
+    for one, other in zip(in_order, alone, strict=True):
+        assert one[0].tobytes() == other[0].tobytes() and one[1:] == other[1:]
+
+
+def test_a_window_that_does_not_continue_the_last_one_is_folded_from_its_own_bars(btc_hourly):
+    """A changed bar in the anchor, a changed bar among the folded ones, a gap, and a broken new bar: each
+    answered as build_features answers that window (or refused as check_window refuses it)."""
+    settings = Settings()
+    names = feature_columns(settings)
+    base = btc_hourly.select("timestamp", "open", "high", "low", "close", "volume").slice(22_000, WINDOW + 1)
+    online = OnlineFeatures()
+    online.features(base.head(WINDOW), settings, "1h", 1, names)  # the anchor, and a window folded from it
+    nudge = pl.int_range(pl.len())
+
+    def changed(frame: pl.DataFrame, row: int, factor: float) -> pl.DataFrame:
+        scaled = [pl.when(nudge == row).then(pl.col(c) * factor).otherwise(pl.col(c)).alias(c) for c in ("high",)]
+        return frame.with_columns(scaled)
+
+    slid = base.tail(WINDOW)
+    cases = [
+        changed(slid, 300, 1.01),  # inside the anchor: another anchor
+        changed(slid, WINDOW - 3, 1.01),  # among the folded bars: not continued from there
+        pl.concat([base.head(400), base.slice(401, WINDOW - 400)]),  # a missing bar: other bars, other anchor
+    ]
+    for frame in cases:
+        x, regime, at = online.features(frame, settings, "1h", 1, names)
+        batch_x, batch_regime, batch_at = _batch_answer(frame, settings, 1, names)
+        assert (regime, at) == (batch_regime, batch_at)
+        np.testing.assert_allclose(x, batch_x, rtol=1e-9, atol=1e-12)
+    broken = changed(slid, WINDOW - 1, 0.5)  # the new bar's high below its low
+    first = base.head(WINDOW).with_columns(pl.when(nudge == 0).then(-1.0).otherwise(pl.col("volume")).alias("volume"))
+    for frame, position, rule in ((broken, WINDOW - 1, "high: must be"), (first, 0, "volume: must be > 0")):
+        with pytest.raises(RequestError) as folded_refusal:
+            online.features(frame, settings, "1h", 1, names)
+        with pytest.raises(RequestError) as full_refusal:
+            check_window(frame, "1h")
+        assert str(folded_refusal.value) == str(full_refusal.value)
+        assert str(folded_refusal.value).startswith(f"candles[{position}].{rule}")
