@@ -24,7 +24,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
+
+from itff_platform.local_http import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "scale-out-optuna.md"
@@ -213,12 +214,6 @@ def lake_runs(months: int) -> dict[int, dict]:
         postgres.stop(scratch / "pg", mode="immediate")
         shutil.rmtree(scratch, ignore_errors=True)
     return measured
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def projection(study_s: float, studies_per_pair: int, partitions_per_minute: float, months: int) -> list[dict]:

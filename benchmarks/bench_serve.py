@@ -21,7 +21,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from itff_platform.local_http import answers, free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-token"
 DURATION_S = int(os.environ.get("ITFF_BENCH_SECONDS", "10"))
@@ -41,12 +42,6 @@ WORKERS = 2
 CANDLES = 800
 SLIDES = int(os.environ.get("ITFF_BENCH_SLIDES", "100"))
 BATCH_ROWS = 10_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def load_average() -> str:
@@ -104,15 +99,10 @@ def hey(url: str, body: Path, concurrency: int) -> dict:
 
 def start(command: list[str], env: dict, url: str, name: str) -> subprocess.Popen:
     server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(120):
-        if server.poll() is not None:
-            sys.exit(f"{name} exited with {server.returncode} before answering")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
+    if answers(url, server, timeout_s=120, interval_s=1):
+        return server
+    if server.poll() is not None:
+        sys.exit(f"{name} exited with {server.returncode} before answering")
     server.kill()
     sys.exit(f"{name} did not answer {url} in 120 s")
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from itff_platform.local_http import free_port  # noqa: F401  (re-exported for the tests)
 from itff_platform.market.sample import SampleCandleSource
 from itff_platform.market.synthetic import random_walk_candles  # noqa: F401  (re-exported for the tests)
 from itff_platform.settings import Settings
@@ -24,15 +25,6 @@ def markdown_rows(text: str) -> list[list[str]]:
     """A Markdown table's data rows (itff_platform.markdown.table), each cell stripped of its padding."""
     lines = [line for line in text.splitlines() if line.startswith("|")][2:]
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on, for servers the tests start."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def utc(*parts: int) -> datetime:

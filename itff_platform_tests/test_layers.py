@@ -17,7 +17,7 @@ The stack, top first, each layer importing only layers below it (as `pytest -s` 
                              contracts: champions, answers and their log record, the signal rule: what serving,
                              monitoring and training share
     settings
-    fingerprints, manifests, models, rules
+    fingerprints, local_http, manifests, models, rules
                              models: the families and their registry, which settings validate against
 
 """

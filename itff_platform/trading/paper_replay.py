@@ -16,7 +16,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from itff_platform.local_http import answers, free_port
 from itff_platform.settings import Settings
 from itff_platform.trading.autopilot import TARGET, ServiceClient, client_token, run_autopilot, silver_bars
 from itff_platform.trading.desk import ledger_folder
@@ -71,9 +71,8 @@ def replay_period(settings: Settings, days: int, end: datetime | None = None) ->
 def local_service(settings: Settings, token: str, env: Mapping[str, str] | None = None) -> Iterator[str]:
     """`bentoml serve` on a free loopback port over the project's registry and lake, with the replay's ledger,
     prediction log and token and no rate limit (the replay sends a month of bars in minutes); yields its URL, stops it after."""
-    import httpx
 
-    port = _free_port()
+    port = free_port()
     state = settings.home / ".bentoml" / "paper-replay" / str(port)
     state.mkdir(parents=True, exist_ok=True)
     environment = {
@@ -103,16 +102,8 @@ def local_service(settings: Settings, token: str, env: Mapping[str, str] | None 
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + READY_TIMEOUT_S
-            while True:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"bentoml serve did not become ready; its log: {state / 'serve.log'}")
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.5)
+            if not answers(f"{url}/readyz", process, READY_TIMEOUT_S):
+                raise RuntimeError(f"bentoml serve did not become ready; its log: {state / 'serve.log'}")
             yield url
         finally:
             process.terminate()
@@ -121,15 +112,6 @@ def local_service(settings: Settings, token: str, env: Mapping[str, str] | None 
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def paper_replay(

@@ -18,6 +18,7 @@ import polars as pl
 import pytest
 
 from itff_platform.features.silver import feature_columns
+from itff_platform.local_http import answers
 from itff_platform.rules import REGIMES
 from itff_platform.serving.guard import body_signature
 from itff_platform_tests.conftest import free_port
@@ -390,15 +391,8 @@ def wait_ready(
     url: str, process: subprocess.Popen, log_path: Path, probe: str = "/readyz", what: str = "make serve"
 ) -> None:
     """Until GET url+probe answers 200; fails with the log's tail if the process exits or 180 s pass first."""
-    deadline = time.time() + 180
-    while time.time() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"{url}{probe}", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    pytest.fail(f"{what} did not start:\n{log_path.read_text()[-3000:]}")
+    if not answers(f"{url}{probe}", process, timeout_s=180, interval_s=1):
+        pytest.fail(f"{what} did not start:\n{log_path.read_text()[-3000:]}")
 
 
 @pytest.mark.timeout(600)

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import httpx
 import pytest
 
 import mlflow
+from itff_platform.local_http import answers
 from itff_platform.market.sample import SampleCandleSource
 from itff_platform.serving.online import minimum_candles
 from itff_platform.settings import Settings
@@ -94,15 +94,9 @@ def start_service(folder: Path, extra_env: dict[str, str], port: int | None = No
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if process.poll() is not None:
-            break  # it exited (a port already taken, say): no point waiting
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code in (200, 503):
-                return process, url, log_file
-        except httpx.HTTPError:
-            time.sleep(1)
+    # 503 is an answer too: a service up with a model refused (the tests of refusals start one).
+    if answers(f"{url}/readyz", process, timeout_s=120, statuses=(200, 503), interval_s=1):
+        return process, url, log_file
     process.kill()
     pytest.fail("bentoml serve did not start:\n" + log_path.read_text()[-3000:])
 
