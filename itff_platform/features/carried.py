@@ -7,10 +7,12 @@ smoother (EMA, Wilder) takes one step from its last value, each rolling feature 
 (FoldState). The formulas are indicators.py's, step for step; itff_platform_tests/serving/test_online.py pins
 the folded features to build_features over many slides of the real sample.
 
-Equal, not bit-identical: a rolling sum is added up in another order (~1e-16 relative), and the smoothers carry
-history from the computed window's first bar. Both stay far below 1e-9 relative when the row has at least
-history_bars_needed bars before it (the lake's own warm-up argument: the seed's influence has decayed by
-(1 - alpha)^600), which serving.online requires of every row it folds.
+Equal, not bit-identical. Each smoother steps as polars does (from the same first bar its state is polars' bit for
+bit), but it carries history from the anchor's first bar, not the window's: that stays far below 1e-9 relative when
+the row has at least history_bars_needed bars before it (the lake's own warm-up argument: the seed's influence has
+decayed by (1 - alpha)^600), which serving.online requires of every row it folds. A rolling mean is added up in
+another order than polars' sliding sum: `conditioned` refuses (NotFoldable) where that rounding could reach 1e-9 of
+the dispersion it is divided by (a stablecoin, a frozen price), and the window is computed whole.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ CARRIED_COLUMNS = (
 )
 SMOOTHED = (*CARRIED_COLUMNS, "atr", "macd_signal", "adx", "wavetrend")  # every smoother's last value
 MICROSECONDS = 1_000_000
+CONDITION = 2 * np.finfo(np.float64).eps * 1e9  # conditioned(): rounding per slide, over the 1e-9 promised
+THIRD = 1 / 3  # polars computes `x / 3` as `x * (1 / 3)`: the typical price must be rounded the same way
 
 
 class NotFoldable(Exception):
@@ -85,15 +89,16 @@ class FoldState:
         high, low = candles["high"].to_numpy(), candles["low"].to_numpy()
         windows = np.lib.stride_tricks.sliding_window_view
         ranges = windows(high, settings.bars_per_day).max(axis=1) - windows(low, settings.bars_per_day).min(axis=1)
-        typical = (candles["high"] + candles["low"] + candles["close"]) / 3  # as indicators.typical_price
+        prices = silver.tail(f.cci_period - 1)  # not `candles`: with 1d bars the daily ranges read fewer bars
+        typical = (prices["high"] + prices["low"] + prices["close"]) * THIRD  # as indicators.typical_price
         volatility = tail("realized_vol", f.regime_volatility_lookback - 1)
         state = cls(
             smoothed=smoothed,
             closes=tail("close", spans["closes"]),
-            highs=tail("high", settings.bars_per_day - 1),
-            lows=tail("low", settings.bars_per_day - 1),
+            highs=tail("high", spans["day_bars"]),
+            lows=tail("low", spans["day_bars"]),
             volumes=tail("volume", f.volume_zscore_window - 1),
-            typical=tuple(typical.tail(f.cci_period - 1).to_list()),
+            typical=tuple(typical.to_list()),
             returns=tail("log_return_1", f.volatility_window - 1),
             volatility=volatility,
             volatility_sorted=tuple(sorted(volatility)),
@@ -105,8 +110,11 @@ class FoldState:
             raise NotFoldable("a smoother is undefined at the carried bar")
         return state
 
-    def fold(self, settings: Settings, stamp_us: int, bar: tuple[float, float, float, float, float]) -> Fold:
-        """The next bar's silver row (every non-label column) and the state after it."""
+    def fold(
+        self, settings: Settings, stamp_us: int, bar: tuple[float, float, float, float, float], height: int
+    ) -> Fold:
+        """The next bar's silver row (every non-label column) and the state after it, in a window of `height` bars.
+        NotFoldable where a rolling mean's rounding could show (conditioned)."""
         f = settings.features
         o, h, lo, c, v = bar
         s = self.smoothed
@@ -117,11 +125,13 @@ class FoldState:
         closes = (*self.closes[len(self.closes) - f.bollinger_period + 1 :], c)
         mean = sum(closes) / f.bollinger_period
         std = math.sqrt(sum((x - mean) ** 2 for x in closes) / f.bollinger_period)
+        conditioned(std, max(closes), height)
         width = f.bollinger_width
         row["bollinger_pct_b"] = None if std == 0 else (c - (mean - width * std)) / (2 * width * std)
         volumes = (*self.volumes, v)
         mean = sum(volumes) / len(volumes)
         std = math.sqrt(sum((x - mean) ** 2 for x in volumes) / (len(volumes) - 1))
+        conditioned(std, max(volumes), height)
         row["volume_zscore"] = None if std == 0 else (v - mean) / std
         row.update(_calendar(stamp_us))
         returns = (*self.returns, row["log_return_1"])
@@ -133,7 +143,7 @@ class FoldState:
         up, down = h - previous_high, previous_low - lo
         plus_dm = up if up > down and up > 0 else 0.0
         minus_dm = down if down > up and down > 0 else 0.0
-        typical_price = (h + lo + c) / 3
+        typical_price = (h + lo + c) * THIRD
         typical = (*self.typical, typical_price)
         typical_mean = sum(typical) / f.cci_period
         step = {
@@ -154,14 +164,16 @@ class FoldState:
         deviation = 0.0
         for value in reversed(typical):  # indicators.cci: lag 0 first, added left to right
             deviation = deviation + abs(value - typical_mean)
-        deviation /= f.cci_period
+        deviation *= 1 / f.cci_period  # polars divides by a literal as a product with its reciprocal
+        conditioned(deviation, max(map(abs, typical)), height)
         row["cci"] = None if deviation == 0 else (typical_price - typical_mean) / (0.015 * deviation)
-        day_range = max(*self.highs, h) - min(*self.lows, lo)
+        earlier = len(self.highs) - settings.bars_per_day + 1  # the day's bars before this one (none for 1d bars)
+        day_range = max((*self.highs[earlier:], h)) - min((*self.lows[earlier:], lo))
         day_ranges = (*self.day_ranges, day_range)
         total = day_range
         for d in range(1, f.daily_range_days):  # indicators.average_daily_range: day 0 first
             total = total + day_ranges[-1 - d * settings.bars_per_day]
-        row["average_daily_range"] = total / f.daily_range_days / c
+        row["average_daily_range"] = total * (1 / f.daily_range_days) / c
         # stage 3
         gain_avg, loss_avg = step["_avg_gain"], step["_avg_loss"]
         row["rsi"] = (50.0 if gain_avg == 0 else 100.0) if loss_avg == 0 else 100 - 100 / (1 + gain_avg / loss_avg)
@@ -213,11 +225,46 @@ class Fold:
     row: dict[str, Any]
 
 
+def conditioned(dispersion: float, largest: float, height: int) -> None:
+    """NotFoldable unless a rolling mean's rounding stays below 1e-9 of the dispersion it is divided by.
+
+    polars' rolling means (and stds) are sliding sums started at the window's first bar, so their rounding depends
+    on where the window starts; the fold (and an anchor's rows) add the same values up from elsewhere. Each slide
+    rounds the running sum twice, so the mean can be off by 2 * height * eps * largest; %B, the volume z-score and
+    the CCI divide (value - mean) by a dispersion, so that error reaches them divided by it. Ordinary markets clear
+    this by orders of magnitude (BTC hourly: std/price ~1e-2 against ~4e-4 for 800 bars); a stablecoin's 1e-5 wiggles,
+    or a frozen price (dispersion 0, where polars' sliding std may not give 0), do not: the window is computed whole."""
+    if not dispersion >= CONDITION * height * largest:
+        raise NotFoldable("too little dispersion for a folded rolling mean to round as build_features' does")
+
+
+def well_conditioned_from(silver: pl.DataFrame, settings: Settings, height: int) -> int:
+    """The first row of `silver` (OHLCV, sorted) from which every row passes `conditioned` (vectorised): a model
+    reading a row before it from a window that is not computed whole could get another rounding."""
+    f = settings.features
+    windows = np.lib.stride_tricks.sliding_window_view
+    close, volume = silver["close"].to_numpy(), silver["volume"].to_numpy()
+    typical = ((silver["high"] + silver["low"] + silver["close"]) * THIRD).to_numpy()
+    ill = np.zeros(silver.height, dtype=bool)
+    for values, period, ddof in ((close, f.bollinger_period, 0), (volume, f.volume_zscore_window, 1)):
+        if len(values) >= period:
+            tails = windows(values, period)
+            ill[period - 1 :] |= ~(tails.std(axis=1, ddof=ddof) >= CONDITION * height * tails.max(axis=1))
+    if len(typical) >= f.cci_period:
+        tails = windows(typical, f.cci_period)
+        deviation = np.abs(tails - tails.mean(axis=1, keepdims=True)).mean(axis=1)
+        ill[f.cci_period - 1 :] |= ~(deviation >= CONDITION * height * np.abs(tails).max(axis=1))
+    return int(np.flatnonzero(ill)[-1]) + 1 if ill.any() else 0
+
+
 def _spans(settings: Settings) -> dict[str, int]:
     f = settings.features
     return {
         "closes": max(*f.return_lags, f.bollinger_period - 1),
         "day_ranges": (f.daily_range_days - 1) * settings.bars_per_day,
+        # highs and lows: the day's earlier bars for its range, and at least the previous bar for the directional
+        # movement (a 1d bar's day is itself alone)
+        "day_bars": max(settings.bars_per_day - 1, 1),
     }
 
 
@@ -227,7 +274,7 @@ def _span(span: int) -> float:
 
 def _ema(last: float, value: float, alpha: float) -> float:
     """One step of ewm_mean(adjust=False), as polars writes it."""
-    return ((1 - alpha) * last + alpha * value) / ((1 - alpha) + alpha)
+    return last + alpha * (value - last)
 
 
 def _quantile(ordered: list[float], quantile: float) -> float:

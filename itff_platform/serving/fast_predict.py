@@ -37,6 +37,7 @@ OPTIONAL_TEXT = ("target", "regime", "bar_time")
 PLAIN_TIME = r"^\d{4}-\d{2}-\d{2}T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?(Z|\+00:00)?$"
 UTC_SUFFIX = re.compile(r"(Z|\+00:00)$")
 BODIES_KEPT = 64  # candle bodies (and their parsed arguments) each worker remembers (~110 + 40 KB for 800 bars)
+BODY_BYTES_KEPT = 16 * 2**20  # and at most this many bytes of them (bodies run up to max_request_bytes each)
 REMEMBERED_FROM_BYTES = 4096  # a feature row parses in microseconds: only bodies this large are remembered
 EXACT_INT = 2**53  # beyond this an integer is not exactly a float; pydantic's word on it is kept
 
@@ -100,8 +101,15 @@ def candle_columns(candles: Any) -> pl.DataFrame:
 class FastPredictRoute:
     """POST /predict, for plainly valid bodies, inside the guard; `handler(**arguments)` gives the response."""
 
-    def __init__(self, app: ASGIApp, handler: Callable[..., Awaitable[Any]], kept: int = BODIES_KEPT) -> None:
-        self.app, self.handler, self.kept = app, handler, kept
+    def __init__(
+        self,
+        app: ASGIApp,
+        handler: Callable[..., Awaitable[Any]],
+        kept: int = BODIES_KEPT,
+        kept_bytes: int = BODY_BYTES_KEPT,
+    ) -> None:
+        self.app, self.handler, self.kept, self.kept_bytes = app, handler, kept, kept_bytes
+        self._bytes = 0  # of the bodies remembered
         # Candle bodies already read, by content: a window sent again (the same bar asked about by several
         # clients, or again) costs a hash, not a parse. The arguments are never mutated (frames are immutable).
         self._bodies: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
@@ -116,10 +124,11 @@ class FastPredictRoute:
             self._bodies.move_to_end(body)
             return known
         arguments = plain_arguments(body)
-        if arguments is not None:
+        if arguments is not None and len(body) <= self.kept_bytes and body not in self._bodies:
             self._bodies[body] = arguments
-            if len(self._bodies) > self.kept:
-                self._bodies.popitem(last=False)
+            self._bytes += len(body)
+            while len(self._bodies) > self.kept or self._bytes > self.kept_bytes:
+                self._bytes -= len(self._bodies.popitem(last=False)[0])
         return arguments
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -4,6 +4,7 @@ after the lake's own cleaning rules (lake/cleaning.py) have judged them."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import threading
 from collections import OrderedDict
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from itff_platform.features.carried import FoldState
     from itff_platform.features.silver import BoundPlan
 
+log = logging.getLogger("itff_platform.serving")
 # A JSON number, never a boolean or a numeric string: lax pydantic would read `true` as 1.0 and "1.5" as 1.5.
 Number = Annotated[float, Strict()]
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # the models compute in float32: anything larger becomes inf
@@ -78,7 +80,8 @@ CANDLE_VALUES = ("open", "high", "low", "close", "volume")
 SETTINGS_KEPT = 16  # settings objects whose key is remembered (a service has one; tests make many)
 WINDOWS_KEPT = 64  # candle windows whose features each worker remembers (~230 KB each for 800 bars)
 ANCHOR_BARS = 24  # a window is folded from the anchor that starts at its first bar on a 24-bar boundary
-ANCHORS_KEPT = 8  # anchors each worker remembers (one per symbol and model interval in use, and some)
+ANCHORS_KEPT = 64  # anchors each worker remembers (~0.5 MB each for 800 bars): one per symbol and interval sliding
+ANCHORS_QUEUED = 8  # anchors waiting for the background thread at most; beyond, the next window makes its own
 FOLDS_KEPT = 4  # windows folded from an anchor that a later window may continue
 
 
@@ -177,13 +180,15 @@ Answer = tuple[np.ndarray, str, datetime]  # a model's input rows, the last bar'
 class _Window:
     """A computed window: every non-label silver column, and the answers already read from it per model input
     (feature names, rows), so a window asked about again costs a dict lookup, not a tail/select/to_numpy.
-    A folded window (`exact` unset) holds its anchor's rows and the folded ones: only rows with
-    history_bars_needed bars before them are read from it."""
+    A folded window (`exact` unset) holds its anchor's rows and the folded ones: a model may read its last
+    `foldable_rows` rows (those with history_bars_needed bars before them, rounded as build_features rounds them);
+    one reading more gets the window computed whole, which then replaces it."""
 
     silver: pl.DataFrame
     answers: dict[tuple[tuple[str, ...], int], Answer | RequestError]
     exact: bool = True
     folded: list[dict[str, Any]] = field(default_factory=list)  # rows after `silver`'s (a folded window's newest bars)
+    foldable_rows: int = 0
 
 
 @dataclass
@@ -193,6 +198,7 @@ class _Anchor:
 
     silver: pl.DataFrame
     state: FoldState
+    conditioned_from: int  # carried.well_conditioned_from: rows before it are never read from a folded window
     folds: list[tuple[np.ndarray, np.ndarray, FoldState, list[dict[str, Any]]]]
 
 
@@ -218,7 +224,7 @@ class OnlineFeatures:
         # id(frame) -> (the frame, kept alive so its id is not reused; its content digest)
         self._identities: OrderedDict[int, tuple[pl.DataFrame, bytes]] = OrderedDict()
         self._anchors: OrderedDict[tuple[str, str, bytes], Future[_Anchor | None]] = OrderedDict()
-        self._background: ThreadPoolExecutor | None = None  # makes the next anchor of a sliding window
+        self._queued = 0  # anchors submitted to the background thread and not started
         self._plans: dict[str, BoundPlan] = {}
         self._settings_keys: dict[int, tuple[Settings, str]] = {}
         self._lock = threading.Lock()  # the remembered windows
@@ -293,13 +299,24 @@ class OnlineFeatures:
                 # Kept without its traceback: a re-raise appends frames to it, so a window a client keeps re-sending
                 # would grow the chain, and hold those frames' candles, for as long as it stays cached.
                 known = error.with_traceback(None)
-            with self._lock:
-                self._windows[key] = known
-                if len(self._windows) > self.kept:
-                    self._windows.popitem(last=False)
+            self._remember(key, known)
         if isinstance(known, RequestError):
             raise known.with_traceback(None)
+        if not known.exact and (rows is None or rows > known.foldable_rows):
+            # More rows than the fold answers for (or every row, for rows()): the window computed whole replaces
+            # it, so the answer does not depend on which model asked first.
+            if not compute:
+                return None
+            known = _Window(self._silver(frame, settings, settings_key), {})
+            self._remember(key, known)
         return known
+
+    def _remember(self, key: tuple[str, str, bytes], outcome: _Window | RequestError) -> None:
+        with self._lock:
+            self._windows[key] = outcome
+            self._windows.move_to_end(key)
+            if len(self._windows) > self.kept:
+                self._windows.popitem(last=False)
 
     def rows(self, candles: list[Candle] | pl.DataFrame, settings: Settings, interval: str) -> pl.DataFrame:
         """Every non-label silver column for the window (what build_features gives, bit for bit); `candles` may
@@ -308,8 +325,7 @@ class OnlineFeatures:
         window = self._window(frame, settings, interval, compute=True)
         assert window is not None  # computed when new
         check_not_future(frame, interval)
-        # A window folded for a model's rows holds its anchor's rows: the whole window is computed instead.
-        return window.silver if window.exact else self._silver(frame, settings, self._settings_key(settings))
+        return window.silver  # exact: _window computes a folded window whole for every row
 
     def features(
         self, frame: pl.DataFrame, settings: Settings, interval: str, rows: int, names: list[str], compute: bool = True
@@ -364,7 +380,8 @@ class OnlineFeatures:
 
         stamps = frame["timestamp"].dt.epoch("us").to_numpy()
         aligned = np.flatnonzero(bar_numbers_of(stamps[:ANCHOR_BARS], interval) % ANCHOR_BARS == 0)
-        if not len(aligned) or frame.height - rows < int(aligned[0]) + history_bars_needed(settings):
+        history = history_bars_needed(settings)
+        if not len(aligned) or frame.height - rows < int(aligned[0]) + history:
             return None
         start = int(aligned[0])
         end = start + frame.height - ANCHOR_BARS  # the same bars for every window that holds them all
@@ -372,13 +389,18 @@ class OnlineFeatures:
         key = (interval, settings_key, _content_digest(bars))
         with self._lock:
             pending = self._anchors.get(key)
+            if pending is not None:
+                self._anchors.move_to_end(key)
         values = frame.select(CANDLE_VALUES).to_numpy()
         new_stamps, new_values = stamps[end:], values[end:]
         # The anchor's bars passed check_window in the window that brought them (an anchor is only made from a
         # judged window), and so did the bars of a window continued; the others must pass the lake's rules too,
         # and the window its spacing rules: check_window judges the window (and words any refusal) unless
         # plainly_valid says every unjudged bar passes.
-        anchor = pending.result() if pending is not None else None
+        try:
+            anchor = pending.result() if pending is not None else None
+        except Exception:  # its maker failed (logged there): made anew below, after the window is judged
+            pending = anchor = None
         if pending is not None and anchor is None:
             return None  # an anchor where a smoother is undefined
         continued, state, folded = 0, anchor.state if anchor else None, []
@@ -404,6 +426,9 @@ class OnlineFeatures:
             if anchor is None:
                 return None
             state = anchor.state
+        foldable_rows = frame.height - start - max(history, anchor.conditioned_from)
+        if rows > foldable_rows:
+            return None  # rows whose rounding could differ from build_features': computed whole
         if start == 0 and bar_numbers_of(stamps[ANCHOR_BARS : ANCHOR_BARS + 1], interval) % ANCHOR_BARS == 0:
             # The next window's anchor is this window's last bars: made now, off this request's path.
             following = frame.slice(ANCHOR_BARS)
@@ -412,7 +437,7 @@ class OnlineFeatures:
         try:
             folded = list(folded)
             for stamp, bar in zip(new_stamps[continued:].tolist(), new_values[continued:].tolist(), strict=True):
-                step = state.fold(settings, stamp, tuple(bar))
+                step = state.fold(settings, stamp, tuple(bar), frame.height)
                 state = step.state
                 folded.append(step.row)
             self.folded += len(new_stamps) - continued
@@ -421,7 +446,7 @@ class OnlineFeatures:
         with self._lock:
             anchor.folds.append((new_stamps, new_values, state, folded))
             del anchor.folds[:-FOLDS_KEPT]
-        return _Window(anchor.silver, {}, exact=False, folded=folded)
+        return _Window(anchor.silver, {}, exact=False, folded=folded, foldable_rows=foldable_rows)
 
     def _anchor(
         self,
@@ -431,40 +456,82 @@ class OnlineFeatures:
         settings_key: str,
         background: bool = False,
     ) -> _Anchor | None:
-        """The anchor of these (judged) bars, None where it cannot be folded from; made once per key, here or,
-        when `background` is set, by the worker's anchor thread (and then not waited for). A request that
-        needs an anchor being made waits for it rather than making it twice."""
+        """The anchor of these (judged) bars, None where it cannot be folded from (or its making failed: logged);
+        made once per key, here or, when `background` is set, by the anchor thread (and then not waited for). A
+        request that needs an anchor being made waits for it rather than making it twice."""
         with self._lock:
             pending = self._anchors.get(key)
             mine = pending is None
             if pending is None:
+                if background and self._queued >= ANCHORS_QUEUED:
+                    return None  # the thread is behind: the window that needs this anchor makes it
                 pending = self._anchors[key] = Future()
                 if len(self._anchors) > ANCHORS_KEPT:
-                    self._anchors.popitem(last=False)
-            if mine and background and self._background is None:
-                self._background = ThreadPoolExecutor(1, thread_name_prefix="candle-anchor")
+                    self._anchors.popitem(last=False)  # a background job for it is dropped (_make_anchor)
+            else:
+                self._anchors.move_to_end(key)
+            if mine and background:
+                self._queued += 1
         if mine and background:
-            assert self._background is not None
-            self._background.submit(self._make_anchor, pending, bars, settings, settings_key)
+            try:
+                _background_thread().submit(self._make_anchor, key, pending, bars, settings, settings_key, True)
+            except BaseException as error:  # e.g. at interpreter shutdown: nobody will make it, so nobody waits
+                self._failed(key, pending, error)
             return None
         if mine:
-            self._make_anchor(pending, bars, settings, settings_key)
-        return None if background else pending.result()
+            self._make_anchor(key, pending, bars, settings, settings_key)
+        if background:
+            return None
+        try:
+            return pending.result()
+        except Exception:  # logged by its maker; this window is computed whole
+            return None
 
     def _make_anchor(
-        self, pending: Future[_Anchor | None], bars: pl.DataFrame, settings: Settings, settings_key: str
+        self,
+        key: tuple[str, str, bytes],
+        pending: Future[_Anchor | None],
+        bars: pl.DataFrame,
+        settings: Settings,
+        settings_key: str,
+        queued: bool = False,
     ) -> None:
-        from itff_platform.features.carried import CARRIED_COLUMNS, FoldState, NotFoldable
+        from itff_platform.features.carried import CARRIED_COLUMNS, FoldState, NotFoldable, well_conditioned_from
 
+        if queued:
+            with self._lock:
+                self._queued -= 1
+                evicted = self._anchors.get(key) is not pending
+            if evicted:  # forgotten before its turn: not made (a waiter computes its window whole)
+                pending.set_result(None)
+                return
         try:
             silver = self._compute(bars, settings, settings_key)
-            pending.set_result(_Anchor(silver.drop(CARRIED_COLUMNS), FoldState.after(silver, settings), []))
+            state = FoldState.after(silver, settings)
+            conditioned_from = well_conditioned_from(silver, settings, silver.height + ANCHOR_BARS)
+            pending.set_result(_Anchor(silver.drop(CARRIED_COLUMNS), state, conditioned_from, []))
         except NotFoldable:
             pending.set_result(None)
-        except BaseException as error:  # whoever waits gets it; the next window makes the anchor anew
-            with self._lock:
-                self._anchors = OrderedDict((k, v) for k, v in self._anchors.items() if v is not pending)
-            pending.set_exception(error)
+        except BaseException as error:  # whoever waits gets None; the next window makes the anchor anew
+            log.exception("making a candle anchor failed")
+            self._failed(key, pending, error)
+
+    def _failed(self, key: tuple[str, str, bytes], pending: Future[_Anchor | None], error: BaseException) -> None:
+        with self._lock:
+            if self._anchors.get(key) is pending:
+                del self._anchors[key]
+        pending.set_exception(error)
+
+
+_BACKGROUND: list[ThreadPoolExecutor] = []  # one anchor thread per process, shared by every OnlineFeatures
+_BACKGROUND_LOCK = threading.Lock()
+
+
+def _background_thread() -> ThreadPoolExecutor:
+    with _BACKGROUND_LOCK:
+        if not _BACKGROUND:
+            _BACKGROUND.append(ThreadPoolExecutor(1, thread_name_prefix="candle-anchor"))
+        return _BACKGROUND[0]
 
 
 def bar_numbers_of(stamps_us: np.ndarray, interval: str) -> np.ndarray:

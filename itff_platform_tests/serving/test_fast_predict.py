@@ -119,3 +119,15 @@ def test_the_route_reads_a_body_in_chunks_and_remembers_it_by_its_bytes(window):
     anyio.run(post, bytes(bytearray(body)))
     assert len(calls) == 2 and calls[1]["candles"] is calls[0]["candles"]  # parsed once
     assert calls[0]["candles"].equals(plain_arguments(body)["candles"])
+
+
+def test_remembered_bodies_are_bounded_by_their_bytes(window):
+    """64 bodies of up to max_request_bytes each were 128 MB a worker: the cache is bounded by bytes too."""
+    from itff_platform.serving.fast_predict import FastPredictRoute
+
+    route = FastPredictRoute(app=None, handler=None, kept_bytes=3 * 8192)  # type: ignore[arg-type]
+    bodies = [json.dumps({"symbol": f"BTC{i}", "candles": window}).encode() for i in range(6)]
+    for body in bodies:
+        assert route.arguments(body) is not None
+    assert 0 < route._bytes == sum(map(len, route._bodies)) <= 3 * 8192 and len(route._bodies) < len(bodies)
+    assert route.arguments(bodies[-1]) is route._bodies[bodies[-1]]  # the newest is still remembered

@@ -252,3 +252,133 @@ def test_a_window_that_does_not_continue_the_last_one_is_folded_from_its_own_bar
             check_window(frame, "1h")
         assert str(folded_refusal.value) == str(full_refusal.value)
         assert str(folded_refusal.value).startswith(f"candles[{position}].{rule}")
+
+
+def _daily(btc_hourly: pl.DataFrame, bars: int) -> pl.DataFrame:
+    """The sample's hourly bars relabelled one day apart (from a 24-day boundary): a 1d window to fold."""
+    start = (utc(2019, 1, 1).timestamp() // 86400 // 24 + 1) * 24 * 86400 * 1_000_000
+    candles = btc_hourly.select("timestamp", "open", "high", "low", "close", "volume").slice(20_000, bars)
+    stamps = pl.lit(int(start)) + pl.int_range(pl.len()).cast(pl.Int64) * 86400 * 1_000_000
+    return candles.with_columns(stamps.cast(pl.Datetime("us", "UTC")).alias("timestamp"))
+
+
+def test_daily_bars_are_folded_too(btc_hourly):
+    """With one bar a day the day's earlier highs and lows are none: the fold crashed (IndexError, a 500) and
+    read too few typical prices for the CCI."""
+    settings = Settings(interval="1d")
+    names = feature_columns(settings)
+    online = OnlineFeatures()
+    bars = _daily(btc_hourly, WINDOW + 2)
+    for i in range(3):
+        frame = bars.slice(i, WINDOW)
+        x, regime, at = online.features(frame, settings, "1d", 1, names)
+        batch_x, batch_regime, batch_at = _batch_answer(frame, settings, 1, names)
+        assert (regime, at) == (batch_regime, batch_at)
+        np.testing.assert_allclose(x, batch_x, rtol=1e-9, atol=1e-12)
+    assert online.folded > 0
+
+
+def test_the_smoothers_step_as_polars_does_bit_for_bit(btc_hourly):
+    """Folded from an anchor starting where the window starts, every smoother's state is polars' own, bit for bit
+    (ewm_mean(adjust=False) is w + a * (x - w), the typical price (h + l + c) * (1 / 3)), on a market and on a
+    low-volatility copy of it (prices 1 +- 1e-4), where one ulp per step reached 5e-7 of the WaveTrend."""
+    from itff_platform.features.carried import CARRIED_COLUMNS, SMOOTHED, FoldState
+
+    settings = Settings()
+    market = btc_hourly.select("timestamp", "open", "high", "low", "close", "volume").slice(28_000, WINDOW)
+    calm = market.with_columns(
+        (1.0 + (pl.col(c) / pl.col("close").mean() - 1) * 1e-4).alias(c) for c in ("open", "high", "low", "close")
+    )
+    for frame in (market, calm):
+        anchor = build_features(frame.head(WINDOW - 4), settings, keep=CARRIED_COLUMNS).collect(engine="in-memory")
+        state = FoldState.after(anchor, settings)
+        for row in frame.tail(4).iter_rows():
+            state = state.fold(settings, int(row[0].timestamp() * 1_000_000), tuple(row[1:]), 0).state
+        whole = build_features(frame, settings, keep=CARRIED_COLUMNS).collect(engine="in-memory")
+        assert {k: state.smoothed[k] for k in SMOOTHED} == {k: whole[k][-1] for k in SMOOTHED}
+
+
+def test_a_low_volatility_window_is_computed_whole_rather_than_answered_differently(btc_hourly):
+    """A stablecoin's 1e-5 wiggles: polars' sliding rolling sums round differently from the fold's by up to 4e-9
+    of the CCI. Such windows are not folded (carried.conditioned), so the answer is build_features' own."""
+    settings = Settings()
+    names = feature_columns(settings)
+    market = btc_hourly.select("timestamp", "open", "high", "low", "close", "volume").slice(28_000, WINDOW + 40)
+    calm = market.with_columns(
+        (1.0 + (pl.col(c) / pl.col("close").mean() - 1) * 1e-4).alias(c) for c in ("open", "high", "low", "close")
+    )
+    online = OnlineFeatures()
+    for i in range(0, 41, 4):
+        frame = calm.slice(i, WINDOW)
+        x, regime, at = online.features(frame, settings, "1h", 1, names)
+        batch_x, batch_regime, batch_at = _batch_answer(frame, settings, 1, names)
+        assert (regime, at) == (batch_regime, batch_at)
+        np.testing.assert_allclose(x, batch_x, rtol=1e-9, atol=1e-12)
+
+
+def test_the_answer_does_not_depend_on_which_model_asked_first(btc_hourly):
+    """A window folded for a one-row model, then asked for more rows than the fold answers for: it was answered
+    from anchor rows with too little history (450 rows: refused, where a fresh worker answers)."""
+    settings = Settings()
+    names = feature_columns(settings)
+    frame = btc_hourly.select("timestamp", "open", "high", "low", "close", "volume").slice(20_010, WINDOW)
+    for rows in (64, 450):
+        first = OnlineFeatures()
+        first.features(frame, settings, "1h", 1, names)
+        after, fresh = (
+            first.features(frame, settings, "1h", rows, names),
+            OnlineFeatures().features(frame, settings, "1h", rows, names),
+        )
+        assert after is not None and fresh is not None
+        assert after[0].tobytes() == fresh[0].tobytes() and after[1:] == fresh[1:]
+
+
+def test_anchors_of_many_sliding_streams_are_kept(btc_hourly):
+    """Ten symbols sliding in turn: anchors were kept eight, in creation order, so every window made one anew."""
+    settings = Settings()
+    names = feature_columns(settings)
+    candles = btc_hourly.select("timestamp", "open", "high", "low", "close", "volume")
+    online = OnlineFeatures()
+    for i in range(4):
+        for stream in range(10):
+            online.features(candles.slice(20_000 + stream * 900 + i, WINDOW), settings, "1h", 1, names)
+    assert online.computed <= 2 * 10, online.computed  # an anchor per stream, and maybe the next one ahead
+    import threading
+
+    assert sum(t.name.startswith("candle-anchor") for t in threading.enumerate()) <= 1  # one shared thread
+
+
+def test_a_failed_anchor_is_logged_and_neither_fails_the_window_nor_hides_its_refusal(btc_hourly, caplog):
+    from concurrent.futures import Future
+
+    import itff_platform.serving.online as module
+
+    settings = Settings()
+    names = feature_columns(settings)
+    frame = btc_hourly.select("timestamp", "open", "high", "low", "close", "volume").slice(20_000, WINDOW)
+    online = OnlineFeatures()
+    compute = online._compute
+
+    def anchors_fail(bars, *args):
+        if bars.height == WINDOW - module.ANCHOR_BARS:
+            raise RuntimeError("no memory for an anchor")
+        return compute(bars, *args)
+
+    online._compute = anchors_fail  # type: ignore[method-assign]
+    x, regime, at = online.features(frame, settings, "1h", 1, names)  # computed whole
+    assert "making a candle anchor failed" in caplog.text
+    batch_x, batch_regime, batch_at = _batch_answer(frame, settings, 1, names)
+    assert x.tobytes() == batch_x.tobytes() and (regime, at) == (batch_regime, batch_at)
+    # A broken window whose anchor failed while it waited: its refusal, not the anchor's error.
+    slid = btc_hourly.select("timestamp", "open", "high", "low", "close", "volume").slice(20_001, WINDOW)
+    broken = slid.with_columns(
+        pl.when(pl.int_range(pl.len()) == WINDOW - 1).then(-1.0).otherwise("volume").alias("volume")
+    )
+    stamps = broken["timestamp"].dt.epoch("us").to_numpy()
+    start = int(np.flatnonzero(module.bar_numbers_of(stamps[:24], "1h") % 24 == 0)[0])
+    failed: Future = Future()
+    failed.set_exception(RuntimeError("anchor failed"))
+    digest = module._content_digest(broken.slice(start, WINDOW - 24))
+    online._anchors[("1h", online._settings_key(settings), digest)] = failed
+    with pytest.raises(RequestError, match=rf"candles\[{WINDOW - 1}\]\.volume"):
+        online.features(broken, settings, "1h", 1, names)
