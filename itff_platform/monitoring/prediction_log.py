@@ -272,6 +272,7 @@ class WriteAhead:
         self._seq = self._synced = self._sealed_seq = 0
         self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._kick = threading.Condition(self._lock)
+        self._kick_scheduled = False  # a kick of the fsync thread waits for the end of the event loop's turn
         self._sealed: list[tuple[Path, int]] = []  # (segment, fd) flushed to disk, waiting for their Delta commit
         self._closed = False
         self._path, self._fd = self._open_segment()
@@ -304,8 +305,18 @@ class WriteAhead:
             if self._synced >= seq:
                 return
             self._waiters.append((seq, loop, future))
-            self._kick.notify()
+            kick, self._kick_scheduled = not self._kick_scheduled, True
+        if kick:
+            # At the end of this turn of the event loop, not now: the requests of one /predict batch are answered
+            # in the same turn, one after another, and each writes its line; kicked at the first, the fsync would
+            # cover that line alone and the others would wait for another. Kicked after the turn, one covers all.
+            loop.call_soon(self._kick_now)
         await future
+
+    def _kick_now(self) -> None:
+        with self._lock:
+            self._kick_scheduled = False
+            self._kick.notify()
 
     def _sync_loop(self) -> None:
         while True:
