@@ -9,7 +9,8 @@ and counted.
 With a write-ahead folder (the service's default), `append_durable` also writes the record to a local
 append-only segment and returns once it is fsynced: the service sends its 200 only after that, so a crash
 (kill -9, power loss) cannot lose an acknowledged prediction. Concurrent requests share one fsync (group
-commit). Each Delta flush seals the segment it covered and deletes it once the rows are committed. A segment
+commit), started at the end of the event loop's turn, so that the requests of a /predict batch, answered in one
+turn, share it. Each Delta flush seals the segment it covered and deletes it once the rows are committed. A segment
 whose writer died is replayed into Delta by the next PredictionLog on the same table (the service's next
 start), skipping request ids the table already holds, so a replay never writes a row twice."""
 
