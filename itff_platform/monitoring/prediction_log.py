@@ -292,9 +292,12 @@ class WriteAhead:
         return final, fd
 
     def write(self, line: bytes) -> int:
-        """Append one record (to the OS, not yet to the disk); its sequence number for `synced`."""
+        """Append one record (to the OS, not yet to the disk); its sequence number for `synced`. Call holding the
+        log's buffer lock, as `seal` is: the segment is not swapped meanwhile."""
+        # Not under _lock: the write frees the GIL, the fsync thread takes it and would block on _lock, then the
+        # event loop on the GIL, a convoy of thread switches per request (docs/benchmarks.md). Counted once written.
+        os.write(self._fd, line)
         with self._lock:
-            os.write(self._fd, line)
             self._seq += 1
             return self._seq
 
@@ -327,8 +330,9 @@ class WriteAhead:
                     return
             try:
                 with self.sync_lock:
-                    with self._lock:
-                        target, fd = self._seq, self._fd
+                    # Without _lock (see write): under sync_lock the segment is not swapped, and _seq counts only
+                    # lines already written, so this fsync covers every line up to it.
+                    target, fd = self._seq, self._fd
                     os.fsync(fd)  # every request that wrote before this point rides on this one fsync
                     self._settle(target)
             except OSError as error:
