@@ -74,7 +74,25 @@ def champion_inputs(symbol: str, target: str) -> tuple[dict, list[dict], object]
     return row, bars, model
 
 
-def hey(url: str, body: Path, concurrency: int) -> dict:
+def server_cpu_s(server: subprocess.Popen | None) -> float:
+    """User + system CPU seconds of a server and all its processes (arbiter and workers) so far."""
+    if server is None:
+        return 0.0
+    import psutil
+
+    total = 0.0
+    root = psutil.Process(server.pid)
+    for process in (root, *root.children(recursive=True)):
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def hey(url: str, body: Path, concurrency: int, server: subprocess.Popen | None = None) -> dict:
+    before = server_cpu_s(server)
     out = subprocess.run(
         [
             *("hey", "-z", f"{DURATION_S}s", "-c", str(concurrency), "-m", "POST", "-T", "application/json"),
@@ -86,6 +104,7 @@ def hey(url: str, body: Path, concurrency: int) -> dict:
     pct = {p: round(float(v) * 1000, 1) for p, v in re.findall(r"\s+(\d+)% in ([\d.]+) secs", out)}
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     codes = dict(re.findall(r"\[(\d+)\]\s+(\d+) responses", out))
+    answered = sum(int(n) for n in codes.values())
     return {
         "concurrency": concurrency,
         "requests_per_s": round(rps),
@@ -93,6 +112,8 @@ def hey(url: str, body: Path, concurrency: int) -> dict:
         "p95_ms": pct.get("95"),
         "p99_ms": pct.get("99"),
         "status_codes": codes,
+        # The servers' own CPU per request: what a request costs them, whatever else the machine runs.
+        "server_cpu_us_per_request": round((server_cpu_s(server) - before) / answered * 1e6) if server else None,
         "load_average": load_average(),
     }
 
@@ -259,7 +280,10 @@ def main() -> None:
             for _ in range(ROUNDS):
                 for c in rows:
                     rows[c].append(
-                        {"itff": hey(f"{url}/predict", body, c), "anchor": hey(f"{anchor_url}/predict", body, c)}
+                        {
+                            "itff": hey(f"{url}/predict", body, c, servers[0]),
+                            "anchor": hey(f"{anchor_url}/predict", body, c, servers[1]),
+                        }
                     )
             candle_levels = [hey(f"{url}/predict", window, c) for c in (1, 8, 32)]
         slides = sliding_windows(url, symbol, target, bars)
@@ -292,13 +316,14 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     print("\n/predict, feature row: ITFF vs the FastAPI anchor, both with 2 workers, interleaved")
-    print("| concurrency | ITFF | anchor | ratio | load average |")
-    print("|---|---|---|---|---|")
+    print("| concurrency | ITFF | anchor | ratio | server CPU per request, ITFF / anchor | load average |")
+    print("|---|---|---|---|---|---|")
     for pair in feature_rows:
         a, b = pair["itff"], pair["anchor"]
         print(
             f"| {a['concurrency']} | {a['requests_per_s']:,} req/s, p95 {a['p95_ms']} ms | "
-            f"{b['requests_per_s']:,} req/s, p95 {b['p95_ms']} ms | {pair['ratio']}x | {a['load_average']} |"
+            f"{b['requests_per_s']:,} req/s, p95 {b['p95_ms']} ms | {pair['ratio']}x | "
+            f"{a['server_cpu_us_per_request']} / {b['server_cpu_us_per_request']} µs | {a['load_average']} |"
         )
     print(f"\n/predict, {CANDLES} candles")
     for level in candle_levels:

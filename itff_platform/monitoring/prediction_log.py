@@ -9,7 +9,8 @@ and counted.
 With a write-ahead folder (the service's default), `append_durable` also writes the record to a local
 append-only segment and returns once it is fsynced: the service sends its 200 only after that, so a crash
 (kill -9, power loss) cannot lose an acknowledged prediction. Concurrent requests share one fsync (group
-commit). Each Delta flush seals the segment it covered and deletes it once the rows are committed. A segment
+commit), started at the end of the event loop's turn, so that the requests of a /predict batch, answered in one
+turn, share it. Each Delta flush seals the segment it covered and deletes it once the rows are committed. A segment
 whose writer died is replayed into Delta by the next PredictionLog on the same table (the service's next
 start), skipping request ids the table already holds, so a replay never writes a row twice."""
 
@@ -272,6 +273,7 @@ class WriteAhead:
         self._seq = self._synced = self._sealed_seq = 0
         self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._kick = threading.Condition(self._lock)
+        self._kick_scheduled = False  # a kick of the fsync thread waits for the end of the event loop's turn
         self._sealed: list[tuple[Path, int]] = []  # (segment, fd) flushed to disk, waiting for their Delta commit
         self._closed = False
         self._path, self._fd = self._open_segment()
@@ -290,9 +292,12 @@ class WriteAhead:
         return final, fd
 
     def write(self, line: bytes) -> int:
-        """Append one record (to the OS, not yet to the disk); its sequence number for `synced`."""
+        """Append one record (to the OS, not yet to the disk); its sequence number for `synced`. Call holding the
+        log's buffer lock, as `seal` is: the segment is not swapped meanwhile."""
+        # Not under _lock: the write frees the GIL, the fsync thread takes it and would block on _lock, then the
+        # event loop on the GIL, a convoy of thread switches per request (docs/benchmarks.md). Counted once written.
+        os.write(self._fd, line)
         with self._lock:
-            os.write(self._fd, line)
             self._seq += 1
             return self._seq
 
@@ -304,8 +309,18 @@ class WriteAhead:
             if self._synced >= seq:
                 return
             self._waiters.append((seq, loop, future))
-            self._kick.notify()
+            kick, self._kick_scheduled = not self._kick_scheduled, True
+        if kick:
+            # At the end of this turn of the event loop, not now: the requests of one /predict batch are answered
+            # in the same turn, one after another, and each writes its line; kicked at the first, the fsync would
+            # cover that line alone and the others would wait for another. Kicked after the turn, one covers all.
+            loop.call_soon(self._kick_now)
         await future
+
+    def _kick_now(self) -> None:
+        with self._lock:
+            self._kick_scheduled = False
+            self._kick.notify()
 
     def _sync_loop(self) -> None:
         while True:
@@ -315,8 +330,9 @@ class WriteAhead:
                     return
             try:
                 with self.sync_lock:
-                    with self._lock:
-                        target, fd = self._seq, self._fd
+                    # Without _lock (see write): under sync_lock the segment is not swapped, and _seq counts only
+                    # lines already written, so this fsync covers every line up to it.
+                    target, fd = self._seq, self._fd
                     os.fsync(fd)  # every request that wrote before this point rides on this one fsync
                     self._settle(target)
             except OSError as error:
