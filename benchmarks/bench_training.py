@@ -47,7 +47,7 @@ def arguments() -> argparse.Namespace:
 
 
 def study_row(outcome, target: str, pruner: str) -> dict:
-    phases = outcome.phases or {}
+    phases, cpu = outcome.phases or {}, outcome.cpu_phases or {}
     return {
         "family": outcome.family,
         "target": target,
@@ -56,12 +56,19 @@ def study_row(outcome, target: str, pruner: str) -> dict:
         "pruned": outcome.trials_pruned,
         "study_s": round(outcome.seconds, 1),
         **{f"{phase}_s": round(phases.get(phase, 0.0), 1) for phase in PHASES},
+        # This process's CPU seconds: less moved by other processes' load than the wall seconds.
+        "study_cpu_s": round(cpu.get("study", 0.0), 1),
+        "search_cpu_s": round(cpu.get("search", 0.0), 1),
+        # The least any between-fold pruner could have spent on this study's trials (training.pruning).
+        "search_floor_s": round(outcome.search_floor or 0.0, 1),
         "best": round(outcome.metrics["best_search_loss"], 6),
     }
 
 
 def compared(rows: list[dict], reference: str = "none") -> list[dict]:
-    """Each pruned study beside the unpruned one of its family: time ratios and whether the best score held."""
+    """Each pruned study beside the unpruned one of its family: time ratios (wall and CPU) and whether the best
+    score held. `floor_ratio` is the study ratio had every unpruned trial but the best stopped after its first fold:
+    the most any pruner that stops trials between folds could save on these trials at this budget."""
     base = {(r["family"], r["target"]): r for r in rows if r["pruner"] == reference}
     out = []
     for row in rows:
@@ -77,6 +84,10 @@ def compared(rows: list[dict], reference: str = "none") -> list[dict]:
                 "search_ratio": round(row["search_s"] / max(ref["search_s"], 1e-9), 2),
                 "study_s": f"{ref['study_s']} -> {row['study_s']}",
                 "study_ratio": round(row["study_s"] / max(ref["study_s"], 1e-9), 2),
+                "cpu_ratio": round(row["study_cpu_s"] / max(ref["study_cpu_s"], 1e-9), 2),
+                "floor_ratio": round(
+                    (ref["study_s"] - ref["search_s"] + ref["search_floor_s"]) / max(ref["study_s"], 1e-9), 2
+                ),
                 "best": f"{ref['best']:.6f} -> {row['best']:.6f}",
                 "best_equal": abs(row["best"] - ref["best"]) <= BEST_TOLERANCE,
             }

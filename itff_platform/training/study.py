@@ -26,7 +26,8 @@ from itff_platform.rules import registered_name
 from itff_platform.settings import Settings
 from itff_platform.training.dataset import TrainingData
 from itff_platform.training.evaluation import Evaluation, evaluate, out_of_sample, sample_weights
-from itff_platform.training.objective import Search, Trials, make_objective, open_study
+from itff_platform.training.objective import FOLD_SECONDS, Search, Trials, make_objective, open_study
+from itff_platform.training.pruning import search_floor
 from itff_platform.training.splits import Fold
 from itff_platform.training.threads import study_threads, threads_per_trial
 from itff_platform.training.timing import PhaseClock
@@ -64,6 +65,8 @@ class StudyOutcome:
     regime_table: pl.DataFrame | None = None
     reused: bool = False  # read back from an earlier run with the same fingerprint (training.reuse), not trained
     phases: dict[str, float] | None = None  # seconds per phase (training.timing): where the study's time went
+    cpu_phases: dict[str, float] | None = None  # this process's CPU seconds per phase (not a worker process's)
+    search_floor: float | None = None  # the search's seconds had all but the best trial stopped after fold 0
 
     @property
     def trials_per_minute(self) -> float:
@@ -263,6 +266,12 @@ def _run_study(
         evaluation.fold_table,
         evaluation.regime_table,
         phases=dict(clock.seconds),
+        cpu_phases={**clock.cpu_seconds, "study": clock.cpu_total},
+        search_floor=search_floor(
+            clock.seconds["search"],
+            {t.number: t.user_attrs[FOLD_SECONDS] for t in search.study.trials if FOLD_SECONDS in t.user_attrs},
+            best.number,
+        ),
     )
 
 
