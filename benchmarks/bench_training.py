@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -65,6 +66,23 @@ def study_row(outcome, target: str, pruner: str) -> dict:
     }
 
 
+def trials_to_halve(unpruned: dict) -> int | None:
+    """The smallest trial budget at which a pruner stopping every trial but the best after its first fold would
+    halve this family's study, with trials like the unpruned study's: each trial costs T seconds, f0 of it on the
+    first fold, and the rest of the study (holdout, evaluation, refit, registration) O. Pruned, n trials cost
+    n·f0·T + (1 - f0)·T + O against n·T + O unpruned: half when n >= (2(1 - f0)·T + O) / ((1 - 2·f0)·T).
+    None when it never halves (a first fold costing half a trial or more, as with equal folds it nearly does)."""
+    n, search, floor = unpruned["trials"], unpruned["search_s"], unpruned["search_floor_s"]
+    if n < 2 or search <= 0:
+        return None
+    trial = search / n
+    f0 = 1 - (search - floor) / ((n - 1) * trial)  # the floor saved (1 - f0)·T on each of the n - 1 others
+    rest = unpruned["study_s"] - search
+    if f0 >= 0.5:
+        return None
+    return max(n, math.ceil((2 * (1 - f0) * trial + rest) / ((1 - 2 * f0) * trial) - 1e-9))
+
+
 def compared(rows: list[dict], reference: str = "none") -> list[dict]:
     """Each pruned study beside the unpruned one of its family: time ratios (wall and CPU) and whether the best
     score held. `floor_ratio` is the study ratio had every unpruned trial but the best stopped after its first fold:
@@ -88,6 +106,7 @@ def compared(rows: list[dict], reference: str = "none") -> list[dict]:
                 "floor_ratio": round(
                     (ref["study_s"] - ref["search_s"] + ref["search_floor_s"]) / max(ref["study_s"], 1e-9), 2
                 ),
+                "trials_to_halve": trials_to_halve(ref),
                 "best": f"{ref['best']:.6f} -> {row['best']:.6f}",
                 "best_equal": abs(row["best"] - ref["best"]) <= BEST_TOLERANCE,
             }
