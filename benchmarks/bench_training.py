@@ -62,6 +62,8 @@ def study_row(outcome, target: str, pruner: str) -> dict:
         "search_cpu_s": round(cpu.get("search", 0.0), 1),
         # The least any between-fold pruner could have spent on this study's trials (training.pruning).
         "search_floor_s": round(outcome.search_floor or 0.0, 1),
+        # Whether the best trial also led on the first fold, so that floor was reachable at the same best score.
+        "floor_keeps_best": outcome.floor_keeps_best,
         "best": round(outcome.metrics["best_search_loss"], 6),
     }
 
@@ -106,6 +108,7 @@ def compared(rows: list[dict], reference: str = "none") -> list[dict]:
                 "floor_ratio": round(
                     (ref["study_s"] - ref["search_s"] + ref["search_floor_s"]) / max(ref["study_s"], 1e-9), 2
                 ),
+                "floor_keeps_best": ref["floor_keeps_best"],
                 "trials_to_halve": trials_to_halve(ref),
                 "best": f"{ref['best']:.6f} -> {row['best']:.6f}",
                 "best_equal": abs(row["best"] - ref["best"]) <= BEST_TOLERANCE,

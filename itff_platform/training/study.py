@@ -27,7 +27,7 @@ from itff_platform.settings import Settings
 from itff_platform.training.dataset import TrainingData
 from itff_platform.training.evaluation import Evaluation, evaluate, out_of_sample, sample_weights
 from itff_platform.training.objective import FOLD_SECONDS, Search, Trials, make_objective, open_study
-from itff_platform.training.pruning import search_floor
+from itff_platform.training.pruning import first_fold_leader, search_floor
 from itff_platform.training.splits import Fold
 from itff_platform.training.threads import study_threads, threads_per_trial
 from itff_platform.training.timing import PhaseClock
@@ -67,6 +67,7 @@ class StudyOutcome:
     phases: dict[str, float] | None = None  # seconds per phase (training.timing): where the study's time went
     cpu_phases: dict[str, float] | None = None  # this process's CPU seconds per phase (not a worker process's)
     search_floor: float | None = None  # the search's seconds had all but the best trial stopped after fold 0
+    floor_keeps_best: bool | None = None  # the best trial led on fold 0: a first-fold screen would have kept it
 
     @property
     def trials_per_minute(self) -> float:
@@ -272,6 +273,7 @@ def _run_study(
             {t.number: t.user_attrs[FOLD_SECONDS] for t in search.study.trials if FOLD_SECONDS in t.user_attrs},
             best.number,
         ),
+        floor_keeps_best=first_fold_leader(search.study.trials) == best.number,
     )
 
 

@@ -63,6 +63,7 @@ def test_each_study_logs_where_its_time_went(tracked):
         # what it would have cost had every trial but the best stopped after its first fold.
         assert outcome.cpu_phases is not None and set(outcome.cpu_phases) == set(phases) | {"study"}
         assert outcome.search_floor is not None and 0 < outcome.search_floor <= phases["search"]
+        assert outcome.floor_keeps_best is not None
 
 
 def test_every_family_reports_the_same_metric_names(tracked):
