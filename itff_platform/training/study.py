@@ -204,7 +204,7 @@ def _run_study(
     threads: int,
 ) -> StudyOutcome:
     family = family_spec.name
-    clock = PhaseClock()
+    clock = PhaseClock(default="setup")  # the experiment, the parent run and worker processes: setup
     fixed = family_spec.fixed_params(data.features)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     study_name = f"{registered_name(data.symbol, data.target)}-{family}-{stamp}"

@@ -13,9 +13,11 @@ class PhaseClock:
     """Wall seconds per phase, and this process's CPU seconds (all its threads) per phase: on a shared machine the
     wall time says as much about the load as about the work, the CPU time much less. A phase entered inside another
     (the refit inside registration) is charged to itself only, so the phases add up to the study's time instead of
-    counting the refit twice."""
+    counting the refit twice. Time outside every phase goes to `default` when given, so the phases add up to the
+    whole study whatever the load (opening the experiment and the parent run is setup too)."""
 
-    def __init__(self) -> None:
+    def __init__(self, default: str | None = None) -> None:
+        self.default = default
         self.started = self._mark = time.perf_counter()
         self._cpu_started = self._cpu_mark = time.process_time()
         self.seconds: dict[str, float] = {}
@@ -24,8 +26,8 @@ class PhaseClock:
 
     def _charge(self) -> None:
         now, cpu = time.perf_counter(), time.process_time()
-        if self._open:
-            name = self._open[-1]
+        name = self._open[-1] if self._open else self.default
+        if name is not None:
             self.seconds[name] = self.seconds.get(name, 0.0) + now - self._mark
             self.cpu_seconds[name] = self.cpu_seconds.get(name, 0.0) + cpu - self._cpu_mark
         self._mark, self._cpu_mark = now, cpu
@@ -50,6 +52,7 @@ class PhaseClock:
 
     def metrics(self) -> dict[str, float]:
         """`study_seconds` (the whole study) and `<phase>_seconds` for each phase it went through, for MLflow."""
+        self._charge()  # the time since the last phase, to the default phase
         return {"study_seconds": self.total, **{f"{name}_seconds": s for name, s in self.seconds.items()}}
 
 

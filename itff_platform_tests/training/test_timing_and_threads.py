@@ -2,6 +2,7 @@
 
 import time
 
+import pytest
 import torch
 from dagster import DagsterInstance
 from threadpoolctl import threadpool_info
@@ -24,6 +25,16 @@ def test_a_phase_inside_another_is_charged_to_itself_only():
     metrics = clock.metrics()
     assert metrics["study_seconds"] >= metrics["refit_seconds"] + metrics["registration_seconds"]
     assert phases_of(metrics) == {"refit": clock.seconds["refit"], "registration": clock.seconds["registration"]}
+
+
+def test_time_outside_every_phase_goes_to_the_default_phase():
+    clock = PhaseClock(default="setup")
+    time.sleep(0.01)  # opening the experiment and the parent run, before any phase
+    with clock.phase("search"):
+        pass
+    metrics = clock.metrics()
+    assert metrics["setup_seconds"] >= 0.01 and set(clock.cpu_seconds) == {"setup", "search"}
+    assert metrics["study_seconds"] == pytest.approx(metrics["setup_seconds"] + metrics["search_seconds"], abs=0.05)
 
 
 def test_trials_share_the_cores_among_what_runs_at_once():
