@@ -148,6 +148,7 @@ def main() -> None:
         "machine": f"{platform.node()} | {os.cpu_count()} CPUs | {platform.machine()} | Python {sys.version.split()[0]}",
         "load_average": os.getloadavg(),
         "threads_per_trial": threads_per_trial(settings),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (OpenMP's default: spin, then sleep)"),
         "rows": len(silver),
         "folds": settings.training.wf_folds,
         "trials": settings.training.trials,
@@ -167,7 +168,10 @@ def main() -> None:
         if result["pruning"]:
             print(f"\nPruned vs unpruned, same seed (best equal within {BEST_TOLERANCE:g}):")
             print(pl.DataFrame(result["pruning"]))
-    print(f"\nload average {result['load_average']}, {result['threads_per_trial']} thread(s) per trial")
+    print(
+        f"\nload average {result['load_average']}, {result['threads_per_trial']} thread(s) per trial (BLAS 1), "
+        f"OMP_WAIT_POLICY {result['omp_wait_policy']}"
+    )
 
 
 if __name__ == "__main__":
