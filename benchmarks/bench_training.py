@@ -112,6 +112,7 @@ def compared(rows: list[dict], reference: str = "none") -> list[dict]:
                 "trials_to_halve": trials_to_halve(ref),
                 "best": f"{ref['best']:.6f} -> {row['best']:.6f}",
                 "best_equal": abs(row["best"] - ref["best"]) <= BEST_TOLERANCE,
+                "same_trials": row["trials"] == ref["trials"],  # else the comparison says nothing
             }
         )
     return out
@@ -121,7 +122,9 @@ def main() -> None:
     args = arguments()
     pruners = args.pruners.split(",")
     with tempfile.TemporaryDirectory() as scratch:
-        settings = Settings(mlflow_dir=Path(scratch) / "mlflow")
+        # No wall-clock cut-off: a study the timeout stops early (on a loaded machine) would be compared with a
+        # twin that ran more trials; each study runs its whole trial budget.
+        settings = Settings(mlflow_dir=Path(scratch) / "mlflow", study_timeout_s=24 * 3600)
         chosen = args.families.split(",") if args.families else None
         candles = SampleCandleSource().fetch(
             "BTCUSDT", "1h", datetime(2021, 1, 1, tzinfo=UTC), datetime(2025, 1, 1, tzinfo=UTC)
