@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -47,7 +48,7 @@ def arguments() -> argparse.Namespace:
 
 
 def study_row(outcome, target: str, pruner: str) -> dict:
-    phases = outcome.phases or {}
+    phases, cpu = outcome.phases or {}, outcome.cpu_phases or {}
     return {
         "family": outcome.family,
         "target": target,
@@ -56,12 +57,38 @@ def study_row(outcome, target: str, pruner: str) -> dict:
         "pruned": outcome.trials_pruned,
         "study_s": round(outcome.seconds, 1),
         **{f"{phase}_s": round(phases.get(phase, 0.0), 1) for phase in PHASES},
+        # This process's CPU seconds: less moved by other processes' load than the wall seconds.
+        "study_cpu_s": round(cpu.get("study", 0.0), 1),
+        "search_cpu_s": round(cpu.get("search", 0.0), 1),
+        # The least any between-fold pruner could have spent on this study's trials (training.pruning).
+        "search_floor_s": round(outcome.search_floor or 0.0, 1),
+        # Whether the best trial also led on the first fold, so that floor was reachable at the same best score.
+        "floor_keeps_best": outcome.floor_keeps_best,
         "best": round(outcome.metrics["best_search_loss"], 6),
     }
 
 
+def trials_to_halve(unpruned: dict) -> int | None:
+    """The smallest trial budget at which a pruner stopping every trial but the best after its first fold would
+    halve this family's study, with trials like the unpruned study's: each trial costs T seconds, f0 of it on the
+    first fold, and the rest of the study (holdout, evaluation, refit, registration) O. Pruned, n trials cost
+    n·f0·T + (1 - f0)·T + O against n·T + O unpruned: half when n >= (2(1 - f0)·T + O) / ((1 - 2·f0)·T).
+    None when it never halves (a first fold costing half a trial or more, as with equal folds it nearly does)."""
+    n, search, floor = unpruned["trials"], unpruned["search_s"], unpruned["search_floor_s"]
+    if n < 2 or search <= 0:
+        return None
+    trial = search / n
+    f0 = 1 - (search - floor) / ((n - 1) * trial)  # the floor saved (1 - f0)·T on each of the n - 1 others
+    rest = unpruned["study_s"] - search
+    if f0 >= 0.5:
+        return None
+    return max(n, math.ceil((2 * (1 - f0) * trial + rest) / ((1 - 2 * f0) * trial) - 1e-9))
+
+
 def compared(rows: list[dict], reference: str = "none") -> list[dict]:
-    """Each pruned study beside the unpruned one of its family: time ratios and whether the best score held."""
+    """Each pruned study beside the unpruned one of its family: time ratios (wall and CPU) and whether the best
+    score held. `floor_ratio` is the study ratio had every unpruned trial but the best stopped after its first fold:
+    the most any pruner that stops trials between folds could save on these trials at this budget."""
     base = {(r["family"], r["target"]): r for r in rows if r["pruner"] == reference}
     out = []
     for row in rows:
@@ -77,8 +104,15 @@ def compared(rows: list[dict], reference: str = "none") -> list[dict]:
                 "search_ratio": round(row["search_s"] / max(ref["search_s"], 1e-9), 2),
                 "study_s": f"{ref['study_s']} -> {row['study_s']}",
                 "study_ratio": round(row["study_s"] / max(ref["study_s"], 1e-9), 2),
+                "cpu_ratio": round(row["study_cpu_s"] / max(ref["study_cpu_s"], 1e-9), 2),
+                "floor_ratio": round(
+                    (ref["study_s"] - ref["search_s"] + ref["search_floor_s"]) / max(ref["study_s"], 1e-9), 2
+                ),
+                "floor_keeps_best": ref["floor_keeps_best"],
+                "trials_to_halve": trials_to_halve(ref),
                 "best": f"{ref['best']:.6f} -> {row['best']:.6f}",
                 "best_equal": abs(row["best"] - ref["best"]) <= BEST_TOLERANCE,
+                "same_trials": row["trials"] == ref["trials"],  # else the comparison says nothing
             }
         )
     return out
@@ -88,7 +122,9 @@ def main() -> None:
     args = arguments()
     pruners = args.pruners.split(",")
     with tempfile.TemporaryDirectory() as scratch:
-        settings = Settings(mlflow_dir=Path(scratch) / "mlflow")
+        # No wall-clock cut-off: a study the timeout stops early (on a loaded machine) would be compared with a
+        # twin that ran more trials; each study runs its whole trial budget.
+        settings = Settings(mlflow_dir=Path(scratch) / "mlflow", study_timeout_s=24 * 3600)
         chosen = args.families.split(",") if args.families else None
         candles = SampleCandleSource().fetch(
             "BTCUSDT", "1h", datetime(2021, 1, 1, tzinfo=UTC), datetime(2025, 1, 1, tzinfo=UTC)
@@ -115,6 +151,7 @@ def main() -> None:
         "machine": f"{platform.node()} | {os.cpu_count()} CPUs | {platform.machine()} | Python {sys.version.split()[0]}",
         "load_average": os.getloadavg(),
         "threads_per_trial": threads_per_trial(settings),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (OpenMP's default: spin, then sleep)"),
         "rows": len(silver),
         "folds": settings.training.wf_folds,
         "trials": settings.training.trials,
@@ -134,7 +171,10 @@ def main() -> None:
         if result["pruning"]:
             print(f"\nPruned vs unpruned, same seed (best equal within {BEST_TOLERANCE:g}):")
             print(pl.DataFrame(result["pruning"]))
-    print(f"\nload average {result['load_average']}, {result['threads_per_trial']} thread(s) per trial")
+    print(
+        f"\nload average {result['load_average']}, {result['threads_per_trial']} thread(s) per trial (BLAS 1), "
+        f"OMP_WAIT_POLICY {result['omp_wait_policy']}"
+    )
 
 
 if __name__ == "__main__":

@@ -237,9 +237,9 @@ class TrainingSettings(Section):
     torch_threads: int = Field(
         0,
         ge=0,
-        description="Threads each trial's torch (and BLAS/OpenMP) work uses; 0: the cores this process may run "
-        "on divided among the trials run at once (study_jobs x study_workers) and the training runs Dagster may "
-        "run at once.",
+        description="Threads each trial's torch (and OpenMP) work uses, BLAS keeping one; 0: the cores this "
+        "process may run on divided among the trials run at once (study_jobs x study_workers) and the training runs "
+        "Dagster may run at once.",
     )
     wf_folds: int = Field(4, ge=2, description="Walk-forward folds.")
     wf_test_fraction: float = Field(

@@ -27,6 +27,7 @@ Predictions = tuple[np.ndarray, list[float], np.ndarray]  # out-of-sample predic
 PREDICTIONS_ARTIFACT = "search_predictions.npz"  # a worker's trial predictions, read back if it is the best
 WORKER_PID = "worker_pid"  # trial user attrs: the process that ran the trial, and its MLflow run
 TRIAL_RUN = "mlflow_run_id"
+FOLD_SECONDS = "fold_seconds"  # trial user attr: wall seconds of each fold the trial ran (training.pruning's floor)
 
 
 @dataclass
@@ -123,12 +124,19 @@ def make_objective(
             trial.set_user_attr(WORKER_PID, os.getpid())
             mlflow.log_params({**params, "class_weight": weighting})
 
+            fold_seconds: list[float] = []
+            fold_started = time.perf_counter()
+
             def on_fold(number: int, loss: float) -> None:
+                nonlocal fold_started
+                fold_seconds.append(time.perf_counter() - fold_started)
+                trial.set_user_attr(FOLD_SECONDS, fold_seconds)
                 mlflow.log_metric("fold_loss", loss, step=number)
                 trial.report(loss, number)
                 # Pruning after the last search fold would save nothing and lose a finished trial.
                 if number != last_fold and trial.should_prune():
                     raise optuna.TrialPruned(f"fold {number} loss {loss:.4f}")
+                fold_started = time.perf_counter()
 
             try:
                 predictions = out_of_sample(

@@ -42,6 +42,20 @@ class FoldMeanPruner(optuna.pruners.BasePruner):
         return bool(others) and mine is not None and mine > float(np.median(others))
 
 
+def search_floor(search_seconds: float, fold_seconds: dict[int, list[float]], best: int) -> float:
+    """The search's seconds had every trial but the `best` stopped after its first fold: the least a pruner that
+    stops trials between folds could have spent on these same trials (it must run the best one through every
+    search fold to know it is the best). `fold_seconds` holds each trial's seconds per fold it ran."""
+    return search_seconds - sum(sum(seconds[1:]) for number, seconds in fold_seconds.items() if number != best)
+
+
+def first_fold_leader(trials: list[FrozenTrial]) -> int | None:
+    """The trial with the lowest first-fold loss: the one trial a screen on the first fold alone would keep.
+    When it is the best trial, the search floor was reachable at an equal best score."""
+    scored = [(t.intermediate_values[min(t.intermediate_values)], t.number) for t in trials if t.intermediate_values]
+    return min(scored)[1] if scored else None
+
+
 def make_pruner(name: str, n_startup_trials: int) -> optuna.pruners.BasePruner:
     """`fold_mean` (the default); `median`, Optuna's MedianPruner as the studies used it before (2 startup trials,
     1 warm-up fold: at 3 trials only the third could be pruned), kept to compare; or `none`."""

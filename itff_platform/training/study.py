@@ -26,7 +26,8 @@ from itff_platform.rules import registered_name
 from itff_platform.settings import Settings
 from itff_platform.training.dataset import TrainingData
 from itff_platform.training.evaluation import Evaluation, evaluate, out_of_sample, sample_weights
-from itff_platform.training.objective import Search, Trials, make_objective, open_study
+from itff_platform.training.objective import FOLD_SECONDS, Search, Trials, make_objective, open_study
+from itff_platform.training.pruning import first_fold_leader, search_floor
 from itff_platform.training.splits import Fold
 from itff_platform.training.threads import study_threads, threads_per_trial
 from itff_platform.training.timing import PhaseClock
@@ -64,6 +65,9 @@ class StudyOutcome:
     regime_table: pl.DataFrame | None = None
     reused: bool = False  # read back from an earlier run with the same fingerprint (training.reuse), not trained
     phases: dict[str, float] | None = None  # seconds per phase (training.timing): where the study's time went
+    cpu_phases: dict[str, float] | None = None  # this process's CPU seconds per phase (not a worker process's)
+    search_floor: float | None = None  # the search's seconds had all but the best trial stopped after fold 0
+    floor_keeps_best: bool | None = None  # the best trial led on fold 0: a first-fold screen would have kept it
 
     @property
     def trials_per_minute(self) -> float:
@@ -200,7 +204,7 @@ def _run_study(
     threads: int,
 ) -> StudyOutcome:
     family = family_spec.name
-    clock = PhaseClock()
+    clock = PhaseClock(default="setup")  # the experiment, the parent run and worker processes: setup
     fixed = family_spec.fixed_params(data.features)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     study_name = f"{registered_name(data.symbol, data.target)}-{family}-{stamp}"
@@ -263,6 +267,13 @@ def _run_study(
         evaluation.fold_table,
         evaluation.regime_table,
         phases=dict(clock.seconds),
+        cpu_phases={**clock.cpu_seconds, "study": clock.cpu_total},
+        search_floor=search_floor(
+            clock.seconds["search"],
+            {t.number: t.user_attrs[FOLD_SECONDS] for t in search.study.trials if FOLD_SECONDS in t.user_attrs},
+            best.number,
+        ),
+        floor_keeps_best=first_fold_leader(search.study.trials) == best.number,
     )
 
 

@@ -59,6 +59,11 @@ def test_each_study_logs_where_its_time_went(tracked):
         assert expected | ({"refit"} if outcome.model_version else set()) == set(phases), outcome.family
         assert sum(phases.values()) <= total <= sum(phases.values()) + 1.0
         assert outcome.phases == pytest.approx(phases) and outcome.seconds == pytest.approx(total)
+        # CPU seconds for the same phases (a shared machine's load moves them less), and the search's floor:
+        # what it would have cost had every trial but the best stopped after its first fold.
+        assert outcome.cpu_phases is not None and set(outcome.cpu_phases) == set(phases) | {"study"}
+        assert outcome.search_floor is not None and 0 < outcome.search_floor <= phases["search"]
+        assert outcome.floor_keeps_best is not None
 
 
 def test_every_family_reports_the_same_metric_names(tracked):

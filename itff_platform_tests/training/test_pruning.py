@@ -4,7 +4,7 @@ import optuna
 import pytest
 
 from itff_platform.settings import Settings
-from itff_platform.training.pruning import FoldMeanPruner, make_pruner
+from itff_platform.training.pruning import FoldMeanPruner, first_fold_leader, make_pruner, search_floor
 
 
 def run_trials(pruner, fold_losses: list[list[float]], last_fold: int) -> list[str]:
@@ -49,3 +49,20 @@ def test_folds_are_compared_with_the_same_folds_not_with_the_trials_easiest_fold
 def test_the_other_pruners_keep_the_second_trial(name):
     losses = [[0.60, 0.70, 0.65], [0.62, 0.72, 0.66], [0.61, 0.71, 0.70]]
     assert run_trials(make_pruner(name, 1), losses, 2)[:2] == ["COMPLETE", "COMPLETE"]
+
+
+def test_the_search_floor_keeps_the_best_trial_whole_and_every_other_trial_to_its_first_fold():
+    # Trial 1 is the best: it runs every fold; trials 0 and 2 would stop after fold 0 at best, saving the rest.
+    fold_seconds = {0: [1.0, 2.0, 3.0], 1: [1.5, 2.5, 3.5], 2: [0.5]}  # trial 2 was pruned after fold 0
+    assert search_floor(20.0, fold_seconds, best=1) == 20.0 - (2.0 + 3.0)
+    assert search_floor(20.0, {1: [1.5, 2.5, 3.5]}, best=1) == 20.0  # one trial: nothing to prune
+
+
+def test_the_first_fold_leader_is_the_trial_with_the_lowest_first_fold_loss():
+    study = optuna.create_study()
+    for losses in ([0.60, 0.70], [0.58, 0.80], [0.65]):  # trial 1 leads on fold 0; trial 0 has the best mean
+        trial = study.ask()
+        for fold, loss in enumerate(losses):
+            trial.report(loss, fold)
+        study.tell(trial, sum(losses) / len(losses))
+    assert first_fold_leader(study.trials) == 1 != study.best_trial.number

@@ -2,6 +2,7 @@
 
 import time
 
+import pytest
 import torch
 from dagster import DagsterInstance
 from threadpoolctl import threadpool_info
@@ -9,7 +10,7 @@ from threadpoolctl import threadpool_info
 from itff_platform.defs.training_assets import parallel_runs
 from itff_platform.reporting import time_by_family
 from itff_platform.settings import Settings
-from itff_platform.training.threads import available_cores, study_threads, threads_per_trial
+from itff_platform.training.threads import available_cores, pool_limits, study_threads, threads_per_trial
 from itff_platform.training.timing import PhaseClock, phases_of
 
 
@@ -24,6 +25,16 @@ def test_a_phase_inside_another_is_charged_to_itself_only():
     metrics = clock.metrics()
     assert metrics["study_seconds"] >= metrics["refit_seconds"] + metrics["registration_seconds"]
     assert phases_of(metrics) == {"refit": clock.seconds["refit"], "registration": clock.seconds["registration"]}
+
+
+def test_time_outside_every_phase_goes_to_the_default_phase():
+    clock = PhaseClock(default="setup")
+    time.sleep(0.01)  # opening the experiment and the parent run, before any phase
+    with clock.phase("search"):
+        pass
+    metrics = clock.metrics()
+    assert metrics["setup_seconds"] >= 0.01 and set(clock.cpu_seconds) == {"setup", "search"}
+    assert metrics["study_seconds"] == pytest.approx(metrics["setup_seconds"] + metrics["search_seconds"], abs=0.05)
 
 
 def test_trials_share_the_cores_among_what_runs_at_once():
@@ -42,6 +53,16 @@ def test_the_thread_limit_holds_inside_the_study_only():
         assert torch.get_num_threads() == 1
         assert all(pool["num_threads"] == 1 for pool in threadpool_info())
     assert torch.get_num_threads() == before
+
+
+def test_blas_gets_one_thread_and_openmp_and_torch_the_trials_share():
+    # OpenBLAS's threads spin for each other: with a core taken by another process a product ran 80x slower.
+    assert pool_limits(2) == {"openmp": 2, "blas": 1}
+    with study_threads(2, uses_torch=True):
+        assert torch.get_num_threads() == 2
+        pools = threadpool_info()
+        assert all(pool["num_threads"] == 1 for pool in pools if pool["user_api"] == "blas")
+        assert all(pool["num_threads"] == 2 for pool in pools if pool["user_api"] == "openmp")
 
 
 def test_an_instance_without_a_run_queue_runs_one_training_run_at_a_time():
