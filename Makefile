@@ -7,7 +7,8 @@ export DAGSTER_HOME := $(CURDIR)
 export PYTHONUNBUFFERED := 1
 # OpenMP threads (torch, scikit-learn's boosting) sleep while they wait instead of spinning: with a core held by
 # other work, spinning made a boosting fit 55 s and 14 CPU-s instead of 12 s and 4 (docs/training-and-promotion.md).
-# Read when OpenMP loads, so it is set here, for every process make starts; OMP_WAIT_POLICY=ACTIVE restores it.
+# Read when OpenMP loads: set here for every process make starts, and by itff_platform/__init__.py for the rest;
+# OMP_WAIT_POLICY=ACTIVE restores spinning.
 export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: help install system-packages browser promtool cluster-servers cluster cluster-down run lint test dev serve fuzz replay paper-replay docs mlflow-ui bench-lake bench-training bench-serve bench-cluster clean-lake screenshots

@@ -79,3 +79,16 @@ def test_the_cli_prints_study_time_by_family_slowest_first():
     assert "62 s in all" in lines[0]
     assert lines[1].split()[:3] == ["transformer", "40.0", "s"]
     assert lines[2].split()[:3] == ["logistic", "22.0", "s"] and "search 14.0, refit 4.5" in lines[2]
+
+
+def test_importing_the_platform_makes_openmp_sleep_unless_told_otherwise():
+    """An `itff` or `dagster dev` started outside make gets the passive wait policy too; an explicit one wins."""
+    import os
+    import subprocess
+    import sys
+
+    read = [sys.executable, "-c", "import itff_platform, os; print(os.environ['OMP_WAIT_POLICY'])"]
+    bare = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert subprocess.run(read, env=bare, capture_output=True, text=True, check=True).stdout.strip() == "PASSIVE"
+    told = {**bare, "OMP_WAIT_POLICY": "ACTIVE"}
+    assert subprocess.run(read, env=told, capture_output=True, text=True, check=True).stdout.strip() == "ACTIVE"
