@@ -32,12 +32,20 @@ def rolling_after_warmup(values: pl.Expr, window: int, rolling: str, **kwargs: o
 def wilder(column: str, period: int) -> pl.Expr:
     """Wilder's smoothing: the mean of the first `period` values, then y = y_prev + (x - y_prev) / period.
 
-    The column may start with nulls (a diff, a shift); the seed lands on its period-th non-null value."""
+    The column may start with nulls (a diff, a shift), and has none after its first value; the seed lands on its
+    period-th value."""
     values = pl.col(column)
-    seen = values.is_not_null().cum_sum()
-    # A scalar, not a rolling mean over every row for the one value used (5x cheaper per Wilder series).
-    seed = values.drop_nulls().head(period).mean()
-    seeded = pl.when(seen < period).then(None).when(seen == period).then(seed).otherwise(values)
+    # The column's nulls are leading ones (a diff, a shift, a smoother's warm-up), so its first value is at its
+    # null count: an O(1) count instead of a running count of non-nulls over every row. (In polars 2.1,
+    # is_not_null().arg_max() inside with_columns returned a wrong index.)
+    first = values.null_count()
+    seed_at = first + (period - 1)
+    row = pl.int_range(pl.len(), dtype=pl.UInt32)
+    # A scalar, not a rolling mean over every row for the one value used (5x cheaper per Wilder series). Summed in
+    # order, by a running sum over the slice: polars' mean sums chunk by chunk, and a column's chunks can vary from
+    # run to run (ADX's seed, a mean of drop_nulls().head(), changed in its last bit about once in 40 runs).
+    seed = values.slice(first, period).cum_sum().last() / period
+    seeded = pl.when(row < seed_at).then(None).when(row == seed_at).then(seed).otherwise(values)
     return seeded.ewm_mean(alpha=1.0 / period, adjust=False)
 
 
@@ -119,15 +127,26 @@ def wavetrend_ci(tp: str, esa: str, deviation: str) -> pl.Expr:
     return pl.when(dev == 0).then(None).otherwise((pl.col(tp) - pl.col(esa)) / (0.015 * dev))
 
 
-def bollinger_percent_b(period: int, width: float) -> pl.Expr:
-    mean = close.rolling_mean(period)
-    std = close.rolling_std(period, ddof=0)
-    return pl.when(std == 0).then(None).otherwise((close - (mean - width * std)) / (2 * width * std))
+# Polars does not share a rolling std between the expressions that use it (common-subexpression elimination
+# skips rolling ops): %B nested it three times, the z-score twice. The means and stds are stage-1 columns.
+def bollinger_bands(period: int) -> tuple[pl.Expr, pl.Expr]:
+    """The inputs of %B: the close's rolling mean and population std."""
+    return close.rolling_mean(period), close.rolling_std(period, ddof=0)
 
 
-def volume_zscore(window: int) -> pl.Expr:
-    std = volume.rolling_std(window, ddof=1)
-    return pl.when(std == 0).then(None).otherwise((volume - volume.rolling_mean(window)) / std)
+def bollinger_percent_b(mean: str, std: str, width: float) -> pl.Expr:
+    m, sd = pl.col(mean), pl.col(std)
+    return pl.when(sd == 0).then(None).otherwise((close - (m - width * sd)) / (2 * width * sd))
+
+
+def volume_moments(window: int) -> tuple[pl.Expr, pl.Expr]:
+    """The inputs of the z-score: the volume's rolling mean and sample std."""
+    return volume.rolling_mean(window), volume.rolling_std(window, ddof=1)
+
+
+def volume_zscore(mean: str, std: str) -> pl.Expr:
+    sd = pl.col(std)
+    return pl.when(sd == 0).then(None).otherwise((volume - pl.col(mean)) / sd)
 
 
 def trailing_day_range(bars_per_day: int) -> pl.Expr:

@@ -105,6 +105,8 @@ def features_after_daily_range(candles: pl.LazyFrame, settings: Settings, keep: 
     s = settings
     gain, loss = ind.gains_and_losses()
     plus_dm, minus_dm = ind.directional_movement()
+    # ADX smooths the true range as the ATR does: with equal periods it is the same series, computed once.
+    smoothed_tr = "atr" if s.features.adx_period == s.features.atr_period else "_sm_tr"
     stage1 = candles.lazy().with_columns(
         *(ind.log_return(lag).alias(f"log_return_{lag}") for lag in s.features.return_lags),
         ind.true_range().alias("_tr"),
@@ -117,14 +119,23 @@ def features_after_daily_range(candles: pl.LazyFrame, settings: Settings, keep: 
         ind.ema("close", s.features.macd_fast).alias("_ema_fast"),
         ind.ema("close", s.features.macd_slow).alias("_ema_slow"),
         ind.ema("close", s.features.regime_slope_period).alias("_ema_trend"),
-        ind.bollinger_percent_b(s.features.bollinger_period, s.features.bollinger_width).alias("bollinger_pct_b"),
-        ind.volume_zscore(s.features.volume_zscore_window).alias("volume_zscore"),
-        *ind.calendar_encodings(),
+        *(
+            e.alias(n)
+            for e, n in zip(ind.bollinger_bands(s.features.bollinger_period), ("_bb_mean", "_bb_std"), strict=True)
+        ),
+        *(
+            e.alias(n)
+            for e, n in zip(ind.volume_moments(s.features.volume_zscore_window), ("_vol_mean", "_vol_std"), strict=True)
+        ),
     )
     stage2 = stage1.with_columns(
+        # First, so the kept columns keep their order (the stage-1 ones between are dropped at the end).
+        ind.bollinger_percent_b("_bb_mean", "_bb_std", s.features.bollinger_width).alias("bollinger_pct_b"),
+        ind.volume_zscore("_vol_mean", "_vol_std").alias("volume_zscore"),
+        *ind.calendar_encodings(),
         ind.realized_volatility("log_return_1", s.features.volatility_window).alias("realized_vol"),
         ind.wilder("_tr", s.features.atr_period).alias("atr"),
-        ind.wilder("_tr", s.features.adx_period).alias("_sm_tr"),
+        *([] if smoothed_tr == "atr" else [ind.wilder("_tr", s.features.adx_period).alias(smoothed_tr)]),
         ind.wilder("_gain", s.features.rsi_period).alias("_avg_gain"),
         ind.wilder("_loss", s.features.rsi_period).alias("_avg_loss"),
         ind.wilder("_plus_dm", s.features.adx_period).alias("_sm_plus_dm"),
@@ -136,8 +147,8 @@ def features_after_daily_range(candles: pl.LazyFrame, settings: Settings, keep: 
     )
     stage3 = stage2.with_columns(
         ind.rsi("_avg_gain", "_avg_loss").alias("rsi"),
-        ind.directional_index("_sm_plus_dm", "_sm_tr").alias("plus_di"),
-        ind.directional_index("_sm_minus_dm", "_sm_tr").alias("minus_di"),
+        ind.directional_index("_sm_plus_dm", smoothed_tr).alias("plus_di"),
+        ind.directional_index("_sm_minus_dm", smoothed_tr).alias("minus_di"),
         (pl.col("_tp") - pl.col("_esa"))
         .abs()
         .ewm_mean(span=s.features.wavetrend_channel, adjust=False)
