@@ -157,6 +157,8 @@ def features_after_daily_range(candles: pl.LazyFrame, settings: Settings, keep: 
         (pl.col("atr") / pl.col("close")).alias("atr_pct"),
         trend_slope("_ema_trend").alias("trend_slope"),
         volatility_ceiling(s).alias("_volatility_ceiling"),
+        # The online fold carries ADX's smoothed true range by its own name, shared or not (features/carried.py).
+        *([pl.col("atr").alias("_sm_tr")] if smoothed_tr == "atr" and "_sm_tr" in keep else []),
     )
     stage4 = stage3.with_columns(
         ind.dx("plus_di", "minus_di").alias("_dx"),
