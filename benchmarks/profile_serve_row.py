@@ -4,7 +4,7 @@
 
 Builds the ASGI app exactly as a `bentoml serve` worker does (`service.to_asgi()`: BentoML's metrics, tracing,
 timeout and context middlewares around the guard and the fast route), runs its lifespan, then drives POST /predict
-with a feature row straight into it on uvloop, `ITFF_PROFILE_CONCURRENCY` requests at a time, and prints the CPU
+with a feature row straight into it on uvloop, `ITFF_BENCH_PROFILE_CONCURRENCY` requests at a time, and prints the CPU
 (process time, every thread) per request, and the prediction log's fsyncs per request. The same for
 benchmarks/anchor_app.py (the bare FastAPI endpoint make bench-serve compares against), so the two figures differ
 by what the service adds, not by the HTTP server both run under. With --layers, the CPU per request entering the
@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 TOKEN = "bench-token"
-REQUESTS = int(os.environ.get("ITFF_PROFILE_REQUESTS", "2000"))
-ROUNDS = int(os.environ.get("ITFF_PROFILE_ROUNDS", "3"))
-CONCURRENCY = int(os.environ.get("ITFF_PROFILE_CONCURRENCY", "8"))
+REQUESTS = int(os.environ.get("ITFF_BENCH_PROFILE_REQUESTS", "2000"))
+ROUNDS = int(os.environ.get("ITFF_BENCH_PROFILE_ROUNDS", "3"))
+CONCURRENCY = int(os.environ.get("ITFF_BENCH_PROFILE_CONCURRENCY", "8"))
 
 
 def environment(symbol: str, target: str) -> None:
