@@ -172,8 +172,10 @@ def make_objective(
                     pruner.record(trial.number, number, rows)
                 trial.report(loss, number)
                 # Pruning after the last search fold would save nothing and lose a finished trial.
-                if number != last_fold and trial.should_prune():
-                    raise optuna.TrialPruned(f"fold {number} loss {loss:.4f}{_against(pruner, trial.number)}")
+                prune = number != last_fold and trial.should_prune()
+                tested = _tested(pruner, trial.number, number)
+                if prune:
+                    raise optuna.TrialPruned(f"fold {number} loss {loss:.4f}{tested}")
                 fold_started = time.perf_counter()
 
             try:
@@ -200,10 +202,12 @@ def make_objective(
     return objective
 
 
-def _against(pruner: FoldMeanPruner | None, number: int) -> str:
-    """What the pruner's test found, for the progress line and the trial's MLflow run (`prune_p_value`)."""
-    if pruner is None or number not in pruner.tests:
+def _tested(pruner: FoldMeanPruner | None, number: int, fold: int) -> str:
+    """The pruner's test of trial `number` after `fold`, if it made one (the trial was behind the leader), logged
+    on the trial's run as `prune_p_value` at that step and described for the progress line."""
+    if pruner is None or number not in pruner.tests or pruner.tests[number][0] != fold:
         return ""
-    leader, test = pruner.tests[number]
-    mlflow.log_metric("prune_p_value", test.p_value)
-    return f", worse than trial {leader} by {-test.mean_gain:.4f} per row (p={test.p_value:.3g})"
+    _, leader, test = pruner.tests[number]
+    mlflow.log_metric("prune_p_value", test.p_value, step=fold)
+    # Numbered from 1, as the progress lines number trials.
+    return f", worse than trial {leader + 1} by {test.mean_gain:.4f} per row (p={test.p_value:.3g})"

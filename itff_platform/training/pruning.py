@@ -44,13 +44,13 @@ class FoldMeanPruner(optuna.pruners.BasePruner):
     The per-row losses come from the objective (`record`, for each fold a trial in this process runs) or, for a
     trial another process ran, from `load` (the objective's reader of the predictions that process logged). A
     trial whose rows are known to neither is never pruned: without them there is no test, only a bare difference.
-    The last test of each trial is kept in `tests` (the objective logs its p-value)."""
+    Each trial's last test is kept in `tests` (the objective logs its p-value on the trial's run)."""
 
     def __init__(self, n_startup_trials: int = 1, alpha: float = 0.05, horizon: int = 1) -> None:
         self.n_startup_trials, self.alpha, self.horizon = n_startup_trials, alpha, horizon
         self.rows: dict[tuple[int, int], np.ndarray] = {}  # (trial number, fold): per-row losses
         self.load: Callable[[FrozenTrial], RowLosses | None] | None = None
-        self.tests: dict[int, tuple[int, LossComparison]] = {}  # trial number: (leader's number, its last test)
+        self.tests: dict[int, tuple[int, int, LossComparison]] = {}  # trial: (fold, leader, the test there)
 
     def record(self, number: int, fold: int, losses: np.ndarray) -> None:
         self.rows[(number, fold)] = np.asarray(losses, np.float64)
@@ -83,7 +83,7 @@ class FoldMeanPruner(optuna.pruners.BasePruner):
         if mine_rows is None or leader_rows is None or len(mine_rows) != len(leader_rows):
             return False
         test = diebold_mariano(leader_rows, mine_rows, self.horizon)  # H1: the leader's loss is lower
-        self.tests[trial.number] = (leader.number, test)
+        self.tests[trial.number] = (step, leader.number, test)
         return test.significant(self.alpha)
 
 
