@@ -47,6 +47,23 @@ def arguments() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def prune_tests(run_id: str) -> str:
+    """The fold_mean tests of a study's trials (training.pruning), read back from their MLflow runs: for each
+    trial that fell behind the leader, the p-value after each fold it was tested on ("t2 f0 p=0.28")."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    runs = mlflow.search_runs(
+        search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{run_id}'", output_format="list"
+    )
+    tests = []
+    for run in sorted(runs, key=lambda r: int(r.info.run_name.split("-")[-1])):
+        number = int(run.info.run_name.split("-")[-1]) + 1  # as the progress lines number trials
+        for metric in client.get_metric_history(run.info.run_id, "prune_p_value"):
+            tests.append(f"t{number} f{metric.step} p={metric.value:.3g}")
+    return ", ".join(tests)
+
+
 def study_row(outcome, target: str, pruner: str) -> dict:
     phases, cpu = outcome.phases or {}, outcome.cpu_phases or {}
     return {
@@ -65,6 +82,8 @@ def study_row(outcome, target: str, pruner: str) -> dict:
         # Whether the best trial also led on the first fold, so that floor was reachable at the same best score.
         "floor_keeps_best": outcome.floor_keeps_best,
         "best": round(outcome.metrics["best_search_loss"], 6),
+        # fold_mean's significance tests: which trials it tested after which fold, at which p-value.
+        "prune_tests": prune_tests(outcome.run_id) if pruner == "fold_mean" else "",
     }
 
 
@@ -112,6 +131,7 @@ def compared(rows: list[dict], reference: str = "none") -> list[dict]:
                 "trials_to_halve": trials_to_halve(ref),
                 "best": f"{ref['best']:.6f} -> {row['best']:.6f}",
                 "best_equal": abs(row["best"] - ref["best"]) <= BEST_TOLERANCE,
+                "prune_tests": row["prune_tests"],
                 "same_trials": row["trials"] == ref["trials"],  # else the comparison says nothing
             }
         )

@@ -207,12 +207,21 @@ class TrainingSettings(Section):
     study_timeout_s: float = Field(240, gt=0, description="Wall-clock budget per study; trials stop once it is spent.")
     pruner: Literal["fold_mean", "median", "none"] = Field(
         "fold_mean",
-        description="How a trial is stopped early: fold_mean stops it after a walk-forward fold when its mean loss "
-        "so far is above the median of the completed trials' on the same folds; median is Optuna's MedianPruner "
-        "as before (only the third trial could be pruned); none.",
+        description="How a trial is stopped early: fold_mean stops it after a walk-forward fold when its loss on "
+        "the folds it has run is significantly above the best completed trial's on the same rows (a one-sided "
+        "paired test at pruner_alpha); median is Optuna's MedianPruner as before (only the third trial could be "
+        "pruned); none.",
     )
     pruner_startup_trials: int = Field(
         1, ge=1, description="Trials that complete before fold_mean may prune (it compares with them)."
+    )
+    pruner_alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="Significance level of fold_mean: a trial stops only when the one-sided Diebold-Mariano test "
+        "of its per-row losses against the leading completed trial's, on the same folds, gives a p-value below it. "
+        "Lower prunes less and more safely.",
     )
     study_jobs: int = Field(
         1,

@@ -41,11 +41,11 @@ def out_of_sample(
     data: TrainingData,
     folds: list[Fold],
     weighting: str = "none",
-    on_fold: Callable[[int, float], None] | None = None,
+    on_fold: Callable[[int, float, np.ndarray], None] | None = None,
 ) -> tuple[np.ndarray, list[float], np.ndarray]:
     """Fit on each fold's training rows, predict its test rows. Returns predictions for the concatenated test
     rows, the loss per fold, and the same predictions before calibration (for the reliability plot's "before");
-    `on_fold` sees each loss as it arrives (Optuna's pruner does)."""
+    `on_fold` sees each fold's loss and per-row losses as they arrive (Optuna's pruner does)."""
     predictions, uncalibrated, losses = [], [], []
     for fold in folds:
         model = make().fit(data.x[fold.train], data.y[fold.train], sample_weights(data, fold.train, weighting))
@@ -59,7 +59,7 @@ def out_of_sample(
         uncalibrated.append(predictions[-1] if raw is None else raw[fold.test[0] - start :])
         losses.append(fold_loss(data, data.y[fold.test], predictions[-1]))
         if on_fold is not None:
-            on_fold(fold.number, losses[-1])
+            on_fold(fold.number, losses[-1], m.row_losses(data.task, data.y[fold.test], predictions[-1]))
     return np.concatenate(predictions), losses, np.concatenate(uncalibrated)
 
 

@@ -20,7 +20,8 @@ from itff_platform.models.registry import FamilySpec
 from itff_platform.settings import Settings
 from itff_platform.training.dataset import TrainingData
 from itff_platform.training.evaluation import out_of_sample
-from itff_platform.training.pruning import make_pruner
+from itff_platform.training.metrics import row_losses
+from itff_platform.training.pruning import FoldMeanPruner, RowLosses, make_pruner
 from itff_platform.training.splits import Fold
 
 Predictions = tuple[np.ndarray, list[float], np.ndarray]  # out-of-sample predictions, fold losses, uncalibrated
@@ -50,12 +51,40 @@ class Search:
         """A completed trial's search-fold predictions, from this process or from the worker's MLflow run."""
         if trial.number in self.predictions:
             return self.predictions[trial.number]
-        with tempfile.TemporaryDirectory() as scratch:
-            path = mlflow.artifacts.download_artifacts(
-                run_id=trial.user_attrs[TRIAL_RUN], artifact_path=PREDICTIONS_ARTIFACT, dst_path=scratch
-            )
-            with np.load(path) as saved:
-                return saved["prediction"], [float(v) for v in saved["losses"]], saved["uncalibrated"]
+        return logged_predictions(trial)
+
+
+def logged_predictions(trial: optuna.trial.FrozenTrial) -> Predictions:
+    """The search-fold predictions a worker's completed trial logged to its MLflow run (`log_predictions`)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=trial.user_attrs[TRIAL_RUN], artifact_path=PREDICTIONS_ARTIFACT, dst_path=scratch
+        )
+        with np.load(path) as saved:
+            return saved["prediction"], [float(v) for v in saved["losses"]], saved["uncalibrated"]
+
+
+def logged_row_losses(
+    data: TrainingData, search_folds: list[Fold]
+) -> Callable[[optuna.trial.FrozenTrial], RowLosses | None]:
+    """A completed trial's per-row losses on each search fold, from the predictions its process logged: how the
+    pruner of one process tests a trial against a leader another process ran (training.worker). None for a trial
+    that logged none (one from this process, whose rows the pruner already has, or a failed download)."""
+
+    def load(trial: optuna.trial.FrozenTrial) -> RowLosses | None:
+        if TRIAL_RUN not in trial.user_attrs:
+            return None
+        try:
+            prediction = logged_predictions(trial)[0]
+        except Exception:
+            return None
+        rows, start = {}, 0
+        for fold in search_folds:
+            rows[fold.number] = row_losses(data.task, data.y[fold.test], prediction[start : start + len(fold.test)])
+            start += len(fold.test)
+        return rows
+
+    return load
 
 
 def log_predictions(predictions: Predictions) -> None:
@@ -85,7 +114,10 @@ def open_study(
 ) -> optuna.Study:
     """The study `name`, created (`new`) or joined, with the settings' pruner and a TPE sampler seeded `seed`."""
     sampler = optuna.samplers.TPESampler(seed=seed)
-    pruner = make_pruner(settings.training.pruner, settings.training.pruner_startup_trials)
+    training = settings.training
+    pruner = make_pruner(
+        training.pruner, training.pruner_startup_trials, training.pruner_alpha, settings.features.label_horizon
+    )
     if new:
         return optuna.create_study(
             study_name=name, storage=storage, direction="minimize", sampler=sampler, pruner=pruner
@@ -102,8 +134,12 @@ def make_objective(
     fixed = family_spec.fixed_params(data.features)
     family, cls = family_spec.name, family_spec.forecaster_class()
     last_fold = search_folds[-1].number
+    load = logged_row_losses(data, search_folds)
 
     def objective(trial: optuna.Trial) -> float:
+        pruner = trial.study.pruner if isinstance(trial.study.pruner, FoldMeanPruner) else None
+        if pruner is not None:
+            pruner.load = load  # the rows of leaders that other processes ran
         params = {**cls.search_space(trial), **fixed}
         weighting = (
             trial.suggest_categorical("class_weight", ["balanced", "none"])
@@ -127,15 +163,19 @@ def make_objective(
             fold_seconds: list[float] = []
             fold_started = time.perf_counter()
 
-            def on_fold(number: int, loss: float) -> None:
+            def on_fold(number: int, loss: float, rows: np.ndarray) -> None:
                 nonlocal fold_started
                 fold_seconds.append(time.perf_counter() - fold_started)
                 trial.set_user_attr(FOLD_SECONDS, fold_seconds)
                 mlflow.log_metric("fold_loss", loss, step=number)
+                if pruner is not None:
+                    pruner.record(trial.number, number, rows)
                 trial.report(loss, number)
                 # Pruning after the last search fold would save nothing and lose a finished trial.
-                if number != last_fold and trial.should_prune():
-                    raise optuna.TrialPruned(f"fold {number} loss {loss:.4f}")
+                prune = number != last_fold and trial.should_prune()
+                tested = _tested(pruner, trial.number, number)
+                if prune:
+                    raise optuna.TrialPruned(f"fold {number} loss {loss:.4f}{tested}")
                 fold_started = time.perf_counter()
 
             try:
@@ -160,3 +200,14 @@ def make_objective(
         return mean_loss
 
     return objective
+
+
+def _tested(pruner: FoldMeanPruner | None, number: int, fold: int) -> str:
+    """The pruner's test of trial `number` after `fold`, if it made one (the trial was behind the leader), logged
+    on the trial's run as `prune_p_value` at that step and described for the progress line."""
+    if pruner is None or number not in pruner.tests or pruner.tests[number][0] != fold:
+        return ""
+    _, leader, test = pruner.tests[number]
+    mlflow.log_metric("prune_p_value", test.p_value, step=fold)
+    # Numbered from 1, as the progress lines number trials.
+    return f", worse than trial {leader + 1} by {test.mean_gain:.4f} per row (p={test.p_value:.3g})"

@@ -1,18 +1,30 @@
-"""The pruner of every study: stop a trial after a walk-forward fold when its mean loss so far is worse than what
-the completed trials had on the same folds.
+"""The pruner of every study: stop a trial after a walk-forward fold when it is significantly worse than the best
+completed trial on the same folds.
 
 Why not Optuna's MedianPruner: it compares a trial's *best* intermediate value, from whichever fold was easiest,
 with the other trials' values at the current fold. Walk-forward folds are different market periods whose losses
 differ more than the trials do, so that comparison mixes periods and almost never prunes. Here every trial is
 compared with the others on the same folds, by the quantity the study optimises (the mean fold loss), so a trial
 can be stopped after its first fold, the cheapest one of an expanding walk-forward. With one completed trial to
-compare against, a default budget of 3 trials can prune 2 of them."""
+compare against, a default budget of 3 trials can prune 2 of them.
+
+Why a test and not the bare difference of the two means: trials differ by about 1e-3 in log loss, less than the
+noise of one fold's mean over a few thousand rows, so "worse on fold 0 by any margin" stopped the trial that was
+best over all folds (Lorentzian on the sample: 0.69249 pruned, the study kept 0.69348). Every trial scores the
+same rows of a fold, so the two are compared row for row: a one-sided Diebold-Mariano test on the per-row loss
+differences (training.significance), with the label horizon's overlap in its variance, at `alpha`."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+
+from itff_platform.training.significance import LossComparison, diebold_mariano
+
+RowLosses = dict[int, np.ndarray]  # a trial's per-row losses by search fold number
 
 
 def _mean_through(trial: FrozenTrial, step: int) -> float | None:
@@ -23,12 +35,34 @@ def _mean_through(trial: FrozenTrial, step: int) -> float | None:
 
 
 class FoldMeanPruner(optuna.pruners.BasePruner):
-    """Prune when the trial's mean fold loss so far is above the median of the completed trials' means over the
-    same folds, once `n_startup_trials` trials have completed. Pruned trials are never the best trial (Optuna picks
-    the best among completed ones), so a study's chosen model always comes from every search fold."""
+    """Prune when the trial's loss on the folds it has run is significantly above the leader's on the same folds
+    (the completed trial with the lowest mean over them), once `n_startup_trials` trials have completed: a
+    one-sided paired test of their per-row losses at `alpha`, the HAC variance covering `horizon` bars of label
+    overlap. Pruned trials are never the best trial (Optuna picks the best among completed ones), so a study's
+    chosen model always comes from every search fold.
 
-    def __init__(self, n_startup_trials: int = 1) -> None:
-        self.n_startup_trials = n_startup_trials
+    The per-row losses come from the objective (`record`, for each fold a trial in this process runs) or, for a
+    trial another process ran, from `load` (the objective's reader of the predictions that process logged). A
+    trial whose rows are known to neither is never pruned: without them there is no test, only a bare difference.
+    Each trial's last test is kept in `tests` (the objective logs its p-value on the trial's run)."""
+
+    def __init__(self, n_startup_trials: int = 1, alpha: float = 0.05, horizon: int = 1) -> None:
+        self.n_startup_trials, self.alpha, self.horizon = n_startup_trials, alpha, horizon
+        self.rows: dict[tuple[int, int], np.ndarray] = {}  # (trial number, fold): per-row losses
+        self.load: Callable[[FrozenTrial], RowLosses | None] | None = None
+        self.tests: dict[int, tuple[int, int, LossComparison]] = {}  # trial: (fold, leader, the test there)
+
+    def record(self, number: int, fold: int, losses: np.ndarray) -> None:
+        self.rows[(number, fold)] = np.asarray(losses, np.float64)
+
+    def _rows(self, trial: FrozenTrial, folds: list[int]) -> np.ndarray | None:
+        """A trial's per-row losses on `folds`, concatenated; None when they are not known here."""
+        if any((trial.number, f) not in self.rows for f in folds) and self.load is not None:
+            for fold, losses in (self.load(trial) or {}).items():
+                self.record(trial.number, fold, losses)
+        if any((trial.number, f) not in self.rows for f in folds):
+            return None
+        return np.concatenate([self.rows[(trial.number, f)] for f in folds])
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         step = trial.last_step
@@ -37,9 +71,20 @@ class FoldMeanPruner(optuna.pruners.BasePruner):
         completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if len(completed) < self.n_startup_trials:
             return False
-        others = [m for m in (_mean_through(t, step) for t in completed) if m is not None]
+        others = [(m, t.number, t) for t in completed if (m := _mean_through(t, step)) is not None]
         mine = _mean_through(trial, step)
-        return bool(others) and mine is not None and mine > float(np.median(others))
+        if not others or mine is None:
+            return False
+        leader_mean, _, leader = min(others, key=lambda other: other[:2])
+        if mine <= leader_mean:
+            return False
+        folds = sorted(s for s in trial.intermediate_values if s <= step)
+        mine_rows, leader_rows = self._rows(trial, folds), self._rows(leader, folds)
+        if mine_rows is None or leader_rows is None or len(mine_rows) != len(leader_rows):
+            return False
+        test = diebold_mariano(leader_rows, mine_rows, self.horizon)  # H1: the leader's loss is lower
+        self.tests[trial.number] = (step, leader.number, test)
+        return test.significant(self.alpha)
 
 
 def search_floor(search_seconds: float, fold_seconds: dict[int, list[float]], best: int) -> float:
@@ -56,11 +101,11 @@ def first_fold_leader(trials: list[FrozenTrial]) -> int | None:
     return min(scored)[1] if scored else None
 
 
-def make_pruner(name: str, n_startup_trials: int) -> optuna.pruners.BasePruner:
-    """`fold_mean` (the default); `median`, Optuna's MedianPruner as the studies used it before (2 startup trials,
+def make_pruner(name: str, n_startup_trials: int, alpha: float = 0.05, horizon: int = 1) -> optuna.pruners.BasePruner:
+    """`fold_mean` (the default; `alpha` its significance level, `horizon` the label horizon); `median`, Optuna's MedianPruner as the studies used it before (2 startup trials,
     1 warm-up fold: at 3 trials only the third could be pruned), kept to compare; or `none`."""
     if name == "none":
         return optuna.pruners.NopPruner()
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
-    return FoldMeanPruner(n_startup_trials)
+    return FoldMeanPruner(n_startup_trials, alpha, horizon)
