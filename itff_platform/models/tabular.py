@@ -9,6 +9,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostin
 from sklearn.linear_model import LogisticRegression, Ridge
 
 from itff_platform.models.base import Forecaster, clip_probability, single_class_rate
+from itff_platform.models.sklearn_predict import positive_probability, regression
 
 if TYPE_CHECKING:
     from optuna import Trial
@@ -44,7 +45,7 @@ class SklearnClassifier(Forecaster):
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         if self.model is None:
             return clip_probability(np.full(len(features), self.constant))
-        return clip_probability(self.model.predict_proba(self.scale(features))[:, 1])
+        return clip_probability(positive_probability(self.model, self.scale(features)))
 
 
 class LogisticForecaster(SklearnClassifier):
@@ -102,7 +103,7 @@ class BoostingQuantileForecaster(Forecaster):
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         scaled = self.scale(features)
-        return np.sort(np.column_stack([m.predict(scaled) for m in self.models]), axis=1)  # no crossing bands
+        return np.sort(np.column_stack([regression(m, scaled) for m in self.models]), axis=1)  # no crossing bands
 
 
 class LinearQuantileForecaster(Forecaster):
@@ -123,6 +124,6 @@ class LinearQuantileForecaster(Forecaster):
         return self
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        median = self.model.predict(self.scale(features))
+        median = regression(self.model, self.scale(features))
         bands: np.ndarray = median[:, None] + self.offsets[None, :]
         return bands
