@@ -271,6 +271,9 @@ class WriteAhead:
         self.sync_lock = threading.Lock()  # one fsync (or segment swap) at a time
         self._lock = threading.Lock()  # the open segment, the sequence numbers and the waiters
         self._seq = self._synced = self._sealed_seq = 0
+        # Lines an fsync failed to make durable, as (after, upto] ranges: never answered as durable, not even after
+        # a later fsync succeeds (after a failed fsync the kernel may have dropped those pages and report clean).
+        self._failed: list[tuple[int, int, OSError]] = []
         self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._kick = threading.Condition(self._lock)
         self._kick_scheduled = False  # a kick of the fsync thread waits for the end of the event loop's turn
@@ -306,6 +309,9 @@ class WriteAhead:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         with self._lock:
+            for after, upto, error in self._failed:
+                if after < seq <= upto:
+                    raise error
             if self._synced >= seq:
                 return
             self._waiters.append((seq, loop, future))
@@ -328,19 +334,25 @@ class WriteAhead:
                 self._kick.wait_for(lambda: self._waiters or self._closed)
                 if self._closed and not self._waiters:
                     return
-            try:
-                with self.sync_lock:
-                    # Without _lock (see write): under sync_lock the segment is not swapped, and _seq counts only
-                    # lines already written, so this fsync covers every line up to it.
-                    target, fd = self._seq, self._fd
+            with self.sync_lock:
+                # Without _lock (see write): under sync_lock the segment is not swapped, and _seq counts only
+                # lines already written, so this fsync covers every line up to it (and no later one).
+                target, fd = self._seq, self._fd
+                try:
                     os.fsync(fd)  # every request that wrote before this point rides on this one fsync
+                except OSError as error:
+                    self._settle(target, error)
+                else:
                     self._settle(target)
-            except OSError as error:
-                self._settle(self._seq, error)
 
     def _settle(self, target: int, error: OSError | None = None) -> None:
+        """Answer the waiters for lines up to `target`: durable, or failed with `error`, which also marks the lines
+        not fsynced before as failed for any request that asks later."""
         with self._lock:
-            self._synced = max(self._synced, target)
+            if error is None:
+                self._synced = max(self._synced, target)
+            elif target > self._synced:
+                self._failed.append((self._synced, target, error))
             ready = [w for w in self._waiters if w[0] <= target]
             self._waiters = [w for w in self._waiters if w[0] > target]
         for _, loop, future in ready:

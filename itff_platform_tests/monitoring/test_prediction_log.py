@@ -214,3 +214,34 @@ def test_the_rows_answered_in_one_turn_of_the_event_loop_share_one_fsync(tmp_pat
     assert covered == [8]
     assert sorted(returned) == [(i, 8) for i in range(8)]
     assert delta_rows(tmp_path / "predictions").height == 8
+
+
+def test_a_line_a_failed_fsync_covered_is_never_answered_as_durable(tmp_path, monkeypatch):
+    """Two requests write their lines; the second's fsync fails (EIO) and covers both. The first, asking only
+    afterwards, must hear the failure too (it got a 200 before: the failed fsync still counted as synced), and a
+    later successful fsync does not make its line durable (the kernel may have dropped it). A line written after
+    the failure is durable as usual."""
+    import asyncio
+    import errno
+    import os
+
+    import pytest
+
+    from itff_platform.monitoring import prediction_log
+
+    wal = prediction_log.WriteAhead(tmp_path / "wal")
+    real_fsync = os.fsync
+
+    def failing(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    first, second = wal.write(b"1\n"), wal.write(b"2\n")
+    monkeypatch.setattr(prediction_log.os, "fsync", failing)
+    with pytest.raises(OSError):
+        asyncio.run(wal.synced(second))
+    monkeypatch.setattr(prediction_log.os, "fsync", real_fsync)
+    third = wal.write(b"3\n")
+    asyncio.run(wal.synced(third))  # a good fsync after the failure
+    with pytest.raises(OSError):
+        asyncio.run(wal.synced(first))
+    wal.close()
