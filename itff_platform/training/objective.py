@@ -25,7 +25,7 @@ from itff_platform.training.pruning import FoldMeanPruner, RowLosses, make_prune
 from itff_platform.training.splits import Fold
 
 Predictions = tuple[np.ndarray, list[float], np.ndarray]  # out-of-sample predictions, fold losses, uncalibrated
-PREDICTIONS_ARTIFACT = "search_predictions.npz"  # a worker's trial predictions, read back if it is the best
+PREDICTIONS_ARTIFACT = "search_predictions.npz"  # a trial's predictions in a study with workers (log_predictions)
 WORKER_PID = "worker_pid"  # trial user attrs: the process that ran the trial, and its MLflow run
 TRIAL_RUN = "mlflow_run_id"
 FOLD_SECONDS = "fold_seconds"  # trial user attr: wall seconds of each fold the trial ran (training.pruning's floor)
@@ -88,7 +88,9 @@ def logged_row_losses(
 
 
 def log_predictions(predictions: Predictions) -> None:
-    """A worker's completed trial keeps its predictions on its MLflow run, where the study's process finds them."""
+    """A completed trial of a study with workers keeps its predictions on its MLflow run, in every process (the
+    study's own too): the study's process reads a worker's best trial there, and each process's pruner the rows
+    of a leader another process ran (logged_row_losses)."""
     prediction, losses, uncalibrated = predictions
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / PREDICTIONS_ARTIFACT

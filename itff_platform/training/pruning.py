@@ -44,12 +44,15 @@ class FoldMeanPruner(optuna.pruners.BasePruner):
     The per-row losses come from the objective (`record`, for each fold a trial in this process runs) or, for a
     trial another process ran, from `load` (the objective's reader of the predictions that process logged). A
     trial whose rows are known to neither is never pruned: without them there is no test, only a bare difference.
+    A trial `load` found nothing for is not asked again (`unloadable`): it would fail the same way on every fold of
+    every later trial, each time a download.
     Each trial's last test is kept in `tests` (the objective logs its p-value on the trial's run)."""
 
     def __init__(self, n_startup_trials: int = 1, alpha: float = 0.05, horizon: int = 1) -> None:
         self.n_startup_trials, self.alpha, self.horizon = n_startup_trials, alpha, horizon
         self.rows: dict[tuple[int, int], np.ndarray] = {}  # (trial number, fold): per-row losses
         self.load: Callable[[FrozenTrial], RowLosses | None] | None = None
+        self.unloadable: set[int] = set()  # trials `load` returned None for
         self.tests: dict[int, tuple[int, int, LossComparison]] = {}  # trial: (fold, leader, the test there)
 
     def record(self, number: int, fold: int, losses: np.ndarray) -> None:
@@ -57,8 +60,12 @@ class FoldMeanPruner(optuna.pruners.BasePruner):
 
     def _rows(self, trial: FrozenTrial, folds: list[int]) -> np.ndarray | None:
         """A trial's per-row losses on `folds`, concatenated; None when they are not known here."""
-        if any((trial.number, f) not in self.rows for f in folds) and self.load is not None:
-            for fold, losses in (self.load(trial) or {}).items():
+        missing = any((trial.number, f) not in self.rows for f in folds)
+        if missing and self.load is not None and trial.number not in self.unloadable:
+            loaded = self.load(trial)
+            if loaded is None:
+                self.unloadable.add(trial.number)
+            for fold, losses in (loaded or {}).items():
                 self.record(trial.number, fold, losses)
         if any((trial.number, f) not in self.rows for f in folds):
             return None

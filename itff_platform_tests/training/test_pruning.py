@@ -108,6 +108,30 @@ def test_a_leader_run_by_another_process_is_tested_on_the_rows_its_predictions_g
     assert pruner.tests[1][:2] == (0, 0) and pruner.tests[1][2].p_value < 0.05  # after fold 0, against trial 0
 
 
+def test_a_leader_whose_rows_cannot_be_loaded_is_asked_for_once():
+    # A failed download (a leader that logged nothing) is not retried on every fold of every later trial.
+    asked = []
+
+    def load(trial):
+        asked.append(trial.number)
+
+    pruner = FoldMeanPruner(1)
+    pruner.load = load
+    study = optuna.create_study(direction="minimize", pruner=pruner)
+    leader = study.ask()
+    for fold, loss in enumerate([0.60, 0.70, 0.65]):
+        leader.report(loss, fold)
+    study.tell(leader, 0.65)
+    for number in (1, 2):
+        trial = study.ask()
+        for fold, loss in enumerate([0.62, 0.72]):
+            pruner.record(number, fold, fold_rows(loss, fold, number))
+            trial.report(loss, fold)
+            assert not trial.should_prune()  # no rows for the leader: no test
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    assert asked == [0]
+
+
 def test_a_workers_leader_rows_are_its_logged_predictions_scored_fold_by_fold(monkeypatch):
     from itff_platform.training import objective
     from itff_platform.training.dataset import TrainingData
