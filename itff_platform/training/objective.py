@@ -23,6 +23,7 @@ from itff_platform.training.evaluation import out_of_sample
 from itff_platform.training.metrics import row_losses
 from itff_platform.training.pruning import FoldMeanPruner, RowLosses, make_pruner
 from itff_platform.training.splits import Fold
+from itff_platform.training.threads import trial_threads
 
 Predictions = tuple[np.ndarray, list[float], np.ndarray]  # out-of-sample predictions, fold losses, uncalibrated
 PREDICTIONS_ARTIFACT = "search_predictions.npz"  # a trial's predictions in a study with workers (log_predictions)
@@ -109,6 +110,7 @@ class Trials:
     n_trials: int
     experiment: str
     parent_run_id: str
+    threads: int  # the OpenMP threads of each trial (training.threads)
 
 
 def open_study(
@@ -181,9 +183,10 @@ def make_objective(
                 fold_started = time.perf_counter()
 
             try:
-                predictions = out_of_sample(
-                    lambda: make_forecaster(family, params, settings), data, search_folds, weighting, on_fold
-                )
+                with trial_threads(trials.threads):  # this thread's own: study_jobs trials run in a thread pool
+                    predictions = out_of_sample(
+                        lambda: make_forecaster(family, params, settings), data, search_folds, weighting, on_fold
+                    )
             except optuna.TrialPruned as pruned:
                 # Ended as FINISHED and tagged, not FAILED: a pruned trial is the search working, not an error.
                 mlflow.set_tag("state", "pruned")

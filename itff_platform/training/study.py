@@ -221,7 +221,9 @@ def _run_study(
         with clock.phase("setup"):
             _log_study_inputs(data, family, folds, settings, n_trials, fingerprint)
         with clock.phase("search"):
-            trials = Trials(data, family_spec, search_folds, settings, n_trials, experiment, parent.info.run_id)
+            trials = Trials(
+                data, family_spec, search_folds, settings, n_trials, experiment, parent.info.run_id, threads
+            )
             search = _search(trials, study_name, progress, workers)
         best = search.study.best_trial  # a completed trial: a pruned one never scored every search fold
         params = {k: v for k, v in best.params.items() if k != "class_weight"} | fixed

@@ -316,9 +316,11 @@ def run_worker(study_name: str, storage: str, threads: int | None = None) -> int
     # Not the study's seed: two workers with one seed would sample the same parameters in lockstep.
     seed = settings.training.seed + os.getpid()
     study = open_study(study_name, rdb_storage(storage, attrs["heartbeat_s"]), settings, seed, new=False)
-    trials = Trials(data, family_spec, folds, settings, attrs["trials"], attrs["experiment_id"], attrs["parent_run_id"])
+    threads = threads or threads_per_trial(settings)
+    experiment, parent = attrs["experiment_id"], attrs["parent_run_id"]
+    trials = Trials(data, family_spec, folds, settings, attrs["trials"], experiment, parent, threads)
     objective = make_objective(trials, log.info, lambda _number, predictions: log_predictions(predictions))
-    with study_threads(threads or threads_per_trial(settings), family_spec.torch):
+    with study_threads(threads, family_spec.torch):
         join(study, attrs[READY])
         work(study, objective, attrs["trials"], settings.training.study_timeout_s)
     return 0
