@@ -16,6 +16,7 @@ differences (training.significance), with the label horizon's overlap in its var
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -51,34 +52,65 @@ class FoldMeanPruner(optuna.pruners.BasePruner):
     def __init__(self, n_startup_trials: int = 1, alpha: float = 0.05, horizon: int = 1) -> None:
         self.n_startup_trials, self.alpha, self.horizon = n_startup_trials, alpha, horizon
         self.rows: dict[tuple[int, int], np.ndarray] = {}  # (trial number, fold): per-row losses
+        self.means: dict[int, dict[int, float]] = {}  # a completed trial's mean fold loss through each fold
+        self.lock = threading.Lock()  # `rows` is pruned in one study_jobs thread while another records
         self.load: Callable[[FrozenTrial], RowLosses | None] | None = None
         self.unloadable: set[int] = set()  # trials `load` returned None for
         self.tests: dict[int, tuple[int, int, LossComparison]] = {}  # trial: (fold, leader, the test there)
 
     def record(self, number: int, fold: int, losses: np.ndarray) -> None:
-        self.rows[(number, fold)] = np.asarray(losses, np.float64)
+        with self.lock:
+            self.rows[(number, fold)] = np.asarray(losses, np.float64)
+
+    def _known(self, number: int, folds: list[int]) -> list[np.ndarray] | None:
+        with self.lock:
+            found = [self.rows.get((number, f)) for f in folds]
+        return None if any(rows is None for rows in found) else found  # type: ignore[return-value]
 
     def _rows(self, trial: FrozenTrial, folds: list[int]) -> np.ndarray | None:
         """A trial's per-row losses on `folds`, concatenated; None when they are not known here."""
-        missing = any((trial.number, f) not in self.rows for f in folds)
-        if missing and self.load is not None and trial.number not in self.unloadable:
+        found = self._known(trial.number, folds)
+        if found is None and self.load is not None and trial.number not in self.unloadable:
             loaded = self.load(trial)
             if loaded is None:
                 self.unloadable.add(trial.number)
             for fold, losses in (loaded or {}).items():
                 self.record(trial.number, fold, losses)
-        if any((trial.number, f) not in self.rows for f in folds):
-            return None
-        return np.concatenate([self.rows[(trial.number, f)] for f in folds])
+            found = self._known(trial.number, folds)
+        return None if found is None else np.concatenate(found)
+
+    def _means(self, trial: FrozenTrial) -> dict[int, float]:
+        """A completed trial's mean fold loss through each fold it ran (computed once: it no longer changes)."""
+        if trial.number not in self.means:
+            means = {step: _mean_through(trial, step) for step in trial.intermediate_values}
+            self.means[trial.number] = {step: mean for step, mean in means.items() if mean is not None}
+        return self.means[trial.number]
+
+    def _forget_beaten(self, trials: list[FrozenTrial], completed: list[FrozenTrial]) -> None:
+        """Keep the per-row losses of unfinished trials and of completed ones that lead at some fold, the only
+        ones a test can use, now or later: a pruned or failed trial is never a leader, and one that leads at no
+        fold never will (trials that complete later only add rivals). float64 per row, per fold, per trial."""
+        best: dict[int, tuple[float, int]] = {}  # fold: (lowest mean through it, its trial), as `prune` picks
+        for t in completed:
+            for step, mean in self._means(t).items():
+                best[step] = min(best.get(step, (mean, t.number)), (mean, t.number))
+        keep = {number for _, number in best.values()} | {t.number for t in trials if not t.state.is_finished()}
+        self._keep_rows(lambda number: number in keep)
+
+    def _keep_rows(self, of: Callable[[int], bool]) -> None:
+        with self.lock:
+            self.rows = {key: rows for key, rows in self.rows.items() if of(key[0])}
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         step = trial.last_step
         if step is None or study.direction != optuna.study.StudyDirection.MINIMIZE:
             return False
-        completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        trials = study.get_trials(deepcopy=False)
+        completed = [t for t in trials if t.state == TrialState.COMPLETE]
+        self._forget_beaten(trials, completed)
         if len(completed) < self.n_startup_trials:
             return False
-        others = [(m, t.number, t) for t in completed if (m := _mean_through(t, step)) is not None]
+        others = [(means[step], t.number, t) for t in completed if step in (means := self._means(t))]
         mine = _mean_through(trial, step)
         if not others or mine is None:
             return False
@@ -91,7 +123,10 @@ class FoldMeanPruner(optuna.pruners.BasePruner):
             return False
         test = diebold_mariano(leader_rows, mine_rows, self.horizon)  # H1: the leader's loss is lower
         self.tests[trial.number] = (step, leader.number, test)
-        return test.significant(self.alpha)
+        if not test.significant(self.alpha):
+            return False
+        self._keep_rows(lambda number: number != trial.number)  # pruned: never a leader
+        return True
 
 
 def search_floor(search_seconds: float, fold_seconds: dict[int, list[float]], best: int) -> float:

@@ -132,6 +132,35 @@ def test_a_leader_whose_rows_cannot_be_loaded_is_asked_for_once():
     assert asked == [0]
 
 
+def test_the_pruner_keeps_rows_only_of_trials_that_can_still_lead():
+    # float64 per row, per fold, per trial: a pruned or failed trial never leads, nor does one beaten on every fold.
+    pruner = FoldMeanPruner(1)
+    study = optuna.create_study(direction="minimize", pruner=pruner)
+
+    def run(losses, state=None):
+        trial = study.ask()
+        for fold, loss in enumerate(losses):
+            pruner.record(trial.number, fold, fold_rows(loss, fold, trial.number))
+            trial.report(loss, fold)
+            if trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                return
+        if state is not None:
+            study.tell(trial, float(np.mean(losses)) if state == optuna.trial.TrialState.COMPLETE else None, state)
+
+    def kept():
+        return {number for number, _ in pruner.rows}
+
+    run([0.60, 0.70, 0.65], optuna.trial.TrialState.COMPLETE)
+    run([0.58], optuna.trial.TrialState.FAIL)  # ahead on fold 0, then an error
+    run([0.62])  # pruned after fold 0
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "PRUNED"]
+    assert kept() == {0}
+    run([0.59, 0.69, 0.64], optuna.trial.TrialState.COMPLETE)  # ahead of trial 0 on every fold
+    run([0.58])  # still running
+    assert kept() == {3, 4}
+
+
 def test_a_workers_leader_rows_are_its_logged_predictions_scored_fold_by_fold(monkeypatch):
     from itff_platform.training import objective
     from itff_platform.training.dataset import TrainingData
