@@ -129,17 +129,22 @@ class FoldMeanPruner(optuna.pruners.BasePruner):
         return True
 
 
-def search_floor(search_seconds: float, fold_seconds: dict[int, list[float]], best: int) -> float:
+def search_floor(search_seconds: float, fold_seconds: dict[int, list[float]], best: int, at_once: int = 1) -> float:
     """The search's seconds had every trial but the `best` stopped after its first fold: the least a pruner that
     stops trials between folds could have spent on these same trials (it must run the best one through every
-    search fold to know it is the best). `fold_seconds` holds each trial's seconds per fold it ran."""
-    return search_seconds - sum(sum(seconds[1:]) for number, seconds in fold_seconds.items() if number != best)
+    search fold to know it is the best). `fold_seconds` holds each trial's seconds per fold it ran. With `at_once`
+    trials running side by side (study_jobs x worker processes) the trials' seconds overlap in the search's wall
+    seconds: the saving is taken as their sum over `at_once` (an estimate; exact for one), and never below 0 s."""
+    saved = sum(sum(seconds[1:]) for number, seconds in fold_seconds.items() if number != best)
+    return max(0.0, search_seconds - saved / max(1, at_once))
 
 
 def first_fold_leader(trials: list[FrozenTrial]) -> int | None:
-    """The trial with the lowest first-fold loss: the one trial a screen on the first fold alone would keep.
+    """The trial with the lowest first-fold loss among those the search finished (completed or pruned; a failed or
+    running trial's fold is no part of it): the one trial a screen on the first fold alone would keep.
     When it is the best trial, the search floor was reachable at an equal best score."""
-    scored = [(t.intermediate_values[min(t.intermediate_values)], t.number) for t in trials if t.intermediate_values]
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.intermediate_values]
+    scored = [(t.intermediate_values[min(t.intermediate_values)], t.number) for t in done]
     return min(scored)[1] if scored else None
 
 

@@ -274,6 +274,7 @@ def _run_study(
             clock.seconds["search"],
             {t.number: t.user_attrs[FOLD_SECONDS] for t in search.study.trials if FOLD_SECONDS in t.user_attrs},
             best.number,
+            settings.training.study_jobs * (1 if workers is None else len(workers.processes) + 1),
         ),
         floor_keeps_best=first_fold_leader(search.study.trials) == best.number,
     )

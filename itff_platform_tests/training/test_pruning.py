@@ -190,6 +190,9 @@ def test_the_search_floor_keeps_the_best_trial_whole_and_every_other_trial_to_it
     fold_seconds = {0: [1.0, 2.0, 3.0], 1: [1.5, 2.5, 3.5], 2: [0.5]}  # trial 2 was pruned after fold 0
     assert search_floor(20.0, fold_seconds, best=1) == 20.0 - (2.0 + 3.0)
     assert search_floor(20.0, {1: [1.5, 2.5, 3.5]}, best=1) == 20.0  # one trial: nothing to prune
+    # Two trials at once: their fold seconds overlap in the search's wall seconds, which summed would exceed it.
+    assert search_floor(4.0, fold_seconds, best=1, at_once=2) == 4.0 - (2.0 + 3.0) / 2
+    assert search_floor(4.0, fold_seconds, best=1) == 0.0  # never below zero
 
 
 def test_the_first_fold_leader_is_the_trial_with_the_lowest_first_fold_loss():
@@ -200,3 +203,8 @@ def test_the_first_fold_leader_is_the_trial_with_the_lowest_first_fold_loss():
             trial.report(loss, fold)
         study.tell(trial, sum(losses) / len(losses))
     assert first_fold_leader(study.trials) == 1 != study.best_trial.number
+    failed, running = study.ask(), study.ask()
+    failed.report(0.10, 0)
+    running.report(0.10, 0)
+    study.tell(failed, state=optuna.trial.TrialState.FAIL)
+    assert first_fold_leader(study.trials) == 1  # neither a failed nor a running trial's first fold counts
