@@ -23,9 +23,10 @@ from itff_platform.training.evaluation import out_of_sample
 from itff_platform.training.metrics import row_losses
 from itff_platform.training.pruning import FoldMeanPruner, RowLosses, make_pruner
 from itff_platform.training.splits import Fold
+from itff_platform.training.threads import trial_threads
 
 Predictions = tuple[np.ndarray, list[float], np.ndarray]  # out-of-sample predictions, fold losses, uncalibrated
-PREDICTIONS_ARTIFACT = "search_predictions.npz"  # a worker's trial predictions, read back if it is the best
+PREDICTIONS_ARTIFACT = "search_predictions.npz"  # a trial's predictions in a study with workers (log_predictions)
 WORKER_PID = "worker_pid"  # trial user attrs: the process that ran the trial, and its MLflow run
 TRIAL_RUN = "mlflow_run_id"
 FOLD_SECONDS = "fold_seconds"  # trial user attr: wall seconds of each fold the trial ran (training.pruning's floor)
@@ -88,7 +89,9 @@ def logged_row_losses(
 
 
 def log_predictions(predictions: Predictions) -> None:
-    """A worker's completed trial keeps its predictions on its MLflow run, where the study's process finds them."""
+    """A completed trial of a study with workers keeps its predictions on its MLflow run, in every process (the
+    study's own too): the study's process reads a worker's best trial there, and each process's pruner the rows
+    of a leader another process ran (logged_row_losses)."""
     prediction, losses, uncalibrated = predictions
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / PREDICTIONS_ARTIFACT
@@ -107,6 +110,7 @@ class Trials:
     n_trials: int
     experiment: str
     parent_run_id: str
+    threads: int  # the OpenMP threads of each trial (training.threads)
 
 
 def open_study(
@@ -179,9 +183,10 @@ def make_objective(
                 fold_started = time.perf_counter()
 
             try:
-                predictions = out_of_sample(
-                    lambda: make_forecaster(family, params, settings), data, search_folds, weighting, on_fold
-                )
+                with trial_threads(trials.threads):  # this thread's own: study_jobs trials run in a thread pool
+                    predictions = out_of_sample(
+                        lambda: make_forecaster(family, params, settings), data, search_folds, weighting, on_fold
+                    )
             except optuna.TrialPruned as pruned:
                 # Ended as FINISHED and tagged, not FAILED: a pruned trial is the search working, not an error.
                 mlflow.set_tag("state", "pruned")

@@ -16,6 +16,7 @@ differences (training.significance), with the label horizon's overlap in its var
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -44,34 +45,72 @@ class FoldMeanPruner(optuna.pruners.BasePruner):
     The per-row losses come from the objective (`record`, for each fold a trial in this process runs) or, for a
     trial another process ran, from `load` (the objective's reader of the predictions that process logged). A
     trial whose rows are known to neither is never pruned: without them there is no test, only a bare difference.
+    A trial `load` found nothing for is not asked again (`unloadable`): it would fail the same way on every fold of
+    every later trial, each time a download.
     Each trial's last test is kept in `tests` (the objective logs its p-value on the trial's run)."""
 
     def __init__(self, n_startup_trials: int = 1, alpha: float = 0.05, horizon: int = 1) -> None:
         self.n_startup_trials, self.alpha, self.horizon = n_startup_trials, alpha, horizon
         self.rows: dict[tuple[int, int], np.ndarray] = {}  # (trial number, fold): per-row losses
+        self.means: dict[int, dict[int, float]] = {}  # a completed trial's mean fold loss through each fold
+        self.lock = threading.Lock()  # `rows` is pruned in one study_jobs thread while another records
         self.load: Callable[[FrozenTrial], RowLosses | None] | None = None
+        self.unloadable: set[int] = set()  # trials `load` returned None for
         self.tests: dict[int, tuple[int, int, LossComparison]] = {}  # trial: (fold, leader, the test there)
 
     def record(self, number: int, fold: int, losses: np.ndarray) -> None:
-        self.rows[(number, fold)] = np.asarray(losses, np.float64)
+        with self.lock:
+            self.rows[(number, fold)] = np.asarray(losses, np.float64)
+
+    def _known(self, number: int, folds: list[int]) -> list[np.ndarray] | None:
+        with self.lock:
+            found = [self.rows.get((number, f)) for f in folds]
+        return None if any(rows is None for rows in found) else found  # type: ignore[return-value]
 
     def _rows(self, trial: FrozenTrial, folds: list[int]) -> np.ndarray | None:
         """A trial's per-row losses on `folds`, concatenated; None when they are not known here."""
-        if any((trial.number, f) not in self.rows for f in folds) and self.load is not None:
-            for fold, losses in (self.load(trial) or {}).items():
+        found = self._known(trial.number, folds)
+        if found is None and self.load is not None and trial.number not in self.unloadable:
+            loaded = self.load(trial)
+            if loaded is None:
+                self.unloadable.add(trial.number)
+            for fold, losses in (loaded or {}).items():
                 self.record(trial.number, fold, losses)
-        if any((trial.number, f) not in self.rows for f in folds):
-            return None
-        return np.concatenate([self.rows[(trial.number, f)] for f in folds])
+            found = self._known(trial.number, folds)
+        return None if found is None else np.concatenate(found)
+
+    def _means(self, trial: FrozenTrial) -> dict[int, float]:
+        """A completed trial's mean fold loss through each fold it ran (computed once: it no longer changes)."""
+        if trial.number not in self.means:
+            means = {step: _mean_through(trial, step) for step in trial.intermediate_values}
+            self.means[trial.number] = {step: mean for step, mean in means.items() if mean is not None}
+        return self.means[trial.number]
+
+    def _forget_beaten(self, trials: list[FrozenTrial], completed: list[FrozenTrial]) -> None:
+        """Keep the per-row losses of unfinished trials and of completed ones that lead at some fold, the only
+        ones a test can use, now or later: a pruned or failed trial is never a leader, and one that leads at no
+        fold never will (trials that complete later only add rivals). float64 per row, per fold, per trial."""
+        best: dict[int, tuple[float, int]] = {}  # fold: (lowest mean through it, its trial), as `prune` picks
+        for t in completed:
+            for step, mean in self._means(t).items():
+                best[step] = min(best.get(step, (mean, t.number)), (mean, t.number))
+        keep = {number for _, number in best.values()} | {t.number for t in trials if not t.state.is_finished()}
+        self._keep_rows(lambda number: number in keep)
+
+    def _keep_rows(self, of: Callable[[int], bool]) -> None:
+        with self.lock:
+            self.rows = {key: rows for key, rows in self.rows.items() if of(key[0])}
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         step = trial.last_step
         if step is None or study.direction != optuna.study.StudyDirection.MINIMIZE:
             return False
-        completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        trials = study.get_trials(deepcopy=False)
+        completed = [t for t in trials if t.state == TrialState.COMPLETE]
+        self._forget_beaten(trials, completed)
         if len(completed) < self.n_startup_trials:
             return False
-        others = [(m, t.number, t) for t in completed if (m := _mean_through(t, step)) is not None]
+        others = [(means[step], t.number, t) for t in completed if step in (means := self._means(t))]
         mine = _mean_through(trial, step)
         if not others or mine is None:
             return False
@@ -84,20 +123,28 @@ class FoldMeanPruner(optuna.pruners.BasePruner):
             return False
         test = diebold_mariano(leader_rows, mine_rows, self.horizon)  # H1: the leader's loss is lower
         self.tests[trial.number] = (step, leader.number, test)
-        return test.significant(self.alpha)
+        if not test.significant(self.alpha):
+            return False
+        self._keep_rows(lambda number: number != trial.number)  # pruned: never a leader
+        return True
 
 
-def search_floor(search_seconds: float, fold_seconds: dict[int, list[float]], best: int) -> float:
+def search_floor(search_seconds: float, fold_seconds: dict[int, list[float]], best: int, at_once: int = 1) -> float:
     """The search's seconds had every trial but the `best` stopped after its first fold: the least a pruner that
     stops trials between folds could have spent on these same trials (it must run the best one through every
-    search fold to know it is the best). `fold_seconds` holds each trial's seconds per fold it ran."""
-    return search_seconds - sum(sum(seconds[1:]) for number, seconds in fold_seconds.items() if number != best)
+    search fold to know it is the best). `fold_seconds` holds each trial's seconds per fold it ran. With `at_once`
+    trials running side by side (study_jobs x worker processes) the trials' seconds overlap in the search's wall
+    seconds: the saving is taken as their sum over `at_once` (an estimate; exact for one), and never below 0 s."""
+    saved = sum(sum(seconds[1:]) for number, seconds in fold_seconds.items() if number != best)
+    return max(0.0, search_seconds - saved / max(1, at_once))
 
 
 def first_fold_leader(trials: list[FrozenTrial]) -> int | None:
-    """The trial with the lowest first-fold loss: the one trial a screen on the first fold alone would keep.
+    """The trial with the lowest first-fold loss among those the search finished (completed or pruned; a failed or
+    running trial's fold is no part of it): the one trial a screen on the first fold alone would keep.
     When it is the best trial, the search floor was reachable at an equal best score."""
-    scored = [(t.intermediate_values[min(t.intermediate_values)], t.number) for t in trials if t.intermediate_values]
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.intermediate_values]
+    scored = [(t.intermediate_values[min(t.intermediate_values)], t.number) for t in done]
     return min(scored)[1] if scored else None
 
 

@@ -221,7 +221,9 @@ def _run_study(
         with clock.phase("setup"):
             _log_study_inputs(data, family, folds, settings, n_trials, fingerprint)
         with clock.phase("search"):
-            trials = Trials(data, family_spec, search_folds, settings, n_trials, experiment, parent.info.run_id)
+            trials = Trials(
+                data, family_spec, search_folds, settings, n_trials, experiment, parent.info.run_id, threads
+            )
             search = _search(trials, study_name, progress, workers)
         best = search.study.best_trial  # a completed trial: a pruned one never scored every search fold
         params = {k: v for k, v in best.params.items() if k != "class_weight"} | fixed
@@ -272,6 +274,7 @@ def _run_study(
             clock.seconds["search"],
             {t.number: t.user_attrs[FOLD_SECONDS] for t in search.study.trials if FOLD_SECONDS in t.user_attrs},
             best.number,
+            settings.training.study_jobs * (1 if workers is None else len(workers.processes) + 1),
         ),
         floor_keeps_best=first_fold_leader(search.study.trials) == best.number,
     )

@@ -4,7 +4,10 @@ torch's intra-op pool and the BLAS/OpenMP pools (scikit-learn's gradient boostin
 That is right for one trial at a time, and oversubscribes the cores when Optuna runs trials in parallel threads
 (`study_jobs`) or worker processes (`study_workers`), or Dagster runs training runs side by side: two trials of two
 threads each on two cores spend their time switching. So each trial gets the cores this process may run on, divided among everything that runs at once.
-These pools are process-wide, so the limit is set around the study and put back after it, never at import.
+These pools are process-wide, so the limit is set around the study and put back after it, never at import. OpenMP's
+limit is the exception: libgomp's omp_set_num_threads sets the calling thread's, and a thread started later begins
+with every core, so each trial sets it again in its own thread (`trial_threads`): Optuna runs `study_jobs` trials in
+a thread pool, where the study's limit never reached their gradient-boosting fits.
 
 The BLAS pool (OpenBLAS: numpy's matrix products, scikit-learn's logistic and ridge regression) gets one thread
 whatever the cores: on these matrices (30k rows x 24 features) a second thread makes a product about 1.5x faster
@@ -46,10 +49,19 @@ def pool_limits(threads: int) -> dict[str, int]:
 
 
 @contextmanager
+def trial_threads(threads: int) -> Iterator[None]:
+    """The OpenMP limit of study_threads inside the block, for the thread that enters it (a trial's thread)."""
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    with threadpool_limits(limits=pool_limits(threads)["openmp"], user_api="openmp"):
+        yield
+
+
+@contextmanager
 def study_threads(threads: int, uses_torch: bool) -> Iterator[None]:
     """torch's intra-op threads (for a torch family) and the OpenMP pools limited to `threads` inside the block,
     the BLAS pools to one (pool_limits), and restored after it."""
-    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+    from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=pool_limits(threads)):
         if not uses_torch:

@@ -38,7 +38,15 @@ import mlflow
 from itff_platform.models.registry import spec
 from itff_platform.settings import Settings, redact_uri
 from itff_platform.training.dataset import TrainingData
-from itff_platform.training.objective import TRIAL_RUN, Search, Trials, log_predictions, make_objective, open_study
+from itff_platform.training.objective import (
+    TRIAL_RUN,
+    Predictions,
+    Search,
+    Trials,
+    log_predictions,
+    make_objective,
+    open_study,
+)
 from itff_platform.training.splits import Fold
 from itff_platform.training.threads import study_threads, threads_per_trial
 from itff_platform.training.tracking import quiet_mlflow
@@ -241,7 +249,12 @@ def search_with_workers(workers: Workers, trials: Trials, progress: Callable[[st
         study.set_user_attr(key, value)
     progress(f"study {workers.study_name}: {local} local processes")
     search = Search(study)
-    objective = make_objective(trials, progress, search.predictions.__setitem__)
+
+    def keep(number: int, predictions: Predictions) -> None:
+        search.predictions[number] = predictions  # read back here without a download if it is the best
+        log_predictions(predictions)  # where a worker's pruner reads a leader this process ran
+
+    objective = make_objective(trials, progress, keep)
     join(study, local, given_up=workers.gone)
     work(study, objective, trials.n_trials, settings.training.study_timeout_s)
     _wait_for(workers.processes, progress)  # they leave once the budget is complete
@@ -303,9 +316,11 @@ def run_worker(study_name: str, storage: str, threads: int | None = None) -> int
     # Not the study's seed: two workers with one seed would sample the same parameters in lockstep.
     seed = settings.training.seed + os.getpid()
     study = open_study(study_name, rdb_storage(storage, attrs["heartbeat_s"]), settings, seed, new=False)
-    trials = Trials(data, family_spec, folds, settings, attrs["trials"], attrs["experiment_id"], attrs["parent_run_id"])
+    threads = threads or threads_per_trial(settings)
+    experiment, parent = attrs["experiment_id"], attrs["parent_run_id"]
+    trials = Trials(data, family_spec, folds, settings, attrs["trials"], experiment, parent, threads)
     objective = make_objective(trials, log.info, lambda _number, predictions: log_predictions(predictions))
-    with study_threads(threads or threads_per_trial(settings), family_spec.torch):
+    with study_threads(threads, family_spec.torch):
         join(study, attrs[READY])
         work(study, objective, attrs["trials"], settings.training.study_timeout_s)
     return 0

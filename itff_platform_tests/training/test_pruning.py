@@ -108,6 +108,59 @@ def test_a_leader_run_by_another_process_is_tested_on_the_rows_its_predictions_g
     assert pruner.tests[1][:2] == (0, 0) and pruner.tests[1][2].p_value < 0.05  # after fold 0, against trial 0
 
 
+def test_a_leader_whose_rows_cannot_be_loaded_is_asked_for_once():
+    # A failed download (a leader that logged nothing) is not retried on every fold of every later trial.
+    asked = []
+
+    def load(trial):
+        asked.append(trial.number)
+
+    pruner = FoldMeanPruner(1)
+    pruner.load = load
+    study = optuna.create_study(direction="minimize", pruner=pruner)
+    leader = study.ask()
+    for fold, loss in enumerate([0.60, 0.70, 0.65]):
+        leader.report(loss, fold)
+    study.tell(leader, 0.65)
+    for number in (1, 2):
+        trial = study.ask()
+        for fold, loss in enumerate([0.62, 0.72]):
+            pruner.record(number, fold, fold_rows(loss, fold, number))
+            trial.report(loss, fold)
+            assert not trial.should_prune()  # no rows for the leader: no test
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    assert asked == [0]
+
+
+def test_the_pruner_keeps_rows_only_of_trials_that_can_still_lead():
+    # float64 per row, per fold, per trial: a pruned or failed trial never leads, nor does one beaten on every fold.
+    pruner = FoldMeanPruner(1)
+    study = optuna.create_study(direction="minimize", pruner=pruner)
+
+    def run(losses, state=None):
+        trial = study.ask()
+        for fold, loss in enumerate(losses):
+            pruner.record(trial.number, fold, fold_rows(loss, fold, trial.number))
+            trial.report(loss, fold)
+            if trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                return
+        if state is not None:
+            study.tell(trial, float(np.mean(losses)) if state == optuna.trial.TrialState.COMPLETE else None, state)
+
+    def kept():
+        return {number for number, _ in pruner.rows}
+
+    run([0.60, 0.70, 0.65], optuna.trial.TrialState.COMPLETE)
+    run([0.58], optuna.trial.TrialState.FAIL)  # ahead on fold 0, then an error
+    run([0.62])  # pruned after fold 0
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "PRUNED"]
+    assert kept() == {0}
+    run([0.59, 0.69, 0.64], optuna.trial.TrialState.COMPLETE)  # ahead of trial 0 on every fold
+    run([0.58])  # still running
+    assert kept() == {3, 4}
+
+
 def test_a_workers_leader_rows_are_its_logged_predictions_scored_fold_by_fold(monkeypatch):
     from itff_platform.training import objective
     from itff_platform.training.dataset import TrainingData
@@ -137,6 +190,9 @@ def test_the_search_floor_keeps_the_best_trial_whole_and_every_other_trial_to_it
     fold_seconds = {0: [1.0, 2.0, 3.0], 1: [1.5, 2.5, 3.5], 2: [0.5]}  # trial 2 was pruned after fold 0
     assert search_floor(20.0, fold_seconds, best=1) == 20.0 - (2.0 + 3.0)
     assert search_floor(20.0, {1: [1.5, 2.5, 3.5]}, best=1) == 20.0  # one trial: nothing to prune
+    # Two trials at once: their fold seconds overlap in the search's wall seconds, which summed would exceed it.
+    assert search_floor(4.0, fold_seconds, best=1, at_once=2) == 4.0 - (2.0 + 3.0) / 2
+    assert search_floor(4.0, fold_seconds, best=1) == 0.0  # never below zero
 
 
 def test_the_first_fold_leader_is_the_trial_with_the_lowest_first_fold_loss():
@@ -147,3 +203,8 @@ def test_the_first_fold_leader_is_the_trial_with_the_lowest_first_fold_loss():
             trial.report(loss, fold)
         study.tell(trial, sum(losses) / len(losses))
     assert first_fold_leader(study.trials) == 1 != study.best_trial.number
+    failed, running = study.ask(), study.ask()
+    failed.report(0.10, 0)
+    running.report(0.10, 0)
+    study.tell(failed, state=optuna.trial.TrialState.FAIL)
+    assert first_fold_leader(study.trials) == 1  # neither a failed nor a running trial's first fold counts

@@ -23,7 +23,7 @@ from itff_platform.features.silver import build_features
 from itff_platform.market.synthetic import random_walk_candles
 from itff_platform.settings import Settings
 from itff_platform.training.dataset import training_data
-from itff_platform.training.objective import TRIAL_RUN, WORKER_PID
+from itff_platform.training.objective import PREDICTIONS_ARTIFACT, TRIAL_RUN, WORKER_PID
 from itff_platform.training.study import run_study
 from itff_platform.training.train import folds_for
 from itff_platform_tests.conftest import free_port
@@ -131,6 +131,17 @@ def test_the_study_run_takes_the_best_trial_from_the_storage(shared_study):
     run = MlflowClient(settings.tracking_uri).get_run(outcome.run_id)
     assert run.data.tags["optuna_study"] == study.study_name
     assert run.data.metrics["best_search_loss"] == pytest.approx(study.best_value)
+
+
+def test_every_completed_trial_logs_its_predictions_whichever_process_ran_it(shared_study):
+    # A worker's pruner reads a leader's rows from them: the study's own process logs its trials' too.
+    settings, _, study, _ = shared_study
+    client = MlflowClient(settings.tracking_uri)
+    completed = study.get_trials(states=(TrialState.COMPLETE,))
+    assert {t.user_attrs[WORKER_PID] for t in completed} >= {os.getpid()}
+    for trial in completed:
+        logged = [artifact.path for artifact in client.list_artifacts(trial.user_attrs[TRIAL_RUN])]
+        assert PREDICTIONS_ARTIFACT in logged, trial.number
 
 
 def test_a_killed_workers_trial_is_failed_and_retried(shared_study):

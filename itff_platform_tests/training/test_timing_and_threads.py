@@ -92,3 +92,43 @@ def test_importing_the_platform_makes_openmp_sleep_unless_told_otherwise():
     assert subprocess.run(read, env=bare, capture_output=True, text=True, check=True).stdout.strip() == "PASSIVE"
     told = {**bare, "OMP_WAIT_POLICY": "ACTIVE"}
     assert subprocess.run(read, env=told, capture_output=True, text=True, check=True).stdout.strip() == "ACTIVE"
+
+
+def test_a_trial_in_a_thread_of_its_own_fits_on_its_share_of_openmp_threads(monkeypatch):
+    """libgomp's limit is per thread: Optuna's study_jobs threads started with every core, whatever the study's
+    limit (study_threads) said, until the objective set it in the trial's own thread."""
+    import contextlib
+    import threading
+    import types
+
+    import numpy as np
+    import optuna
+    from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+
+    from itff_platform.models.registry import spec
+    from itff_platform.training import objective
+    from itff_platform.training.dataset import TrainingData
+    from itff_platform.training.splits import Fold
+
+    if available_cores() < 2:
+        pytest.skip("one core: every thread sees one OpenMP thread")
+    seen = []
+
+    def fit_folds(make, data, folds, weighting, on_fold):
+        seen.append(_openmp_effective_n_threads())
+        return np.zeros(2), [0.5], np.zeros(2)
+
+    run = types.SimpleNamespace(info=types.SimpleNamespace(run_id="run"))
+    tracking = types.SimpleNamespace(
+        start_run=lambda **_: contextlib.nullcontext(run), log_params=lambda _: None, log_metric=lambda *_, **__: None
+    )
+    monkeypatch.setattr(objective, "out_of_sample", fit_folds)
+    monkeypatch.setattr(objective, "mlflow", tracking)
+    data = TrainingData("X", "direction", ["f"], np.zeros((4, 1)), np.array([0, 1, 0, 1]), *[np.zeros(4)] * 4, {})
+    folds = [Fold(0, np.arange(2), np.arange(2, 4))]
+    trials = objective.Trials(data, spec("logistic"), folds, Settings(), 1, "experiment", "parent", threads=1)
+    trial = optuna.create_study(pruner=optuna.pruners.NopPruner()).ask()
+    fresh = threading.Thread(target=objective.make_objective(trials, lambda _: None, lambda *_: None), args=(trial,))
+    fresh.start()
+    fresh.join()
+    assert seen == [1]
