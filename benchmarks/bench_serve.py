@@ -153,7 +153,7 @@ def candle_path_cpu(symbol: str, target: str, bars: list[dict], model) -> dict:
     one window repeated (each request a fresh copy of the same bytes, as a socket gives), a window sliding one
     bar per request (folded from its anchor), and the same slides computed whole by build_features (what every
     new window cost before folding). CPU time includes polars' threads."""
-    from itff_platform.serving import online
+    from itff_platform.serving import candle_windows, online
     from itff_platform.serving.fast_predict import FastPredictRoute
     from itff_platform.settings import Settings
 
@@ -166,7 +166,7 @@ def candle_path_cpu(symbol: str, target: str, bars: list[dict], model) -> dict:
     ]
 
     def per_request(answer, bodies: list[bytes]) -> float:
-        online.ONLINE = online.OnlineFeatures()
+        candle_windows.ONLINE = candle_windows.OnlineFeatures()
         route = FastPredictRoute(app=None, handler=None)  # type: ignore[arg-type]
         answer(route, bodies[0])  # the first window (and its anchor) is computed before the clock starts
         started = time.process_time()
@@ -176,15 +176,15 @@ def candle_path_cpu(symbol: str, target: str, bars: list[dict], model) -> dict:
 
     def remembered(route, body):
         frame = route.arguments(body)["candles"]
-        return online.remembered_features(frame, settings, rows, names, interval)
+        return candle_windows.remembered_features(frame, settings, rows, names, interval)
 
     def computed(route, body):
-        return online.features_from_candles(route.arguments(body)["candles"], settings, rows, names, interval)
+        return candle_windows.features_from_candles(route.arguments(body)["candles"], settings, rows, names, interval)
 
     def whole(route, body):
         frame = route.arguments(body)["candles"]
         online.check_window(frame, interval)
-        return online.OnlineFeatures().rows(frame, settings, interval)
+        return candle_windows.OnlineFeatures().rows(frame, settings, interval)
 
     return {
         "same_window_cpu_us": per_request(remembered, [bodies[-1]] * 200),

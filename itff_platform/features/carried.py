@@ -10,7 +10,7 @@ the folded features to build_features over many slides of the real sample.
 Equal, not bit-identical. Each smoother steps as polars does (from the same first bar its state is polars' bit for
 bit), but it carries history from the anchor's first bar, not the window's: that stays far below 1e-9 relative when
 the row has at least history_bars_needed bars before it (the lake's own warm-up argument: the seed's influence has
-decayed by (1 - alpha)^600), which serving.online requires of every row it folds. A rolling mean is added up in
+decayed by (1 - alpha)^600), which serving.candle_windows requires of every row it folds. A rolling mean is added up in
 another order than polars' sliding sum: `conditioned` refuses (NotFoldable) where that rounding could reach 1e-9 of
 the dispersion it is divided by (a stablecoin, a frozen price), and the window is computed whole.
 """

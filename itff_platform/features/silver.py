@@ -246,7 +246,7 @@ class BoundPlan:
     Building the features' ~300 expressions and resolving their schema cost ~8 ms of Python per frame (2 s of a
     10M-row rebuild's 229 windows; more than computing an 800-bar online window); collecting a built plan costs
     only its optimization. A plan computes one frame at a time: the rebuild keeps one per thread
-    (_thread_plan), and the online path one per feature settings behind a lock (serving.online.OnlineFeatures)."""
+    (_thread_plan), and the online path one per feature settings behind a lock (serving.candle_windows.OnlineFeatures)."""
 
     def __init__(self, build: Callable[[pl.LazyFrame], pl.LazyFrame], schema: pl.Schema) -> None:
         from polars.io.plugins import register_io_source

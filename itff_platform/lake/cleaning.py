@@ -39,7 +39,7 @@ def row_rules(interval_seconds: int) -> list[tuple[str, pl.Expr]]:
 
 def plainly_valid(stamps_us: np.ndarray, values: np.ndarray, interval_seconds: int) -> bool:
     """True when no row breaks a row_rules rule: the same rules in numpy, for the few rows of a request window
-    not judged before (serving.online), where polars' fixed cost per query (~1 ms) is the whole cost. It may only
+    not judged before (serving.candle_windows), where polars' fixed cost per query (~1 ms) is the whole cost. It may only
     ever say less than row_rules (on False the caller judges the rows with clean_raw, whose verdict and message
     count); test_cleaning pins a broken row for every rule. `values`: open, high, low, close, volume columns."""
     o, h, lo, c = values[:, :4].T

@@ -34,6 +34,7 @@ from itff_platform.monitoring.prediction_log import PredictionLog
 from itff_platform.rules import REGIMES
 from itff_platform.serving import trading_api
 from itff_platform.serving.batching import RowBatcher
+from itff_platform.serving.candle_windows import features_from_candles, remembered_features
 from itff_platform.serving.errors import quiet_client_errors, refusal
 from itff_platform.serving.fast_predict import FastPredictRoute
 from itff_platform.serving.guard import GuardMiddleware
@@ -45,7 +46,6 @@ from itff_platform.serving.online import (
     checked_output,
     checked_regime,
     checked_rows,
-    features_from_candles,
     features_from_lake,
     features_from_row,
     model_interval,
@@ -53,7 +53,6 @@ from itff_platform.serving.online import (
     parse_bar_time,
     parse_time,
     regime_from_lake,
-    remembered_features,
     tradingview_symbol,
 )
 from itff_platform.settings import Settings, get_settings

@@ -8,13 +8,12 @@ import pytest
 
 from itff_platform.features.labels import LABEL_COLUMNS
 from itff_platform.features.silver import build_features, feature_columns, window_frames
+from itff_platform.serving.candle_windows import OnlineFeatures, features_from_candles
 from itff_platform.serving.online import (
     Candle,
-    OnlineFeatures,
     RequestError,
     check_window,
     checked_candles,
-    features_from_candles,
 )
 from itff_platform.settings import Settings
 from itff_platform_tests.conftest import utc
@@ -134,7 +133,7 @@ def test_candle_times_are_read_as_utc_with_or_without_an_offset(btc_hourly):
 def test_a_remembered_window_is_answered_without_computing_and_still_asks_the_clock(btc_hourly, monkeypatch):
     """What the event loop asks before hopping to a thread: the same answer as a computation, shared read-only
     by every request on the window, and nothing for a window not seen (no computation on the loop)."""
-    import itff_platform.serving.online as module
+    import itff_platform.serving.candle_windows as module
 
     settings = Settings()
     names = feature_columns(settings)
@@ -158,7 +157,9 @@ def test_a_remembered_window_is_answered_without_computing_and_still_asks_the_cl
         def now(cls, tz=None):
             return datetime(2024, 1, 1, tzinfo=tz)
 
-    monkeypatch.setattr(module, "datetime", Past)
+    import itff_platform.serving.online as checks  # the clock check_not_future reads
+
+    monkeypatch.setattr(checks, "datetime", Past)
     with pytest.raises(RequestError, match="is in the future"):
         module.remembered_features(frame, settings, 3, names, "1h")
 
@@ -351,7 +352,7 @@ def test_anchors_of_many_sliding_streams_are_kept(btc_hourly):
 def test_a_failed_anchor_is_logged_and_neither_fails_the_window_nor_hides_its_refusal(btc_hourly, caplog):
     from concurrent.futures import Future
 
-    import itff_platform.serving.online as module
+    import itff_platform.serving.candle_windows as module
 
     settings = Settings()
     names = feature_columns(settings)
