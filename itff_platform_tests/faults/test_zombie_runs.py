@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import DagsterInstance, DagsterRunStatus
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 DAEMON = Path(sys.executable).parent / "dagster-daemon"
@@ -90,14 +90,40 @@ def stop(process: subprocess.Popen, sig=signal.SIGTERM) -> None:
             process.wait()
 
 
-def wait_for(condition, timeout: float, what: str, log: Path):
+def wait_for(condition, timeout: float, what: str, log: Path, instance: DagsterInstance | None = None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n--- daemon log ---\n{log.read_text()[-6000:]}")
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{diagnosis(log, instance)}")
+
+
+def diagnosis(log: Path, instance: DagsterInstance | None) -> str:
+    """What a timeout needs to be explained: every run with its status and retry tags, the killed run's engine
+    events, and the daemon log without the sensor's ticks (which alone fill any tail of it)."""
+    lines = [line for line in log.read_text().splitlines() if "SensorDaemon" not in line]
+    parts = ["--- daemon log, sensor ticks left out ---", "\n".join(lines)[-8000:]]
+    if instance is not None:
+        parts.append("--- runs, oldest first ---")
+        for job, runs in runs_by_job(instance).items():
+            for run in runs:
+                tags = {k: v for k, v in run.tags.items() if "retry" in k or "failure" in k}
+                parts.append(f"{job} {run.run_id[:8]} {run.status.value} parent={run.parent_run_id} {tags}")
+                events = [e.message for e in instance.all_logs(run.run_id) if e.message and not e.step_key]
+                parts.extend(f"    {m[:200]}" for m in events[-6:])
+    return "\n".join(parts)
+
+
+def event_log_consumer_has_cursor(instance: DagsterInstance) -> bool:
+    """The daemon's EventLogConsumer (which submits retries) has saved where it reads the event log from. A daemon
+    killed before it did leaves none, and the next daemon starts reading at the newest event, so a failure written
+    before its first read (run monitoring marks the zombie FAILURE at once) would never be retried."""
+    keys = {
+        f"EVENT_LOG_CONSUMER_CURSOR-{t.value}" for t in (DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_SUCCESS)
+    }
+    return len(instance.daemon_cursor_storage.get_cursor_values(keys)) == len(keys)
 
 
 def runs_by_job(instance: DagsterInstance) -> dict[str, list]:
@@ -133,10 +159,12 @@ def test_a_killed_run_is_failed_by_run_monitoring_retried_and_the_queue_moves_on
             lambda: (
                 any(marks.glob("worker-*"))
                 and [r for r in runs_by_job(instance).get("quick_job", []) if r.status == DagsterRunStatus.QUEUED]
+                and event_log_consumer_has_cursor(instance)
             ),
             120,
-            "slow_job's worker to run and quick_job to be queued behind it",
+            "slow_job's worker to run, quick_job to be queued behind it and the event log consumer's cursor",
             log,
+            instance,
         )
         assert runs_by_job(instance)["slow_job"][0].status == DagsterRunStatus.STARTED
     finally:
@@ -157,6 +185,7 @@ def test_a_killed_run_is_failed_by_run_monitoring_retried_and_the_queue_moves_on
             90,
             "run monitoring to mark the killed run FAILURE",
             log,
+            instance,
         )
         failed_at = time.monotonic()
         wait_for(
@@ -164,12 +193,14 @@ def test_a_killed_run_is_failed_by_run_monitoring_retried_and_the_queue_moves_on
             120,
             "the queued run to run once the zombie was gone",
             log,
+            instance,
         )
         retried = wait_for(
             lambda: [r for r in runs_by_job(instance)["slow_job"][1:] if r.status == DagsterRunStatus.SUCCESS],
             120,
             "the automatic retry of the killed run to succeed",
             log,
+            instance,
         )
         done_at = time.monotonic()
     finally:
