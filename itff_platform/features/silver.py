@@ -74,18 +74,20 @@ def history_bars_needed(settings: Settings) -> int:
     return max(warmup_bars_needed(settings), (settings.features.daily_range_days + 1) * settings.bars_per_day + 1)
 
 
-def with_daily_range(candles: pl.LazyFrame | pl.DataFrame, settings: Settings) -> pl.LazyFrame:
+def with_daily_range(candles: pl.LazyFrame | pl.DataFrame, settings: Settings, in_place: bool = False) -> pl.LazyFrame:
     """`candles` plus the average daily range as `_adr`, and as `_adr_from` the timestamp of the oldest bar it reads.
 
     It depends only on the bars in its look-back, so it can be computed over any longer span, then masked where
-    the look-back reaches before a window's read (window_frames), as a computation over that window alone would."""
+    the look-back reaches before a window's read (window_frames), as a computation over that window alone would.
+    `in_place`: summed without shifted copies, for the in-memory engine only (indicators.average_daily_range)."""
     s = settings
     look_back = s.features.daily_range_days * s.bars_per_day - 1
+    days = s.features.daily_range_days
     return (
         candles.lazy()
         .with_columns(ind.trailing_day_range(s.bars_per_day).alias("_day_range"))
         .with_columns(
-            ind.average_daily_range("_day_range", s.features.daily_range_days, s.bars_per_day).alias("_adr"),
+            ind.average_daily_range("_day_range", days, s.bars_per_day, in_place).alias("_adr"),
             pl.col("timestamp").shift(look_back).alias("_adr_from"),
         )
         .drop("_day_range")
@@ -221,7 +223,7 @@ def windows(
     computed once over all of `bronze` (see the module's docstring); the rest per window, from the anchored warm-up."""
     stamps = bronze["timestamp"]
     warmup = warmup_bars_needed(settings) * timedelta(seconds=settings.interval_seconds)
-    with_adr = with_daily_range(bronze, settings).collect(engine="in-memory")
+    with_adr = with_daily_range(bronze, settings, in_place=True).collect(engine="in-memory")
     found = []
     for read_from, start, end, read_to in month_windows(months, settings):
         lo, hi = stamps.search_sorted(start - warmup, side="left"), stamps.search_sorted(read_to, side="left")
