@@ -236,11 +236,18 @@ def read_rows(
 def in_time_order(frame: pl.DataFrame) -> pl.DataFrame:
     """One symbol's rows sorted by timestamp. Each file holds sorted rows and files rarely overlap in time, so the
     sorted runs are put in order by reference (zero-copy slices) instead of sorting and gathering every column
-    (0.45 s of a 0.55 s read of 2M bronze rows). Falls back to a sort when runs overlap or share a timestamp."""
+    (0.45 s of a 0.55 s read of 2M bronze rows). Falls back to a sort when runs overlap or share a timestamp.
+
+    A run ends where time steps back, and also where a chunk ends with time stepping forward: a scan reads each
+    file as chunks of its own, in the log's order, and files that follow each other forward in time (January,
+    then August) would otherwise join one run that overlaps the months between, and force the sort (1.5 s of
+    CPU for 10M bronze rows). Chunk ends where time stands still do not split a run, as before."""
     stamps = frame["timestamp"]
     if stamps.is_sorted():
         return frame
-    breaks = (stamps < stamps.shift(1)).arg_true().to_list()
+    chunk_ends = itertools.accumulate(stamps.chunk_lengths()[:-1])
+    forward = [end for end in chunk_ends if 0 < end < frame.height and stamps[end] > stamps[end - 1]]
+    breaks = sorted({*(stamps < stamps.shift(1)).arg_true().to_list(), *forward})
     bounds = list(zip([0, *breaks], [*breaks, frame.height], strict=True))
     runs = sorted(bounds, key=lambda run: stamps[run[0]])
     if any(stamps[end - 1] >= stamps[start] for (_, end), (start, _) in itertools.pairwise(runs)):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
-from itff_platform.features.silver import month_windows
+from itff_platform.features.silver import month_windows, positions
 from itff_platform.fingerprints import SHARED_MODULES, code_digest, digest, frame_digest
 from itff_platform.lake.delta import partition_id, recorded_fingerprints
 from itff_platform.market.candles import CANDLE_COLUMNS
@@ -67,9 +67,11 @@ def silver_fingerprints(settings: Settings, bronze: pl.DataFrame, months: list[d
         ordered = ordered.sort(["timestamp", *(c for c in ordered.columns if c != "timestamp")], nulls_last=True)
         stamps = ordered["timestamp"]
     hashes = ordered.hash_rows(seed=0).to_numpy()
+    spans = month_windows(months, settings)
+    found = positions(stamps, [instant for read_from, _, _, read_to in spans for instant in (read_from, read_to)])
     rows = {}
-    for read_from, start, _, read_to in month_windows(months, settings):
-        lo, hi = stamps.search_sorted(read_from, side="left"), stamps.search_sorted(read_to, side="left")
+    for k, (_, start, _, _) in enumerate(spans):
+        lo, hi = found[2 * k : 2 * k + 2]
         rows[start.date()] = digest(str(ordered.schema), hashes[lo:hi])
     return {month: digest("silver", chosen, row_digest, lake_code()) for month, row_digest in rows.items()}
 

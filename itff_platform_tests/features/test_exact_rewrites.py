@@ -130,3 +130,23 @@ def test_adx_smooths_its_own_true_range_when_its_period_differs_from_the_atr():
         got = features[name].to_list()
         assert [g is None for g in got] == [e is None for e in expected], name
         assert all(g is None or abs(g - e) <= 1e-9 * max(1.0, abs(e)) for g, e in zip(got, expected)), name
+
+
+@pytest.mark.parametrize("interval", ["1m", "1h", "1d"])
+@pytest.mark.parametrize("rows", [5, 700, 30_000])
+def test_daily_range_summed_in_place_keeps_the_bits_of_the_shifted_sum(interval, rows):
+    """The rebuild's whole-read daily range (windows: in_place, in-memory engine) equals the expression that
+    build_features and the online path run, bit for bit and null for null, with a missing high in the middle."""
+    from itff_platform.features.silver import with_daily_range
+
+    candles = random_walk_candles(rows, seed=rows, step_s=60, start_price=30_000, volatility=0.0008, wick=0.0003)
+    candles = candles.with_columns(
+        pl.when(pl.int_range(pl.len()) == rows // 2).then(None).otherwise(pl.col("high")).alias("high")
+    )
+    settings = Settings(interval=interval)
+    shifted, in_place = (
+        with_daily_range(candles, settings, in_place=flag).collect(engine="in-memory") for flag in (False, True)
+    )
+    assert shifted["_adr"].null_count() < rows or rows < 20 * settings.bars_per_day
+    assert same_bits(in_place["_adr"], shifted["_adr"])
+    assert in_place.equals(shifted)

@@ -65,3 +65,34 @@ def test_a_month_alone_equals_the_rebuild_when_gaps_stretch_the_daily_range_look
     early = alone.filter(ts < march_like + timedelta(days=1))
     assert early["average_daily_range"].null_count() > 0  # the look-back does reach before the read
     assert alone.equals(rebuild.filter(ts >= march_like))
+
+
+def test_positions_are_search_sorted_of_each_instant():
+    from itff_platform.features.silver import positions
+
+    stamps = random_walk_candles(500, start=utc(2024, 1, 1))["timestamp"]
+    instants = [utc(2023, 12, 1), stamps[0], stamps[17] + timedelta(minutes=1), stamps[499], utc(2024, 3, 1)]
+    assert positions(stamps, instants) == [stamps.search_sorted(t, side="left") for t in instants]
+    assert positions(stamps, []) == []
+
+
+def test_windows_and_fingerprints_find_every_month_in_one_search(monkeypatch):
+    """search_sorted with a Python datetime builds a literal per call (~0.8 ms): a 10M-row rebuild's 229 months made
+    1,400 such calls (1.1 s of CPU); the windows and the silver fingerprints now search all their bounds at once."""
+    from itff_platform.features.silver import windows
+    from itff_platform.lake.incremental import silver_fingerprints
+
+    settings = Settings()
+    bronze = random_walk_candles(24 * 200, start=utc(2024, 1, 1)).with_columns(
+        pl.lit("1h").alias("interval"), pl.lit("BTCUSDT").alias("symbol")
+    )
+    months = [utc(2024, m, 1) for m in range(2, 7)]
+    calls = []
+    search = pl.Series.search_sorted
+    monkeypatch.setattr(pl.Series, "search_sorted", lambda self, *a, **k: calls.append(1) or search(self, *a, **k))
+    found = windows(bronze, settings, months)
+    silver_fingerprints(settings, bronze, months)
+    assert len(calls) == 2
+    for window in found:
+        rows = window.rows(settings)
+        assert rows["timestamp"].min() == window.month and rows["timestamp"].dt.month().n_unique() == 1
