@@ -283,6 +283,7 @@ class WriteAhead:
         # The fsync thread waits on a C-level queue: a put wakes it with one futex, where a threading.Condition
         # made a lock per wait and ran its predicate in Python, under the GIL the event loop wants back.
         self._kicks: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._asleep = False  # the fsync thread waits for a kick: only then is one put, never one per turn
         self._kick_scheduled = False  # a kick of the fsync thread waits for the end of the event loop's turn
         self._sealed: list[tuple[Path, int]] = []  # (segment, fd) flushed to disk, waiting for their Delta commit
         self._closed = False
@@ -356,16 +357,20 @@ class WriteAhead:
     def _kick_now(self) -> None:
         with self._lock:
             self._kick_scheduled = False
-        self._kicks.put(None)
+            wake, self._asleep = self._asleep, False
+        if wake:  # a busy fsync thread looks for waiters again before it sleeps
+            self._kicks.put(None)
 
     def _sync_loop(self) -> None:
         while True:
-            self._kicks.get()
             with self._lock:
-                if self._closed and not self._waiters:
+                idle = not self._waiters
+                if idle and self._closed:
                     return
-                if not self._waiters:
-                    continue  # a kick whose lines an earlier fsync already covered
+                self._asleep = idle
+            if idle:
+                self._kicks.get()
+                continue
             with self.sync_lock:
                 # Without _lock (see write): under sync_lock the segment is not swapped, and _seq counts only
                 # lines already written, so this fsync covers every line up to it (and no later one).
@@ -436,7 +441,9 @@ class WriteAhead:
         still uncommitted) the segments stay, and the next start replays them."""
         with self._lock:
             self._closed = True
-        self._kicks.put(None)
+            wake, self._asleep = self._asleep, False
+        if wake:
+            self._kicks.put(None)
         self._thread.join(timeout=5)
         segments = [*self._sealed, (self._path, self._fd)]
         if keep:
