@@ -288,7 +288,7 @@ class WriteAhead:
         self._sealed: list[tuple[Path, int]] = []  # (segment, fd) flushed to disk, waiting for their Delta commit
         self._closed = False
         self._path, self._fd = self._open_segment()
-        self._end = 0  # where the open segment's next line goes; zeros from here on
+        self._end = self._sealed_end = 0  # where the open (the last sealed) segment's next line goes
         self._torn = False  # a write failed part-way: the next line starts on a line of its own
         self._thread = threading.Thread(target=self._sync_loop, name="prediction-log-fsync", daemon=True)
         self._thread.start()
@@ -414,13 +414,16 @@ class WriteAhead:
         with self._lock:
             self._sealed.append((self._path, self._fd))
             self._path, self._fd = fresh
-            self._end, self._torn = 0, False
+            self._sealed_end, self._end, self._torn = self._end, 0, False
             self._sealed_seq = self._seq
             return list(self._sealed)
 
     def sync_sealed(self) -> None:
         """Call holding sync_lock, after seal: the sealed segment is fsynced, so its waiters are answered."""
         try:
+            # Cut to its lines: while Delta is down, a sealed segment waits for many flushes, and each would
+            # otherwise keep its whole zero fill on disk.
+            os.ftruncate(self._sealed[-1][1], self._sealed_end)
             os.fdatasync(self._sealed[-1][1])
         except OSError as error:  # the waiters hear it (no 200); the rows are still in memory for Delta
             log.error("prediction log: fsync of %s failed: %s", self._sealed[-1][0], error)

@@ -349,3 +349,29 @@ def test_the_waiters_of_one_event_loop_are_answered_with_one_wake_up(tmp_path, m
     log.close()
     assert len(wake_ups) == 1
     assert delta_rows(tmp_path / "predictions").height == 8
+
+
+def test_a_sealed_segment_keeps_its_lines_not_its_zero_fill(tmp_path, monkeypatch):
+    """While Delta is down every flush seals a segment that waits for a later commit: cut to its lines, 20 of
+    them take a few KB, not 20 zero fills of 512 KiB each."""
+    import asyncio
+
+    from itff_platform.monitoring import prediction_log
+
+    def lake_down(path, records):
+        raise OSError("lake unreachable")
+
+    monkeypatch.setattr(prediction_log, "write_records", lake_down)
+    log = PredictionLog(tmp_path / "predictions", flush_rows=1000, flush_s=60, write_ahead=tmp_path / "wal")
+    assert log.wal is not None
+    for i in range(3):
+        asyncio.run(log.append_durable(record(i)))
+        assert log.flush() == 0
+    sealed = [path for path, _ in log.wal._sealed]
+    assert len(sealed) == 3
+    assert all(0 < path.stat().st_size < 4096 for path in sealed)
+    assert [r["request_id"] for path in sealed for r in segment_records(path)] == ["r0", "r1", "r2"]
+    monkeypatch.undo()
+    assert log.flush() == 3
+    log.close()
+    assert delta_rows(tmp_path / "predictions")["request_id"].to_list() == ["r0", "r1", "r2"]
