@@ -156,9 +156,9 @@ async def cpu_per_call(call, requests: int, concurrency: int) -> float:
     return best / (requests // concurrency * concurrency)
 
 
-FSYNCS: list[int] = []  # one entry per fsync (the prediction log's group commits) since the last clear
+FSYNCS: list[int] = []  # one entry per fsync or fdatasync (the prediction log's group commits) since the last clear
 FSYNC_SHARE: list[float] = []  # fsyncs per request, per measurement
-_fsync = os.fsync
+_fsync, _fdatasync = os.fsync, os.fdatasync
 
 
 def counted_fsync(fd: int) -> None:
@@ -166,7 +166,12 @@ def counted_fsync(fd: int) -> None:
     _fsync(fd)
 
 
-os.fsync = counted_fsync
+def counted_fdatasync(fd: int) -> None:
+    FSYNCS.append(fd)
+    _fdatasync(fd)
+
+
+os.fsync, os.fdatasync = counted_fsync, counted_fdatasync
 
 
 def inner(app, kind: type):

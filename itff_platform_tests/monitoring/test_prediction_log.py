@@ -1,5 +1,6 @@
 """The prediction log writes real Delta tables, in batches, off the caller's thread, and loses nothing on close."""
 
+import os
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -30,6 +31,17 @@ def record(i: int) -> dict:
         "out_of_distribution": False,
         "input_sha256": input_hash("BTCUSDT", "direction", np.arange(3.0)),
     }
+
+
+def segment_records(path) -> list[dict]:
+    """The records a replay would read from a write-ahead segment."""
+    from itff_platform.monitoring.prediction_log import _read_segment
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _read_segment(fd)
+    finally:
+        os.close(fd)
 
 
 def delta_rows(path) -> pl.DataFrame:
@@ -100,7 +112,6 @@ def test_compaction_merges_the_small_files_and_keeps_every_row(tmp_path):
 
 def test_append_durable_fsyncs_a_segment_before_it_returns_and_a_commit_deletes_it(tmp_path):
     import asyncio
-    import json
 
     log = PredictionLog(tmp_path / "predictions", flush_rows=1000, flush_s=60, write_ahead=tmp_path / "wal")
 
@@ -109,12 +120,11 @@ def test_append_durable_fsyncs_a_segment_before_it_returns_and_a_commit_deletes_
 
     asyncio.run(many())
     segments = list((tmp_path / "wal").glob("*.jsonl"))
-    lines = [json.loads(line) for path in segments for line in path.read_text().splitlines()]
+    lines = [r for path in segments for r in segment_records(path)]
     assert sorted(r["request_id"] for r in lines) == sorted(f"r{i}" for i in range(20))
     assert log.flush() == 20 and delta_rows(tmp_path / "predictions").height == 20
-    assert (
-        sum(len(p.read_text()) for p in (tmp_path / "wal").glob("*.jsonl")) == 0
-    )  # committed: only the new, empty one
+    # committed: only the new one is left, zero-filled, holding no line
+    assert [segment_records(p) for p in (tmp_path / "wal").glob("*.jsonl")] == [[]]
     log.close()
     assert list((tmp_path / "wal").glob("*")) == []
 
@@ -186,13 +196,13 @@ def test_the_rows_answered_in_one_turn_of_the_event_loop_share_one_fsync(tmp_pat
     log = PredictionLog(tmp_path / "predictions", flush_rows=1000, flush_s=60, write_ahead=tmp_path / "wal")
     assert log.wal is not None
     covered: list[int] = []  # the last line each fsync covered
-    real_fsync = os.fsync
+    real_fsync = os.fdatasync
 
     def counted(fd):
         covered.append(log.wal._seq)
         real_fsync(fd)
 
-    monkeypatch.setattr(prediction_log.os, "fsync", counted)
+    monkeypatch.setattr(prediction_log.os, "fdatasync", counted)
     returned: list[tuple[int, int]] = []  # (line, lines fsynced when its append returned)
 
     async def answer(i: int, turn: asyncio.Event) -> None:
@@ -209,7 +219,7 @@ def test_the_rows_answered_in_one_turn_of_the_event_loop_share_one_fsync(tmp_pat
         await asyncio.gather(*answers)
 
     asyncio.run(batch())
-    monkeypatch.setattr(prediction_log.os, "fsync", real_fsync)
+    monkeypatch.setattr(prediction_log.os, "fdatasync", real_fsync)
     log.close()
     assert covered == [8]
     assert sorted(returned) == [(i, 8) for i in range(8)]
@@ -230,18 +240,138 @@ def test_a_line_a_failed_fsync_covered_is_never_answered_as_durable(tmp_path, mo
     from itff_platform.monitoring import prediction_log
 
     wal = prediction_log.WriteAhead(tmp_path / "wal")
-    real_fsync = os.fsync
+    real_fsync = os.fdatasync
 
     def failing(fd):
         raise OSError(errno.EIO, "Input/output error")
 
     first, second = wal.write(b"1\n"), wal.write(b"2\n")
-    monkeypatch.setattr(prediction_log.os, "fsync", failing)
+    monkeypatch.setattr(prediction_log.os, "fdatasync", failing)
     with pytest.raises(OSError):
         asyncio.run(wal.synced(second))
-    monkeypatch.setattr(prediction_log.os, "fsync", real_fsync)
+    monkeypatch.setattr(prediction_log.os, "fdatasync", real_fsync)
     third = wal.write(b"3\n")
     asyncio.run(wal.synced(third))  # a good fsync after the failure
     with pytest.raises(OSError):
         asyncio.run(wal.synced(first))
     wal.close()
+
+
+def test_a_segment_is_zero_filled_beforehand_so_a_line_does_not_change_its_size(tmp_path, monkeypatch):
+    """An appended line changed the segment's size, so the flush before each 200 also had to commit the inode
+    (a journal commit: about twice the CPU and the latency of flushing the line's data alone; docs/benchmarks.md).
+    The segment is now made full length, zeros on disk, before any line, and lines are flushed with fdatasync."""
+    import asyncio
+
+    from itff_platform.monitoring import prediction_log
+
+    log = PredictionLog(tmp_path / "predictions", flush_rows=1000, flush_s=60, write_ahead=tmp_path / "wal")
+    assert log.wal is not None
+    size = os.fstat(log.wal._fd).st_size
+    flushed: list[str] = []
+    for name in ("fsync", "fdatasync"):
+        real = getattr(os, name)
+        monkeypatch.setattr(prediction_log.os, name, lambda fd, name=name, real=real: (flushed.append(name), real(fd)))
+
+    async def answers() -> None:
+        await asyncio.gather(*(log.append_durable(record(i)) for i in range(5)))
+
+    asyncio.run(answers())
+    monkeypatch.undo()
+    assert size == prediction_log.SEGMENT_BYTES and os.fstat(log.wal._fd).st_size == size
+    assert flushed and set(flushed) == {"fdatasync"}
+    assert [r["request_id"] for r in segment_records(log.wal._path)] == [f"r{i}" for i in range(5)]
+    log.close()
+
+
+def test_a_zero_filled_segment_left_by_a_crash_replays_its_whole_lines_and_stops_at_the_zeros(tmp_path):
+    """What a killed writer leaves in a zero-filled segment: acknowledged lines, maybe a torn last line, then the
+    zero fill. The replay reads the whole lines only, and the zeros neither stop it early nor become a row."""
+    import json
+
+    from itff_platform.monitoring.prediction_log import SEGMENT_BYTES, _json_value
+
+    folder = tmp_path / "wal"
+    folder.mkdir()
+    lines = b"".join(json.dumps(record(i), default=_json_value).encode() + b"\n" for i in range(3))
+    torn = b'{"request_id": "r3", "logged_at": "2026-'
+    (folder / "999999-1.jsonl").write_bytes((lines + torn).ljust(SEGMENT_BYTES, b"\0"))
+    restarted = PredictionLog(tmp_path / "predictions", flush_rows=1000, flush_s=60, write_ahead=folder)
+    assert restarted.replayed == 3
+    restarted.close()
+    assert delta_rows(tmp_path / "predictions")["request_id"].to_list() == ["r0", "r1", "r2"]
+
+
+def test_a_write_that_fails_part_way_leaves_a_torn_line_that_the_next_line_does_not_join(tmp_path, monkeypatch):
+    """A line cut short by a failed write (a full disk) is refused to its request; the next line must still read
+    back whole, not glued to the torn one's bytes."""
+    import errno
+
+    import pytest
+
+    from itff_platform.monitoring import prediction_log
+
+    wal = prediction_log.WriteAhead(tmp_path / "wal")
+    real_pwrite = os.pwrite
+
+    def half_then_full(fd, data, offset):
+        monkeypatch.setattr(prediction_log.os, "pwrite", lambda *_: (_ for _ in ()).throw(OSError(errno.ENOSPC, "")))
+        return real_pwrite(fd, data[:10], offset)
+
+    wal.write(b'{"request_id": "r0"}\n')
+    monkeypatch.setattr(prediction_log.os, "pwrite", half_then_full)
+    with pytest.raises(OSError):
+        wal.write(b'{"request_id": "torn"}\n')
+    monkeypatch.setattr(prediction_log.os, "pwrite", real_pwrite)
+    wal.write(b'{"request_id": "r2"}\n')
+    assert [r["request_id"] for r in segment_records(wal._path)] == ["r0", "r2"]
+    wal.close()
+
+
+def test_the_waiters_of_one_event_loop_are_answered_with_one_wake_up(tmp_path, monkeypatch):
+    """Each call_soon_threadsafe writes the loop's self-pipe and costs the loop a turn: one per group commit and
+    loop, not one per waiting request (8 before, for 8 requests answered by one fsync)."""
+    import asyncio
+
+    log = PredictionLog(tmp_path / "predictions", flush_rows=1000, flush_s=60, write_ahead=tmp_path / "wal")
+    assert log.wal is not None
+    wake_ups: list[object] = []
+
+    async def batch() -> None:
+        loop = asyncio.get_running_loop()
+        real = loop.call_soon_threadsafe
+        monkeypatch.setattr(loop, "call_soon_threadsafe", lambda *a, **k: (wake_ups.append(a[0]), real(*a, **k))[1])
+        assert log.wal is not None
+        await asyncio.gather(*(log.append_durable(record(i)) for i in range(8)))
+        assert log.wal._synced == 8
+
+    asyncio.run(batch())
+    log.close()
+    assert len(wake_ups) == 1
+    assert delta_rows(tmp_path / "predictions").height == 8
+
+
+def test_a_sealed_segment_keeps_its_lines_not_its_zero_fill(tmp_path, monkeypatch):
+    """While Delta is down every flush seals a segment that waits for a later commit: cut to its lines, 20 of
+    them take a few KB, not 20 zero fills of 512 KiB each."""
+    import asyncio
+
+    from itff_platform.monitoring import prediction_log
+
+    def lake_down(path, records):
+        raise OSError("lake unreachable")
+
+    monkeypatch.setattr(prediction_log, "write_records", lake_down)
+    log = PredictionLog(tmp_path / "predictions", flush_rows=1000, flush_s=60, write_ahead=tmp_path / "wal")
+    assert log.wal is not None
+    for i in range(3):
+        asyncio.run(log.append_durable(record(i)))
+        assert log.flush() == 0
+    sealed = [path for path, _ in log.wal._sealed]
+    assert len(sealed) == 3
+    assert all(0 < path.stat().st_size < 4096 for path in sealed)
+    assert [r["request_id"] for path in sealed for r in segment_records(path)] == ["r0", "r1", "r2"]
+    monkeypatch.undo()
+    assert log.flush() == 3
+    log.close()
+    assert delta_rows(tmp_path / "predictions")["request_id"].to_list() == ["r0", "r1", "r2"]
