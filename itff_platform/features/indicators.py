@@ -156,24 +156,26 @@ def trailing_day_range(bars_per_day: int) -> pl.Expr:
 def average_daily_range(day_range: str, days: int, bars_per_day: int, in_place: bool = False) -> pl.Expr:
     """Mean of the last `days` trailing-24h ranges (max high - min low), as a fraction of close.
 
-    Trailing windows rather than calendar days, so the value at t never waits for the day to end. `in_place` sums
-    the same values in the same order without the shifted copies (daily_lag_sum), for a whole read collected on the
-    in-memory engine; the streaming engine rounds the plan's rolling sums differently around a Python function, so
-    plans that may stream keep the expression."""
+    Trailing windows rather than calendar days, so the value at t never waits for the day to end. The days are
+    added left to right, day 0 first, nulls as zero: a chain of additions, not sum_horizontal, whose order of
+    addition (and so the last bits of a volatile series' sum) changed with polars' thread count. The online fold
+    (features/carried.py) adds in the same order. `in_place` does the same additions without the shifted copies
+    (daily_lag_sum), for a whole read collected on the in-memory engine; the streaming engine rounds the plan's
+    rolling sums differently around a Python function, so plans that may stream keep the expression."""
     ranges = pl.col(day_range)
     if in_place:
         lag_sum = partial(daily_lag_sum, days=days, bars_per_day=bars_per_day)
         total = ranges.map_batches(lag_sum, return_dtype=pl.Float64)
     else:
-        total = pl.sum_horizontal([ranges.shift(d * bars_per_day) for d in range(days)])
-    # sum_horizontal skips nulls; until the oldest day exists the average is undefined.
+        total = reduce(operator.add, [ranges.shift(d * bars_per_day).fill_null(0.0) for d in range(days)])
+    # Until the oldest day exists the average is undefined.
     oldest_missing = ranges.shift((days - 1) * bars_per_day).is_null()
     return pl.when(oldest_missing).then(None).otherwise(total / days / close)
 
 
 def daily_lag_sum(ranges: pl.Series, days: int, bars_per_day: int) -> pl.Series:
     """ranges[t] + ranges[t - b] + ... + ranges[t - (days - 1) b], added left to right with nulls as zero: the
-    sum_horizontal of `days` shifted copies, bit for bit, accumulated in place. Over a 10M-bar bronze read the
+    expression's chain of `days` shifted copies, bit for bit, accumulated in place. Over a 10M-bar bronze read the
     copies and partial sums were 27 fresh columns (with_daily_range: 1.5 s of CPU; 1.0 s in place)."""
     values = ranges.fill_null(0.0).to_numpy()
     total = values.copy()
