@@ -303,7 +303,8 @@ class WriteAhead:
         # Zero-filled and fsynced now, off the request path: lines then overwrite blocks already on disk, and
         # the fdatasync after them writes those data blocks alone. Appended, every line changed the file's size,
         # which made each fdatasync (or fsync) a journal commit too: twice the CPU and latency (docs/benchmarks.md).
-        # Reading stops at the first zero byte. A segment that outgrows this still works: its writes extend it.
+        # Replay reads the lines between zero bytes (_read_segment). A segment that outgrows this still works: its
+        # writes extend it.
         zeros, offset = bytes(64 * 1024), 0
         while offset < SEGMENT_BYTES:
             offset += os.pwrite(fd, zeros[: SEGMENT_BYTES - offset], offset)
@@ -318,7 +319,9 @@ class WriteAhead:
         # Not under _lock: the write frees the GIL, the fsync thread takes it and would block on _lock, then the
         # event loop on the GIL, a convoy of thread switches per request (docs/benchmarks.md). Counted once written.
         if self._torn:
-            line = b"\n" + line
+            # Ends the torn line on a byte no JSON value ends with: cut before its newline alone, it would otherwise
+            # read back whole, a row for a request that was refused.
+            line = b"#\n" + line
         written = 0
         try:
             while written < len(line):
@@ -510,9 +513,10 @@ def replay_segments(table: Path, folder: Path) -> int:
 
 def _read_segment(fd: int) -> list[dict[str, Any]]:
     with os.fdopen(os.dup(fd), "rb") as segment:
-        # Up to the segment's zero fill. A line is acknowledged only once every line before it is on disk, so no
-        # acknowledged line lies past a zero byte (JSON text holds none: json.dumps escapes a NUL).
-        lines = segment.read().split(b"\0", 1)[0].splitlines()
+        # The lines of every stretch between zero bytes, not only of the first: lines refused after a failed flush
+        # may have kept the zero fill on disk (the kernel drops pages whose writeback failed), and lines acknowledged
+        # by a later flush lie past them. JSON text holds no zero byte (json.dumps escapes a NUL).
+        lines = [line for stretch in segment.read().split(b"\0") if stretch for line in stretch.splitlines()]
     records = []
     for line in lines:
         try:

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
+import pytest
 
 from itff_platform.contracts.answers import input_hash
 from itff_platform.monitoring.prediction_log import PredictionLog, records_frame
@@ -284,7 +285,7 @@ def test_a_segment_is_zero_filled_beforehand_so_a_line_does_not_change_its_size(
     log.close()
 
 
-def test_a_zero_filled_segment_left_by_a_crash_replays_its_whole_lines_and_stops_at_the_zeros(tmp_path):
+def test_a_zero_filled_segment_left_by_a_crash_replays_its_whole_lines_and_skips_the_zeros(tmp_path):
     """What a killed writer leaves in a zero-filled segment: acknowledged lines, maybe a torn last line, then the
     zero fill. The replay reads the whole lines only, and the zeros neither stop it early nor become a row."""
     import json
@@ -302,9 +303,11 @@ def test_a_zero_filled_segment_left_by_a_crash_replays_its_whole_lines_and_stops
     assert delta_rows(tmp_path / "predictions")["request_id"].to_list() == ["r0", "r1", "r2"]
 
 
-def test_a_write_that_fails_part_way_leaves_a_torn_line_that_the_next_line_does_not_join(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kept", [10, -1], ids=["ten bytes", "all but its newline"])
+def test_a_write_that_fails_part_way_leaves_a_torn_line_that_the_next_line_does_not_join(tmp_path, monkeypatch, kept):
     """A line cut short by a failed write (a full disk) is refused to its request; the next line must still read
-    back whole, not glued to the torn one's bytes."""
+    back whole, not glued to the torn one's bytes, and must not complete a line cut just before its newline into a
+    valid record (a replay would store a row for the refused request)."""
     import errno
 
     import pytest
@@ -316,12 +319,12 @@ def test_a_write_that_fails_part_way_leaves_a_torn_line_that_the_next_line_does_
 
     def half_then_full(fd, data, offset):
         monkeypatch.setattr(prediction_log.os, "pwrite", lambda *_: (_ for _ in ()).throw(OSError(errno.ENOSPC, "")))
-        return real_pwrite(fd, data[:10], offset)
+        return real_pwrite(fd, data[:kept], offset)
 
     wal.write(b'{"request_id": "r0"}\n')
     monkeypatch.setattr(prediction_log.os, "pwrite", half_then_full)
     with pytest.raises(OSError):
-        wal.write(b'{"request_id": "torn"}\n')
+        wal.write(b'{"request_id": "refused"}\n')
     monkeypatch.setattr(prediction_log.os, "pwrite", real_pwrite)
     wal.write(b'{"request_id": "r2"}\n')
     assert [r["request_id"] for r in segment_records(wal._path)] == ["r0", "r2"]
@@ -375,3 +378,27 @@ def test_a_sealed_segment_keeps_its_lines_not_its_zero_fill(tmp_path, monkeypatc
     assert log.flush() == 3
     log.close()
     assert delta_rows(tmp_path / "predictions")["request_id"].to_list() == ["r0", "r1", "r2"]
+
+
+def test_lines_acknowledged_after_a_failed_flush_are_replayed_past_the_refused_lines_zero_fill(tmp_path):
+    """A failed flush refuses its lines, and the kernel may drop their pages: on disk they keep the zero fill. Lines
+    written after it are acknowledged by the next good flush, so the replay must read past that hole; stopping at the
+    first zero byte lost them after a power loss."""
+    import json
+
+    from itff_platform.monitoring.prediction_log import SEGMENT_BYTES, _json_value
+
+    folder = tmp_path / "wal"
+    folder.mkdir()
+
+    def lines(ids) -> bytes:
+        return b"".join(json.dumps(record(i), default=_json_value).encode() + b"\n" for i in ids)
+
+    refused_hole = bytes(2 * 4096)  # the refused lines' pages, as the disk kept them
+    image = lines(range(3)) + refused_hole + lines(range(10, 13))
+    (folder / "999999-1.jsonl").write_bytes(image.ljust(SEGMENT_BYTES, b"\0"))
+    restarted = PredictionLog(tmp_path / "predictions", flush_rows=1000, flush_s=60, write_ahead=folder)
+    restarted.close()
+    assert sorted(delta_rows(tmp_path / "predictions")["request_id"].to_list()) == sorted(
+        f"r{i}" for i in [0, 1, 2, 10, 11, 12]
+    )
