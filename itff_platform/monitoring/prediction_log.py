@@ -383,7 +383,11 @@ class WriteAhead:
                     # blocks of the zero-filled segment are on disk already, only the lines' data is not.
                     os.fdatasync(fd)
                 except OSError as error:
-                    self._settle(target, error)
+                    # Lines written while the flush ran may sit in the pages whose writeback failed, which the kernel
+                    # then marks clean: a later flush would skip them and report success. Refuse them too.
+                    with self._lock:
+                        written = self._seq
+                    self._settle(written, error)
                 else:
                     self._settle(target)
 

@@ -402,3 +402,29 @@ def test_lines_acknowledged_after_a_failed_flush_are_replayed_past_the_refused_l
     assert sorted(delta_rows(tmp_path / "predictions")["request_id"].to_list()) == sorted(
         f"r{i}" for i in [0, 1, 2, 10, 11, 12]
     )
+
+
+def test_a_line_written_while_a_flush_fails_is_never_answered_as_durable(tmp_path, monkeypatch):
+    """The flush covers the lines written before it started; a line written while it runs may land in a page whose
+    writeback fails, which the kernel then marks clean, so the next good flush would skip it and still succeed."""
+    import asyncio
+    import errno
+
+    from itff_platform.monitoring import prediction_log
+
+    wal = prediction_log.WriteAhead(tmp_path / "wal")
+    real_flush, during = os.fdatasync, []
+
+    def write_then_fail(fd):
+        during.append(wal.write(b'{"request_id": "during"}\n'))
+        raise OSError(errno.EIO, "Input/output error")
+
+    first = wal.write(b'{"request_id": "before"}\n')
+    monkeypatch.setattr(prediction_log.os, "fdatasync", write_then_fail)
+    with pytest.raises(OSError):
+        asyncio.run(wal.synced(first))
+    monkeypatch.setattr(prediction_log.os, "fdatasync", real_flush)
+    asyncio.run(wal.synced(wal.write(b'{"request_id": "after"}\n')))  # a good flush after the failure
+    with pytest.raises(OSError):
+        asyncio.run(wal.synced(during[0]))
+    wal.close()
