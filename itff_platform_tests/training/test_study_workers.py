@@ -59,7 +59,10 @@ def storage_url(request, tmp_path_factory) -> Iterator[str]:
 def _state(storage: optuna.storages.RDBStorage, trial_id: int) -> TrialState | None:
     try:
         return storage.get_trial(trial_id).state
-    except sqlalchemy.exc.OperationalError:  # SQLite: stopped in the middle of a commit, its lock held
+    # SQLite: stopped in the middle of a commit, its lock held. Optuna raises it as a StorageInternalError (from the
+    # OperationalError) when its session ends: uncaught, the killer thread died and left the worker stopped with the
+    # lock, and the study in this process failed with "database is locked" (a CI run under load).
+    except (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError):
         return None
 
 
@@ -74,11 +77,16 @@ def _kill_the_worker_mid_trial(storage: optuna.storages.RDBStorage, killed: list
             if running and any(t.state == TrialState.COMPLETE for t in theirs):
                 pid = running[0].user_attrs[WORKER_PID]
                 os.kill(pid, signal.SIGSTOP)
-                if _state(storage, running[0]._trial_id) == TrialState.RUNNING:
+                still_running = False
+                try:
+                    still_running = _state(storage, running[0]._trial_id) == TrialState.RUNNING
+                finally:  # never left stopped (holding SQLite's lock) by a failed read
+                    if not still_running:
+                        os.kill(pid, signal.SIGCONT)  # it finished that trial meanwhile, or is unreadable: try again
+                if still_running:
                     os.kill(pid, signal.SIGKILL)
                     killed.append(running[0])
                     return
-                os.kill(pid, signal.SIGCONT)  # it finished that trial in the meantime: try its next one
         time.sleep(0.02)
 
 
