@@ -81,8 +81,8 @@ def with_daily_range(candles: pl.LazyFrame | pl.DataFrame, settings: Settings, i
     the look-back reaches before a window's read (window_frames), as a computation over that window alone would.
     `in_place`: summed without shifted copies, for the in-memory engine only (indicators.average_daily_range)."""
     s = settings
-    look_back = s.features.daily_range_days * s.bars_per_day - 1
     days = s.features.daily_range_days
+    look_back = days * s.bars_per_day - 1
     return (
         candles.lazy()
         .with_columns(ind.trailing_day_range(s.bars_per_day).alias("_day_range"))

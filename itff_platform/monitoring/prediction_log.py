@@ -10,9 +10,10 @@ With a write-ahead folder (the service's default), `append_durable` also writes 
 segment (zero-filled beforehand, lines written one after another) and returns once it is on disk (fdatasync):
 the service sends its 200 only after that, so a crash (kill -9, power loss) cannot lose an acknowledged
 prediction. Concurrent requests share one flush (group commit), started at the end of the event loop's turn, so
-that the requests of a /predict batch, answered in one turn, share it; one wake-up of the loop answers them all. Each Delta flush seals the segment it covered and deletes it once the rows are committed. A segment
-whose writer died is replayed into Delta by the next PredictionLog on the same table (the service's next
-start), skipping request ids the table already holds, so a replay never writes a row twice."""
+that the requests of a /predict batch, answered in one turn, share it; one wake-up of the loop answers them all.
+Each Delta flush seals the segment it covered and deletes it once the rows are committed. A segment whose writer
+died is replayed into Delta by the next PredictionLog on the same table (the service's next start), skipping
+request ids the table already holds, so a replay never writes a row twice."""
 
 from __future__ import annotations
 
@@ -210,6 +211,9 @@ class PredictionLog:
     def flush(self) -> int:
         """Commit everything waiting now; returns the rows written (0 if the write failed, records kept)."""
         with self._write_lock:
+            with self._wake:
+                if not self._pending:  # nothing to commit: no fresh segment (512 KiB of zeros) to make for it
+                    return 0
             if self.wal is not None:
                 # Made durable before any lock is taken: appends (on the service's event loop) need the buffer's
                 # lock, and must not wait for a disk flush.
@@ -267,8 +271,9 @@ def _json_value(value: object) -> Any:
 
 
 class WriteAhead:
-    """Append-only segment files in one folder, one open segment per writer process, each held under an
-    exclusive flock for as long as its writer lives: a segment that can be locked belongs to a dead writer."""
+    """Segment files in one folder, lines written one after another into a zero-filled file, one open segment per
+    writer process, each held under an exclusive flock for as long as its writer lives: a segment that can be locked
+    belongs to a dead writer."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -279,6 +284,8 @@ class WriteAhead:
         # Lines an fsync failed to make durable, as (after, upto] ranges: never answered as durable, not even after
         # a later fsync succeeds (after a failed fsync the kernel may have dropped those pages and report clean).
         self._failed: list[tuple[int, int, OSError]] = []
+        self._failures = 0  # failed flushes so far (write() compares it across its own write), and the last error
+        self._last_failure: OSError | None = None
         self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         # The fsync thread waits on a C-level queue: a put wakes it with one futex, where a threading.Condition
         # made a lock per wait and ran its predicate in Python, under the GIL the event loop wants back.
@@ -299,6 +306,15 @@ class WriteAhead:
         name = f"{os.getpid()}-{time.time_ns()}"
         temporary, final = self.folder / f"{name}.new", self.folder / f"{name}.jsonl"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            self._prepare_segment(fd, temporary, final)
+        except BaseException:  # a full disk: no fd and no .new file left behind by each retry of a flush
+            os.close(fd)
+            temporary.unlink(missing_ok=True)
+            raise
+        return final, fd
+
+    def _prepare_segment(self, fd: int, temporary: Path, final: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX)
         # Zero-filled and fsynced now, off the request path: lines then overwrite blocks already on disk, and
         # the fdatasync after them writes those data blocks alone. Appended, every line changed the file's size,
@@ -311,18 +327,17 @@ class WriteAhead:
         os.fsync(fd)
         os.rename(temporary, final)
         fsync_path(self.folder)
-        return final, fd
 
     def write(self, line: bytes) -> int:
-        """Append one record (to the OS, not yet to the disk); its sequence number for `synced`. Call holding the
-        log's buffer lock, as `seal` is: the segment is not swapped meanwhile."""
+        """Write one record after the last (to the OS, not yet to the disk); its sequence number for `synced`. Call
+        holding the log's buffer lock, as `seal` is: the segment is not swapped meanwhile."""
         # Not under _lock: the write frees the GIL, the fsync thread takes it and would block on _lock, then the
         # event loop on the GIL, a convoy of thread switches per request (docs/benchmarks.md). Counted once written.
         if self._torn:
             # Ends the torn line on a byte no JSON value ends with: cut before its newline alone, it would otherwise
             # read back whole, a row for a request that was refused.
             line = b"#\n" + line
-        written = 0
+        failures, written = self._failures, 0
         try:
             while written < len(line):
                 done = os.pwrite(self._fd, line[written:], self._end)
@@ -331,11 +346,17 @@ class WriteAhead:
                 written += done
                 self._end += done
         except OSError:
-            self._torn = written > 0  # the part written stays a torn line, never a prefix of the next one
+            # The part written stays a torn line, never a prefix of the next one (nor does an earlier torn line
+            # become one when this write wrote nothing).
+            self._torn = self._torn or written > 0
             raise
         self._torn = False
         with self._lock:
             self._seq += 1
+            if self._failures != failures:
+                # A flush failed while this line was being written, before it was counted: the line may sit in the
+                # failed pages too, and that flush's refusal (up to the count it read) did not include it.
+                self._failed.append((self._seq - 1, self._seq, self._last_failure or OSError(errno.EIO, "")))
             return self._seq
 
     async def synced(self, seq: int) -> None:
@@ -376,7 +397,7 @@ class WriteAhead:
                 continue
             with self.sync_lock:
                 # Without _lock (see write): under sync_lock the segment is not swapped, and _seq counts only
-                # lines already written, so this fsync covers every line up to it (and no later one).
+                # lines already written, so this flush covers every line up to it (and no later one).
                 target, fd = self._seq, self._fd
                 try:
                     # Every request that wrote before this point rides on this one flush. fdatasync: the size and
@@ -385,8 +406,10 @@ class WriteAhead:
                 except OSError as error:
                     # Lines written while the flush ran may sit in the pages whose writeback failed, which the kernel
                     # then marks clean: a later flush would skip them and report success. Refuse them too.
+                    # A line written but not yet counted is refused by write(), which sees the failure counted.
                     with self._lock:
                         written = self._seq
+                        self._failures, self._last_failure = self._failures + 1, error
                     self._settle(written, error)
                 else:
                     self._settle(target)
@@ -433,7 +456,7 @@ class WriteAhead:
             os.ftruncate(self._sealed[-1][1], self._sealed_end)
             os.fdatasync(self._sealed[-1][1])
         except OSError as error:  # the waiters hear it (no 200); the rows are still in memory for Delta
-            log.error("prediction log: fsync of %s failed: %s", self._sealed[-1][0], error)
+            log.error("prediction log: flushing sealed segment %s failed: %s", self._sealed[-1][0], error)
             self._settle(self._sealed_seq, error)
             return
         self._settle(self._sealed_seq)
@@ -520,7 +543,9 @@ def _read_segment(fd: int) -> list[dict[str, Any]]:
         # The lines of every stretch between zero bytes, not only of the first: lines refused after a failed flush
         # may have kept the zero fill on disk (the kernel drops pages whose writeback failed), and lines acknowledged
         # by a later flush lie past them. JSON text holds no zero byte (json.dumps escapes a NUL).
-        lines = [line for stretch in segment.read().split(b"\0") if stretch for line in stretch.splitlines()]
+        # Only lines that end in a newline: a line cut short (a torn write, the last before a crash or a hole) is
+        # never one that was acknowledged.
+        lines = [line for stretch in segment.read().split(b"\0") for line in stretch.split(b"\n")[:-1] if line]
     records = []
     for line in lines:
         try:

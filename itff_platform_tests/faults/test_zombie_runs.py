@@ -101,8 +101,8 @@ def wait_for(condition, timeout: float, what: str, log: Path, instance: DagsterI
 
 
 def diagnosis(log: Path, instance: DagsterInstance | None) -> str:
-    """What a timeout needs to be explained: every run with its status and retry tags, the killed run's engine
-    events, and the daemon log without the sensor's ticks (which alone fill any tail of it)."""
+    """What a timeout needs to be explained: every run with its status, retry tags and last engine events, and the
+    daemon log without the sensor's ticks (which alone fill any tail of it)."""
     lines = [line for line in log.read_text().splitlines() if "SensorDaemon" not in line]
     parts = ["--- daemon log, sensor ticks left out ---", "\n".join(lines)[-8000:]]
     if instance is not None:

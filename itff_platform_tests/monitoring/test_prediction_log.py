@@ -197,11 +197,11 @@ def test_the_rows_answered_in_one_turn_of_the_event_loop_share_one_fsync(tmp_pat
     log = PredictionLog(tmp_path / "predictions", flush_rows=1000, flush_s=60, write_ahead=tmp_path / "wal")
     assert log.wal is not None
     covered: list[int] = []  # the last line each fsync covered
-    real_fsync = os.fdatasync
+    real_flush = os.fdatasync
 
     def counted(fd):
         covered.append(log.wal._seq)
-        real_fsync(fd)
+        real_flush(fd)
 
     monkeypatch.setattr(prediction_log.os, "fdatasync", counted)
     returned: list[tuple[int, int]] = []  # (line, lines fsynced when its append returned)
@@ -220,7 +220,7 @@ def test_the_rows_answered_in_one_turn_of_the_event_loop_share_one_fsync(tmp_pat
         await asyncio.gather(*answers)
 
     asyncio.run(batch())
-    monkeypatch.setattr(prediction_log.os, "fdatasync", real_fsync)
+    monkeypatch.setattr(prediction_log.os, "fdatasync", real_flush)
     log.close()
     assert covered == [8]
     assert sorted(returned) == [(i, 8) for i in range(8)]
@@ -236,12 +236,10 @@ def test_a_line_a_failed_fsync_covered_is_never_answered_as_durable(tmp_path, mo
     import errno
     import os
 
-    import pytest
-
     from itff_platform.monitoring import prediction_log
 
     wal = prediction_log.WriteAhead(tmp_path / "wal")
-    real_fsync = os.fdatasync
+    real_flush = os.fdatasync
 
     def failing(fd):
         raise OSError(errno.EIO, "Input/output error")
@@ -250,7 +248,7 @@ def test_a_line_a_failed_fsync_covered_is_never_answered_as_durable(tmp_path, mo
     monkeypatch.setattr(prediction_log.os, "fdatasync", failing)
     with pytest.raises(OSError):
         asyncio.run(wal.synced(second))
-    monkeypatch.setattr(prediction_log.os, "fdatasync", real_fsync)
+    monkeypatch.setattr(prediction_log.os, "fdatasync", real_flush)
     third = wal.write(b"3\n")
     asyncio.run(wal.synced(third))  # a good fsync after the failure
     with pytest.raises(OSError):
@@ -303,14 +301,19 @@ def test_a_zero_filled_segment_left_by_a_crash_replays_its_whole_lines_and_skips
     assert delta_rows(tmp_path / "predictions")["request_id"].to_list() == ["r0", "r1", "r2"]
 
 
-@pytest.mark.parametrize("kept", [10, -1], ids=["ten bytes", "all but its newline"])
-def test_a_write_that_fails_part_way_leaves_a_torn_line_that_the_next_line_does_not_join(tmp_path, monkeypatch, kept):
+@pytest.mark.parametrize(
+    "kept, failures",
+    [(10, 1), (-1, 1), (10, 2)],
+    ids=["ten bytes", "all but its newline", "then a write of nothing"],
+)
+def test_a_write_that_fails_part_way_leaves_a_torn_line_that_the_next_line_does_not_join(
+    tmp_path, monkeypatch, kept, failures
+):
     """A line cut short by a failed write (a full disk) is refused to its request; the next line must still read
-    back whole, not glued to the torn one's bytes, and must not complete a line cut just before its newline into a
-    valid record (a replay would store a row for the refused request)."""
+    back whole, not glued to the torn one's bytes (also after a second write that fails before its first byte), and
+    must not complete a line cut just before its newline into a valid record (a replay would store a row for the
+    refused request)."""
     import errno
-
-    import pytest
 
     from itff_platform.monitoring import prediction_log
 
@@ -323,8 +326,9 @@ def test_a_write_that_fails_part_way_leaves_a_torn_line_that_the_next_line_does_
 
     wal.write(b'{"request_id": "r0"}\n')
     monkeypatch.setattr(prediction_log.os, "pwrite", half_then_full)
-    with pytest.raises(OSError):
-        wal.write(b'{"request_id": "refused"}\n')
+    for _ in range(failures):
+        with pytest.raises(OSError):
+            wal.write(b'{"request_id": "refused"}\n')
     monkeypatch.setattr(prediction_log.os, "pwrite", real_pwrite)
     wal.write(b'{"request_id": "r2"}\n')
     assert [r["request_id"] for r in segment_records(wal._path)] == ["r0", "r2"]
@@ -355,8 +359,8 @@ def test_the_waiters_of_one_event_loop_are_answered_with_one_wake_up(tmp_path, m
 
 
 def test_a_sealed_segment_keeps_its_lines_not_its_zero_fill(tmp_path, monkeypatch):
-    """While Delta is down every flush seals a segment that waits for a later commit: cut to its lines, 20 of
-    them take a few KB, not 20 zero fills of 512 KiB each."""
+    """While Delta is down every flush seals a segment that waits for a later commit: cut to its lines, each takes
+    a few KB, not a zero fill of 512 KiB."""
     import asyncio
 
     from itff_platform.monitoring import prediction_log
@@ -427,4 +431,64 @@ def test_a_line_written_while_a_flush_fails_is_never_answered_as_durable(tmp_pat
     asyncio.run(wal.synced(wal.write(b'{"request_id": "after"}\n')))  # a good flush after the failure
     with pytest.raises(OSError):
         asyncio.run(wal.synced(during[0]))
+    wal.close()
+
+
+def test_a_line_cut_just_before_its_newline_at_the_end_of_a_segment_is_not_replayed(tmp_path):
+    """The last line of a segment (its writer died, or it was sealed) cut before its newline was refused to its
+    request: no line follows to mark it, so the replay must keep only lines that end in a newline."""
+    from itff_platform.monitoring.prediction_log import SEGMENT_BYTES
+
+    folder = tmp_path / "wal"
+    folder.mkdir()
+    image = b'{"request_id": "r0"}\n{"request_id": "refused"}'
+    for name, data in (("1-1.jsonl", image), ("1-2.jsonl", image.ljust(SEGMENT_BYTES, b"\0"))):
+        (folder / name).write_bytes(data)
+        assert [r["request_id"] for r in segment_records(folder / name)] == ["r0"], name
+
+
+def test_a_line_written_but_not_yet_counted_when_a_flush_fails_is_never_answered_as_durable(tmp_path, monkeypatch):
+    """write() counts a line after writing it: a flush failing in between refuses the lines counted so far, so the
+    line must see the failure itself (its page may be among the failed ones, marked clean by the kernel)."""
+    import asyncio
+    import errno
+
+    from itff_platform.monitoring import prediction_log
+
+    wal = prediction_log.WriteAhead(tmp_path / "wal")
+    real_pwrite = os.pwrite
+
+    def write_then_a_flush_fails(fd, data, offset):
+        done = real_pwrite(fd, data, offset)
+        with wal._lock:  # what the flush thread's failure does, between this write and its count
+            counted = wal._seq
+            wal._failures, wal._last_failure = wal._failures + 1, OSError(errno.EIO, "Input/output error")
+        wal._settle(counted, wal._last_failure)
+        return done
+
+    monkeypatch.setattr(prediction_log.os, "pwrite", write_then_a_flush_fails)
+    caught = wal.write(b'{"request_id": "caught"}\n')
+    monkeypatch.setattr(prediction_log.os, "pwrite", real_pwrite)
+    asyncio.run(wal.synced(wal.write(b'{"request_id": "after"}\n')))  # a good flush after the failure
+    with pytest.raises(OSError):
+        asyncio.run(wal.synced(caught))
+    wal.close()
+
+
+def test_a_failed_segment_preparation_leaves_no_descriptor_or_file_behind(tmp_path, monkeypatch):
+    """A full disk fails the zero fill of the next segment at every flush retry: each try must close its descriptor
+    and remove its half-made file."""
+    import errno
+
+    from itff_platform.monitoring import prediction_log
+
+    wal = prediction_log.WriteAhead(tmp_path / "wal")
+    open_fds = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(prediction_log.os, "pwrite", lambda *_: (_ for _ in ()).throw(OSError(errno.ENOSPC, "")))
+    for _ in range(5):
+        with pytest.raises(OSError):
+            wal.new_segment()
+    monkeypatch.undo()
+    assert len(os.listdir("/proc/self/fd")) == open_fds
+    assert not list((tmp_path / "wal").glob("*.new"))
     wal.close()
