@@ -284,7 +284,8 @@ class WriteAhead:
         # Lines an fsync failed to make durable, as (after, upto] ranges: never answered as durable, not even after
         # a later fsync succeeds (after a failed fsync the kernel may have dropped those pages and report clean).
         self._failed: list[tuple[int, int, OSError]] = []
-        self._failures = 0  # failed flushes so far (write() compares it across its own write), and the last error
+        # The last failed flush's error (each failure raises a fresh one): write() sees by identity whether a flush
+        # failed while it wrote.
         self._last_failure: OSError | None = None
         self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         # The fsync thread waits on a C-level queue: a put wakes it with one futex, where a threading.Condition
@@ -337,7 +338,7 @@ class WriteAhead:
             # Ends the torn line on a byte no JSON value ends with: cut before its newline alone, it would otherwise
             # read back whole, a row for a request that was refused.
             line = b"#\n" + line
-        failures, written = self._failures, 0
+        failure_before, written = self._last_failure, 0
         try:
             while written < len(line):
                 done = os.pwrite(self._fd, line[written:], self._end)
@@ -353,10 +354,10 @@ class WriteAhead:
         self._torn = False
         with self._lock:
             self._seq += 1
-            if self._failures != failures:
+            if self._last_failure is not failure_before and self._last_failure is not None:
                 # A flush failed while this line was being written, before it was counted: the line may sit in the
                 # failed pages too, and that flush's refusal (up to the count it read) did not include it.
-                self._failed.append((self._seq - 1, self._seq, self._last_failure or OSError(errno.EIO, "")))
+                self._failed.append((self._seq - 1, self._seq, self._last_failure))
             return self._seq
 
     async def synced(self, seq: int) -> None:
@@ -409,7 +410,7 @@ class WriteAhead:
                     # A line written but not yet counted is refused by write(), which sees the failure counted.
                     with self._lock:
                         written = self._seq
-                        self._failures, self._last_failure = self._failures + 1, error
+                        self._last_failure = error
                     self._settle(written, error)
                 else:
                     self._settle(target)

@@ -462,8 +462,9 @@ def test_a_line_written_but_not_yet_counted_when_a_flush_fails_is_never_answered
         done = real_pwrite(fd, data, offset)
         with wal._lock:  # what the flush thread's failure does, between this write and its count
             counted = wal._seq
-            wal._failures, wal._last_failure = wal._failures + 1, OSError(errno.EIO, "Input/output error")
-        wal._settle(counted, wal._last_failure)
+            error = OSError(errno.EIO, "Input/output error")
+            wal._last_failure = error
+        wal._settle(counted, error)
         return done
 
     monkeypatch.setattr(prediction_log.os, "pwrite", write_then_a_flush_fails)
