@@ -130,10 +130,12 @@ bench-cluster: install cluster-servers
 
 ## bench-serve: /predict latency and throughput at concurrency 1, 8 and 32 against a real bentoml serve and, interleaved,
 ## a bare FastAPI + uvicorn anchor on the same champion (benchmarks/anchor_app.py), both 2 workers: prints the ratio.
-## Then /predict with 800 candles (one window repeated, and a window sliding one bar per request) and /predict_batch
+## Then /predict with 800 candles (one window repeated, and a window sliding one bar per request) and /predict_batch,
+## and the CPU of the prediction log's Delta append per request (benchmarks/bench_prediction_log.py)
 bench-serve: install
 	@command -v hey >/dev/null || (apt-get update -qq && apt-get install -y -qq hey)
 	$(BIN)/python benchmarks/bench_serve.py
+	$(BIN)/python benchmarks/bench_prediction_log.py
 
 ## replay: `itff replay` over the last 60 days of the sample (after `make run`); START/END override the period
 replay: install

@@ -74,21 +74,29 @@ def champion_inputs(symbol: str, target: str) -> tuple[dict, list[dict], object]
     return row, bars, model
 
 
-def server_cpu_s(server: subprocess.Popen | None) -> float:
-    """User + system CPU seconds of a server and all its processes (arbiter and workers) so far."""
+def server_cpu_s(server: subprocess.Popen | None) -> dict[int, float]:
+    """User + system CPU seconds of each of a server's processes (arbiter and workers) so far, by pid."""
     if server is None:
-        return 0.0
+        return {}
     import psutil
 
-    total = 0.0
+    seconds = {}
     root = psutil.Process(server.pid)
     for process in (root, *root.children(recursive=True)):
         try:
             times = process.cpu_times()
-            total += times.user + times.system
+            seconds[process.pid] = times.user + times.system
         except psutil.NoSuchProcess:
             pass
-    return total
+    return seconds
+
+
+def busiest_share(spent: dict[int, float]) -> int | None:
+    """The busiest process's share (%) of a server's CPU over a level. The kernel hands each keep-alive connection
+    to whichever worker accepts it first: all of hey's connections can land on one worker, and on these 2 cores one
+    busy worker beside hey runs faster than two, so a ratio is only like for like where the shares are alike."""
+    total = sum(spent.values())
+    return round(100 * max(spent.values()) / total) if total > 0 else None
 
 
 def hey(url: str, body: Path, concurrency: int, server: subprocess.Popen | None = None) -> dict:
@@ -105,6 +113,8 @@ def hey(url: str, body: Path, concurrency: int, server: subprocess.Popen | None 
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     codes = dict(re.findall(r"\[(\d+)\]\s+(\d+) responses", out))
     answered = sum(int(n) for n in codes.values())
+    after = server_cpu_s(server)
+    spent = {pid: after[pid] - before.get(pid, 0.0) for pid in after}
     return {
         "concurrency": concurrency,
         "requests_per_s": round(rps),
@@ -113,7 +123,8 @@ def hey(url: str, body: Path, concurrency: int, server: subprocess.Popen | None 
         "p99_ms": pct.get("99"),
         "status_codes": codes,
         # The servers' own CPU per request: what a request costs them, whatever else the machine runs.
-        "server_cpu_us_per_request": round((server_cpu_s(server) - before) / answered * 1e6) if server else None,
+        "server_cpu_us_per_request": round(sum(spent.values()) / answered * 1e6) if server else None,
+        "busiest_process_cpu_share_percent": busiest_share(spent) if server else None,
         "load_average": load_average(),
     }
 
@@ -316,14 +327,18 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     print("\n/predict, feature row: ITFF vs the FastAPI anchor, both with 2 workers, interleaved")
-    print("| concurrency | ITFF | anchor | ratio | server CPU per request, ITFF / anchor | load average |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| concurrency | ITFF | anchor | ratio | server CPU per request, ITFF / anchor "
+        "| busiest worker's CPU share, ITFF / anchor | load average |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for pair in feature_rows:
         a, b = pair["itff"], pair["anchor"]
         print(
             f"| {a['concurrency']} | {a['requests_per_s']:,} req/s, p95 {a['p95_ms']} ms | "
             f"{b['requests_per_s']:,} req/s, p95 {b['p95_ms']} ms | {pair['ratio']}x | "
-            f"{a['server_cpu_us_per_request']} / {b['server_cpu_us_per_request']} µs | {a['load_average']} |"
+            f"{a['server_cpu_us_per_request']} / {b['server_cpu_us_per_request']} µs | "
+            f"{a['busiest_process_cpu_share_percent']} / {b['busiest_process_cpu_share_percent']} % | {a['load_average']} |"
         )
     print(f"\n/predict, {CANDLES} candles")
     for level in candle_levels:

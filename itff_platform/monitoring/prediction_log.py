@@ -43,9 +43,20 @@ if TYPE_CHECKING:
     from polars._typing import PolarsDataType
 
 log = logging.getLogger(__name__)
-# Each write-ahead segment is made this long, zero-filled, before it takes lines (see WriteAhead._open_segment): a
-# segment holds the lines between two Delta flushes, 500 rows of ~0.5 KB at the default flush_rows.
+# Each write-ahead segment is made long enough, zero-filled, before it takes lines (see WriteAhead._open_segment): a
+# segment holds the lines between two Delta flushes (~0.5 KB a row). The first is SEGMENT_BYTES; each next one twice
+# what the open segment took by then (segment_bytes), so a busy worker's segments fit its flushes (5,000 rows at the
+# default flush_rows) and an idle one's stay small.
 SEGMENT_BYTES = 512 * 1024
+MAX_SEGMENT_BYTES = 32 * 2**20
+SEGMENT_STEP = 64 * 1024
+
+
+def segment_bytes(used: int) -> int:
+    """The zero fill of the next segment when the open one holds `used` bytes of lines."""
+    wanted = min(MAX_SEGMENT_BYTES, max(SEGMENT_BYTES, 2 * used))
+    return -(-wanted // SEGMENT_STEP) * SEGMENT_STEP
+
 
 SCHEMA: dict[str, PolarsDataType] = {
     "request_id": pl.String,
@@ -86,10 +97,19 @@ def records_frame(records: list[dict[str, Any]]) -> pl.DataFrame:
 
 
 def write_records(path: Path, records: list[dict[str, Any]]) -> None:
-    from deltalake import write_deltalake
+    from deltalake import PostCommitHookProperties, write_deltalake
 
+    # Checkpoints stay (they bound what loading the table reads). Cleaning expired log files lists and stats every
+    # file of _delta_log, at every commit of every worker: the daily compaction does it (compact_prediction_log).
+    hooks = PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=False)
     # Appends from several service workers do not conflict: Delta retries the commit on a new version.
-    write_deltalake(str(path), records_frame(records).to_arrow(), mode="append", partition_by=["day"])
+    write_deltalake(
+        str(path),
+        records_frame(records).to_arrow(),
+        mode="append",
+        partition_by=["day"],
+        post_commithook_properties=hooks,
+    )
 
 
 def read_prediction_log(settings: Settings) -> pl.DataFrame:
@@ -109,7 +129,9 @@ def compact_prediction_log(settings: Settings) -> dict[str, int]:
     path = prediction_log_path(settings)
     if not DeltaTable.is_deltatable(str(path)):
         return {"files_removed": 0, "files_added": 0}
-    metrics = DeltaTable(str(path)).optimize.compact()
+    table = DeltaTable(str(path))
+    metrics = table.optimize.compact()
+    table.cleanup_metadata()  # the log files past their retention, which the service's appends leave alone
     return {
         "files_removed": int(metrics.get("numFilesRemoved", 0)),
         "files_added": int(metrics.get("numFilesAdded", 0)),
@@ -301,30 +323,30 @@ class WriteAhead:
         self._thread = threading.Thread(target=self._sync_loop, name="prediction-log-fsync", daemon=True)
         self._thread.start()
 
-    def _open_segment(self) -> tuple[Path, int]:
+    def _open_segment(self, size: int = SEGMENT_BYTES) -> tuple[Path, int]:
         # Created under a temporary name and locked before it is renamed into view: a replayer never sees an
         # unlocked live segment.
         name = f"{os.getpid()}-{time.time_ns()}"
         temporary, final = self.folder / f"{name}.new", self.folder / f"{name}.jsonl"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
-            self._prepare_segment(fd, temporary, final)
+            self._prepare_segment(fd, temporary, final, size)
         except BaseException:  # a full disk: no fd and no .new file left behind by each retry of a flush
             os.close(fd)
             temporary.unlink(missing_ok=True)
             raise
         return final, fd
 
-    def _prepare_segment(self, fd: int, temporary: Path, final: Path) -> None:
+    def _prepare_segment(self, fd: int, temporary: Path, final: Path, size: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX)
         # Zero-filled and fsynced now, off the request path: lines then overwrite blocks already on disk, and
         # the fdatasync after them writes those data blocks alone. Appended, every line changed the file's size,
         # which made each fdatasync (or fsync) a journal commit too: twice the CPU and latency (docs/benchmarks.md).
-        # Replay reads the lines between zero bytes (_read_segment). A segment that outgrows this still works: its
-        # writes extend it.
-        zeros, offset = bytes(64 * 1024), 0
-        while offset < SEGMENT_BYTES:
-            offset += os.pwrite(fd, zeros[: SEGMENT_BYTES - offset], offset)
+        # Replay reads the lines between zero bytes (_read_segment). A segment that outgrows `size` still works: its
+        # writes extend it (and the next segment is made larger, segment_bytes).
+        zeros, offset = bytes(SEGMENT_STEP), 0
+        while offset < size:
+            offset += os.pwrite(fd, zeros[: size - offset], offset)
         os.fsync(fd)
         os.rename(temporary, final)
         fsync_path(self.folder)
@@ -435,8 +457,9 @@ class WriteAhead:
                 loop.call_soon_threadsafe(_settle_futures, futures, error)
 
     def new_segment(self) -> tuple[Path, int]:
-        """A segment for `seal` to switch to, made (and its folder fsynced) without holding any lock."""
-        return self._open_segment()
+        """A segment for `seal` to switch to, made (and its folder fsynced) without holding any lock, sized by what
+        the open segment took (a plain read of its end: lines written meanwhile change the size little)."""
+        return self._open_segment(segment_bytes(self._end))
 
     def seal(self, fresh: tuple[Path, int]) -> list[tuple[Path, int]]:
         """Call holding sync_lock and the log's buffer lock: switch to `fresh` (from new_segment); the previous

@@ -493,3 +493,66 @@ def test_a_failed_segment_preparation_leaves_no_descriptor_or_file_behind(tmp_pa
     assert len(os.listdir("/proc/self/fd")) == open_fds
     assert not list((tmp_path / "wal").glob("*.new"))
     wal.close()
+
+
+def test_a_flush_leaves_the_cleanup_of_expired_log_files_to_the_daily_compaction(tmp_path, monkeypatch):
+    """Delta's default post-commit cleanup lists and stats every file of _delta_log at every commit: each worker's
+    flush paid it (14,000 statx calls in 8 s under load). Checkpoints stay, so loading the table stays bounded."""
+    import deltalake
+
+    hooks = []
+    real = deltalake.write_deltalake
+
+    def spy(target, data, **options):
+        hooks.append(options.get("post_commithook_properties"))
+        return real(target, data, **options)
+
+    monkeypatch.setattr(deltalake, "write_deltalake", spy)
+    log = PredictionLog(tmp_path / "predictions", flush_rows=1000, flush_s=60)
+    for i in range(2):
+        log.append(record(i))
+        assert log.flush() == 1
+    log.close()
+    assert len(hooks) == 2
+    assert all(h is not None and not h.cleanup_expired_logs and h.create_checkpoint for h in hooks)
+    assert delta_rows(tmp_path / "predictions").height == 2
+
+
+def test_the_default_flush_commits_thousands_of_rows_at_a_time():
+    """A Delta append costs 25-170 ms of CPU (more as the table grows, benchmarks/bench_prediction_log.py): at 500
+    rows a flush that was up to 0.3 ms per request, on the worker answering them."""
+    from itff_platform.settings import Settings
+
+    serving = Settings().serving
+    assert serving.prediction_log_flush_rows >= 5000 and serving.prediction_log_flush_s >= 10
+
+
+def test_the_next_segment_is_sized_by_what_the_open_one_took():
+    """A busy worker's 5,000-row flushes (~3 MB of lines) outgrew a fixed 512 KiB segment, and every line past it
+    changed the file's size, a journal commit at each fdatasync; an idle worker keeps small segments."""
+    from itff_platform.monitoring.prediction_log import MAX_SEGMENT_BYTES, SEGMENT_BYTES, segment_bytes
+
+    assert segment_bytes(0) == segment_bytes(100_000) == SEGMENT_BYTES
+    assert segment_bytes(3_000_000) == 6_029_312  # twice, rounded up to 64 KiB
+    assert segment_bytes(10**9) == MAX_SEGMENT_BYTES
+
+
+def test_a_flush_after_many_lines_makes_a_larger_zero_filled_segment(tmp_path):
+    import asyncio
+    import os
+
+    from itff_platform.monitoring.prediction_log import SEGMENT_BYTES
+
+    log = PredictionLog(tmp_path / "predictions", flush_rows=100_000, flush_s=60, write_ahead=tmp_path / "wal")
+    assert log.wal is not None
+
+    async def many():
+        await asyncio.gather(*(log.append_durable({**record(i), "symbol": "X" * 900}) for i in range(600)))
+
+    asyncio.run(many())
+    used = log.wal._end
+    assert used > SEGMENT_BYTES  # 600 lines of ~1 KB outgrew the first segment
+    assert log.flush() == 600
+    assert os.fstat(log.wal._fd).st_size >= 2 * used
+    log.close()
+    assert delta_rows(tmp_path / "predictions").height == 600
