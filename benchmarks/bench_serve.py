@@ -6,7 +6,10 @@
 Both servers run at once with 2 workers each: the service (`bentoml serve`, every guarantee on: auth, rate
 limit, size limit, prediction log, metrics) and benchmarks/anchor_app.py (FastAPI + uvicorn with httptools,
 scoring the same champion and nothing else). hey measures them interleaved, level by level, for
-ITFF_BENCH_ROUNDS rounds, so a load spike from elsewhere hits both; the ratio is ITFF / anchor per level.
+ITFF_BENCH_ROUNDS rounds, so a load spike from elsewhere hits both; the ratio is ITFF / anchor per level. First
+the same at concurrency 8 with one worker each: with two, the kernel may hand all of hey's connections to one worker
+of one server and spread the other's, and on 2 cores shared with hey that alone moves a ratio (each level prints
+its busiest worker's share of the server's CPU).
 
 Then the candle path (/predict with 800 candles, what TradingView sends): hey with one window over and over
 (a window the worker has seen, as when several models or clients ask about the same bar), and a client
@@ -16,6 +19,7 @@ servers, so these figures are conservative; the machine's load average is printe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -26,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -237,6 +242,63 @@ def benched_model() -> tuple[str, str]:
     return classifiers[0]
 
 
+@contextlib.contextmanager
+def both_servers(symbol: str, target: str, workers: int) -> Iterator[tuple[str, str, list[subprocess.Popen]]]:
+    """The service and the anchor, `workers` each, running side by side; stopped on leaving."""
+    port, anchor_port = free_port(), free_port()
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "ITFF_API_TOKENS": json.dumps([TOKEN]),
+        "ITFF_SYMBOLS": json.dumps([symbol]),
+        "ITFF_TARGETS": json.dumps([target]),
+        "ITFF_SERVE_WORKERS": str(workers),
+        "ITFF_RATE_LIMIT_PER_MINUTE": "100000000",
+        "ITFF_RATE_LIMIT_BURST": "100000000",
+        "ITFF_RELOAD_INTERVAL_S": "0",
+        "BENTOML_DO_NOT_TRACK": "true",
+        "ITFF_MAX_REQUEST_BYTES": str(50_000_000),  # the 10,000-row batch is ~5 MB of JSON
+        # Its own BENTOML_HOME, as make serve gives each port: a shared one would wipe a running service's metrics.
+        "BENTOML_HOME": str(ROOT / ".bentoml" / str(port)),
+        "ITFF_BENCH_SYMBOL": symbol,
+        "ITFF_BENCH_TARGET": target,
+    }
+    url, anchor_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{anchor_port}"
+    service_cmd = [str(bin_dir / "bentoml"), "serve", "itff_platform.serving.service:ItffService"]
+    service_cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    anchor_cmd = [str(bin_dir / "uvicorn"), "anchor_app:app", "--app-dir", str(ROOT / "benchmarks")]
+    anchor_cmd += ["--http", "httptools", "--workers", str(workers), "--no-access-log", "--log-level", "warning"]
+    anchor_cmd += ["--host", "127.0.0.1", "--port", str(anchor_port)]
+    servers = [start(service_cmd, env, f"{url}/readyz", "bentoml serve")]
+    try:
+        servers.append(start(anchor_cmd, env, f"{anchor_url}/docs", "the FastAPI anchor"))
+        yield url, anchor_url, servers
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def compared(url: str, anchor_url: str, servers: list, body: Path, levels: tuple[int, ...]) -> list[dict]:
+    """hey on the service and the anchor in turn, level by level, ROUNDS times: each pair with its ratio."""
+    hey(f"{url}/predict", body, 8)  # warm-up, both
+    hey(f"{anchor_url}/predict", body, 8)
+    rows: dict[int, list] = {c: [] for c in levels}
+    for _ in range(ROUNDS):
+        for c in levels:
+            rows[c].append(
+                {
+                    "itff": hey(f"{url}/predict", body, c, servers[0]),
+                    "anchor": hey(f"{anchor_url}/predict", body, c, servers[1]),
+                }
+            )
+    return [
+        {**pair, "ratio": round(pair["itff"]["requests_per_s"] / pair["anchor"]["requests_per_s"], 2)}
+        for c in levels
+        for pair in rows[c]
+    ]
+
+
 def main() -> None:
     if shutil.which("hey") is None:
         sys.exit("hey is missing: apt-get install -y hey (make bench-serve does this)")
@@ -254,60 +316,18 @@ def main() -> None:
     }
     candle_cpu = candle_path_cpu(symbol, target, bars, model)
 
-    port, anchor_port = free_port(), free_port()
-    bin_dir = Path(sys.executable).parent
-    env = {
-        **os.environ,
-        "ITFF_API_TOKENS": json.dumps([TOKEN]),
-        "ITFF_SYMBOLS": json.dumps([symbol]),
-        "ITFF_TARGETS": json.dumps([target]),
-        "ITFF_SERVE_WORKERS": str(WORKERS),
-        "ITFF_RATE_LIMIT_PER_MINUTE": "100000000",
-        "ITFF_RATE_LIMIT_BURST": "100000000",
-        "ITFF_RELOAD_INTERVAL_S": "0",
-        "BENTOML_DO_NOT_TRACK": "true",
-        "ITFF_MAX_REQUEST_BYTES": str(50_000_000),  # the 10,000-row batch is ~5 MB of JSON
-        # Its own BENTOML_HOME, as make serve gives each port: a shared one would wipe a running service's metrics.
-        "BENTOML_HOME": str(ROOT / ".bentoml" / str(port)),
-        "ITFF_BENCH_SYMBOL": symbol,
-        "ITFF_BENCH_TARGET": target,
-    }
-    url, anchor_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{anchor_port}"
-    service_cmd = [str(bin_dir / "bentoml"), "serve", "itff_platform.serving.service:ItffService"]
-    service_cmd += ["--host", "127.0.0.1", "--port", str(port)]
-    anchor_cmd = [str(bin_dir / "uvicorn"), "anchor_app:app", "--app-dir", str(ROOT / "benchmarks")]
-    anchor_cmd += ["--http", "httptools", "--workers", str(WORKERS), "--no-access-log", "--log-level", "warning"]
-    anchor_cmd += ["--host", "127.0.0.1", "--port", str(anchor_port)]
-    servers = [start(service_cmd, env, f"{url}/readyz", "bentoml serve")]
-    try:
-        servers.append(start(anchor_cmd, env, f"{anchor_url}/docs", "the FastAPI anchor"))
-        with tempfile.TemporaryDirectory() as scratch:
-            body, window = Path(scratch) / "row.json", Path(scratch) / "candles.json"
-            body.write_text(json.dumps({"symbol": symbol, "target": target, "features": row}))
-            window.write_text(json.dumps({"symbol": symbol, "target": target, "candles": bars[-CANDLES:]}))
-            hey(f"{url}/predict", body, 8)  # warm-up, both
-            hey(f"{anchor_url}/predict", body, 8)
-            rows: dict[int, list] = {c: [] for c in (1, 8, 32)}
-            for _ in range(ROUNDS):
-                for c in rows:
-                    rows[c].append(
-                        {
-                            "itff": hey(f"{url}/predict", body, c, servers[0]),
-                            "anchor": hey(f"{anchor_url}/predict", body, c, servers[1]),
-                        }
-                    )
+    with tempfile.TemporaryDirectory() as scratch:
+        body, window = Path(scratch) / "row.json", Path(scratch) / "candles.json"
+        body.write_text(json.dumps({"symbol": symbol, "target": target, "features": row}))
+        window.write_text(json.dumps({"symbol": symbol, "target": target, "candles": bars[-CANDLES:]}))
+        # One worker each first: no connection spread to differ between the two servers (see busiest_share).
+        with both_servers(symbol, target, workers=1) as (url, anchor_url, servers):
+            one_worker = compared(url, anchor_url, servers, body, (8,))
+        with both_servers(symbol, target, workers=WORKERS) as (url, anchor_url, servers):
+            feature_rows = compared(url, anchor_url, servers, body, (1, 8, 32))
             candle_levels = [hey(f"{url}/predict", window, c) for c in (1, 8, 32)]
-        slides = sliding_windows(url, symbol, target, bars)
-        batch_s = batch(url, symbol, target, row)
-    finally:
-        for server in servers:
-            server.terminate()
-            server.wait(timeout=30)
-    feature_rows = [
-        {**pair, "ratio": round(pair["itff"]["requests_per_s"] / pair["anchor"]["requests_per_s"], 2)}
-        for c in rows
-        for pair in rows[c]
-    ]
+            slides = sliding_windows(url, symbol, target, bars)
+            batch_s = batch(url, symbol, target, row)
     result = {
         "machine": f"{platform.node()} | {os.cpu_count()} CPUs | {platform.machine()} | Python {sys.version.split()[0]}",
         "model": f"{model.name} v{model.version} ({model.family})",
@@ -315,6 +335,7 @@ def main() -> None:
         "duration_s_per_level": DURATION_S,
         "in_process_model_call": in_process,
         "predict_feature_row": feature_rows,
+        "predict_feature_row_one_worker_each": one_worker,
         "predict_candles_same_window": candle_levels,
         "predict_candles_sliding_window": slides,
         "candle_path_in_process": candle_cpu,
@@ -326,20 +347,25 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
-    print("\n/predict, feature row: ITFF vs the FastAPI anchor, both with 2 workers, interleaved")
-    print(
-        "| concurrency | ITFF | anchor | ratio | server CPU per request, ITFF / anchor "
-        "| busiest worker's CPU share, ITFF / anchor | load average |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for pair in feature_rows:
-        a, b = pair["itff"], pair["anchor"]
+    for title, pairs in (
+        (f"both with {WORKERS} workers", feature_rows),
+        ("one worker each (no connection spread to differ)", one_worker),
+    ):
+        print(f"\n/predict, feature row: ITFF vs the FastAPI anchor, {title}, interleaved")
         print(
-            f"| {a['concurrency']} | {a['requests_per_s']:,} req/s, p95 {a['p95_ms']} ms | "
-            f"{b['requests_per_s']:,} req/s, p95 {b['p95_ms']} ms | {pair['ratio']}x | "
-            f"{a['server_cpu_us_per_request']} / {b['server_cpu_us_per_request']} µs | "
-            f"{a['busiest_process_cpu_share_percent']} / {b['busiest_process_cpu_share_percent']} % | {a['load_average']} |"
+            "| concurrency | ITFF | anchor | ratio | server CPU per request, ITFF / anchor "
+            "| busiest worker's CPU share, ITFF / anchor | load average |"
         )
+        print("|---|---|---|---|---|---|---|")
+        for pair in pairs:
+            a, b = pair["itff"], pair["anchor"]
+            print(
+                f"| {a['concurrency']} | {a['requests_per_s']:,} req/s, p95 {a['p95_ms']} ms | "
+                f"{b['requests_per_s']:,} req/s, p95 {b['p95_ms']} ms | {pair['ratio']}x | "
+                f"{a['server_cpu_us_per_request']} / {b['server_cpu_us_per_request']} µs | "
+                f"{a['busiest_process_cpu_share_percent']} / {b['busiest_process_cpu_share_percent']} % | "
+                f"{a['load_average']} |"
+            )
     print(f"\n/predict, {CANDLES} candles")
     for level in candle_levels:
         print(f"  same window, c={level['concurrency']}: {level['requests_per_s']:,} req/s, p95 {level['p95_ms']} ms")
