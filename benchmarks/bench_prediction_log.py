@@ -1,9 +1,9 @@
 """CPU of the prediction log's Delta append (each service worker's flush), and its share per request: before (500
-rows a flush, Delta's log cleanup at every commit) and now (the default flush_rows, cleanup left to compaction).
+rows a flush, Delta's log cleanup at every commit) and now (the default flush_rows, no cleanup at each commit).
 
     python benchmarks/bench_prediction_log.py [files ...]   # make bench-serve runs it
 
-Builds a table of each size (one commit per file, as the flushes leave it between two daily compactions) in a
+Builds a table of each size (one commit per file, as the flushes leave it between two compactions) in a
 temporary folder, copies it for each way, and times appends on the copy, the median of 6."""
 
 from __future__ import annotations

@@ -129,7 +129,10 @@ def hey(url: str, body: Path, concurrency: int, server: subprocess.Popen | None 
         "status_codes": codes,
         # The servers' own CPU per request: what a request costs them, whatever else the machine runs.
         "server_cpu_us_per_request": round(sum(spent.values()) / answered * 1e6) if server else None,
-        "busiest_process_cpu_share_percent": busiest_share(spent) if server else None,
+        # Workers only: the arbiter (uvicorn's supervisor) is the root process.
+        "busiest_process_cpu_share_percent": busiest_share({p: t for p, t in spent.items() if p != server.pid})
+        if server
+        else None,
         "load_average": load_average(),
     }
 
@@ -140,7 +143,7 @@ def start(command: list[str], env: dict, url: str, name: str) -> subprocess.Pope
         return server
     if server.poll() is not None:
         sys.exit(f"{name} exited with {server.returncode} before answering")
-    server.kill()
+    stop([server])
     sys.exit(f"{name} did not answer {url} in 120 s")
 
 
@@ -274,9 +277,24 @@ def both_servers(symbol: str, target: str, workers: int) -> Iterator[tuple[str, 
         servers.append(start(anchor_cmd, env, f"{anchor_url}/docs", "the FastAPI anchor"))
         yield url, anchor_url, servers
     finally:
-        for server in servers:
-            server.terminate()
+        stop(servers)
+
+
+def stop(servers: list[subprocess.Popen]) -> None:
+    """Terminate every server, then wait for each; one that does not stop in 30 s is killed, workers included."""
+    import psutil
+
+    for server in servers:
+        server.terminate()
+    for server in servers:
+        try:
             server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                for process in psutil.Process(server.pid).children(recursive=True):
+                    process.kill()
+            server.kill()
+            server.wait()
 
 
 def compared(url: str, anchor_url: str, servers: list, body: Path, levels: tuple[int, ...]) -> list[dict]:

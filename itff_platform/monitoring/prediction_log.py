@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from collections import deque
@@ -50,6 +51,11 @@ log = logging.getLogger(__name__)
 SEGMENT_BYTES = 512 * 1024
 MAX_SEGMENT_BYTES = 32 * 2**20
 SEGMENT_STEP = 64 * 1024
+ZERO_CHUNK = 2**20  # each pwrite of the fill frees and retakes the GIL the event loop wants: few, large ones
+# Delta's expired-log cleanup lists every file of _delta_log: once per this many commits of a worker, not at each.
+CLEANUP_EVERY = 100
+# After a failed flush (the lake or the disk gone), the writer thread waits this long before it tries again.
+RETRY_S = 1.0
 
 
 def segment_bytes(used: int) -> int:
@@ -100,7 +106,8 @@ def write_records(path: Path, records: list[dict[str, Any]]) -> None:
     from deltalake import PostCommitHookProperties, write_deltalake
 
     # Checkpoints stay (they bound what loading the table reads). Cleaning expired log files lists and stats every
-    # file of _delta_log, at every commit of every worker: the daily compaction does it (compact_prediction_log).
+    # file of _delta_log: done at every commit of every worker, it cost more than the commit; PredictionLog does it
+    # every CLEANUP_EVERY commits instead (clean_expired_log_files).
     hooks = PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=False)
     # Appends from several service workers do not conflict: Delta retries the commit on a new version.
     write_deltalake(
@@ -121,6 +128,14 @@ def read_prediction_log(settings: Settings) -> pl.DataFrame:
     return pl.read_delta(str(path)).sort("logged_at")
 
 
+def clean_expired_log_files(path: Path) -> None:
+    """Delete the table's log files past their retention (delta.logRetentionDuration, 30 days) and older than its
+    newest checkpoint: safe beside other writers' appends."""
+    from deltalake import DeltaTable
+
+    DeltaTable(str(path)).cleanup_metadata()
+
+
 def compact_prediction_log(settings: Settings) -> dict[str, int]:
     """Merge the small files the workers' frequent appends leave (one per flush per worker) into few large ones.
     Compaction rewrites without changing data, so it does not conflict with the service appending meanwhile."""
@@ -129,9 +144,7 @@ def compact_prediction_log(settings: Settings) -> dict[str, int]:
     path = prediction_log_path(settings)
     if not DeltaTable.is_deltatable(str(path)):
         return {"files_removed": 0, "files_added": 0}
-    table = DeltaTable(str(path))
-    metrics = table.optimize.compact()
-    table.cleanup_metadata()  # the log files past their retention, which the service's appends leave alone
+    metrics = DeltaTable(str(path)).optimize.compact()
     return {
         "files_removed": int(metrics.get("numFilesRemoved", 0)),
         "files_added": int(metrics.get("numFilesAdded", 0)),
@@ -142,13 +155,13 @@ class PredictionLog:
     def __init__(
         self,
         path: Path,
-        flush_rows: int = 500,
-        flush_s: float = 2.0,
+        flush_rows: int = 5000,
+        flush_s: float = 10.0,
         max_pending: int = 50_000,
         write_ahead: Path | None = None,
     ) -> None:
         self.path, self.flush_rows, self.flush_s, self.max_pending = path, flush_rows, flush_s, max_pending
-        self.written = self.dropped = self.failed_writes = self.replayed = 0
+        self.written = self.dropped = self.failed_writes = self.replayed = self.commits = 0
         self._pending: deque[dict[str, Any]] = deque()
         self._oldest: float | None = None
         self._wake = threading.Condition()
@@ -226,15 +239,20 @@ class PredictionLog:
                 due = self._due()
             if due:
                 try:
-                    self.flush()
+                    written = self.flush()
                 except Exception:  # the writer thread must outlive any single bad batch
                     log.exception("prediction log: flush failed")
+                    written = 0
+                if not written:
+                    # Still due (the rows are kept): without a pause the thread would retry, and log, in a busy loop.
+                    with self._wake:
+                        self._wake.wait_for(lambda: self._closed, timeout=RETRY_S)
 
     def flush(self) -> int:
         """Commit everything waiting now; returns the rows written (0 if the write failed, records kept)."""
         with self._write_lock:
             with self._wake:
-                if not self._pending:  # nothing to commit: no fresh segment (512 KiB of zeros) to make for it
+                if not self._pending:  # nothing to commit: no fresh segment (its zero fill) to make for it
                     return 0
             if self.wal is not None:
                 # Made durable before any lock is taken: appends (on the service's event loop) need the buffer's
@@ -269,6 +287,12 @@ class PredictionLog:
             if self.wal is not None:
                 self.wal.release(sealed)  # committed to Delta: their segments are no longer needed
             self.written += len(batch)
+            self.commits += 1
+            if self.commits % CLEANUP_EVERY == 0:
+                try:
+                    clean_expired_log_files(self.path)
+                except Exception:  # housekeeping: the rows are committed whatever happens here
+                    log.exception("prediction log: cleaning expired log files of %s failed", self.path)
             return len(batch)
 
     def close(self) -> None:
@@ -344,7 +368,7 @@ class WriteAhead:
         # which made each fdatasync (or fsync) a journal commit too: twice the CPU and latency (docs/benchmarks.md).
         # Replay reads the lines between zero bytes (_read_segment). A segment that outgrows `size` still works: its
         # writes extend it (and the next segment is made larger, segment_bytes).
-        zeros, offset = bytes(SEGMENT_STEP), 0
+        zeros, offset = bytes(ZERO_CHUNK), 0
         while offset < size:
             offset += os.pwrite(fd, zeros[: size - offset], offset)
         os.fsync(fd)
@@ -458,8 +482,16 @@ class WriteAhead:
 
     def new_segment(self) -> tuple[Path, int]:
         """A segment for `seal` to switch to, made (and its folder fsynced) without holding any lock, sized by what
-        the open segment took (a plain read of its end: lines written meanwhile change the size little)."""
-        return self._open_segment(segment_bytes(self._end))
+        the open segment took (a plain read of its end: lines written meanwhile change the size little). On a nearly
+        full disk a fill too large for it falls back to the first size: the flush must go on committing rows."""
+        wanted = segment_bytes(self._end)
+        try:
+            return self._open_segment(wanted)
+        except OSError:
+            if wanted <= SEGMENT_BYTES:
+                raise
+            log.warning("prediction log: no room for a %d-byte segment, making a %d-byte one", wanted, SEGMENT_BYTES)
+            return self._open_segment(SEGMENT_BYTES)
 
     def seal(self, fresh: tuple[Path, int]) -> list[tuple[Path, int]]:
         """Call holding sync_lock and the log's buffer lock: switch to `fresh` (from new_segment); the previous
@@ -569,7 +601,9 @@ def _read_segment(fd: int) -> list[dict[str, Any]]:
         # by a later flush lie past them. JSON text holds no zero byte (json.dumps escapes a NUL).
         # Only lines that end in a newline: a line cut short (a torn write, the last before a crash or a hole) is
         # never one that was acknowledged.
-        lines = [line for stretch in segment.read().split(b"\0") for line in stretch.split(b"\n")[:-1] if line]
+        # Split on runs of zeros, not on each zero byte: a segment can be 32 MiB of mostly zero fill.
+        stretches = re.split(rb"\0+", segment.read())
+        lines = [line for stretch in stretches for line in stretch.split(b"\n")[:-1] if line]
     records = []
     for line in lines:
         try:

@@ -495,12 +495,14 @@ def test_a_failed_segment_preparation_leaves_no_descriptor_or_file_behind(tmp_pa
     wal.close()
 
 
-def test_a_flush_leaves_the_cleanup_of_expired_log_files_to_the_daily_compaction(tmp_path, monkeypatch):
+def test_a_flush_cleans_expired_log_files_every_hundred_commits_not_at_each(tmp_path, monkeypatch):
     """Delta's default post-commit cleanup lists and stats every file of _delta_log at every commit: each worker's
     flush paid it (14,000 statx calls in 8 s under load). Checkpoints stay, so loading the table stays bounded."""
     import deltalake
 
-    hooks = []
+    from itff_platform.monitoring import prediction_log
+
+    hooks, cleanups = [], []
     real = deltalake.write_deltalake
 
     def spy(target, data, **options):
@@ -508,23 +510,109 @@ def test_a_flush_leaves_the_cleanup_of_expired_log_files_to_the_daily_compaction
         return real(target, data, **options)
 
     monkeypatch.setattr(deltalake, "write_deltalake", spy)
+    monkeypatch.setattr(prediction_log, "CLEANUP_EVERY", 2)
+    monkeypatch.setattr(prediction_log, "clean_expired_log_files", cleanups.append)
     log = PredictionLog(tmp_path / "predictions", flush_rows=1000, flush_s=60)
-    for i in range(2):
+    for i in range(5):
         log.append(record(i))
         assert log.flush() == 1
     log.close()
-    assert len(hooks) == 2
+    assert len(hooks) == 5
     assert all(h is not None and not h.cleanup_expired_logs and h.create_checkpoint for h in hooks)
-    assert delta_rows(tmp_path / "predictions").height == 2
+    assert cleanups == [tmp_path / "predictions"] * 2  # after the 2nd and the 4th commit
+    assert delta_rows(tmp_path / "predictions").height == 5
+
+
+def test_expired_log_files_are_cleaned_without_touching_rows(tmp_path):
+    from itff_platform.monitoring.prediction_log import clean_expired_log_files
+
+    log = PredictionLog(tmp_path / "predictions", flush_rows=1000, flush_s=60)
+    for i in range(3):
+        log.append(record(i))
+        log.flush()
+    log.close()
+    clean_expired_log_files(tmp_path / "predictions")  # nothing has expired: nothing may go
+    assert delta_rows(tmp_path / "predictions").height == 3
 
 
 def test_the_default_flush_commits_thousands_of_rows_at_a_time():
     """A Delta append costs 25-170 ms of CPU (more as the table grows, benchmarks/bench_prediction_log.py): at 500
     rows a flush that was up to 0.3 ms per request, on the worker answering them."""
-    from itff_platform.settings import Settings
+    from itff_platform.settings import ServingSettings
 
-    serving = Settings().serving
-    assert serving.prediction_log_flush_rows >= 5000 and serving.prediction_log_flush_s >= 10
+    assert ServingSettings.model_fields["prediction_log_flush_rows"].default >= 5000
+    assert ServingSettings.model_fields["prediction_log_flush_s"].default >= 10
+    assert PredictionLog.__init__.__defaults__[:2] == (5000, 10.0)
+
+
+def test_a_failing_lake_is_retried_after_a_pause_not_in_a_busy_loop(tmp_path, monkeypatch):
+    """With the lake gone the rows stay due, and the writer thread retried (and logged) as fast as it could."""
+    import time
+
+    from itff_platform.monitoring import prediction_log
+
+    attempts = []
+
+    def lake_down(path, records):
+        attempts.append(time.monotonic())
+        raise OSError("lake unreachable")
+
+    monkeypatch.setattr(prediction_log, "write_records", lake_down)
+    log = PredictionLog(tmp_path / "predictions", flush_rows=1, flush_s=60)
+    log.append(record(0))
+    time.sleep(0.5)
+    log.close()
+    during = [t for t in attempts[:-1]]  # the last is close()'s own final try
+    assert 1 <= len(during) <= 2
+
+
+def test_a_large_segment_left_by_a_crash_replays_without_a_list_entry_per_zero_byte(tmp_path):
+    """Split on every zero byte, a 32 MiB segment of a few lines made a list of 33 million entries (404 MB, 6 s)."""
+    import json
+    import tracemalloc
+
+    from itff_platform.monitoring.prediction_log import MAX_SEGMENT_BYTES, _json_value, replay_segments
+
+    folder = tmp_path / "wal"
+    folder.mkdir()
+    lines = b"".join(json.dumps(record(i), default=_json_value).encode() + b"\n" for i in range(3))
+    (folder / "999999-1.jsonl").write_bytes(lines.ljust(MAX_SEGMENT_BYTES, b"\0"))
+    tracemalloc.start()
+    try:
+        assert replay_segments(tmp_path / "predictions", folder) == 3
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * MAX_SEGMENT_BYTES  # the segment's bytes and a copy or two, not 8 bytes per zero
+    assert delta_rows(tmp_path / "predictions")["request_id"].to_list() == ["r0", "r1", "r2"]
+
+
+def test_a_segment_too_large_for_the_disk_falls_back_to_the_first_size(tmp_path, monkeypatch):
+    """On a nearly full disk the fill asked for grew with the open segment, and commits stopped."""
+    import asyncio
+    import errno
+
+    from itff_platform.monitoring.prediction_log import SEGMENT_BYTES, WriteAhead
+
+    real = WriteAhead._prepare_segment
+
+    def small_disk(self, fd, temporary, final, size):
+        if size > SEGMENT_BYTES:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, fd, temporary, final, size)
+
+    monkeypatch.setattr(WriteAhead, "_prepare_segment", small_disk)
+    log = PredictionLog(tmp_path / "predictions", flush_rows=100_000, flush_s=60, write_ahead=tmp_path / "wal")
+    assert log.wal is not None
+
+    async def many():
+        await asyncio.gather(*(log.append_durable({**record(i), "symbol": "X" * 900}) for i in range(600)))
+
+    asyncio.run(many())
+    assert log.flush() == 600
+    log.close()
+    assert delta_rows(tmp_path / "predictions").height == 600
+    assert list((tmp_path / "wal").glob("*.new")) == []
 
 
 def test_the_next_segment_is_sized_by_what_the_open_one_took():
