@@ -129,8 +129,8 @@ def hey(url: str, body: Path, concurrency: int, server: subprocess.Popen | None 
         "status_codes": codes,
         # The servers' own CPU per request: what a request costs them, whatever else the machine runs.
         "server_cpu_us_per_request": round(sum(spent.values()) / answered * 1e6) if server else None,
-        # Workers only: the arbiter (uvicorn's supervisor) is the root process.
-        "busiest_process_cpu_share_percent": busiest_share({p: t for p, t in spent.items() if p != server.pid})
+        # Workers only: the arbiter (uvicorn's supervisor) is the root process, unless it is the one worker.
+        "busiest_process_cpu_share_percent": busiest_share({p: t for p, t in spent.items() if p != server.pid} or spent)
         if server
         else None,
         "load_average": load_average(),
@@ -290,8 +290,11 @@ def stop(servers: list[subprocess.Popen]) -> None:
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
+            workers: list = []
             with contextlib.suppress(psutil.NoSuchProcess):
-                for process in psutil.Process(server.pid).children(recursive=True):
+                workers = psutil.Process(server.pid).children(recursive=True)
+            for process in workers:
+                with contextlib.suppress(psutil.NoSuchProcess):
                     process.kill()
             server.kill()
             server.wait()

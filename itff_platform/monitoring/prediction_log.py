@@ -487,8 +487,8 @@ class WriteAhead:
         wanted = segment_bytes(self._end)
         try:
             return self._open_segment(wanted)
-        except OSError:
-            if wanted <= SEGMENT_BYTES:
+        except OSError as error:
+            if wanted <= SEGMENT_BYTES or error.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             log.warning("prediction log: no room for a %d-byte segment, making a %d-byte one", wanted, SEGMENT_BYTES)
             return self._open_segment(SEGMENT_BYTES)

@@ -56,7 +56,8 @@ def test_rows_are_written_in_batches_and_close_flushes_the_rest(tmp_path):
     deadline = time.monotonic() + 10
     while log.written < 10 and time.monotonic() < deadline:  # a full batch goes without waiting for flush_s
         time.sleep(0.05)
-    assert log.written >= 10 and log.written + log.pending() == 25
+    # Not written + pending() == 25: a batch the writer thread holds while it commits is counted in neither.
+    assert log.written >= 10
     log.close()
     assert log.written == 25 and log.pending() == 0
     rows = delta_rows(tmp_path / "predictions")
@@ -560,10 +561,14 @@ def test_a_failing_lake_is_retried_after_a_pause_not_in_a_busy_loop(tmp_path, mo
     monkeypatch.setattr(prediction_log, "write_records", lake_down)
     log = PredictionLog(tmp_path / "predictions", flush_rows=1, flush_s=60)
     log.append(record(0))
+    deadline = time.monotonic() + 10
+    while not attempts and time.monotonic() < deadline:  # the first try, at once (a loaded machine may delay it)
+        time.sleep(0.01)
     time.sleep(0.5)
     log.close()
-    during = [t for t in attempts[:-1]]  # the last is close()'s own final try
-    assert 1 <= len(during) <= 2
+    # The first try comes at once, the next a second later; close() makes its own final try. A busy loop made
+    # hundreds in these 0.5 s.
+    assert 1 <= len(attempts) <= 3
 
 
 def test_a_large_segment_left_by_a_crash_replays_without_a_list_entry_per_zero_byte(tmp_path):
