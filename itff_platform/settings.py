@@ -456,8 +456,8 @@ class ServingSettings(Section):
     prediction_log_flush_rows: int = Field(
         5000,
         ge=1,
-        description="The prediction log writes to Delta once this many rows wait... Each commit costs 25-170 ms "
-        "of the worker's CPU, more as the table grows (`make bench-serve`): at 500 rows up to 0.3 ms per request.",
+        description="The prediction log writes to Delta once this many rows wait... Each commit costs 25-220 ms "
+        "of the worker's CPU, more as the table grows (`make bench-serve`): at 500 rows up to 0.4 ms per request.",
     )
     prediction_log_flush_s: float = Field(10.0, gt=0, description="...or once the oldest waiting row is this old.")
     state_dir: Path = Field(
