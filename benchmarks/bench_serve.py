@@ -96,10 +96,12 @@ def server_cpu_s(server: subprocess.Popen | None) -> dict[int, float]:
     return seconds
 
 
-def busiest_share(spent: dict[int, float]) -> int | None:
-    """The busiest process's share (%) of a server's CPU over a level. The kernel hands each keep-alive connection
-    to whichever worker accepts it first: all of hey's connections can land on one worker, and on these 2 cores one
-    busy worker beside hey runs faster than two, so a ratio is only like for like where the shares are alike."""
+def busiest_share(spent: dict[int, float], root: int) -> int | None:
+    """The busiest worker's share (%) of a server's workers' CPU over a level. The kernel hands each keep-alive
+    connection to whichever worker accepts it first: all of hey's connections can land on one worker, and on these
+    2 cores one busy worker beside hey runs faster than two, so a ratio is only like for like where the shares are
+    alike. The root process (BentoML's arbiter, uvicorn's supervisor) is left out, unless it is the one worker."""
+    spent = {pid: seconds for pid, seconds in spent.items() if pid != root} or spent
     total = sum(spent.values())
     return round(100 * max(spent.values()) / total) if total > 0 else None
 
@@ -129,10 +131,7 @@ def hey(url: str, body: Path, concurrency: int, server: subprocess.Popen | None 
         "status_codes": codes,
         # The servers' own CPU per request: what a request costs them, whatever else the machine runs.
         "server_cpu_us_per_request": round(sum(spent.values()) / answered * 1e6) if server else None,
-        # Workers only: the arbiter (uvicorn's supervisor) is the root process, unless it is the one worker.
-        "busiest_process_cpu_share_percent": busiest_share({p: t for p, t in spent.items() if p != server.pid} or spent)
-        if server
-        else None,
+        "busiest_process_cpu_share_percent": busiest_share(spent, server.pid) if server else None,
         "load_average": load_average(),
     }
 

@@ -157,7 +157,7 @@ async def cpu_per_call(call, requests: int, concurrency: int) -> float:
 
 
 # One entry per fsync or fdatasync since the last clear: the prediction log's group commits, and each Delta flush's
-# zero fill of the next segment (one per flush_rows rows, so ~0.002 per request at the default 500).
+# zero fill of the next segment (one per flush_rows rows, so ~0.0002 per request at the default 5,000).
 FSYNCS: list[int] = []
 FSYNC_SHARE: list[float] = []  # fsyncs per request, per measurement
 _fsync, _fdatasync = os.fsync, os.fdatasync
