@@ -9,7 +9,8 @@ scoring the same champion and nothing else). hey measures them interleaved, leve
 ITFF_BENCH_ROUNDS rounds, so a load spike from elsewhere hits both; the ratio is ITFF / anchor per level. First
 the same at concurrency 8 with one worker each: with two, the kernel may hand all of hey's connections to one worker
 of one server and spread the other's, and on 2 cores shared with hey that alone moves a ratio (each level prints
-its busiest worker's share of the server's CPU).
+its busiest worker's share of the server's CPU). After the rest, c=8 again with two workers and the service's
+write-ahead log off: what its fsync before each 200 costs (docs/benchmarks.md, stop 23).
 
 Then the candle path (/predict with 800 candles, what TradingView sends): hey with one window over and over
 (a window the worker has seen, as when several models or clients ask about the same bar), and a client
@@ -245,8 +246,11 @@ def benched_model() -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def both_servers(symbol: str, target: str, workers: int) -> Iterator[tuple[str, str, list[subprocess.Popen]]]:
-    """The service and the anchor, `workers` each, running side by side; stopped on leaving."""
+def both_servers(
+    symbol: str, target: str, workers: int, write_ahead: bool = True
+) -> Iterator[tuple[str, str, list[subprocess.Popen]]]:
+    """The service and the anchor, `workers` each, running side by side; stopped on leaving. `write_ahead=False`
+    turns the service's write-ahead log off (ITFF_PREDICTION_LOG_WRITE_AHEAD), to measure what it costs."""
     port, anchor_port = free_port(), free_port()
     bin_dir = Path(sys.executable).parent
     env = {
@@ -264,6 +268,7 @@ def both_servers(symbol: str, target: str, workers: int) -> Iterator[tuple[str, 
         "BENTOML_HOME": str(ROOT / ".bentoml" / str(port)),
         "ITFF_BENCH_SYMBOL": symbol,
         "ITFF_BENCH_TARGET": target,
+        "ITFF_PREDICTION_LOG_WRITE_AHEAD": str(write_ahead).lower(),
     }
     url, anchor_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{anchor_port}"
     service_cmd = [str(bin_dir / "bentoml"), "serve", "itff_platform.serving.service:ItffService"]
@@ -348,6 +353,10 @@ def main() -> None:
             candle_levels = [hey(f"{url}/predict", window, c) for c in (1, 8, 32)]
             slides = sliding_windows(url, symbol, target, bars)
             batch_s = batch(url, symbol, target, row)
+        # The same at c=8 without the write-ahead log: what its fdatasync before each 200 costs (one per 1.7-1.8
+        # requests here, each waking the loop from another thread), the one guarantee the anchor has no part of.
+        with both_servers(symbol, target, workers=WORKERS, write_ahead=False) as (url, anchor_url, servers):
+            no_write_ahead = compared(url, anchor_url, servers, body, (8,))
     result = {
         "machine": f"{platform.node()} | {os.cpu_count()} CPUs | {platform.machine()} | Python {sys.version.split()[0]}",
         "model": f"{model.name} v{model.version} ({model.family})",
@@ -356,6 +365,7 @@ def main() -> None:
         "in_process_model_call": in_process,
         "predict_feature_row": feature_rows,
         "predict_feature_row_one_worker_each": one_worker,
+        "predict_feature_row_write_ahead_off": no_write_ahead,
         "predict_candles_same_window": candle_levels,
         "predict_candles_sliding_window": slides,
         "candle_path_in_process": candle_cpu,
@@ -370,6 +380,10 @@ def main() -> None:
     for title, pairs in (
         (f"both with {WORKERS} workers", feature_rows),
         ("one worker each (no connection spread to differ)", one_worker),
+        (
+            f"both with {WORKERS} workers, ITFF's write-ahead log off (what its fsync before each 200 costs)",
+            no_write_ahead,
+        ),
     ):
         print(f"\n/predict, feature row: ITFF vs the FastAPI anchor, {title}, interleaved")
         print(
