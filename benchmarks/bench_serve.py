@@ -9,13 +9,14 @@ scoring the same champion and nothing else). hey measures them interleaved, leve
 ITFF_BENCH_ROUNDS rounds, so a load spike from elsewhere hits both; the ratio is ITFF / anchor per level. First
 the same at concurrency 8 with one worker each: with two, the kernel may hand all of hey's connections to one worker
 of one server and spread the other's, and on 2 cores shared with hey that alone moves a ratio (each level prints
-its busiest worker's share of the server's CPU). After the rest, c=8 again with two workers and the service's
-write-ahead log off: what its fsync before each 200 costs (docs/benchmarks.md, stop 23).
+its busiest worker's share of the server's CPU).
 
 Then the candle path (/predict with 800 candles, what TradingView sends): hey with one window over and over
 (a window the worker has seen, as when several models or clients ask about the same bar), and a client
-that slides the window one bar per request (every window new: it is folded from its anchor), and the candle path's CPU per request in this process (candle_path_cpu). Last, the best
-of three /predict_batch calls of 10,000 rows. The load generator shares the machine's cores with the
+that slides the window one bar per request (every window new: it is folded from its anchor), and the candle
+path's CPU per request in this process (candle_path_cpu). Then the best of three /predict_batch calls of 10,000
+rows. Last, feature rows at c=8 again with two workers each and the service's write-ahead log off: what its fsync
+before each 200 costs (docs/benchmarks.md, stop 23). The load generator shares the machine's cores with the
 servers, so these figures are conservative; the machine's load average is printed beside them."""
 
 from __future__ import annotations
@@ -270,6 +271,7 @@ def both_servers(
         "ITFF_BENCH_TARGET": target,
         "ITFF_PREDICTION_LOG_WRITE_AHEAD": str(write_ahead).lower(),
     }
+    env.pop("ITFF_SERVING__PREDICTION_LOG_WRITE_AHEAD", None)  # the nested name would win over the flat one
     url, anchor_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{anchor_port}"
     service_cmd = [str(bin_dir / "bentoml"), "serve", "itff_platform.serving.service:ItffService"]
     service_cmd += ["--host", "127.0.0.1", "--port", str(port)]
